@@ -1,0 +1,87 @@
+//! Command-line definitions (clap). No behaviour: `commands` runs what is parsed here.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::device::DeviceChoice;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lora-tune",
+    version,
+    about = "LoRA fine-tuning of real open models on any GPU (wgpu) or the CPU",
+    long_about = "LoRA fine-tuning of real open models on any GPU (wgpu) or the CPU.\n\n\
+                  `lora-tune RECIPE.toml` trains the adapters the recipe describes, then exports them.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// Recipe to run: train, then export as its [export] section says.
+    pub recipe: Option<PathBuf>,
+
+    /// Continue from a checkpoint directory of an earlier run of the same recipe.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+
+    /// Where to compute: auto, cpu, wgpu, vulkan, metal, cuda or cuda:N. `auto` uses a real GPU
+    /// through wgpu when there is one, and the flex CPU backend otherwise.
+    #[arg(long, global = true, default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceChoice,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Dry run: validate the recipe, resolve the model, report parameters and memory.
+    Plan { recipe: PathBuf },
+    /// Write a trained adapter in another format.
+    Export {
+        #[arg(long)]
+        adapter: PathBuf,
+        #[arg(long, value_enum)]
+        format: ExportFormatArg,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Fold adapters into the base weights and write a merged HF model directory.
+    Merge {
+        #[arg(long)]
+        base: String,
+        #[arg(long)]
+        adapter: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Generate text from a base model, optionally with an adapter.
+    Generate {
+        #[arg(long)]
+        base: String,
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        #[arg(long)]
+        prompt: String,
+    },
+    /// Loss / perplexity / accuracy on the recipe's eval split.
+    Eval {
+        recipe: PathBuf,
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+    },
+    /// List the tensors, dtypes, shapes, parameter counts and metadata of a model or adapter:
+    /// a path, hf://org/name[@revision], or pip://package==version/path/in/wheel.
+    Inspect { model: String },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormatArg {
+    Peft,
+    Gguf,
+    Merged,
+}
+
+fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    s.parse()
+        .map_err(|e: crate::device::DeviceError| e.to_string())
+}

@@ -1,0 +1,49 @@
+//! One file per subcommand: wiring between the library modules, no math. Only this module (and
+//! training progress) prints. Errors carry context here; `main` prints them once.
+
+mod inspect;
+mod plan;
+mod run;
+
+use crate::cli::{Cli, Command};
+
+/// A command whose capability has not landed yet. Exit code 2, never a silent success.
+#[derive(Debug, thiserror::Error)]
+#[error("`{command}` is not yet implemented: {pending}")]
+pub struct NotYetImplemented {
+    pub command: &'static str,
+    pub pending: &'static str,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let not_yet = |command, pending| Err(NotYetImplemented { command, pending }.into());
+    match cli.command {
+        Some(Command::Inspect { model }) => inspect::run(&model),
+        Some(Command::Plan { recipe }) => plan::run(&recipe),
+        Some(Command::Export { .. }) => not_yet("export", "adapter exports arrive with issue #6"),
+        Some(Command::Merge { .. }) => not_yet(
+            "merge",
+            "merging adapters into the base arrives with issue #6",
+        ),
+        Some(Command::Generate { .. }) => not_yet(
+            "generate",
+            "the Llama model and generation arrive with issue #3",
+        ),
+        Some(Command::Eval { .. }) => not_yet("eval", "evaluation arrives with issue #4"),
+        None => match cli.recipe {
+            Some(recipe) => run::run(&recipe, cli.device, cli.resume.as_deref()),
+            None => anyhow::bail!(
+                "no recipe given; try `lora-tune recipes/support-tickets.toml` or `lora-tune --help`"
+            ),
+        },
+    }
+}
+
+/// 2 for a capability not yet implemented, 1 for every other failure.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<NotYetImplemented>().is_some() {
+        2
+    } else {
+        1
+    }
+}

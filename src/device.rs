@@ -1,0 +1,320 @@
+//! `--device auto|cpu|wgpu|vulkan|metal|cuda[:N]` → a burn [`Device`], with the reason it was
+//! picked. Parsing is pure; [`select`] is where backends are probed. Knows nothing of models.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::Device;
+
+/// What the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// A real GPU through wgpu when one exists, otherwise the flex CPU backend.
+    Auto,
+    /// burn's pure-Rust flex backend.
+    Cpu,
+    /// wgpu on whichever graphics API the machine offers (Vulkan, Metal, DX12, GL).
+    Wgpu,
+    /// wgpu pinned to Vulkan.
+    Vulkan,
+    /// wgpu pinned to Metal.
+    Metal,
+    /// CUDA device by index.
+    Cuda(usize),
+}
+
+pub const DEVICE_HELP: &str = "auto, cpu, wgpu, vulkan, metal, cuda or cuda:N";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("unknown device `{0}`; expected one of: {DEVICE_HELP}")]
+    Unknown(String),
+    #[error("`{0}`: the CUDA index must be a whole number, as in cuda:0")]
+    BadIndex(String),
+    #[error(
+        "this build has no `{backend}` backend; rebuild with `cargo build --release --features {feature}`"
+    )]
+    NotBuilt {
+        backend: &'static str,
+        feature: &'static str,
+    },
+    #[error("could not start the wgpu device: {0}. Try `--device cpu`")]
+    WgpuInit(String),
+}
+
+impl FromStr for DeviceChoice {
+    type Err = DeviceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.trim().to_ascii_lowercase();
+        Ok(match lower.as_str() {
+            "auto" => Self::Auto,
+            "cpu" | "flex" => Self::Cpu,
+            "wgpu" | "gpu" => Self::Wgpu,
+            "vulkan" => Self::Vulkan,
+            "metal" => Self::Metal,
+            "cuda" => Self::Cuda(0),
+            _ => match lower.strip_prefix("cuda:") {
+                Some(n) => Self::Cuda(n.parse().map_err(|_| DeviceError::BadIndex(s.into()))?),
+                None => return Err(DeviceError::Unknown(s.into())),
+            },
+        })
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Wgpu => f.write_str("wgpu"),
+            Self::Vulkan => f.write_str("vulkan"),
+            Self::Metal => f.write_str("metal"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// A started device, its short name and why it was chosen (printed at the start of a run).
+pub struct Selected {
+    pub device: Device,
+    pub name: String,
+    pub why: String,
+}
+
+/// Starts the device the user asked for; `Auto` probes wgpu adapters first.
+pub fn select(choice: DeviceChoice) -> Result<Selected, DeviceError> {
+    match choice {
+        DeviceChoice::Auto => auto(),
+        DeviceChoice::Cpu => flex("asked for with --device cpu".into()),
+        DeviceChoice::Wgpu => wgpu_default(),
+        DeviceChoice::Vulkan => pinned_vulkan(),
+        DeviceChoice::Metal => pinned_metal(),
+        DeviceChoice::Cuda(n) => cuda(n),
+    }
+}
+
+fn auto() -> Result<Selected, DeviceError> {
+    match gpu_adapter() {
+        Some(gpu) => {
+            let mut selected = wgpu_default()?;
+            selected.why = format!("auto: wgpu found the GPU {gpu}");
+            Ok(selected)
+        }
+        None => flex(format!(
+            "auto: {}; using the flex CPU backend",
+            no_gpu_reason()
+        )),
+    }
+}
+
+#[cfg(feature = "flex")]
+fn flex(why: String) -> Result<Selected, DeviceError> {
+    Ok(Selected {
+        device: Device::flex(),
+        name: "cpu (flex)".into(),
+        why,
+    })
+}
+
+#[cfg(not(feature = "flex"))]
+fn flex(_why: String) -> Result<Selected, DeviceError> {
+    Err(DeviceError::NotBuilt {
+        backend: "flex (CPU)",
+        feature: "flex",
+    })
+}
+
+/// The first real (non-software) GPU adapter wgpu can see, described for the user.
+#[cfg(feature = "wgpu")]
+fn gpu_adapter() -> Option<String> {
+    use burn::tensor::wgpu::wgpu;
+    software_or_gpu_adapters()
+        .into_iter()
+        .find(|a| {
+            matches!(
+                a.device_type,
+                wgpu::DeviceType::DiscreteGpu
+                    | wgpu::DeviceType::IntegratedGpu
+                    | wgpu::DeviceType::VirtualGpu
+            )
+        })
+        .map(|a| format!("`{}` ({:?}, {:?})", a.name, a.device_type, a.backend))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn gpu_adapter() -> Option<String> {
+    None
+}
+
+#[cfg(feature = "wgpu")]
+fn software_or_gpu_adapters() -> Vec<burn::tensor::wgpu::wgpu::AdapterInfo> {
+    use burn::tensor::wgpu::wgpu;
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    let adapters = pollster_block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    adapters.iter().map(|a| a.get_info()).collect()
+}
+
+#[cfg(feature = "wgpu")]
+fn no_gpu_reason() -> String {
+    let adapters = software_or_gpu_adapters();
+    if adapters.is_empty() {
+        "wgpu found no graphics adapter".into()
+    } else {
+        let names: Vec<String> = adapters
+            .iter()
+            .map(|a| format!("`{}` ({:?})", a.name, a.backend))
+            .collect();
+        format!("wgpu found only software adapters ({})", names.join(", "))
+    }
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn no_gpu_reason() -> String {
+    "this build has no wgpu backend".into()
+}
+
+/// Drives a future that completes without a runtime (wgpu's adapter enumeration is such a one).
+#[cfg(feature = "wgpu")]
+fn pollster_block_on<F: std::future::Future>(fut: F) -> F::Output {
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+    let mut fut = pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::yield_now();
+    }
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_default() -> Result<Selected, DeviceError> {
+    let device = Device::wgpu_options()
+        .init()
+        .map_err(|e| DeviceError::WgpuInit(e.to_string()))?;
+    Ok(Selected {
+        device,
+        name: "wgpu".into(),
+        why: "asked for with --device wgpu".into(),
+    })
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_default() -> Result<Selected, DeviceError> {
+    Err(DeviceError::NotBuilt {
+        backend: "wgpu",
+        feature: "wgpu",
+    })
+}
+
+#[cfg(feature = "vulkan")]
+fn pinned_vulkan() -> Result<Selected, DeviceError> {
+    let device = Device::vulkan(burn::tensor::DeviceKind::DefaultDevice);
+    Ok(Selected {
+        device,
+        name: "vulkan".into(),
+        why: "asked for with --device vulkan".into(),
+    })
+}
+
+#[cfg(not(feature = "vulkan"))]
+fn pinned_vulkan() -> Result<Selected, DeviceError> {
+    Err(DeviceError::NotBuilt {
+        backend: "vulkan",
+        feature: "vulkan",
+    })
+}
+
+#[cfg(feature = "metal")]
+fn pinned_metal() -> Result<Selected, DeviceError> {
+    let device = Device::metal(burn::tensor::DeviceKind::DefaultDevice);
+    Ok(Selected {
+        device,
+        name: "metal".into(),
+        why: "asked for with --device metal".into(),
+    })
+}
+
+#[cfg(not(feature = "metal"))]
+fn pinned_metal() -> Result<Selected, DeviceError> {
+    Err(DeviceError::NotBuilt {
+        backend: "metal",
+        feature: "metal",
+    })
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(index: usize) -> Result<Selected, DeviceError> {
+    let device = Device::cuda(index);
+    Ok(Selected {
+        device,
+        name: format!("cuda:{index}"),
+        why: "asked for with --device".into(),
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(_index: usize) -> Result<Selected, DeviceError> {
+    Err(DeviceError::NotBuilt {
+        backend: "cuda",
+        feature: "cuda",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_documented_spelling() {
+        let cases = [
+            ("auto", DeviceChoice::Auto),
+            ("cpu", DeviceChoice::Cpu),
+            ("CPU", DeviceChoice::Cpu),
+            ("wgpu", DeviceChoice::Wgpu),
+            ("vulkan", DeviceChoice::Vulkan),
+            ("metal", DeviceChoice::Metal),
+            ("cuda", DeviceChoice::Cuda(0)),
+            ("cuda:3", DeviceChoice::Cuda(3)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(text.parse::<DeviceChoice>().unwrap(), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn round_trips_through_display() {
+        for text in ["auto", "cpu", "wgpu", "vulkan", "metal", "cuda:2"] {
+            assert_eq!(text.parse::<DeviceChoice>().unwrap().to_string(), text);
+        }
+    }
+
+    #[test]
+    fn rejects_unknown_and_bad_index_with_the_accepted_list() {
+        let err = "tpu".parse::<DeviceChoice>().unwrap_err().to_string();
+        assert!(err.contains("`tpu`") && err.contains(DEVICE_HELP), "{err}");
+        let err = "cuda:x".parse::<DeviceChoice>().unwrap_err().to_string();
+        assert!(
+            err.contains("cuda:x") && err.contains("whole number"),
+            "{err}"
+        );
+        assert!("cuda:-1".parse::<DeviceChoice>().is_err());
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn backend_not_built_says_which_feature_to_enable() {
+        let err = select(DeviceChoice::Cuda(0)).err().unwrap().to_string();
+        assert!(err.contains("--features cuda"), "{err}");
+    }
+
+    #[cfg(feature = "flex")]
+    #[test]
+    fn cpu_selects_flex_and_says_why() {
+        let selected = select(DeviceChoice::Cpu).unwrap();
+        assert_eq!(selected.name, "cpu (flex)");
+        assert!(selected.why.contains("--device cpu"));
+    }
+}

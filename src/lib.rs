@@ -1,0 +1,19 @@
+//! lora-tune: LoRA fine-tuning of real open models on burn, on any GPU (wgpu) or the CPU.
+//!
+//! Modules in dependency order (each may use only those above it; see ../shared/DESIGN.md §2):
+//! - [`atomic`]: every file we write goes through `write_atomic` (temp file + fsync + rename).
+//! - [`recipe`]: the TOML recipe as written, with errors that name file, line and key.
+//! - [`device`]: `--device auto|cpu|wgpu|…` → a burn `Device`, saying why.
+//! - [`source`]: a model reference (path, `hf://`, `pip://`) → local files, sha256-verified.
+//! - [`weights`]: read checkpoint headers (safetensors, GGUF) into named tensor listings.
+//! - [`plan`]: a recipe validated and resolved (defaults, absolute paths) into a `Plan`.
+//! - [`cli`] and [`commands`]: clap definitions and one file per subcommand (wiring only).
+
+pub mod atomic;
+pub mod cli;
+pub mod commands;
+pub mod device;
+pub mod plan;
+pub mod recipe;
+pub mod source;
+pub mod weights;

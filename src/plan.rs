@@ -1,0 +1,278 @@
+//! A recipe validated and resolved: every value range checked (with the recipe's file:line:key),
+//! relative paths made absolute against the recipe's directory, exclusive options settled.
+//! `commands` run a [`Plan`], never a raw recipe. Pure: reads no weights, touches no device.
+
+use std::path::{Path, PathBuf};
+
+use crate::recipe::{
+    DataSection, Dtype, ExportFormat, ExportSection, LoraSection, RecipeError, RecipeFile, Targets,
+    TrainSection,
+};
+use crate::source::Source;
+
+/// When training stops.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stop {
+    MaxSteps(u32),
+    Epochs(f64),
+}
+
+/// Warmup length, before it is turned into steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Warmup {
+    Steps(u32),
+    Ratio(f64),
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Recipe file name without `.toml`; names the default output directory.
+    pub name: String,
+    pub recipe_path: PathBuf,
+    /// Model sources in the order they are tried.
+    pub sources: Vec<Source>,
+    pub dtype: Dtype,
+    pub lora: LoraSection,
+    /// Paths absolute.
+    pub data: DataSection,
+    pub train: TrainSection,
+    pub stop: Stop,
+    pub warmup: Warmup,
+    pub export: ExportSection,
+    /// Where exports go, absolute.
+    pub out_dir: PathBuf,
+}
+
+impl Plan {
+    /// Validates `file` and resolves it; `cwd` anchors the default output directory.
+    pub fn resolve(file: &RecipeFile, cwd: &Path) -> Result<Self, RecipeError> {
+        let r = &file.recipe;
+        let check = |ok: bool, key: &str, msg: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(file.error(key, msg))
+            }
+        };
+
+        check(
+            !r.model.source.0.is_empty(),
+            "model.source",
+            "needs at least one model reference",
+        )?;
+        let sources = r
+            .model
+            .source
+            .0
+            .iter()
+            .map(|e| Source::parse(&e.uri, e.sha256.as_deref(), file.dir()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| file.error("model.source", e.to_string()))?;
+
+        let l = &r.lora;
+        check(
+            l.rank >= 1,
+            "lora.rank",
+            "must be at least 1 (typical: 4 to 64)",
+        )?;
+        check(
+            l.alpha.is_finite() && l.alpha > 0.0,
+            "lora.alpha",
+            "must be a positive number (typical: 2 × rank)",
+        )?;
+        check(
+            (0.0..1.0).contains(&l.dropout),
+            "lora.dropout",
+            "must be in [0, 1)",
+        )?;
+        if let Targets::Modules(names) = &l.targets {
+            check(
+                !names.is_empty(),
+                "lora.targets",
+                r#"is empty; name modules such as ["q_proj", "v_proj"] or use "all-linear""#,
+            )?;
+        }
+        check(
+            l.rank_pattern.values().all(|&r| r >= 1),
+            "lora.rank_pattern",
+            "every rank must be at least 1",
+        )?;
+        check(
+            l.alpha_pattern.values().all(|&a| a.is_finite() && a > 0.0),
+            "lora.alpha_pattern",
+            "every alpha must be positive",
+        )?;
+
+        let mut data = r.data.clone();
+        data.train = existing(file, "data.train", &data.train)?;
+        if let Some(eval) = &data.eval {
+            data.eval = Some(existing(file, "data.eval", eval)?);
+            check(
+                data.eval_fraction.is_none(),
+                "data.eval_fraction",
+                "give either `eval` or `eval_fraction`, not both",
+            )?;
+        }
+        if let Some(f) = data.eval_fraction {
+            check(
+                f > 0.0 && f < 1.0,
+                "data.eval_fraction",
+                "must be in (0, 1), e.g. 0.1",
+            )?;
+        }
+        check(
+            data.max_len >= 2,
+            "data.max_len",
+            "must be at least 2 tokens",
+        )?;
+
+        let t = &r.train;
+        check(
+            t.lr.is_finite() && t.lr > 0.0,
+            "train.lr",
+            "must be a positive number (typical: 1e-4 to 3e-4)",
+        )?;
+        check(
+            t.weight_decay.is_finite() && t.weight_decay >= 0.0,
+            "train.weight_decay",
+            "must be 0 or more",
+        )?;
+        check(
+            t.betas.iter().all(|b| (0.0..1.0).contains(b)),
+            "train.betas",
+            "both must be in [0, 1)",
+        )?;
+        check(
+            t.eps.is_finite() && t.eps > 0.0,
+            "train.eps",
+            "must be positive",
+        )?;
+        check(t.batch_size >= 1, "train.batch_size", "must be at least 1")?;
+        check(t.grad_accum >= 1, "train.grad_accum", "must be at least 1")?;
+        check(
+            t.max_grad_norm > 0.0,
+            "train.max_grad_norm",
+            "must be positive; use inf to disable clipping",
+        )?;
+        check(
+            t.eval_every != Some(0),
+            "train.eval_every",
+            "must be at least 1",
+        )?;
+        check(
+            t.checkpoint_every != Some(0),
+            "train.checkpoint_every",
+            "must be at least 1",
+        )?;
+        let stop = match (t.max_steps, t.epochs) {
+            (Some(_), Some(_)) => {
+                return Err(file.error(
+                    "train.epochs",
+                    "give either `max_steps` or `epochs`, not both",
+                ));
+            }
+            (Some(0), None) => return Err(file.error("train.max_steps", "must be at least 1")),
+            (Some(n), None) => Stop::MaxSteps(n),
+            (None, Some(e)) if !(e.is_finite() && e > 0.0) => {
+                return Err(file.error("train.epochs", "must be positive"));
+            }
+            (None, Some(e)) => Stop::Epochs(e),
+            (None, None) => Stop::Epochs(1.0),
+        };
+        let warmup = match (t.warmup_steps, t.warmup_ratio) {
+            (Some(_), Some(_)) => {
+                return Err(file.error(
+                    "train.warmup_ratio",
+                    "give either `warmup_steps` or `warmup_ratio`, not both",
+                ));
+            }
+            (Some(n), None) => Warmup::Steps(n),
+            (None, Some(f)) if !(0.0..1.0).contains(&f) => {
+                return Err(file.error("train.warmup_ratio", "must be in [0, 1)"));
+            }
+            (None, Some(f)) => Warmup::Ratio(f),
+            (None, None) => Warmup::Steps(0),
+        };
+
+        let e = &r.export;
+        check(
+            !e.formats.is_empty(),
+            "export.formats",
+            r#"is empty; use any of "peft", "gguf", "merged""#,
+        )?;
+        check(
+            no_repeats(&e.formats),
+            "export.formats",
+            "lists a format twice",
+        )?;
+        check(
+            matches!(e.dtype, Dtype::F32 | Dtype::Bf16),
+            "export.dtype",
+            "must be f32 or bf16",
+        )?;
+
+        let name = file
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "run".into());
+        let out_dir = match &e.out_dir {
+            Some(dir) => lexically_normal(&file.dir().join(dir)),
+            None => cwd.join("adapters").join(&name),
+        };
+        Ok(Self {
+            name,
+            recipe_path: file.path.clone(),
+            sources,
+            dtype: r.model.dtype,
+            lora: l.clone(),
+            data,
+            train: t.clone(),
+            stop,
+            warmup,
+            export: e.clone(),
+            out_dir,
+        })
+    }
+}
+
+fn no_repeats(formats: &[ExportFormat]) -> bool {
+    formats
+        .iter()
+        .enumerate()
+        .all(|(i, f)| !formats[..i].contains(f))
+}
+
+/// `a/b/../c` → `a/c`, without touching the file system (the path may not exist yet).
+fn lexically_normal(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// `path` made absolute against the recipe's directory, refused if it does not exist.
+fn existing(file: &RecipeFile, key: &str, path: &Path) -> Result<PathBuf, RecipeError> {
+    let full = lexically_normal(&file.dir().join(path));
+    if full.exists() {
+        Ok(full)
+    } else {
+        Err(file.error(
+            key,
+            format!(
+                "{} does not exist (paths are relative to the recipe file)",
+                full.display()
+            ),
+        ))
+    }
+}

@@ -1,0 +1,559 @@
+//! The recipe as the user writes it: a TOML schema (serde, unknown keys rejected) and the file it
+//! came from, so every error — syntax, type, or a value [`crate::plan`] rejects later — names
+//! `file:line:column`, the key, and what is accepted. Pure data: no burn, no I/O beyond reading.
+//!
+//! Defaults live here, as `#[serde(default)]` functions, and are documented on each field; the
+//! README's recipe reference mirrors these doc comments.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+/// A whole recipe: `[model] [lora] [data] [train] [export]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub model: ModelSection,
+    #[serde(default)]
+    pub lora: LoraSection,
+    pub data: DataSection,
+    #[serde(default)]
+    pub train: TrainSection,
+    #[serde(default)]
+    pub export: ExportSection,
+}
+
+/// `[model]`: which frozen base to fine-tune.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// One model reference or a list tried in order (the first that resolves wins): a local
+    /// HF-layout directory, a `.gguf` or `.safetensors` file, `hf://org/name[@revision]`, or
+    /// `pip://package==version/path/in/wheel`. Each may be a table `{ uri = "…", sha256 = "…" }`.
+    pub source: SourceList,
+    /// Compute dtype of the frozen base: `f32` (default), `bf16` or `f16`.
+    #[serde(default)]
+    pub dtype: Dtype,
+}
+
+/// `[lora]`: the adapters. Defaults: r=8, α=16, dropout 0.05, all seven Llama linear layers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraSection {
+    /// Rank r of A [r, in] and B [out, r]. Default 8.
+    pub rank: u32,
+    /// α; the update is scaled by α/r (α/√r with `rslora`). Default 16.
+    pub alpha: f64,
+    /// Dropout on the LoRA input path only, in [0, 1). Default 0.05.
+    pub dropout: f64,
+    /// Module names (`q_proj`, …), regexes, or `"all-linear"` (every linear but the LM head).
+    pub targets: Targets,
+    /// Restrict adapters to these layer indices. Default: every layer.
+    pub layers: Option<Vec<u32>>,
+    /// Rank-stabilised scale α/√r. Default false.
+    pub rslora: bool,
+    /// Init of A: `kaiming` (PEFT's default, uniform with a=√5) or `gaussian`; B starts at 0.
+    pub init: LoraInit,
+    /// Weight-decomposed LoRA. Default false.
+    pub use_dora: bool,
+    /// Per-module rank overrides, keyed by module name or regex, as PEFT's `rank_pattern`.
+    pub rank_pattern: BTreeMap<String, u32>,
+    /// Per-module α overrides, as PEFT's `alpha_pattern`.
+    pub alpha_pattern: BTreeMap<String, f64>,
+}
+
+impl Default for LoraSection {
+    fn default() -> Self {
+        Self {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.05,
+            targets: Targets::default(),
+            layers: None,
+            rslora: false,
+            init: LoraInit::Kaiming,
+            use_dora: false,
+            rank_pattern: BTreeMap::new(),
+            alpha_pattern: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[data]`: the dataset and how rows become token ids.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Training file (JSONL or CSV) or directory, relative to the recipe file. Required.
+    pub train: PathBuf,
+    /// Separate eval file. Default: none (see `eval_fraction`).
+    pub eval: Option<PathBuf>,
+    /// Fraction of `train` held out for eval with a seeded split, in [0, 1). Default: none.
+    pub eval_fraction: Option<f64>,
+    /// Row format; `auto` (default) detects it from the first row's fields.
+    #[serde(default)]
+    pub format: DataFormat,
+    /// Chat template: the model's own (default), `chatml`, `llama3`, `alpaca`, or inline Jinja.
+    pub template: Option<String>,
+    /// Longest sequence in tokens. Default 1024.
+    #[serde(default = "default_max_len")]
+    pub max_len: u32,
+    /// What to do with a row longer than `max_len`: `truncate` (default) or `drop`.
+    #[serde(default)]
+    pub truncation: Truncation,
+    /// Pack several rows per sequence (attention never crosses rows). Default false.
+    #[serde(default)]
+    pub packing: bool,
+    /// Also train on prompts / user turns. Default false: completions and assistant turns only.
+    #[serde(default)]
+    pub train_on_inputs: bool,
+    /// Abort on the first bad row instead of skipping and counting it. Default false.
+    #[serde(default)]
+    pub strict: bool,
+}
+
+fn default_max_len() -> u32 {
+    1024
+}
+
+/// `[train]`: optimiser, schedule, batch and cadence.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    /// Only `adamw` (PyTorch semantics, decoupled weight decay).
+    pub optimizer: Optimizer,
+    /// Peak learning rate. Default 2e-4.
+    pub lr: f64,
+    /// AdamW weight decay. Default 0.0.
+    pub weight_decay: f64,
+    /// AdamW (β1, β2). Default [0.9, 0.999].
+    pub betas: [f64; 2],
+    /// AdamW ε. Default 1e-8 (PyTorch's; burn's own default differs).
+    pub eps: f64,
+    /// `constant`, `linear` or `cosine` (default) decay after warmup.
+    pub schedule: Schedule,
+    /// Warmup length in optimiser steps. Default 0. Exclusive with `warmup_ratio`.
+    pub warmup_steps: Option<u32>,
+    /// Warmup as a fraction of all steps, in [0, 1). Exclusive with `warmup_steps`.
+    pub warmup_ratio: Option<f64>,
+    /// Stop after this many optimiser steps. Exclusive with `epochs`.
+    pub max_steps: Option<u32>,
+    /// Passes over the training set. Default 1 when `max_steps` is not given.
+    pub epochs: Option<f64>,
+    /// Sequences per micro-batch. Default 4.
+    pub batch_size: u32,
+    /// Micro-batches per optimiser step. Default 1.
+    pub grad_accum: u32,
+    /// Global gradient-norm clip. Default 1.0; `inf` disables clipping.
+    pub max_grad_norm: f64,
+    /// Seed for adapter init, dropout and shuffling. Default 42.
+    pub seed: u64,
+    /// Evaluate every N steps (and at the end). Default: only at the end.
+    pub eval_every: Option<u32>,
+    /// Write a resumable checkpoint every N steps. Default: none.
+    pub checkpoint_every: Option<u32>,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            optimizer: Optimizer::Adamw,
+            lr: 2e-4,
+            weight_decay: 0.0,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            schedule: Schedule::Cosine,
+            warmup_steps: None,
+            warmup_ratio: None,
+            max_steps: None,
+            epochs: None,
+            batch_size: 4,
+            grad_accum: 1,
+            max_grad_norm: 1.0,
+            seed: 42,
+            eval_every: None,
+            checkpoint_every: None,
+        }
+    }
+}
+
+/// `[export]`: what to hand back after training.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportSection {
+    /// Any of `peft` (default), `gguf`, `merged`.
+    pub formats: Vec<ExportFormat>,
+    /// Output directory, relative to the recipe file. Default: `adapters/<recipe name>` under
+    /// the current directory.
+    pub out_dir: Option<PathBuf>,
+    /// Adapter tensor dtype: `f32` (default) or `bf16`.
+    pub dtype: Dtype,
+}
+
+impl Default for ExportSection {
+    fn default() -> Self {
+        Self {
+            formats: vec![ExportFormat::Peft],
+            out_dir: None,
+            dtype: Dtype::F32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoraInit {
+    #[default]
+    Kaiming,
+    Gaussian,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataFormat {
+    #[default]
+    Auto,
+    Text,
+    PromptCompletion,
+    Alpaca,
+    Chat,
+    Classification,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Truncation {
+    #[default]
+    Truncate,
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    #[default]
+    Adamw,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Constant,
+    Linear,
+    #[default]
+    Cosine,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    Peft,
+    Gguf,
+    Merged,
+}
+
+/// Which linear layers get adapters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Targets {
+    /// Every linear layer except the LM head (PEFT's `"all-linear"`).
+    AllLinear,
+    /// Module names or regexes matched against module paths.
+    Modules(Vec<String>),
+}
+
+impl Default for Targets {
+    fn default() -> Self {
+        let names = [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ];
+        Self::Modules(names.iter().map(|s| s.to_string()).collect())
+    }
+}
+
+impl<'de> Deserialize<'de> for Targets {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Targets;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    r#""all-linear" or a list of module names such as ["q_proj", "v_proj"]"#,
+                )
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Targets, E> {
+                match s {
+                    "all-linear" => Ok(Targets::AllLinear),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(s), &self)),
+                }
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Targets, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    names.push(name);
+                }
+                Ok(Targets::Modules(names))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One model reference and the sha256 its file must have, if pinned.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceEntry {
+    pub uri: String,
+    pub sha256: Option<String>,
+}
+
+/// `source = "…"`, `source = { uri = "…", sha256 = "…" }`, or a list mixing both forms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceList(pub Vec<SourceEntry>);
+
+impl<'de> Deserialize<'de> for SourceList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SourceList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(r#"a model reference, { uri = "…", sha256 = "…" }, or a list of them"#)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<SourceList, E> {
+                Ok(SourceList(vec![SourceEntry {
+                    uri: s.into(),
+                    sha256: None,
+                }]))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SourceList, A::Error> {
+                let entry = SourceEntry::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(SourceList(vec![entry]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SourceList, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(SourceList(one)) = seq.next_element::<SourceList>()? {
+                    entries.extend(one);
+                }
+                Ok(SourceList(entries))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A recipe error, located in its file. Display: `file:line:col: key: message`.
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    #[error("cannot read recipe {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: {}{message}", path.display(), key.as_deref().map(|k| format!("`{k}`: ")).unwrap_or_default())]
+    At {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        key: Option<String>,
+        message: String,
+    },
+}
+
+/// A parsed recipe with the text it came from, for locating later validation errors.
+#[derive(Debug, Clone)]
+pub struct RecipeFile {
+    pub path: PathBuf,
+    pub text: String,
+    pub recipe: Recipe,
+}
+
+impl RecipeFile {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Self, RecipeError> {
+        let read_err = |source| RecipeError::Read {
+            path: path.into(),
+            source,
+        };
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        // Absolute, so every path resolved against the recipe's directory is absolute too.
+        let path = std::fs::canonicalize(path).map_err(read_err)?;
+        Self::parse(&path, text)
+    }
+
+    /// Parses recipe text; `path` is used in messages and to resolve relative paths.
+    pub fn parse(path: &Path, text: String) -> Result<Self, RecipeError> {
+        match toml::from_str::<Recipe>(&text) {
+            Ok(recipe) => Ok(Self {
+                path: path.into(),
+                text,
+                recipe,
+            }),
+            Err(err) => {
+                let offset = err.span().map(|s| s.start).unwrap_or(0);
+                let key = key_at_offset(&text, offset);
+                let (line, column) = line_col(&text, offset);
+                let message = err.message().trim_end().to_string();
+                Err(RecipeError::At {
+                    path: path.into(),
+                    line,
+                    column,
+                    key,
+                    message,
+                })
+            }
+        }
+    }
+
+    /// An error about the value of `key` (dotted, e.g. `lora.rank`), located at that key, or
+    /// at its nearest enclosing table when the key is absent.
+    pub fn error(&self, key: &str, message: impl Into<String>) -> RecipeError {
+        let offset = offset_of_key(&self.text, key).unwrap_or(0);
+        let (line, column) = line_col(&self.text, offset);
+        RecipeError::At {
+            path: self.path.clone(),
+            line,
+            column,
+            key: Some(key.into()),
+            message: message.into(),
+        }
+    }
+
+    /// The directory relative paths in the recipe are resolved against.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, column)
+}
+
+/// Byte offset of the dotted `key`, or of the deepest part of it that exists.
+fn offset_of_key(text: &str, key: &str) -> Option<usize> {
+    let root = DeTable::parse(text).ok()?;
+    let mut table = root.get_ref();
+    let mut found = None;
+    for part in key.split('.') {
+        let Some((k, v)) = table.iter().find(|(k, _)| k.get_ref() == part) else {
+            break;
+        };
+        found = Some(k.span().start);
+        match v.get_ref() {
+            DeValue::Table(t) => table = t,
+            _ => break,
+        }
+    }
+    found
+}
+
+/// The dotted key whose key or value span holds `offset` (the deepest such), if any. Tables
+/// are searched whatever their own span says: a `[section]` table's span is its header only.
+fn key_at_offset(text: &str, offset: usize) -> Option<String> {
+    fn contains<T>(s: &Spanned<T>, offset: usize) -> bool {
+        let span = s.span();
+        span.start <= offset && offset < span.end.max(span.start + 1)
+    }
+    fn walk(table: &DeTable, offset: usize, path: &mut Vec<String>) -> bool {
+        for (k, v) in table.iter() {
+            path.push(k.get_ref().to_string());
+            let inner = match v.get_ref() {
+                DeValue::Table(t) => walk(t, offset, path),
+                DeValue::Array(items) => items.iter().any(|item| match item.get_ref() {
+                    DeValue::Table(t) => walk(t, offset, path),
+                    _ => false,
+                }),
+                _ => false,
+            };
+            if inner || contains(k, offset) || contains(v, offset) {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+    let root = DeTable::parse(text).ok()?;
+    let mut path = Vec::new();
+    walk(root.get_ref(), offset, &mut path);
+    if path.is_empty() {
+        None
+    } else {
+        Some(path.join("."))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RecipeFile, RecipeError> {
+        RecipeFile::parse(Path::new("r.toml"), text.into())
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("a\nbc\n", 0), (1, 1));
+        assert_eq!(line_col("a\nbc\n", 3), (2, 2));
+    }
+
+    #[test]
+    fn source_accepts_string_table_and_mixed_list() {
+        let r = parse(
+            "[model]\nsource = [\"hf://a/b\", { uri = \"pip://p==1/x.gguf\", sha256 = \"ab\" }]\n\
+             [data]\ntrain = \"t.jsonl\"\n",
+        )
+        .unwrap();
+        assert_eq!(r.recipe.model.source.0.len(), 2);
+        assert_eq!(r.recipe.model.source.0[1].sha256.as_deref(), Some("ab"));
+        let r = parse("[model]\nsource = \"x\"\n[data]\ntrain = \"t\"\n").unwrap();
+        assert_eq!(r.recipe.model.source.0[0].uri, "x");
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let r = parse("[model]\nsource = \"x\"\n[data]\ntrain = \"t\"\n")
+            .unwrap()
+            .recipe;
+        assert_eq!((r.lora.rank, r.lora.alpha, r.lora.dropout), (8, 16.0, 0.05));
+        assert_eq!(r.lora.targets, Targets::default());
+        assert_eq!(
+            (r.train.lr, r.train.eps, r.train.batch_size),
+            (2e-4, 1e-8, 4)
+        );
+        assert_eq!(r.data.max_len, 1024);
+        assert_eq!(r.export.formats, vec![ExportFormat::Peft]);
+    }
+
+    #[test]
+    fn offset_of_missing_key_falls_back_to_its_table() {
+        let text = "[model]\nsource = \"x\"\n\n[lora]\nalpha = 2\n";
+        let (line, _) = line_col(text, offset_of_key(text, "lora.rank").unwrap());
+        assert_eq!(line, 4);
+    }
+}

