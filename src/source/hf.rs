@@ -17,6 +17,9 @@ const OPTIONAL: [&str; 4] = [
     "special_tokens_map.json",
 ];
 
+/// Fetches one file of the repo: from the cache only, or through the hub.
+type Getter<'a> = Box<dyn Fn(&str) -> Result<PathBuf, SourceError> + 'a>;
+
 pub fn resolve(
     repo: &str,
     revision: Option<&str>,
@@ -32,7 +35,7 @@ pub fn resolve(
         RepoType::Model,
         revision.unwrap_or("main").into(),
     );
-    let get: Box<dyn Fn(&str) -> Result<PathBuf, SourceError>> = if offline() {
+    let get: Getter<'_> = if offline() {
         let cached = cache.repo(handle.clone());
         Box::new(move |name: &str| {
             cached.get(name).ok_or_else(|| {

@@ -230,6 +230,16 @@ impl GgufFile {
         self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
+    /// A tensor's values as f32, in the file's (ggml) element order.
+    pub fn dequantize(&self, tensor: &GgufTensor) -> Result<Vec<f32>, WeightsError> {
+        super::dequant::dequantize(
+            tensor.ggml_type,
+            self.tensor_bytes(tensor),
+            tensor.n_elements() as usize,
+        )
+        .map_err(|e| WeightsError::format(&self.path, format!("tensor `{}`: {e}", tensor.name)))
+    }
+
     /// The raw bytes of a tensor (bounds were checked at open).
     pub fn tensor_bytes(&self, tensor: &GgufTensor) -> &[u8] {
         let start = (self.data_offset + tensor.offset) as usize;
@@ -342,7 +352,7 @@ fn tensor_bytes(name: &str, dims: &[u64], ty: GgmlType) -> Result<u64, String> {
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| format!("tensor `{name}` dims {dims:?} overflow"))?;
-    if dims[0] % block != 0 {
+    if !dims[0].is_multiple_of(block) {
         return Err(format!(
             "tensor `{name}`: row of {} is not a multiple of {type_name}'s block of {block}",
             dims[0]

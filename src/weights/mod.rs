@@ -2,7 +2,9 @@
 //! checked against the file; [`Inventory`] lists any model file or directory uniformly for
 //! `inspect` and `plan`. Knows file formats, not architectures.
 
+pub mod dequant;
 pub mod gguf;
+pub mod gguf_names;
 pub mod safetensors;
 
 use std::path::{Path, PathBuf};

