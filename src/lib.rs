@@ -6,6 +6,7 @@
 //! - [`device`]: `--device auto|cpu|wgpu|…` → a burn `Device`, saying why.
 //! - [`source`]: a model reference (path, `hf://`, `pip://`) → local files, sha256-verified.
 //! - [`weights`]: read checkpoint headers (safetensors, GGUF) into named tensor listings.
+//! - [`model`]: architectures (Llama family) in burn, HF layout, loaded from `weights`.
 //! - [`plan`]: a recipe validated and resolved (defaults, absolute paths) into a `Plan`.
 //! - [`cli`] and [`commands`]: clap definitions and one file per subcommand (wiring only).
 
@@ -13,6 +14,7 @@ pub mod atomic;
 pub mod cli;
 pub mod commands;
 pub mod device;
+pub mod model;
 pub mod plan;
 pub mod recipe;
 pub mod source;

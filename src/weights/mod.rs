@@ -5,7 +5,9 @@
 pub mod dequant;
 pub mod gguf;
 pub mod gguf_names;
+pub mod host;
 pub mod safetensors;
+pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 

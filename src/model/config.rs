@@ -1,0 +1,188 @@
+//! The decoder's shape, from an HF `config.json` or a GGUF file's `<arch>.*` metadata, resolved
+//! into one runtime [`LlamaConfig`]. Field names follow config.json. transformers 5 writes RoPE
+//! settings under `rope_parameters`, older files use top-level `rope_theta` / `rope_scaling`:
+//! both are read (DESIGN.md §6 — a reader of only one silently uses theta 10000).
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::weights::WeightsError;
+use crate::weights::gguf::{GgufFile, MetaValue};
+
+/// Llama 3 frequency-dependent RoPE scaling (`rope_type = "llama3"`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+pub struct Llama3Scaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_llama3: Option<Llama3Scaling>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections carry biases (Qwen2; Llama with `attention_bias`).
+    pub qkv_bias: bool,
+}
+
+/// config.json as written (only the fields we use; the rest is ignored, as transformers does).
+#[derive(Deserialize)]
+struct RawConfig {
+    model_type: Option<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<serde_json::Value>,
+    rope_parameters: Option<serde_json::Value>,
+    max_position_embeddings: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+    attention_bias: Option<bool>,
+}
+
+impl LlamaConfig {
+    /// Reads `config.json` of an HF model directory (Llama, Mistral, Qwen2, SmolLM families).
+    pub fn from_json_file(path: &Path) -> Result<Self, WeightsError> {
+        let err = |detail: String| WeightsError::format(path, detail);
+        let text = std::fs::read_to_string(path).map_err(|source| WeightsError::Io {
+            path: path.into(),
+            source,
+        })?;
+        let raw: RawConfig = serde_json::from_str(&text)
+            .map_err(|e| err(format!("not a Llama-family config: {e}")))?;
+        let model_type = raw.model_type.as_deref().unwrap_or("llama");
+        if !matches!(model_type, "llama" | "mistral" | "qwen2") {
+            return Err(err(format!(
+                "model_type `{model_type}` is not a Llama-family decoder (llama, mistral, qwen2)"
+            )));
+        }
+        // rope_parameters (transformers 5) wins over the older top-level fields.
+        let rope = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
+        let rope_theta = rope
+            .and_then(|r| r.get("rope_theta"))
+            .and_then(serde_json::Value::as_f64)
+            .or(raw.rope_theta)
+            .unwrap_or(10_000.0);
+        let rope_type = rope
+            .and_then(|r| r.get("rope_type").or(r.get("type")))
+            .and_then(|t| t.as_str());
+        let rope_llama3 = match rope_type {
+            None | Some("default") => None,
+            Some("llama3") => Some(
+                serde_json::from_value(rope.cloned().unwrap_or_default())
+                    .map_err(|e| err(format!("llama3 rope scaling: {e}")))?,
+            ),
+            Some(other) => {
+                return Err(err(format!(
+                    "rope_type `{other}` is not supported (default, llama3 are)"
+                )));
+            }
+        };
+        let heads = raw.num_attention_heads;
+        Ok(Self {
+            vocab_size: raw.vocab_size,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_hidden_layers: raw.num_hidden_layers,
+            num_attention_heads: heads,
+            num_key_value_heads: raw.num_key_value_heads.unwrap_or(heads),
+            head_dim: raw.head_dim.unwrap_or(raw.hidden_size / heads.max(1)),
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta,
+            rope_llama3,
+            max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            qkv_bias: model_type == "qwen2" || raw.attention_bias.unwrap_or(false),
+        })
+        .and_then(|c: Self| c.validated(path))
+    }
+
+    /// Reads the `llama` or `qwen2` metadata of a GGUF file, as transformers maps it.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, WeightsError> {
+        let err = |detail: String| WeightsError::format(&file.path, detail);
+        let arch = file
+            .get("general.architecture")
+            .and_then(MetaValue::as_str)
+            .unwrap_or("?");
+        if !matches!(arch, "llama" | "qwen2") {
+            return Err(err(format!(
+                "GGUF architecture `{arch}` is not supported (llama, qwen2 are)"
+            )));
+        }
+        let int = |key: &str| {
+            file.get(&format!("{arch}.{key}"))
+                .and_then(MetaValue::as_u64)
+                .map(|v| v as usize)
+                .ok_or_else(|| err(format!("{arch}.{key} is missing")))
+        };
+        let float = |key: &str| match file.get(&format!("{arch}.{key}")) {
+            Some(MetaValue::F32(v)) => Some(f64::from(*v)),
+            Some(MetaValue::F64(v)) => Some(*v),
+            _ => None,
+        };
+        let vocab_size = match file.get("tokenizer.ggml.tokens") {
+            Some(MetaValue::Array(tokens)) => tokens.len(),
+            _ => int("vocab_size")?,
+        };
+        let hidden_size = int("embedding_length")?;
+        let heads = int("attention.head_count")?;
+        let has = |name: &str| file.tensors.iter().any(|t| t.name == name);
+        if has("rope_freqs.weight") {
+            // Llama 3.1+ GGUFs carry their RoPE scaling as a tensor; reading it is not done yet,
+            // and ignoring it would give subtly wrong logits.
+            return Err(err("rope_freqs.weight (Llama 3 RoPE scaling) in GGUF is not supported yet; use the model's HF directory".into()));
+        }
+        Ok(Self {
+            vocab_size,
+            hidden_size,
+            intermediate_size: int("feed_forward_length")?,
+            num_hidden_layers: int("block_count")?,
+            num_attention_heads: heads,
+            num_key_value_heads: int("attention.head_count_kv").unwrap_or(heads),
+            head_dim: int("rope.dimension_count").unwrap_or(hidden_size / heads.max(1)),
+            rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
+            rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
+            rope_llama3: None,
+            max_position_embeddings: int("context_length").unwrap_or(2048),
+            tie_word_embeddings: !has("output.weight"),
+            qkv_bias: has("blk.0.attn_q.bias"),
+        })
+        .and_then(|c: Self| c.validated(&file.path))
+    }
+
+    fn validated(self, path: &Path) -> Result<Self, WeightsError> {
+        let heads_ok = self.num_attention_heads > 0
+            && self.num_key_value_heads > 0
+            && self
+                .num_attention_heads
+                .is_multiple_of(self.num_key_value_heads)
+            && self.head_dim.is_multiple_of(2);
+        if !heads_ok {
+            return Err(WeightsError::format(
+                path,
+                format!(
+                    "{} attention heads / {} key-value heads / head_dim {} do not form grouped-query attention",
+                    self.num_attention_heads, self.num_key_value_heads, self.head_dim
+                ),
+            ));
+        }
+        Ok(self)
+    }
+}

