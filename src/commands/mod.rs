@@ -1,6 +1,7 @@
 //! One file per subcommand: wiring between the library modules, no math. Only this module (and
 //! training progress) prints. Errors carry context here; `main` prints them once.
 
+mod generate;
 mod inspect;
 mod plan;
 mod run;
@@ -25,10 +26,29 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             "merge",
             "merging adapters into the base arrives with issue #6",
         ),
-        Some(Command::Generate { .. }) => not_yet(
-            "generate",
-            "the Llama model and generation arrive with issue #3",
-        ),
+        Some(Command::Generate {
+            base,
+            adapter,
+            prompt,
+            chat,
+            max_new_tokens,
+            temperature,
+            top_p,
+            seed,
+        }) => {
+            if adapter.is_some() {
+                return not_yet(
+                    "generate --adapter",
+                    "reading PEFT adapters arrives with issue #6",
+                );
+            }
+            let sampling = crate::model::generate::Sampling {
+                temperature,
+                top_p,
+                seed,
+            };
+            generate::run(&base, &prompt, chat, max_new_tokens, sampling, cli.device)
+        }
         Some(Command::Eval { .. }) => not_yet("eval", "evaluation arrives with issue #4"),
         None => match cli.recipe {
             Some(recipe) => run::run(&recipe, cli.device, cli.resume.as_deref()),

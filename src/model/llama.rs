@@ -84,29 +84,58 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// x: [b, s, hidden], mask: [b, 1, s, s] (true = may not attend) → [b, s, hidden].
-    pub fn forward(&self, x: Tensor<3>, rope: &RopeTables, mask: &Tensor<4, Bool>) -> Tensor<3> {
+    /// x: [b, s, hidden], mask: [b, 1, s, t] (true = may not attend) → [b, s, hidden], where
+    /// t = s plus the positions already in `cache` (generation appends to it).
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &RopeTables,
+        mask: &Tensor<4, Bool>,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
         let [b, s, _] = x.dims();
         let (h, kv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let heads = |t: Tensor<3>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2); // [b, n, s, d]
         let q = rope.apply(heads(self.q_proj.forward(x.clone()), h));
-        let k = rope.apply(heads(self.k_proj.forward(x.clone()), kv));
-        let v = heads(self.v_proj.forward(x), kv);
+        let mut k = rope.apply(heads(self.k_proj.forward(x.clone()), kv));
+        let mut v = heads(self.v_proj.forward(x), kv);
+        if let Some(cache) = cache {
+            if let Some((past_k, past_v)) = cache.kv.take() {
+                k = Tensor::cat(vec![past_k, k], 2); // [b, kv, t, d]
+                v = Tensor::cat(vec![past_v, v], 2);
+            }
+            cache.kv = Some((k.clone(), v.clone()));
+        }
+        let t = k.dims()[2];
         // repeat_kv: query head i reads key/value head i / (h / kv), as HF orders them.
-        let repeat = |t: Tensor<4>| {
-            t.unsqueeze_dim::<5>(2)
-                .expand([b, kv, h / kv, s, d])
-                .reshape([b, h, s, d])
+        let repeat = |x: Tensor<4>| {
+            x.unsqueeze_dim::<5>(2)
+                .expand([b, kv, h / kv, t, d])
+                .reshape([b, h, t, d])
         };
         let (k, v) = (repeat(k), repeat(v));
         let scores = q
             .matmul(k.swap_dims(2, 3))
-            .mul_scalar(1.0 / (d as f64).sqrt()); // [b, h, s, s]
-        let scores = scores.mask_fill(mask.clone().expand([b, h, s, s]), f32::MIN);
+            .mul_scalar(1.0 / (d as f64).sqrt()); // [b, h, s, t]
+        let scores = scores.mask_fill(mask.clone().expand([b, h, s, t]), f32::MIN);
         let out = softmax(scores, 3).matmul(v); // [b, h, s, d]
         self.o_proj
             .forward(out.swap_dims(1, 2).reshape([b, s, h * d]))
     }
+}
+
+/// One layer's keys and values so far (after RoPE, before repeat_kv): [b, kv_heads, t, d].
+#[derive(Debug, Clone, Default)]
+pub struct LayerCache {
+    kv: Option<(Tensor<4>, Tensor<4>)>,
+}
+
+/// Keys and values of every layer, so each generated token costs one position's forward.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    /// Positions already processed.
+    pub len: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -133,11 +162,16 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    pub fn forward(&self, x: Tensor<3>, rope: &RopeTables, mask: &Tensor<4, Bool>) -> Tensor<3> {
-        let x = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), rope, mask);
+    /// x: [b, s, hidden] → same: x + attn(rms(x)), then x + mlp(rms(x)).
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &RopeTables,
+        mask: &Tensor<4, Bool>,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
+        let attn_in = self.input_layernorm.forward(x.clone());
+        let x = x + self.self_attn.forward(attn_in, rope, mask, cache);
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
 }
@@ -243,6 +277,38 @@ impl Llama {
     /// ids: one row per sequence, all of length s; mask: 1 = real token, 0 = padding (same
     /// shape). → logits [batch, s, vocab].
     pub fn forward(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u8>]) -> Tensor<3> {
+        let s = ids.first().map_or(0, Vec::len);
+        let mask = causal_padding_mask(attention_mask, s, 0, &self.device);
+        self.run(ids, &mask, 0, None)
+    }
+
+    /// Feeds `ids` (one sequence) after the positions in `cache`, appending to it.
+    /// → logits of the last position, [vocab].
+    pub fn forward_cached(&self, ids: &[u32], cache: &mut KvCache) -> Tensor<1> {
+        if cache.layers.is_empty() {
+            cache.layers = vec![LayerCache::default(); self.layers.len()];
+        }
+        let start = cache.len;
+        let mask = causal_padding_mask(
+            &[vec![1; start + ids.len()]],
+            ids.len(),
+            start,
+            &self.device,
+        );
+        let logits = self.run(&[ids.to_vec()], &mask, start, Some(&mut cache.layers));
+        cache.len += ids.len();
+        let v = self.config.vocab_size;
+        logits.narrow(1, ids.len() - 1, 1).reshape([v])
+    }
+
+    /// The decoder proper: embeddings at positions `start..`, layers, norm, head.
+    fn run(
+        &self,
+        ids: &[Vec<u32>],
+        mask: &Tensor<4, Bool>,
+        start: usize,
+        mut cache: Option<&mut Vec<LayerCache>>,
+    ) -> Tensor<3> {
         let (b, s) = (ids.len(), ids.first().map_or(0, Vec::len));
         let hd = self.config.hidden_size;
         let flat: Vec<i64> = ids.iter().flatten().map(|&t| i64::from(t)).collect();
@@ -252,10 +318,10 @@ impl Llama {
             .clone()
             .select(0, flat)
             .reshape([b, s, hd]);
-        let rope = RopeTables::new(&self.inv_freq, 0, s, &self.device);
-        let mask = causal_padding_mask(attention_mask, s, &self.device);
-        for layer in &self.layers {
-            x = layer.forward(x, &rope, &mask);
+        let rope = RopeTables::new(&self.inv_freq, start, s, &self.device);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c[i]);
+            x = layer.forward(x, &rope, mask, layer_cache);
         }
         let x = self.norm.forward(x);
         match &self.lm_head {
@@ -270,16 +336,22 @@ impl Llama {
     }
 }
 
-/// [b, 1, s, s]: query i may not attend key j when j > i or key j is padding.
-fn causal_padding_mask(attention_mask: &[Vec<u8>], s: usize, device: &Device) -> Tensor<4, Bool> {
-    let b = attention_mask.len();
-    let mut masked = Vec::with_capacity(b * s * s);
+/// [b, 1, s, start + s]: new query i (at position start + i) may not attend key j when
+/// j > start + i or key j is padding.
+fn causal_padding_mask(
+    attention_mask: &[Vec<u8>],
+    s: usize,
+    start: usize,
+    device: &Device,
+) -> Tensor<4, Bool> {
+    let (b, t) = (attention_mask.len(), start + s);
+    let mut masked = Vec::with_capacity(b * s * t);
     for row in attention_mask {
         for i in 0..s {
-            masked.extend((0..s).map(|j| j > i || row.get(j).copied().unwrap_or(0) == 0));
+            masked.extend((0..t).map(|j| j > start + i || row.get(j).copied().unwrap_or(0) == 0));
         }
     }
-    Tensor::from_data(TensorData::new(masked, [b, 1, s, s]), device)
+    Tensor::from_data(TensorData::new(masked, [b, 1, s, t]), device)
 }
 
 fn take2(

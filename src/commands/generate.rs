@@ -1,0 +1,101 @@
+//! `lora-tune generate`: resolve and load the model, render the prompt, stream the continuation.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::data::template::{Message, render_chat};
+use crate::device::{self, DeviceChoice};
+use crate::model::generate::{Sampling, generate};
+use crate::source::{Fetcher, Source};
+
+pub fn run(
+    base: &str,
+    prompt: &str,
+    chat: bool,
+    max_new: usize,
+    sampling: Sampling,
+    device: DeviceChoice,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        sampling.temperature >= 0.0,
+        "--temperature must be 0 (greedy) or more"
+    );
+    anyhow::ensure!(
+        sampling.top_p > 0.0 && sampling.top_p <= 1.0,
+        "--top-p must be in (0, 1]"
+    );
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let source = Source::parse(base, None, &cwd)?;
+    let files = Fetcher::new()
+        .resolve(&source)
+        .with_context(|| format!("resolving {base}"))?;
+    let selected = device::select(device)?;
+    eprintln!("device: {} ({})", selected.name, selected.why);
+    let started = Instant::now();
+    let (model, tok) = crate::model::load(&files, &selected.device)
+        .with_context(|| format!("loading {}", files.path().display()))?;
+    eprintln!(
+        "loaded {} in {:.1} s",
+        files.path().display(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let (text, add_special) = if chat {
+        let template = tok
+            .chat_template
+            .as_deref()
+            .context("this model ships no chat template; drop --chat")?;
+        let name = |id: Option<u32>| {
+            id.and_then(|i| tok.tokenizer.id_to_token(i))
+                .unwrap_or_default()
+        };
+        let messages = [Message {
+            role: "user".into(),
+            content: prompt.into(),
+        }];
+        // As apply_chat_template(tokenize=True): the template writes the special tokens itself.
+        (
+            render_chat(
+                template,
+                &messages,
+                true,
+                &name(tok.bos_id),
+                &name(tok.eos_id),
+            )?,
+            false,
+        )
+    } else {
+        (prompt.to_string(), true)
+    };
+    let ids = tok.encode(&text, add_special).map_err(anyhow::Error::msg)?;
+    let stop: Vec<u32> = tok.eos_id.into_iter().collect();
+
+    let started = Instant::now();
+    let mut out = std::io::stdout().lock();
+    let mut generated = Vec::new();
+    let mut shown = 0;
+    let new = generate(&model, &ids, max_new, &stop, sampling, |id| {
+        generated.push(id);
+        // Decode everything so far and print what is new, holding back a partial UTF-8 char.
+        if let Ok(text) = tok.decode(&generated, true)
+            && !text.ends_with('\u{FFFD}')
+            && let Some(fresh) = text.get(shown..).filter(|f| !f.is_empty())
+        {
+            let _ = write!(out, "{fresh}");
+            let _ = out.flush();
+            shown = text.len();
+        }
+    })
+    .map_err(anyhow::Error::msg)?;
+    writeln!(out)?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{} prompt tokens, {} new tokens in {secs:.2} s ({:.1} tokens/s)",
+        ids.len(),
+        new.len(),
+        new.len() as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! Datasets → token ids and loss masks. So far: chat templates ([`template`]).
+
+pub mod template;

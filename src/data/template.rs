@@ -1,0 +1,42 @@
+//! Chat templates: the model's own Jinja template (tokenizer_config.json `chat_template` or GGUF
+//! `tokenizer.chat_template`) rendered with minijinja the way transformers'
+//! `apply_chat_template` renders it: `messages`, `add_generation_prompt`, the special-token
+//! strings, `raise_exception`, and Python string methods. Knows text, not token ids.
+
+use minijinja::{Environment, Error, ErrorKind, context};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("chat template: {0}")]
+pub struct TemplateError(String);
+
+/// Renders `messages` with `template`; `add_generation_prompt` appends the assistant header.
+pub fn render_chat(
+    template: &str,
+    messages: &[Message],
+    add_generation_prompt: bool,
+    bos_token: &str,
+    eos_token: &str,
+) -> Result<String, TemplateError> {
+    let mut env = Environment::new();
+    // transformers renders with trim_blocks and lstrip_blocks on.
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
+        Err(Error::new(ErrorKind::InvalidOperation, msg))
+    });
+    env.add_template("chat", template)
+        .map_err(|e| TemplateError(e.to_string()))?;
+    let tmpl = env
+        .get_template("chat")
+        .map_err(|e| TemplateError(e.to_string()))?;
+    tmpl.render(context! { messages, add_generation_prompt, bos_token, eos_token })
+        .map_err(|e| TemplateError(e.to_string()))
+}
