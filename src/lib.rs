@@ -7,6 +7,7 @@
 //! - [`data`]: chat templates (and, with the dataset issue, formats, masks, batches).
 //! - [`source`]: a model reference (path, `hf://`, `pip://`) → local files, sha256-verified.
 //! - [`weights`]: read checkpoint headers (safetensors, GGUF) into named tensor listings.
+//! - [`lora`]: target selection (PEFT rules) and the trainable-parameter report.
 //! - [`model`]: architectures (Llama family) in burn, HF layout, loaded from `weights`.
 //! - [`plan`]: a recipe validated and resolved (defaults, absolute paths) into a `Plan`.
 //! - [`cli`] and [`commands`]: clap definitions and one file per subcommand (wiring only).
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod commands;
 pub mod data;
 pub mod device;
+pub mod lora;
 pub mod model;
 pub mod plan;
 pub mod recipe;

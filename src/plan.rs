@@ -92,6 +92,29 @@ impl Plan {
                 r#"is empty; name modules such as ["q_proj", "v_proj"] or use "all-linear""#,
             )?;
         }
+        if let Targets::Regex(pattern) = &l.targets {
+            regex::Regex::new(pattern)
+                .map_err(|e| file.error("lora.targets", format!("is not a valid regex: {e}")))?;
+            // PEFT ignores layers_to_transform for a regex target; refusing beats diverging.
+            check(
+                l.layers.is_none(),
+                "lora.layers",
+                "cannot combine with a regex `targets`; put the layer indices in the regex",
+            )?;
+        }
+        let pattern_keys = [
+            (
+                "lora.rank_pattern",
+                l.rank_pattern.keys().collect::<Vec<_>>(),
+            ),
+            ("lora.alpha_pattern", l.alpha_pattern.keys().collect()),
+        ];
+        for (table, keys) in pattern_keys {
+            for key in keys {
+                regex::Regex::new(key)
+                    .map_err(|e| file.error(table, format!("`{key}` is not a valid regex: {e}")))?;
+            }
+        }
         check(
             l.rank_pattern.values().all(|&r| r >= 1),
             "lora.rank_pattern",

@@ -51,7 +51,8 @@ pub struct LoraSection {
     pub alpha: f64,
     /// Dropout on the LoRA input path only, in [0, 1). Default 0.05.
     pub dropout: f64,
-    /// Module names (`q_proj`, …), regexes, or `"all-linear"` (every linear but the LM head).
+    /// Module names (`q_proj`, …), one regex over module paths (a string), or `"all-linear"`
+    /// (every linear but the LM head) — PEFT's `target_modules` semantics.
     pub targets: Targets,
     /// Restrict adapters to these layer indices. Default: every layer.
     pub layers: Option<Vec<u32>>,
@@ -270,8 +271,11 @@ pub enum ExportFormat {
 pub enum Targets {
     /// Every linear layer except the LM head (PEFT's `"all-linear"`).
     AllLinear,
-    /// Module names or regexes matched against module paths.
+    /// Module names: a module is targeted when its path ends with `.name` (PEFT's list form).
     Modules(Vec<String>),
+    /// A regex the whole module path must match (PEFT's string form), e.g.
+    /// `.*\.layers\.[0-3]\..*(q_proj|v_proj)`.
+    Regex(String),
 }
 
 impl Default for Targets {
@@ -302,7 +306,7 @@ impl<'de> Deserialize<'de> for Targets {
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Targets, E> {
                 match s {
                     "all-linear" => Ok(Targets::AllLinear),
-                    _ => Err(E::invalid_value(de::Unexpected::Str(s), &self)),
+                    _ => Ok(Targets::Regex(s.into())),
                 }
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Targets, A::Error> {

@@ -168,3 +168,22 @@ fn generate_streams_the_greedy_continuation() {
     );
     assert!(stderr.contains("5 prompt tokens, 8 new tokens"), "{stderr}");
 }
+
+/// `plan` prints PEFT's own report line for the shipped recipe (SmolLM2, r=8, 7 targets).
+#[test]
+fn plan_prints_the_peft_parameter_report() {
+    let out = lora_tune(&["plan", "recipes/support-tickets.toml"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stdout.contains(
+            "trainable params: 2,442,240 || all params: 136,957,248 || trainable%: 1.7832\n"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("q_proj      30 layers       276,480 params"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("memory estimate"), "{stderr}");
+}

@@ -177,8 +177,12 @@ fn bad_sha256_is_refused() {
 #[test]
 fn bad_targets_value_says_what_is_accepted() {
     let f = Fixture::new();
-    let err = f.error(BASE, "\n[lora]\ntargets = \"everything\"\n");
+    let err = f.error(BASE, "\n[lora]\ntargets = 3\n");
     assert_located(&err, 8, "lora.targets", &["all-linear"]);
+    let err = f.error(BASE, "\n[lora]\ntargets = \"q_proj(\"\n");
+    assert_located(&err, 8, "lora.targets", &["not a valid regex"]);
+    let err = f.error(BASE, "\n[lora]\ntargets = \".*q_proj\"\nlayers = [0]\n");
+    assert_located(&err, 9, "lora.layers", &["regex"]);
     let err = f.error(BASE, "\n[lora]\ntargets = []\n");
     assert_located(&err, 8, "lora.targets", &["is empty"]);
 }

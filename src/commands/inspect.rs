@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 
+use crate::lora::report::thousands;
 use crate::source::{Fetcher, Source};
 use crate::weights::Inventory;
 
@@ -75,27 +76,4 @@ pub fn render(inv: &Inventory) -> String {
         );
     }
     out
-}
-
-/// 136957248 → "136,957,248", as PEFT prints counts.
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn thousands_groups_like_peft() {
-        assert_eq!(super::thousands(136_957_248), "136,957,248");
-        assert_eq!(super::thousands(999), "999");
-        assert_eq!(super::thousands(1000), "1,000");
-    }
 }

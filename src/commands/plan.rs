@@ -6,7 +6,8 @@ use std::path::Path;
 use anyhow::Context;
 
 use super::NotYetImplemented;
-use super::inspect::thousands;
+use crate::lora::report::{ParameterReport, thousands};
+use crate::lora::targets;
 use crate::plan::{Plan, Stop, Warmup};
 use crate::recipe::{RecipeFile, Targets};
 use crate::source::{Fetcher, Resolution};
@@ -16,7 +17,7 @@ pub fn run(recipe: &Path) -> anyhow::Result<()> {
     prepare(recipe)?;
     Err(NotYetImplemented {
         command: "plan",
-        pending: "the trainable-parameter report and memory estimate arrive with issue #4 (above: what is already resolved)",
+        pending: "the memory estimate arrives with the training loop, issue #4 (above: what is already resolved)",
     }
     .into())
 }
@@ -47,6 +48,13 @@ pub fn prepare(recipe: &Path) -> anyhow::Result<Resolution> {
         plan.dtype
     );
     print_settings(&plan);
+    let config = crate::model::config_of(&model.files)?;
+    let adapted = targets::select(&config.linear_sites(), &plan.lora)
+        .with_context(|| format!("choosing LoRA targets ({})", plan.recipe_path.display()))?;
+    print!(
+        "{}",
+        ParameterReport::new(&adapted, config.parameter_count()).render()
+    );
     Ok(model)
 }
 
@@ -60,6 +68,7 @@ fn print_settings(plan: &Plan) {
     let targets = match &l.targets {
         Targets::AllLinear => "all-linear".to_string(),
         Targets::Modules(m) => m.join(","),
+        Targets::Regex(r) => format!("regex {r:?}"),
     };
     println!(
         "lora:  r={} alpha={} scale={scale} dropout={} init={:?}{} targets={targets}",

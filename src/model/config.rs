@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::lora::targets::LinearSite;
 use crate::weights::WeightsError;
 use crate::weights::gguf::{GgufFile, MetaValue};
 
@@ -165,6 +166,72 @@ impl LlamaConfig {
             qkv_bias: has("blk.0.attn_q.bias"),
         })
         .and_then(|c: Self| c.validated(&file.path))
+    }
+
+    /// Every linear layer in HF module order, with its shape: the sites LoRA may target.
+    pub fn linear_sites(&self) -> Vec<LinearSite> {
+        let (h, q, kv, ff) = (
+            self.hidden_size,
+            self.num_attention_heads * self.head_dim,
+            self.num_key_value_heads * self.head_dim,
+            self.intermediate_size,
+        );
+        let mut sites = Vec::with_capacity(self.num_hidden_layers * 7 + 1);
+        for layer in 0..self.num_hidden_layers {
+            let modules = [
+                ("self_attn.q_proj", h, q),
+                ("self_attn.k_proj", h, kv),
+                ("self_attn.v_proj", h, kv),
+                ("self_attn.o_proj", q, h),
+                ("mlp.gate_proj", h, ff),
+                ("mlp.up_proj", h, ff),
+                ("mlp.down_proj", ff, h),
+            ];
+            for (m, in_features, out_features) in modules {
+                let path = format!("model.layers.{layer}.{m}");
+                sites.push(LinearSite {
+                    path,
+                    layer: Some(layer),
+                    in_features,
+                    out_features,
+                });
+            }
+        }
+        sites.push(LinearSite {
+            path: "lm_head".into(),
+            layer: None,
+            in_features: h,
+            out_features: self.vocab_size,
+        });
+        sites
+    }
+
+    /// Parameters of the model, a tied head counted once (as `sum(p.numel() for p in
+    /// model.parameters())`).
+    pub fn parameter_count(&self) -> u64 {
+        let (h, q, kv) = (
+            self.hidden_size,
+            self.num_attention_heads * self.head_dim,
+            self.num_key_value_heads * self.head_dim,
+        );
+        let linear: usize = self
+            .linear_sites()
+            .iter()
+            .filter(|s| s.layer.is_some())
+            .map(|s| s.in_features * s.out_features)
+            .sum();
+        let biases = if self.qkv_bias {
+            (q + 2 * kv) * self.num_hidden_layers
+        } else {
+            0
+        };
+        let norms = h * (2 * self.num_hidden_layers + 1);
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * h
+        };
+        (self.vocab_size * h + linear + biases + norms + head) as u64
     }
 
     fn validated(self, path: &Path) -> Result<Self, WeightsError> {

@@ -16,6 +16,18 @@ use crate::weights::tokenizer::ModelTokenizer;
 use config::LlamaConfig;
 use llama::Llama;
 
+/// The config of an HF directory or GGUF file, reading headers only (no weights).
+pub fn config_of(files: &ModelFiles) -> Result<LlamaConfig, WeightsError> {
+    match files {
+        ModelFiles::Gguf(path) => LlamaConfig::from_gguf(&GgufFile::open(path)?),
+        ModelFiles::Dir(dir) => LlamaConfig::from_json_file(&dir.join("config.json")),
+        ModelFiles::Safetensors(path) => Err(WeightsError::format(
+            path,
+            "a lone .safetensors file has no config.json; point at the model's directory".into(),
+        )),
+    }
+}
+
 /// A causal LM and its tokenizer from an HF directory or a GGUF file.
 pub fn load(files: &ModelFiles, device: &Device) -> Result<(Llama, ModelTokenizer), WeightsError> {
     let (config, tokenizer) = match files {

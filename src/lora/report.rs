@@ -1,0 +1,94 @@
+//! Trainable-vs-frozen parameters, printed as PEFT's `print_trainable_parameters` prints them
+//! (`trainable params: 2,442,240 || all params: 136,957,248 || trainable%: 1.7832`), plus a table
+//! by module name and the bytes each side takes in f32.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use super::targets::Adapted;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParameterReport {
+    pub trainable: u64,
+    pub frozen: u64,
+    /// Module name → (layers adapted, trainable parameters).
+    pub by_module: BTreeMap<String, (usize, u64)>,
+}
+
+impl ParameterReport {
+    /// `frozen` is the base model's parameter count (tied weights counted once, as PyTorch's
+    /// `parameters()` does).
+    pub fn new(adapted: &[Adapted], frozen: u64) -> Self {
+        let mut by_module: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+        for a in adapted {
+            let e = by_module.entry(a.site.name().to_string()).or_default();
+            e.0 += 1;
+            e.1 += a.parameters();
+        }
+        let trainable = by_module.values().map(|v| v.1).sum();
+        Self {
+            trainable,
+            frozen,
+            by_module,
+        }
+    }
+
+    pub fn all(&self) -> u64 {
+        self.trainable + self.frozen
+    }
+
+    /// PEFT's line, byte for byte.
+    pub fn peft_line(&self) -> String {
+        let pct = 100.0 * self.trainable as f64 / self.all() as f64;
+        format!(
+            "trainable params: {} || all params: {} || trainable%: {pct:.4}",
+            thousands(self.trainable),
+            thousands(self.all())
+        )
+    }
+
+    /// The PEFT line, then a table by module and the f32 bytes of each side.
+    pub fn render(&self) -> String {
+        let mut out = self.peft_line() + "\n";
+        for (name, (layers, params)) in &self.by_module {
+            let _ = writeln!(
+                out,
+                "  {name:<10} {layers:>3} layers  {:>12} params",
+                thousands(*params)
+            );
+        }
+        let mib = |n: u64| n as f64 * 4.0 / (1024.0 * 1024.0);
+        let _ = writeln!(
+            out,
+            "  trainable {:.1} MiB, frozen {:.1} MiB (f32)",
+            mib(self.trainable),
+            mib(self.frozen)
+        );
+        out
+    }
+}
+
+/// 136957248 → "136,957,248", as PEFT prints counts.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_like_peft() {
+        assert_eq!(thousands(136_957_248), "136,957,248");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+    }
+}

