@@ -22,4 +22,5 @@ pub mod model;
 pub mod plan;
 pub mod recipe;
 pub mod source;
+pub mod train;
 pub mod weights;

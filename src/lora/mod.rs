@@ -1,6 +1,7 @@
-//! Low-rank adapters: which linear layers get them ([`targets`], PEFT's matching rules) and the
-//! trainable-vs-frozen report ([`report`], PEFT's exact line). The adapter layer and merge come
-//! with the training loop.
+//! Low-rank adapters: the adapter of one linear layer ([`adapter`]), which layers get one
+//! ([`targets`], PEFT's matching rules) and the trainable-vs-frozen report ([`report`], PEFT's
+//! exact line).
 
+pub mod adapter;
 pub mod report;
 pub mod targets;

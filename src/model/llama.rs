@@ -9,16 +9,18 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::config::LlamaConfig;
 use super::rope::{RopeTables, inverse_frequencies};
+use crate::lora::adapter::LoraAdapter;
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
 
-/// Frozen linear layer in HF layout. The LoRA issue extends this type with adapters.
+/// Frozen linear layer in HF layout, with an optional trainable low-rank adapter.
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// [out, in]
     pub weight: Tensor<2>,
     /// [out]
     pub bias: Option<Tensor<1>>,
+    pub lora: Option<LoraAdapter>,
 }
 
 impl Linear {
@@ -36,18 +38,22 @@ impl Linear {
             } else {
                 None
             },
+            lora: None,
         })
     }
 
-    /// x: [batch, seq, in] → [batch, seq, out]; y = x·Wᵀ + b.
+    /// x: [batch, seq, in] → [batch, seq, out]; y = x·Wᵀ + b (+ the adapter's s·(x·Aᵀ)·Bᵀ).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, s, _] = x.dims();
         let [out, inp] = self.weight.dims();
-        let y = x
-            .reshape([b * s, inp])
-            .matmul(self.weight.clone().transpose()); // [b·s, out]
+        let x = x.reshape([b * s, inp]);
+        let y = x.clone().matmul(self.weight.clone().transpose()); // [b·s, out]
         let y = match &self.bias {
             Some(bias) => y + bias.clone().reshape([1, out]).expand([b * s, out]),
+            None => y,
+        };
+        let y = match &self.lora {
+            Some(lora) => y + lora.forward(x),
             None => y,
         };
         y.reshape([b, s, out])
@@ -272,6 +278,47 @@ impl Llama {
             inv_freq,
             device: device.clone(),
         })
+    }
+
+    /// Every linear layer with its HF module path, in the order of `LlamaConfig::linear_sites`.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut all = Vec::with_capacity(self.layers.len() * 7 + 1);
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
+            let named = [
+                ("self_attn.q_proj", &mut a.q_proj),
+                ("self_attn.k_proj", &mut a.k_proj),
+                ("self_attn.v_proj", &mut a.v_proj),
+                ("self_attn.o_proj", &mut a.o_proj),
+                ("mlp.gate_proj", &mut m.gate_proj),
+                ("mlp.up_proj", &mut m.up_proj),
+                ("mlp.down_proj", &mut m.down_proj),
+            ];
+            all.extend(named.map(|(n, l)| (format!("model.layers.{i}.{n}"), l)));
+        }
+        if let Some(head) = &mut self.lm_head {
+            all.push(("lm_head".to_string(), head));
+        }
+        all
+    }
+
+    /// The adapters in model order, with the module path each sits on.
+    pub fn adapters_mut(&mut self) -> Vec<(String, &mut LoraAdapter)> {
+        self.linears_mut()
+            .into_iter()
+            .filter_map(|(path, l)| l.lora.as_mut().map(|a| (path, a)))
+            .collect()
+    }
+
+    /// Training mode switches LoRA dropout on; evaluation and generation run with it off.
+    pub fn set_training(&mut self, training: bool) {
+        for (_, a) in self.adapters_mut() {
+            a.training = training;
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// ids: one row per sequence, all of length s; mask: 1 = real token, 0 = padding (same

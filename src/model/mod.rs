@@ -1,6 +1,7 @@
 //! Architectures built from config: the Llama-family decoder ([`llama`]), its config, RoPE and
 //! generation; [`load`] builds one from resolved model files.
 
+pub mod adapters;
 pub mod config;
 pub mod generate;
 pub mod llama;

@@ -1,0 +1,32 @@
+//! Training: the loss ([`loss`]), AdamW and clipping ([`optim`]), learning-rate schedules
+//! ([`schedule`]) and one optimiser step over accumulated micro-batches ([`step`]).
+
+pub mod loss;
+pub mod optim;
+pub mod schedule;
+pub mod step;
+
+use burn::tensor::Tensor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(
+        "the step's batches have no labelled tokens to learn from (every label is masked); check the data's loss masks"
+    )]
+    NoLossTokens,
+    #[error("no gradient reached the adapter on `{0}`; this is a bug, please report it")]
+    MissingGradient(String),
+    #[error(
+        "non-finite values: loss {loss}, gradient norm {grad_norm}; lower train.lr or keep train.max_grad_norm finite"
+    )]
+    NonFinite { loss: f64, grad_norm: f64 },
+    #[error("reading a value back from the device: {0}")]
+    Readback(String),
+}
+
+/// Reads a one-element tensor.
+pub fn scalar(t: Tensor<1>) -> Result<f64, TrainError> {
+    t.try_into_scalar::<f32>()
+        .map(f64::from)
+        .map_err(|e| TrainError::Readback(format!("{e:?}")))
+}

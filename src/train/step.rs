@@ -1,0 +1,94 @@
+//! One optimiser step: forward and backward of each micro-batch with the adapters tracked (the
+//! frozen base stays outside autodiff, so it gets no gradient and saves no activations for one),
+//! gradients summed across micro-batches, the loss normalised by the labelled tokens of the whole
+//! step, global-norm clipping, then AdamW.
+
+use burn::tensor::Tensor;
+
+use super::loss::next_token_nll_sum;
+use super::optim::{AdamW, clip_coefficient, global_norm};
+use super::{TrainError, scalar};
+use crate::data::batch::Batch;
+use crate::model::llama::Llama;
+
+/// What one optimiser step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// Mean next-token loss over the step's labelled tokens.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Labelled tokens (the loss denominator).
+    pub loss_tokens: usize,
+    /// Unpadded tokens processed.
+    pub tokens: usize,
+}
+
+/// Accumulated gradients of every adapter factor, A then B per adapter, in model order.
+pub fn accumulate_gradients(
+    model: &mut Llama,
+    micro_batches: &[Batch],
+) -> Result<(f64, Vec<Tensor<2>>), TrainError> {
+    let loss_tokens: usize = micro_batches.iter().map(Batch::loss_tokens).sum();
+    if loss_tokens == 0 {
+        return Err(TrainError::NoLossTokens);
+    }
+    for (_, a) in model.adapters_mut() {
+        a.track();
+    }
+    let mut total = 0.0;
+    let mut sums: Vec<Option<Tensor<2>>> = Vec::new();
+    for batch in micro_batches {
+        let logits = model.forward(&batch.input_ids, &batch.attention_mask);
+        let loss = next_token_nll_sum(logits, &batch.labels).div_scalar(loss_tokens as f64);
+        let grads = loss.backward();
+        total += scalar(loss.inner())?;
+        let adapters = model.adapters_mut();
+        sums.resize(adapters.len() * 2, None);
+        for (i, (path, a)) in adapters.into_iter().enumerate() {
+            for (j, factor) in [&a.a, &a.b].into_iter().enumerate() {
+                let g = factor
+                    .grad(&grads)
+                    .ok_or_else(|| TrainError::MissingGradient(path.clone()))?;
+                let slot = &mut sums[2 * i + j];
+                *slot = Some(match slot.take() {
+                    Some(s) => s + g,
+                    None => g,
+                });
+            }
+        }
+    }
+    for (_, a) in model.adapters_mut() {
+        a.untrack();
+    }
+    Ok((total, sums.into_iter().flatten().collect()))
+}
+
+/// One full optimiser step at learning rate `lr`.
+pub fn train_step(
+    model: &mut Llama,
+    micro_batches: &[Batch],
+    optimizer: &mut AdamW,
+    lr: f64,
+    max_grad_norm: f64,
+) -> Result<StepStats, TrainError> {
+    let (loss, grads) = accumulate_gradients(model, micro_batches)?;
+    let grad_norm = global_norm(&grads)?;
+    if !loss.is_finite() || !grad_norm.is_finite() {
+        return Err(TrainError::NonFinite { loss, grad_norm });
+    }
+    let coef = clip_coefficient(grad_norm, max_grad_norm);
+    let grads = grads.into_iter().map(|g| g.mul_scalar(coef)).collect();
+    let mut adapters = model.adapters_mut();
+    let mut params: Vec<&mut Tensor<2>> = adapters
+        .iter_mut()
+        .flat_map(|(_, a)| [&mut a.a, &mut a.b])
+        .collect();
+    optimizer.step(&mut params, grads, lr);
+    Ok(StepStats {
+        loss,
+        grad_norm,
+        loss_tokens: micro_batches.iter().map(Batch::loss_tokens).sum(),
+        tokens: micro_batches.iter().map(Batch::real_tokens).sum(),
+    })
+}

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""A short PEFT LoRA training trajectory on the tiny Llama fixture, the reference for lora-tune's
+adapter layer, loss, gradient accumulation, global-norm clipping, AdamW and schedule.
+
+Setup: tests/fixtures/llama/tiny-llama, LoraConfig(r=4, lora_alpha=8, dropout 0, the 7 Llama
+targets), PEFT's own init (A kaiming-uniform a=√5, B = 0), seed 7. 10 optimiser steps, each
+accumulating 2 micro-batches of different padded lengths; the loss of a micro-batch is the sum of
+token cross-entropies over labelled tokens divided by the labelled tokens of the whole step (not
+a mean of means). torch.nn.utils.clip_grad_norm_(max_norm=0.05) (small, so it binds), then
+torch.optim.AdamW(lr=5e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01) with
+get_linear_schedule_with_warmup(2 warmup steps, 10 total).
+
+Writes tests/fixtures/lora/train/: batches.json (micro-batches: input_ids, attention_mask, labels
+with -100), init.safetensors and final.safetensors (PEFT keys, lora_A [r,in] / lora_B [out,r]),
+trajectory.json (per step: loss, grad norm before clipping, lr used).
+Environment: transformers==5.23.0 peft==0.21.2, torch per DESIGN.md §6.
+"""
+import json
+import pathlib
+
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, get_linear_schedule_with_warmup
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+OUT = ROOT / "tests" / "fixtures" / "lora" / "train"
+STEPS, ACCUM, MAX_NORM = 10, 2, 0.05
+
+
+def lora_state(model):
+    return {k.replace(".default", ""): v.detach().clone().contiguous()
+            for k, v in model.named_parameters() if "lora_" in k}
+
+
+def micro_batches(gen):
+    """2 micro-batches per step: [2, 9] and [3, 6], right-padded, prompt tokens unlabelled."""
+    out = []
+    for step in range(STEPS):
+        for rows, length in ((2, 9), (3, 6)):
+            ids = torch.randint(3, 256, (rows, length), generator=gen)
+            mask = torch.ones(rows, length, dtype=torch.int64)
+            labels = ids.clone()
+            for r in range(rows):
+                real = length - (r % 3)           # rows 1, 2 end in padding
+                mask[r, real:] = 0
+                ids[r, real:] = 0
+                labels[r, real:] = -100
+                labels[r, : 1 + r % 2] = -100     # an unlabelled prompt prefix
+            out.append({"input_ids": ids.tolist(), "attention_mask": mask.tolist(), "labels": labels.tolist()})
+    return out
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(7)
+    model = AutoModelForCausalLM.from_pretrained(ROOT / "tests/fixtures/llama/tiny-llama", attn_implementation="eager")
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    model = get_peft_model(model, config)
+    save_file(lora_state(model), OUT / "init.safetensors")
+    batches = micro_batches(torch.Generator().manual_seed(11))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=5e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=2, num_training_steps=STEPS)
+    trajectory = []
+    for step in range(STEPS):
+        group = batches[step * ACCUM:(step + 1) * ACCUM]
+        n_tokens = sum(int((torch.tensor(b["labels"])[:, 1:] != -100).sum()) for b in group)
+        total = 0.0
+        for b in group:
+            ids, mask, labels = (torch.tensor(b[k]) for k in ("input_ids", "attention_mask", "labels"))
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            # next-token prediction: position t predicts label t+1
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                ignore_index=-100, reduction="sum") / n_tokens
+            loss.backward()
+            total += float(loss)
+        lr = sched.get_last_lr()[0]
+        norm = float(torch.nn.utils.clip_grad_norm_(params, MAX_NORM))
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        trajectory.append({"step": step + 1, "loss": total, "grad_norm": norm, "lr": lr, "tokens": n_tokens})
+        print(trajectory[-1])
+    save_file(lora_state(model), OUT / "final.safetensors")
+    (OUT / "batches.json").write_text(json.dumps(batches) + "\n")
+    (OUT / "trajectory.json").write_text(json.dumps(trajectory, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
