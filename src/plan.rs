@@ -126,7 +126,25 @@ impl Plan {
             "every alpha must be positive",
         )?;
 
+        let mut lora = r.lora.clone();
+        if let Some(dir) = &lora.init_from {
+            let dir = existing(file, "lora.init_from", dir)?;
+            check(
+                dir.join("adapter_model.safetensors").is_file(),
+                "lora.init_from",
+                "must be a PEFT adapter directory holding adapter_model.safetensors",
+            )?;
+            lora.init_from = Some(dir);
+        }
+
         let mut data = r.data.clone();
+        if let Some(t) = &data.template {
+            check(
+                crate::data::template::named(t).is_some() || t.contains("{%") || t.contains("{{"),
+                "data.template",
+                "must be `chatml`, `llama3` or an inline Jinja template",
+            )?;
+        }
         data.train = existing(file, "data.train", &data.train)?;
         if let Some(eval) = &data.eval {
             data.eval = Some(existing(file, "data.eval", eval)?);
@@ -248,7 +266,7 @@ impl Plan {
             recipe_path: file.path.clone(),
             sources,
             dtype: r.model.dtype,
-            lora: l.clone(),
+            lora,
             data,
             train: t.clone(),
             stop,

@@ -66,6 +66,9 @@ pub struct LoraSection {
     pub rank_pattern: BTreeMap<String, u32>,
     /// Per-module α overrides, as PEFT's `alpha_pattern`.
     pub alpha_pattern: BTreeMap<String, f64>,
+    /// A PEFT adapter directory (or checkpoint) whose A/B continue training instead of a fresh
+    /// init; its shapes must match this section. Relative to the recipe file. Default: none.
+    pub init_from: Option<PathBuf>,
 }
 
 impl Default for LoraSection {
@@ -81,6 +84,7 @@ impl Default for LoraSection {
             use_dora: false,
             rank_pattern: BTreeMap::new(),
             alpha_pattern: BTreeMap::new(),
+            init_from: None,
         }
     }
 }

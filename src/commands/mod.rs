@@ -49,7 +49,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             };
             generate::run(&base, &prompt, chat, max_new_tokens, sampling, cli.device)
         }
-        Some(Command::Eval { .. }) => not_yet("eval", "evaluation arrives with issue #4"),
+        Some(Command::Eval { recipe, adapter }) => {
+            run::eval(&recipe, adapter.as_deref(), cli.device)
+        }
         None => match cli.recipe {
             Some(recipe) => run::run(&recipe, cli.device, cli.resume.as_deref()),
             None => anyhow::bail!(

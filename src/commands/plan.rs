@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use super::NotYetImplemented;
 use crate::lora::report::{ParameterReport, thousands};
-use crate::lora::targets;
+use crate::lora::targets::{self, Adapted};
 use crate::plan::{Plan, Stop, Warmup};
 use crate::recipe::{RecipeFile, Targets};
 use crate::source::{Fetcher, Resolution};
@@ -22,9 +22,15 @@ pub fn run(recipe: &Path) -> anyhow::Result<()> {
     .into())
 }
 
+/// A recipe validated, its model resolved and its adapters chosen (no weights loaded).
+pub struct Prepared {
+    pub plan: Plan,
+    pub model: Resolution,
+    pub adapted: Vec<Adapted>,
+}
+
 /// Loads and validates the recipe, resolves the model, reads its header; prints each step.
-/// Returns the resolved model.
-pub fn prepare(recipe: &Path) -> anyhow::Result<Resolution> {
+pub fn prepare(recipe: &Path) -> anyhow::Result<Prepared> {
     let file = RecipeFile::load(recipe)?;
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let plan = Plan::resolve(&file, &cwd)?;
@@ -55,7 +61,11 @@ pub fn prepare(recipe: &Path) -> anyhow::Result<Resolution> {
         "{}",
         ParameterReport::new(&adapted, config.parameter_count()).render()
     );
-    Ok(model)
+    Ok(Prepared {
+        plan,
+        model,
+        adapted,
+    })
 }
 
 fn print_settings(plan: &Plan) {

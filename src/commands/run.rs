@@ -1,21 +1,81 @@
-//! `lora-tune RECIPE`: prepare, start the device, load the model, train, export.
+//! `lora-tune RECIPE`: prepare, read and encode the data (before any weights load, so bad data
+//! fails fast), start the device, load the model, attach adapters, train, report.
+//! `lora-tune eval RECIPE --adapter DIR` shares everything up to the adapters.
 
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
 
-use super::NotYetImplemented;
-use super::plan::prepare;
+use super::plan::{Prepared, prepare};
+use crate::data::dataset::{Dataset, in_eval_split};
+use crate::data::encode::Encoder;
+use crate::data::template;
 use crate::device::{self, DeviceChoice};
+use crate::model::llama::Llama;
+use crate::plan::{Stop, Warmup};
+use crate::train::metrics::peak_rss_bytes;
+use crate::train::optim::AdamWConfig;
+use crate::train::schedule::LrSchedule;
+use crate::train::trainer::{Settings, Summary, evaluate, steps_for_epochs, train};
 
-pub fn run(recipe: &Path, device: DeviceChoice, resume: Option<&Path>) -> anyhow::Result<()> {
-    let model_files = prepare(recipe)?.files;
+/// Everything a recipe-driven command needs, loaded.
+struct Session {
+    prepared: Prepared,
+    model: Llama,
+    train: Dataset,
+    eval: Option<Dataset>,
+    pad_id: u32,
+}
+
+fn open_session(recipe: &Path, device: DeviceChoice) -> anyhow::Result<Session> {
+    let prepared = prepare(recipe)?;
+    let (plan, files) = (&prepared.plan, &prepared.model.files);
+    let tokenizer = crate::model::tokenizer_of(files)
+        .with_context(|| format!("reading the tokenizer of {}", files.path().display()))?;
+    let d = &plan.data;
+    let encoder = Encoder {
+        tokenizer: &tokenizer,
+        template: template::choose(d.template.as_deref(), tokenizer.chat_template.as_deref()),
+        train_on_inputs: d.train_on_inputs,
+        max_len: d.max_len as usize,
+        truncation: d.truncation,
+    };
+    let seed = plan.train.seed;
+    let (train, eval) = match (&d.eval, d.eval_fraction) {
+        (Some(eval), _) => (
+            Dataset::load(&d.train, d, &encoder, &|_| true)?,
+            Some(Dataset::load(eval, d, &encoder, &|_| true)?),
+        ),
+        (None, Some(f)) => {
+            let held_out = in_eval_split(seed, f);
+            (
+                Dataset::load(&d.train, d, &encoder, &|i| !held_out(i))?,
+                Some(Dataset::load(&d.train, d, &encoder, &held_out)?),
+            )
+        }
+        (None, None) => (Dataset::load(&d.train, d, &encoder, &|_| true)?, None),
+    };
+    for (name, set) in std::iter::once(("train", &train)).chain(eval.iter().map(|e| ("eval", e))) {
+        println!(
+            "data:  {name}: {} rows, {} tokens ({:.0}% trained), {} truncated, {} skipped",
+            set.examples.len(),
+            set.tokens(),
+            100.0 * set.loss_tokens() as f64 / set.tokens().max(1) as f64,
+            set.truncated,
+            set.skipped.len()
+        );
+        for bad in set.skipped.iter().take(5) {
+            println!("       skipped {bad}");
+        }
+    }
+    let pad_id = tokenizer.pad_id.or(tokenizer.eos_id).unwrap_or(0);
+
     let selected = device::select(device)?;
     println!("device: {} ({})", selected.name, selected.why);
     let started = Instant::now();
-    let (model, _tokenizer) = crate::model::load(&model_files, &selected.device)
-        .with_context(|| format!("loading {}", model_files.path().display()))?;
+    let (mut model, _) = crate::model::load(files, &selected.device)
+        .with_context(|| format!("loading {}", files.path().display()))?;
     let c = &model.config;
     println!(
         "loaded: {} layers, hidden {}, {} heads / {} kv heads, vocab {}, in {:.1} s",
@@ -26,12 +86,140 @@ pub fn run(recipe: &Path, device: DeviceChoice, resume: Option<&Path>) -> anyhow
         c.vocab_size,
         started.elapsed().as_secs_f64()
     );
-    if let Some(dir) = resume {
-        println!("resume: {}", dir.display());
+    model
+        .attach_adapters(&prepared.adapted, &plan.lora, seed)
+        .map_err(anyhow::Error::msg)?;
+    Ok(Session {
+        prepared,
+        model,
+        train,
+        eval,
+        pad_id,
+    })
+}
+
+pub fn run(recipe: &Path, device: DeviceChoice, resume: Option<&Path>) -> anyhow::Result<()> {
+    let mut s = open_session(recipe, device)?;
+    let plan = &s.prepared.plan;
+    if let Some(dir) = plan.lora.init_from.as_ref().filter(|_| resume.is_none()) {
+        let file = dir.join(crate::train::checkpoint::ADAPTER_FILE);
+        s.model
+            .load_adapter_weights(&file)
+            .with_context(|| format!("lora.init_from: {}", dir.display()))?;
+        println!("init:  adapters from {}", dir.display());
     }
-    Err(NotYetImplemented {
-        command: "train",
-        pending: "the LoRA adapters and training loop arrive with issue #4; everything above is resolved, loaded and checked",
+    let t = &plan.train;
+    let (batch_size, grad_accum) = (t.batch_size as usize, t.grad_accum as usize);
+    let total_steps = match plan.stop {
+        Stop::MaxSteps(n) => u64::from(n),
+        Stop::Epochs(e) => steps_for_epochs(&s.train, batch_size, grad_accum, e),
+    };
+    let warmup_steps = match plan.warmup {
+        Warmup::Steps(n) => u64::from(n),
+        Warmup::Ratio(r) => (r * total_steps as f64).ceil() as u64, // as transformers
+    };
+    let settings = Settings {
+        schedule: LrSchedule {
+            kind: t.schedule,
+            peak: t.lr,
+            warmup_steps,
+            total_steps,
+        },
+        adamw: AdamWConfig {
+            betas: t.betas,
+            eps: t.eps,
+            weight_decay: t.weight_decay,
+        },
+        batch_size,
+        grad_accum,
+        max_grad_norm: t.max_grad_norm,
+        seed: t.seed,
+        eval_every: t.eval_every.map(u64::from),
+        checkpoint_every: t.checkpoint_every.map(u64::from),
+        pad_id: s.pad_id,
+        out_dir: plan.out_dir.clone(),
+        progress: true,
+    };
+    println!(
+        "train: {total_steps} steps of {batch_size}x{grad_accum} sequences, warmup {warmup_steps}, out {}",
+        plan.out_dir.display()
+    );
+    let summary = train(&mut s.model, &s.train, s.eval.as_ref(), &settings, resume)?;
+    print_summary(&summary);
+    let formats: Vec<String> = plan
+        .export
+        .formats
+        .iter()
+        .map(|f| format!("{f:?}").to_lowercase())
+        .collect();
+    println!(
+        "export: {} pending issue #6 (PEFT dir, GGUF LoRA, merged); the final checkpoint's adapter_model.safetensors already uses PEFT's tensor names",
+        formats.join(",")
+    );
+    Ok(())
+}
+
+fn print_summary(s: &Summary) {
+    let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
+    println!("done:  steps {}..{}", s.first_step + 1, s.steps);
+    println!("       train loss {} → {}", f(s.first_loss), f(s.last_loss));
+    if let Some(e) = s.eval {
+        let before = s.eval_before.map_or(String::new(), |b| {
+            format!("{:.4} (perplexity {:.2}) → ", b.loss, b.perplexity)
+        });
+        println!(
+            "       eval loss {before}{:.4} (perplexity {:.2})",
+            e.loss, e.perplexity
+        );
     }
-    .into())
+    println!(
+        "       {} tokens in {:.1} s ({:.0} tok/s), peak RSS {}",
+        s.tokens,
+        s.seconds,
+        s.tokens as f64 / s.seconds.max(1e-9),
+        peak_rss_bytes().map_or("?".into(), |b| format!("{:.2} GB", b as f64 / 1e9))
+    );
+    if let Some(dir) = &s.last_checkpoint {
+        println!("       checkpoint {}", dir.display());
+    }
+    println!("       metrics {}", s.metrics.display());
+    println!("       loss curve {}", s.plot.display());
+}
+
+/// `lora-tune eval RECIPE [--adapter DIR]`: loss and perplexity on the eval split, of the base
+/// model (no adapter) or with a trained adapter / checkpoint.
+pub fn eval(recipe: &Path, adapter: Option<&Path>, device: DeviceChoice) -> anyhow::Result<()> {
+    let mut s = open_session(recipe, device)?;
+    let data = s.eval.as_ref().unwrap_or(&s.train);
+    let which = if s.eval.is_some() {
+        "eval split"
+    } else {
+        "train set (no eval split in the recipe)"
+    };
+    match adapter {
+        Some(dir) => {
+            let dir = crate::train::checkpoint::find(dir).unwrap_or_else(|_| dir.into());
+            s.model
+                .load_adapter_weights(&dir.join(crate::train::checkpoint::ADAPTER_FILE))
+                .with_context(|| format!("--adapter {}", dir.display()))?;
+            println!("adapter: {}", dir.display());
+        }
+        None => {
+            for (_, a) in s.model.adapters_mut() {
+                a.scale = 0.0; // B = 0 already; make the base-only intent explicit
+            }
+            println!("adapter: none (base model)");
+        }
+    }
+    let e = evaluate(
+        &mut s.model,
+        data,
+        s.prepared.plan.train.batch_size as usize,
+        s.pad_id,
+    )?;
+    println!(
+        "eval:  {which}: loss {:.4}, perplexity {:.2}",
+        e.loss, e.perplexity
+    );
+    Ok(())
 }

@@ -40,3 +40,26 @@ pub fn render_chat(
     tmpl.render(context! { messages, add_generation_prompt, bos_token, eos_token })
         .map_err(|e| TemplateError(e.to_string()))
 }
+
+/// ChatML, as SmolLM2 and Qwen2 write it (without their default system prompt).
+const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// Llama 3's header/eot format.
+const LLAMA3: &str = "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+
+/// A built-in template by the name a recipe's `data.template` uses.
+pub fn named(name: &str) -> Option<&'static str> {
+    match name {
+        "chatml" => Some(CHATML),
+        "llama3" => Some(LLAMA3),
+        _ => None,
+    }
+}
+
+/// The template to render chats with: the recipe's (named or inline) over the model's own.
+pub fn choose<'a>(recipe: Option<&'a str>, model: Option<&'a str>) -> Option<&'a str> {
+    match recipe {
+        Some(r) => Some(named(r).unwrap_or(r)),
+        None => model,
+    }
+}

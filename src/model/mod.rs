@@ -29,6 +29,18 @@ pub fn config_of(files: &ModelFiles) -> Result<LlamaConfig, WeightsError> {
     }
 }
 
+/// The tokenizer alone (headers only, no weights), so data can be checked before a load.
+pub fn tokenizer_of(files: &ModelFiles) -> Result<ModelTokenizer, WeightsError> {
+    match files {
+        ModelFiles::Gguf(path) => ModelTokenizer::from_gguf(&GgufFile::open(path)?),
+        ModelFiles::Dir(dir) => ModelTokenizer::from_dir(dir),
+        ModelFiles::Safetensors(path) => Err(WeightsError::format(
+            path,
+            "a lone .safetensors file has no tokenizer; point at the model's directory".into(),
+        )),
+    }
+}
+
 /// A causal LM and its tokenizer from an HF directory or a GGUF file.
 pub fn load(files: &ModelFiles, device: &Device) -> Result<(Llama, ModelTokenizer), WeightsError> {
     let (config, tokenizer) = match files {

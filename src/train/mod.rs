@@ -1,10 +1,13 @@
 //! Training: the loss ([`loss`]), AdamW and clipping ([`optim`]), learning-rate schedules
 //! ([`schedule`]) and one optimiser step over accumulated micro-batches ([`step`]).
 
+pub mod checkpoint;
 pub mod loss;
+pub mod metrics;
 pub mod optim;
 pub mod schedule;
 pub mod step;
+pub mod trainer;
 
 use burn::tensor::Tensor;
 

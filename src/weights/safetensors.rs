@@ -1,15 +1,18 @@
 //! safetensors headers: one file, or the shards a `model.safetensors.index.json` names. The file
 //! is memory-mapped; the `safetensors` crate checks header length, JSON and every data offset
-//! against the file size. Tensor loading and the completeness check build on this.
+//! against the file size. Tensor loading and the completeness check build on this; [`write_f32`]
+//! writes adapters, optimiser state and exports.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use safetensors::SafeTensors;
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
 
 use super::WeightsError;
+use super::host::HostTensor;
 
 /// One tensor's header entry; `shape` is row-major, outermost first (PyTorch order).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,4 +145,38 @@ pub fn natural_key(name: &str) -> Vec<(u64, String)> {
             Err(_) => (u64::MAX, part.to_string()),
         })
         .collect()
+}
+
+/// Writes f32 tensors as a safetensors file, atomically (temp file + fsync + rename). PEFT and
+/// transformers read the `{"format": "pt"}` metadata key; pass it in `metadata`.
+pub fn write_f32(
+    path: &Path,
+    tensors: &[(String, HostTensor)],
+    metadata: &[(&str, &str)],
+) -> Result<(), WeightsError> {
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(name, t)| {
+            let raw = t.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name.clone(), raw, t.shape.clone())
+        })
+        .collect();
+    let mut views = Vec::with_capacity(bytes.len());
+    for (name, raw, shape) in &bytes {
+        let view = TensorView::new(Dtype::F32, shape.clone(), raw)
+            .map_err(|e| WeightsError::format(path, format!("tensor `{name}`: {e}")))?;
+        views.push((name.as_str(), view));
+    }
+    let info = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let serialized = safetensors::serialize(views, Some(info))
+        .map_err(|e| WeightsError::format(path, e.to_string()))?;
+    crate::atomic::write_atomic(path, |f| std::io::Write::write_all(f, &serialized)).map_err(
+        |source| WeightsError::Io {
+            path: path.into(),
+            source,
+        },
+    )
 }

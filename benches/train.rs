@@ -1,0 +1,101 @@
+//! LoRA training throughput on SmolLM2-135M-Instruct (the pinned GGUF, f32) on the CPU backend:
+//! workload W1 (batch 4×256) or W2 (`-- w2`: batch 1×1024), r=8 α=16 dropout 0.05 on the seven
+//! Llama targets, AdamW lr 2e-4. One warm-up step, then 5 timed steps; prints one JSON object
+//! (tokens/s, s/step min and median, FLOP/s at 6·N_base… see below, peak RSS). Not a test.
+//! Run: cargo bench --bench train [-- w2]; the PEFT side: tools/reference/bench_peft.py [w2].
+
+#[path = "../tests/artifacts/mod.rs"]
+mod artifacts;
+
+use std::time::Instant;
+
+use lora_tune::data::batch::Batch;
+use lora_tune::device::{DeviceChoice, select};
+use lora_tune::lora::targets::select as select_targets;
+use lora_tune::recipe::LoraSection;
+use lora_tune::train::metrics::peak_rss_bytes;
+use lora_tune::train::optim::{AdamW, AdamWConfig};
+use lora_tune::train::step::train_step;
+
+fn main() -> anyhow::Result<()> {
+    let w2 = std::env::args().any(|a| a == "w2");
+    let (rows, len) = if w2 { (1, 1024) } else { (4, 256) };
+    let files = artifacts::smollm2();
+    let device = select(DeviceChoice::Cpu)?.device;
+    let (mut model, _) = lora_tune::model::load(&files, &device)?;
+    let lora = LoraSection {
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.05,
+        ..LoraSection::default()
+    };
+    let adapted = select_targets(&model.config.linear_sites(), &lora)?;
+    model
+        .attach_adapters(&adapted, &lora, 42)
+        .map_err(anyhow::Error::msg)?;
+    model.set_training(true);
+    let trainable: u64 = adapted.iter().map(|a| a.parameters()).sum();
+    let base = model.config.parameter_count();
+
+    // Deterministic token ids across the vocabulary, every position labelled.
+    let ids: Vec<Vec<u32>> = (0..rows)
+        .map(|r| {
+            (0..len)
+                .map(|j| ((r * 7919 + j * 104_729) % 49_000 + 100) as u32)
+                .collect()
+        })
+        .collect();
+    let batch = Batch {
+        labels: ids
+            .iter()
+            .map(|r| r.iter().map(|&t| i64::from(t)).collect())
+            .collect(),
+        attention_mask: vec![vec![1; len]; rows],
+        input_ids: ids,
+    };
+    let mut optimizer = AdamW::new(AdamWConfig {
+        betas: [0.9, 0.999],
+        eps: 1e-8,
+        weight_decay: 0.0,
+    });
+    let mut times = Vec::new();
+    for step in 0..6 {
+        let t = Instant::now();
+        let stats = train_step(
+            &mut model,
+            std::slice::from_ref(&batch),
+            &mut optimizer,
+            2e-4,
+            1.0,
+        )?;
+        if step > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+        eprintln!(
+            "step {step}: loss {:.4} in {:.2} s",
+            stats.loss,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let tokens = (rows * len) as f64;
+    // Forward + backward through the frozen base ≈ 4·N FLOPs per token (no weight gradients).
+    let flops = 4.0 * base as f64 * tokens / median;
+    println!(
+        "{}",
+        serde_json::json!({
+            "workload": if w2 { "W2 1x1024" } else { "W1 4x256" },
+            "model": "SmolLM2-135M-Instruct Q4_1 GGUF (dequantised to f32)",
+            "device": "cpu (flex)",
+            "trainable_params": trainable,
+            "tokens_per_step": tokens,
+            "s_per_step_min": times[0],
+            "s_per_step_median": median,
+            "tokens_per_s": tokens / median,
+            "gflop_per_s_4n": flops / 1e9,
+            "peak_rss_gb": peak_rss_bytes().map(|b| b as f64 / 1e9),
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Examples → token ids and labels (HF convention, -100 = no loss). By default only completions
+//! and assistant turns are trained on (each assistant turn through its end-of-turn token); EOS is
+//! appended to text and completions and is always trained on, so the model learns to stop.
+//! Chats are rendered with the model's template; the assistant spans are found by rendering the
+//! conversation turn by turn, and each piece is tokenised on its own (pieces meet at special
+//! tokens in the templates we ship, so this equals tokenising the whole text).
+
+use super::batch::IGNORE;
+use super::rows::Example;
+use super::template::{Message, render_chat};
+use crate::recipe::Truncation;
+use crate::weights::tokenizer::ModelTokenizer;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub labels: Vec<i64>,
+}
+
+impl Encoded {
+    pub fn loss_tokens(&self) -> usize {
+        self.labels.iter().skip(1).filter(|&&l| l != IGNORE).count()
+    }
+}
+
+/// How examples become tokens.
+pub struct Encoder<'a> {
+    pub tokenizer: &'a ModelTokenizer,
+    /// Jinja chat template (the model's own unless the recipe overrides it).
+    pub template: Option<&'a str>,
+    pub train_on_inputs: bool,
+    pub max_len: usize,
+    pub truncation: Truncation,
+}
+
+/// What encoding did to a row that is still usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    Whole,
+    Truncated,
+}
+
+impl Encoder<'_> {
+    /// The example's tokens, or why it cannot be used.
+    pub fn encode(&self, example: &Example) -> Result<(Encoded, Fit), String> {
+        let mut pieces: Vec<(Vec<u32>, bool)> = Vec::new(); // (tokens, trained)
+        let tok = |text: &str, special: bool| self.tokenizer.encode(text, special);
+        let eos = || {
+            self.tokenizer
+                .eos_id
+                .map(|e| vec![e])
+                .ok_or("the tokenizer has no EOS token to end examples with".to_string())
+        };
+        match example {
+            Example::Text(text) => {
+                pieces.push((tok(text, true)?, true));
+                pieces.push((eos()?, true));
+            }
+            Example::PromptCompletion { prompt, completion } => {
+                pieces.push((tok(prompt, true)?, self.train_on_inputs));
+                pieces.push((tok(completion, false)?, true));
+                pieces.push((eos()?, true));
+            }
+            Example::Chat(messages) => {
+                for (text, trained) in self.chat_pieces(messages)? {
+                    pieces.push((tok(&text, false)?, trained || self.train_on_inputs));
+                }
+            }
+        }
+        let mut enc = Encoded {
+            ids: Vec::new(),
+            labels: Vec::new(),
+        };
+        for (ids, trained) in pieces {
+            enc.labels.extend(
+                ids.iter()
+                    .map(|&t| if trained { i64::from(t) } else { IGNORE }),
+            );
+            enc.ids.extend(ids);
+        }
+        let mut fit = Fit::Whole;
+        if enc.ids.len() > self.max_len {
+            if self.truncation == Truncation::Drop {
+                return Err(format!(
+                    "{} tokens, over data.max_len = {} (data.truncation = \"drop\")",
+                    enc.ids.len(),
+                    self.max_len
+                ));
+            }
+            enc.ids.truncate(self.max_len);
+            enc.labels.truncate(self.max_len);
+            fit = Fit::Truncated;
+        }
+        if enc.loss_tokens() == 0 {
+            return Err(format!(
+                "no trained tokens within data.max_len = {} (the prompt alone fills it)",
+                self.max_len
+            ));
+        }
+        Ok((enc, fit))
+    }
+
+    /// The rendered conversation cut into (text, is-assistant-output) pieces.
+    fn chat_pieces(&self, messages: &[Message]) -> Result<Vec<(String, bool)>, String> {
+        let template = self
+            .template
+            .ok_or("chat rows need a chat template: the model has none; set data.template")?;
+        let name = |id: Option<u32>| {
+            id.and_then(|i| self.tokenizer.tokenizer.id_to_token(i))
+                .unwrap_or_default()
+        };
+        let (bos, eos) = (name(self.tokenizer.bos_id), name(self.tokenizer.eos_id));
+        let render = |upto: usize, generation_prompt: bool| {
+            render_chat(template, &messages[..upto], generation_prompt, &bos, &eos)
+                .map_err(|e| e.to_string())
+        };
+        let mut pieces = Vec::new();
+        let mut done = String::new(); // text already cut into pieces
+        for (i, m) in messages.iter().enumerate() {
+            if m.role != "assistant" {
+                continue;
+            }
+            let prompt = render(i, true)?;
+            let with_answer = render(i + 1, false)?;
+            let (Some(new_prompt), Some(answer)) = (
+                prompt.strip_prefix(done.as_str()),
+                with_answer.strip_prefix(prompt.as_str()),
+            ) else {
+                return Err(
+                    "the chat template does not render turn by turn (an earlier rendering is not a prefix of a later one); use data.template = \"chatml\" or train_on_inputs = true"
+                        .into(),
+                );
+            };
+            pieces.push((new_prompt.to_string(), false));
+            pieces.push((answer.to_string(), true));
+            done = with_answer;
+        }
+        let whole = render(messages.len(), false)?;
+        match whole.strip_prefix(done.as_str()) {
+            Some(rest) if !rest.is_empty() => pieces.push((rest.to_string(), false)),
+            Some(_) => {}
+            None => {
+                return Err(
+                    "the chat template renders the whole chat differently from its turns".into(),
+                );
+            }
+        }
+        Ok(pieces)
+    }
+}

@@ -1,0 +1,166 @@
+//! What a run reports: one JSON object per optimiser step appended to `<out>/metrics.jsonl`, and
+//! at the end the loss curve as `<out>/loss.svg` (train loss per step, eval loss as dots).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    /// Unpadded tokens in this step.
+    pub tokens: usize,
+    pub tokens_per_s: f64,
+    pub elapsed_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_perplexity: Option<f64>,
+}
+
+pub struct MetricsLog {
+    pub path: PathBuf,
+    pub records: Vec<StepRecord>,
+}
+
+impl MetricsLog {
+    /// Opens `<out>/metrics.jsonl`, keeping the records of steps ≤ `resume_step` (a resumed run
+    /// rewrites the steps after its checkpoint) and dropping the rest.
+    pub fn open(out: &Path, resume_step: u64) -> std::io::Result<Self> {
+        let path = out.join("metrics.jsonl");
+        let records: Vec<StepRecord> = if resume_step > 0 {
+            std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<StepRecord>(l).ok())
+                .filter(|r| r.step <= resume_step)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let log = Self { path, records };
+        log.rewrite()?;
+        Ok(log)
+    }
+
+    fn rewrite(&self) -> std::io::Result<()> {
+        crate::atomic::write_atomic(&self.path, |f| {
+            for r in &self.records {
+                writeln!(f, "{}", serde_json::to_string(r).expect("plain struct"))?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn append(&mut self, record: StepRecord) -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().append(true).open(&self.path)?;
+        writeln!(
+            f,
+            "{}",
+            serde_json::to_string(&record).expect("plain struct")
+        )?;
+        self.records.push(record);
+        Ok(())
+    }
+
+    /// Writes the loss curve next to the metrics.
+    pub fn write_svg(&self, title: &str) -> std::io::Result<PathBuf> {
+        let path = self.path.with_file_name("loss.svg");
+        let svg = loss_svg(&self.records, title);
+        crate::atomic::write_atomic(&path, |f| f.write_all(svg.as_bytes()))?;
+        Ok(path)
+    }
+}
+
+/// A self-contained SVG line chart of train loss (and eval loss points) against step.
+pub fn loss_svg(records: &[StepRecord], title: &str) -> String {
+    let (w, h, left, right, top, bottom) = (720.0, 400.0, 60.0, 20.0, 30.0, 40.0);
+    let points: Vec<(f64, f64)> = records.iter().map(|r| (r.step as f64, r.loss)).collect();
+    let evals: Vec<(f64, f64)> = records
+        .iter()
+        .filter_map(|r| r.eval_loss.map(|l| (r.step as f64, l)))
+        .collect();
+    let all = points.iter().chain(&evals);
+    let (mut x1, mut y0, mut y1) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
+    for &(x, y) in all.filter(|(_, y)| y.is_finite()) {
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if !y0.is_finite() {
+        (y0, y1) = (0.0, 1.0);
+    }
+    if y1 - y0 < 1e-9 {
+        y1 = y0 + 1.0;
+    }
+    let sx = |x: f64| left + (x / x1) * (w - left - right);
+    let sy = |y: f64| top + (y1 - y) / (y1 - y0) * (h - top - bottom);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"18\" font-size=\"14\">{}</text>\n\
+         <line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n",
+        escape(title),
+        h - bottom,
+        w - right,
+        h - bottom,
+        h - bottom
+    );
+    for i in 0..=4 {
+        let y = y0 + (y1 - y0) * f64::from(i) / 4.0;
+        s += &format!(
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{y:.3}</text>\n",
+            left - 6.0,
+            sy(y) + 4.0
+        );
+    }
+    s += &format!(
+        "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">step (last {})</text>\n",
+        (left + w - right) / 2.0,
+        h - 10.0,
+        x1
+    );
+    let line: Vec<String> = points
+        .iter()
+        .filter(|(_, y)| y.is_finite())
+        .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+        .collect();
+    s += &format!(
+        "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+        line.join(" ")
+    );
+    for (x, y) in evals {
+        s += &format!(
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"#d62728\"/>\n",
+            sx(x),
+            sy(y)
+        );
+    }
+    s += &format!(
+        "<text x=\"{}\" y=\"{}\" fill=\"#1f77b4\">train loss</text><text x=\"{}\" y=\"{}\" fill=\"#d62728\">eval loss</text>\n</svg>\n",
+        w - 200.0,
+        top + 12.0,
+        w - 110.0,
+        top + 12.0
+    );
+    s
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Peak resident memory of this process so far (Linux VmHWM), in bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -1,0 +1,253 @@
+//! The training loop: micro-batches from the dataset's seeded stream, one optimiser step each
+//! `grad_accum` of them, eval every N steps and at the end, checkpoints every N steps and at the
+//! end, metrics per step, an indicatif bar. Resuming loads a checkpoint and continues at its
+//! step with the same batches, learning rates and dropout draws as the uninterrupted run.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::checkpoint::{self, TrainerState};
+use super::loss::next_token_nll_sum;
+use super::metrics::{MetricsLog, StepRecord};
+use super::optim::{AdamW, AdamWConfig};
+use super::scalar;
+use super::schedule::LrSchedule;
+use super::step::train_step;
+use crate::data::dataset::Dataset;
+use crate::model::llama::Llama;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub schedule: LrSchedule,
+    pub adamw: AdamWConfig,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    pub eval_every: Option<u64>,
+    pub checkpoint_every: Option<u64>,
+    pub pad_id: u32,
+    pub out_dir: PathBuf,
+    /// Show the progress bar (off in tests).
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub first_step: u64,
+    pub steps: u64,
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    /// Eval before the first step (fresh runs only), then after the last.
+    pub eval_before: Option<Eval>,
+    pub eval: Option<Eval>,
+    pub tokens: u64,
+    pub seconds: f64,
+    pub last_checkpoint: Option<PathBuf>,
+    pub metrics: PathBuf,
+    pub plot: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Eval {
+    pub loss: f64,
+    pub perplexity: f64,
+}
+
+/// Steps needed for `epochs` passes over `train`.
+pub fn steps_for_epochs(train: &Dataset, batch_size: usize, grad_accum: usize, epochs: f64) -> u64 {
+    let micro = (train.batches_per_epoch(batch_size) as f64 * epochs).ceil() as u64;
+    micro.div_ceil(grad_accum as u64).max(1)
+}
+
+/// Mean next-token loss over every labelled token of `data`, dropout off, no autodiff.
+pub fn evaluate(
+    model: &mut Llama,
+    data: &Dataset,
+    batch_size: usize,
+    pad_id: u32,
+) -> anyhow::Result<Eval> {
+    model.set_training(false);
+    let (mut sum, mut tokens) = (0.0, 0usize);
+    for batch in data.in_order(batch_size, pad_id) {
+        let logits = model.forward(&batch.input_ids, &batch.attention_mask);
+        sum += scalar(next_token_nll_sum(logits, &batch.labels))?;
+        tokens += batch.loss_tokens();
+    }
+    model.set_training(true);
+    let loss = sum / tokens.max(1) as f64;
+    Ok(Eval {
+        loss,
+        perplexity: loss.exp(),
+    })
+}
+
+/// Trains `model`'s adapters on `train`; `resume` is a checkpoint or run directory.
+pub fn train(
+    model: &mut Llama,
+    train: &Dataset,
+    eval: Option<&Dataset>,
+    s: &Settings,
+    resume: Option<&Path>,
+) -> anyhow::Result<Summary> {
+    std::fs::create_dir_all(&s.out_dir)
+        .with_context(|| format!("creating {}", s.out_dir.display()))?;
+    let total = s.schedule.total_steps;
+    let mut state = TrainerState {
+        step: 0,
+        total_steps: total,
+        seed: s.seed,
+        batch_size: s.batch_size,
+        grad_accum: s.grad_accum,
+        train_examples: train.examples.len(),
+        tokens: 0,
+    };
+    let mut optimizer = AdamW::new(s.adamw);
+    if let Some(dir) = resume {
+        let dir = checkpoint::find(dir)?;
+        let saved = checkpoint::load(&dir, model, &mut optimizer)
+            .with_context(|| format!("resuming from {}", dir.display()))?;
+        if let Some(why) = saved.mismatch(&state) {
+            anyhow::bail!("cannot resume from {}: {why}", dir.display());
+        }
+        println!("resume: {} (step {} of {total})", dir.display(), saved.step);
+        state = saved;
+    }
+    let first_step = state.step;
+    let mut metrics = MetricsLog::open(&s.out_dir, first_step)
+        .with_context(|| format!("writing {}/metrics.jsonl", s.out_dir.display()))?;
+    let bar = progress_bar(total, first_step, s.progress);
+    let device = model.device().clone();
+    model.set_training(true);
+    let eval_before = match eval.filter(|_| first_step == 0) {
+        Some(data) => {
+            let e = evaluate(model, data, s.batch_size, s.pad_id)?;
+            say(
+                &bar,
+                s.progress,
+                format!(
+                    "step 0: eval loss {:.4}, perplexity {:.2}",
+                    e.loss, e.perplexity
+                ),
+            );
+            Some(e)
+        }
+        None => None,
+    };
+    let started = Instant::now();
+    let (mut first_loss, mut last_loss, mut last_eval, mut last_checkpoint) =
+        (None, None, None, None);
+    let mut run_tokens = 0u64;
+    while state.step < total {
+        let step = state.step;
+        let micro: Vec<_> = (0..s.grad_accum)
+            .map(|j| {
+                let index = step as usize * s.grad_accum + j;
+                train.micro_batch(index, s.batch_size, s.seed, s.pad_id)
+            })
+            .collect();
+        // Dropout draws depend on (seed, step) only, so a resumed run repeats them.
+        device.seed(s.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ step);
+        let lr = s.schedule.lr(step);
+        let step_started = Instant::now();
+        let stats = train_step(model, &micro, &mut optimizer, lr, s.max_grad_norm)
+            .with_context(|| format!("step {}", step + 1))?;
+        state.step += 1;
+        state.tokens += stats.tokens as u64;
+        run_tokens += stats.tokens as u64;
+        first_loss.get_or_insert(stats.loss);
+        last_loss = Some(stats.loss);
+        let mut record = StepRecord {
+            step: state.step,
+            loss: stats.loss,
+            lr,
+            grad_norm: stats.grad_norm,
+            tokens: stats.tokens,
+            tokens_per_s: stats.tokens as f64 / step_started.elapsed().as_secs_f64(),
+            elapsed_s: started.elapsed().as_secs_f64(),
+            eval_loss: None,
+            eval_perplexity: None,
+        };
+        let due = |every: Option<u64>| every.is_some_and(|n| n > 0 && state.step.is_multiple_of(n));
+        if let Some(eval) = eval.filter(|_| due(s.eval_every) || state.step == total) {
+            let e = evaluate(model, eval, s.batch_size, s.pad_id)?;
+            say(
+                &bar,
+                s.progress,
+                format!(
+                    "step {}: eval loss {:.4}, perplexity {:.2}",
+                    state.step, e.loss, e.perplexity
+                ),
+            );
+            record.eval_loss = Some(e.loss);
+            record.eval_perplexity = Some(e.perplexity);
+            last_eval = Some(e);
+        }
+        let line = format!(
+            "loss {:.4} lr {:.2e} {:.0} tok/s",
+            stats.loss,
+            lr,
+            run_tokens as f64 / started.elapsed().as_secs_f64()
+        );
+        // Without a terminal the bar is hidden: log about 50 lines per run instead.
+        if s.progress && bar.is_hidden() && state.step.is_multiple_of(total.div_ceil(50).max(1)) {
+            println!("step {}/{total}: {line}", state.step);
+        }
+        bar.set_message(line);
+        bar.set_position(state.step);
+        metrics.append(record)?;
+        if due(s.checkpoint_every) || state.step == total {
+            let dir = checkpoint::save(&s.out_dir, model, &optimizer, &state)?;
+            last_checkpoint = Some(dir);
+        }
+    }
+    bar.finish_and_clear();
+    model.set_training(false);
+    let plot = metrics.write_svg(&format!("loss — {}", s.out_dir.display()))?;
+    Ok(Summary {
+        first_step,
+        steps: state.step,
+        first_loss,
+        last_loss,
+        eval_before,
+        eval: last_eval,
+        tokens: run_tokens,
+        seconds: started.elapsed().as_secs_f64(),
+        last_checkpoint,
+        metrics: metrics.path,
+        plot,
+    })
+}
+
+/// A line above the bar, or on stdout when the bar is hidden (not a terminal).
+fn say(bar: &ProgressBar, progress: bool, line: String) {
+    if !progress {
+        return;
+    }
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
+fn progress_bar(total: u64, at: u64, visible: bool) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        Some(total),
+        if visible && std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}")
+            .expect("static template"),
+    );
+    bar.set_position(at);
+    bar
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""PEFT + PyTorch on the same workload as benches/train.rs: SmolLM2-135M-Instruct (the same GGUF,
+dequantised to f32 by transformers), LoRA r=8 α=16 dropout 0.05 on the 7 Llama targets, AdamW
+lr 2e-4, W1 = batch 4×256 (or W2 = 1×1024 with argument `w2`), the same token ids, every position
+labelled, 2 threads. One warm-up step, 5 timed; prints one JSON object.
+Usage: python3 tools/reference/bench_peft.py DIR_WITH_SMOLLM2_GGUF [w2]
+"""
+import json
+import resource
+import sys
+import time
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+
+def main(gguf_dir, w2):
+    torch.set_num_threads(2)
+    rows, length = (1, 1024) if w2 else (4, 256)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+                                                 dtype=torch.float32, attn_implementation="eager")
+    base = sum(p.numel() for p in model.parameters())
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    model.train()
+    ids = torch.tensor([[(r * 7919 + j * 104729) % 49000 + 100 for j in range(length)] for r in range(rows)])
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    times = []
+    for step in range(6):
+        t = time.perf_counter()
+        logits = model(input_ids=ids).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+        if step > 0:
+            times.append(time.perf_counter() - t)
+        print(f"step {step}: loss {loss.item():.4f} in {time.perf_counter() - t:.2f} s", file=sys.stderr)
+    times.sort()
+    median = times[len(times) // 2]
+    tokens = rows * length
+    print(json.dumps({
+        "workload": "W2 1x1024" if w2 else "W1 4x256",
+        "impl": f"peft {__import__('peft').__version__} transformers {__import__('transformers').__version__} torch {torch.__version__}",
+        "threads": torch.get_num_threads(),
+        "s_per_step_min": times[0], "s_per_step_median": median, "tokens_per_s": tokens / median,
+        "gflop_per_s_4n": 4 * base * tokens / median / 1e9,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+    }))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], len(sys.argv) > 2 and sys.argv[2] == "w2")
