@@ -252,6 +252,38 @@ impl Plan {
             "must be f32 or bf16",
         )?;
 
+        // Settings the schema accepts but no code honours yet: refused, never silently ignored.
+        check(
+            r.model.dtype == Dtype::F32,
+            "model.dtype",
+            "only f32 is supported so far (bf16/f16 frozen bases arrive with issue #9)",
+        )?;
+        check(
+            !r.lora.use_dora,
+            "lora.use_dora",
+            "DoRA is not supported yet; set it to false",
+        )?;
+        check(
+            !data.packing,
+            "data.packing",
+            "packing arrives with issue #5; set it to false",
+        )?;
+        for (key, path) in [
+            ("data.train", Some(&data.train)),
+            ("data.eval", data.eval.as_ref()),
+        ] {
+            if let Some(path) = path {
+                check(
+                    path.is_file()
+                        && path
+                            .extension()
+                            .is_some_and(|x| x == "jsonl" || x == "json"),
+                    key,
+                    "must be a .jsonl file for now (CSV files and directories arrive with issue #5)",
+                )?;
+            }
+        }
+
         let name = file
             .path
             .file_stem()

@@ -225,3 +225,33 @@ fn shipped_recipes_are_valid() {
     }
     assert!(n >= 1);
 }
+
+#[test]
+fn settings_not_honoured_yet_are_refused_not_ignored() {
+    let f = Fixture::new();
+    let err = f.error(BASE, "\n[lora]\nuse_dora = true\n");
+    assert_located(&err, 8, "lora.use_dora", &["DoRA is not supported yet"]);
+    let err = f.error(
+        "[model]\nsource = \"model.gguf\"\ndtype = \"bf16\"\n\n[data]\ntrain = \"train.jsonl\"\n",
+        "",
+    );
+    assert_located(&err, 3, "model.dtype", &["only f32", "#9"]);
+    let err = f.error(BASE, "packing = true\n");
+    assert_located(&err, 6, "data.packing", &["#5"]);
+    std::fs::write(f.dir.path().join("t.csv"), "text\nhello\n").unwrap();
+    let err = f.error(
+        "[model]\nsource = \"model.gguf\"\n\n[data]\ntrain = \"t.csv\"\n",
+        "",
+    );
+    assert_located(&err, 5, "data.train", &["must be a .jsonl file", "#5"]);
+}
+
+#[test]
+fn init_from_must_be_an_adapter_directory() {
+    let f = Fixture::new();
+    std::fs::create_dir(f.dir.path().join("empty")).unwrap();
+    let err = f.error(BASE, "\n[lora]\ninit_from = \"empty\"\n");
+    assert_located(&err, 8, "lora.init_from", &["adapter_model.safetensors"]);
+    let err = f.error(BASE, "\n[lora]\ninit_from = \"nowhere\"\n");
+    assert_located(&err, 8, "lora.init_from", &["nowhere"]);
+}

@@ -17,7 +17,7 @@ pub fn run(recipe: &Path) -> anyhow::Result<()> {
     prepare(recipe)?;
     Err(NotYetImplemented {
         command: "plan",
-        pending: "the memory estimate arrives with the training loop, issue #4 (above: what is already resolved)",
+        pending: "the memory estimate (and refusing runs that would not fit) arrives with issue #10; above: everything else a run resolves",
     }
     .into())
 }

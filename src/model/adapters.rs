@@ -7,7 +7,7 @@ use std::path::Path;
 use burn::tensor::{Tensor, TensorData};
 
 use super::llama::Llama;
-use crate::lora::adapter::LoraAdapter;
+use crate::lora::adapter::{LoraAdapter, splitmix64};
 use crate::lora::targets::Adapted;
 use crate::recipe::LoraSection;
 use crate::weights::WeightsError;
@@ -54,6 +54,13 @@ impl Llama {
         Ok(())
     }
 
+    /// Reseeds every adapter's dropout masks from `seed` (the trainer passes one per step).
+    pub fn seed_dropout(&mut self, seed: u64) {
+        for (n, (_, a)) in self.adapters_mut().into_iter().enumerate() {
+            a.dropout_rng.set(stream_seed(seed, n as u64));
+        }
+    }
+
     /// Replaces every adapter's A and B with the tensors in `file` (PEFT keys); a missing,
     /// misshapen or unused tensor is an error naming it.
     pub fn load_adapter_weights(&mut self, file: &Path) -> Result<(), WeightsError> {
@@ -96,12 +103,8 @@ pub fn host<const D: usize>(t: &Tensor<D>) -> Result<HostTensor, WeightsError> {
     Ok(HostTensor { shape, values })
 }
 
-/// splitmix64 of (seed, stream): independent, reproducible seeds per adapter.
-fn stream_seed(seed: u64, stream: u64) -> u64 {
-    let mut z = seed
-        .wrapping_add(stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+/// Independent, reproducible seeds per (seed, stream): splitmix64 of their mix.
+pub fn stream_seed(seed: u64, stream: u64) -> u64 {
+    let mut state = seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    splitmix64(&mut state)
 }

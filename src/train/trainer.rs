@@ -121,7 +121,6 @@ pub fn train(
     let mut metrics = MetricsLog::open(&s.out_dir, first_step)
         .with_context(|| format!("writing {}/metrics.jsonl", s.out_dir.display()))?;
     let bar = progress_bar(total, first_step, s.progress);
-    let device = model.device().clone();
     model.set_training(true);
     let eval_before = match eval.filter(|_| first_step == 0) {
         Some(data) => {
@@ -151,7 +150,7 @@ pub fn train(
             })
             .collect();
         // Dropout draws depend on (seed, step) only, so a resumed run repeats them.
-        device.seed(s.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ step);
+        model.seed_dropout(crate::model::adapters::stream_seed(s.seed, step));
         let lr = s.schedule.lr(step);
         let step_started = Instant::now();
         let stats = train_step(model, &micro, &mut optimizer, lr, s.max_grad_norm)
