@@ -383,3 +383,43 @@ fn smollm2_three_steps_equal_peft() {
     eprintln!("SmolLM2 final A/B: worst relative Frobenius error {worst:e}");
     assert!(worst < 1e-3, "final adapters differ by {worst}");
 }
+
+#[test]
+fn only_adapters_receive_gradients() {
+    use lora_tune::train::loss::next_token_nll_sum;
+    let fixtures = Path::new(ROOT).join("tests/fixtures/lora/train");
+    let mut model = adapted_tiny_llama(&fixtures.join("init.safetensors"));
+    let batches: Vec<Batch> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("batches.json")).unwrap())
+            .unwrap();
+    for (_, a) in model.adapters_mut() {
+        a.track();
+    }
+    let b = &batches[0];
+    let grads =
+        next_token_nll_sum(model.forward(&b.input_ids, &b.attention_mask), &b.labels).backward();
+    let mut adapters = 0;
+    for (path, l) in model.linears_mut() {
+        assert!(
+            l.weight.grad(&grads).is_none(),
+            "{path}: frozen weight got a gradient"
+        );
+        match &l.lora {
+            Some(a) => {
+                assert!(
+                    a.a.grad(&grads).is_some() && a.b.grad(&grads).is_some(),
+                    "{path}"
+                );
+                adapters += 1;
+            }
+            None => assert_eq!(path, "lm_head"), // not a target
+        }
+    }
+    assert_eq!(adapters, 2 * 7);
+    assert!(model.embed_tokens.grad(&grads).is_none());
+    for layer in &model.layers {
+        assert!(layer.input_layernorm.weight.grad(&grads).is_none());
+        assert!(layer.post_attention_layernorm.weight.grad(&grads).is_none());
+    }
+    assert!(model.norm.weight.grad(&grads).is_none());
+}
