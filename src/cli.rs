@@ -23,6 +23,10 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
 
+    /// Replace adapters already in the output directory (a new run, or `export --out`).
+    #[arg(long, global = true)]
+    pub force: bool,
+
     /// Where to compute: auto, cpu, wgpu, vulkan, metal, cuda or cuda:N. `auto` uses a real GPU
     /// through wgpu when there is one, and the flex CPU backend otherwise.
     #[arg(long, global = true, default_value = "auto", value_parser = parse_device)]

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod commands;
 pub mod data;
 pub mod device;
+pub mod export;
 pub mod lora;
 pub mod model;
 pub mod plan;

@@ -251,6 +251,16 @@ impl Plan {
             "export.dtype",
             "must be f32 or bf16",
         )?;
+        check(
+            e.formats.iter().all(|f| *f == ExportFormat::Peft),
+            "export.formats",
+            "only \"peft\" is supported so far (GGUF LoRA and merged models arrive with issue #6)",
+        )?;
+        check(
+            e.dtype == Dtype::F32,
+            "export.dtype",
+            "only f32 adapters are written so far (bf16 arrives with issue #6)",
+        )?;
 
         // Settings the schema accepts but no code honours yet: refused, never silently ignored.
         check(

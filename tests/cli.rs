@@ -22,17 +22,17 @@ fn text(out: &Output) -> (String, String) {
 #[test]
 fn unimplemented_commands_say_so_and_exit_2() {
     let cases: [&[&str]; 3] = [
-        &["export", "--adapter", "a", "--format", "peft", "--out", "o"],
-        &["merge", "--base", "b", "--adapter", "a", "--out", "o"],
+        &["export", "--adapter", "a", "--format", "gguf", "--out", "o"],
         &[
-            "generate",
-            "--base",
-            "b",
+            "export",
             "--adapter",
             "a",
-            "--prompt",
-            "hi",
+            "--format",
+            "merged",
+            "--out",
+            "o",
         ],
+        &["merge", "--base", "b", "--adapter", "a", "--out", "o"],
     ];
     for args in cases {
         let out = lora_tune(args);

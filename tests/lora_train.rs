@@ -196,6 +196,7 @@ fn settings(out: &Path) -> lora_tune::train::trainer::Settings {
         checkpoint_every: Some(3),
         pad_id: 0,
         out_dir: out.into(),
+        peft_config: None,
         progress: false,
     }
 }

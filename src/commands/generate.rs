@@ -3,6 +3,8 @@
 use std::io::Write;
 use std::time::Instant;
 
+use std::path::Path;
+
 use anyhow::Context;
 
 use crate::data::template::{Message, render_chat};
@@ -12,6 +14,7 @@ use crate::source::{Fetcher, Source};
 
 pub fn run(
     base: &str,
+    adapter: Option<&Path>,
     prompt: &str,
     chat: bool,
     max_new: usize,
@@ -34,13 +37,24 @@ pub fn run(
     let selected = device::select(device)?;
     eprintln!("device: {} ({})", selected.name, selected.why);
     let started = Instant::now();
-    let (model, tok) = crate::model::load(&files, &selected.device)
+    let (mut model, tok) = crate::model::load(&files, &selected.device)
         .with_context(|| format!("loading {}", files.path().display()))?;
     eprintln!(
         "loaded {} in {:.1} s",
         files.path().display(),
         started.elapsed().as_secs_f64()
     );
+    if let Some(dir) = adapter {
+        let config = crate::export::peft::apply(&mut model, dir)
+            .with_context(|| format!("--adapter {}", dir.display()))?;
+        eprintln!(
+            "adapter: {} (r={}, alpha={}, {} adapted layers)",
+            dir.display(),
+            config.r,
+            config.lora_alpha,
+            model.adapters_mut().len()
+        );
+    }
 
     let (text, add_special) = if chat {
         let template = tok

@@ -1,12 +1,13 @@
 //! One file per subcommand: wiring between the library modules, no math. Only this module (and
 //! training progress) prints. Errors carry context here; `main` prints them once.
 
+mod export;
 mod generate;
 mod inspect;
 mod plan;
 mod run;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, ExportFormatArg};
 
 /// A command whose capability has not landed yet. Exit code 2, never a silent success.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +22,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Inspect { model }) => inspect::run(&model),
         Some(Command::Plan { recipe }) => plan::run(&recipe),
-        Some(Command::Export { .. }) => not_yet("export", "adapter exports arrive with issue #6"),
+        Some(Command::Export {
+            adapter,
+            format,
+            out,
+        }) => match format {
+            ExportFormatArg::Peft => export::run(&adapter, &out, cli.force),
+            ExportFormatArg::Gguf => not_yet(
+                "export --format gguf",
+                "GGUF LoRA export arrives with issue #6",
+            ),
+            ExportFormatArg::Merged => not_yet(
+                "export --format merged",
+                "merged models arrive with issue #6",
+            ),
+        },
         Some(Command::Merge { .. }) => not_yet(
             "merge",
             "merging adapters into the base arrives with issue #6",
@@ -36,24 +51,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             top_p,
             seed,
         }) => {
-            if adapter.is_some() {
-                return not_yet(
-                    "generate --adapter",
-                    "reading PEFT adapters arrives with issue #6",
-                );
-            }
             let sampling = crate::model::generate::Sampling {
                 temperature,
                 top_p,
                 seed,
             };
-            generate::run(&base, &prompt, chat, max_new_tokens, sampling, cli.device)
+            generate::run(
+                &base,
+                adapter.as_deref(),
+                &prompt,
+                chat,
+                max_new_tokens,
+                sampling,
+                cli.device,
+            )
         }
         Some(Command::Eval { recipe, adapter }) => {
             run::eval(&recipe, adapter.as_deref(), cli.device)
         }
         None => match cli.recipe {
-            Some(recipe) => run::run(&recipe, cli.device, cli.resume.as_deref()),
+            Some(recipe) => run::run(&recipe, cli.device, cli.resume.as_deref(), cli.force),
             None => anyhow::bail!(
                 "no recipe given; try `lora-tune recipes/support-tickets.toml` or `lora-tune --help`"
             ),

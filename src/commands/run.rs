@@ -12,8 +12,12 @@ use crate::data::dataset::{Dataset, in_eval_split};
 use crate::data::encode::Encoder;
 use crate::data::template;
 use crate::device::{self, DeviceChoice};
+use crate::export::peft;
+use crate::lora::peft_config::PeftConfig;
+use crate::lora::targets::Adapted;
 use crate::model::llama::Llama;
-use crate::plan::{Stop, Warmup};
+use crate::plan::{Plan, Stop, Warmup};
+use crate::source::ModelRef;
 use crate::train::metrics::peak_rss_bytes;
 use crate::train::optim::AdamWConfig;
 use crate::train::schedule::LrSchedule;
@@ -28,8 +32,7 @@ struct Session {
     pad_id: u32,
 }
 
-fn open_session(recipe: &Path, device: DeviceChoice) -> anyhow::Result<Session> {
-    let prepared = prepare(recipe)?;
+fn open_session(prepared: Prepared, device: DeviceChoice) -> anyhow::Result<Session> {
     let (plan, files) = (&prepared.plan, &prepared.model.files);
     let tokenizer = crate::model::tokenizer_of(files)
         .with_context(|| format!("reading the tokenizer of {}", files.path().display()))?;
@@ -98,8 +101,31 @@ fn open_session(recipe: &Path, device: DeviceChoice) -> anyhow::Result<Session> 
     })
 }
 
-pub fn run(recipe: &Path, device: DeviceChoice, resume: Option<&Path>) -> anyhow::Result<()> {
-    let mut s = open_session(recipe, device)?;
+pub fn run(
+    recipe: &Path,
+    device: DeviceChoice,
+    resume: Option<&Path>,
+    force: bool,
+) -> anyhow::Result<()> {
+    let prepared = prepare(recipe)?;
+    let out_dir = &prepared.plan.out_dir;
+    let earlier_run = [peft::WEIGHTS_FILE, "checkpoints"]
+        .iter()
+        .any(|f| out_dir.join(f).exists());
+    if resume.is_none() && earlier_run {
+        anyhow::ensure!(
+            force,
+            "{} already holds an earlier run (adapters or checkpoints); continue it with --resume {}, replace it with --force, or set export.out_dir",
+            out_dir.display(),
+            out_dir.display()
+        );
+        // Stale checkpoints would let a later --resume pick up the old run.
+        let old = out_dir.join("checkpoints");
+        if old.exists() {
+            std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+        }
+    }
+    let mut s = open_session(prepared, device)?;
     let plan = &s.prepared.plan;
     if let Some(dir) = plan.lora.init_from.as_ref().filter(|_| resume.is_none()) {
         let file = dir.join(crate::train::checkpoint::ADAPTER_FILE);
@@ -108,6 +134,12 @@ pub fn run(recipe: &Path, device: DeviceChoice, resume: Option<&Path>) -> anyhow
             .with_context(|| format!("lora.init_from: {}", dir.display()))?;
         println!("init:  adapters from {}", dir.display());
     }
+    let peft_config = PeftConfig::new(
+        &plan.lora,
+        &s.prepared.adapted,
+        base_model_name(&s.prepared.model.source.reference),
+        hub_revision(&s.prepared.model.source.reference),
+    );
     let t = &plan.train;
     let (batch_size, grad_accum) = (t.batch_size as usize, t.grad_accum as usize);
     let total_steps = match plan.stop {
@@ -138,6 +170,7 @@ pub fn run(recipe: &Path, device: DeviceChoice, resume: Option<&Path>) -> anyhow
         checkpoint_every: t.checkpoint_every.map(u64::from),
         pad_id: s.pad_id,
         out_dir: plan.out_dir.clone(),
+        peft_config: Some(peft_config.clone()),
         progress: true,
     };
     println!(
@@ -146,15 +179,17 @@ pub fn run(recipe: &Path, device: DeviceChoice, resume: Option<&Path>) -> anyhow
     );
     let summary = train(&mut s.model, &s.train, s.eval.as_ref(), &settings, resume)?;
     print_summary(&summary);
-    let formats: Vec<String> = plan
-        .export
-        .formats
-        .iter()
-        .map(|f| format!("{f:?}").to_lowercase())
-        .collect();
+    // Formats other than peft are refused by the recipe check until they land (#6).
+    let card = model_card(plan, &peft_config, &summary, &s.prepared.adapted);
+    peft::write(&plan.out_dir, &mut s.model, &peft_config, Some(&card))
+        .with_context(|| format!("exporting to {}", plan.out_dir.display()))?;
     println!(
-        "export: {} pending issue #6 (PEFT dir, GGUF LoRA, merged); the final checkpoint's adapter_model.safetensors already uses PEFT's tensor names",
-        formats.join(",")
+        "export: PEFT adapter folder {} (adapter_config.json, adapter_model.safetensors, README.md)",
+        plan.out_dir.display()
+    );
+    println!(
+        "       serve: {}",
+        vllm_command(&peft_config, &plan.name, &plan.out_dir)
     );
     Ok(())
 }
@@ -189,7 +224,7 @@ fn print_summary(s: &Summary) {
 /// `lora-tune eval RECIPE [--adapter DIR]`: loss and perplexity on the eval split, of the base
 /// model (no adapter) or with a trained adapter / checkpoint.
 pub fn eval(recipe: &Path, adapter: Option<&Path>, device: DeviceChoice) -> anyhow::Result<()> {
-    let mut s = open_session(recipe, device)?;
+    let mut s = open_session(prepare(recipe)?, device)?;
     let data = s.eval.as_ref().unwrap_or(&s.train);
     let which = if s.eval.is_some() {
         "eval split"
@@ -222,4 +257,88 @@ pub fn eval(recipe: &Path, adapter: Option<&Path>, device: DeviceChoice) -> anyh
         e.loss, e.perplexity
     );
     Ok(())
+}
+
+/// The id PEFT and servers know the base by: the hub repo for `hf://`, else the reference.
+fn base_model_name(reference: &ModelRef) -> String {
+    match reference {
+        ModelRef::Hf { repo, .. } => repo.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn hub_revision(reference: &ModelRef) -> Option<String> {
+    match reference {
+        ModelRef::Hf { revision, .. } => revision.clone(),
+        _ => None,
+    }
+}
+
+/// vLLM's `--max-lora-rank` buckets; the smallest that holds our largest rank.
+fn vllm_command(config: &PeftConfig, name: &str, dir: &Path) -> String {
+    let rank = config
+        .rank_pattern
+        .values()
+        .copied()
+        .chain([config.r])
+        .max()
+        .unwrap_or(config.r);
+    let bucket = [1, 8, 16, 32, 64, 128, 256, 320, 512]
+        .into_iter()
+        .find(|&b| b >= rank)
+        .unwrap_or(rank);
+    let base = config.base_model_name_or_path.as_deref().unwrap_or("");
+    // vLLM wants the base as a hub id or HF directory, not our pip:// or GGUF reference.
+    let (base, note) = if base.contains("://") || base.ends_with(".gguf") || base.is_empty() {
+        (
+            "HF_BASE",
+            format!("  # HF_BASE: the Hugging Face id of {base}"),
+        )
+    } else {
+        (base, String::new())
+    };
+    format!(
+        "vllm serve {base} --enable-lora --lora-modules {name}={} --max-lora-rank {bucket}{note}",
+        dir.display()
+    )
+}
+
+/// A short model card: what was trained on what, the figures, how to use it.
+fn model_card(plan: &Plan, config: &PeftConfig, s: &Summary, adapted: &[Adapted]) -> String {
+    let base = config.base_model_name_or_path.as_deref().unwrap_or("?");
+    let trainable: u64 = adapted.iter().map(Adapted::parameters).sum();
+    let eval = s.eval.map_or("no eval split".into(), |e| {
+        let before = s.eval_before.map_or(String::new(), |b| {
+            format!("{:.4} before training → ", b.loss)
+        });
+        format!(
+            "eval loss {before}{:.4} (perplexity {:.2})",
+            e.loss, e.perplexity
+        )
+    });
+    format!(
+        "---\nbase_model: {base}\nlibrary_name: peft\ntags:\n- lora\n- lora-tune\n---\n\n\
+         # {name}\n\n\
+         LoRA adapter for `{base}`, trained by lora-tune {version} with the recipe `{recipe}` on \
+         `{data}`.\n\n\
+         - r = {r}, alpha = {alpha}{rs}, dropout {dropout}, targets: {targets}; {trainable} trainable parameters\n\
+         - {steps} optimiser steps; train loss {first} → {last}; {eval}\n\n\
+         ## Use\n\n\
+         ```python\nfrom peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained(\"{dir}\")\n```\n\n\
+         ```sh\n{vllm}\n```\n",
+        name = plan.name,
+        version = env!("CARGO_PKG_VERSION"),
+        recipe = plan.recipe_path.display(),
+        data = plan.data.train.display(),
+        r = config.r,
+        alpha = config.lora_alpha,
+        rs = if config.use_rslora { " (rsLoRA)" } else { "" },
+        dropout = config.lora_dropout,
+        targets = config.target_modules,
+        steps = s.steps,
+        first = s.first_loss.map_or("-".into(), |v| format!("{v:.4}")),
+        last = s.last_loss.map_or("-".into(), |v| format!("{v:.4}")),
+        dir = plan.out_dir.display(),
+        vllm = vllm_command(config, &plan.name, &plan.out_dir),
+    )
 }

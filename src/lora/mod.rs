@@ -3,5 +3,6 @@
 //! exact line).
 
 pub mod adapter;
+pub mod peft_config;
 pub mod report;
 pub mod targets;

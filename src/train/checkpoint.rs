@@ -10,13 +10,14 @@ use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::optim::{AdamW, Moments};
+use crate::lora::peft_config::PeftConfig;
 use crate::model::adapters::{host, peft_key};
 use crate::model::llama::Llama;
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
 use crate::weights::safetensors::write_f32;
 
-pub const ADAPTER_FILE: &str = "adapter_model.safetensors";
+pub const ADAPTER_FILE: &str = crate::export::peft::WEIGHTS_FILE;
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const STATE_FILE: &str = "trainer_state.json";
 
@@ -88,6 +89,7 @@ pub fn save(
     model: &mut Llama,
     optimizer: &AdamW,
     state: &TrainerState,
+    config: Option<&PeftConfig>,
 ) -> Result<PathBuf, CheckpointError> {
     let root = out.join("checkpoints");
     std::fs::create_dir_all(&root).map_err(io(&root))?;
@@ -97,6 +99,13 @@ pub fn save(
     let result = (|| {
         let adapters = model.adapter_tensors()?;
         write_f32(&tmp.join(ADAPTER_FILE), &adapters, &[("format", "pt")])?;
+        if let Some(config) = config {
+            // With its config a checkpoint is a complete PEFT adapter folder.
+            let path = tmp.join(crate::export::peft::CONFIG_FILE);
+            let json = config.to_json();
+            crate::atomic::write_atomic(&path, |f| std::io::Write::write_all(f, json.as_bytes()))
+                .map_err(io(&path))?;
+        }
         let mut moments = Vec::with_capacity(optimizer.moments.len() * 2);
         for ((key, _), m) in adapters.iter().zip(&optimizer.moments) {
             moments.push((format!("{key}.exp_avg"), host(&m.exp_avg)?));

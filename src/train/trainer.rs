@@ -18,6 +18,7 @@ use super::scalar;
 use super::schedule::LrSchedule;
 use super::step::train_step;
 use crate::data::dataset::Dataset;
+use crate::lora::peft_config::PeftConfig;
 use crate::model::llama::Llama;
 
 #[derive(Debug, Clone)]
@@ -32,6 +33,8 @@ pub struct Settings {
     pub checkpoint_every: Option<u64>,
     pub pad_id: u32,
     pub out_dir: PathBuf,
+    /// Written into every checkpoint, making each a PEFT adapter folder.
+    pub peft_config: Option<PeftConfig>,
     /// Show the progress bar (off in tests).
     pub progress: bool,
 }
@@ -200,7 +203,13 @@ pub fn train(
         bar.set_position(state.step);
         metrics.append(record)?;
         if due(s.checkpoint_every) || state.step == total {
-            let dir = checkpoint::save(&s.out_dir, model, &optimizer, &state)?;
+            let dir = checkpoint::save(
+                &s.out_dir,
+                model,
+                &optimizer,
+                &state,
+                s.peft_config.as_ref(),
+            )?;
             last_checkpoint = Some(dir);
         }
     }

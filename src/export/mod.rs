@@ -1,0 +1,4 @@
+//! What a run hands back: the PEFT adapter folder ([`peft`]). GGUF LoRA and merged models
+//! come with the rest of issue #6.
+
+pub mod peft;

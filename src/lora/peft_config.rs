@@ -1,0 +1,217 @@
+//! `adapter_config.json` as PEFT writes and reads it (peft 0.21 `LoraConfig`, `save_pretrained`):
+//! keys sorted, two-space indent, α written as an integer when it is one. We write the fields
+//! every PEFT release since 0.6 and vLLM / TGI / LoRAX understand; PEFT fills the rest with its
+//! defaults, which equal what it saves for the same config (checked against a folder PEFT saved).
+//! Reading accepts PEFT's full field set and refuses what our adapters cannot represent.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Value;
+
+use super::targets::Adapted;
+use crate::recipe::{LoraInit, LoraSection, Targets};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeftConfig {
+    #[serde(default, serialize_with = "whole_as_int_map")]
+    pub alpha_pattern: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    #[serde(default = "none")]
+    pub bias: String,
+    #[serde(default)]
+    pub fan_in_fan_out: bool,
+    #[serde(default = "yes")]
+    pub inference_mode: bool,
+    /// `true` (kaiming, PEFT's default) or `"gaussian"`.
+    #[serde(default = "init_default")]
+    pub init_lora_weights: Value,
+    #[serde(default)]
+    pub layers_pattern: Option<Value>,
+    /// One index or a list.
+    #[serde(default)]
+    pub layers_to_transform: Option<Value>,
+    #[serde(serialize_with = "whole_as_int")]
+    pub lora_alpha: f64,
+    #[serde(default)]
+    pub lora_dropout: f64,
+    #[serde(default)]
+    pub modules_to_save: Option<Vec<String>>,
+    pub peft_type: String,
+    pub r: u32,
+    #[serde(default)]
+    pub rank_pattern: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// A list of module names or one regex string.
+    pub target_modules: Value,
+    #[serde(default)]
+    pub task_type: Option<String>,
+    #[serde(default)]
+    pub use_dora: bool,
+    #[serde(default)]
+    pub use_rslora: bool,
+}
+
+fn none() -> String {
+    "none".into()
+}
+fn yes() -> bool {
+    true
+}
+fn init_default() -> Value {
+    Value::Bool(true)
+}
+
+/// PEFT keeps α as the user gave it; recipes mostly give integers, so 16 is written `16`.
+fn whole_as_int<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        s.serialize_i64(*v as i64)
+    } else {
+        s.serialize_f64(*v)
+    }
+}
+
+fn whole_as_int_map<S: Serializer>(m: &BTreeMap<String, f64>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(m.len()))?;
+    for (k, v) in m {
+        let v = if v.fract() == 0.0 && v.abs() < 1e15 {
+            Value::from(*v as i64)
+        } else {
+            Value::from(*v)
+        };
+        map.serialize_entry(k, &v)?;
+    }
+    map.end()
+}
+
+impl PeftConfig {
+    /// The config of adapters trained from `lora` on the layers `adapted`, for the base model
+    /// `base` (a hub repo id or the reference the recipe used) at `revision`.
+    pub fn new(
+        lora: &LoraSection,
+        adapted: &[Adapted],
+        base: String,
+        revision: Option<String>,
+    ) -> Self {
+        let target_modules = match &lora.targets {
+            Targets::Regex(r) => Value::from(r.clone()),
+            // PEFT saves the names it matched ("all-linear" expands), as a set: we sort them.
+            Targets::Modules(_) | Targets::AllLinear => {
+                let mut names: Vec<&str> = adapted.iter().map(|a| a.site.name()).collect();
+                names.sort_unstable();
+                names.dedup();
+                Value::from(names)
+            }
+        };
+        Self {
+            alpha_pattern: lora.alpha_pattern.clone(),
+            base_model_name_or_path: Some(base),
+            bias: none(),
+            fan_in_fan_out: false,
+            inference_mode: true,
+            init_lora_weights: match lora.init {
+                LoraInit::Kaiming => Value::Bool(true),
+                LoraInit::Gaussian => Value::from("gaussian"),
+            },
+            layers_pattern: None,
+            layers_to_transform: lora.layers.as_ref().map(|l| Value::from(l.clone())),
+            lora_alpha: lora.alpha,
+            lora_dropout: lora.dropout,
+            modules_to_save: None,
+            peft_type: "LORA".into(),
+            r: lora.rank,
+            rank_pattern: lora.rank_pattern.clone(),
+            revision,
+            target_modules,
+            task_type: Some("CAUSAL_LM".into()),
+            use_dora: false,
+            use_rslora: lora.rslora,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("plain data serialises") + "\n"
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The `[lora]` section that rebuilds these adapters, or why our adapters cannot.
+    pub fn lora_section(&self) -> Result<LoraSection, String> {
+        let refuse = |what: &str| Err(format!("{what} is not supported by lora-tune's adapters"));
+        if self.peft_type != "LORA" {
+            return refuse(&format!("peft_type {:?}", self.peft_type));
+        }
+        if self.use_dora {
+            return refuse("use_dora = true (DoRA)");
+        }
+        if self.bias != "none" {
+            return refuse(&format!("bias = {:?}", self.bias));
+        }
+        if self.fan_in_fan_out {
+            return refuse("fan_in_fan_out = true (Conv1D layouts)");
+        }
+        if self.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
+            return refuse("modules_to_save");
+        }
+        if self.layers_pattern.as_ref().is_some_and(|p| !p.is_null()) {
+            return refuse("layers_pattern");
+        }
+        let targets = match &self.target_modules {
+            Value::String(s) if s == "all-linear" => Targets::AllLinear,
+            Value::String(s) => Targets::Regex(s.clone()),
+            Value::Array(names) => Targets::Modules(
+                names
+                    .iter()
+                    .map(|n| {
+                        n.as_str()
+                            .map(str::to_string)
+                            .ok_or("target_modules: names must be strings")
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            other => {
+                return Err(format!(
+                    "target_modules: expected a list or a string, got {other}"
+                ));
+            }
+        };
+        let layers = match &self.layers_to_transform {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => Some(vec![
+                n.as_u64().ok_or("layers_to_transform: not an index")? as u32,
+            ]),
+            Some(Value::Array(v)) => Some(
+                v.iter()
+                    .map(|n| {
+                        n.as_u64()
+                            .map(|n| n as u32)
+                            .ok_or("layers_to_transform: not an index")
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            Some(other) => return Err(format!("layers_to_transform: unexpected {other}")),
+        };
+        Ok(LoraSection {
+            rank: self.r,
+            alpha: self.lora_alpha,
+            dropout: self.lora_dropout,
+            targets,
+            layers,
+            rslora: self.use_rslora,
+            init: if self.init_lora_weights == "gaussian" {
+                LoraInit::Gaussian
+            } else {
+                LoraInit::Kaiming
+            },
+            use_dora: false,
+            rank_pattern: self.rank_pattern.clone(),
+            alpha_pattern: self.alpha_pattern.clone(),
+            init_from: None,
+        })
+    }
+}

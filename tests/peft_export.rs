@@ -1,0 +1,168 @@
+//! The PEFT adapter folder: what we write equals what PEFT's `save_pretrained` wrote for the same
+//! config and weights (every field we write, tensor names, shapes, dtype, bytes, metadata), and
+//! PEFT's own folder read back onto the base gives PEFT's logits. Golden:
+//! tools/reference/peft_export.py (transformers 5.23.0, peft 0.21.2) on the tiny Llama with the
+//! trained adapters of tests/fixtures/lora/train/final.safetensors.
+
+use std::path::Path;
+
+use burn::tensor::Device;
+use lora_tune::device::{DeviceChoice, select};
+use lora_tune::export::peft;
+use lora_tune::lora::peft_config::PeftConfig;
+use lora_tune::lora::targets::select as select_targets;
+use lora_tune::model::adapters::host;
+use lora_tune::model::config::LlamaConfig;
+use lora_tune::model::llama::Llama;
+use lora_tune::recipe::LoraSection;
+use lora_tune::weights::host::HostTensors;
+use safetensors::SafeTensors;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn cpu() -> Device {
+    select(DeviceChoice::Cpu).unwrap().device
+}
+
+fn tiny() -> Llama {
+    let dir = Path::new(ROOT).join("tests/fixtures/llama/tiny-llama");
+    let config = LlamaConfig::from_json_file(&dir.join("config.json")).unwrap();
+    Llama::load(config, HostTensors::read(&dir).unwrap(), &cpu()).unwrap()
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(ROOT).join("tests/fixtures/lora").join(name)
+}
+
+#[test]
+fn written_folder_equals_what_peft_saves() {
+    let lora = LoraSection {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        ..LoraSection::default()
+    };
+    let mut model = tiny();
+    let adapted = select_targets(&model.config.linear_sites(), &lora).unwrap();
+    model.attach_adapters(&adapted, &lora, 0).unwrap();
+    model
+        .load_adapter_weights(&fixture("train/final.safetensors"))
+        .unwrap();
+    let config = PeftConfig::new(&lora, &adapted, "tiny-llama".into(), None);
+    let out = tempfile::tempdir().unwrap();
+    peft::write(out.path(), &mut model, &config, None).unwrap();
+
+    let ours: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    let theirs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("peft/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    let sorted = |v: &serde_json::Value| {
+        let mut names: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    for (key, value) in ours.as_object().unwrap() {
+        match key.as_str() {
+            "base_model_name_or_path" => assert_eq!(value, "tiny-llama"),
+            // A Python set: PEFT writes it in hash order.
+            "target_modules" => assert_eq!(sorted(value), sorted(&theirs[key])),
+            _ => assert_eq!(value, &theirs[key], "adapter_config.json field `{key}`"),
+        }
+    }
+    // The raw text too: sorted keys, two-space indent, integer alpha, as PEFT writes it.
+    let text = std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap();
+    assert!(
+        text.contains("\n  \"lora_alpha\": 8,\n") && text.contains("\"r\": 4,"),
+        "{text}"
+    );
+
+    let ours = std::fs::read(out.path().join("adapter_model.safetensors")).unwrap();
+    let theirs = std::fs::read(fixture("peft/adapter_model.safetensors")).unwrap();
+    let (ours, theirs) = (
+        SafeTensors::deserialize(&ours).unwrap(),
+        SafeTensors::deserialize(&theirs).unwrap(),
+    );
+    let mut names: Vec<String> = ours.names().into_iter().map(String::from).collect();
+    let mut want: Vec<String> = theirs.names().into_iter().map(String::from).collect();
+    names.sort();
+    want.sort();
+    assert_eq!(names, want);
+    for name in &names {
+        let (a, b) = (ours.tensor(name).unwrap(), theirs.tensor(name).unwrap());
+        assert_eq!((a.dtype(), a.shape()), (b.dtype(), b.shape()), "{name}");
+        assert_eq!(a.data(), b.data(), "{name}: values differ");
+    }
+    let (_, meta) = SafeTensors::read_metadata(
+        &std::fs::read(out.path().join("adapter_model.safetensors")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        meta.metadata()
+            .as_ref()
+            .and_then(|m| m.get("format"))
+            .map(String::as_str),
+        Some("pt")
+    );
+}
+
+#[test]
+fn peft_saved_folder_reads_back_to_peft_logits() {
+    let mut model = tiny();
+    let config = peft::apply(&mut model, &fixture("peft")).unwrap();
+    assert_eq!((config.r, config.lora_alpha), (4, 8.0));
+    assert_eq!(model.adapters_mut().len(), 14);
+    let batches: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("train/batches.json")).unwrap())
+            .unwrap();
+    let b = &batches[0];
+    let rows = |k: &str| -> Vec<Vec<i64>> { serde_json::from_value(b[k].clone()).unwrap() };
+    let ids: Vec<Vec<u32>> = rows("input_ids")
+        .iter()
+        .map(|r| r.iter().map(|&t| t as u32).collect())
+        .collect();
+    let mask: Vec<Vec<u8>> = rows("attention_mask")
+        .iter()
+        .map(|r| r.iter().map(|&t| t as u8).collect())
+        .collect();
+    let got = host(&model.forward(&ids, &mask)).unwrap().values;
+    let want = HostTensors::read(&fixture("peft/logits.safetensors"))
+        .unwrap()
+        .take("logits", &[2, 9, 256])
+        .unwrap()
+        .values;
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!("PEFT folder read back: max |Δlogit| {worst:e}");
+    assert!(worst < 1e-4, "{worst}");
+}
+
+#[test]
+fn configs_we_cannot_represent_are_refused() {
+    let text = std::fs::read_to_string(fixture("peft/adapter_config.json")).unwrap();
+    for (from, to, want) in [
+        ("\"use_dora\": false", "\"use_dora\": true", "DoRA"),
+        ("\"bias\": \"none\"", "\"bias\": \"all\"", "bias"),
+        (
+            "\"modules_to_save\": null",
+            "\"modules_to_save\": [\"lm_head\"]",
+            "modules_to_save",
+        ),
+    ] {
+        assert!(text.contains(from), "{from}");
+        let config = PeftConfig::from_json(&text.replace(from, to)).unwrap();
+        let err = config.lora_section().unwrap_err();
+        assert!(err.contains(want), "{err}");
+    }
+}
