@@ -42,12 +42,18 @@ pub enum Command {
     Plan { recipe: PathBuf },
     /// Write a trained adapter in another format.
     Export {
+        /// A PEFT adapter folder, a checkpoint, or a run directory (its latest checkpoint).
         #[arg(long)]
         adapter: PathBuf,
         #[arg(long, value_enum)]
         format: ExportFormatArg,
+        /// A folder for `peft`, a `.gguf` file for `gguf`.
         #[arg(long)]
         out: PathBuf,
+        /// The base model (any model reference), when the adapter's `base_model_name_or_path`
+        /// does not resolve here. `gguf` reads its architecture and head counts.
+        #[arg(long)]
+        base: Option<String>,
     },
     /// Fold adapters into the base weights and write a merged HF model directory.
     Merge {

@@ -252,9 +252,9 @@ impl Plan {
             "must be f32 or bf16",
         )?;
         check(
-            e.formats.iter().all(|f| *f == ExportFormat::Peft),
+            !e.formats.contains(&ExportFormat::Merged),
             "export.formats",
-            "only \"peft\" is supported so far (GGUF LoRA and merged models arrive with issue #6)",
+            "\"merged\" is not supported yet (issue #6); \"peft\" and \"gguf\" are",
         )?;
         check(
             e.dtype == Dtype::F32,

@@ -1,18 +1,24 @@
-//! `lora-tune export --adapter DIR --format peft --out DIR`: a checkpoint or run directory → a
-//! clean PEFT adapter folder. The adapters are already PEFT's tensors and config, so this
+//! `lora-tune export --adapter DIR --format peft|gguf --out PATH`: a checkpoint or run directory
+//! → a clean PEFT adapter folder, or a llama.cpp LoRA GGUF. The adapters are already PEFT's tensors and config, so this
 //! validates them (the config must describe adapters we can represent, the safetensors header
 //! must be sound) and copies each file atomically. An existing `--out` needs `--force`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use crate::export::gguf_lora;
 use crate::export::peft::{CONFIG_FILE, WEIGHTS_FILE, read_config};
+use crate::lora::peft_config::PeftConfig;
+use crate::source::{Fetcher, Source};
 use crate::train::checkpoint;
+use crate::weights::gguf_writer::TensorType;
+use crate::weights::host::HostTensors;
 use crate::weights::safetensors::StFile;
 
-pub fn run(adapter: &Path, out: &Path, force: bool) -> anyhow::Result<()> {
-    // A run directory means its latest checkpoint, unless it holds an exported folder itself.
+/// The PEFT folder `adapter` names (a run directory means its latest checkpoint, unless it
+/// holds an exported folder itself) and its config, checked to be adapters we can represent.
+fn adapter_folder(adapter: &Path) -> anyhow::Result<(PathBuf, PeftConfig)> {
     let dir = if adapter.join(CONFIG_FILE).is_file() {
         adapter.to_path_buf()
     } else {
@@ -23,6 +29,11 @@ pub fn run(adapter: &Path, out: &Path, force: bool) -> anyhow::Result<()> {
         .lora_section()
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("{}", dir.join(CONFIG_FILE).display()))?;
+    Ok((dir, config))
+}
+
+pub fn run(adapter: &Path, out: &Path, force: bool) -> anyhow::Result<()> {
+    let (dir, config) = adapter_folder(adapter)?;
     let weights = StFile::open(&dir.join(WEIGHTS_FILE))?;
     anyhow::ensure!(
         weights.tensors.iter().all(|t| t.name.contains(".lora_")),
@@ -53,6 +64,54 @@ pub fn run(adapter: &Path, out: &Path, force: bool) -> anyhow::Result<()> {
         config.r,
         config.lora_alpha,
         weights.tensors.len()
+    );
+    Ok(())
+}
+
+/// `export --format gguf`: the llama.cpp LoRA of a PEFT folder. Reads only the base's header
+/// (architecture, head counts), never its weights.
+pub fn run_gguf(adapter: &Path, out: &Path, base: Option<&str>, force: bool) -> anyhow::Result<()> {
+    let (dir, config) = adapter_folder(adapter)?;
+    anyhow::ensure!(
+        !out.exists() || force,
+        "{} exists; pass --force to replace it",
+        out.display()
+    );
+    let reference = base
+        .map(str::to_string)
+        .or_else(|| config.base_model_name_or_path.clone())
+        .context("the adapter names no base model; pass --base MODEL")?;
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    // PEFT writes hub repos as `org/name`; here that is a hub reference unless such a path exists.
+    let uri = if !reference.contains("://")
+        && !Path::new(&reference).exists()
+        && reference.matches('/').count() == 1
+    {
+        format!("hf://{reference}")
+    } else {
+        reference.clone()
+    };
+    let files = Fetcher::new()
+        .resolve(&Source::parse(&uri, None, &cwd)?)
+        .with_context(|| format!("resolving the base model {reference} (or pass --base MODEL)"))?;
+    let base_config = crate::model::config_of(&files)?;
+    let adapters = HostTensors::read(&dir.join(WEIGHTS_FILE))?.into_entries();
+    let name = dir
+        .file_name()
+        .map_or("adapter".into(), |n| n.to_string_lossy().into_owned());
+    gguf_lora::write(out, &base_config, adapters, &config, &name, TensorType::F32)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "export: {} → {} (llama.cpp LoRA, {} base, alpha {})",
+        dir.display(),
+        out.display(),
+        base_config.gguf_architecture(),
+        gguf_lora::gguf_alpha(&config)
+    );
+    println!(
+        "       serve: llama-server -m BASE.gguf --lora {}",
+        out.display()
     );
     Ok(())
 }

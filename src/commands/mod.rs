@@ -26,12 +26,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             adapter,
             format,
             out,
+            base,
         }) => match format {
             ExportFormatArg::Peft => export::run(&adapter, &out, cli.force),
-            ExportFormatArg::Gguf => not_yet(
-                "export --format gguf",
-                "GGUF LoRA export arrives with issue #6",
-            ),
+            ExportFormatArg::Gguf => export::run_gguf(&adapter, &out, base.as_deref(), cli.force),
             ExportFormatArg::Merged => not_yet(
                 "export --format merged",
                 "merged models arrive with issue #6",

@@ -12,16 +12,18 @@ use crate::data::dataset::{Dataset, in_eval_split};
 use crate::data::encode::Encoder;
 use crate::data::template;
 use crate::device::{self, DeviceChoice};
-use crate::export::peft;
+use crate::export::{gguf_lora, peft};
 use crate::lora::peft_config::PeftConfig;
 use crate::lora::targets::Adapted;
 use crate::model::llama::Llama;
 use crate::plan::{Plan, Stop, Warmup};
+use crate::recipe::ExportFormat;
 use crate::source::ModelRef;
 use crate::train::metrics::peak_rss_bytes;
 use crate::train::optim::AdamWConfig;
 use crate::train::schedule::LrSchedule;
 use crate::train::trainer::{Settings, Summary, evaluate, steps_for_epochs, train};
+use crate::weights::gguf_writer::TensorType;
 
 /// Everything a recipe-driven command needs, loaded.
 struct Session {
@@ -179,18 +181,40 @@ pub fn run(
     );
     let summary = train(&mut s.model, &s.train, s.eval.as_ref(), &settings, resume)?;
     print_summary(&summary);
-    // Formats other than peft are refused by the recipe check until they land (#6).
-    let card = model_card(plan, &peft_config, &summary, &s.prepared.adapted);
-    peft::write(&plan.out_dir, &mut s.model, &peft_config, Some(&card))
-        .with_context(|| format!("exporting to {}", plan.out_dir.display()))?;
-    println!(
-        "export: PEFT adapter folder {} (adapter_config.json, adapter_model.safetensors, README.md)",
-        plan.out_dir.display()
-    );
-    println!(
-        "       serve: {}",
-        vllm_command(&peft_config, &plan.name, &plan.out_dir)
-    );
+    // `merged` is refused by the recipe check until it lands (#6).
+    let formats = &plan.export.formats;
+    if formats.contains(&ExportFormat::Peft) {
+        let card = model_card(plan, &peft_config, &summary, &s.prepared.adapted);
+        peft::write(&plan.out_dir, &mut s.model, &peft_config, Some(&card))
+            .with_context(|| format!("exporting to {}", plan.out_dir.display()))?;
+        println!(
+            "export: PEFT adapter folder {} (adapter_config.json, adapter_model.safetensors, README.md)",
+            plan.out_dir.display()
+        );
+        println!(
+            "       serve: {}",
+            vllm_command(&peft_config, &plan.name, &plan.out_dir)
+        );
+    }
+    if formats.contains(&ExportFormat::Gguf) {
+        let path = plan.out_dir.join(format!("{}.lora.gguf", plan.name));
+        let adapters = s.model.adapter_tensors()?;
+        gguf_lora::write(
+            &path,
+            &s.model.config,
+            adapters,
+            &peft_config,
+            &plan.name,
+            TensorType::F32,
+        )
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("exporting to {}", path.display()))?;
+        println!("export: llama.cpp LoRA {}", path.display());
+        println!(
+            "       serve: llama-server -m BASE.gguf --lora {}",
+            path.display()
+        );
+    }
     Ok(())
 }
 

@@ -168,6 +168,12 @@ impl LlamaConfig {
         .and_then(|c: Self| c.validated(&file.path))
     }
 
+    /// llama.cpp's architecture name: Qwen2 is the family member with Q/K/V biases; Llama,
+    /// Mistral and SmolLM are all `llama` there.
+    pub fn gguf_architecture(&self) -> &'static str {
+        if self.qkv_bias { "qwen2" } else { "llama" }
+    }
+
     /// Every linear layer in HF module order, with its shape: the sites LoRA may target.
     pub fn linear_sites(&self) -> Vec<LinearSite> {
         let (h, q, kv, ff) = (

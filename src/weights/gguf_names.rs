@@ -90,6 +90,25 @@ pub fn hf_name(gguf: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf_module}.{param}"))
 }
 
+/// The GGUF module name of an HF decoder-layer module path
+/// (`model.layers.3.self_attn.q_proj` → `blk.3.attn_q`), as llama.cpp's converter names it.
+pub fn gguf_module(hf_path: &str) -> Option<String> {
+    let rest = hf_path.strip_prefix("model.layers.")?;
+    let (layer, module) = rest.split_once('.')?;
+    let layer: u32 = layer.parse().ok()?;
+    let name = match module {
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{name}"))
+}
+
 /// Which head count a `llama`-arch tensor was permuted with: Q by the attention heads, K by the
 /// key/value heads; other tensors are stored as HF stores them.
 pub fn permuted_heads(gguf: &str, n_heads: usize, n_kv_heads: usize) -> Option<usize> {

@@ -71,6 +71,11 @@ impl HostTensors {
         Ok(t)
     }
 
+    /// Every tensor not yet taken, by name (sorted).
+    pub fn into_entries(self) -> Vec<(String, HostTensor)> {
+        self.tensors.into_iter().collect()
+    }
+
     /// Drops a tensor the model knowingly does not use (e.g. a tied `lm_head.weight` copy).
     pub fn ignore(&mut self, name: &str) {
         self.tensors.remove(name);

@@ -5,6 +5,7 @@
 pub mod dequant;
 pub mod gguf;
 pub mod gguf_names;
+pub mod gguf_writer;
 pub mod host;
 pub mod safetensors;
 pub mod tokenizer;

@@ -1,0 +1,89 @@
+//! The llama.cpp LoRA adapter GGUF, written natively (what `convert_lora_to_gguf.py` writes from
+//! a PEFT folder): `general.type = "adapter"`, `general.architecture` of the base,
+//! `adapter.type = "lora"`, `adapter.lora.alpha`, and per adapted layer
+//! `blk.N.<module>.weight.lora_a` (PyTorch [r, in]) and `.lora_b` ([out, r]). For `llama` bases
+//! the rows of Q/K's B are permuted as the base's Q/K rows are (llama.cpp's interleaved RoPE).
+//! llama.cpp scales by alpha / r with r read from the tensors, so rsLoRA's α/√r is written as
+//! α·√r, and a per-module `alpha_pattern` cannot be expressed.
+
+use std::path::Path;
+
+use crate::lora::peft_config::PeftConfig;
+use crate::model::config::LlamaConfig;
+use crate::weights::gguf::MetaValue;
+use crate::weights::gguf_names::{gguf_module, permute_rows, permuted_heads};
+use crate::weights::gguf_writer::{self, OutTensor, TensorType};
+use crate::weights::host::HostTensor;
+
+/// Why these adapters cannot be a llama.cpp LoRA, if they cannot.
+pub fn unsupported(config: &PeftConfig) -> Option<String> {
+    if !config.alpha_pattern.is_empty() {
+        return Some(
+            "alpha_pattern: llama.cpp applies one alpha to every layer of an adapter".into(),
+        );
+    }
+    None
+}
+
+/// The alpha llama.cpp must see so that its alpha / r equals our scale.
+pub fn gguf_alpha(config: &PeftConfig) -> f64 {
+    if config.use_rslora {
+        config.lora_alpha * f64::from(config.r).sqrt()
+    } else {
+        config.lora_alpha
+    }
+}
+
+/// Writes `adapters` (PEFT keys → A/B, e.g. `Llama::adapter_tensors` or a PEFT folder's file)
+/// of a base with `base` config as a llama.cpp LoRA at `path`.
+pub fn write(
+    path: &Path,
+    base: &LlamaConfig,
+    adapters: Vec<(String, HostTensor)>,
+    config: &PeftConfig,
+    name: &str,
+    ty: TensorType,
+) -> Result<(), String> {
+    if let Some(why) = unsupported(config) {
+        return Err(why);
+    }
+    let arch = base.gguf_architecture();
+    let (heads, kv_heads) = (base.num_attention_heads, base.num_key_value_heads);
+    let mut tensors = Vec::new();
+    for (key, t) in adapters {
+        // base_model.model.<path>.lora_A.weight
+        let inner = key
+            .strip_prefix("base_model.model.")
+            .and_then(|k| k.strip_suffix(".weight"))
+            .ok_or_else(|| format!("unexpected adapter key `{key}`"))?;
+        let (path, factor) = inner
+            .rsplit_once(".lora_")
+            .ok_or_else(|| format!("unexpected adapter key `{key}`"))?;
+        let module =
+            gguf_module(path).ok_or_else(|| format!("`{path}` has no llama.cpp counterpart"))?;
+        let gguf_name = format!("{module}.weight.lora_{}", factor.to_ascii_lowercase());
+        let mut values = t.values;
+        let permuted = permuted_heads(&format!("{module}.weight"), heads, kv_heads);
+        if let Some(h) = permuted.filter(|_| arch == "llama" && factor == "B") {
+            values = permute_rows(&values, t.shape[0], t.shape[1], h)?;
+        }
+        tensors.push(OutTensor {
+            name: gguf_name,
+            shape: t.shape,
+            values,
+        });
+    }
+    let metadata = [
+        ("general.architecture", MetaValue::String(arch.into())),
+        ("general.type", MetaValue::String("adapter".into())),
+        ("adapter.type", MetaValue::String("lora".into())),
+        ("general.name", MetaValue::String(name.into())),
+        (
+            "adapter.lora.alpha",
+            MetaValue::F32(gguf_alpha(config) as f32),
+        ),
+        ("general.quantization_version", MetaValue::U32(2)),
+    ];
+    gguf_writer::write(path, &metadata, &tensors, ty)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}

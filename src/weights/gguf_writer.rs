@@ -1,0 +1,118 @@
+//! Writing GGUF v3 (the layout llama.cpp's gguf-py writes): header, metadata, tensor infos with
+//! ggml dims (innermost first) and offsets, data aligned to 32 bytes. Scalars and strings as
+//! metadata, F32 and F16 tensors — what a LoRA adapter needs. Written atomically.
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use half::f16;
+
+use super::gguf::MetaValue;
+
+const ALIGNMENT: usize = 32;
+
+/// Element type of a written tensor (ggml type ids 0 and 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorType {
+    F32,
+    F16,
+}
+
+/// A tensor to write: PyTorch-order shape (outermost first), row-major values.
+pub struct OutTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+fn string(out: &mut Vec<u8>, s: &str) {
+    out.extend((s.len() as u64).to_le_bytes());
+    out.extend(s.as_bytes());
+}
+
+fn value(out: &mut Vec<u8>, v: &MetaValue) -> io::Result<()> {
+    let (tag, bytes): (u32, Vec<u8>) = match v {
+        MetaValue::U8(x) => (0, x.to_le_bytes().to_vec()),
+        MetaValue::I8(x) => (1, x.to_le_bytes().to_vec()),
+        MetaValue::U16(x) => (2, x.to_le_bytes().to_vec()),
+        MetaValue::I16(x) => (3, x.to_le_bytes().to_vec()),
+        MetaValue::U32(x) => (4, x.to_le_bytes().to_vec()),
+        MetaValue::I32(x) => (5, x.to_le_bytes().to_vec()),
+        MetaValue::F32(x) => (6, x.to_le_bytes().to_vec()),
+        MetaValue::Bool(x) => (7, vec![u8::from(*x)]),
+        MetaValue::String(s) => {
+            let mut b = Vec::new();
+            string(&mut b, s);
+            (8, b)
+        }
+        MetaValue::U64(x) => (10, x.to_le_bytes().to_vec()),
+        MetaValue::I64(x) => (11, x.to_le_bytes().to_vec()),
+        MetaValue::F64(x) => (12, x.to_le_bytes().to_vec()),
+        MetaValue::Array(_) => {
+            return Err(io::Error::other(
+                "array metadata is not needed by our writers",
+            ));
+        }
+    };
+    out.extend(tag.to_le_bytes());
+    out.extend(bytes);
+    Ok(())
+}
+
+fn pad(out: &mut Vec<u8>) {
+    out.resize(out.len().next_multiple_of(ALIGNMENT), 0);
+}
+
+/// The whole file in memory (adapters are small), then written atomically to `path`.
+pub fn write(
+    path: &Path,
+    metadata: &[(&str, MetaValue)],
+    tensors: &[OutTensor],
+    ty: TensorType,
+) -> io::Result<()> {
+    let mut out = Vec::new();
+    out.extend(b"GGUF");
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend((metadata.len() as u64).to_le_bytes());
+    for (key, v) in metadata {
+        string(&mut out, key);
+        value(&mut out, v)?;
+    }
+    let mut data = Vec::new();
+    for t in tensors {
+        if t.values.len() != t.shape.iter().product::<usize>() {
+            return Err(io::Error::other(format!(
+                "tensor `{}`: shape and values disagree",
+                t.name
+            )));
+        }
+        string(&mut out, &t.name);
+        out.extend((t.shape.len() as u32).to_le_bytes());
+        for &d in t.shape.iter().rev() {
+            out.extend((d as u64).to_le_bytes());
+        }
+        out.extend(
+            match ty {
+                TensorType::F32 => 0u32,
+                TensorType::F16 => 1u32,
+            }
+            .to_le_bytes(),
+        );
+        out.extend((data.len() as u64).to_le_bytes());
+        match ty {
+            TensorType::F32 => data.extend(t.values.iter().flat_map(|v| v.to_le_bytes())),
+            TensorType::F16 => {
+                data.extend(
+                    t.values
+                        .iter()
+                        .flat_map(|v| f16::from_f32(*v).to_le_bytes()),
+                );
+            }
+        }
+        pad(&mut data);
+    }
+    pad(&mut out);
+    out.extend(data);
+    crate::atomic::write_atomic(path, |f| f.write_all(&out))
+}

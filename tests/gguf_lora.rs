@@ -1,0 +1,111 @@
+//! The llama.cpp LoRA GGUF we write equals what llama.cpp's `convert_lora_to_gguf.py` writes for
+//! the same PEFT folder (tests/fixtures/lora/gguf/tiny-lora.gguf, made by
+//! tools/reference/gguf_lora.py from PEFT's own folder): metadata, tensor names, ggml shapes and
+//! types, and values (Q/K B rows permuted for the `llama` architecture) — read back by our reader.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use lora_tune::device::{DeviceChoice, select};
+use lora_tune::export::{gguf_lora, peft};
+use lora_tune::model::config::LlamaConfig;
+use lora_tune::model::llama::Llama;
+use lora_tune::weights::gguf::{GgufFile, MetaValue};
+use lora_tune::weights::gguf_writer::TensorType;
+use lora_tune::weights::host::HostTensors;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn adapted_tiny() -> Llama {
+    let dir = Path::new(ROOT).join("tests/fixtures/llama/tiny-llama");
+    let config = LlamaConfig::from_json_file(&dir.join("config.json")).unwrap();
+    let device = select(DeviceChoice::Cpu).unwrap().device;
+    let mut model = Llama::load(config, HostTensors::read(&dir).unwrap(), &device).unwrap();
+    peft::apply(
+        &mut model,
+        &Path::new(ROOT).join("tests/fixtures/lora/peft"),
+    )
+    .unwrap();
+    model
+}
+
+fn metadata(f: &GgufFile) -> BTreeMap<String, MetaValue> {
+    f.metadata
+        .iter()
+        .filter(|(k, _)| k != "general.name") // the converter names it after the folder
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn gguf_lora_equals_llama_cpp_converter_output() {
+    let mut model = adapted_tiny();
+    let config = peft::read_config(&Path::new(ROOT).join("tests/fixtures/lora/peft")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("adapter.gguf");
+    let adapters = model.adapter_tensors().unwrap();
+    gguf_lora::write(
+        &path,
+        &model.config,
+        adapters,
+        &config,
+        "tiny",
+        TensorType::F32,
+    )
+    .unwrap();
+
+    let ours = GgufFile::open(&path).unwrap();
+    let theirs =
+        GgufFile::open(&Path::new(ROOT).join("tests/fixtures/lora/gguf/tiny-lora.gguf")).unwrap();
+    assert_eq!(metadata(&ours), metadata(&theirs));
+    assert_eq!(ours.get("adapter.lora.alpha"), Some(&MetaValue::F32(8.0)));
+    assert_eq!(ours.tensors.len(), theirs.tensors.len());
+    for want in &theirs.tensors {
+        let got = ours
+            .tensors
+            .iter()
+            .find(|t| t.name == want.name)
+            .unwrap_or_else(|| panic!("{} missing", want.name));
+        assert_eq!(
+            (&got.dims, got.ggml_type),
+            (&want.dims, want.ggml_type),
+            "{}",
+            want.name
+        );
+        assert_eq!(
+            ours.dequantize(got).unwrap(),
+            theirs.dequantize(want).unwrap(),
+            "{}: values differ",
+            want.name
+        );
+    }
+    // The permutation is not a no-op on this model, so the comparison above covers it.
+    let q = theirs
+        .tensors
+        .iter()
+        .find(|t| t.name == "blk.0.attn_q.weight.lora_b")
+        .unwrap();
+    let raw = model.adapter_tensors().unwrap();
+    let hf = &raw
+        .iter()
+        .find(|(k, _)| k.ends_with("layers.0.self_attn.q_proj.lora_B.weight"))
+        .unwrap()
+        .1;
+    assert_ne!(theirs.dequantize(q).unwrap(), hf.values);
+}
+
+#[test]
+fn rslora_alpha_is_rewritten_and_alpha_pattern_refused() {
+    let mut config = peft::read_config(&Path::new(ROOT).join("tests/fixtures/lora/peft")).unwrap();
+    config.use_rslora = true;
+    config.r = 16;
+    config.lora_alpha = 16.0;
+    // llama.cpp scales by alpha / r: α·√r / r = α/√r.
+    assert_eq!(gguf_lora::gguf_alpha(&config), 64.0);
+    config.alpha_pattern.insert("q_proj".into(), 32.0);
+    assert!(
+        gguf_lora::unsupported(&config)
+            .unwrap()
+            .contains("alpha_pattern")
+    );
+}
