@@ -21,8 +21,7 @@ fn text(out: &Output) -> (String, String) {
 
 #[test]
 fn unimplemented_commands_say_so_and_exit_2() {
-    let cases: [&[&str]; 3] = [
-        &["export", "--adapter", "a", "--format", "gguf", "--out", "o"],
+    let cases: [&[&str]; 2] = [
         &[
             "export",
             "--adapter",
@@ -43,6 +42,25 @@ fn unimplemented_commands_say_so_and_exit_2() {
             "{stderr}"
         );
     }
+}
+
+#[test]
+fn export_of_a_missing_adapter_says_what_it_looked_for() {
+    let out = lora_tune(&[
+        "export",
+        "--adapter",
+        "nowhere",
+        "--format",
+        "gguf",
+        "--out",
+        "o",
+    ]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("nowhere") && stderr.contains("adapter_config.json"),
+        "{stderr}"
+    );
 }
 
 #[test]

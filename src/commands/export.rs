@@ -19,6 +19,11 @@ use crate::weights::safetensors::StFile;
 /// The PEFT folder `adapter` names (a run directory means its latest checkpoint, unless it
 /// holds an exported folder itself) and its config, checked to be adapters we can represent.
 fn adapter_folder(adapter: &Path) -> anyhow::Result<(PathBuf, PeftConfig)> {
+    anyhow::ensure!(
+        adapter.is_dir(),
+        "{}: not a directory; --adapter takes a PEFT folder (adapter_config.json + adapter_model.safetensors), a checkpoint or a run directory",
+        adapter.display()
+    );
     let dir = if adapter.join(CONFIG_FILE).is_file() {
         adapter.to_path_buf()
     } else {
