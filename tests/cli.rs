@@ -20,31 +20,6 @@ fn text(out: &Output) -> (String, String) {
 }
 
 #[test]
-fn unimplemented_commands_say_so_and_exit_2() {
-    let cases: [&[&str]; 2] = [
-        &[
-            "export",
-            "--adapter",
-            "a",
-            "--format",
-            "merged",
-            "--out",
-            "o",
-        ],
-        &["merge", "--base", "b", "--adapter", "a", "--out", "o"],
-    ];
-    for args in cases {
-        let out = lora_tune(args);
-        let (_, stderr) = text(&out);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(
-            stderr.contains("is not yet implemented") && stderr.contains("issue #"),
-            "{stderr}"
-        );
-    }
-}
-
-#[test]
 fn export_of_a_missing_adapter_says_what_it_looked_for() {
     let out = lora_tune(&[
         "export",

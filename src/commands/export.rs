@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::export::gguf_lora;
 use crate::export::peft::{CONFIG_FILE, WEIGHTS_FILE, read_config};
+use crate::export::{gguf_lora, merge};
 use crate::lora::peft_config::PeftConfig;
+use crate::recipe::Dtype;
+use crate::source::ModelFiles;
 use crate::source::{Fetcher, Source};
 use crate::train::checkpoint;
 use crate::weights::gguf_writer::TensorType;
@@ -75,13 +77,8 @@ pub fn run(adapter: &Path, out: &Path, force: bool) -> anyhow::Result<()> {
 
 /// `export --format gguf`: the llama.cpp LoRA of a PEFT folder. Reads only the base's header
 /// (architecture, head counts), never its weights.
-pub fn run_gguf(adapter: &Path, out: &Path, base: Option<&str>, force: bool) -> anyhow::Result<()> {
-    let (dir, config) = adapter_folder(adapter)?;
-    anyhow::ensure!(
-        !out.exists() || force,
-        "{} exists; pass --force to replace it",
-        out.display()
-    );
+/// The base model files: `--base`, else the adapter's `base_model_name_or_path`.
+fn resolve_base(config: &PeftConfig, base: Option<&str>) -> anyhow::Result<ModelFiles> {
     let reference = base
         .map(str::to_string)
         .or_else(|| config.base_model_name_or_path.clone())
@@ -96,9 +93,19 @@ pub fn run_gguf(adapter: &Path, out: &Path, base: Option<&str>, force: bool) -> 
     } else {
         reference.clone()
     };
-    let files = Fetcher::new()
+    Fetcher::new()
         .resolve(&Source::parse(&uri, None, &cwd)?)
-        .with_context(|| format!("resolving the base model {reference} (or pass --base MODEL)"))?;
+        .with_context(|| format!("resolving the base model {reference} (or pass --base MODEL)"))
+}
+
+pub fn run_gguf(adapter: &Path, out: &Path, base: Option<&str>, force: bool) -> anyhow::Result<()> {
+    let (dir, config) = adapter_folder(adapter)?;
+    anyhow::ensure!(
+        !out.exists() || force,
+        "{} exists; pass --force to replace it",
+        out.display()
+    );
+    let files = resolve_base(&config, base)?;
     let base_config = crate::model::config_of(&files)?;
     let adapters = HostTensors::read(&dir.join(WEIGHTS_FILE))?.into_entries();
     let name = dir
@@ -117,6 +124,53 @@ pub fn run_gguf(adapter: &Path, out: &Path, base: Option<&str>, force: bool) -> 
     println!(
         "       serve: llama-server -m BASE.gguf --lora {}",
         out.display()
+    );
+    Ok(())
+}
+
+/// `merge` / `export --format merged`: the base with the adapters folded in, as an HF directory.
+pub fn run_merged(
+    adapter: &Path,
+    out: &Path,
+    base: Option<&str>,
+    dtype: Dtype,
+    max_shard_mb: u64,
+    force: bool,
+) -> anyhow::Result<()> {
+    let (dir, config) = adapter_folder(adapter)?;
+    anyhow::ensure!(
+        !out.exists() || force,
+        "{} exists; pass --force to replace it",
+        out.display()
+    );
+    let files = resolve_base(&config, base)?;
+    let base_config = crate::model::config_of(&files)?;
+    let tokenizer = match &files {
+        ModelFiles::Gguf(_) => Some(crate::model::tokenizer_of(&files)?),
+        _ => None, // an HF directory's tokenizer files are copied as they are
+    };
+    let started = std::time::Instant::now();
+    let merged = merge::merge(
+        &files,
+        &base_config,
+        tokenizer.as_ref(),
+        &dir,
+        out,
+        dtype,
+        max_shard_mb.max(1) * 1_000_000,
+    )
+    .map_err(anyhow::Error::msg)
+    .with_context(|| format!("merging {} into {}", dir.display(), files.path().display()))?;
+    println!(
+        "merge: {} + {} → {} ({} tensors, {} with adapters folded in, {} shard(s), {:.1} MB {dtype:?}, {:.1} s)",
+        files.path().display(),
+        dir.display(),
+        out.display(),
+        merged.tensors,
+        merged.folded,
+        merged.shards,
+        merged.bytes as f64 / 1e6,
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }

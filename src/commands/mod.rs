@@ -7,7 +7,8 @@ mod inspect;
 mod plan;
 mod run;
 
-use crate::cli::{Cli, Command, ExportFormatArg};
+use crate::cli::{Cli, Command, ExportFormatArg, MergeDtype};
+use crate::recipe::Dtype;
 
 /// A command whose capability has not landed yet. Exit code 2, never a silent success.
 #[derive(Debug, thiserror::Error)]
@@ -18,7 +19,6 @@ pub struct NotYetImplemented {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let not_yet = |command, pending| Err(NotYetImplemented { command, pending }.into());
     match cli.command {
         Some(Command::Inspect { model }) => inspect::run(&model),
         Some(Command::Plan { recipe }) => plan::run(&recipe),
@@ -30,15 +30,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }) => match format {
             ExportFormatArg::Peft => export::run(&adapter, &out, cli.force),
             ExportFormatArg::Gguf => export::run_gguf(&adapter, &out, base.as_deref(), cli.force),
-            ExportFormatArg::Merged => not_yet(
-                "export --format merged",
-                "merged models arrive with issue #6",
-            ),
+            ExportFormatArg::Merged => {
+                export::run_merged(&adapter, &out, base.as_deref(), Dtype::F32, 5000, cli.force)
+            }
         },
-        Some(Command::Merge { .. }) => not_yet(
-            "merge",
-            "merging adapters into the base arrives with issue #6",
-        ),
+        Some(Command::Merge {
+            base,
+            adapter,
+            out,
+            dtype,
+            max_shard_mb,
+        }) => {
+            let dtype = match dtype {
+                MergeDtype::F32 => Dtype::F32,
+                MergeDtype::Bf16 => Dtype::Bf16,
+                MergeDtype::F16 => Dtype::F16,
+            };
+            export::run_merged(&adapter, &out, Some(&base), dtype, max_shard_mb, cli.force)
+        }
         Some(Command::Generate {
             base,
             adapter,

@@ -12,12 +12,14 @@ use crate::data::dataset::{Dataset, in_eval_split};
 use crate::data::encode::Encoder;
 use crate::data::template;
 use crate::device::{self, DeviceChoice};
-use crate::export::{gguf_lora, peft};
+use crate::export::{gguf_lora, merge, peft};
 use crate::lora::peft_config::PeftConfig;
 use crate::lora::targets::Adapted;
 use crate::model::llama::Llama;
 use crate::plan::{Plan, Stop, Warmup};
+use crate::recipe::Dtype;
 use crate::recipe::ExportFormat;
+use crate::source::ModelFiles;
 use crate::source::ModelRef;
 use crate::train::metrics::peak_rss_bytes;
 use crate::train::optim::AdamWConfig;
@@ -181,7 +183,6 @@ pub fn run(
     );
     let summary = train(&mut s.model, &s.train, s.eval.as_ref(), &settings, resume)?;
     print_summary(&summary);
-    // `merged` is refused by the recipe check until it lands (#6).
     let formats = &plan.export.formats;
     if formats.contains(&ExportFormat::Peft) {
         let card = model_card(plan, &peft_config, &summary, &s.prepared.adapted);
@@ -213,6 +214,37 @@ pub fn run(
         println!(
             "       serve: llama-server -m BASE.gguf --lora {}",
             path.display()
+        );
+    }
+    if formats.contains(&ExportFormat::Merged) {
+        // The last checkpoint is a complete PEFT folder of the final adapters.
+        let adapter = summary
+            .last_checkpoint
+            .as_ref()
+            .context("no checkpoint to merge")?;
+        let files = &s.prepared.model.files;
+        let tokenizer = match files {
+            ModelFiles::Gguf(_) => Some(crate::model::tokenizer_of(files)?),
+            _ => None,
+        };
+        let out = plan.out_dir.join("merged");
+        let m = merge::merge(
+            files,
+            &s.model.config,
+            tokenizer.as_ref(),
+            adapter,
+            &out,
+            Dtype::F32,
+            5_000_000_000,
+        )
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("merging into {}", out.display()))?;
+        println!(
+            "export: merged model {} ({} tensors, {} folded, {} shard(s))",
+            out.display(),
+            m.tensors,
+            m.folded,
+            m.shards
         );
     }
     Ok(())

@@ -2,4 +2,5 @@
 //! come with the rest of issue #6.
 
 pub mod gguf_lora;
+pub mod merge;
 pub mod peft;

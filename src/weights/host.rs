@@ -30,17 +30,11 @@ pub struct HostTensors {
 impl HostTensors {
     /// Every tensor of a safetensors dir or file, or of a GGUF file (HF names).
     pub fn read(path: &Path) -> Result<Self, WeightsError> {
-        let tensors = if path.is_dir() {
-            let mut all = BTreeMap::new();
-            for file in open_dir(path)? {
-                all.extend(read_safetensors(&file)?);
-            }
-            all
-        } else if path.extension().is_some_and(|e| e == "gguf") {
-            read_gguf(&GgufFile::open(path)?)?
-        } else {
-            read_safetensors(&StFile::open(path)?)?
-        };
+        let mut tensors = BTreeMap::new();
+        for_each_tensor(path, |name, t| {
+            tensors.insert(name, t);
+            Ok(())
+        })?;
         Ok(Self {
             origin: path.into(),
             tensors,
@@ -98,11 +92,30 @@ impl HostTensors {
     }
 }
 
-fn read_safetensors(file: &StFile) -> Result<BTreeMap<String, HostTensor>, WeightsError> {
+/// Visits every tensor of a safetensors dir or file, or of a GGUF file (HF names and basis),
+/// one at a time as f32: a caller that writes each out holds about one tensor in memory.
+pub fn for_each_tensor(
+    path: &Path,
+    mut visit: impl FnMut(String, HostTensor) -> Result<(), WeightsError>,
+) -> Result<(), WeightsError> {
+    if path.is_dir() {
+        for file in open_dir(path)? {
+            read_safetensors(&file, &mut visit)?;
+        }
+        Ok(())
+    } else if path.extension().is_some_and(|e| e == "gguf") {
+        read_gguf(&GgufFile::open(path)?, &mut visit)
+    } else {
+        read_safetensors(&StFile::open(path)?, &mut visit)
+    }
+}
+
+type Visit<'a> = dyn FnMut(String, HostTensor) -> Result<(), WeightsError> + 'a;
+
+fn read_safetensors(file: &StFile, visit: &mut Visit) -> Result<(), WeightsError> {
     let st = SafeTensors::deserialize(&file.map).map_err(|e| {
         WeightsError::format(&file.path, format!("not a valid safetensors file: {e}"))
     })?;
-    let mut out = BTreeMap::new();
     for (name, view) in st.iter() {
         let bytes = view.data();
         let values: Vec<f32> = match view.dtype() {
@@ -127,30 +140,27 @@ fn read_safetensors(file: &StFile) -> Result<BTreeMap<String, HostTensor>, Weigh
                 ));
             }
         };
-        out.insert(
+        visit(
             name.to_string(),
             HostTensor {
                 shape: view.shape().to_vec(),
                 values,
             },
-        );
+        )?;
     }
-    Ok(out)
+    Ok(())
 }
 
-fn read_gguf(file: &GgufFile) -> Result<BTreeMap<String, HostTensor>, WeightsError> {
-    let mut out = BTreeMap::new();
+fn read_gguf(file: &GgufFile, visit: &mut Visit) -> Result<(), WeightsError> {
     for tensor in &file.tensors {
         match hf_tensor(file, tensor)? {
-            Some(t) => {
-                out.insert(
-                    t.name,
-                    HostTensor {
-                        shape: t.shape,
-                        values: t.values,
-                    },
-                );
-            }
+            Some(t) => visit(
+                t.name,
+                HostTensor {
+                    shape: t.shape,
+                    values: t.values,
+                },
+            )?,
             // rope_freqs is recomputed from the config, as transformers does.
             None if tensor.name == "rope_freqs.weight" => {}
             None => {
@@ -161,5 +171,5 @@ fn read_gguf(file: &GgufFile) -> Result<BTreeMap<String, HostTensor>, WeightsErr
             }
         }
     }
-    Ok(out)
+    Ok(())
 }

@@ -6,7 +6,8 @@ with the trained A/B of tests/fixtures/lora/train/final.safetensors, saved by
 
 Writes tests/fixtures/lora/peft/: adapter_config.json, adapter_model.safetensors, logits.safetensors.
 With an argument DIR (a folder lora-tune exported), instead loads it with
-`PeftModel.from_pretrained` on the tiny Llama and prints the max |Δlogit| against logits.safetensors.
+`PeftModel.from_pretrained` on the tiny Llama and prints the max |Δlogit| against logits.safetensors;
+with `merged DIR` (a model `lora-tune merge` wrote), loads it with `AutoModelForCausalLM` alone.
 Environment: transformers==5.23.0 peft==0.21.2, torch per DESIGN.md §6.
 """
 import json
@@ -58,5 +59,19 @@ def check(exported):
     print(f"PeftModel.from_pretrained({exported}): max |Δlogit| = {(logits - want).abs().max().item():.3e}")
 
 
+def check_merged(merged):
+    model = AutoModelForCausalLM.from_pretrained(merged, attn_implementation="eager").eval()
+    ids, mask = batch()
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    want = load_file(OUT / "logits.safetensors")["logits"]
+    print(f"AutoModelForCausalLM.from_pretrained({merged}): max |Δlogit| = {(logits - want).abs().max().item():.3e}")
+
+
 if __name__ == "__main__":
-    check(sys.argv[1]) if len(sys.argv) > 1 else main()
+    if len(sys.argv) > 2 and sys.argv[1] == "merged":
+        check_merged(sys.argv[2])
+    elif len(sys.argv) > 1:
+        check(sys.argv[1])
+    else:
+        main()

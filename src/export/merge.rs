@@ -1,0 +1,312 @@
+//! Folding adapters into the base: W' = W + s·B·A for every adapted layer, written as an HF
+//! model directory transformers loads (safetensors, sharded with `model.safetensors.index.json`
+//! above `max_shard_bytes`; config.json; tokenizer files). Streams the base tensor by tensor, so
+//! peak memory is about one shard plus the adapters. From a GGUF base the output is the
+//! dequantised HF layout, with config.json and tokenizer.json rebuilt from the GGUF metadata.
+//! Built in a temp directory beside `out` and renamed into place.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
+use serde_json::json;
+
+use super::peft::{WEIGHTS_FILE, read_config};
+use crate::lora::targets;
+use crate::model::config::LlamaConfig;
+use crate::recipe::Dtype as OutDtype;
+use crate::source::ModelFiles;
+use crate::weights::host::{HostTensor, HostTensors, for_each_tensor};
+use crate::weights::tokenizer::ModelTokenizer;
+
+/// One adapter, ready to fold: s, B [out, r], A [r, in].
+struct Fold {
+    scale: f32,
+    a: HostTensor,
+    b: HostTensor,
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct Merged {
+    pub tensors: usize,
+    pub folded: usize,
+    pub shards: usize,
+    pub bytes: u64,
+}
+
+/// W += s·B·A in place; W [out, in] row-major.
+fn fold(w: &mut HostTensor, f: &Fold) -> Result<(), String> {
+    let (out, inp, r) = (f.b.shape[0], f.a.shape[1], f.a.shape[0]);
+    if w.shape != [out, inp] || f.b.shape[1] != r {
+        return Err(format!(
+            "adapter shapes B {:?} · A {:?} do not fit the base weight {:?}",
+            f.b.shape, f.a.shape, w.shape
+        ));
+    }
+    for o in 0..out {
+        let row = &mut w.values[o * inp..(o + 1) * inp];
+        for k in 0..r {
+            let coef = f.scale * f.b.values[o * r + k];
+            let a_row = &f.a.values[k * inp..(k + 1) * inp];
+            for (x, a) in row.iter_mut().zip(a_row) {
+                *x += coef * a;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn encode(values: &[f32], dtype: OutDtype) -> (Dtype, Vec<u8>) {
+    match dtype {
+        OutDtype::F32 => (
+            Dtype::F32,
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
+        OutDtype::Bf16 => (
+            Dtype::BF16,
+            values
+                .iter()
+                .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+                .collect(),
+        ),
+        OutDtype::F16 => (
+            Dtype::F16,
+            values
+                .iter()
+                .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                .collect(),
+        ),
+    }
+}
+
+/// Tensors of the shard being filled.
+#[derive(Default)]
+struct Shard {
+    tensors: Vec<(String, Vec<usize>, Dtype, Vec<u8>)>,
+    bytes: u64,
+}
+
+fn write_shard(path: &Path, shard: &Shard) -> Result<(), String> {
+    let views = shard
+        .tensors
+        .iter()
+        .map(|(name, shape, dtype, raw)| {
+            TensorView::new(*dtype, shape.clone(), raw)
+                .map(|v| (name.as_str(), v))
+                .map_err(|e| format!("{name}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let meta = [("format".to_string(), "pt".to_string())]
+        .into_iter()
+        .collect();
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())?;
+    crate::atomic::write_atomic(path, |f| std::io::Write::write_all(f, &bytes))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Merges the PEFT folder `adapter` into the base `files` (config `config`; `tok` rebuilds the
+/// tokenizer files of a GGUF base, an HF base's are copied) and writes the HF directory `out`.
+pub fn merge(
+    files: &ModelFiles,
+    config: &LlamaConfig,
+    tok: Option<&ModelTokenizer>,
+    adapter: &Path,
+    out: &Path,
+    dtype: OutDtype,
+    max_shard_bytes: u64,
+) -> Result<Merged, String> {
+    let peft = read_config(adapter).map_err(|e| e.to_string())?;
+    let lora = peft.lora_section()?;
+    let adapted = targets::select(&config.linear_sites(), &lora).map_err(|e| e.to_string())?;
+    let mut factors = HostTensors::read(&adapter.join(WEIGHTS_FILE)).map_err(|e| e.to_string())?;
+    let mut folds = BTreeMap::new();
+    for a in &adapted {
+        let (r, site) = (a.rank as usize, &a.site);
+        let key = |f: char| crate::model::adapters::peft_key(&site.path, f);
+        let take = |t: &mut HostTensors, f: char, shape: [usize; 2]| {
+            t.take(&key(f), &shape).map_err(|e| e.to_string())
+        };
+        let fold = Fold {
+            scale: a.scale(lora.rslora) as f32,
+            a: take(&mut factors, 'A', [r, site.in_features])?,
+            b: take(&mut factors, 'B', [site.out_features, r])?,
+        };
+        folds.insert(format!("{}.weight", site.path), fold);
+    }
+    factors.finish().map_err(|e| e.to_string())?;
+
+    let tmp = crate::atomic::temp_path_beside(out);
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let result = (|| -> Result<Merged, String> {
+        let mut shard = Shard::default();
+        let mut shards: Vec<(PathBuf, Vec<String>)> = Vec::new();
+        let (mut tensors, mut folded, mut total) = (0, 0, 0u64);
+        let flush = |shard: &mut Shard, shards: &mut Vec<(PathBuf, Vec<String>)>| {
+            if shard.tensors.is_empty() {
+                return Ok(());
+            }
+            let path = tmp.join(format!("shard-{}.safetensors", shards.len()));
+            write_shard(&path, shard)?;
+            shards.push((path, shard.tensors.iter().map(|t| t.0.clone()).collect()));
+            *shard = Shard::default();
+            Ok::<(), String>(())
+        };
+        for_each_tensor(files.path(), |name, mut t| {
+            if let Some(f) = folds.get(&name) {
+                fold(&mut t, f).map_err(|e| {
+                    crate::weights::WeightsError::format(files.path(), format!("{name}: {e}"))
+                })?;
+                folded += 1;
+            }
+            let (dt, raw) = encode(&t.values, dtype);
+            let size = raw.len() as u64;
+            if shard.bytes + size > max_shard_bytes {
+                flush(&mut shard, &mut shards)
+                    .map_err(|e| crate::weights::WeightsError::format(&tmp, e))?;
+            }
+            shard.bytes += size;
+            total += size;
+            tensors += 1;
+            shard.tensors.push((name, t.shape, dt, raw));
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+        flush(&mut shard, &mut shards)?;
+        if folded != folds.len() {
+            return Err(format!(
+                "folded {folded} of {} adapted layers: the base lacks some adapted weights",
+                folds.len()
+            ));
+        }
+        let n = shards.len();
+        if n == 1 {
+            std::fs::rename(&shards[0].0, tmp.join("model.safetensors"))
+                .map_err(|e| e.to_string())?;
+        } else {
+            let mut weight_map = serde_json::Map::new();
+            for (i, (path, names)) in shards.iter().enumerate() {
+                let file = format!("model-{:05}-of-{n:05}.safetensors", i + 1);
+                std::fs::rename(path, tmp.join(&file)).map_err(|e| e.to_string())?;
+                for name in names {
+                    weight_map.insert(name.clone(), json!(file));
+                }
+            }
+            let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+            write_json(&tmp.join("model.safetensors.index.json"), &index)?;
+        }
+        write_config_and_tokenizer(files, config, tok, &tmp, dtype)?;
+        Ok(Merged {
+            tensors,
+            folded,
+            shards: n,
+            bytes: total,
+        })
+    })();
+    let merged = match result {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    }
+    std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(merged)
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(value).expect("json values serialise") + "\n";
+    crate::atomic::write_atomic(path, |f| std::io::Write::write_all(f, text.as_bytes()))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn dtype_name(dtype: OutDtype) -> &'static str {
+    match dtype {
+        OutDtype::F32 => "float32",
+        OutDtype::Bf16 => "bfloat16",
+        OutDtype::F16 => "float16",
+    }
+}
+
+/// config.json and the tokenizer: copied from an HF base (dtype updated), rebuilt for a GGUF one.
+fn write_config_and_tokenizer(
+    files: &ModelFiles,
+    config: &LlamaConfig,
+    tok: Option<&ModelTokenizer>,
+    out: &Path,
+    dtype: OutDtype,
+) -> Result<(), String> {
+    if let ModelFiles::Dir(dir) = files {
+        let text = std::fs::read_to_string(dir.join("config.json")).map_err(|e| e.to_string())?;
+        let mut value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        value["torch_dtype"] = json!(dtype_name(dtype));
+        write_json(&out.join("config.json"), &value)?;
+        for name in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "generation_config.json",
+        ] {
+            if dir.join(name).is_file() {
+                std::fs::copy(dir.join(name), out.join(name)).map_err(|e| e.to_string())?;
+            }
+        }
+        return Ok(());
+    }
+    let tok = tok.ok_or("a GGUF base needs its tokenizer to write tokenizer.json")?;
+    let c = config;
+    let qwen = c.gguf_architecture() == "qwen2";
+    let mut value = json!({
+        "architectures": [if qwen { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
+        "model_type": if qwen { "qwen2" } else { "llama" },
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_hidden_layers,
+        "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads,
+        "head_dim": c.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": c.rope_theta,
+        "max_position_embeddings": c.max_position_embeddings,
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "attention_bias": c.qkv_bias,
+        "torch_dtype": dtype_name(dtype),
+        "bos_token_id": tok.bos_id,
+        "eos_token_id": tok.eos_id,
+        "pad_token_id": tok.pad_id,
+    });
+    if let Some(s) = c.rope_llama3 {
+        value["rope_scaling"] = json!({
+            "rope_type": "llama3",
+            "factor": s.factor,
+            "low_freq_factor": s.low_freq_factor,
+            "high_freq_factor": s.high_freq_factor,
+            "original_max_position_embeddings": s.original_max_position_embeddings,
+        });
+    }
+    write_json(&out.join("config.json"), &value)?;
+    tok.tokenizer
+        .save(out.join("tokenizer.json"), false)
+        .map_err(|e| format!("tokenizer.json: {e}"))?;
+    let name = |id: Option<u32>| id.and_then(|i| tok.tokenizer.id_to_token(i));
+    let mut tc = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": name(tok.bos_id),
+        "eos_token": name(tok.eos_id),
+        "pad_token": name(tok.pad_id),
+        "add_bos_token": tok.add_bos,
+        "clean_up_tokenization_spaces": false,
+    });
+    if let Some(t) = &tok.chat_template {
+        tc["chat_template"] = json!(t);
+    }
+    write_json(&out.join("tokenizer_config.json"), &tc)
+}

@@ -1,0 +1,118 @@
+//! `merge`: the tiny Llama with PEFT's adapter folded in, written sharded, loads back (our loader
+//! here; transformers in tools/reference/peft_export.py `merged`) and gives PEFT's adapted logits;
+//! a merge that fails part-way leaves neither the output nor a temp directory behind.
+
+use std::path::Path;
+
+use lora_tune::device::{DeviceChoice, select};
+use lora_tune::export::merge::merge;
+use lora_tune::model::adapters::host;
+use lora_tune::model::config::LlamaConfig;
+use lora_tune::model::llama::Llama;
+use lora_tune::recipe::Dtype;
+use lora_tune::source::ModelFiles;
+use lora_tune::weights::host::HostTensors;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn tiny_dir() -> std::path::PathBuf {
+    Path::new(ROOT).join("tests/fixtures/llama/tiny-llama")
+}
+
+fn batch() -> (Vec<Vec<u32>>, Vec<Vec<u8>>) {
+    let text =
+        std::fs::read_to_string(Path::new(ROOT).join("tests/fixtures/lora/train/batches.json"))
+            .unwrap();
+    let batches: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let rows =
+        |k: &str| -> Vec<Vec<i64>> { serde_json::from_value(batches[0][k].clone()).unwrap() };
+    (
+        rows("input_ids")
+            .iter()
+            .map(|r| r.iter().map(|&t| t as u32).collect())
+            .collect(),
+        rows("attention_mask")
+            .iter()
+            .map(|r| r.iter().map(|&t| t as u8).collect())
+            .collect(),
+    )
+}
+
+#[test]
+fn merged_sharded_model_gives_the_adapted_logits() {
+    let config = LlamaConfig::from_json_file(&tiny_dir().join("config.json")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let merged_dir = out.path().join("merged");
+    let adapter = Path::new(ROOT).join("tests/fixtures/lora/peft");
+    let m = merge(
+        &ModelFiles::Dir(tiny_dir()),
+        &config,
+        None,
+        &adapter,
+        &merged_dir,
+        Dtype::F32,
+        100_000, // bytes: forces several shards
+    )
+    .unwrap();
+    assert_eq!(m.folded, 14);
+    assert!(m.shards > 1, "{m:?}");
+    assert!(merged_dir.join("model.safetensors.index.json").is_file());
+    assert!(merged_dir.join("config.json").is_file());
+
+    let device = select(DeviceChoice::Cpu).unwrap().device;
+    let config = LlamaConfig::from_json_file(&merged_dir.join("config.json")).unwrap();
+    let model = Llama::load(config, HostTensors::read(&merged_dir).unwrap(), &device).unwrap();
+    let (ids, mask) = batch();
+    let got = host(&model.forward(&ids, &mask)).unwrap().values;
+    let want = HostTensors::read(&adapter.join("logits.safetensors"))
+        .unwrap()
+        .take("logits", &[2, 9, 256])
+        .unwrap()
+        .values;
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!("merged tiny model vs PEFT adapted logits: max |Δ| {worst:e}");
+    assert!(worst < 1e-4, "{worst}");
+}
+
+#[test]
+fn failed_merge_leaves_nothing_behind() {
+    // A base missing one adapted weight: the merge streams and writes shards, then finds a fold
+    // it could not do. Neither the output nor the temp directory may remain.
+    let out = tempfile::tempdir().unwrap();
+    let base = out.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    std::fs::copy(tiny_dir().join("config.json"), base.join("config.json")).unwrap();
+    let bytes = std::fs::read(tiny_dir().join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| name != "model.layers.1.mlp.down_proj.weight")
+        .collect();
+    safetensors::serialize_to_file(kept, None, &base.join("model.safetensors")).unwrap();
+
+    let target = out.path().join("merged");
+    let config = LlamaConfig::from_json_file(&base.join("config.json")).unwrap();
+    let adapter = Path::new(ROOT).join("tests/fixtures/lora/peft");
+    let err = merge(
+        &ModelFiles::Dir(base),
+        &config,
+        None,
+        &adapter,
+        &target,
+        Dtype::F32,
+        100_000,
+    )
+    .unwrap_err();
+    assert!(err.contains("folded 13 of 14"), "{err}");
+    let mut left: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["base"], "left behind: {left:?}");
+}
