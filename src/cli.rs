@@ -45,11 +45,15 @@ pub enum Command {
         /// A PEFT adapter folder, a checkpoint, or a run directory (its latest checkpoint).
         #[arg(long)]
         adapter: PathBuf,
-        #[arg(long, value_enum)]
-        format: ExportFormatArg,
-        /// A folder for `peft`, a `.gguf` file for `gguf`.
+        #[arg(long, value_enum, required_unless_present = "check")]
+        format: Option<ExportFormatArg>,
+        /// A folder for `peft` and `merged`, a `.gguf` file for `gguf`.
+        #[arg(long, required_unless_present = "check")]
+        out: Option<PathBuf>,
+        /// Only report whether vLLM, TGI/LoRAX and llama.cpp will serve the adapter (exit 1 if
+        /// any cannot), with the commands that serve it.
         #[arg(long)]
-        out: PathBuf,
+        check: bool,
         /// The base model (any model reference), when the adapter's `base_model_name_or_path`
         /// does not resolve here. `gguf` reads its architecture and head counts.
         #[arg(long)]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::export::peft::{CONFIG_FILE, WEIGHTS_FILE, read_config};
-use crate::export::{gguf_lora, merge};
+use crate::export::{gguf_lora, merge, servability};
 use crate::lora::peft_config::PeftConfig;
 use crate::recipe::Dtype;
 use crate::source::ModelFiles;
@@ -172,5 +172,42 @@ pub fn run_merged(
         merged.bytes as f64 / 1e6,
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// `export --check`: the servability report of an adapter folder against its base.
+pub fn check(adapter: &Path, base: Option<&str>) -> anyhow::Result<()> {
+    let (dir, config) = adapter_folder(adapter)?;
+    let files = resolve_base(&config, base)?;
+    let base_config = crate::model::config_of(&files)?;
+    let findings = servability::check(&config, &base_config);
+    println!(
+        "check: {} (r={}, base {})",
+        dir.display(),
+        servability::max_rank(&config),
+        files.path().display()
+    );
+    for f in &findings {
+        println!("  {f}");
+    }
+    if let Some(bucket) = servability::vllm_rank_bucket(&config) {
+        println!(
+            "  vLLM:      vllm serve HF_BASE --enable-lora --lora-modules NAME={} --max-lora-rank {bucket}",
+            dir.display()
+        );
+    }
+    println!(
+        "  llama.cpp: lora-tune export --adapter {} --format gguf --out ADAPTER.gguf; llama-server -m BASE.gguf --lora ADAPTER.gguf",
+        dir.display()
+    );
+    let errors = findings
+        .iter()
+        .filter(|f| f.level == servability::Level::Error)
+        .count();
+    anyhow::ensure!(
+        errors == 0,
+        "{errors} problem(s) above stop a server from loading this adapter"
+    );
+    println!("  ok: loadable by vLLM, TGI/LoRAX and llama.cpp");
     Ok(())
 }

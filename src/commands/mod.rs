@@ -26,14 +26,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             adapter,
             format,
             out,
+            check,
             base,
-        }) => match format {
-            ExportFormatArg::Peft => export::run(&adapter, &out, cli.force),
-            ExportFormatArg::Gguf => export::run_gguf(&adapter, &out, base.as_deref(), cli.force),
-            ExportFormatArg::Merged => {
-                export::run_merged(&adapter, &out, base.as_deref(), Dtype::F32, 5000, cli.force)
+        }) => {
+            let (Some(format), Some(out)) = (format, out) else {
+                return export::check(&adapter, base.as_deref());
+            };
+            if check {
+                export::check(&adapter, base.as_deref())?;
             }
-        },
+            match format {
+                ExportFormatArg::Peft => export::run(&adapter, &out, cli.force),
+                ExportFormatArg::Gguf => {
+                    export::run_gguf(&adapter, &out, base.as_deref(), cli.force)
+                }
+                ExportFormatArg::Merged => {
+                    export::run_merged(&adapter, &out, base.as_deref(), Dtype::F32, 5000, cli.force)
+                }
+            }
+        }
         Some(Command::Merge {
             base,
             adapter,

@@ -12,7 +12,7 @@ use crate::data::dataset::{Dataset, in_eval_split};
 use crate::data::encode::Encoder;
 use crate::data::template;
 use crate::device::{self, DeviceChoice};
-use crate::export::{gguf_lora, merge, peft};
+use crate::export::{gguf_lora, merge, peft, servability};
 use crate::lora::peft_config::PeftConfig;
 use crate::lora::targets::Adapted;
 use crate::model::llama::Llama;
@@ -184,6 +184,9 @@ pub fn run(
     let summary = train(&mut s.model, &s.train, s.eval.as_ref(), &settings, resume)?;
     print_summary(&summary);
     let formats = &plan.export.formats;
+    for finding in servability::check(&peft_config, &s.model.config) {
+        println!("check: {finding}");
+    }
     if formats.contains(&ExportFormat::Peft) {
         let card = model_card(plan, &peft_config, &summary, &s.prepared.adapted);
         peft::write(&plan.out_dir, &mut s.model, &peft_config, Some(&card))
@@ -332,17 +335,7 @@ fn hub_revision(reference: &ModelRef) -> Option<String> {
 
 /// vLLM's `--max-lora-rank` buckets; the smallest that holds our largest rank.
 fn vllm_command(config: &PeftConfig, name: &str, dir: &Path) -> String {
-    let rank = config
-        .rank_pattern
-        .values()
-        .copied()
-        .chain([config.r])
-        .max()
-        .unwrap_or(config.r);
-    let bucket = [1, 8, 16, 32, 64, 128, 256, 320, 512]
-        .into_iter()
-        .find(|&b| b >= rank)
-        .unwrap_or(rank);
+    let bucket = servability::vllm_rank_bucket(config).unwrap_or(config.r);
     let base = config.base_model_name_or_path.as_deref().unwrap_or("");
     // vLLM wants the base as a hub id or HF directory, not our pip:// or GGUF reference.
     let (base, note) = if base.contains("://") || base.ends_with(".gguf") || base.is_empty() {

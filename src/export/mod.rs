@@ -4,3 +4,4 @@
 pub mod gguf_lora;
 pub mod merge;
 pub mod peft;
+pub mod servability;

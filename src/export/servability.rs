@@ -1,0 +1,204 @@
+//! Will the servers load it? What vLLM, TGI / LoRAX and llama.cpp accept, checked against an
+//! adapter's config and its base before any export, with the command that serves it. Errors for
+//! what cannot work, warnings for what needs a flag (DESIGN.md §5).
+
+use std::fmt;
+
+use crate::lora::peft_config::PeftConfig;
+use crate::model::config::LlamaConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub level: Level,
+    pub server: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let level = match self.level {
+            Level::Error => "error",
+            Level::Warning => "warning",
+        };
+        write!(f, "{level}: {}: {}", self.server, self.message)
+    }
+}
+
+/// vLLM's `--max-lora-rank` choices.
+const VLLM_RANKS: [u32; 9] = [1, 8, 16, 32, 64, 128, 256, 320, 512];
+
+/// The largest rank of any adapted layer.
+pub fn max_rank(config: &PeftConfig) -> u32 {
+    config
+        .rank_pattern
+        .values()
+        .copied()
+        .chain([config.r])
+        .max()
+        .unwrap_or(config.r)
+}
+
+/// The smallest `--max-lora-rank` vLLM accepts for these adapters, if any.
+pub fn vllm_rank_bucket(config: &PeftConfig) -> Option<u32> {
+    let r = max_rank(config);
+    VLLM_RANKS.into_iter().find(|&b| b >= r)
+}
+
+pub fn check(config: &PeftConfig, base: &LlamaConfig) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut add = |level, server, message: String| {
+        out.push(Finding {
+            level,
+            server,
+            message,
+        })
+    };
+    let r = max_rank(config);
+    match vllm_rank_bucket(config) {
+        None => add(
+            Level::Error,
+            "vLLM",
+            format!("rank {r} is above vLLM's largest --max-lora-rank (512)"),
+        ),
+        Some(b) if b > 16 => add(
+            Level::Warning,
+            "vLLM",
+            format!(
+                "rank {r} is above vLLM's default --max-lora-rank 16: serve with --max-lora-rank {b}"
+            ),
+        ),
+        Some(_) => {}
+    }
+    if config.use_dora {
+        add(
+            Level::Error,
+            "vLLM",
+            "DoRA adapters are not supported".into(),
+        );
+    }
+    if config.bias != "none" {
+        add(
+            Level::Error,
+            "vLLM",
+            format!("bias = {:?} is not supported", config.bias),
+        );
+    }
+    if config
+        .modules_to_save
+        .as_ref()
+        .is_some_and(|m| !m.is_empty())
+    {
+        add(
+            Level::Error,
+            "vLLM",
+            "modules_to_save is not supported".into(),
+        );
+    }
+    let arch = base.gguf_architecture();
+    if !matches!(arch, "llama" | "qwen2") {
+        add(
+            Level::Error,
+            "TGI/LoRAX",
+            format!("architecture {arch} has no LoRA support there"),
+        );
+    }
+    if !config.alpha_pattern.is_empty() {
+        add(
+            Level::Error,
+            "llama.cpp",
+            "alpha_pattern: a GGUF LoRA carries one alpha for every layer".into(),
+        );
+    }
+    if config.use_rslora {
+        add(
+            Level::Warning,
+            "llama.cpp",
+            format!(
+                "rsLoRA: the GGUF stores alpha = {:.4} (α·√r) so llama.cpp's alpha / r equals α/√r; a converter that copies lora_alpha would not",
+                config.lora_alpha * f64::from(config.r).sqrt()
+            ),
+        );
+    }
+    let targets_head = match &config.target_modules {
+        serde_json::Value::Array(names) => names.iter().any(|n| n == "lm_head"),
+        serde_json::Value::String(s) => s.contains("lm_head"),
+        _ => false,
+    };
+    if targets_head && base.tie_word_embeddings {
+        add(
+            Level::Error,
+            "llama.cpp",
+            "an lm_head adapter on a model with tied embeddings has no separate output tensor"
+                .into(),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lora::targets::Adapted;
+    use crate::recipe::LoraSection;
+
+    fn base() -> LlamaConfig {
+        LlamaConfig {
+            vocab_size: 256,
+            hidden_size: 64,
+            intermediate_size: 96,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 16,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_llama3: None,
+            max_position_embeddings: 128,
+            tie_word_embeddings: true,
+            qkv_bias: false,
+        }
+    }
+
+    fn config(rank: u32) -> PeftConfig {
+        let lora = LoraSection {
+            rank,
+            ..LoraSection::default()
+        };
+        PeftConfig::new(&lora, &[] as &[Adapted], "b".into(), None)
+    }
+
+    #[test]
+    fn vllm_rank_buckets() {
+        assert!(check(&config(8), &base()).is_empty());
+        let w = check(&config(24), &base());
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].level, Level::Warning);
+        assert!(w[0].message.contains("--max-lora-rank 32"), "{}", w[0]);
+        let e = check(&config(600), &base());
+        assert_eq!(e[0].level, Level::Error);
+        assert_eq!(vllm_rank_bucket(&config(600)), None);
+    }
+
+    #[test]
+    fn what_servers_refuse() {
+        let mut c = config(8);
+        c.use_dora = true;
+        c.bias = "all".into();
+        c.modules_to_save = Some(vec!["score".into()]);
+        c.alpha_pattern.insert("q_proj".into(), 32.0);
+        c.target_modules = serde_json::json!(["q_proj", "lm_head"]);
+        let errors: Vec<String> = check(&c, &base()).iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 5, "{errors:#?}");
+        assert!(
+            errors.iter().all(|e| e.starts_with("error: ")),
+            "{errors:#?}"
+        );
+        assert!(errors.iter().any(|e| e.contains("tied embeddings")));
+    }
+}
