@@ -50,6 +50,9 @@ pub enum Command {
         /// A folder for `peft` and `merged`, a `.gguf` file for `gguf`.
         #[arg(long, required_unless_present = "check")]
         out: Option<PathBuf>,
+        /// Tensor dtype: f32, bf16, f16 (all formats) or q8_0 (gguf).
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: ExportDtype,
         /// Only report whether vLLM, TGI/LoRAX and llama.cpp will serve the adapter (exit 1 if
         /// any cannot), with the commands that serve it.
         #[arg(long)]
@@ -111,6 +114,15 @@ pub enum Command {
     Inspect { model: String },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportDtype {
+    F32,
+    Bf16,
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum MergeDtype {
     F32,
@@ -118,7 +130,7 @@ pub enum MergeDtype {
     F16,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ExportFormatArg {
     Peft,
     Gguf,

@@ -246,16 +246,6 @@ impl Plan {
             "export.formats",
             "lists a format twice",
         )?;
-        check(
-            matches!(e.dtype, Dtype::F32 | Dtype::Bf16),
-            "export.dtype",
-            "must be f32 or bf16",
-        )?;
-        check(
-            e.dtype == Dtype::F32,
-            "export.dtype",
-            "only f32 adapters are written so far (bf16 arrives with issue #6)",
-        )?;
 
         // Settings the schema accepts but no code honours yet: refused, never silently ignored.
         check(

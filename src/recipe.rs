@@ -195,7 +195,8 @@ pub struct ExportSection {
     /// Output directory, relative to the recipe file. Default: `adapters/<recipe name>` under
     /// the current directory.
     pub out_dir: Option<PathBuf>,
-    /// Adapter tensor dtype: `f32` (default) or `bf16`.
+    /// Tensor dtype of the exported adapters and merged model: `f32` (default), `bf16` or `f16`.
+    /// Checkpoints stay f32.
     pub dtype: Dtype,
 }
 

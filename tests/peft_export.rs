@@ -50,7 +50,15 @@ fn written_folder_equals_what_peft_saves() {
         .unwrap();
     let config = PeftConfig::new(&lora, &adapted, "tiny-llama".into(), None);
     let out = tempfile::tempdir().unwrap();
-    peft::write(out.path(), &mut model, &config, None).unwrap();
+    let adapters = model.adapter_tensors().unwrap();
+    peft::write(
+        out.path(),
+        &adapters,
+        lora_tune::recipe::Dtype::F32,
+        &config,
+        None,
+    )
+    .unwrap();
 
     let ours: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap(),

@@ -238,8 +238,6 @@ fn settings_not_honoured_yet_are_refused_not_ignored() {
     assert_located(&err, 3, "model.dtype", &["only f32", "#9"]);
     let err = f.error(BASE, "packing = true\n");
     assert_located(&err, 6, "data.packing", &["#5"]);
-    let err = f.error(BASE, "\n[export]\ndtype = \"bf16\"\n");
-    assert_located(&err, 8, "export.dtype", &["only f32", "#6"]);
     std::fs::write(f.dir.path().join("t.csv"), "text\nhello\n").unwrap();
     let err = f.error(
         "[model]\nsource = \"model.gguf\"\n\n[data]\ntrain = \"t.csv\"\n",

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use crate::cli::ExportDtype;
 use crate::export::peft::{CONFIG_FILE, WEIGHTS_FILE, read_config};
 use crate::export::{gguf_lora, merge, servability};
 use crate::lora::peft_config::PeftConfig;
@@ -39,7 +40,7 @@ fn adapter_folder(adapter: &Path) -> anyhow::Result<(PathBuf, PeftConfig)> {
     Ok((dir, config))
 }
 
-pub fn run(adapter: &Path, out: &Path, force: bool) -> anyhow::Result<()> {
+pub fn run(adapter: &Path, out: &Path, dtype: Dtype, force: bool) -> anyhow::Result<()> {
     let (dir, config) = adapter_folder(adapter)?;
     let weights = StFile::open(&dir.join(WEIGHTS_FILE))?;
     anyhow::ensure!(
@@ -54,7 +55,20 @@ pub fn run(adapter: &Path, out: &Path, force: bool) -> anyhow::Result<()> {
         out.display()
     );
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    for name in [WEIGHTS_FILE, CONFIG_FILE, "README.md"] {
+    let names: &[&str] = if dtype == Dtype::F32 {
+        &[WEIGHTS_FILE, CONFIG_FILE, "README.md"]
+    } else {
+        // Checkpoints hold f32: convert the tensors, copy the rest.
+        let tensors = HostTensors::read(&dir.join(WEIGHTS_FILE))?.into_entries();
+        crate::weights::safetensors::write(
+            &out.join(WEIGHTS_FILE),
+            &tensors,
+            dtype,
+            &[("format", "pt")],
+        )?;
+        &[CONFIG_FILE, "README.md"]
+    };
+    for &name in names {
         let from = dir.join(name);
         if !from.is_file() {
             continue; // checkpoints carry no model card
@@ -98,7 +112,13 @@ fn resolve_base(config: &PeftConfig, base: Option<&str>) -> anyhow::Result<Model
         .with_context(|| format!("resolving the base model {reference} (or pass --base MODEL)"))
 }
 
-pub fn run_gguf(adapter: &Path, out: &Path, base: Option<&str>, force: bool) -> anyhow::Result<()> {
+pub fn run_gguf(
+    adapter: &Path,
+    out: &Path,
+    base: Option<&str>,
+    dtype: ExportDtype,
+    force: bool,
+) -> anyhow::Result<()> {
     let (dir, config) = adapter_folder(adapter)?;
     anyhow::ensure!(
         !out.exists() || force,
@@ -111,7 +131,13 @@ pub fn run_gguf(adapter: &Path, out: &Path, base: Option<&str>, force: bool) -> 
     let name = dir
         .file_name()
         .map_or("adapter".into(), |n| n.to_string_lossy().into_owned());
-    gguf_lora::write(out, &base_config, adapters, &config, &name, TensorType::F32)
+    let ty = match dtype {
+        ExportDtype::F32 => TensorType::F32,
+        ExportDtype::Bf16 => TensorType::Bf16,
+        ExportDtype::F16 => TensorType::F16,
+        ExportDtype::Q8_0 => TensorType::Q8_0,
+    };
+    gguf_lora::write(out, &base_config, adapters, &config, &name, ty)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("writing {}", out.display()))?;
     println!(

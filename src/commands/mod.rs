@@ -7,7 +7,7 @@ mod inspect;
 mod plan;
 mod run;
 
-use crate::cli::{Cli, Command, ExportFormatArg, MergeDtype};
+use crate::cli::{Cli, Command, ExportDtype, ExportFormatArg, MergeDtype};
 use crate::recipe::Dtype;
 
 /// A command whose capability has not landed yet. Exit code 2, never a silent success.
@@ -28,6 +28,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             check,
             base,
+            dtype,
         }) => {
             let (Some(format), Some(out)) = (format, out) else {
                 return export::check(&adapter, base.as_deref());
@@ -35,14 +36,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if check {
                 export::check(&adapter, base.as_deref())?;
             }
-            match format {
-                ExportFormatArg::Peft => export::run(&adapter, &out, cli.force),
-                ExportFormatArg::Gguf => {
-                    export::run_gguf(&adapter, &out, base.as_deref(), cli.force)
-                }
-                ExportFormatArg::Merged => {
-                    export::run_merged(&adapter, &out, base.as_deref(), Dtype::F32, 5000, cli.force)
-                }
+            if format == ExportFormatArg::Gguf {
+                return export::run_gguf(&adapter, &out, base.as_deref(), dtype, cli.force);
+            }
+            let dtype = match dtype {
+                ExportDtype::F32 => Dtype::F32,
+                ExportDtype::Bf16 => Dtype::Bf16,
+                ExportDtype::F16 => Dtype::F16,
+                ExportDtype::Q8_0 => anyhow::bail!(
+                    "--dtype q8_0 is for --format gguf; safetensors outputs take f32, bf16 or f16"
+                ),
+            };
+            if format == ExportFormatArg::Peft {
+                export::run(&adapter, &out, dtype, cli.force)
+            } else {
+                export::run_merged(&adapter, &out, base.as_deref(), dtype, 5000, cli.force)
             }
         }
         Some(Command::Merge {

@@ -189,8 +189,15 @@ pub fn run(
     }
     if formats.contains(&ExportFormat::Peft) {
         let card = model_card(plan, &peft_config, &summary, &s.prepared.adapted);
-        peft::write(&plan.out_dir, &mut s.model, &peft_config, Some(&card))
-            .with_context(|| format!("exporting to {}", plan.out_dir.display()))?;
+        let adapters = s.model.adapter_tensors()?;
+        peft::write(
+            &plan.out_dir,
+            &adapters,
+            plan.export.dtype,
+            &peft_config,
+            Some(&card),
+        )
+        .with_context(|| format!("exporting to {}", plan.out_dir.display()))?;
         println!(
             "export: PEFT adapter folder {} (adapter_config.json, adapter_model.safetensors, README.md)",
             plan.out_dir.display()
@@ -209,7 +216,11 @@ pub fn run(
             adapters,
             &peft_config,
             &plan.name,
-            TensorType::F32,
+            match plan.export.dtype {
+                Dtype::F32 => TensorType::F32,
+                Dtype::Bf16 => TensorType::Bf16,
+                Dtype::F16 => TensorType::F16,
+            },
         )
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("exporting to {}", path.display()))?;

@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use half::{bf16, f16};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 use serde_json::json;
@@ -19,6 +18,7 @@ use crate::model::config::LlamaConfig;
 use crate::recipe::Dtype as OutDtype;
 use crate::source::ModelFiles;
 use crate::weights::host::{HostTensor, HostTensors, for_each_tensor};
+use crate::weights::safetensors::encode;
 use crate::weights::tokenizer::ModelTokenizer;
 
 /// One adapter, ready to fold: s, B [out, r], A [r, in].
@@ -57,29 +57,6 @@ fn fold(w: &mut HostTensor, f: &Fold) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn encode(values: &[f32], dtype: OutDtype) -> (Dtype, Vec<u8>) {
-    match dtype {
-        OutDtype::F32 => (
-            Dtype::F32,
-            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ),
-        OutDtype::Bf16 => (
-            Dtype::BF16,
-            values
-                .iter()
-                .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
-                .collect(),
-        ),
-        OutDtype::F16 => (
-            Dtype::F16,
-            values
-                .iter()
-                .flat_map(|v| f16::from_f32(*v).to_le_bytes())
-                .collect(),
-        ),
-    }
 }
 
 /// Tensors of the shard being filled.

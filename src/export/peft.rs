@@ -1,5 +1,5 @@
 //! The PEFT adapter folder — `adapter_config.json` + `adapter_model.safetensors` (f32, PEFT key
-//! names, `{"format": "pt"}` metadata) + a README model card — as `save_pretrained` writes it, so
+//! names, f32/bf16/f16, `{"format": "pt"}` metadata) + a README model card — as `save_pretrained` writes it, so
 //! PEFT, vLLM, TGI and LoRAX load it as it is; and the same folder read back onto a base model
 //! (`generate --adapter`, `eval --adapter`, `lora.init_from`, checkpoints). Every file is
 //! written atomically (temp + fsync + rename): a crash leaves the old file or the new one.
@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use crate::lora::peft_config::PeftConfig;
 use crate::lora::targets;
 use crate::model::llama::Llama;
+use crate::recipe::Dtype;
 use crate::weights::WeightsError;
-use crate::weights::safetensors::write_f32;
+use crate::weights::host::HostTensor;
+use crate::weights::safetensors;
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -28,10 +30,11 @@ pub enum PeftError {
     Invalid { path: PathBuf, detail: String },
 }
 
-/// Writes the adapters of `model` with `config` (and a model card) into `dir`, creating it.
+/// Writes `adapters` (PEFT keys) in `dtype` with `config` (and a model card) into `dir`.
 pub fn write(
     dir: &Path,
-    model: &mut Llama,
+    adapters: &[(String, HostTensor)],
+    dtype: Dtype,
     config: &PeftConfig,
     readme: Option<&str>,
 ) -> Result<(), PeftError> {
@@ -39,8 +42,12 @@ pub fn write(
         path: dir.into(),
         source,
     })?;
-    let tensors = model.adapter_tensors()?;
-    write_f32(&dir.join(WEIGHTS_FILE), &tensors, &[("format", "pt")])?;
+    safetensors::write(
+        &dir.join(WEIGHTS_FILE),
+        adapters,
+        dtype,
+        &[("format", "pt")],
+    )?;
     write_text(&dir.join(CONFIG_FILE), &config.to_json())?;
     if let Some(text) = readme {
         write_text(&dir.join("README.md"), text)?;

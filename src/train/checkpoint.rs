@@ -13,9 +13,10 @@ use super::optim::{AdamW, Moments};
 use crate::lora::peft_config::PeftConfig;
 use crate::model::adapters::{host, peft_key};
 use crate::model::llama::Llama;
+use crate::recipe::Dtype;
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
-use crate::weights::safetensors::write_f32;
+use crate::weights::safetensors::write;
 
 pub const ADAPTER_FILE: &str = crate::export::peft::WEIGHTS_FILE;
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -98,7 +99,12 @@ pub fn save(
     std::fs::create_dir(&tmp).map_err(io(&tmp))?;
     let result = (|| {
         let adapters = model.adapter_tensors()?;
-        write_f32(&tmp.join(ADAPTER_FILE), &adapters, &[("format", "pt")])?;
+        write(
+            &tmp.join(ADAPTER_FILE),
+            &adapters,
+            Dtype::F32,
+            &[("format", "pt")],
+        )?;
         if let Some(config) = config {
             // With its config a checkpoint is a complete PEFT adapter folder.
             let path = tmp.join(crate::export::peft::CONFIG_FILE);
@@ -112,9 +118,10 @@ pub fn save(
             moments.push((format!("{key}.exp_avg_sq"), host(&m.exp_avg_sq)?));
         }
         let steps = optimizer.steps.to_string();
-        write_f32(
+        write(
             &tmp.join(OPTIMIZER_FILE),
             &moments,
+            Dtype::F32,
             &[("adamw_steps", &steps)],
         )?;
         let json = serde_json::to_string_pretty(state).expect("plain struct serialises");

@@ -1,21 +1,64 @@
 //! Writing GGUF v3 (the layout llama.cpp's gguf-py writes): header, metadata, tensor infos with
 //! ggml dims (innermost first) and offsets, data aligned to 32 bytes. Scalars and strings as
-//! metadata, F32 and F16 tensors — what a LoRA adapter needs. Written atomically.
+//! metadata; F32, F16, BF16 and Q8_0 tensors — what a LoRA adapter needs. Q8_0 quantises as
+//! gguf-py does (per block of 32: d = max|x|/127 as f16, q = round-half-away(x/d)); a tensor
+//! whose rows are not a multiple of 32 falls back to F16, as llama.cpp's converter does.
+//! Written atomically.
 
 use std::io::{self, Write};
 use std::path::Path;
 
-use half::f16;
+use half::{bf16, f16};
 
 use super::gguf::MetaValue;
 
 const ALIGNMENT: usize = 32;
 
-/// Element type of a written tensor (ggml type ids 0 and 1).
+/// Element type of written tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TensorType {
     F32,
     F16,
+    Bf16,
+    Q8_0,
+}
+
+impl TensorType {
+    fn ggml_id(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q8_0 => 8,
+            Self::Bf16 => 30,
+        }
+    }
+
+    /// The type a tensor whose rows hold `row` values is written in.
+    fn for_row(self, row: usize) -> Self {
+        if self == Self::Q8_0 && !row.is_multiple_of(32) {
+            Self::F16
+        } else {
+            self
+        }
+    }
+
+    fn encode(self, values: &[f32], out: &mut Vec<u8>) {
+        match self {
+            Self::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
+            Self::F16 => out.extend(values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes())),
+            Self::Bf16 => out.extend(values.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes())),
+            Self::Q8_0 => {
+                for block in values.chunks(32) {
+                    let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let d = amax / 127.0;
+                    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+                    out.extend(f16::from_f32(d).to_le_bytes());
+                    // f32::round rounds half away from zero, as gguf-py's np_roundf.
+                    out.extend(block.iter().map(|v| (v * id).round() as i8 as u8));
+                }
+            }
+        }
+    }
 }
 
 /// A tensor to write: PyTorch-order shape (outermost first), row-major values.
@@ -92,24 +135,10 @@ pub fn write(
         for &d in t.shape.iter().rev() {
             out.extend((d as u64).to_le_bytes());
         }
-        out.extend(
-            match ty {
-                TensorType::F32 => 0u32,
-                TensorType::F16 => 1u32,
-            }
-            .to_le_bytes(),
-        );
+        let ty = ty.for_row(t.shape.last().copied().unwrap_or(0));
+        out.extend(ty.ggml_id().to_le_bytes());
         out.extend((data.len() as u64).to_le_bytes());
-        match ty {
-            TensorType::F32 => data.extend(t.values.iter().flat_map(|v| v.to_le_bytes())),
-            TensorType::F16 => {
-                data.extend(
-                    t.values
-                        .iter()
-                        .flat_map(|v| f16::from_f32(*v).to_le_bytes()),
-                );
-            }
-        }
+        ty.encode(&t.values, &mut data);
         pad(&mut data);
     }
     pad(&mut out);

@@ -1,6 +1,6 @@
 //! safetensors headers: one file, or the shards a `model.safetensors.index.json` names. The file
 //! is memory-mapped; the `safetensors` crate checks header length, JSON and every data offset
-//! against the file size. Tensor loading and the completeness check build on this; [`write_f32`]
+//! against the file size. Tensor loading and the completeness check build on this; [`write`]
 //! writes adapters, optimiser state and exports.
 
 use std::collections::{BTreeMap, HashMap};
@@ -147,23 +147,50 @@ pub fn natural_key(name: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
-/// Writes f32 tensors as a safetensors file, atomically (temp file + fsync + rename). PEFT and
-/// transformers read the `{"format": "pt"}` metadata key; pass it in `metadata`.
-pub fn write_f32(
+/// Row-major f32 values as `dtype` bytes (little-endian), with the safetensors dtype tag.
+pub fn encode(values: &[f32], dtype: crate::recipe::Dtype) -> (Dtype, Vec<u8>) {
+    use crate::recipe::Dtype as D;
+    use half::{bf16, f16};
+    match dtype {
+        D::F32 => (
+            Dtype::F32,
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
+        D::Bf16 => (
+            Dtype::BF16,
+            values
+                .iter()
+                .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+                .collect(),
+        ),
+        D::F16 => (
+            Dtype::F16,
+            values
+                .iter()
+                .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                .collect(),
+        ),
+    }
+}
+
+/// Writes tensors as a safetensors file in `dtype`, atomically (temp file + fsync + rename).
+/// PEFT and transformers read the `{"format": "pt"}` metadata key; pass it in `metadata`.
+pub fn write(
     path: &Path,
     tensors: &[(String, HostTensor)],
+    dtype: crate::recipe::Dtype,
     metadata: &[(&str, &str)],
 ) -> Result<(), WeightsError> {
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+    let bytes: Vec<(String, Dtype, Vec<u8>, Vec<usize>)> = tensors
         .iter()
         .map(|(name, t)| {
-            let raw = t.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (name.clone(), raw, t.shape.clone())
+            let (tag, raw) = encode(&t.values, dtype);
+            (name.clone(), tag, raw, t.shape.clone())
         })
         .collect();
     let mut views = Vec::with_capacity(bytes.len());
-    for (name, raw, shape) in &bytes {
-        let view = TensorView::new(Dtype::F32, shape.clone(), raw)
+    for (name, tag, raw, shape) in &bytes {
+        let view = TensorView::new(*tag, shape.clone(), raw)
             .map_err(|e| WeightsError::format(path, format!("tensor `{name}`: {e}")))?;
         views.push((name.as_str(), view));
     }

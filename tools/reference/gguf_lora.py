@@ -7,7 +7,7 @@ PyPI (vendor/llama.cpp; 0.3.36, sha256 832db069…1a2e):
     curl -sLO https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/llama_cpp_python-0.3.36.tar.gz
     tar xzf llama_cpp_python-0.3.36.tar.gz
 
-Usage: python3 tools/reference/gguf_lora.py LLAMA_CPP_DIR            # writes tests/fixtures/lora/gguf/tiny-lora.gguf
+Usage: python3 tools/reference/gguf_lora.py LLAMA_CPP_DIR            # writes tests/fixtures/lora/gguf/tiny-lora{,-q8_0}.gguf
        python3 tools/reference/gguf_lora.py LLAMA_CPP_DIR OURS.gguf  # gguf-py parses ours; compares with the fixture
 Environment: transformers==5.23.0 torch per DESIGN.md §6; gguf-py from the same llama.cpp tree.
 """
@@ -23,10 +23,11 @@ OUT = ROOT / "tests/fixtures/lora/gguf/tiny-lora.gguf"
 
 def convert(llama_cpp):
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, str(llama_cpp / "convert_lora_to_gguf.py"), "--outtype", "f32",
-                    "--base", str(ROOT / "tests/fixtures/llama/tiny-llama"), "--outfile", str(OUT),
-                    str(ROOT / "tests/fixtures/lora/peft")], check=True,
-                   env={"PYTHONPATH": f"{llama_cpp / 'gguf-py'}:{llama_cpp}", "PATH": "/usr/bin:/bin"})
+    for outtype, path in (("f32", OUT), ("q8_0", OUT.with_name("tiny-lora-q8_0.gguf"))):
+        subprocess.run([sys.executable, str(llama_cpp / "convert_lora_to_gguf.py"), "--outtype", outtype,
+                        "--base", str(ROOT / "tests/fixtures/llama/tiny-llama"), "--outfile", str(path),
+                        str(ROOT / "tests/fixtures/lora/peft")], check=True,
+                       env={"PYTHONPATH": f"{llama_cpp / 'gguf-py'}:{llama_cpp}", "PATH": "/usr/bin:/bin"})
 
 
 def compare(ours):
