@@ -42,6 +42,7 @@ fn adapter_folder(adapter: &Path) -> anyhow::Result<(PathBuf, PeftConfig)> {
 
 pub fn run(adapter: &Path, out: &Path, dtype: Dtype, force: bool) -> anyhow::Result<()> {
     let (dir, config) = adapter_folder(adapter)?;
+    report(&servability::check_adapter(&config));
     let weights = StFile::open(&dir.join(WEIGHTS_FILE))?;
     anyhow::ensure!(
         weights.tensors.iter().all(|t| t.name.contains(".lora_")),
@@ -127,6 +128,7 @@ pub fn run_gguf(
     );
     let files = resolve_base(&config, base)?;
     let base_config = crate::model::config_of(&files)?;
+    report(&servability::check(&config, &base_config));
     let adapters = HostTensors::read(&dir.join(WEIGHTS_FILE))?.into_entries();
     let name = dir
         .file_name()
@@ -171,6 +173,7 @@ pub fn run_merged(
     );
     let files = resolve_base(&config, base)?;
     let base_config = crate::model::config_of(&files)?;
+    report(&servability::check(&config, &base_config));
     let tokenizer = match &files {
         ModelFiles::Gguf(_) => Some(crate::model::tokenizer_of(&files)?),
         _ => None, // an HF directory's tokenizer files are copied as they are
@@ -236,4 +239,12 @@ pub fn check(adapter: &Path, base: Option<&str>) -> anyhow::Result<()> {
     );
     println!("  ok: loadable by vLLM, TGI/LoRAX and llama.cpp");
     Ok(())
+}
+
+/// Servability findings, printed before an export. They stop nothing here (the file is still
+/// valid for the other servers); `--check` turns errors into a failure.
+fn report(findings: &[servability::Finding]) {
+    for f in findings {
+        println!("check: {f}");
+    }
 }

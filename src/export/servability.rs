@@ -50,7 +50,8 @@ pub fn vllm_rank_bucket(config: &PeftConfig) -> Option<u32> {
     VLLM_RANKS.into_iter().find(|&b| b >= r)
 }
 
-pub fn check(config: &PeftConfig, base: &LlamaConfig) -> Vec<Finding> {
+/// What the adapter config alone decides (no base needed).
+pub fn check_adapter(config: &PeftConfig) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut add = |level, server, message: String| {
         out.push(Finding {
@@ -100,14 +101,6 @@ pub fn check(config: &PeftConfig, base: &LlamaConfig) -> Vec<Finding> {
             "modules_to_save is not supported".into(),
         );
     }
-    let arch = base.gguf_architecture();
-    if !matches!(arch, "llama" | "qwen2") {
-        add(
-            Level::Error,
-            "TGI/LoRAX",
-            format!("architecture {arch} has no LoRA support there"),
-        );
-    }
     if !config.alpha_pattern.is_empty() {
         add(
             Level::Error,
@@ -123,6 +116,27 @@ pub fn check(config: &PeftConfig, base: &LlamaConfig) -> Vec<Finding> {
                 "rsLoRA: the GGUF stores alpha = {:.4} (α·√r) so llama.cpp's alpha / r equals α/√r; a converter that copies lora_alpha would not",
                 config.lora_alpha * f64::from(config.r).sqrt()
             ),
+        );
+    }
+    out
+}
+
+/// Everything, for adapters on `base`: the config's findings plus the base's.
+pub fn check(config: &PeftConfig, base: &LlamaConfig) -> Vec<Finding> {
+    let mut out = check_adapter(config);
+    let mut add = |level, server, message: String| {
+        out.push(Finding {
+            level,
+            server,
+            message,
+        })
+    };
+    let arch = base.gguf_architecture();
+    if !matches!(arch, "llama" | "qwen2") {
+        add(
+            Level::Error,
+            "TGI/LoRAX",
+            format!("architecture {arch} has no LoRA support there"),
         );
     }
     let targets_head = match &config.target_modules {
