@@ -170,6 +170,99 @@ fn shipped_recipe_trains_and_eval_reproduces_its_loss() {
         run.join("checkpoints/step-000024/adapter_model.safetensors")
             .is_file()
     );
+    // The run's directory is a PEFT adapter folder (its contents: tests/peft_export.rs) with a
+    // llama.cpp LoRA beside it (tests/gguf_lora.rs), and the command that serves it.
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "README.md",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    assert!(
+        stdout.contains("--enable-lora --lora-modules support-tickets="),
+        "{stdout}"
+    );
+    let gguf =
+        lora_tune::weights::gguf::GgufFile::open(&run.join("support-tickets.lora.gguf")).unwrap();
+    assert_eq!(gguf.tensors.len(), 2 * 7 * 30);
+    assert_eq!(
+        gguf.get("general.type").and_then(|v| v.as_str()),
+        Some("adapter")
+    );
+
+    // Training again into the same directory needs --resume or --force; refused before loading.
+    let out = lora_tune(&[recipe.to_str().unwrap(), "--device", "cpu"]);
+    let (again, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{again}{stderr}");
+    assert!(stderr.contains("already holds an earlier run"), "{stderr}");
+    assert!(!again.contains("loaded:"), "{again}");
+
+    // `export` copies a checkpoint into a clean folder, refusing to overwrite without --force.
+    let exported = tmp.path().join("exported");
+    let ck = run.join("checkpoints/step-000024");
+    let export = |force: bool| {
+        let mut args = vec![
+            "export",
+            "--adapter",
+            ck.to_str().unwrap(),
+            "--format",
+            "peft",
+            "--out",
+            exported.to_str().unwrap(),
+        ];
+        if force {
+            args.push("--force");
+        }
+        lora_tune(&args)
+    };
+    let out = export(false);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert_eq!(
+        std::fs::read(exported.join("adapter_model.safetensors")).unwrap(),
+        std::fs::read(run.join("adapter_model.safetensors")).unwrap()
+    );
+    let out = export(false);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).1.contains("pass --force"), "{:?}", text(&out));
+    assert_eq!(export(true).status.code(), Some(0));
+
+    // `export --check`: every server this project targets loads it.
+    let out = lora_tune(&["export", "--adapter", run.to_str().unwrap(), "--check"]);
+    let (report, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}{stderr}");
+    assert!(
+        report.contains("ok: loadable by vLLM, TGI/LoRAX and llama.cpp"),
+        "{report}"
+    );
+    assert!(report.contains("--max-lora-rank 8"), "{report}");
+
+    // `merge` folds the adapters into the GGUF base: an HF directory transformers loads (its
+    // logits: tests/merge.rs and tools/reference/peft_export.py `merged`).
+    let merged = tmp.path().join("merged");
+    let out = lora_tune(&[
+        "merge",
+        "--base",
+        artifacts::SMOLLM2,
+        "--adapter",
+        run.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    let (merge_out, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{merge_out}{stderr}");
+    assert!(
+        merge_out.contains("272 tensors, 210 with adapters folded in"),
+        "{merge_out}"
+    );
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(merged.join(f).is_file(), "{f} missing");
+    }
 
     let out = lora_tune(&[
         "eval",
