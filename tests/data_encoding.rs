@@ -1,0 +1,76 @@
+//! Data encoding equals the HF side on SmolLM2's real tokenizer and ChatML template: token ids and
+//! loss labels of every row in tests/fixtures/data/*.jsonl (chat with and without a system turn —
+//! the template's default system prompt — multi-turn with two assistant turns, the `system`
+//! field, text with non-ASCII, prompt_completion, alpaca). Golden: tools/reference/data_fixtures.py
+//! (transformers 5.23.0 tokenising the whole rendered chat once, with offsets).
+
+mod artifacts;
+
+use std::path::Path;
+
+use lora_tune::data::encode::Encoder;
+use lora_tune::data::rows::read_jsonl;
+use lora_tune::recipe::{DataFormat, Truncation};
+
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/data");
+
+#[test]
+fn ids_and_labels_equal_transformers() {
+    let tok = lora_tune::model::tokenizer_of(&artifacts::smollm2()).unwrap();
+    let encoder = Encoder {
+        tokenizer: &tok,
+        template: tok.chat_template.as_deref(),
+        train_on_inputs: false,
+        max_len: 4096,
+        truncation: Truncation::Truncate,
+    };
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(DATA).join("expected.json")).unwrap(),
+    )
+    .unwrap();
+    let mut rows_checked = 0;
+    for (file, want) in expected.as_object().unwrap() {
+        let (rows, bad) = read_jsonl(&Path::new(DATA).join(file), DataFormat::Auto, true).unwrap();
+        assert!(bad.is_empty());
+        assert_eq!(rows.len(), want.as_array().unwrap().len(), "{file}");
+        for (row, want) in rows.iter().zip(want.as_array().unwrap()) {
+            let (enc, _) = encoder.encode(&row.example).unwrap();
+            let ids: Vec<u32> = serde_json::from_value(want["ids"].clone()).unwrap();
+            let labels: Vec<i64> = serde_json::from_value(want["labels"].clone()).unwrap();
+            assert_eq!(enc.ids, ids, "{file}:{}: token ids", row.line);
+            assert_eq!(enc.labels, labels, "{file}:{}: labels", row.line);
+            rows_checked += 1;
+        }
+    }
+    assert_eq!(rows_checked, 10);
+}
+
+#[test]
+fn train_on_inputs_labels_everything_and_max_len_truncates_or_drops() {
+    let tok = lora_tune::model::tokenizer_of(&artifacts::smollm2()).unwrap();
+    let (rows, _) =
+        read_jsonl(&Path::new(DATA).join("chat.jsonl"), DataFormat::Auto, true).unwrap();
+    let mut encoder = Encoder {
+        tokenizer: &tok,
+        template: tok.chat_template.as_deref(),
+        train_on_inputs: true,
+        max_len: 4096,
+        truncation: Truncation::Truncate,
+    };
+    let (enc, _) = encoder.encode(&rows[0].example).unwrap();
+    assert!(enc.labels.iter().all(|&l| l >= 0));
+    encoder.train_on_inputs = false;
+    encoder.max_len = 45; // row 1 is 50 tokens; its answer starts before 45
+    let (enc, fit) = encoder.encode(&rows[0].example).unwrap();
+    assert_eq!(
+        (enc.ids.len(), fit),
+        (45, lora_tune::data::encode::Fit::Truncated)
+    );
+    encoder.truncation = Truncation::Drop;
+    let err = encoder.encode(&rows[0].example).unwrap_err();
+    assert!(err.contains("over data.max_len = 45"), "{err}");
+    encoder.truncation = Truncation::Truncate;
+    encoder.max_len = 20; // the prompt alone fills it: nothing left to learn from
+    let err = encoder.encode(&rows[0].example).unwrap_err();
+    assert!(err.contains("the prompt alone fills it"), "{err}");
+}
