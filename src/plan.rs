@@ -269,12 +269,12 @@ impl Plan {
         ] {
             if let Some(path) = path {
                 check(
-                    path.is_file()
-                        && path
+                    path.is_dir()
+                        || path
                             .extension()
-                            .is_some_and(|x| x == "jsonl" || x == "json"),
+                            .is_some_and(|x| x == "jsonl" || x == "json" || x == "csv"),
                     key,
-                    "must be a .jsonl file for now (CSV files and directories arrive with issue #5)",
+                    "must be a .jsonl or .csv file, or a directory of them",
                 )?;
             }
         }

@@ -9,7 +9,7 @@ mod artifacts;
 use std::path::Path;
 
 use lora_tune::data::encode::Encoder;
-use lora_tune::data::rows::read_jsonl;
+use lora_tune::data::rows::read_rows;
 use lora_tune::recipe::{DataFormat, Truncation};
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/data");
@@ -30,7 +30,7 @@ fn ids_and_labels_equal_transformers() {
     .unwrap();
     let mut rows_checked = 0;
     for (file, want) in expected.as_object().unwrap() {
-        let (rows, bad) = read_jsonl(&Path::new(DATA).join(file), DataFormat::Auto, true).unwrap();
+        let (rows, bad) = read_rows(&Path::new(DATA).join(file), DataFormat::Auto, true).unwrap();
         assert!(bad.is_empty());
         assert_eq!(rows.len(), want.as_array().unwrap().len(), "{file}");
         for (row, want) in rows.iter().zip(want.as_array().unwrap()) {
@@ -48,8 +48,7 @@ fn ids_and_labels_equal_transformers() {
 #[test]
 fn train_on_inputs_labels_everything_and_max_len_truncates_or_drops() {
     let tok = lora_tune::model::tokenizer_of(&artifacts::smollm2()).unwrap();
-    let (rows, _) =
-        read_jsonl(&Path::new(DATA).join("chat.jsonl"), DataFormat::Auto, true).unwrap();
+    let (rows, _) = read_rows(&Path::new(DATA).join("chat.jsonl"), DataFormat::Auto, true).unwrap();
     let mut encoder = Encoder {
         tokenizer: &tok,
         template: tok.chat_template.as_deref(),

@@ -238,12 +238,12 @@ fn settings_not_honoured_yet_are_refused_not_ignored() {
     assert_located(&err, 3, "model.dtype", &["only f32", "#9"]);
     let err = f.error(BASE, "packing = true\n");
     assert_located(&err, 6, "data.packing", &["#5"]);
-    std::fs::write(f.dir.path().join("t.csv"), "text\nhello\n").unwrap();
+    std::fs::write(f.dir.path().join("t.parquet"), "x").unwrap();
     let err = f.error(
-        "[model]\nsource = \"model.gguf\"\n\n[data]\ntrain = \"t.csv\"\n",
+        "[model]\nsource = \"model.gguf\"\n\n[data]\ntrain = \"t.parquet\"\n",
         "",
     );
-    assert_located(&err, 5, "data.train", &["must be a .jsonl file", "#5"]);
+    assert_located(&err, 5, "data.train", &["must be a .jsonl or .csv file"]);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use rand::seq::SliceRandom;
 
 use super::batch::{Batch, IGNORE};
 use super::encode::{Encoded, Encoder, Fit};
-use super::rows::{BadRow, DataError, read_jsonl};
+use super::rows::{BadRow, DataError, read_rows};
 use crate::recipe::DataSection;
 
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ impl Dataset {
         encoder: &Encoder,
         keep: &dyn Fn(usize) -> bool,
     ) -> Result<Self, DataError> {
-        let (rows, mut skipped) = read_jsonl(path, data.format, data.strict)?;
+        let (rows, mut skipped) = read_rows(path, data.format, data.strict)?;
         let (mut examples, mut truncated) = (Vec::new(), 0);
         for (i, row) in rows.iter().enumerate() {
             if !keep(i) {
@@ -43,7 +43,7 @@ impl Dataset {
                 }
                 Err(why) => {
                     let bad = BadRow {
-                        file: path.into(),
+                        file: row.file.clone(),
                         line: row.line,
                         why,
                     };

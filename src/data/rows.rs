@@ -1,6 +1,7 @@
-//! Dataset rows from JSONL: one JSON object per line, its format detected from the first row's
-//! fields (or forced by `format =`). A bad row is reported as `file:line: what is wrong` and
-//! either aborts (`strict`) or is skipped and counted.
+//! Dataset rows from JSONL (one JSON object per line), CSV (a header row naming the fields; a
+//! `messages` column holds the JSON list), or a directory of such files (sorted by name). The
+//! format is detected from the first row's fields (or forced by `format =`). A bad row is
+//! reported as `file:line: what is wrong` and either aborts (`strict`) or is skipped and counted.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ pub enum Example {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
+    pub file: PathBuf,
     /// 1-based line in the file, for messages.
     pub line: usize,
     pub example: Example,
@@ -64,19 +66,138 @@ pub enum DataError {
     Format { path: PathBuf, detail: String },
 }
 
-/// Every usable row of a JSONL file and the bad ones (empty when `strict`, which errors instead).
-pub fn read_jsonl(
+/// Every usable row of a JSONL or CSV file, or of every such file in a directory, and the bad
+/// ones (none when `strict`, which errors instead).
+pub fn read_rows(
     path: &Path,
     format: DataFormat,
     strict: bool,
 ) -> Result<(Vec<Row>, Vec<BadRow>), DataError> {
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|source| DataError::Io {
+                path: path.into(),
+                source,
+            })?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl" || x == "csv"))
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.into()]
+    };
+    let (mut rows, mut bad) = (Vec::new(), Vec::new());
+    let mut format = format;
+    for file in &files {
+        if file.extension().is_some_and(|x| x == "csv") {
+            read_csv(file, &mut format, strict, &mut rows, &mut bad)?;
+        } else {
+            read_jsonl(file, &mut format, strict, &mut rows, &mut bad)?;
+        }
+    }
+    if rows.is_empty() {
+        return Err(DataError::Empty {
+            path: path.into(),
+            skipped: bad.len(),
+            first: bad.first().map_or_else(
+                || "no rows (a directory needs .jsonl or .csv files)".into(),
+                ToString::to_string,
+            ),
+        });
+    }
+    Ok((rows, bad))
+}
+
+/// Keeps a parsed row or records why not.
+fn keep(
+    parsed: Result<Example, String>,
+    file: &Path,
+    line: usize,
+    strict: bool,
+    rows: &mut Vec<Row>,
+    bad: &mut Vec<BadRow>,
+) -> Result<(), DataError> {
+    match parsed {
+        Ok(example) => rows.push(Row {
+            file: file.into(),
+            line,
+            example,
+        }),
+        Err(why) => {
+            let b = BadRow {
+                file: file.into(),
+                line,
+                why,
+            };
+            if strict {
+                return Err(DataError::Strict(b));
+            }
+            bad.push(b);
+        }
+    }
+    Ok(())
+}
+
+fn read_csv(
+    path: &Path,
+    format: &mut DataFormat,
+    strict: bool,
+    rows: &mut Vec<Row>,
+    bad: &mut Vec<BadRow>,
+) -> Result<(), DataError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(false)
+        .from_path(path)
+        .map_err(|e| DataError::Format {
+            path: path.into(),
+            detail: e.to_string(),
+        })?;
+    let headers = reader
+        .headers()
+        .map_err(|e| DataError::Format {
+            path: path.into(),
+            detail: format!("reading the header row: {e}"),
+        })?
+        .clone();
+    for record in reader.records() {
+        let (line, parsed) = match record {
+            Ok(r) => {
+                let line = r.position().map_or(0, |p| p.line() as usize);
+                let mut obj = serde_json::Map::new();
+                for (name, value) in headers.iter().zip(r.iter()) {
+                    let v = if name == "messages" {
+                        serde_json::from_str(value).unwrap_or(Value::String(value.into()))
+                    } else {
+                        Value::String(value.into())
+                    };
+                    obj.insert(name.into(), v);
+                }
+                (line, parse_object(&obj, format))
+            }
+            Err(e) => (
+                e.position().map_or(0, |p| p.line() as usize),
+                Err(format!("not a valid CSV record: {e}")),
+            ),
+        };
+        keep(parsed, path, line, strict, rows, bad)?;
+    }
+    Ok(())
+}
+
+fn read_jsonl(
+    path: &Path,
+    format: &mut DataFormat,
+    strict: bool,
+    rows: &mut Vec<Row>,
+    bad: &mut Vec<BadRow>,
+) -> Result<(), DataError> {
     let io = |source| DataError::Io {
         path: path.into(),
         source,
     };
     let mut reader = BufReader::new(std::fs::File::open(path).map_err(io)?);
-    let (mut rows, mut bad) = (Vec::new(), Vec::new());
-    let mut format = format;
     let mut buf = Vec::new();
     let mut line = 0;
     loop {
@@ -99,33 +220,11 @@ pub fn read_jsonl(
         } else if buf.iter().all(u8::is_ascii_whitespace) {
             continue;
         } else {
-            parse_row(&buf, &mut format)
+            parse_row(&buf, format)
         };
-        match parsed {
-            Ok(example) => rows.push(Row { line, example }),
-            Err(why) => {
-                let b = BadRow {
-                    file: path.into(),
-                    line,
-                    why,
-                };
-                if strict {
-                    return Err(DataError::Strict(b));
-                }
-                bad.push(b);
-            }
-        }
+        keep(parsed, path, line, strict, rows, bad)?;
     }
-    if rows.is_empty() {
-        return Err(DataError::Empty {
-            path: path.into(),
-            skipped: bad.len(),
-            first: bad
-                .first()
-                .map_or_else(|| "the file has no rows".into(), ToString::to_string),
-        });
-    }
-    Ok((rows, bad))
+    Ok(())
 }
 
 /// Parses one line; the first row fixes `format` when it is `auto`.
@@ -134,6 +233,14 @@ fn parse_row(bytes: &[u8], format: &mut DataFormat) -> Result<Example, String> {
     let obj = value
         .as_object()
         .ok_or("expected a JSON object, e.g. {\"messages\": [...]}")?;
+    parse_object(obj, format)
+}
+
+/// A row's fields as an example; the first row fixes `format` when it is `auto`.
+fn parse_object(
+    obj: &serde_json::Map<String, Value>,
+    format: &mut DataFormat,
+) -> Result<Example, String> {
     if *format == DataFormat::Auto {
         *format = detect(obj)?;
     }
@@ -252,7 +359,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.jsonl");
         std::fs::write(&path, text).unwrap();
-        read_jsonl(&path, DataFormat::Auto, strict)
+        read_rows(&path, DataFormat::Auto, strict)
     }
 
     #[test]
@@ -285,6 +392,42 @@ mod tests {
         assert!(
             err.to_string().contains("no usable rows (1 skipped)"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn csv_and_directories_read_like_jsonl() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.csv"),
+            "prompt,completion\n\"Say hi, politely\",\" Hello!\"\n\"multi\nline\",\" ok\"\nonly-one-field\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("b.jsonl"),
+            "{\"prompt\":\"p\",\"completion\":\" c\"}\n{\"prompt\":\"p\"}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        let (rows, bad) = read_rows(dir.path(), DataFormat::Auto, false).unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(
+            rows[0].example,
+            Example::PromptCompletion {
+                prompt: "Say hi, politely".into(),
+                completion: " Hello!".into()
+            }
+        );
+        assert!(rows[2].file.ends_with("b.jsonl"));
+        let lines: Vec<String> = bad.iter().map(ToString::to_string).collect();
+        assert_eq!(bad.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].contains("a.csv:5:") && lines[0].contains("CSV"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].contains("b.jsonl:2: missing field `completion`"),
+            "{lines:?}"
         );
     }
 }
