@@ -113,13 +113,20 @@ fn resolve_base(config: &PeftConfig, base: Option<&str>) -> anyhow::Result<Model
         .with_context(|| format!("resolving the base model {reference} (or pass --base MODEL)"))
 }
 
-pub fn run_gguf(
+/// An adapter folder and its base, checked for an export that needs the base's header.
+struct BaseExport {
+    dir: PathBuf,
+    config: PeftConfig,
+    files: ModelFiles,
+    base_config: crate::model::config::LlamaConfig,
+}
+
+fn base_export(
     adapter: &Path,
     out: &Path,
     base: Option<&str>,
-    dtype: ExportDtype,
     force: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<BaseExport> {
     let (dir, config) = adapter_folder(adapter)?;
     anyhow::ensure!(
         !out.exists() || force,
@@ -129,6 +136,27 @@ pub fn run_gguf(
     let files = resolve_base(&config, base)?;
     let base_config = crate::model::config_of(&files)?;
     report(&servability::check(&config, &base_config));
+    Ok(BaseExport {
+        dir,
+        config,
+        files,
+        base_config,
+    })
+}
+
+pub fn run_gguf(
+    adapter: &Path,
+    out: &Path,
+    base: Option<&str>,
+    dtype: ExportDtype,
+    force: bool,
+) -> anyhow::Result<()> {
+    let BaseExport {
+        dir,
+        config,
+        files: _,
+        base_config,
+    } = base_export(adapter, out, base, force)?;
     let adapters = HostTensors::read(&dir.join(WEIGHTS_FILE))?.into_entries();
     let name = dir
         .file_name()
@@ -165,15 +193,12 @@ pub fn run_merged(
     max_shard_mb: u64,
     force: bool,
 ) -> anyhow::Result<()> {
-    let (dir, config) = adapter_folder(adapter)?;
-    anyhow::ensure!(
-        !out.exists() || force,
-        "{} exists; pass --force to replace it",
-        out.display()
-    );
-    let files = resolve_base(&config, base)?;
-    let base_config = crate::model::config_of(&files)?;
-    report(&servability::check(&config, &base_config));
+    let BaseExport {
+        dir,
+        config: _,
+        files,
+        base_config,
+    } = base_export(adapter, out, base, force)?;
     let tokenizer = match &files {
         ModelFiles::Gguf(_) => Some(crate::model::tokenizer_of(&files)?),
         _ => None, // an HF directory's tokenizer files are copied as they are
