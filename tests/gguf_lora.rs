@@ -3,29 +3,21 @@
 //! tools/reference/gguf_lora.py from PEFT's own folder): metadata, tensor names, ggml shapes and
 //! types, and values (Q/K B rows permuted for the `llama` architecture) — read back by our reader.
 
+mod tiny;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use lora_tune::device::{DeviceChoice, select};
 use lora_tune::export::{gguf_lora, peft};
-use lora_tune::model::config::LlamaConfig;
 use lora_tune::model::llama::Llama;
 use lora_tune::weights::gguf::{GgufFile, MetaValue};
 use lora_tune::weights::gguf_writer::TensorType;
-use lora_tune::weights::host::HostTensors;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn adapted_tiny() -> Llama {
-    let dir = Path::new(ROOT).join("tests/fixtures/llama/tiny-llama");
-    let config = LlamaConfig::from_json_file(&dir.join("config.json")).unwrap();
-    let device = select(DeviceChoice::Cpu).unwrap().device;
-    let mut model = Llama::load(config, HostTensors::read(&dir).unwrap(), &device).unwrap();
-    peft::apply(
-        &mut model,
-        &Path::new(ROOT).join("tests/fixtures/lora/peft"),
-    )
-    .unwrap();
+    let mut model = tiny::base();
+    peft::apply(&mut model, &tiny::fixture("lora/peft")).unwrap();
     model
 }
 

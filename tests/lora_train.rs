@@ -7,6 +7,7 @@
 //! tools/reference/lora_train_smollm2.py), and resume-from-checkpoint equal to the whole run.
 
 mod artifacts;
+mod tiny;
 
 use std::path::Path;
 
@@ -15,7 +16,6 @@ use lora_tune::data::batch::Batch;
 use lora_tune::device::{DeviceChoice, select};
 use lora_tune::lora::targets::select as select_targets;
 use lora_tune::model::adapters::host;
-use lora_tune::model::config::LlamaConfig;
 use lora_tune::model::llama::Llama;
 use lora_tune::recipe::{LoraSection, Schedule};
 use lora_tune::train::optim::{AdamW, AdamWConfig};
@@ -31,17 +31,13 @@ fn cpu() -> Device {
 
 /// tiny-llama with r=4, α=8, no dropout on the seven Llama targets, A/B from `init`.
 fn adapted_tiny_llama(init: &Path) -> Llama {
-    let dir = Path::new(ROOT).join("tests/fixtures/llama/tiny-llama");
-    let config = LlamaConfig::from_json_file(&dir.join("config.json")).unwrap();
     let lora = LoraSection {
         rank: 4,
         alpha: 8.0,
         dropout: 0.0,
         ..LoraSection::default()
     };
-    let adapted = select_targets(&config.linear_sites(), &lora).unwrap();
-    let mut model = Llama::load(config, HostTensors::read(&dir).unwrap(), &cpu()).unwrap();
-    model.attach_adapters(&adapted, &lora, 0).unwrap();
+    let mut model = tiny::with_adapters(&lora, 0);
     model.load_adapter_weights(init).unwrap();
     model
 }
@@ -202,18 +198,13 @@ fn settings(out: &Path) -> lora_tune::train::trainer::Settings {
 }
 
 fn fresh_model() -> Llama {
-    let dir = Path::new(ROOT).join("tests/fixtures/llama/tiny-llama");
-    let config = LlamaConfig::from_json_file(&dir.join("config.json")).unwrap();
     let lora = LoraSection {
         rank: 4,
         alpha: 8.0,
         dropout: 0.1, // resume must replay the dropout draws too
         ..LoraSection::default()
     };
-    let adapted = select_targets(&config.linear_sites(), &lora).unwrap();
-    let mut model = Llama::load(config, HostTensors::read(&dir).unwrap(), &cpu()).unwrap();
-    model.attach_adapters(&adapted, &lora, 5).unwrap();
-    model
+    tiny::with_adapters(&lora, 5)
 }
 
 fn losses(out: &Path) -> Vec<(u64, f64, Option<f64>)> {

@@ -2,11 +2,12 @@
 //! here; transformers in tools/reference/peft_export.py `merged`) and gives PEFT's adapted logits;
 //! a merge that fails part-way leaves neither the output nor a temp directory behind.
 
+mod tiny;
+
 use std::path::Path;
 
 use lora_tune::device::{DeviceChoice, select};
 use lora_tune::export::merge::merge;
-use lora_tune::model::adapters::host;
 use lora_tune::model::config::LlamaConfig;
 use lora_tune::model::llama::Llama;
 use lora_tune::recipe::Dtype;
@@ -17,25 +18,6 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn tiny_dir() -> std::path::PathBuf {
     Path::new(ROOT).join("tests/fixtures/llama/tiny-llama")
-}
-
-fn batch() -> (Vec<Vec<u32>>, Vec<Vec<u8>>) {
-    let text =
-        std::fs::read_to_string(Path::new(ROOT).join("tests/fixtures/lora/train/batches.json"))
-            .unwrap();
-    let batches: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let rows =
-        |k: &str| -> Vec<Vec<i64>> { serde_json::from_value(batches[0][k].clone()).unwrap() };
-    (
-        rows("input_ids")
-            .iter()
-            .map(|r| r.iter().map(|&t| t as u32).collect())
-            .collect(),
-        rows("attention_mask")
-            .iter()
-            .map(|r| r.iter().map(|&t| t as u8).collect())
-            .collect(),
-    )
 }
 
 #[test]
@@ -62,20 +44,7 @@ fn merged_sharded_model_gives_the_adapted_logits() {
     let device = select(DeviceChoice::Cpu).unwrap().device;
     let config = LlamaConfig::from_json_file(&merged_dir.join("config.json")).unwrap();
     let model = Llama::load(config, HostTensors::read(&merged_dir).unwrap(), &device).unwrap();
-    let (ids, mask) = batch();
-    let got = host(&model.forward(&ids, &mask)).unwrap().values;
-    let want = HostTensors::read(&adapter.join("logits.safetensors"))
-        .unwrap()
-        .take("logits", &[2, 9, 256])
-        .unwrap()
-        .values;
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    eprintln!("merged tiny model vs PEFT adapted logits: max |Δ| {worst:e}");
-    assert!(worst < 1e-4, "{worst}");
+    tiny::assert_peft_logits(&model, "merged tiny model");
 }
 
 #[test]

@@ -4,34 +4,16 @@
 //! tools/reference/peft_export.py (transformers 5.23.0, peft 0.21.2) on the tiny Llama with the
 //! trained adapters of tests/fixtures/lora/train/final.safetensors.
 
-use std::path::Path;
+mod tiny;
 
-use burn::tensor::Device;
-use lora_tune::device::{DeviceChoice, select};
 use lora_tune::export::peft;
 use lora_tune::lora::peft_config::PeftConfig;
 use lora_tune::lora::targets::select as select_targets;
-use lora_tune::model::adapters::host;
-use lora_tune::model::config::LlamaConfig;
-use lora_tune::model::llama::Llama;
 use lora_tune::recipe::LoraSection;
-use lora_tune::weights::host::HostTensors;
 use safetensors::SafeTensors;
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-fn cpu() -> Device {
-    select(DeviceChoice::Cpu).unwrap().device
-}
-
-fn tiny() -> Llama {
-    let dir = Path::new(ROOT).join("tests/fixtures/llama/tiny-llama");
-    let config = LlamaConfig::from_json_file(&dir.join("config.json")).unwrap();
-    Llama::load(config, HostTensors::read(&dir).unwrap(), &cpu()).unwrap()
-}
-
 fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(ROOT).join("tests/fixtures/lora").join(name)
+    tiny::fixture(&format!("lora/{name}"))
 }
 
 #[test]
@@ -42,9 +24,8 @@ fn written_folder_equals_what_peft_saves() {
         dropout: 0.0,
         ..LoraSection::default()
     };
-    let mut model = tiny();
+    let mut model = tiny::with_adapters(&lora, 0);
     let adapted = select_targets(&model.config.linear_sites(), &lora).unwrap();
-    model.attach_adapters(&adapted, &lora, 0).unwrap();
     model
         .load_adapter_weights(&fixture("train/final.safetensors"))
         .unwrap();
@@ -124,36 +105,11 @@ fn written_folder_equals_what_peft_saves() {
 
 #[test]
 fn peft_saved_folder_reads_back_to_peft_logits() {
-    let mut model = tiny();
+    let mut model = tiny::base();
     let config = peft::apply(&mut model, &fixture("peft")).unwrap();
     assert_eq!((config.r, config.lora_alpha), (4, 8.0));
     assert_eq!(model.adapters_mut().len(), 14);
-    let batches: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("train/batches.json")).unwrap())
-            .unwrap();
-    let b = &batches[0];
-    let rows = |k: &str| -> Vec<Vec<i64>> { serde_json::from_value(b[k].clone()).unwrap() };
-    let ids: Vec<Vec<u32>> = rows("input_ids")
-        .iter()
-        .map(|r| r.iter().map(|&t| t as u32).collect())
-        .collect();
-    let mask: Vec<Vec<u8>> = rows("attention_mask")
-        .iter()
-        .map(|r| r.iter().map(|&t| t as u8).collect())
-        .collect();
-    let got = host(&model.forward(&ids, &mask)).unwrap().values;
-    let want = HostTensors::read(&fixture("peft/logits.safetensors"))
-        .unwrap()
-        .take("logits", &[2, 9, 256])
-        .unwrap()
-        .values;
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    eprintln!("PEFT folder read back: max |Δlogit| {worst:e}");
-    assert!(worst < 1e-4, "{worst}");
+    tiny::assert_peft_logits(&model, "PEFT folder read back");
 }
 
 #[test]

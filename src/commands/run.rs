@@ -184,12 +184,12 @@ pub fn run(
     let summary = train(&mut s.model, &s.train, s.eval.as_ref(), &settings, resume)?;
     print_summary(&summary);
     let formats = &plan.export.formats;
+    let adapters = s.model.adapter_tensors()?; // read back from the device once for all formats
     for finding in servability::check(&peft_config, &s.model.config) {
         println!("check: {finding}");
     }
     if formats.contains(&ExportFormat::Peft) {
         let card = model_card(plan, &peft_config, &summary, &s.prepared.adapted);
-        let adapters = s.model.adapter_tensors()?;
         peft::write(
             &plan.out_dir,
             &adapters,
@@ -209,7 +209,6 @@ pub fn run(
     }
     if formats.contains(&ExportFormat::Gguf) {
         let path = plan.out_dir.join(format!("{}.lora.gguf", plan.name));
-        let adapters = s.model.adapter_tensors()?;
         gguf_lora::write(
             &path,
             &s.model.config,

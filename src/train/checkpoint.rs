@@ -10,6 +10,7 @@ use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::optim::{AdamW, Moments};
+use crate::export::peft;
 use crate::lora::peft_config::PeftConfig;
 use crate::model::adapters::{host, peft_key};
 use crate::model::llama::Llama;
@@ -68,6 +69,8 @@ impl TrainerState {
 pub enum CheckpointError {
     #[error(transparent)]
     Weights(#[from] WeightsError),
+    #[error(transparent)]
+    Peft(#[from] peft::PeftError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -99,18 +102,15 @@ pub fn save(
     std::fs::create_dir(&tmp).map_err(io(&tmp))?;
     let result = (|| {
         let adapters = model.adapter_tensors()?;
-        write(
-            &tmp.join(ADAPTER_FILE),
-            &adapters,
-            Dtype::F32,
-            &[("format", "pt")],
-        )?;
-        if let Some(config) = config {
+        match config {
             // With its config a checkpoint is a complete PEFT adapter folder.
-            let path = tmp.join(crate::export::peft::CONFIG_FILE);
-            let json = config.to_json();
-            crate::atomic::write_atomic(&path, |f| std::io::Write::write_all(f, json.as_bytes()))
-                .map_err(io(&path))?;
+            Some(config) => peft::write(&tmp, &adapters, Dtype::F32, config, None)?,
+            None => write(
+                &tmp.join(ADAPTER_FILE),
+                &adapters,
+                Dtype::F32,
+                &[("format", "pt")],
+            )?,
         }
         let mut moments = Vec::with_capacity(optimizer.moments.len() * 2);
         for ((key, _), m) in adapters.iter().zip(&optimizer.moments) {
