@@ -247,6 +247,12 @@ impl Plan {
             "lists a format twice",
         )?;
 
+        check(
+            data.pad_to_multiple_of >= 1,
+            "data.pad_to_multiple_of",
+            "must be at least 1 (1 = pad to the longest row only)",
+        )?;
+
         // Settings the schema accepts but no code honours yet: refused, never silently ignored.
         check(
             r.model.dtype == Dtype::F32,
@@ -257,11 +263,6 @@ impl Plan {
             !r.lora.use_dora,
             "lora.use_dora",
             "DoRA is not supported yet; set it to false",
-        )?;
-        check(
-            !data.packing,
-            "data.packing",
-            "packing arrives with issue #5; set it to false",
         )?;
         for (key, path) in [
             ("data.train", Some(&data.train)),

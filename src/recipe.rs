@@ -110,9 +110,14 @@ pub struct DataSection {
     /// What to do with a row longer than `max_len`: `truncate` (default) or `drop`.
     #[serde(default)]
     pub truncation: Truncation,
-    /// Pack several rows per sequence (attention never crosses rows). Default false.
+    /// Pack several rows per sequence of up to `max_len` tokens (attention never crosses rows,
+    /// positions restart per row). Default false.
     #[serde(default)]
     pub packing: bool,
+    /// Pad each batch to a multiple of this many tokens (bucketing: few distinct shapes, so few
+    /// GPU kernel variants). Default 64; 1 pads to the longest row only.
+    #[serde(default = "default_pad_to_multiple_of")]
+    pub pad_to_multiple_of: u32,
     /// Also train on prompts / user turns. Default false: completions and assistant turns only.
     #[serde(default)]
     pub train_on_inputs: bool,
@@ -123,6 +128,10 @@ pub struct DataSection {
 
 fn default_max_len() -> u32 {
     1024
+}
+
+fn default_pad_to_multiple_of() -> u32 {
+    64
 }
 
 /// `[train]`: optimiser, schedule, batch and cadence.

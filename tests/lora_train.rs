@@ -163,12 +163,12 @@ fn synthetic_dataset() -> lora_tune::data::dataset::Dataset {
             Encoded { ids, labels }
         })
         .collect();
-    lora_tune::data::dataset::Dataset {
-        path: "synthetic".into(),
-        examples,
-        skipped: Vec::new(),
-        truncated: 0,
-    }
+    let layout = lora_tune::data::dataset::Layout {
+        pad_id: 0,
+        pad_to_multiple_of: 1,
+        pack_to: None,
+    };
+    lora_tune::data::dataset::Dataset::new("synthetic".as_ref(), examples, Vec::new(), 0, layout)
 }
 
 fn settings(out: &Path) -> lora_tune::train::trainer::Settings {
@@ -190,7 +190,6 @@ fn settings(out: &Path) -> lora_tune::train::trainer::Settings {
         seed: 5,
         eval_every: Some(2),
         checkpoint_every: Some(3),
-        pad_id: 0,
         out_dir: out.into(),
         peft_config: None,
         progress: false,

@@ -236,8 +236,8 @@ fn settings_not_honoured_yet_are_refused_not_ignored() {
         "",
     );
     assert_located(&err, 3, "model.dtype", &["only f32", "#9"]);
-    let err = f.error(BASE, "packing = true\n");
-    assert_located(&err, 6, "data.packing", &["#5"]);
+    let err = f.error(BASE, "pad_to_multiple_of = 0\n");
+    assert_located(&err, 6, "data.pad_to_multiple_of", &["at least 1"]);
     std::fs::write(f.dir.path().join("t.parquet"), "x").unwrap();
     let err = f.error(
         "[model]\nsource = \"model.gguf\"\n\n[data]\ntrain = \"t.parquet\"\n",

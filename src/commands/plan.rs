@@ -6,6 +6,9 @@ use std::path::Path;
 use anyhow::Context;
 
 use super::NotYetImplemented;
+use crate::data::dataset::{DataStats, Dataset, in_eval_split};
+use crate::data::encode::Encoder;
+use crate::data::template;
 use crate::lora::report::{ParameterReport, thousands};
 use crate::lora::targets::{self, Adapted};
 use crate::plan::{Plan, Stop, Warmup};
@@ -14,7 +17,8 @@ use crate::source::{Fetcher, Resolution};
 use crate::weights::Inventory;
 
 pub fn run(recipe: &Path) -> anyhow::Result<()> {
-    prepare(recipe)?;
+    let prepared = prepare(recipe)?;
+    load_data(&prepared)?;
     Err(NotYetImplemented {
         command: "plan",
         pending: "the memory estimate (and refusing runs that would not fit) arrives with issue #10; above: everything else a run resolves",
@@ -66,6 +70,72 @@ pub fn prepare(recipe: &Path) -> anyhow::Result<Prepared> {
         model,
         adapted,
     })
+}
+
+/// Reads and encodes the recipe's train and eval data with the model's tokenizer and template
+/// (no weights load); prints each set's statistics and its first skipped rows.
+pub fn load_data(prepared: &Prepared) -> anyhow::Result<(Dataset, Option<Dataset>)> {
+    let (plan, files) = (&prepared.plan, &prepared.model.files);
+    let tokenizer = crate::model::tokenizer_of(files)
+        .with_context(|| format!("reading the tokenizer of {}", files.path().display()))?;
+    let d = &plan.data;
+    let encoder = Encoder {
+        tokenizer: &tokenizer,
+        template: template::choose(d.template.as_deref(), tokenizer.chat_template.as_deref()),
+        train_on_inputs: d.train_on_inputs,
+        max_len: d.max_len as usize,
+        truncation: d.truncation,
+    };
+    let seed = plan.train.seed;
+    let (train, eval) = match (&d.eval, d.eval_fraction) {
+        (Some(eval), _) => (
+            Dataset::load(&d.train, d, &encoder, &|_| true)?,
+            Some(Dataset::load(eval, d, &encoder, &|_| true)?),
+        ),
+        (None, Some(f)) => {
+            let held_out = in_eval_split(seed, f);
+            (
+                Dataset::load(&d.train, d, &encoder, &|i| !held_out(i))?,
+                Some(Dataset::load(&d.train, d, &encoder, &held_out)?),
+            )
+        }
+        (None, None) => (Dataset::load(&d.train, d, &encoder, &|_| true)?, None),
+    };
+    let batch_size = plan.train.batch_size as usize;
+    print_data_stats("train", &train.stats(batch_size, seed));
+    if let Some(eval) = &eval {
+        print_data_stats("eval", &eval.stats(batch_size, seed));
+    }
+    for bad in train
+        .skipped
+        .iter()
+        .chain(eval.iter().flat_map(|e| &e.skipped))
+        .take(5)
+    {
+        println!("       skipped {bad}");
+    }
+    Ok((train, eval))
+}
+
+fn print_data_stats(name: &str, stats: &DataStats) {
+    println!(
+        "data:  {name}: {} rows, {} tokens (longest {}), {:.1}% trained / {:.1}% masked, {} truncated, {} skipped",
+        thousands(stats.examples as u64),
+        thousands(stats.tokens as u64),
+        stats.longest,
+        100.0 * stats.trained_fraction(),
+        100.0 * (1.0 - stats.trained_fraction()),
+        stats.truncated,
+        stats.skipped
+    );
+    println!(
+        "       {} sequences{} → {} micro-batches of {}, {:.1}% of batch tokens are padding",
+        thousands(stats.sequences as u64),
+        if stats.packed { " (packed)" } else { "" },
+        stats.batches,
+        stats.batch_size,
+        100.0 * stats.padding_fraction()
+    );
 }
 
 fn print_settings(plan: &Plan) {

@@ -7,10 +7,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use super::plan::{Prepared, prepare};
-use crate::data::dataset::{Dataset, in_eval_split};
-use crate::data::encode::Encoder;
-use crate::data::template;
+use super::plan::{Prepared, load_data, prepare};
+use crate::data::dataset::Dataset;
 use crate::device::{self, DeviceChoice};
 use crate::export::{gguf_lora, merge, peft, servability};
 use crate::lora::peft_config::PeftConfig;
@@ -33,50 +31,11 @@ struct Session {
     model: Llama,
     train: Dataset,
     eval: Option<Dataset>,
-    pad_id: u32,
 }
 
 fn open_session(prepared: Prepared, device: DeviceChoice) -> anyhow::Result<Session> {
     let (plan, files) = (&prepared.plan, &prepared.model.files);
-    let tokenizer = crate::model::tokenizer_of(files)
-        .with_context(|| format!("reading the tokenizer of {}", files.path().display()))?;
-    let d = &plan.data;
-    let encoder = Encoder {
-        tokenizer: &tokenizer,
-        template: template::choose(d.template.as_deref(), tokenizer.chat_template.as_deref()),
-        train_on_inputs: d.train_on_inputs,
-        max_len: d.max_len as usize,
-        truncation: d.truncation,
-    };
-    let seed = plan.train.seed;
-    let (train, eval) = match (&d.eval, d.eval_fraction) {
-        (Some(eval), _) => (
-            Dataset::load(&d.train, d, &encoder, &|_| true)?,
-            Some(Dataset::load(eval, d, &encoder, &|_| true)?),
-        ),
-        (None, Some(f)) => {
-            let held_out = in_eval_split(seed, f);
-            (
-                Dataset::load(&d.train, d, &encoder, &|i| !held_out(i))?,
-                Some(Dataset::load(&d.train, d, &encoder, &held_out)?),
-            )
-        }
-        (None, None) => (Dataset::load(&d.train, d, &encoder, &|_| true)?, None),
-    };
-    for (name, set) in std::iter::once(("train", &train)).chain(eval.iter().map(|e| ("eval", e))) {
-        println!(
-            "data:  {name}: {} rows, {} tokens ({:.0}% trained), {} truncated, {} skipped",
-            set.examples.len(),
-            set.tokens(),
-            100.0 * set.loss_tokens() as f64 / set.tokens().max(1) as f64,
-            set.truncated,
-            set.skipped.len()
-        );
-        for bad in set.skipped.iter().take(5) {
-            println!("       skipped {bad}");
-        }
-    }
-    let pad_id = tokenizer.pad_id.or(tokenizer.eos_id).unwrap_or(0);
+    let (train, eval) = load_data(&prepared)?;
 
     let selected = device::select(device)?;
     println!("device: {} ({})", selected.name, selected.why);
@@ -94,14 +53,13 @@ fn open_session(prepared: Prepared, device: DeviceChoice) -> anyhow::Result<Sess
         started.elapsed().as_secs_f64()
     );
     model
-        .attach_adapters(&prepared.adapted, &plan.lora, seed)
+        .attach_adapters(&prepared.adapted, &plan.lora, plan.train.seed)
         .map_err(anyhow::Error::msg)?;
     Ok(Session {
         prepared,
         model,
         train,
         eval,
-        pad_id,
     })
 }
 
@@ -172,7 +130,6 @@ pub fn run(
         seed: t.seed,
         eval_every: t.eval_every.map(u64::from),
         checkpoint_every: t.checkpoint_every.map(u64::from),
-        pad_id: s.pad_id,
         out_dir: plan.out_dir.clone(),
         peft_config: Some(peft_config.clone()),
         progress: true,
@@ -319,7 +276,6 @@ pub fn eval(recipe: &Path, adapter: Option<&Path>, device: DeviceChoice) -> anyh
         &mut s.model,
         data,
         s.prepared.plan.train.batch_size as usize,
-        s.pad_id,
     )?;
     println!(
         "eval:  {which}: loss {:.4}, perplexity {:.2}",

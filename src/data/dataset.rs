@@ -20,7 +20,24 @@ pub struct Dataset {
     /// Rows that could not be used (bad JSON, missing fields, too long, …).
     pub skipped: Vec<BadRow>,
     pub truncated: usize,
+    /// The training sequences: indices into `examples`, one each unless packed.
+    pub sequences: Vec<Vec<usize>>,
+    pub layout: Layout,
 }
+
+/// How encoded examples become the equal-length rows of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub pad_id: u32,
+    /// Rows are padded to a multiple of this (bucketing keeps the shapes, and so GPU kernel
+    /// variants, few). 1 = pad to the longest row only.
+    pub pad_to_multiple_of: usize,
+    /// Pack several examples into sequences of at most this many tokens.
+    pub pack_to: Option<usize>,
+}
+
+/// Most examples one packed sequence holds: the attention mask numbers them in a u8.
+pub const MAX_PACKED: usize = u8::MAX as usize;
 
 impl Dataset {
     /// Reads and encodes `path`; `keep` picks rows by index (for a held-out split).
@@ -63,12 +80,34 @@ impl Dataset {
                     .map_or_else(|| "no rows selected".into(), ToString::to_string),
             });
         }
-        Ok(Self {
+        let tok = encoder.tokenizer;
+        let layout = Layout {
+            pad_id: tok.pad_id.or(tok.eos_id).unwrap_or(0),
+            pad_to_multiple_of: data.pad_to_multiple_of.max(1) as usize,
+            pack_to: data.packing.then_some(encoder.max_len),
+        };
+        Ok(Self::new(path, examples, skipped, truncated, layout))
+    }
+
+    pub fn new(
+        path: &Path,
+        examples: Vec<Encoded>,
+        skipped: Vec<BadRow>,
+        truncated: usize,
+        layout: Layout,
+    ) -> Self {
+        let sequences = match layout.pack_to {
+            Some(capacity) => pack(&examples, capacity),
+            None => (0..examples.len()).map(|i| vec![i]).collect(),
+        };
+        Self {
             path: path.into(),
             examples,
             skipped,
             truncated,
-        })
+            sequences,
+            layout,
+        }
     }
 
     pub fn tokens(&self) -> usize {
@@ -79,58 +118,153 @@ impl Dataset {
         self.examples.iter().map(Encoded::loss_tokens).sum()
     }
 
-    /// Micro-batches per epoch.
-    pub fn batches_per_epoch(&self, batch_size: usize) -> usize {
-        self.examples.len().div_ceil(batch_size)
+    pub fn stats(&self, batch_size: usize, seed: u64) -> DataStats {
+        let batches = self.batches_per_epoch(batch_size);
+        let batch_tokens = (0..batches)
+            .map(|i| {
+                let b = self.micro_batch(i, batch_size, seed);
+                b.input_ids.len() * b.input_ids.first().map_or(0, Vec::len)
+            })
+            .sum();
+        DataStats {
+            examples: self.examples.len(),
+            tokens: self.tokens(),
+            loss_tokens: self.loss_tokens(),
+            longest: self.examples.iter().map(|e| e.ids.len()).max().unwrap_or(0),
+            truncated: self.truncated,
+            skipped: self.skipped.len(),
+            sequences: self.sequences.len(),
+            packed: self.layout.pack_to.is_some(),
+            batch_size,
+            batches,
+            batch_tokens,
+        }
     }
 
-    /// Micro-batch `index` of the endless stream: epoch e = index / batches_per_epoch, rows in an
-    /// order shuffled from (seed, e).
-    pub fn micro_batch(&self, index: usize, batch_size: usize, seed: u64, pad_id: u32) -> Batch {
+    /// Micro-batches per epoch.
+    pub fn batches_per_epoch(&self, batch_size: usize) -> usize {
+        self.sequences.len().div_ceil(batch_size)
+    }
+
+    /// Micro-batch `index` of the endless stream: epoch e = index / batches_per_epoch,
+    /// sequences in an order shuffled from (seed, e).
+    pub fn micro_batch(&self, index: usize, batch_size: usize, seed: u64) -> Batch {
         let per_epoch = self.batches_per_epoch(batch_size);
         let (epoch, k) = (index / per_epoch, index % per_epoch);
-        let mut order: Vec<usize> = (0..self.examples.len()).collect();
+        let mut order: Vec<usize> = (0..self.sequences.len()).collect();
         order.shuffle(&mut StdRng::seed_from_u64(
             seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9),
         ));
         let end = ((k + 1) * batch_size).min(order.len());
-        let rows: Vec<&Encoded> = order[k * batch_size..end]
+        let rows: Vec<&[usize]> = order[k * batch_size..end]
             .iter()
-            .map(|&i| &self.examples[i])
+            .map(|&i| self.sequences[i].as_slice())
             .collect();
-        pad(&rows, pad_id)
+        self.batch(&rows)
     }
 
-    /// The whole set in file order, for evaluation.
-    pub fn in_order(&self, batch_size: usize, pad_id: u32) -> Vec<Batch> {
-        self.examples
+    /// Every example alone, in file order, for evaluation (packing does not change the loss).
+    pub fn in_order(&self, batch_size: usize) -> Vec<Batch> {
+        let singles: Vec<[usize; 1]> = (0..self.examples.len()).map(|i| [i]).collect();
+        singles
             .chunks(batch_size)
-            .map(|c| pad(&c.iter().collect::<Vec<_>>(), pad_id))
+            .map(|c| self.batch(&c.iter().map(|s| s.as_slice()).collect::<Vec<_>>()))
             .collect()
+    }
+
+    /// Right-padded rows, one per sequence of example indices. A packed row's attention mask
+    /// numbers its examples 1, 2, … so attention never crosses them and positions restart; each
+    /// example's first label is dropped so nothing is predicted across a boundary.
+    fn batch(&self, sequences: &[&[usize]]) -> Batch {
+        let longest = sequences
+            .iter()
+            .map(|s| s.iter().map(|&i| self.examples[i].ids.len()).sum::<usize>())
+            .max()
+            .unwrap_or(0);
+        let len = longest.next_multiple_of(self.layout.pad_to_multiple_of);
+        let mut batch = Batch {
+            input_ids: Vec::with_capacity(sequences.len()),
+            attention_mask: Vec::with_capacity(sequences.len()),
+            labels: Vec::with_capacity(sequences.len()),
+        };
+        for seq in sequences {
+            let (mut ids, mut mask, mut labels) = (
+                Vec::with_capacity(len),
+                Vec::with_capacity(len),
+                Vec::with_capacity(len),
+            );
+            for (n, &i) in seq.iter().enumerate() {
+                let e = &self.examples[i];
+                ids.extend_from_slice(&e.ids);
+                mask.extend(std::iter::repeat_n(n as u8 + 1, e.ids.len()));
+                labels.push(IGNORE);
+                labels.extend_from_slice(&e.labels[1..]);
+            }
+            ids.resize(len, self.layout.pad_id);
+            mask.resize(len, 0);
+            labels.resize(len, IGNORE);
+            batch.input_ids.push(ids);
+            batch.attention_mask.push(mask);
+            batch.labels.push(labels);
+        }
+        batch
     }
 }
 
-/// Right-pads rows to the longest (padding is masked out of attention and loss).
-pub fn pad(rows: &[&Encoded], pad_id: u32) -> Batch {
-    let len = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
-    let mut batch = Batch {
-        input_ids: Vec::with_capacity(rows.len()),
-        attention_mask: Vec::with_capacity(rows.len()),
-        labels: Vec::with_capacity(rows.len()),
-    };
-    for r in rows {
-        let fill = len - r.ids.len();
-        let mut ids = r.ids.clone();
-        ids.resize(len, pad_id);
-        let mut labels = r.labels.clone();
-        labels.resize(len, IGNORE);
-        let mut mask = vec![1u8; r.ids.len()];
-        mask.resize(r.ids.len() + fill, 0);
-        batch.input_ids.push(ids);
-        batch.attention_mask.push(mask);
-        batch.labels.push(labels);
+/// Best-fit decreasing: longest examples first, each into the fullest sequence it still fits
+/// (at most [`MAX_PACKED`] per sequence). Deterministic; done once, sequences shuffle per epoch.
+fn pack(examples: &[Encoded], capacity: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(examples[i].ids.len()), i));
+    let mut sequences: Vec<Vec<usize>> = Vec::new();
+    // (room left, sequence) for sequences that can take more examples.
+    let mut open = std::collections::BTreeSet::new();
+    for i in order {
+        let len = examples[i].ids.len();
+        let fit = open.range((len, 0)..).next().copied();
+        let (room, s) = match fit {
+            Some((room, s)) => {
+                open.remove(&(room, s));
+                (room, s)
+            }
+            None => {
+                sequences.push(Vec::new());
+                (capacity.max(len), sequences.len() - 1)
+            }
+        };
+        sequences[s].push(i);
+        if sequences[s].len() < MAX_PACKED {
+            open.insert((room - len, s));
+        }
     }
-    batch
+    sequences
+}
+
+/// What `lora-tune plan` reports about a set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DataStats {
+    pub examples: usize,
+    pub tokens: usize,
+    pub loss_tokens: usize,
+    pub longest: usize,
+    pub truncated: usize,
+    pub skipped: usize,
+    pub sequences: usize,
+    pub packed: bool,
+    pub batch_size: usize,
+    /// Micro-batches per epoch, and the tokens they hold including padding (first epoch's order).
+    pub batches: usize,
+    pub batch_tokens: usize,
+}
+
+impl DataStats {
+    pub fn trained_fraction(&self) -> f64 {
+        self.loss_tokens as f64 / self.tokens.max(1) as f64
+    }
+
+    pub fn padding_fraction(&self) -> f64 {
+        1.0 - self.tokens as f64 / self.batch_tokens.max(1) as f64
+    }
 }
 
 /// A seeded held-out split: row i goes to eval when its hash falls under `fraction`.

@@ -47,11 +47,16 @@ const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['
 /// Llama 3's header/eot format.
 const LLAMA3: &str = "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
 
+/// Alpaca's "### Instruction: / ### Response:" blocks for base models without a chat format; a
+/// system message is the preamble, each answer ends with EOS.
+const ALPACA: &str = "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}{% elif message['role'] == 'user' %}{% if loop.index0 > 0 and messages[loop.index0 - 1]['role'] == 'assistant' %}{{ '\n\n' }}{% endif %}{{ '### Instruction:\n' + message['content'] + '\n\n' }}{% else %}{{ '### Response:\n' + message['content'] + eos_token }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}";
+
 /// A built-in template by the name a recipe's `data.template` uses.
 pub fn named(name: &str) -> Option<&'static str> {
     match name {
         "chatml" => Some(CHATML),
         "llama3" => Some(LLAMA3),
+        "alpaca" => Some(ALPACA),
         _ => None,
     }
 }
@@ -61,5 +66,32 @@ pub fn choose<'a>(recipe: Option<&'a str>, model: Option<&'a str>) -> Option<&'a
     match recipe {
         Some(r) => Some(named(r).unwrap_or(r)),
         None => model,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(role: &str, content: &str) -> Message {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    #[test]
+    fn alpaca_template_renders_instruction_response_blocks() {
+        let chat = [
+            msg("system", "Be brief."),
+            msg("user", "Hi"),
+            msg("assistant", "Hello."),
+            msg("user", "Bye"),
+        ];
+        let text = render_chat(ALPACA, &chat, true, "<s>", "</s>").unwrap();
+        assert_eq!(
+            text,
+            "Be brief.\n\n### Instruction:\nHi\n\n### Response:\nHello.</s>\n\n### Instruction:\nBye\n\n### Response:\n"
+        );
     }
 }

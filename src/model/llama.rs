@@ -321,12 +321,15 @@ impl Llama {
         &self.device
     }
 
-    /// ids: one row per sequence, all of length s; mask: 1 = real token, 0 = padding (same
-    /// shape). → logits [batch, s, vocab].
+    /// ids: one row per sequence, all of length s; attention_mask (same shape): 0 = padding,
+    /// otherwise the number of the example the token belongs to (all 1 unless packed: a packed
+    /// row's examples never attend to each other and each starts at position 0).
+    /// → logits [batch, s, vocab].
     pub fn forward(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u8>]) -> Tensor<3> {
         let s = ids.first().map_or(0, Vec::len);
         let mask = causal_padding_mask(attention_mask, s, 0, &self.device);
-        self.run(ids, &mask, 0, None)
+        let positions: Vec<Vec<usize>> = attention_mask.iter().map(|m| positions(m)).collect();
+        self.run(ids, &mask, &positions, None)
     }
 
     /// Feeds `ids` (one sequence) after the positions in `cache`, appending to it.
@@ -342,18 +345,19 @@ impl Llama {
             start,
             &self.device,
         );
-        let logits = self.run(&[ids.to_vec()], &mask, start, Some(&mut cache.layers));
+        let positions = [(start..start + ids.len()).collect()];
+        let logits = self.run(&[ids.to_vec()], &mask, &positions, Some(&mut cache.layers));
         cache.len += ids.len();
         let v = self.config.vocab_size;
         logits.narrow(1, ids.len() - 1, 1).reshape([v])
     }
 
-    /// The decoder proper: embeddings at positions `start..`, layers, norm, head.
+    /// The decoder proper: embeddings (rotated by each token's position), layers, norm, head.
     fn run(
         &self,
         ids: &[Vec<u32>],
         mask: &Tensor<4, Bool>,
-        start: usize,
+        positions: &[Vec<usize>],
         mut cache: Option<&mut Vec<LayerCache>>,
     ) -> Tensor<3> {
         let (b, s) = (ids.len(), ids.first().map_or(0, Vec::len));
@@ -365,7 +369,7 @@ impl Llama {
             .clone()
             .select(0, flat)
             .reshape([b, s, hd]);
-        let rope = RopeTables::new(&self.inv_freq, start, s, &self.device);
+        let rope = RopeTables::new(&self.inv_freq, positions, &self.device);
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c[i]);
             x = layer.forward(x, &rope, mask, layer_cache);
@@ -384,7 +388,7 @@ impl Llama {
 }
 
 /// [b, 1, s, start + s]: new query i (at position start + i) may not attend key j when
-/// j > start + i or key j is padding.
+/// j > start + i, key j is padding, or key j belongs to another packed example.
 fn causal_padding_mask(
     attention_mask: &[Vec<u8>],
     s: usize,
@@ -394,11 +398,31 @@ fn causal_padding_mask(
     let (b, t) = (attention_mask.len(), start + s);
     let mut masked = Vec::with_capacity(b * s * t);
     for row in attention_mask {
-        for i in 0..s {
-            masked.extend((0..t).map(|j| j > start + i || row.get(j).copied().unwrap_or(0) == 0));
+        let example = |j: usize| row.get(j).copied().unwrap_or(0);
+        for i in start..t {
+            // A padding query (example 0) may look at any real key; its output is never used.
+            let own = example(i);
+            masked.extend((0..t).map(|j| {
+                let key = example(j);
+                j > i || key == 0 || (own != 0 && key != own)
+            }));
         }
     }
     Tensor::from_data(TensorData::new(masked, [b, 1, s, t]), device)
+}
+
+/// Each token's position: counted from the start of its example (a change of example number
+/// in a packed row restarts it); padding continues the count, as transformers does.
+fn positions(attention_mask: &[u8]) -> Vec<usize> {
+    let (mut start, mut current) = (0, 0);
+    let mut out = Vec::with_capacity(attention_mask.len());
+    for (j, &m) in attention_mask.iter().enumerate() {
+        if m != 0 && m != current {
+            (start, current) = (j, m);
+        }
+        out.push(j - start);
+    }
+    out
 }
 
 fn take2(

@@ -40,25 +40,28 @@ pub fn inverse_frequencies(config: &LlamaConfig) -> Vec<f32> {
         .collect()
 }
 
-/// cos and sin tables for positions `start..start+len`: [len, head_dim], halves repeated.
+/// cos and sin tables for each row's token positions: [batch, 1, seq, head_dim], halves
+/// repeated (the 1 broadcasts over heads).
 pub struct RopeTables {
-    pub cos: Tensor<2>,
-    pub sin: Tensor<2>,
+    pub cos: Tensor<4>,
+    pub sin: Tensor<4>,
 }
 
 impl RopeTables {
-    pub fn new(inv_freq: &[f32], start: usize, len: usize, device: &Device) -> Self {
+    /// `positions`: one list per row, all of the same length.
+    pub fn new(inv_freq: &[f32], positions: &[Vec<usize>], device: &Device) -> Self {
         let half = inv_freq.len();
-        let mut cos = Vec::with_capacity(len * half * 2);
-        let mut sin = Vec::with_capacity(len * half * 2);
-        for p in start..start + len {
+        let (b, s) = (positions.len(), positions.first().map_or(0, Vec::len));
+        let mut cos = Vec::with_capacity(b * s * half * 2);
+        let mut sin = Vec::with_capacity(b * s * half * 2);
+        for &p in positions.iter().flatten() {
             let angles: Vec<f32> = inv_freq.iter().map(|f| p as f32 * f).collect();
             for _ in 0..2 {
                 cos.extend(angles.iter().map(|a| a.cos()));
                 sin.extend(angles.iter().map(|a| a.sin()));
             }
         }
-        let shape = [len, half * 2];
+        let shape = [b, 1, s, half * 2];
         Self {
             cos: Tensor::from_data(TensorData::new(cos, shape), device),
             sin: Tensor::from_data(TensorData::new(sin, shape), device),
@@ -68,8 +71,8 @@ impl RopeTables {
     /// x: [batch, heads, seq, head_dim] → same; x·cos + rotate_half(x)·sin.
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, h, s, d] = x.dims();
-        let cos = self.cos.clone().reshape([1, 1, s, d]).expand([b, h, s, d]);
-        let sin = self.sin.clone().reshape([1, 1, s, d]).expand([b, h, s, d]);
+        let cos = self.cos.clone().expand([b, h, s, d]);
+        let sin = self.sin.clone().expand([b, h, s, d]);
         let x1 = x.clone().narrow(3, 0, d / 2);
         let x2 = x.clone().narrow(3, d / 2, d / 2);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 3); // rotate_half: [-x2, x1]

@@ -31,7 +31,6 @@ pub struct Settings {
     pub seed: u64,
     pub eval_every: Option<u64>,
     pub checkpoint_every: Option<u64>,
-    pub pad_id: u32,
     pub out_dir: PathBuf,
     /// Written into every checkpoint, making each a PEFT adapter folder.
     pub peft_config: Option<PeftConfig>,
@@ -68,15 +67,10 @@ pub fn steps_for_epochs(train: &Dataset, batch_size: usize, grad_accum: usize, e
 }
 
 /// Mean next-token loss over every labelled token of `data`, dropout off, no autodiff.
-pub fn evaluate(
-    model: &mut Llama,
-    data: &Dataset,
-    batch_size: usize,
-    pad_id: u32,
-) -> anyhow::Result<Eval> {
+pub fn evaluate(model: &mut Llama, data: &Dataset, batch_size: usize) -> anyhow::Result<Eval> {
     model.set_training(false);
     let (mut sum, mut tokens) = (0.0, 0usize);
-    for batch in data.in_order(batch_size, pad_id) {
+    for batch in data.in_order(batch_size) {
         let logits = model.forward(&batch.input_ids, &batch.attention_mask);
         sum += scalar(next_token_nll_sum(logits, &batch.labels))?;
         tokens += batch.loss_tokens();
@@ -127,7 +121,7 @@ pub fn train(
     model.set_training(true);
     let eval_before = match eval.filter(|_| first_step == 0) {
         Some(data) => {
-            let e = evaluate(model, data, s.batch_size, s.pad_id)?;
+            let e = evaluate(model, data, s.batch_size)?;
             say(
                 &bar,
                 s.progress,
@@ -149,7 +143,7 @@ pub fn train(
         let micro: Vec<_> = (0..s.grad_accum)
             .map(|j| {
                 let index = step as usize * s.grad_accum + j;
-                train.micro_batch(index, s.batch_size, s.seed, s.pad_id)
+                train.micro_batch(index, s.batch_size, s.seed)
             })
             .collect();
         // Dropout draws depend on (seed, step) only, so a resumed run repeats them.
@@ -176,7 +170,7 @@ pub fn train(
         };
         let due = |every: Option<u64>| every.is_some_and(|n| n > 0 && state.step.is_multiple_of(n));
         if let Some(eval) = eval.filter(|_| due(s.eval_every) || state.step == total) {
-            let e = evaluate(model, eval, s.batch_size, s.pad_id)?;
+            let e = evaluate(model, eval, s.batch_size)?;
             say(
                 &bar,
                 s.progress,
