@@ -71,6 +71,8 @@ impl Dataset {
                 }
             }
         }
+        // Parse and encode problems, in file order.
+        skipped.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
         if examples.is_empty() {
             return Err(DataError::Empty {
                 path: path.into(),
