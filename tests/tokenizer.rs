@@ -94,7 +94,7 @@ fn chat_template_renders_as_transformers_does() {
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let eval = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/datasets/support-tickets/eval.jsonl"
+        "/tools/datasets/tallyhub_single_turn_eval.jsonl"
     ))
     .unwrap();
     for (i, line) in eval.lines().take(3).enumerate() {

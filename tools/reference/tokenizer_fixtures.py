@@ -25,7 +25,7 @@ def main():
     model_dir, licence = sys.argv[1], sys.argv[2]
     tok = AutoTokenizer.from_pretrained(model_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
     cases = [("apache-2.0-licence", pathlib.Path(licence).read_text()[:6000])]
-    rows = [json.loads(l) for l in (ROOT / "datasets/support-tickets/eval.jsonl").read_text().splitlines()]
+    rows = [json.loads(l) for l in (ROOT / "tools/datasets/tallyhub_single_turn_eval.jsonl").read_text().splitlines()]
     for i, row in enumerate(rows[:3]):
         rendered = tok.apply_chat_template(row["messages"], tokenize=False)
         cases.append((f"support-ticket-{i}-chatml", rendered))
