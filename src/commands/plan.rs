@@ -5,25 +5,21 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use super::NotYetImplemented;
 use crate::data::dataset::{DataStats, Dataset, in_eval_split};
 use crate::data::encode::Encoder;
 use crate::data::template;
 use crate::lora::report::{ParameterReport, thousands};
 use crate::lora::targets::{self, Adapted};
 use crate::plan::{Plan, Stop, Warmup};
-use crate::recipe::{RecipeFile, Targets};
+use crate::recipe::{DataSection, RecipeFile, Targets};
 use crate::source::{Fetcher, Resolution};
 use crate::weights::Inventory;
 
 pub fn run(recipe: &Path) -> anyhow::Result<()> {
     let prepared = prepare(recipe)?;
     load_data(&prepared)?;
-    Err(NotYetImplemented {
-        command: "plan",
-        pending: "the memory estimate (and refusing runs that would not fit) arrives with issue #10; above: everything else a run resolves",
-    }
-    .into())
+    println!("memory: no estimate yet (issue #9); the parameter sizes above are a lower bound");
+    Ok(())
 }
 
 /// A recipe validated, its model resolved and its adapters chosen (no weights loaded).
@@ -87,16 +83,21 @@ pub fn load_data(prepared: &Prepared) -> anyhow::Result<(Dataset, Option<Dataset
         truncation: d.truncation,
     };
     let seed = plan.train.seed;
+    // Evaluation scores each example alone; packing is for training throughput only.
+    let e = &DataSection {
+        packing: false,
+        ..d.clone()
+    };
     let (train, eval) = match (&d.eval, d.eval_fraction) {
         (Some(eval), _) => (
             Dataset::load(&d.train, d, &encoder, &|_| true)?,
-            Some(Dataset::load(eval, d, &encoder, &|_| true)?),
+            Some(Dataset::load(eval, e, &encoder, &|_| true)?),
         ),
         (None, Some(f)) => {
             let held_out = in_eval_split(seed, f);
             (
                 Dataset::load(&d.train, d, &encoder, &|i| !held_out(i))?,
-                Some(Dataset::load(&d.train, d, &encoder, &held_out)?),
+                Some(Dataset::load(&d.train, e, &encoder, &held_out)?),
             )
         }
         (None, None) => (Dataset::load(&d.train, d, &encoder, &|_| true)?, None),

@@ -165,12 +165,11 @@ impl Dataset {
         self.batch(&rows)
     }
 
-    /// Every example alone, in file order, for evaluation (packing does not change the loss).
+    /// The sequences in order, for evaluation (packing does not change the loss).
     pub fn in_order(&self, batch_size: usize) -> Vec<Batch> {
-        let singles: Vec<[usize; 1]> = (0..self.examples.len()).map(|i| [i]).collect();
-        singles
+        self.sequences
             .chunks(batch_size)
-            .map(|c| self.batch(&c.iter().map(|s| s.as_slice()).collect::<Vec<_>>()))
+            .map(|c| self.batch(&c.iter().map(Vec::as_slice).collect::<Vec<_>>()))
             .collect()
     }
 
@@ -274,5 +273,21 @@ pub fn in_eval_split(seed: u64, fraction: f64) -> impl Fn(usize) -> bool {
     move |i: usize| {
         let mut rng = StdRng::seed_from_u64(seed.wrapping_add(0xE7A1).wrapping_add(i as u64));
         rand::RngExt::random::<f64>(&mut rng) < fraction
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eval_split_is_seeded_and_near_its_fraction() {
+        let held_out = in_eval_split(42, 0.1);
+        let picked: Vec<usize> = (0..2000).filter(|&i| held_out(i)).collect();
+        assert!((170..230).contains(&picked.len()), "{}", picked.len());
+        let again: Vec<usize> = (0..2000).filter(|&i| in_eval_split(42, 0.1)(i)).collect();
+        assert_eq!(picked, again, "same seed, same split");
+        let other: Vec<usize> = (0..2000).filter(|&i| in_eval_split(7, 0.1)(i)).collect();
+        assert_ne!(picked, other, "another seed, another split");
     }
 }

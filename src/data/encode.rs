@@ -66,6 +66,9 @@ impl Encoder<'_> {
                     pieces.push((tok(&text, false)?, trained || self.train_on_inputs));
                 }
             }
+            Example::Classification { text, label } => {
+                return self.encode(&generative(text, label, self.template.is_some()));
+            }
         }
         let mut enc = Encoded {
             ids: Vec::new(),
@@ -146,5 +149,22 @@ impl Encoder<'_> {
             }
         }
         Ok(pieces)
+    }
+}
+
+/// Generative classification for a causal LM: the text asks, the label answers — as a chat turn
+/// when the model has a template, else as a completion of "text\nLabel:".
+fn generative(text: &str, label: &str, chat: bool) -> Example {
+    if chat {
+        let turn = |role: &str, content: &str| Message {
+            role: role.into(),
+            content: content.into(),
+        };
+        Example::Chat(vec![turn("user", text), turn("assistant", label)])
+    } else {
+        Example::PromptCompletion {
+            prompt: format!("{text}\nLabel:"),
+            completion: format!(" {label}"),
+        }
     }
 }

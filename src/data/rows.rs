@@ -23,6 +23,8 @@ pub enum Example {
     PromptCompletion { prompt: String, completion: String },
     /// A conversation: assistant turns are trained on by default.
     Chat(Vec<Message>),
+    /// A text and its class. A causal LM learns to answer the text with the label.
+    Classification { text: String, label: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,9 +275,13 @@ fn parse_object(
             })
         }
         DataFormat::Chat => chat(obj).map(Example::Chat),
-        DataFormat::Classification => {
-            Err("classification rows need the encoder/classification support of issue #7".into())
-        }
+        DataFormat::Classification => Ok(Example::Classification {
+            text: nonempty("text")?,
+            label: match obj.get("label") {
+                Some(Value::Number(n)) => n.to_string(),
+                _ => nonempty("label")?,
+            },
+        }),
         DataFormat::Auto => unreachable!("detected above"),
     }
 }
