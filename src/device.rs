@@ -189,16 +189,61 @@ fn pollster_block_on<F: std::future::Future>(fut: F) -> F::Output {
     }
 }
 
+/// Starts wgpu once per process (burn's runtime cannot be initialised twice) on the graphics API
+/// [`wgpu_api`] picks, and names the adapter it came up on.
 #[cfg(feature = "wgpu")]
 fn wgpu_default() -> Result<Selected, DeviceError> {
-    let device = Device::wgpu_options()
-        .init()
-        .map_err(|e| DeviceError::WgpuInit(e.to_string()))?;
-    Ok(Selected {
-        device,
-        name: "wgpu".into(),
-        why: "asked for with --device wgpu".into(),
-    })
+    use std::sync::OnceLock;
+    static STARTED: OnceLock<Result<(Device, String), String>> = OnceLock::new();
+    let started = STARTED.get_or_init(|| {
+        let (api, adapter) = wgpu_api(&software_or_gpu_adapters())?;
+        let device = Device::wgpu_options()
+            .graphics_api(api)
+            .init()
+            .map_err(|e| e.to_string())?;
+        Ok((device, adapter))
+    });
+    match started {
+        Ok((device, adapter)) => Ok(Selected {
+            device: device.clone(),
+            name: format!("wgpu ({adapter})"),
+            why: "asked for with --device wgpu".into(),
+        }),
+        Err(e) => Err(DeviceError::WgpuInit(e.clone())),
+    }
+}
+
+/// The graphics API to start wgpu on, and the adapter that implies. A real GPU: wgpu's own
+/// choice. Software only: llvmpipe through GL, the path CI tests, ahead of Mesa's lavapipe
+/// (software Vulkan), which has been reported to crash compiling cubecl kernels (issue #8; not
+/// reproduced with burn 0.22.1 on Mesa 22.3.6) — lavapipe is used only when it is all there is.
+#[cfg(feature = "wgpu")]
+fn wgpu_api(
+    adapters: &[burn::tensor::wgpu::wgpu::AdapterInfo],
+) -> Result<(burn::tensor::wgpu::WgpuBackend, String), String> {
+    use burn::tensor::wgpu::WgpuBackend;
+    use burn::tensor::wgpu::wgpu::{Backend, DeviceType};
+    let describe =
+        |a: &burn::tensor::wgpu::wgpu::AdapterInfo| format!("{:?}: {}", a.backend, a.name);
+    let real = |a: &&burn::tensor::wgpu::wgpu::AdapterInfo| {
+        matches!(
+            a.device_type,
+            DeviceType::DiscreteGpu | DeviceType::IntegratedGpu | DeviceType::VirtualGpu
+        )
+    };
+    if let Some(gpu) = adapters.iter().find(real) {
+        return Ok((WgpuBackend::Auto, describe(gpu)));
+    }
+    if let Some(gl) = adapters.iter().find(|a| a.backend == Backend::Gl) {
+        return Ok((WgpuBackend::Gl, describe(gl)));
+    }
+    match adapters.first() {
+        Some(other) => Ok((WgpuBackend::Auto, describe(other))),
+        None => Err(
+            "wgpu found no graphics adapter (no GPU driver; for a software one install Mesa's EGL/GL: libegl1 libegl-mesa0 libgl1-mesa-dri)"
+                .into(),
+        ),
+    }
 }
 
 #[cfg(not(feature = "wgpu"))]

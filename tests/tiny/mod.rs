@@ -5,12 +5,18 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::{Device, Tensor};
+use lora_tune::data::batch::Batch;
 use lora_tune::device::{DeviceChoice, select};
 use lora_tune::lora::targets::select as select_targets;
 use lora_tune::model::adapters::host;
 use lora_tune::model::config::LlamaConfig;
 use lora_tune::model::llama::Llama;
 use lora_tune::recipe::LoraSection;
+use lora_tune::recipe::Schedule;
+use lora_tune::train::optim::{AdamW, AdamWConfig};
+use lora_tune::train::schedule::LrSchedule;
+use lora_tune::train::step::train_step;
 use lora_tune::weights::host::HostTensors;
 
 pub fn fixture(rel: &str) -> PathBuf {
@@ -20,15 +26,22 @@ pub fn fixture(rel: &str) -> PathBuf {
 }
 
 pub fn base() -> Llama {
+    base_on(&select(DeviceChoice::Cpu).unwrap().device)
+}
+
+pub fn base_on(device: &Device) -> Llama {
     let dir = fixture("llama/tiny-llama");
     let config = LlamaConfig::from_json_file(&dir.join("config.json")).unwrap();
-    let device = select(DeviceChoice::Cpu).unwrap().device;
-    Llama::load(config, HostTensors::read(&dir).unwrap(), &device).unwrap()
+    Llama::load(config, HostTensors::read(&dir).unwrap(), device).unwrap()
 }
 
 /// The base with fresh adapters as `lora` describes, initialised from `seed`.
 pub fn with_adapters(lora: &LoraSection, seed: u64) -> Llama {
-    let mut model = base();
+    with_adapters_on(lora, seed, &select(DeviceChoice::Cpu).unwrap().device)
+}
+
+pub fn with_adapters_on(lora: &LoraSection, seed: u64, device: &Device) -> Llama {
+    let mut model = base_on(device);
     let adapted = select_targets(&model.config.linear_sites(), lora).unwrap();
     model.attach_adapters(&adapted, lora, seed).unwrap();
     model
@@ -69,4 +82,118 @@ pub fn assert_peft_logits(model: &Llama, what: &str) {
         .fold(0.0f32, f32::max);
     eprintln!("{what}: max |Δlogit| vs PEFT {worst:e}");
     assert!(worst < 1e-4, "{what}: {worst}");
+}
+
+/// tools/reference/lora_train.py's ten steps (two micro-batches each, clipping that binds, linear
+/// warmup, AdamW with weight decay) on `device`: every step's loss and gradient norm within 1e-4
+/// of PEFT's, final A/B within 1e-4, the frozen base and embedding bit-identical afterwards.
+pub fn assert_ten_steps_equal_peft(device: &Device, what: &str) {
+    let fixtures = fixture("lora/train");
+    let lora = LoraSection {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        ..LoraSection::default()
+    };
+    let mut model = with_adapters_on(&lora, 0, device);
+    model
+        .load_adapter_weights(&fixtures.join("init.safetensors"))
+        .unwrap();
+    let base_before: Vec<Vec<f32>> = model
+        .linears_mut()
+        .iter()
+        .map(|(_, l)| values(&l.weight))
+        .collect();
+    let embed_before = values(&model.embed_tokens);
+
+    let batches: Vec<Batch> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("batches.json")).unwrap())
+            .unwrap();
+    let trajectory: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("trajectory.json")).unwrap())
+            .unwrap();
+    let schedule = LrSchedule {
+        kind: Schedule::Linear,
+        peak: 5e-3,
+        warmup_steps: 2,
+        total_steps: 10,
+    };
+    let mut optimizer = AdamW::new(AdamWConfig {
+        betas: [0.9, 0.999],
+        eps: 1e-8,
+        weight_decay: 0.01,
+    });
+    for (step, want) in trajectory.iter().enumerate() {
+        let micro = &batches[step * 2..step * 2 + 2];
+        let lr = schedule.lr(step as u64);
+        assert!(rel(lr, want["lr"].as_f64().unwrap()) < 1e-12 || lr == 0.0);
+        let stats = train_step(&mut model, micro, &mut optimizer, lr, 0.05).unwrap();
+        eprintln!(
+            "{what} step {}: loss {:.7} (PEFT {}), grad norm {:.6} (PEFT {})",
+            step + 1,
+            stats.loss,
+            want["loss"],
+            stats.grad_norm,
+            want["grad_norm"]
+        );
+        let (loss, norm) = (
+            want["loss"].as_f64().unwrap(),
+            want["grad_norm"].as_f64().unwrap(),
+        );
+        assert_eq!(stats.loss_tokens as u64, want["tokens"].as_u64().unwrap());
+        assert!(
+            rel(stats.loss, loss) < 1e-4,
+            "step {}: loss {} vs PEFT {loss}",
+            step + 1,
+            stats.loss
+        );
+        assert!(
+            rel(stats.grad_norm, norm) < 1e-4,
+            "step {}: grad norm {} vs PEFT {norm}",
+            step + 1,
+            stats.grad_norm
+        );
+    }
+
+    let want = HostTensors::read(&fixtures.join("final.safetensors")).unwrap();
+    let mut want = want;
+    let got = model.adapter_tensors().unwrap();
+    let (mut worst, mut largest_b) = (0.0f32, 0.0f32);
+    for (key, t) in &got {
+        let w = want.take(key, &t.shape).unwrap();
+        let scale = w.values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        if key.contains("lora_B") {
+            largest_b = largest_b.max(scale);
+        }
+        for (a, b) in t.values.iter().zip(&w.values) {
+            worst = worst.max((a - b).abs() / scale.max(1e-6));
+        }
+    }
+    want.finish().unwrap();
+    eprintln!("{what} final A/B: worst relative difference {worst:e}; largest |B| {largest_b}");
+    // B starts at zero: training must have moved it, or the comparison proves nothing.
+    assert!(largest_b > 1e-3, "B barely moved ({largest_b})");
+    assert!(
+        worst < 1e-4,
+        "final adapters differ from PEFT's by {worst} (relative to each tensor's max)"
+    );
+
+    let base_after: Vec<Vec<f32>> = model
+        .linears_mut()
+        .iter()
+        .map(|(_, l)| values(&l.weight))
+        .collect();
+    assert!(base_before == base_after, "a frozen base weight changed");
+    assert!(
+        embed_before == values(&model.embed_tokens),
+        "the embedding changed"
+    );
+}
+
+fn values<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    host(t).unwrap().values
+}
+
+fn rel(got: f64, want: f64) -> f64 {
+    (got - want).abs() / want.abs().max(1e-12)
 }

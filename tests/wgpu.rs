@@ -1,0 +1,109 @@
+//! The wgpu backend — the product's GPU path — computes what PEFT and the flex backend compute, on
+//! the tiny Llama fixtures: adapted logits (PEFT's folder read back), LoRA gradients equal to
+//! flex's, and the ten PEFT training steps (accumulation, clipping, AdamW). Merging is host-side
+//! arithmetic and needs no device.
+//! The gradient and training checks also guard burn #5162 (NaN or zero gradients on wgpu when
+//! only the LoRA factors are tracked).
+//!
+//! Without a GPU this runs on Mesa's llvmpipe through wgpu's GL backend (`.ci/run` installs
+//! libegl1, libegl-mesa0, libgl1-mesa-dri). Where wgpu cannot start, these tests fail with the
+//! reason; `LORA_TUNE_SKIP_WGPU=1` opts out explicitly.
+
+mod tiny;
+
+use burn::tensor::{Device, Tensor};
+use lora_tune::device::{DeviceChoice, select};
+use lora_tune::export::peft;
+use lora_tune::model::adapters::host;
+use lora_tune::recipe::LoraSection;
+use lora_tune::train::step::accumulate_gradients;
+
+fn wgpu() -> Option<Device> {
+    if std::env::var_os("LORA_TUNE_SKIP_WGPU").is_some() {
+        eprintln!("wgpu tests skipped: LORA_TUNE_SKIP_WGPU is set");
+        return None;
+    }
+    match select(DeviceChoice::Wgpu) {
+        Ok(selected) => {
+            eprintln!("device: {}", selected.name);
+            Some(selected.device)
+        }
+        Err(e) => panic!(
+            "wgpu did not start: {e}. Install a GPU driver or Mesa's EGL/GL (Debian: libegl1 libegl-mesa0 libgl1-mesa-dri), or set LORA_TUNE_SKIP_WGPU=1 to opt out"
+        ),
+    }
+}
+
+#[test]
+fn peft_folder_logits_on_wgpu() {
+    let Some(device) = wgpu() else { return };
+    let mut model = tiny::base_on(&device);
+    peft::apply(&mut model, &tiny::fixture("lora/peft")).unwrap();
+    tiny::assert_peft_logits(&model, "wgpu, PEFT folder");
+}
+
+#[test]
+fn lora_gradients_on_wgpu_equal_flex() {
+    let Some(device) = wgpu() else { return };
+    let lora = LoraSection {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        ..LoraSection::default()
+    };
+    let (ids, mask) = tiny::first_batch();
+    let labels: Vec<Vec<i64>> = ids
+        .iter()
+        .zip(&mask)
+        .map(|(row, m)| {
+            row.iter()
+                .zip(m)
+                .map(|(&t, &m)| if m == 0 { -100 } else { i64::from(t) })
+                .collect()
+        })
+        .collect();
+    let batch = lora_tune::data::batch::Batch {
+        input_ids: ids,
+        attention_mask: mask,
+        labels,
+    };
+    let grads = |device: &Device| {
+        let mut model = tiny::with_adapters_on(&lora, 0, device);
+        model
+            .load_adapter_weights(&tiny::fixture("lora/train/final.safetensors"))
+            .unwrap();
+        let (loss, grads) = accumulate_gradients(&mut model, std::slice::from_ref(&batch)).unwrap();
+        let values: Vec<Vec<f32>> = grads
+            .iter()
+            .map(|g: &Tensor<2>| host(g).unwrap().values)
+            .collect();
+        (loss, values)
+    };
+    let (flex_loss, flex) = grads(&select(DeviceChoice::Cpu).unwrap().device);
+    let (wgpu_loss, got) = grads(&device);
+    assert_eq!(flex.len(), 28, "A and B of 14 adapters");
+    let mut worst = 0.0f32;
+    for (g, f) in got.iter().zip(&flex) {
+        assert!(
+            g.iter().all(|v| v.is_finite()),
+            "non-finite gradient on wgpu"
+        );
+        let scale = f.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(
+            scale > 0.0,
+            "a flex gradient is all zero: the check would prove nothing"
+        );
+        for (a, b) in g.iter().zip(f) {
+            worst = worst.max((a - b).abs() / scale);
+        }
+    }
+    eprintln!("loss flex {flex_loss} wgpu {wgpu_loss}; gradients worst relative {worst:e}");
+    assert!((flex_loss - wgpu_loss).abs() / flex_loss < 1e-5);
+    assert!(worst < 1e-4, "{worst}");
+}
+
+#[test]
+fn ten_training_steps_equal_peft_on_wgpu() {
+    let Some(device) = wgpu() else { return };
+    tiny::assert_ten_steps_equal_peft(&device, "wgpu");
+}
