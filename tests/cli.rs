@@ -386,3 +386,90 @@ fn every_shipped_recipe_plans_with_no_bad_rows() {
     assert_eq!(train_rows("contracts").as_deref(), Some("580"));
     assert_eq!(train_rows("ticket-routing-smollm2").as_deref(), Some("240"));
 }
+
+/// Ctrl-C during training finishes the step, writes a checkpoint, says how to resume, and the
+/// resumed run ends with the adapter an uninterrupted run writes, byte for byte.
+#[test]
+fn ctrl_c_checkpoints_and_resume_equals_the_uninterrupted_run() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = std::fs::read_to_string("datasets/support-tickets/train.jsonl")
+        .unwrap()
+        .lines()
+        .take(12)
+        .map(String::from)
+        .collect();
+    std::fs::write(tmp.path().join("train.jsonl"), rows.join("\n")).unwrap();
+    let recipe = |name: &str| {
+        let path = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[model]\nsource = {{ uri = {:?}, sha256 = {:?} }}\n\n[lora]\ndropout = 0.1\n\n[data]\ntrain = \"train.jsonl\"\nmax_len = 48\n\n[train]\nmax_steps = 10\nbatch_size = 1\nlr = 1e-3\n\n[export]\nout_dir = \"{name}\"\n",
+                artifacts::SMOLLM2,
+                artifacts::SMOLLM2_SHA256
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (whole, cut) = (recipe("whole"), recipe("cut"));
+    let out = lora_tune(&[whole.to_str().unwrap(), "--device", "cpu"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lora-tune"))
+        .args([cut.to_str().unwrap(), "--device", "cpu"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.starts_with("step 3/10") {
+            let pid = child.id().to_string();
+            assert!(
+                Command::new("kill")
+                    .args(["-INT", &pid])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+    }
+    let done = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(1), "{seen}{stderr}");
+    assert!(stderr.contains("stop requested"), "{stderr}");
+    assert!(stderr.contains("interrupted after step"), "{stderr}");
+    assert!(stderr.contains("--resume"), "{stderr}");
+    let run = tmp.path().join("cut");
+    assert!(
+        !run.join("adapter_model.safetensors").exists(),
+        "an interrupted run exports nothing"
+    );
+    let checkpoints: Vec<_> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
+    assert_ne!(checkpoints[0], "step-000010", "stopped before the end");
+
+    let out = lora_tune(&[
+        cut.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--resume",
+        run.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert_eq!(
+        std::fs::read(run.join("adapter_model.safetensors")).unwrap(),
+        std::fs::read(tmp.path().join("whole/adapter_model.safetensors")).unwrap(),
+        "resumed run differs from the uninterrupted one"
+    );
+}

@@ -138,8 +138,21 @@ pub fn run(
         "train: {total_steps} steps of {batch_size}x{grad_accum} sequences, warmup {warmup_steps}, out {}",
         plan.out_dir.display()
     );
+    crate::train::interrupt::install();
     let summary = train(&mut s.model, &s.train, s.eval.as_ref(), &settings, resume)?;
     print_summary(&summary);
+    if summary.interrupted {
+        anyhow::bail!(
+            "interrupted after step {} of {total_steps}; checkpoint {}; continue with: lora-tune {} --resume {}",
+            summary.steps,
+            summary
+                .last_checkpoint
+                .as_ref()
+                .map_or("none".into(), |d| d.display().to_string()),
+            plan.recipe_path.display(),
+            plan.out_dir.display()
+        );
+    }
     let formats = &plan.export.formats;
     let adapters = s.model.adapter_tensors()?; // read back from the device once for all formats
     for finding in servability::check(&peft_config, &s.model.config) {

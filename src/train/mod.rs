@@ -2,6 +2,7 @@
 //! ([`schedule`]) and one optimiser step over accumulated micro-batches ([`step`]).
 
 pub mod checkpoint;
+pub mod interrupt;
 pub mod loss;
 pub mod metrics;
 pub mod optim;

@@ -41,6 +41,8 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub struct Summary {
     pub first_step: u64,
+    /// Stopped early on Ctrl-C / SIGTERM, after writing a checkpoint.
+    pub interrupted: bool,
     pub steps: u64,
     pub first_loss: Option<f64>,
     pub last_loss: Option<f64>,
@@ -196,7 +198,8 @@ pub fn train(
         bar.set_message(line);
         bar.set_position(state.step);
         metrics.append(record)?;
-        if due(s.checkpoint_every) || state.step == total {
+        let stop = super::interrupt::requested();
+        if due(s.checkpoint_every) || state.step == total || stop {
             let dir = checkpoint::save(
                 &s.out_dir,
                 model,
@@ -206,12 +209,16 @@ pub fn train(
             )?;
             last_checkpoint = Some(dir);
         }
+        if stop {
+            break;
+        }
     }
     bar.finish_and_clear();
     model.set_training(false);
     let plot = metrics.write_svg(&format!("loss — {}", s.out_dir.display()))?;
     Ok(Summary {
         first_step,
+        interrupted: state.step < total,
         steps: state.step,
         first_loss,
         last_loss,
