@@ -30,15 +30,7 @@ fn cpu() -> Device {
 
 /// tiny-llama with r=4, α=8, no dropout on the seven Llama targets, A/B from `init`.
 fn adapted_tiny_llama(init: &Path) -> Llama {
-    let lora = LoraSection {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        ..LoraSection::default()
-    };
-    let mut model = tiny::with_adapters(&lora, 0);
-    model.load_adapter_weights(init).unwrap();
-    model
+    tiny::adapted_on(init, &cpu())
 }
 
 fn rel(got: f64, want: f64) -> f64 {

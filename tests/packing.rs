@@ -13,22 +13,12 @@ use lora_tune::data::dataset::{Dataset, Layout};
 use lora_tune::data::encode::Encoded;
 use lora_tune::model::adapters::host;
 use lora_tune::model::llama::Llama;
-use lora_tune::recipe::LoraSection;
 use lora_tune::train::loss::next_token_nll_sum;
 use lora_tune::train::scalar;
 
 fn trained_model() -> Llama {
-    let lora = LoraSection {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        ..LoraSection::default()
-    };
-    let mut model = tiny::with_adapters(&lora, 0);
-    model
-        .load_adapter_weights(&tiny::fixture("lora/train/final.safetensors"))
-        .unwrap();
-    model
+    let cpu = lora_tune::device::select(lora_tune::device::DeviceChoice::Cpu).unwrap();
+    tiny::adapted_on(&tiny::fixture("lora/train/final.safetensors"), &cpu.device)
 }
 
 /// Example `k` of `len` tokens; the first two are an unlabelled prompt.

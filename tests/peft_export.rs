@@ -9,7 +9,6 @@ mod tiny;
 use lora_tune::export::peft;
 use lora_tune::lora::peft_config::PeftConfig;
 use lora_tune::lora::targets::select as select_targets;
-use lora_tune::recipe::LoraSection;
 use safetensors::SafeTensors;
 
 fn fixture(name: &str) -> std::path::PathBuf {
@@ -18,12 +17,7 @@ fn fixture(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn written_folder_equals_what_peft_saves() {
-    let lora = LoraSection {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        ..LoraSection::default()
-    };
+    let lora = tiny::lora();
     let mut model = tiny::with_adapters(&lora, 0);
     let adapted = select_targets(&model.config.linear_sites(), &lora).unwrap();
     model

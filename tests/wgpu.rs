@@ -15,7 +15,6 @@ use burn::tensor::{Device, Tensor};
 use lora_tune::device::{DeviceChoice, select};
 use lora_tune::export::peft;
 use lora_tune::model::adapters::host;
-use lora_tune::recipe::LoraSection;
 use lora_tune::train::step::accumulate_gradients;
 
 fn wgpu() -> Option<Device> {
@@ -45,12 +44,6 @@ fn peft_folder_logits_on_wgpu() {
 #[test]
 fn lora_gradients_on_wgpu_equal_flex() {
     let Some(device) = wgpu() else { return };
-    let lora = LoraSection {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        ..LoraSection::default()
-    };
     let (ids, mask) = tiny::first_batch();
     let labels: Vec<Vec<i64>> = ids
         .iter()
@@ -68,10 +61,7 @@ fn lora_gradients_on_wgpu_equal_flex() {
         labels,
     };
     let grads = |device: &Device| {
-        let mut model = tiny::with_adapters_on(&lora, 0, device);
-        model
-            .load_adapter_weights(&tiny::fixture("lora/train/final.safetensors"))
-            .unwrap();
+        let mut model = tiny::adapted_on(&tiny::fixture("lora/train/final.safetensors"), device);
         let (loss, grads) = accumulate_gradients(&mut model, std::slice::from_ref(&batch)).unwrap();
         let values: Vec<Vec<f32>> = grads
             .iter()

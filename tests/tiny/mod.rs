@@ -35,6 +35,24 @@ pub fn base_on(device: &Device) -> Llama {
     Llama::load(config, HostTensors::read(&dir).unwrap(), device).unwrap()
 }
 
+/// The adapters of every tiny LoRA fixture (tools/reference/lora_train.py): r=4, α=8, no dropout,
+/// the seven Llama targets.
+pub fn lora() -> LoraSection {
+    LoraSection {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        ..LoraSection::default()
+    }
+}
+
+/// The base on `device` with [`lora`] adapters holding the A/B of `file` (PEFT key names).
+pub fn adapted_on(file: &Path, device: &Device) -> Llama {
+    let mut model = with_adapters_on(&lora(), 0, device);
+    model.load_adapter_weights(file).unwrap();
+    model
+}
+
 /// The base with fresh adapters as `lora` describes, initialised from `seed`.
 pub fn with_adapters(lora: &LoraSection, seed: u64) -> Llama {
     with_adapters_on(lora, seed, &select(DeviceChoice::Cpu).unwrap().device)
@@ -89,16 +107,7 @@ pub fn assert_peft_logits(model: &Llama, what: &str) {
 /// of PEFT's, final A/B within 1e-4, the frozen base and embedding bit-identical afterwards.
 pub fn assert_ten_steps_equal_peft(device: &Device, what: &str) {
     let fixtures = fixture("lora/train");
-    let lora = LoraSection {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        ..LoraSection::default()
-    };
-    let mut model = with_adapters_on(&lora, 0, device);
-    model
-        .load_adapter_weights(&fixtures.join("init.safetensors"))
-        .unwrap();
+    let mut model = adapted_on(&fixtures.join("init.safetensors"), device);
     let base_before: Vec<Vec<f32>> = model
         .linears_mut()
         .iter()
