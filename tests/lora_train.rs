@@ -311,3 +311,26 @@ fn only_adapters_receive_gradients() {
     }
     assert!(model.norm.weight.grad(&grads).is_none());
 }
+
+/// A non-finite loss stops the run naming the step, the rows of its batch and the last
+/// checkpoint (here: none yet), instead of training on garbage.
+#[test]
+fn a_non_finite_step_names_its_rows() {
+    use lora_tune::train::trainer::train;
+    let out = tempfile::tempdir().unwrap();
+    let mut model = fresh_model();
+    // Poison the embedding: every logit, so the first step's loss, becomes NaN.
+    model.embed_tokens = model.embed_tokens.clone().mul_scalar(f32::NAN);
+    let mut data = synthetic_dataset();
+    data.sources = (1..=data.examples.len())
+        .map(|line| format!("synthetic.jsonl:{line}"))
+        .collect();
+    let err = train(&mut model, &data, None, &settings(out.path()), None).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("step 1 (rows synthetic.jsonl:"), "{msg}");
+    assert!(msg.contains("last checkpoint: none yet"), "{msg}");
+    assert!(msg.contains("non-finite values"), "{msg}");
+    // The rows named are the ones step 1 trained on: two micro-batches of three.
+    let named = msg.matches("synthetic.jsonl:").count();
+    assert_eq!(named, 6, "{msg}");
+}

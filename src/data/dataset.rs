@@ -20,6 +20,8 @@ pub struct Dataset {
     /// Rows that could not be used (bad JSON, missing fields, too long, …).
     pub skipped: Vec<BadRow>,
     pub truncated: usize,
+    /// Where each example came from, `file:line` (empty for examples built in code).
+    pub sources: Vec<String>,
     /// The training sequences: indices into `examples`, one each unless packed.
     pub sequences: Vec<Vec<usize>>,
     pub layout: Layout,
@@ -48,7 +50,7 @@ impl Dataset {
         keep: &dyn Fn(usize) -> bool,
     ) -> Result<Self, DataError> {
         let (rows, mut skipped) = read_rows(path, data.format, data.strict)?;
-        let (mut examples, mut truncated) = (Vec::new(), 0);
+        let (mut examples, mut sources, mut truncated) = (Vec::new(), Vec::new(), 0);
         for (i, row) in rows.iter().enumerate() {
             if !keep(i) {
                 continue;
@@ -57,6 +59,7 @@ impl Dataset {
                 Ok((enc, fit)) => {
                     truncated += usize::from(fit == Fit::Truncated);
                     examples.push(enc);
+                    sources.push(format!("{}:{}", row.file.display(), row.line));
                 }
                 Err(why) => {
                     let bad = BadRow {
@@ -88,7 +91,9 @@ impl Dataset {
             pad_to_multiple_of: data.pad_to_multiple_of.max(1) as usize,
             pack_to: data.packing.then_some(encoder.max_len),
         };
-        Ok(Self::new(path, examples, skipped, truncated, layout))
+        let mut set = Self::new(path, examples, skipped, truncated, layout);
+        set.sources = sources;
+        Ok(set)
     }
 
     pub fn new(
@@ -107,6 +112,7 @@ impl Dataset {
             examples,
             skipped,
             truncated,
+            sources: Vec::new(),
             sequences,
             layout,
         }
@@ -151,6 +157,26 @@ impl Dataset {
     /// Micro-batch `index` of the endless stream: epoch e = index / batches_per_epoch,
     /// sequences in an order shuffled from (seed, e).
     pub fn micro_batch(&self, index: usize, batch_size: usize, seed: u64) -> Batch {
+        let rows: Vec<&[usize]> = self
+            .micro_batch_sequences(index, batch_size, seed)
+            .into_iter()
+            .map(|i| self.sequences[i].as_slice())
+            .collect();
+        self.batch(&rows)
+    }
+
+    /// `file:line` of every example in micro-batch `index` (for messages about that batch).
+    pub fn micro_batch_sources(&self, index: usize, batch_size: usize, seed: u64) -> Vec<&str> {
+        self.micro_batch_sequences(index, batch_size, seed)
+            .into_iter()
+            .flat_map(|i| &self.sequences[i])
+            .filter_map(|&e| self.sources.get(e).map(String::as_str))
+            .collect()
+    }
+
+    /// The sequences of micro-batch `index`: epoch e = index / batches_per_epoch, in an order
+    /// shuffled from (seed, e).
+    fn micro_batch_sequences(&self, index: usize, batch_size: usize, seed: u64) -> Vec<usize> {
         let per_epoch = self.batches_per_epoch(batch_size);
         let (epoch, k) = (index / per_epoch, index % per_epoch);
         let mut order: Vec<usize> = (0..self.sequences.len()).collect();
@@ -158,11 +184,7 @@ impl Dataset {
             seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9),
         ));
         let end = ((k + 1) * batch_size).min(order.len());
-        let rows: Vec<&[usize]> = order[k * batch_size..end]
-            .iter()
-            .map(|&i| self.sequences[i].as_slice())
-            .collect();
-        self.batch(&rows)
+        order[k * batch_size..end].to_vec()
     }
 
     /// The sequences in order, for evaluation (packing does not change the loss).

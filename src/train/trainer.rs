@@ -152,8 +152,27 @@ pub fn train(
         model.seed_dropout(crate::model::adapters::stream_seed(s.seed, step));
         let lr = s.schedule.lr(step);
         let step_started = Instant::now();
-        let stats = train_step(model, &micro, &mut optimizer, lr, s.max_grad_norm)
-            .with_context(|| format!("step {}", step + 1))?;
+        let stats =
+            train_step(model, &micro, &mut optimizer, lr, s.max_grad_norm).with_context(|| {
+                // Name the rows behind the step and where a resume would start.
+                let rows: Vec<&str> = (0..s.grad_accum)
+                    .flat_map(|j| {
+                        let index = step as usize * s.grad_accum + j;
+                        train.micro_batch_sources(index, s.batch_size, s.seed)
+                    })
+                    .collect();
+                let checkpoint = checkpoint::find(&s.out_dir)
+                    .map_or_else(|_| "none yet".to_string(), |d| d.display().to_string());
+                format!(
+                    "step {} (rows {}; last checkpoint: {checkpoint})",
+                    step + 1,
+                    if rows.is_empty() {
+                        "unknown".into()
+                    } else {
+                        rows.join(", ")
+                    }
+                )
+            })?;
         state.step += 1;
         state.tokens += stats.tokens as u64;
         run_tokens += stats.tokens as u64;
