@@ -1,6 +1,7 @@
-//! A recipe's data, encoded: train and eval examples with what was skipped or truncated, and
-//! the deterministic stream of micro-batches the training loop draws from (shuffled per epoch
-//! from the seed alone, so a resumed run sees exactly the batches the uninterrupted one did).
+//! A recipe's data, encoded: train and eval examples with their `file:line`, what was skipped or
+//! truncated, the sequences they form (one example each, or several when packed), and the
+//! deterministic stream of micro-batches the training loop draws from (shuffled per epoch from
+//! the seed alone, so a resumed run sees exactly the batches the uninterrupted one did).
 
 use std::path::{Path, PathBuf};
 
