@@ -12,19 +12,25 @@ use lora_tune::data::encode::Encoder;
 use lora_tune::data::rows::read_rows;
 use lora_tune::data::template::Message;
 use lora_tune::recipe::{DataFormat, Truncation};
+use lora_tune::weights::tokenizer::ModelTokenizer;
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/data");
 
-#[test]
-fn ids_and_labels_equal_transformers() {
-    let tok = lora_tune::model::tokenizer_of(&artifacts::smollm2()).unwrap();
-    let encoder = Encoder {
-        tokenizer: &tok,
+/// SmolLM2's own template, completions/assistant turns only, no truncation in practice.
+fn chatml_encoder(tok: &ModelTokenizer) -> Encoder<'_> {
+    Encoder {
+        tokenizer: tok,
         template: tok.chat_template.as_deref(),
         train_on_inputs: false,
         max_len: 4096,
         truncation: Truncation::Truncate,
-    };
+    }
+}
+
+#[test]
+fn ids_and_labels_equal_transformers() {
+    let tok = lora_tune::model::tokenizer_of(&artifacts::smollm2()).unwrap();
+    let encoder = chatml_encoder(&tok);
     let expected: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(Path::new(DATA).join("expected.json")).unwrap(),
     )
@@ -104,13 +110,7 @@ fn classification_rows_train_a_causal_lm_to_answer_with_the_label() {
             content: "shipping".into(),
         },
     ]);
-    let encoder = Encoder {
-        tokenizer: &tok,
-        template: tok.chat_template.as_deref(),
-        train_on_inputs: false,
-        max_len: 4096,
-        truncation: Truncation::Truncate,
-    };
+    let encoder = chatml_encoder(&tok);
     // With a chat template: exactly the user/assistant chat, so the parity with transformers
     // proven above for chats covers it.
     assert_eq!(

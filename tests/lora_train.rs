@@ -44,21 +44,8 @@ fn ten_steps_with_accumulation_and_clipping_equal_peft() {
 
 /// A small synthetic dataset: 10 rows of 5–12 tokens with an unlabelled 2-token prompt.
 fn synthetic_dataset() -> lora_tune::data::dataset::Dataset {
-    use lora_tune::data::batch::IGNORE;
-    use lora_tune::data::encode::Encoded;
     let examples = (0..10u32)
-        .map(|i| {
-            let len = 5 + (i as usize * 7) % 8;
-            let ids: Vec<u32> = (0..len as u32)
-                .map(|j| 3 + (i * 31 + j * 17) % 250)
-                .collect();
-            let labels = ids
-                .iter()
-                .enumerate()
-                .map(|(j, &t)| if j < 2 { IGNORE } else { i64::from(t) })
-                .collect();
-            Encoded { ids, labels }
-        })
+        .map(|i| tiny::example(i, 5 + (i as usize * 7) % 8))
         .collect();
     let layout = lora_tune::data::dataset::Layout {
         pad_id: 0,

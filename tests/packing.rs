@@ -8,9 +8,7 @@
 
 mod tiny;
 
-use lora_tune::data::batch::IGNORE;
 use lora_tune::data::dataset::{Dataset, Layout};
-use lora_tune::data::encode::Encoded;
 use lora_tune::model::adapters::host;
 use lora_tune::model::llama::Llama;
 use lora_tune::train::loss::next_token_nll_sum;
@@ -21,24 +19,11 @@ fn trained_model() -> Llama {
     tiny::adapted_on(&tiny::fixture("lora/train/final.safetensors"), &cpu.device)
 }
 
-/// Example `k` of `len` tokens; the first two are an unlabelled prompt.
-fn example(k: u32, len: usize) -> Encoded {
-    let ids: Vec<u32> = (0..len as u32)
-        .map(|j| 3 + (k * 37 + j * 11) % 250)
-        .collect();
-    let labels = ids
-        .iter()
-        .enumerate()
-        .map(|(j, &t)| if j < 2 { IGNORE } else { i64::from(t) })
-        .collect();
-    Encoded { ids, labels }
-}
-
 fn dataset(lengths: &[usize], pack_to: Option<usize>, pad_to_multiple_of: usize) -> Dataset {
     let examples = lengths
         .iter()
         .enumerate()
-        .map(|(k, &len)| example(k as u32, len))
+        .map(|(k, &len)| tiny::example(k as u32, len))
         .collect();
     let layout = Layout {
         pad_id: 0,

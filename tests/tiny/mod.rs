@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor};
-use lora_tune::data::batch::Batch;
+use lora_tune::data::batch::{Batch, IGNORE};
+use lora_tune::data::encode::Encoded;
 use lora_tune::device::{DeviceChoice, select};
 use lora_tune::lora::targets::select as select_targets;
 use lora_tune::model::adapters::host;
@@ -205,4 +206,17 @@ fn values<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
 
 fn rel(got: f64, want: f64) -> f64 {
     (got - want).abs() / want.abs().max(1e-12)
+}
+
+/// Example `k` of `len` tokens; the first two are an unlabelled prompt.
+pub fn example(k: u32, len: usize) -> Encoded {
+    let ids: Vec<u32> = (0..len as u32)
+        .map(|j| 3 + (k * 37 + j * 11) % 250)
+        .collect();
+    let labels = ids
+        .iter()
+        .enumerate()
+        .map(|(j, &t)| if j < 2 { IGNORE } else { i64::from(t) })
+        .collect();
+    Encoded { ids, labels }
 }
