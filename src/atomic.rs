@@ -36,6 +36,39 @@ pub fn temp_path_beside(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
 }
 
+/// Removes the temp files and directories in `dir` that a process which no longer runs left
+/// behind (killed mid-write). Best effort: what cannot be removed stays; on systems without
+/// `/proc` nothing is removed.
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = temp_owner(&name) else {
+            continue;
+        };
+        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        if alive || !Path::new("/proc/self").exists() {
+            continue;
+        }
+        let path = entry.path();
+        let _ = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+    }
+}
+
+/// The process id in a name `temp_path_beside` made (`.{name}.tmp-{pid}-{n}`).
+fn temp_owner(name: &str) -> Option<u32> {
+    let (_, tail) = name.strip_prefix('.')?.rsplit_once(".tmp-")?;
+    let (pid, n) = tail.split_once('-')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
 /// Moves a finished temp file or directory into place. When another process got there first
 /// (same content: both were verified), keeps theirs and drops ours.
 pub fn rename_into_place(tmp: &Path, dest: &Path) -> io::Result<()> {
@@ -74,6 +107,24 @@ mod tests {
             1,
             "temp file left behind"
         );
+    }
+
+    #[test]
+    fn stale_temps_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = u32::MAX - 7; // above any pid_max
+        let ours = temp_path_beside(&dir.path().join("model.safetensors"));
+        fs::write(&ours, "in progress").unwrap();
+        fs::write(dir.path().join(format!(".a.json.tmp-{dead}-0")), "x").unwrap();
+        fs::create_dir(dir.path().join(format!(".step-000003.tmp-{dead}-4"))).unwrap();
+        fs::write(dir.path().join("keep.tmp-1-2"), "not ours").unwrap();
+        remove_stale_temps(dir.path());
+        let mut left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        left.sort();
+        assert_eq!(left, [ours, dir.path().join("keep.tmp-1-2")]);
     }
 
     #[test]

@@ -170,6 +170,9 @@ pub struct TrainSection {
     pub eval_every: Option<u32>,
     /// Write a resumable checkpoint every N steps. Default: none.
     pub checkpoint_every: Option<u32>,
+    /// Skip a step whose loss or gradient is NaN/Inf (no update; the rows are named) instead of
+    /// stopping the run. Default false.
+    pub skip_nonfinite: bool,
 }
 
 impl Default for TrainSection {
@@ -191,6 +194,7 @@ impl Default for TrainSection {
             seed: 42,
             eval_every: None,
             checkpoint_every: None,
+            skip_nonfinite: false,
         }
     }
 }

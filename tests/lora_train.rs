@@ -77,6 +77,7 @@ fn settings(out: &Path) -> lora_tune::train::trainer::Settings {
         out_dir: out.into(),
         peft_config: None,
         progress: false,
+        skip_nonfinite: false,
     }
 }
 
@@ -320,4 +321,87 @@ fn a_non_finite_step_names_its_rows() {
     // The rows named are the ones step 1 trained on: two micro-batches of three.
     let named = msg.matches("synthetic.jsonl:").count();
     assert_eq!(named, 6, "{msg}");
+}
+
+/// With `skip_nonfinite`, exactly the steps whose batches hold the poisoned row are skipped:
+/// named with their rows, no update applied (the step's checkpoint equals the one before), and
+/// the run goes on and ends with finite adapters.
+#[test]
+fn skip_nonfinite_skips_exactly_the_poisoned_steps() {
+    use lora_tune::train::trainer::train;
+    let out = tempfile::tempdir().unwrap();
+    let mut model = fresh_model();
+    // Token 255 appears in no synthetic row but the one poisoned below; its embedding is NaN.
+    let [vocab, hidden] = model.embed_tokens.dims();
+    let mask: Vec<f32> = (0..vocab * hidden)
+        .map(|i| if i / hidden == 255 { f32::NAN } else { 1.0 })
+        .collect();
+    let device = model.device().clone();
+    model.embed_tokens = model.embed_tokens.clone()
+        * Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(mask, [vocab, hidden]),
+            &device,
+        );
+    let mut data = synthetic_dataset();
+    data.examples[7].ids[3] = 255;
+    data.sources = (1..=data.examples.len())
+        .map(|line| format!("synthetic.jsonl:{line}"))
+        .collect();
+    let mut s = settings(out.path());
+    s.skip_nonfinite = true;
+    s.checkpoint_every = Some(1);
+    let poisoned: Vec<u64> = (0..s.schedule.total_steps)
+        .filter(|&step| {
+            (0..s.grad_accum).any(|j| {
+                data.micro_batch_sources(step as usize * s.grad_accum + j, s.batch_size, s.seed)
+                    .contains(&"synthetic.jsonl:8")
+            })
+        })
+        .map(|step| step + 1)
+        .collect();
+    assert!(
+        !poisoned.is_empty() && poisoned.len() < 6,
+        "{poisoned:?}: the test needs both kinds of step"
+    );
+
+    let summary = train(&mut model, &data, None, &s, None).unwrap();
+    let skipped: Vec<u64> = summary.skipped.iter().map(|k| k.step).collect();
+    assert_eq!(skipped, poisoned);
+    assert!(
+        summary
+            .skipped
+            .iter()
+            .all(|k| k.rows.iter().any(|r| r == "synthetic.jsonl:8"))
+    );
+    assert_eq!(summary.steps, 6);
+    let adapters = |step: u64| {
+        std::fs::read(out.path().join(format!(
+            "checkpoints/step-{step:06}/adapter_model.safetensors"
+        )))
+        .unwrap()
+    };
+    for step in 1..=6 {
+        if step > 1 && poisoned.contains(&step) {
+            assert_eq!(
+                adapters(step),
+                adapters(step - 1),
+                "step {step} changed the adapters"
+            );
+        } else if step > 1 {
+            assert_ne!(
+                adapters(step),
+                adapters(step - 1),
+                "step {step} trained nothing"
+            );
+        }
+    }
+    for (_, t) in model.adapter_tensors().unwrap() {
+        assert!(t.values.iter().all(|v| v.is_finite()));
+    }
+    // metrics.jsonl keeps the skipped steps (loss null) and reads back on resume.
+    let log = lora_tune::train::metrics::MetricsLog::open(out.path(), 6).unwrap();
+    assert_eq!(log.records.len(), 6);
+    for r in &log.records {
+        assert_eq!(r.loss.is_finite(), !poisoned.contains(&r.step), "{r:?}");
+    }
 }

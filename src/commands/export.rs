@@ -56,6 +56,7 @@ pub fn run(adapter: &Path, out: &Path, dtype: Dtype, force: bool) -> anyhow::Res
         out.display()
     );
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    crate::atomic::remove_stale_temps(out);
     let names: &[&str] = if dtype == Dtype::F32 {
         &[WEIGHTS_FILE, CONFIG_FILE, "README.md"]
     } else {

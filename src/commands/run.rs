@@ -87,6 +87,17 @@ pub fn run(
             std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
         }
     }
+    // A run killed before its first checkpoint has nothing to resume: it starts over.
+    let resume = resume.filter(|dir| {
+        let nothing_yet = crate::train::checkpoint::find(dir).is_err() && same_dir(dir, out_dir);
+        if nothing_yet {
+            println!(
+                "resume: no complete checkpoint in {} yet; starting from step 0",
+                dir.display()
+            );
+        }
+        !nothing_yet
+    });
     let mut s = open_session(prepared, device)?;
     let plan = &s.prepared.plan;
     if let Some(dir) = plan.lora.init_from.as_ref().filter(|_| resume.is_none()) {
@@ -133,6 +144,7 @@ pub fn run(
         out_dir: plan.out_dir.clone(),
         peft_config: Some(peft_config.clone()),
         progress: true,
+        skip_nonfinite: t.skip_nonfinite,
     };
     println!(
         "train: {total_steps} steps of {batch_size}x{grad_accum} sequences, warmup {warmup_steps}, out {}",
@@ -233,6 +245,13 @@ pub fn run(
     Ok(())
 }
 
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 fn print_summary(s: &Summary) {
     let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
     println!("done:  steps {}..{}", s.first_step + 1, s.steps);
@@ -253,6 +272,14 @@ fn print_summary(s: &Summary) {
         s.tokens as f64 / s.seconds.max(1e-9),
         peak_rss_bytes().map_or("?".into(), |b| format!("{:.2} GB", b as f64 / 1e9))
     );
+    if !s.skipped.is_empty() {
+        let steps: Vec<String> = s.skipped.iter().map(|k| k.step.to_string()).collect();
+        println!(
+            "       skipped {} non-finite step(s): {} (train.skip_nonfinite)",
+            s.skipped.len(),
+            steps.join(", ")
+        );
+    }
     if let Some(dir) = &s.last_checkpoint {
         println!("       checkpoint {}", dir.display());
     }

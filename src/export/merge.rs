@@ -115,6 +115,11 @@ pub fn merge(
     }
     factors.finish().map_err(|e| e.to_string())?;
 
+    // A killed merge's half-written directory.
+    crate::atomic::remove_stale_temps(match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    });
     let tmp = crate::atomic::temp_path_beside(out);
     std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
     let result = (|| -> Result<Merged, String> {

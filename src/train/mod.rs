@@ -21,7 +21,7 @@ pub enum TrainError {
     #[error("no gradient reached the adapter on `{0}`; this is a bug, please report it")]
     MissingGradient(String),
     #[error(
-        "non-finite values: loss {loss}, gradient norm {grad_norm}; lower train.lr or keep train.max_grad_norm finite"
+        "non-finite values: loss {loss}, gradient norm {grad_norm}; lower train.lr, keep train.max_grad_norm finite, or set train.skip_nonfinite = true to skip such steps"
     )]
     NonFinite { loss: f64, grad_norm: f64 },
     #[error("reading a value back from the device: {0}")]

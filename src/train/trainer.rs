@@ -14,9 +14,10 @@ use super::checkpoint::{self, TrainerState};
 use super::loss::next_token_nll_sum;
 use super::metrics::{MetricsLog, StepRecord};
 use super::optim::{AdamW, AdamWConfig};
-use super::scalar;
 use super::schedule::LrSchedule;
+use super::step::StepStats;
 use super::step::train_step;
+use super::{TrainError, scalar};
 use crate::data::dataset::Dataset;
 use crate::lora::peft_config::PeftConfig;
 use crate::model::llama::Llama;
@@ -36,6 +37,8 @@ pub struct Settings {
     pub peft_config: Option<PeftConfig>,
     /// Show the progress bar (off in tests).
     pub progress: bool,
+    /// Skip (no update) a step whose loss or gradient is non-finite instead of stopping.
+    pub skip_nonfinite: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -52,8 +55,17 @@ pub struct Summary {
     pub tokens: u64,
     pub seconds: f64,
     pub last_checkpoint: Option<PathBuf>,
+    /// Steps skipped for non-finite values (`skip_nonfinite`), with their rows.
+    pub skipped: Vec<SkippedStep>,
     pub metrics: PathBuf,
     pub plot: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SkippedStep {
+    pub step: u64,
+    /// `file:line` of every row in the step's batches.
+    pub rows: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -95,6 +107,9 @@ pub fn train(
 ) -> anyhow::Result<Summary> {
     std::fs::create_dir_all(&s.out_dir)
         .with_context(|| format!("creating {}", s.out_dir.display()))?;
+    // What a killed run was writing (checkpoint dirs, adapter files) is garbage now.
+    crate::atomic::remove_stale_temps(&s.out_dir);
+    crate::atomic::remove_stale_temps(&s.out_dir.join("checkpoints"));
     let total = s.schedule.total_steps;
     let mut state = TrainerState {
         step: 0,
@@ -140,6 +155,7 @@ pub fn train(
     let (mut first_loss, mut last_loss, mut last_eval, mut last_checkpoint) =
         (None, None, None, None);
     let mut run_tokens = 0u64;
+    let mut skipped = Vec::new();
     while state.step < total {
         let step = state.step;
         let micro: Vec<_> = (0..s.grad_accum)
@@ -152,18 +168,47 @@ pub fn train(
         model.seed_dropout(crate::model::adapters::stream_seed(s.seed, step));
         let lr = s.schedule.lr(step);
         let step_started = Instant::now();
-        let stats =
-            train_step(model, &micro, &mut optimizer, lr, s.max_grad_norm).with_context(|| {
+        // The rows behind the step, for messages about it.
+        let rows = || -> Vec<String> {
+            (0..s.grad_accum)
+                .flat_map(|j| {
+                    let index = step as usize * s.grad_accum + j;
+                    train.micro_batch_sources(index, s.batch_size, s.seed)
+                })
+                .map(String::from)
+                .collect()
+        };
+        let stats = match train_step(model, &micro, &mut optimizer, lr, s.max_grad_norm) {
+            Ok(stats) => stats,
+            Err(TrainError::NonFinite { loss, grad_norm }) if s.skip_nonfinite => {
+                // No update was applied: the adapters and optimiser are as before the step.
+                let rows = rows();
+                say(
+                    &bar,
+                    true,
+                    format!(
+                        "step {}: skipped, non-finite loss {loss} / gradient norm {grad_norm} (rows {})",
+                        step + 1,
+                        rows.join(", ")
+                    ),
+                );
+                skipped.push(SkippedStep {
+                    step: step + 1,
+                    rows,
+                });
+                StepStats {
+                    loss,
+                    grad_norm,
+                    loss_tokens: 0,
+                    tokens: 0,
+                }
+            }
+            Err(e) => {
                 // Name the rows behind the step and where a resume would start.
-                let rows: Vec<&str> = (0..s.grad_accum)
-                    .flat_map(|j| {
-                        let index = step as usize * s.grad_accum + j;
-                        train.micro_batch_sources(index, s.batch_size, s.seed)
-                    })
-                    .collect();
+                let rows = rows();
                 let checkpoint = checkpoint::find(&s.out_dir)
                     .map_or_else(|_| "none yet".to_string(), |d| d.display().to_string());
-                format!(
+                return Err(anyhow::Error::new(e).context(format!(
                     "step {} (rows {}; last checkpoint: {checkpoint})",
                     step + 1,
                     if rows.is_empty() {
@@ -171,13 +216,16 @@ pub fn train(
                     } else {
                         rows.join(", ")
                     }
-                )
-            })?;
+                )));
+            }
+        };
         state.step += 1;
         state.tokens += stats.tokens as u64;
         run_tokens += stats.tokens as u64;
-        first_loss.get_or_insert(stats.loss);
-        last_loss = Some(stats.loss);
+        if stats.loss.is_finite() {
+            first_loss.get_or_insert(stats.loss);
+            last_loss = Some(stats.loss);
+        }
         let mut record = StepRecord {
             step: state.step,
             loss: stats.loss,
@@ -246,6 +294,7 @@ pub fn train(
         tokens: run_tokens,
         seconds: started.elapsed().as_secs_f64(),
         last_checkpoint,
+        skipped,
         metrics: metrics.path,
         plot,
     })
