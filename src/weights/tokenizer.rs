@@ -119,6 +119,12 @@ impl ModelTokenizer {
     /// Loads `tokenizer.json` and the special tokens and chat template of `tokenizer_config.json`.
     pub fn from_dir(dir: &Path) -> Result<Self, WeightsError> {
         let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(WeightsError::format(
+                &path,
+                "missing: the model directory needs its tokenizer.json (copy it from the model's repository, next to config.json)".into(),
+            ));
+        }
         let mut tokenizer = Tokenizer::from_file(&path)
             .map_err(|e| WeightsError::format(&path, format!("not a tokenizers JSON file: {e}")))?;
         // Lengths are the data pipeline's business: padding or truncation baked into a
