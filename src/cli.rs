@@ -27,6 +27,15 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub force: bool,
 
+    /// Train even when `plan`'s peak-memory estimate exceeds the memory available (CPU only).
+    #[arg(long)]
+    pub no_memory_check: bool,
+
+    /// Memory a CPU run may use, in GB (default: what the system has available now); a run
+    /// predicted to peak above it is refused before the model loads.
+    #[arg(long, value_name = "GB")]
+    pub max_memory: Option<f64>,
+
     /// Where to compute: auto, cpu, wgpu, vulkan, metal, cuda or cuda:N. `auto` uses a real GPU
     /// through wgpu when there is one, and the flex CPU backend otherwise.
     #[arg(long, global = true, default_value = "auto", value_parser = parse_device)]

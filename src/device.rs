@@ -79,6 +79,8 @@ impl fmt::Display for DeviceChoice {
 pub struct Selected {
     pub device: Device,
     pub name: String,
+    /// Computes in host memory (flex), where `plan`'s memory estimate applies.
+    pub on_cpu: bool,
     pub why: String,
 }
 
@@ -113,6 +115,7 @@ fn flex(why: String) -> Result<Selected, DeviceError> {
     Ok(Selected {
         device: Device::flex(),
         name: "cpu (flex)".into(),
+        on_cpu: true,
         why,
     })
 }
@@ -207,6 +210,7 @@ fn wgpu_default() -> Result<Selected, DeviceError> {
         Ok((device, adapter)) => Ok(Selected {
             device: device.clone(),
             name: format!("wgpu ({adapter})"),
+            on_cpu: false,
             why: "asked for with --device wgpu".into(),
         }),
         Err(e) => Err(DeviceError::WgpuInit(e.clone())),
@@ -260,6 +264,7 @@ fn pinned_vulkan() -> Result<Selected, DeviceError> {
     Ok(Selected {
         device,
         name: "vulkan".into(),
+        on_cpu: false,
         why: "asked for with --device vulkan".into(),
     })
 }
@@ -278,6 +283,7 @@ fn pinned_metal() -> Result<Selected, DeviceError> {
     Ok(Selected {
         device,
         name: "metal".into(),
+        on_cpu: false,
         why: "asked for with --device metal".into(),
     })
 }
@@ -296,6 +302,7 @@ fn cuda(index: usize) -> Result<Selected, DeviceError> {
     Ok(Selected {
         device,
         name: format!("cuda:{index}"),
+        on_cpu: false,
         why: "asked for with --device".into(),
     })
 }

@@ -19,6 +19,7 @@ pub mod data;
 pub mod device;
 pub mod export;
 pub mod lora;
+pub mod memory;
 pub mod model;
 pub mod plan;
 pub mod recipe;

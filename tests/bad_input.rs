@@ -53,9 +53,10 @@ fn workdir() -> tempfile::TempDir {
     tmp
 }
 
-fn run(dir: &Path) -> std::process::Output {
+fn run(dir: &Path, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_lora-tune"))
         .args(["recipe.toml", "--device", "cpu"])
+        .args(extra)
         .current_dir(dir)
         .output()
         .unwrap()
@@ -64,11 +65,15 @@ fn run(dir: &Path) -> std::process::Output {
 /// Breaks one thing in a fresh [`workdir`] with `spoil`, runs the recipe, checks the contract
 /// and returns stderr.
 fn run_spoiled(spoil: impl FnOnce(&Path)) -> String {
+    run_refused(spoil, &[])
+}
+
+fn run_refused(spoil: impl FnOnce(&Path), extra: &[&str]) -> String {
     let tmp = workdir();
     let dir = tmp.path();
     spoil(dir);
     let before = listing(dir);
-    let out = run(dir);
+    let out = run(dir, extra);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -88,7 +93,7 @@ fn edit(path: &Path, from: &str, to: &str) {
 #[test]
 fn the_unspoiled_workdir_trains() {
     let tmp = workdir();
-    let out = run(tmp.path());
+    let out = run(tmp.path(), &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -209,4 +214,28 @@ fn a_bad_row_in_strict_mode() {
         );
     });
     assert!(err.contains("train.jsonl:7"), "{err}");
+}
+
+/// A run predicted not to fit is refused before the model loads, with the estimate and what to
+/// do; `--no-memory-check` runs it anyway.
+#[test]
+fn a_run_that_cannot_fit_in_memory() {
+    let err = run_refused(|_| {}, &["--max-memory", "0.001"]);
+    assert!(
+        err.contains("peak memory is predicted at 3.5 MB (weights 0.4 MB"),
+        "{err}"
+    );
+    assert!(
+        err.contains("but 1.0 MB are allowed (--max-memory)"),
+        "{err}"
+    );
+    assert!(err.contains("lower train.batch_size"), "{err}");
+    assert!(err.contains("--no-memory-check"), "{err}");
+    let tmp = workdir();
+    let out = run(tmp.path(), &["--max-memory", "0.001", "--no-memory-check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -9,6 +9,7 @@ mod run;
 
 use crate::cli::{Cli, Command, ExportDtype, ExportFormatArg, MergeDtype};
 use crate::recipe::Dtype;
+use run::MemoryCheck;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -88,7 +89,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             run::eval(&recipe, adapter.as_deref(), cli.device)
         }
         None => match cli.recipe {
-            Some(recipe) => run::run(&recipe, cli.device, cli.resume.as_deref(), cli.force),
+            Some(recipe) => run::run(
+                &recipe,
+                cli.device,
+                cli.resume.as_deref(),
+                cli.force,
+                MemoryCheck::from_flags(cli.no_memory_check, cli.max_memory),
+            ),
             None => anyhow::bail!(
                 "no recipe given; try `lora-tune recipes/quickstart.toml` or `lora-tune --help`"
             ),

@@ -10,6 +10,8 @@ use crate::data::encode::Encoder;
 use crate::data::template;
 use crate::lora::report::{ParameterReport, thousands};
 use crate::lora::targets::{self, Adapted};
+use crate::memory::{self, BatchShape, MemoryEstimate};
+use crate::model::config::LlamaConfig;
 use crate::plan::{Plan, Stop, Warmup};
 use crate::recipe::{DataSection, RecipeFile, Targets};
 use crate::source::{Fetcher, Resolution};
@@ -17,15 +19,36 @@ use crate::weights::Inventory;
 
 pub fn run(recipe: &Path) -> anyhow::Result<()> {
     let prepared = prepare(recipe)?;
-    load_data(&prepared)?;
-    println!("memory: no estimate yet (issue #9); the parameter sizes above are a lower bound");
+    let (train, _) = load_data(&prepared)?;
+    let (estimate, shape) = memory_estimate(&prepared, &train);
+    println!("memory: peak ≈ {}", estimate.render(shape));
+    if let Some(available) = memory::available_bytes() {
+        let verdict = if estimate.total() > available {
+            "does NOT fit on the CPU: a run is refused unless --no-memory-check"
+        } else {
+            "fits on the CPU"
+        };
+        println!("        {} available now: {verdict}", memory::gb(available));
+    }
     Ok(())
+}
+
+/// Predicted peak memory of training on `train` (its largest micro-batch).
+pub fn memory_estimate(prepared: &Prepared, train: &Dataset) -> (MemoryEstimate, BatchShape) {
+    let shape = BatchShape {
+        batch: (prepared.plan.train.batch_size as usize).min(train.sequences.len()),
+        seq: train.longest_padded(),
+    };
+    let trainable = prepared.adapted.iter().map(Adapted::parameters).sum();
+    let estimate = MemoryEstimate::training(&prepared.config, trainable, shape);
+    (estimate, shape)
 }
 
 /// A recipe validated, its model resolved and its adapters chosen (no weights loaded).
 pub struct Prepared {
     pub plan: Plan,
     pub model: Resolution,
+    pub config: LlamaConfig,
     pub adapted: Vec<Adapted>,
 }
 
@@ -64,6 +87,7 @@ pub fn prepare(recipe: &Path) -> anyhow::Result<Prepared> {
     Ok(Prepared {
         plan,
         model,
+        config,
         adapted,
     })
 }

@@ -7,12 +7,13 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use super::plan::{Prepared, load_data, prepare};
+use super::plan::{Prepared, load_data, memory_estimate, prepare};
 use crate::data::dataset::Dataset;
 use crate::device::{self, DeviceChoice};
 use crate::export::{gguf_lora, merge, peft, servability};
 use crate::lora::peft_config::PeftConfig;
 use crate::lora::targets::Adapted;
+use crate::memory;
 use crate::model::llama::Llama;
 use crate::plan::{Plan, Stop, Warmup};
 use crate::recipe::Dtype;
@@ -33,12 +34,55 @@ struct Session {
     eval: Option<Dataset>,
 }
 
-fn open_session(prepared: Prepared, device: DeviceChoice) -> anyhow::Result<Session> {
+/// Whether a CPU training run's predicted peak memory is checked before the model loads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MemoryCheck {
+    Off,
+    /// Against what the system has available now.
+    Available,
+    /// Against a budget in bytes (`--max-memory`).
+    Budget(u64),
+}
+
+impl MemoryCheck {
+    pub fn from_flags(off: bool, max_memory_gb: Option<f64>) -> Self {
+        match (off, max_memory_gb) {
+            (true, _) => Self::Off,
+            (false, Some(gb)) => Self::Budget((gb.max(0.0) * 1e9) as u64),
+            (false, None) => Self::Available,
+        }
+    }
+
+    fn limit(self) -> Option<(u64, &'static str)> {
+        match self {
+            Self::Off => None,
+            Self::Available => memory::available_bytes().map(|b| (b, "are available")),
+            Self::Budget(b) => Some((b, "are allowed (--max-memory)")),
+        }
+    }
+}
+
+/// Loads the data, starts the device and loads the model. A CPU training run whose predicted
+/// peak exceeds `memory_check`'s limit is refused first.
+fn open_session(
+    prepared: Prepared,
+    device: DeviceChoice,
+    memory_check: MemoryCheck,
+) -> anyhow::Result<Session> {
     let (plan, files) = (&prepared.plan, &prepared.model.files);
     let (train, eval) = load_data(&prepared)?;
 
     let selected = device::select(device)?;
     println!("device: {} ({})", selected.name, selected.why);
+    if let Some((limit, which)) = memory_check.limit().filter(|_| selected.on_cpu) {
+        let (estimate, shape) = memory_estimate(&prepared, &train);
+        anyhow::ensure!(
+            estimate.total() <= limit,
+            "this run's peak memory is predicted at {} but {} {which}; lower train.batch_size (raise train.grad_accum to keep the effective batch) or data.max_len, close other programs, or pass --no-memory-check to try anyway",
+            estimate.render(shape),
+            memory::gb(limit)
+        );
+    }
     let started = Instant::now();
     let (mut model, _) = crate::model::load(files, &selected.device)
         .with_context(|| format!("loading {}", files.path().display()))?;
@@ -68,6 +112,7 @@ pub fn run(
     device: DeviceChoice,
     resume: Option<&Path>,
     force: bool,
+    memory_check: MemoryCheck,
 ) -> anyhow::Result<()> {
     let prepared = prepare(recipe)?;
     let out_dir = &prepared.plan.out_dir;
@@ -98,7 +143,7 @@ pub fn run(
         }
         !nothing_yet
     });
-    let mut s = open_session(prepared, device)?;
+    let mut s = open_session(prepared, device, memory_check)?;
     let plan = &s.prepared.plan;
     if let Some(dir) = plan.lora.init_from.as_ref().filter(|_| resume.is_none()) {
         let file = dir.join(crate::train::checkpoint::ADAPTER_FILE);
@@ -290,7 +335,7 @@ fn print_summary(s: &Summary) {
 /// `lora-tune eval RECIPE [--adapter DIR]`: loss and perplexity on the eval split, of the base
 /// model (no adapter) or with a trained adapter / checkpoint.
 pub fn eval(recipe: &Path, adapter: Option<&Path>, device: DeviceChoice) -> anyhow::Result<()> {
-    let mut s = open_session(prepare(recipe)?, device)?;
+    let mut s = open_session(prepare(recipe)?, device, MemoryCheck::Off)?;
     let data = s.eval.as_ref().unwrap_or(&s.train);
     let which = if s.eval.is_some() {
         "eval split"

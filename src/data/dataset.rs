@@ -150,6 +150,16 @@ impl Dataset {
         }
     }
 
+    /// The padded length of the longest micro-batch any epoch can draw.
+    pub fn longest_padded(&self) -> usize {
+        self.sequences
+            .iter()
+            .map(|s| s.iter().map(|&i| self.examples[i].ids.len()).sum::<usize>())
+            .max()
+            .unwrap_or(0)
+            .next_multiple_of(self.layout.pad_to_multiple_of)
+    }
+
     /// Micro-batches per epoch.
     pub fn batches_per_epoch(&self, batch_size: usize) -> usize {
         self.sequences.len().div_ceil(batch_size)

@@ -1,0 +1,42 @@
+//! The peak-memory formula `plan` prints and `run` checks, on the tiny Llama fixture, against
+//! the byte counts worked out by hand from its config (hidden 64, MLP 96, 4 heads, 2 layers,
+//! vocab 256, 94,528 parameters). How close it comes to measured peaks on SmolLM2 is in
+//! BENCHMARKS.md (benches/memory.sh).
+
+use lora_tune::memory::{BatchShape, MemoryEstimate};
+use lora_tune::model::config::LlamaConfig;
+
+#[test]
+fn the_estimate_counts_weights_adapters_activations_and_logits() {
+    let config = LlamaConfig::from_json_file(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/llama/tiny-llama/config.json"
+        )
+        .as_ref(),
+    )
+    .unwrap();
+    let shape = BatchShape { batch: 2, seq: 64 };
+    let e = MemoryEstimate::training(&config, 7_424, shape);
+    assert_eq!(e.weights, 94_528 * 4);
+    assert_eq!(e.adapters, 4 * 7_424 * 4); // parameters, gradients, two AdamW moments
+    // Per layer: T = 128 tokens × (15·64 + 6·96) floats, plus 3 score buffers of 2·4·64·64.
+    assert_eq!(
+        e.activations,
+        2 * (128 * (15 * 64 + 6 * 96) + 3 * 2 * 4 * 64 * 64) * 4
+    );
+    assert_eq!(e.logits, 4 * 128 * 256 * 4);
+    assert_eq!(e.total(), 3_380_480);
+    assert!(
+        e.render(shape).starts_with("3.4 MB (weights 0.4 MB"),
+        "{}",
+        e.render(shape)
+    );
+
+    // Doubling the sequence doubles the per-token part and quadruples the attention scores.
+    let long = MemoryEstimate::training(&config, 7_424, BatchShape { batch: 2, seq: 128 });
+    assert_eq!(
+        long.activations,
+        2 * (256 * (15 * 64 + 6 * 96) + 3 * 2 * 4 * 128 * 128) * 4
+    );
+}
