@@ -11,7 +11,8 @@ use serde_json::Value;
 use super::template::Message;
 use crate::recipe::DataFormat;
 
-/// Longest line we read; longer ones are rejected rather than buffered without bound.
+/// Longest JSONL line or CSV record we read; longer ones are rejected rather than buffered
+/// without bound.
 const MAX_LINE_BYTES: usize = 16 << 20;
 
 /// One training example, whatever file format it came in.
@@ -149,13 +150,17 @@ fn read_csv(
     rows: &mut Vec<Row>,
     bad: &mut Vec<BadRow>,
 ) -> Result<(), DataError> {
+    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let since_record = std::rc::Rc::new(std::cell::Cell::new(0));
     let mut reader = csv::ReaderBuilder::new()
         .flexible(false)
-        .from_path(path)
-        .map_err(|e| DataError::Format {
-            path: path.into(),
-            detail: e.to_string(),
-        })?;
+        .from_reader(RecordLimit {
+            inner: file,
+            since_record: since_record.clone(),
+        });
     let headers = reader
         .headers()
         .map_err(|e| DataError::Format {
@@ -163,6 +168,7 @@ fn read_csv(
             detail: format!("reading the header row: {e}"),
         })?
         .clone();
+    let mut last_line = 1; // the header
     for record in reader.records() {
         let (line, parsed) = match record {
             Ok(r) => {
@@ -178,11 +184,20 @@ fn read_csv(
                 }
                 (line, parse_object(&obj, format))
             }
+            // The reader cannot go on past an oversized record: the file is refused.
+            Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => {
+                return Err(DataError::Format {
+                    path: path.into(),
+                    detail: format!("after line {last_line}: {e}"),
+                });
+            }
             Err(e) => (
                 e.position().map_or(0, |p| p.line() as usize),
                 Err(format!("not a valid CSV record: {e}")),
             ),
         };
+        since_record.set(0);
+        last_line = line;
         keep(parsed, path, line, strict, rows, bad)?;
     }
     Ok(())
@@ -227,6 +242,27 @@ fn read_jsonl(
         keep(parsed, path, line, strict, rows, bad)?;
     }
     Ok(())
+}
+
+/// Passes reads through until more than [`MAX_LINE_BYTES`] arrive since the counter was last
+/// reset (after each CSV record), so one record cannot be buffered without bound.
+struct RecordLimit<R> {
+    inner: R,
+    since_record: std::rc::Rc<std::cell::Cell<usize>>,
+}
+
+impl<R: Read> Read for RecordLimit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.since_record.get() > MAX_LINE_BYTES {
+            return Err(std::io::Error::other(format!(
+                "a CSV record longer than {} MiB",
+                MAX_LINE_BYTES >> 20
+            )));
+        }
+        let n = self.inner.read(buf)?;
+        self.since_record.set(self.since_record.get() + n);
+        Ok(n)
+    }
 }
 
 /// Parses one line; the first row fixes `format` when it is `auto`.
@@ -384,6 +420,39 @@ mod tests {
             bad[0]
         );
         assert!(bad[1].why.contains("unknown role `robot`"), "{}", bad[1]);
+    }
+
+    #[test]
+    fn overlong_lines_and_records_are_rejected_not_buffered() {
+        // Past the limit by more than the CSV reader's read-ahead buffer.
+        let long = "x".repeat(MAX_LINE_BYTES + (64 << 10));
+        let (rows, bad) = read(
+            &format!("{{\"text\":\"a\"}}\n{{\"text\":\"{long}\"}}\n{{\"text\":\"b\"}}\n"),
+            false,
+        )
+        .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].line, 3, "line numbers go on after the long line");
+        assert_eq!(bad.len(), 1);
+        assert!(
+            bad[0]
+                .to_string()
+                .ends_with("d.jsonl:2: line longer than 16 MiB"),
+            "{}",
+            bad[0]
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.csv");
+        std::fs::write(&path, format!("text\nshort\n\"{long}\"\nlater\n")).unwrap();
+        let Err(err) = read_rows(&path, DataFormat::Auto, false) else {
+            panic!("a CSV record over the limit was read");
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains("d.csv: after line 2") && err.contains("longer than 16 MiB"),
+            "{err}"
+        );
     }
 
     #[test]
