@@ -239,3 +239,56 @@ fn a_run_that_cannot_fit_in_memory() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A spoiled adapter folder (truncated weights, malformed config) given to `export`, `merge`
+/// and `generate`: one message naming the file, exit 1, nothing written.
+#[test]
+fn a_spoiled_adapter_folder() {
+    let tmp = workdir();
+    let dir = tmp.path();
+    assert!(run(dir, &[]).status.success());
+    let adapter = dir.join("out");
+    let lora_tune = |args: &[&str]| {
+        let before = listing(dir);
+        let out = Command::new(env!("CARGO_BIN_EXE_lora-tune"))
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert_eq!(listing(dir), before, "{args:?} wrote something: {stderr}");
+        stderr
+    };
+    let commands = [
+        "export --adapter out --format gguf --out x.gguf",
+        "merge --base model --adapter out --out merged",
+        "generate --base model --adapter out --prompt hi",
+    ]
+    .map(|c| c.split(' ').collect::<Vec<_>>());
+
+    let weights = adapter.join("adapter_model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() - 100]).unwrap();
+    for args in &commands {
+        let err = lora_tune(args);
+        assert!(
+            err.contains("out/adapter_model.safetensors"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("truncated"), "{args:?}: {err}");
+    }
+
+    std::fs::write(&weights, &bytes).unwrap();
+    edit(
+        &adapter.join("adapter_config.json"),
+        "\"r\":",
+        "\"r\" 8,\"x\":",
+    );
+    for args in &commands {
+        let err = lora_tune(args);
+        assert!(err.contains("out/adapter_config.json"), "{args:?}: {err}");
+        assert!(err.contains("line"), "{args:?}: {err}");
+    }
+}
