@@ -33,8 +33,8 @@ batch_size = $b
 out_dir = "$work/out"
 TOML
     rm -rf "$work/out"
-    predicted=$("$bin" plan "$work/r.toml" | sed -n 's/^memory: peak ≈ \([0-9.]*\) GB.*/\1/p')
-    [ -n "$predicted" ] || { echo "plan printed no estimate in GB" >&2; exit 1; }
+    predicted=$("$bin" plan "$work/r.toml" | sed -n 's/^memory: peak ≈ \([0-9.]*\) \([GM]B\).*/\1\2/p')
+    [ -n "$predicted" ] || { echo "plan printed no estimate" >&2; exit 1; }
     measured=$("$bin" "$work/r.toml" --device cpu | sed -n 's/.*peak RSS \([0-9.]*\) GB.*/\1/p')
-    python3 -c "import json,sys; p,m=float(sys.argv[3]),float(sys.argv[4]); print(json.dumps({'rank':int(sys.argv[5]),'batch':int(sys.argv[1]),'seq':int(sys.argv[2]),'predicted_gb':p,'measured_gb':m,'error':round((p-m)/m,3)}))" "$b" "$s" "$predicted" "$measured" "${RANK:-8}"
+    python3 -c "import json,sys; p=sys.argv[3]; p=float(p[:-2])/(1000 if p.endswith('MB') else 1); m=float(sys.argv[4]); print(json.dumps({'rank':int(sys.argv[5]),'batch':int(sys.argv[1]),'seq':int(sys.argv[2]),'predicted_gb':round(p,3),'measured_gb':m,'error':round((p-m)/m,3)}))" "$b" "$s" "$predicted" "$measured" "${RANK:-8}"
 done

@@ -2,7 +2,8 @@
 //! workload W1 (batch 4×256) or W2 (`-- w2`: batch 1×1024), r=8 α=16 dropout 0.05 on the seven
 //! Llama targets, AdamW lr 2e-4. One warm-up step, then 5 timed steps; prints one JSON object
 //! (tokens/s, s/step min and median, FLOP/s at 6·N_base… see below, peak RSS). Not a test.
-//! Run: cargo bench --bench train [-- w2]; the PEFT side: tools/reference/bench_peft.py [w2].
+//! Run: cargo bench --bench train [-- w2] [chat]; the PEFT side: tools/reference/bench_peft.py
+//! [w2]. `chat` labels only the second half of each row, as supervised chat data does.
 
 #[path = "../tests/artifacts/mod.rs"]
 mod artifacts;
@@ -19,6 +20,9 @@ use lora_tune::train::step::train_step;
 
 fn main() -> anyhow::Result<()> {
     let w2 = std::env::args().any(|a| a == "w2");
+    // `chat`: like supervised chat data, only the second half of each row (the answer) is
+    // labelled; the loss computes logits at labelled positions only.
+    let chat = std::env::args().any(|a| a == "chat");
     let (rows, len) = if w2 { (1, 1024) } else { (4, 256) };
     let files = artifacts::smollm2();
     let device = select(DeviceChoice::Cpu)?.device;
@@ -37,7 +41,8 @@ fn main() -> anyhow::Result<()> {
     let trainable: u64 = adapted.iter().map(|a| a.parameters()).sum();
     let base = model.config.parameter_count();
 
-    // Deterministic token ids across the vocabulary, every position labelled.
+    // Deterministic token ids across the vocabulary, every position labelled (or, with `chat`,
+    // the second half).
     let ids: Vec<Vec<u32>> = (0..rows)
         .map(|r| {
             (0..len)
@@ -48,7 +53,18 @@ fn main() -> anyhow::Result<()> {
     let batch = Batch {
         labels: ids
             .iter()
-            .map(|r| r.iter().map(|&t| i64::from(t)).collect())
+            .map(|r| {
+                r.iter()
+                    .enumerate()
+                    .map(|(j, &t)| {
+                        if chat && j < len / 2 {
+                            lora_tune::data::batch::IGNORE
+                        } else {
+                            i64::from(t)
+                        }
+                    })
+                    .collect()
+            })
             .collect(),
         attention_mask: vec![vec![1; len]; rows],
         input_ids: ids,
@@ -85,7 +101,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "workload": if w2 { "W2 1x1024" } else { "W1 4x256" },
+            "workload": format!("{}{}", if w2 { "W2 1x1024" } else { "W1 4x256" }, if chat { ", answer half labelled" } else { "" }),
             "model": "SmolLM2-135M-Instruct Q4_1 GGUF (dequantised to f32)",
             "device": "cpu (flex)",
             "trainable_params": trainable,

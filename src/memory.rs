@@ -6,19 +6,19 @@
 //!      + adapters (parameters, gradients, two AdamW moments)
 //!      + what one micro-batch keeps alive for backward: per layer, buffers that grow with the
 //!        tokens T = B·S (hidden- and MLP-sized) and with B·H·S² (attention scores), then the
-//!        logits over the vocabulary.
-//! The buffer counts are fitted to the peak RSS of SmolLM2-135M on the flex backend over six
+//!        logits over the vocabulary at the labelled positions.
+//! The buffer counts are fitted to the peak RSS of SmolLM2-135M on the flex backend over
 //! micro-batch shapes from 1x128 to 1x1024 (`benches/memory.sh` measures them; BENCHMARKS.md
-//! lists nine measured peaks, each within 3 % of the prediction). Per token that is 15
+//! lists nine measured peaks, each within 4 % of the prediction). Per token that is 17
 //! hidden-sized and 6 MLP-sized f32 buffers per layer (the residual stream, norm inputs and
 //! outputs, q/k/v/o and RoPE, repeat_kv; gate, up, SiLU, the product) and 4 vocabulary-sized
-//! ones (logits, log-softmax, its exp, the gradient); 3 score-sized ones per layer and head
+//! ones per labelled token (logits, log-softmax, its exp, the gradient); 3 score-sized ones per layer and head
 //! (scores, masked, softmax).
 
 use crate::model::config::LlamaConfig;
 
 const F32: u64 = 4;
-const HIDDEN_BUFFERS: u64 = 15;
+const HIDDEN_BUFFERS: u64 = 17;
 const MLP_BUFFERS: u64 = 6;
 const SCORE_BUFFERS: u64 = 3;
 const LOGIT_BUFFERS: u64 = 4;
@@ -39,6 +39,8 @@ pub struct MemoryEstimate {
 pub struct BatchShape {
     pub batch: usize,
     pub seq: usize,
+    /// Labelled tokens (where logits are computed), at most batch · seq.
+    pub scored: usize,
 }
 
 impl MemoryEstimate {
@@ -54,7 +56,7 @@ impl MemoryEstimate {
             weights: config.parameter_count() * F32,
             adapters: ADAPTER_COPIES * trainable * F32,
             activations: layers * (tokens * per_token_layer + scores) * F32,
-            logits: LOGIT_BUFFERS * tokens * config.vocab_size as u64 * F32,
+            logits: LOGIT_BUFFERS * shape.scored as u64 * config.vocab_size as u64 * F32,
         }
     }
 

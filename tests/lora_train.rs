@@ -260,6 +260,42 @@ fn smollm2_three_steps_equal_peft() {
     assert!(worst < 1e-3, "final adapters differ by {worst}");
 }
 
+/// The loss computed from logits at labelled positions only equals the cross-entropy over the
+/// full [b, s, vocab] logits, computed here on the host in f64.
+#[test]
+fn the_loss_over_labelled_positions_equals_the_full_logits_cross_entropy() {
+    use lora_tune::train::loss::next_token_nll_sum;
+    let fixtures = Path::new(ROOT).join("tests/fixtures/lora/train");
+    let model = adapted_tiny_llama(&fixtures.join("init.safetensors"));
+    let batches: Vec<Batch> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("batches.json")).unwrap())
+            .unwrap();
+    for b in &batches {
+        let got = lora_tune::train::scalar(next_token_nll_sum(&model, b).unwrap()).unwrap();
+        let logits = model.forward(&b.input_ids, &b.attention_mask);
+        let [rows, s, v] = logits.dims();
+        let values = lora_tune::model::adapters::host(&logits).unwrap().values;
+        let mut want = 0.0f64;
+        for r in 0..rows {
+            for t in 1..s {
+                let Ok(target) = usize::try_from(b.labels[r][t]) else {
+                    continue; // IGNORE
+                };
+                let row = &values[(r * s + t - 1) * v..][..v];
+                let max = row.iter().copied().fold(f32::MIN, f32::max) as f64;
+                let lse = max
+                    + row
+                        .iter()
+                        .map(|&x| (x as f64 - max).exp())
+                        .sum::<f64>()
+                        .ln();
+                want += lse - row[target] as f64;
+            }
+        }
+        assert!(rel(got, want) < 1e-5, "{got} vs {want}");
+    }
+}
+
 #[test]
 fn only_adapters_receive_gradients() {
     use lora_tune::train::loss::next_token_nll_sum;
@@ -272,8 +308,7 @@ fn only_adapters_receive_gradients() {
         a.track();
     }
     let b = &batches[0];
-    let grads =
-        next_token_nll_sum(model.forward(&b.input_ids, &b.attention_mask), &b.labels).backward();
+    let grads = next_token_nll_sum(&model, b).unwrap().backward();
     let mut adapters = 0;
     for (path, l) in model.linears_mut() {
         assert!(

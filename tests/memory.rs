@@ -16,17 +16,22 @@ fn the_estimate_counts_weights_adapters_activations_and_logits() {
         .as_ref(),
     )
     .unwrap();
-    let shape = BatchShape { batch: 2, seq: 64 };
+    let shape = BatchShape {
+        batch: 2,
+        seq: 64,
+        scored: 100,
+    };
     let e = MemoryEstimate::training(&config, 7_424, shape);
     assert_eq!(e.weights, 94_528 * 4);
     assert_eq!(e.adapters, 4 * 7_424 * 4); // parameters, gradients, two AdamW moments
-    // Per layer: T = 128 tokens × (15·64 + 6·96) floats, plus 3 score buffers of 2·4·64·64.
+    // Per layer: T = 128 tokens × (17·64 + 6·96) floats, plus 3 score buffers of 2·4·64·64.
     assert_eq!(
         e.activations,
-        2 * (128 * (15 * 64 + 6 * 96) + 3 * 2 * 4 * 64 * 64) * 4
+        2 * (128 * (17 * 64 + 6 * 96) + 3 * 2 * 4 * 64 * 64) * 4
     );
-    assert_eq!(e.logits, 4 * 128 * 256 * 4);
-    assert_eq!(e.total(), 3_380_480);
+    // Logits only where a label follows: 100 of the 128 positions.
+    assert_eq!(e.logits, 4 * 100 * 256 * 4);
+    assert_eq!(e.total(), 3_396_864);
     assert!(
         e.render(shape).starts_with("3.4 MB (weights 0.4 MB"),
         "{}",
@@ -34,9 +39,17 @@ fn the_estimate_counts_weights_adapters_activations_and_logits() {
     );
 
     // Doubling the sequence doubles the per-token part and quadruples the attention scores.
-    let long = MemoryEstimate::training(&config, 7_424, BatchShape { batch: 2, seq: 128 });
+    let long = MemoryEstimate::training(
+        &config,
+        7_424,
+        BatchShape {
+            batch: 2,
+            seq: 128,
+            scored: 200,
+        },
+    );
     assert_eq!(
         long.activations,
-        2 * (256 * (15 * 64 + 6 * 96) + 3 * 2 * 4 * 128 * 128) * 4
+        2 * (256 * (17 * 64 + 6 * 96) + 3 * 2 * 4 * 128 * 128) * 4
     );
 }

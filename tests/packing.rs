@@ -8,6 +8,7 @@
 
 mod tiny;
 
+use lora_tune::data::batch::Batch;
 use lora_tune::data::dataset::{Dataset, Layout};
 use lora_tune::model::adapters::host;
 use lora_tune::model::llama::Llama;
@@ -88,15 +89,15 @@ fn packed_rows_compute_what_their_examples_compute_alone() {
     assert!(worst <= 1e-5, "{worst}");
 
     // The packed batch's loss is the sum of the examples' losses, over the same tokens.
-    let packed_loss = scalar(next_token_nll_sum(
-        model.forward(&batch.input_ids, &batch.attention_mask),
-        &batch.labels,
-    ))
-    .unwrap();
+    let packed_loss = scalar(next_token_nll_sum(&model, &batch).unwrap()).unwrap();
     let (mut alone_loss, mut alone_tokens) = (0.0, 0);
     for e in &data.examples {
-        let logits = model.forward(std::slice::from_ref(&e.ids), &[vec![1; e.ids.len()]]);
-        alone_loss += scalar(next_token_nll_sum(logits, std::slice::from_ref(&e.labels))).unwrap();
+        let alone = Batch {
+            input_ids: vec![e.ids.clone()],
+            attention_mask: vec![vec![1; e.ids.len()]],
+            labels: vec![e.labels.clone()],
+        };
+        alone_loss += scalar(next_token_nll_sum(&model, &alone).unwrap()).unwrap();
         alone_tokens += e.loss_tokens();
     }
     assert_eq!(batch.loss_tokens(), alone_tokens);
@@ -115,13 +116,7 @@ fn bucketing_pads_to_the_multiple_and_changes_no_loss() {
     let bucketed = dataset(&lengths, None, 64).micro_batch(0, 3, 1);
     assert_eq!(plain.input_ids[0].len(), 9);
     assert_eq!(bucketed.input_ids[0].len(), 64);
-    let loss = |b: &lora_tune::data::batch::Batch| {
-        scalar(next_token_nll_sum(
-            model.forward(&b.input_ids, &b.attention_mask),
-            &b.labels,
-        ))
-        .unwrap()
-    };
+    let loss = |b: &Batch| scalar(next_token_nll_sum(&model, b).unwrap()).unwrap();
     let (a, b) = (loss(&plain), loss(&bucketed));
     assert!(((a - b) / a).abs() < 1e-6, "{a} vs {b}");
     assert_eq!(plain.loss_tokens(), bucketed.loss_tokens());

@@ -35,9 +35,11 @@ pub fn run(recipe: &Path) -> anyhow::Result<()> {
 
 /// Predicted peak memory of training on `train` (its largest micro-batch).
 pub fn memory_estimate(prepared: &Prepared, train: &Dataset) -> (MemoryEstimate, BatchShape) {
+    let batch = (prepared.plan.train.batch_size as usize).min(train.sequences.len());
     let shape = BatchShape {
-        batch: (prepared.plan.train.batch_size as usize).min(train.sequences.len()),
+        batch,
         seq: train.longest_padded(),
+        scored: train.most_loss_tokens(batch),
     };
     let trainable = prepared.adapted.iter().map(Adapted::parameters).sum();
     let estimate = MemoryEstimate::training(&prepared.config, trainable, shape);

@@ -160,6 +160,18 @@ impl Dataset {
             .next_multiple_of(self.layout.pad_to_multiple_of)
     }
 
+    /// The most labelled tokens a micro-batch of `batch_size` sequences can hold (the loss
+    /// computes logits at those positions only).
+    pub fn most_loss_tokens(&self, batch_size: usize) -> usize {
+        let mut per_sequence: Vec<usize> = self
+            .sequences
+            .iter()
+            .map(|s| s.iter().map(|&i| self.examples[i].loss_tokens()).sum())
+            .collect();
+        per_sequence.sort_unstable_by(|a, b| b.cmp(a));
+        per_sequence.iter().take(batch_size).sum()
+    }
+
     /// Micro-batches per epoch.
     pub fn batches_per_epoch(&self, batch_size: usize) -> usize {
         self.sequences.len().div_ceil(batch_size)

@@ -326,10 +326,46 @@ impl Llama {
     /// row's examples never attend to each other and each starts at position 0).
     /// → logits [batch, s, vocab].
     pub fn forward(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u8>]) -> Tensor<3> {
+        self.head(self.hidden(ids, attention_mask))
+    }
+
+    /// Logits at the flat positions `at` (row · s + column) only → [at.len(), vocab]. The loss
+    /// needs them where a label follows; skipping the rest saves the head's matmul and the
+    /// vocabulary-sized buffers autodiff keeps for them.
+    pub fn logits_at(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u8>], at: &[i64]) -> Tensor<2> {
+        let x = self.hidden(ids, attention_mask);
+        let [b, s, hd] = x.dims();
+        let at_ =
+            Tensor::<1, Int>::from_data(TensorData::new(at.to_vec(), [at.len()]), &self.device);
+        let x = x
+            .reshape([b * s, hd])
+            .select(0, at_)
+            .reshape([1, at.len(), hd]);
+        let logits = self.head(x);
+        let v = logits.dims()[2];
+        logits.reshape([at.len(), v])
+    }
+
+    /// The final-norm hidden states of a batch, [batch, s, hidden].
+    fn hidden(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u8>]) -> Tensor<3> {
         let s = ids.first().map_or(0, Vec::len);
         let mask = causal_padding_mask(attention_mask, s, 0, &self.device);
         let positions: Vec<Vec<usize>> = attention_mask.iter().map(|m| positions(m)).collect();
         self.run(ids, &mask, &positions, None)
+    }
+
+    /// The LM head (or the tied embedding): [b, s, hidden] → [b, s, vocab].
+    fn head(&self, x: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => {
+                let [b, s, hd] = x.dims();
+                let v = self.config.vocab_size;
+                x.reshape([b * s, hd])
+                    .matmul(self.embed_tokens.clone().transpose())
+                    .reshape([b, s, v])
+            }
+        }
     }
 
     /// Feeds `ids` (one sequence) after the positions in `cache`, appending to it.
@@ -346,13 +382,14 @@ impl Llama {
             &self.device,
         );
         let positions = [(start..start + ids.len()).collect()];
-        let logits = self.run(&[ids.to_vec()], &mask, &positions, Some(&mut cache.layers));
+        let logits =
+            self.head(self.run(&[ids.to_vec()], &mask, &positions, Some(&mut cache.layers)));
         cache.len += ids.len();
         let v = self.config.vocab_size;
         logits.narrow(1, ids.len() - 1, 1).reshape([v])
     }
 
-    /// The decoder proper: embeddings (rotated by each token's position), layers, norm, head.
+    /// The decoder proper: embeddings (rotated by each token's position), layers, final norm.
     fn run(
         &self,
         ids: &[Vec<u32>],
@@ -374,16 +411,7 @@ impl Llama {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c[i]);
             x = layer.forward(x, &rope, mask, layer_cache);
         }
-        let x = self.norm.forward(x);
-        match &self.lm_head {
-            Some(head) => head.forward(x),
-            None => {
-                let v = self.config.vocab_size;
-                x.reshape([b * s, hd])
-                    .matmul(self.embed_tokens.clone().transpose())
-                    .reshape([b, s, v])
-            }
-        }
+        self.norm.forward(x)
     }
 }
 

@@ -39,8 +39,10 @@ pub fn accumulate_gradients(
     let mut total = 0.0;
     let mut sums: Vec<Option<Tensor<2>>> = Vec::new();
     for batch in micro_batches {
-        let logits = model.forward(&batch.input_ids, &batch.attention_mask);
-        let loss = next_token_nll_sum(logits, &batch.labels).div_scalar(loss_tokens as f64);
+        let Some(loss) = next_token_nll_sum(model, batch) else {
+            continue; // nothing labelled here: no loss, no gradient
+        };
+        let loss = loss.div_scalar(loss_tokens as f64);
         let grads = loss.backward();
         total += scalar(loss.inner())?;
         let adapters = model.adapters_mut();

@@ -85,8 +85,9 @@ pub fn evaluate(model: &mut Llama, data: &Dataset, batch_size: usize) -> anyhow:
     model.set_training(false);
     let (mut sum, mut tokens) = (0.0, 0usize);
     for batch in data.in_order(batch_size) {
-        let logits = model.forward(&batch.input_ids, &batch.attention_mask);
-        sum += scalar(next_token_nll_sum(logits, &batch.labels))?;
+        if let Some(nll) = next_token_nll_sum(model, &batch) {
+            sum += scalar(nll)?;
+        }
         tokens += batch.loss_tokens();
     }
     model.set_training(true);
