@@ -1,7 +1,8 @@
 //! Crash safety on the tiny Llama fixture through the real binary: a training run SIGKILLed at
 //! several moments (before its first checkpoint, while a checkpoint is half written, mid-run,
-//! while loading) and resumed each time ends with the adapter and losses of the uninterrupted
-//! run; a merge that fails or is killed mid-write leaves no partial output.
+//! while loading) and stopped once with SIGTERM, resumed each time, ends with the adapter and
+//! losses of the uninterrupted run; a merge that fails or is killed mid-write leaves no partial
+//! output.
 
 #![cfg(unix)]
 
@@ -71,24 +72,30 @@ fn temps(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Polls until `ready` holds (then SIGKILLs the run) or the run ends by itself.
-fn kill_when(mut child: Child, mut ready: impl FnMut(&Child) -> bool) -> ExitStatus {
+/// Polls until `ready` holds, then sends `sig` and waits for the run; fails if the run ends
+/// by itself first.
+fn signal_when(mut child: Child, sig: &str, mut ready: impl FnMut() -> bool) -> Output {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             let out = child.wait_with_output().unwrap();
             panic!(
-                "the run ended ({status}) before the kill point: {}",
+                "the run ended ({status}) before the {sig} point: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        if ready(&child) {
-            signal(&child, "-KILL");
-            return child.wait().unwrap();
+        if ready() {
+            signal(&child, sig);
+            return child.wait_with_output().unwrap();
         }
-        assert!(Instant::now() < deadline, "kill point never reached");
+        assert!(Instant::now() < deadline, "{sig} point never reached");
         std::thread::sleep(Duration::from_micros(200));
     }
+}
+
+/// [`signal_when`] with SIGKILL; returns the exit status.
+fn kill_when(child: Child, ready: impl FnMut() -> bool) -> ExitStatus {
+    signal_when(child, "-KILL", ready).status
 }
 
 fn finish(child: Child) -> Output {
@@ -134,7 +141,7 @@ fn latest_step(run: &Path) -> u64 {
 }
 
 #[test]
-fn sigkill_at_several_moments_then_resume_equals_the_uninterrupted_run() {
+fn killed_at_several_moments_then_resumed_equals_the_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let whole = recipe(tmp.path(), "whole");
     finish(start(&whole, None));
@@ -145,7 +152,7 @@ fn sigkill_at_several_moments_then_resume_equals_the_uninterrupted_run() {
 
     // 1. Early: as soon as metrics.jsonl appears (usually before the first checkpoint; a
     //    resume with no checkpoint yet starts over).
-    killed(kill_when(start(&cut, None), |_| {
+    killed(kill_when(start(&cut, None), || {
         run.join("metrics.jsonl").exists()
     }));
     assert!(!run.join("adapter_model.safetensors").exists());
@@ -176,7 +183,7 @@ fn sigkill_at_several_moments_then_resume_equals_the_uninterrupted_run() {
     assert_eq!(temps(&checkpoints), half_written);
 
     // 3. Mid-run, ten steps further on.
-    killed(kill_when(start(&cut, Some(&run)), |_| {
+    killed(kill_when(start(&cut, Some(&run)), || {
         latest_step(&run) >= (at + 10).min(STEPS - 10)
     }));
     // The resume removed the half-written directory (this kill may have left one of its own).
@@ -186,13 +193,23 @@ fn sigkill_at_several_moments_then_resume_equals_the_uninterrupted_run() {
         "{left:?} still holds {half_written:?}"
     );
 
-    // 4. While loading, a few milliseconds after the start.
+    // 4. SIGTERM (as a scheduler sends it): the step finishes, a checkpoint is written, the run
+    //    exits 1 saying how to resume.
+    let at = latest_step(&run);
+    let out = signal_when(start(&cut, Some(&run)), "-TERM", || {
+        latest_step(&run) >= (at + 3).min(STEPS - 10)
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--resume"), "{stderr}");
+
+    // 5. While loading, a few milliseconds after the start.
     let started = Instant::now();
-    killed(kill_when(start(&cut, Some(&run)), |_| {
+    killed(kill_when(start(&cut, Some(&run)), || {
         started.elapsed() > Duration::from_millis(5)
     }));
 
-    // 5. To the end.
+    // 6. To the end.
     finish(start(&cut, Some(&run)));
     assert_eq!(
         std::fs::read(run.join("adapter_model.safetensors")).unwrap(),
