@@ -207,12 +207,8 @@ fn smollm2_three_steps_equal_peft() {
         let [r, cols] = a.a.dims();
         a.a = Tensor::from_data(TensorData::new(formula_a(n, r, cols), [r, cols]), &device);
     }
-    let batches: Vec<Batch> =
-        serde_json::from_str(&std::fs::read_to_string(fixtures.join("batches.json")).unwrap())
-            .unwrap();
-    let trajectory: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(fixtures.join("trajectory.json")).unwrap())
-            .unwrap();
+    let batches: Vec<Batch> = tiny::json(&fixtures.join("batches.json"));
+    let trajectory: Vec<serde_json::Value> = tiny::json(&fixtures.join("trajectory.json"));
     let mut optimizer = AdamW::new(AdamWConfig {
         betas: [0.9, 0.999],
         eps: 1e-8,
@@ -267,10 +263,7 @@ fn the_loss_over_labelled_positions_equals_the_full_logits_cross_entropy() {
     use lora_tune::train::loss::next_token_nll_sum;
     let fixtures = Path::new(ROOT).join("tests/fixtures/lora/train");
     let model = adapted_tiny_llama(&fixtures.join("init.safetensors"));
-    let batches: Vec<Batch> =
-        serde_json::from_str(&std::fs::read_to_string(fixtures.join("batches.json")).unwrap())
-            .unwrap();
-    for b in &batches {
+    for b in &tiny::train_batches() {
         let got = lora_tune::train::scalar(next_token_nll_sum(&model, b).unwrap()).unwrap();
         let logits = model.forward(&b.input_ids, &b.attention_mask);
         let [rows, s, v] = logits.dims();
@@ -301,9 +294,7 @@ fn only_adapters_receive_gradients() {
     use lora_tune::train::loss::next_token_nll_sum;
     let fixtures = Path::new(ROOT).join("tests/fixtures/lora/train");
     let mut model = adapted_tiny_llama(&fixtures.join("init.safetensors"));
-    let batches: Vec<Batch> =
-        serde_json::from_str(&std::fs::read_to_string(fixtures.join("batches.json")).unwrap())
-            .unwrap();
+    let batches = tiny::train_batches();
     for (_, a) in model.adapters_mut() {
         a.track();
     }

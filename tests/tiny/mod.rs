@@ -66,22 +66,20 @@ pub fn with_adapters_on(lora: &LoraSection, seed: u64, device: &Device) -> Llama
     model
 }
 
+/// A JSON fixture, parsed.
+pub fn json<T: serde::de::DeserializeOwned>(path: &Path) -> T {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The micro-batches of tools/reference/lora_train.py.
+pub fn train_batches() -> Vec<Batch> {
+    json(&fixture("lora/train/batches.json"))
+}
+
 /// The first micro-batch of tools/reference/lora_train.py: token ids and attention mask.
 pub fn first_batch() -> (Vec<Vec<u32>>, Vec<Vec<u8>>) {
-    let text = std::fs::read_to_string(fixture("lora/train/batches.json")).unwrap();
-    let batches: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let rows =
-        |k: &str| -> Vec<Vec<i64>> { serde_json::from_value(batches[0][k].clone()).unwrap() };
-    (
-        rows("input_ids")
-            .iter()
-            .map(|r| r.iter().map(|&t| t as u32).collect())
-            .collect(),
-        rows("attention_mask")
-            .iter()
-            .map(|r| r.iter().map(|&t| t as u8).collect())
-            .collect(),
-    )
+    let first = train_batches().swap_remove(0);
+    (first.input_ids, first.attention_mask)
 }
 
 /// `model`'s logits on the first batch equal PEFT's adapted logits (tools/reference/
@@ -116,12 +114,8 @@ pub fn assert_ten_steps_equal_peft(device: &Device, what: &str) {
         .collect();
     let embed_before = values(&model.embed_tokens);
 
-    let batches: Vec<Batch> =
-        serde_json::from_str(&std::fs::read_to_string(fixtures.join("batches.json")).unwrap())
-            .unwrap();
-    let trajectory: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(fixtures.join("trajectory.json")).unwrap())
-            .unwrap();
+    let batches = train_batches();
+    let trajectory: Vec<serde_json::Value> = json(&fixtures.join("trajectory.json"));
     let schedule = LrSchedule {
         kind: Schedule::Linear,
         peak: 5e-3,
