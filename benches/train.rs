@@ -13,6 +13,7 @@ use std::time::Instant;
 use lora_tune::data::batch::Batch;
 use lora_tune::device::{DeviceChoice, select};
 use lora_tune::lora::targets::select as select_targets;
+use lora_tune::model::adapters::AdaptedModel;
 use lora_tune::recipe::LoraSection;
 use lora_tune::train::metrics::peak_rss_bytes;
 use lora_tune::train::optim::{AdamW, AdamWConfig};
@@ -68,6 +69,7 @@ fn main() -> anyhow::Result<()> {
             .collect(),
         attention_mask: vec![vec![1; len]; rows],
         input_ids: ids,
+        classes: Vec::new(),
     };
     let mut optimizer = AdamW::new(AdamWConfig {
         betas: [0.9, 0.999],

@@ -118,6 +118,25 @@ pub enum Command {
         #[arg(long)]
         adapter: Option<PathBuf>,
     },
+    /// Classify the rows of a JSONL/CSV file (`text`, optionally `label`) with a classifier
+    /// adapter; writes one JSON line per row and scores the labelled rows.
+    Predict {
+        /// A classifier's PEFT adapter folder (with classifier.json), or a checkpoint.
+        #[arg(long)]
+        adapter: PathBuf,
+        file: PathBuf,
+        /// Where to write the predictions (JSONL).
+        #[arg(long, default_value = "predictions.jsonl")]
+        out: PathBuf,
+        /// The base model, when the adapter's `base_model_name_or_path` does not resolve here.
+        #[arg(long)]
+        base: Option<String>,
+        /// Tokens per row; longer texts are truncated.
+        #[arg(long, default_value_t = 512)]
+        max_len: usize,
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+    },
     /// List the tensors, dtypes, shapes, parameter counts and metadata of a model or adapter:
     /// a path, hf://org/name[@revision], or pip://package==version/path/in/wheel.
     Inspect { model: String },

@@ -8,7 +8,8 @@
 //! - [`source`]: a model reference (path, `hf://`, `pip://`) → local files, sha256-verified.
 //! - [`weights`]: read checkpoint headers (safetensors, GGUF) into named tensor listings.
 //! - [`lora`]: target selection (PEFT rules) and the trainable-parameter report.
-//! - [`model`]: architectures (Llama family) in burn, HF layout, loaded from `weights`.
+//! - [`model`]: architectures (Llama-family decoders, BERT encoders, sequence classifiers on
+//!   either) in burn, HF layout, loaded from `weights`.
 //! - [`plan`]: a recipe validated and resolved (defaults, absolute paths) into a `Plan`.
 //! - [`cli`] and [`commands`]: clap definitions and one file per subcommand (wiring only).
 

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::recipe::{
-    DataSection, Dtype, ExportFormat, ExportSection, LoraSection, RecipeError, RecipeFile, Targets,
-    TrainSection,
+    DataFormat, DataSection, Dtype, ExportFormat, ExportSection, LoraSection, Pooling, RecipeError,
+    RecipeFile, Targets, Task, TrainSection,
 };
 use crate::source::Source;
 
@@ -32,6 +32,8 @@ pub struct Plan {
     /// Model sources in the order they are tried.
     pub sources: Vec<Source>,
     pub dtype: Dtype,
+    pub task: Task,
+    pub pooling: Pooling,
     pub lora: LoraSection,
     /// Paths absolute.
     pub data: DataSection,
@@ -247,6 +249,23 @@ impl Plan {
             "lists a format twice",
         )?;
 
+        if r.model.task == Task::Classification {
+            check(
+                matches!(data.format, DataFormat::Classification | DataFormat::Auto),
+                "data.format",
+                r#"must be "classification" (rows of text and label) for model.task = "classification""#,
+            )?;
+            check(
+                !data.packing,
+                "data.packing",
+                r#"must be false for model.task = "classification": each row is classified alone"#,
+            )?;
+            check(
+                e.formats.iter().all(|f| *f == ExportFormat::Peft),
+                "export.formats",
+                r#"a classifier exports "peft" only (GGUF LoRA and merged models are for causal LMs)"#,
+            )?;
+        }
         check(
             data.pad_to_multiple_of >= 1,
             "data.pad_to_multiple_of",
@@ -294,6 +313,8 @@ impl Plan {
             recipe_path: file.path.clone(),
             sources,
             dtype: r.model.dtype,
+            task: r.model.task,
+            pooling: r.model.pooling,
             lora,
             data,
             train: t.clone(),

@@ -39,6 +39,14 @@ pub struct ModelSection {
     /// Compute dtype of the frozen base: `f32` (default), `bf16` or `f16`.
     #[serde(default)]
     pub dtype: Dtype,
+    /// `causal-lm` (default: next-token loss on the labelled tokens) or `classification`
+    /// (a linear head over the labels of `data.format = "classification"` rows).
+    #[serde(default)]
+    pub task: Task,
+    /// How a classifier pools a sequence: `cls` (default; BERT's pooler on [CLS], a decoder's
+    /// last token — what transformers' `*ForSequenceClassification` do) or `mean`.
+    #[serde(default)]
+    pub pooling: Pooling,
 }
 
 /// `[lora]`: the adapters. Defaults: r=8, α=16, dropout 0.05, all seven Llama linear layers.
@@ -238,6 +246,22 @@ pub enum LoraInit {
     #[default]
     Kaiming,
     Gaussian,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    #[default]
+    CausalLm,
+    Classification,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    #[default]
+    Cls,
+    Mean,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -84,6 +84,7 @@ fn load(path: &Path, strict: bool) -> Result<Dataset, String> {
         train_on_inputs: false,
         max_len: 64,
         truncation: lora_tune::recipe::Truncation::Truncate,
+        labels: None,
     };
     Dataset::load(path, &section(strict), &encoder, &|_| true).map_err(|e| e.to_string())
 }

@@ -157,9 +157,11 @@ fn quickstart_trains_exports_and_changes_the_answers() {
         .lines()
         .find(|l| l.contains("eval loss") && l.contains("→"))
         .unwrap();
+    // "eval loss 3.4987, perplexity 33.07 → loss 2.2054, perplexity 9.07"
     let losses: Vec<f64> = line
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
+        .split("loss ")
+        .skip(1)
+        .filter_map(|rest| rest.split([',', ' ']).next()?.parse().ok())
         .collect();
     assert!(losses[1] < losses[0] - 0.1, "{line}");
     let run = tmp.path().join("adapters/quickstart");

@@ -24,6 +24,7 @@ fn chatml_encoder(tok: &ModelTokenizer) -> Encoder<'_> {
         train_on_inputs: false,
         max_len: 4096,
         truncation: Truncation::Truncate,
+        labels: None,
     }
 }
 
@@ -62,6 +63,7 @@ fn train_on_inputs_labels_everything_and_max_len_truncates_or_drops() {
         train_on_inputs: true,
         max_len: 4096,
         truncation: Truncation::Truncate,
+        labels: None,
     };
     let (enc, _) = encoder.encode(&rows[0].example).unwrap();
     assert!(enc.labels.iter().all(|&l| l >= 0));

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use lora_tune::export::{gguf_lora, peft};
+use lora_tune::model::adapters::AdaptedModel;
 use lora_tune::model::llama::Llama;
 use lora_tune::weights::gguf::{GgufFile, MetaValue};
 use lora_tune::weights::gguf_writer::TensorType;
@@ -17,7 +18,8 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn adapted_tiny() -> Llama {
     let mut model = tiny::base();
-    peft::apply(&mut model, &tiny::fixture("lora/peft")).unwrap();
+    let sites = model.config.linear_sites();
+    peft::apply(&mut model, &sites, &tiny::fixture("lora/peft")).unwrap();
     model
 }
 

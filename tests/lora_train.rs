@@ -15,6 +15,7 @@ use burn::tensor::{Device, Tensor};
 use lora_tune::data::batch::Batch;
 use lora_tune::device::{DeviceChoice, select};
 use lora_tune::lora::targets::select as select_targets;
+use lora_tune::model::adapters::AdaptedModel;
 use lora_tune::model::llama::Llama;
 use lora_tune::recipe::{LoraSection, Schedule};
 use lora_tune::train::optim::{AdamW, AdamWConfig};
@@ -50,6 +51,7 @@ fn synthetic_dataset() -> lora_tune::data::dataset::Dataset {
     let layout = lora_tune::data::dataset::Layout {
         pad_id: 0,
         pad_to_multiple_of: 1,
+        max_len: 64,
         pack_to: None,
     };
     lora_tune::data::dataset::Dataset::new("synthetic".as_ref(), examples, Vec::new(), 0, layout)
@@ -76,6 +78,7 @@ fn settings(out: &Path) -> lora_tune::train::trainer::Settings {
         checkpoint_every: Some(3),
         out_dir: out.into(),
         peft_config: None,
+        class_map: None,
         progress: false,
         skip_nonfinite: false,
     }
@@ -295,8 +298,8 @@ fn only_adapters_receive_gradients() {
     let fixtures = Path::new(ROOT).join("tests/fixtures/lora/train");
     let mut model = adapted_tiny_llama(&fixtures.join("init.safetensors"));
     let batches = tiny::train_batches();
-    for (_, a) in model.adapters_mut() {
-        a.track();
+    for (_, t) in model.params_mut() {
+        *t = t.clone().inner().autodiff().require_grad();
     }
     let b = &batches[0];
     let grads = next_token_nll_sum(&model, b).unwrap().backward();

@@ -29,6 +29,7 @@ fn dataset(lengths: &[usize], pack_to: Option<usize>, pad_to_multiple_of: usize)
     let layout = Layout {
         pad_id: 0,
         pad_to_multiple_of,
+        max_len: 4096,
         pack_to,
     };
     Dataset::new("synthetic".as_ref(), examples, Vec::new(), 0, layout)
@@ -96,6 +97,7 @@ fn packed_rows_compute_what_their_examples_compute_alone() {
             input_ids: vec![e.ids.clone()],
             attention_mask: vec![vec![1; e.ids.len()]],
             labels: vec![e.labels.clone()],
+            classes: Vec::new(),
         };
         alone_loss += scalar(next_token_nll_sum(&model, &alone).unwrap()).unwrap();
         alone_tokens += e.loss_tokens();

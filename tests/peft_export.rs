@@ -9,6 +9,7 @@ mod tiny;
 use lora_tune::export::peft;
 use lora_tune::lora::peft_config::PeftConfig;
 use lora_tune::lora::targets::select as select_targets;
+use lora_tune::model::adapters::AdaptedModel;
 use safetensors::SafeTensors;
 
 fn fixture(name: &str) -> std::path::PathBuf {
@@ -100,7 +101,8 @@ fn written_folder_equals_what_peft_saves() {
 #[test]
 fn peft_saved_folder_reads_back_to_peft_logits() {
     let mut model = tiny::base();
-    let config = peft::apply(&mut model, &fixture("peft")).unwrap();
+    let sites = model.config.linear_sites();
+    let config = peft::apply(&mut model, &sites, &fixture("peft")).unwrap();
     assert_eq!((config.r, config.lora_alpha), (4, 8.0));
     assert_eq!(model.adapters_mut().len(), 14);
     tiny::assert_peft_logits(&model, "PEFT folder read back");

@@ -37,7 +37,8 @@ fn wgpu() -> Option<Device> {
 fn peft_folder_logits_on_wgpu() {
     let Some(device) = wgpu() else { return };
     let mut model = tiny::base_on(&device);
-    peft::apply(&mut model, &tiny::fixture("lora/peft")).unwrap();
+    let sites = model.config.linear_sites();
+    peft::apply(&mut model, &sites, &tiny::fixture("lora/peft")).unwrap();
     tiny::assert_peft_logits(&model, "wgpu, PEFT folder");
 }
 
@@ -59,6 +60,7 @@ fn lora_gradients_on_wgpu_equal_flex() {
         input_ids: ids,
         attention_mask: mask,
         labels,
+        classes: Vec::new(),
     };
     let grads = |device: &Device| {
         let mut model = tiny::adapted_on(&tiny::fixture("lora/train/final.safetensors"), device);

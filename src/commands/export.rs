@@ -94,7 +94,7 @@ pub fn run(adapter: &Path, out: &Path, dtype: Dtype, force: bool) -> anyhow::Res
 /// `export --format gguf`: the llama.cpp LoRA of a PEFT folder. Reads only the base's header
 /// (architecture, head counts), never its weights.
 /// The base model files: `--base`, else the adapter's `base_model_name_or_path`.
-fn resolve_base(config: &PeftConfig, base: Option<&str>) -> anyhow::Result<ModelFiles> {
+pub(super) fn resolve_base(config: &PeftConfig, base: Option<&str>) -> anyhow::Result<ModelFiles> {
     let reference = base
         .map(str::to_string)
         .or_else(|| config.base_model_name_or_path.clone())

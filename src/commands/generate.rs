@@ -9,6 +9,7 @@ use anyhow::Context;
 
 use crate::data::template::{Message, render_chat};
 use crate::device::{self, DeviceChoice};
+use crate::model::adapters::AdaptedModel;
 use crate::model::generate::{Sampling, generate};
 use crate::source::{Fetcher, Source};
 
@@ -45,7 +46,8 @@ pub fn run(
         started.elapsed().as_secs_f64()
     );
     if let Some(dir) = adapter {
-        let config = crate::export::peft::apply(&mut model, dir)
+        let sites = model.config.linear_sites();
+        let config = crate::export::peft::apply(&mut model, &sites, dir)
             .with_context(|| format!("--adapter {}", dir.display()))?;
         eprintln!(
             "adapter: {} (r={}, alpha={}, {} adapted layers)",

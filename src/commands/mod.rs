@@ -5,6 +5,7 @@ mod export;
 mod generate;
 mod inspect;
 mod plan;
+mod predict;
 mod run;
 
 use crate::cli::{Cli, Command, ExportDtype, ExportFormatArg, MergeDtype};
@@ -84,6 +85,28 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 sampling,
                 cli.device,
             )
+        }
+        Some(Command::Predict {
+            adapter,
+            file,
+            out,
+            base,
+            max_len,
+            batch_size,
+        }) => {
+            anyhow::ensure!(
+                max_len >= 2 && batch_size >= 1,
+                "--max-len must be at least 2 and --batch-size at least 1"
+            );
+            let args = predict::PredictArgs {
+                adapter: &adapter,
+                file: &file,
+                out: &out,
+                base: base.as_deref(),
+                max_len,
+                batch_size,
+            };
+            predict::run(&args, cli.device)
         }
         Some(Command::Eval { recipe, adapter }) => {
             run::eval(&recipe, adapter.as_deref(), cli.device)

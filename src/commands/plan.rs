@@ -11,16 +11,21 @@ use crate::data::template;
 use crate::lora::report::{ParameterReport, thousands};
 use crate::lora::targets::{self, Adapted};
 use crate::memory::{self, BatchShape, MemoryEstimate};
-use crate::model::config::LlamaConfig;
+use crate::model::ModelConfig;
 use crate::plan::{Plan, Stop, Warmup};
-use crate::recipe::{DataSection, RecipeFile, Targets};
+use crate::recipe::{DataSection, RecipeFile, Targets, Task};
 use crate::source::{Fetcher, Resolution};
 use crate::weights::Inventory;
 
 pub fn run(recipe: &Path) -> anyhow::Result<()> {
     let prepared = prepare(recipe)?;
     let (train, _) = load_data(&prepared)?;
-    let (estimate, shape) = memory_estimate(&prepared, &train);
+    let Some((estimate, shape)) = memory_estimate(&prepared, &train) else {
+        println!(
+            "memory: not predicted for BERT encoders yet (the formula is fitted to Llama-family decoders)"
+        );
+        return Ok(());
+    };
     println!("memory: peak ≈ {}", estimate.render(shape));
     if let Some(available) = memory::available_bytes() {
         let verdict = if estimate.total() > available {
@@ -33,8 +38,14 @@ pub fn run(recipe: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Predicted peak memory of training on `train` (its largest micro-batch).
-pub fn memory_estimate(prepared: &Prepared, train: &Dataset) -> (MemoryEstimate, BatchShape) {
+/// Predicted peak memory of training on `train` (its largest micro-batch); None for an encoder.
+pub fn memory_estimate(
+    prepared: &Prepared,
+    train: &Dataset,
+) -> Option<(MemoryEstimate, BatchShape)> {
+    let ModelConfig::Llama(config) = &prepared.config else {
+        return None;
+    };
     let batch = (prepared.plan.train.batch_size as usize).min(train.sequences.len());
     let shape = BatchShape {
         batch,
@@ -42,16 +53,18 @@ pub fn memory_estimate(prepared: &Prepared, train: &Dataset) -> (MemoryEstimate,
         scored: train.most_loss_tokens(batch),
     };
     let trainable = prepared.adapted.iter().map(Adapted::parameters).sum();
-    let estimate = MemoryEstimate::training(&prepared.config, trainable, shape);
-    (estimate, shape)
+    let estimate = MemoryEstimate::training(config, trainable, shape);
+    Some((estimate, shape))
 }
 
 /// A recipe validated, its model resolved and its adapters chosen (no weights loaded).
 pub struct Prepared {
     pub plan: Plan,
     pub model: Resolution,
-    pub config: LlamaConfig,
+    pub config: ModelConfig,
     pub adapted: Vec<Adapted>,
+    /// A classifier's classes (the training data's labels, sorted); None for a causal LM.
+    pub labels: Option<Vec<String>>,
 }
 
 /// Loads and validates the recipe, resolves the model, reads its header; prints each step.
@@ -79,18 +92,50 @@ pub fn prepare(recipe: &Path) -> anyhow::Result<Prepared> {
         plan.dtype
     );
     print_settings(&plan);
-    let config = crate::model::config_of(&model.files)?;
-    let adapted = targets::select(&config.linear_sites(), &plan.lora)
+    let config = crate::model::architecture_of(&model.files)?;
+    println!("       {}", config.describe());
+    if matches!(config, ModelConfig::Bert(_)) && plan.task != Task::Classification {
+        anyhow::bail!(
+            "{}: model.task: a BERT encoder has no language-model head; set model.task = \"classification\"",
+            plan.recipe_path.display()
+        );
+    }
+    if let ModelConfig::Bert(c) = &config {
+        anyhow::ensure!(
+            plan.data.max_len as usize <= c.max_position_embeddings,
+            "{}: data.max_len = {} exceeds the encoder's max_position_embeddings ({}); lower data.max_len",
+            plan.recipe_path.display(),
+            plan.data.max_len,
+            c.max_position_embeddings
+        );
+    }
+    let adapted = targets::select(&config.linear_sites(plan.pooling), &plan.lora)
         .with_context(|| format!("choosing LoRA targets ({})", plan.recipe_path.display()))?;
     print!(
         "{}",
         ParameterReport::new(&adapted, config.parameter_count()).render()
     );
+    let labels = match plan.task {
+        Task::CausalLm => None,
+        Task::Classification => {
+            let d = &plan.data;
+            let labels = crate::data::rows::class_labels(&d.train, d.format, d.strict)?;
+            println!(
+                "task:  classification, {} classes ({}), {:?} pooling; the head trains in full: {} more trainable parameters",
+                labels.len(),
+                labels.join(", "),
+                plan.pooling,
+                thousands(config.head_parameters(labels.len()))
+            );
+            Some(labels)
+        }
+    };
     Ok(Prepared {
         plan,
         model,
         config,
         adapted,
+        labels,
     })
 }
 
@@ -107,6 +152,7 @@ pub fn load_data(prepared: &Prepared) -> anyhow::Result<(Dataset, Option<Dataset
         train_on_inputs: d.train_on_inputs,
         max_len: d.max_len as usize,
         truncation: d.truncation,
+        labels: prepared.labels.as_deref(),
     };
     let seed = plan.train.seed;
     // Evaluation scores each example alone; packing is for training throughput only.

@@ -14,7 +14,8 @@ use crate::export::{gguf_lora, merge, peft, servability};
 use crate::lora::peft_config::PeftConfig;
 use crate::lora::targets::Adapted;
 use crate::memory;
-use crate::model::llama::Llama;
+use crate::model::TaskModel;
+use crate::model::adapters::AdaptedModel;
 use crate::plan::{Plan, Stop, Warmup};
 use crate::recipe::Dtype;
 use crate::recipe::ExportFormat;
@@ -29,7 +30,7 @@ use crate::weights::gguf_writer::TensorType;
 /// Everything a recipe-driven command needs, loaded.
 struct Session {
     prepared: Prepared,
-    model: Llama,
+    model: TaskModel,
     train: Dataset,
     eval: Option<Dataset>,
 }
@@ -74,8 +75,10 @@ fn open_session(
 
     let selected = device::select(device)?;
     println!("device: {} ({})", selected.name, selected.why);
-    if let Some((limit, which)) = memory_check.limit().filter(|_| selected.on_cpu) {
-        let (estimate, shape) = memory_estimate(&prepared, &train);
+    let estimate = memory_estimate(&prepared, &train);
+    if let (Some((limit, which)), Some((estimate, shape))) =
+        (memory_check.limit().filter(|_| selected.on_cpu), estimate)
+    {
         anyhow::ensure!(
             estimate.total() <= limit,
             "this run's peak memory is predicted at {} but {} {which}; lower train.batch_size (raise train.grad_accum to keep the effective batch) or data.max_len, close other programs, or pass --no-memory-check to try anyway",
@@ -84,18 +87,41 @@ fn open_session(
         );
     }
     let started = Instant::now();
-    let (mut model, _) = crate::model::load(files, &selected.device)
-        .with_context(|| format!("loading {}", files.path().display()))?;
-    let c = &model.config;
-    println!(
-        "loaded: {} layers, hidden {}, {} heads / {} kv heads, vocab {}, in {:.1} s",
-        c.num_hidden_layers,
-        c.hidden_size,
-        c.num_attention_heads,
-        c.num_key_value_heads,
-        c.vocab_size,
-        started.elapsed().as_secs_f64()
-    );
+    let load = || -> Result<TaskModel, crate::weights::WeightsError> {
+        Ok(match &prepared.labels {
+            None => TaskModel::Lm(crate::model::load(files, &selected.device)?.0),
+            Some(labels) => TaskModel::Classifier(
+                crate::model::load_classifier(
+                    files,
+                    &selected.device,
+                    labels.clone(),
+                    plan.pooling,
+                    plan.train.seed,
+                )?
+                .0,
+            ),
+        })
+    };
+    let mut model = load().with_context(|| format!("loading {}", files.path().display()))?;
+    let seconds = started.elapsed().as_secs_f64();
+    match &model {
+        TaskModel::Lm(m) => {
+            let c = &m.config;
+            println!(
+                "loaded: {} layers, hidden {}, {} heads / {} kv heads, vocab {}, in {seconds:.1} s",
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.num_attention_heads,
+                c.num_key_value_heads,
+                c.vocab_size,
+            );
+        }
+        TaskModel::Classifier(m) => println!(
+            "loaded: {} with a {}-class head, in {seconds:.1} s",
+            prepared.config.describe(),
+            m.labels.len()
+        ),
+    }
     model
         .attach_adapters(&prepared.adapted, &plan.lora, plan.train.seed)
         .map_err(anyhow::Error::msg)?;
@@ -152,12 +178,15 @@ pub fn run(
             .with_context(|| format!("lora.init_from: {}", dir.display()))?;
         println!("init:  adapters from {}", dir.display());
     }
-    let peft_config = PeftConfig::new(
+    let mut peft_config = PeftConfig::new(
         &plan.lora,
         &s.prepared.adapted,
         base_model_name(&s.prepared.model.source.reference),
         hub_revision(&s.prepared.model.source.reference),
     );
+    if s.prepared.labels.is_some() {
+        peft_config = peft_config.for_classification();
+    }
     let t = &plan.train;
     let (batch_size, grad_accum) = (t.batch_size as usize, t.grad_accum as usize);
     let total_steps = match plan.stop {
@@ -188,6 +217,11 @@ pub fn run(
         checkpoint_every: t.checkpoint_every.map(u64::from),
         out_dir: plan.out_dir.clone(),
         peft_config: Some(peft_config.clone()),
+        class_map: s
+            .prepared
+            .labels
+            .as_ref()
+            .map(|l| peft::ClassMap::new(l, plan.pooling)),
         progress: true,
         skip_nonfinite: t.skip_nonfinite,
     };
@@ -212,8 +246,14 @@ pub fn run(
     }
     let formats = &plan.export.formats;
     let adapters = s.model.adapter_tensors()?; // read back from the device once for all formats
-    for finding in servability::check(&peft_config, &s.model.config) {
-        println!("check: {finding}");
+    let lm = match &s.model {
+        TaskModel::Lm(m) => Some(m),
+        TaskModel::Classifier(_) => None,
+    };
+    if let Some(m) = lm {
+        for finding in servability::check(&peft_config, &m.config) {
+            println!("check: {finding}");
+        }
     }
     if formats.contains(&ExportFormat::Peft) {
         let card = model_card(plan, &peft_config, &summary, &s.prepared.adapted);
@@ -225,6 +265,10 @@ pub fn run(
             Some(&card),
         )
         .with_context(|| format!("exporting to {}", plan.out_dir.display()))?;
+        if let TaskModel::Classifier(c) = &s.model {
+            peft::write_class_map(&plan.out_dir, &peft::ClassMap::new(&c.labels, plan.pooling))
+                .with_context(|| format!("exporting to {}", plan.out_dir.display()))?;
+        }
         println!(
             "export: PEFT adapter folder {} (adapter_config.json, adapter_model.safetensors, README.md)",
             plan.out_dir.display()
@@ -234,11 +278,14 @@ pub fn run(
             vllm_command(&peft_config, &plan.name, &plan.out_dir)
         );
     }
+    let Some(lm) = lm else {
+        return Ok(()); // a classifier exports PEFT only (checked in the plan)
+    };
     if formats.contains(&ExportFormat::Gguf) {
         let path = plan.out_dir.join(format!("{}.lora.gguf", plan.name));
         gguf_lora::write(
             &path,
-            &s.model.config,
+            &lm.config,
             adapters,
             &peft_config,
             &plan.name,
@@ -270,7 +317,7 @@ pub fn run(
         let out = plan.out_dir.join("merged");
         let m = merge::merge(
             files,
-            &s.model.config,
+            &lm.config,
             tokenizer.as_ref(),
             adapter,
             &out,
@@ -301,14 +348,15 @@ fn print_summary(s: &Summary) {
     let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
     println!("done:  steps {}..{}", s.first_step + 1, s.steps);
     println!("       train loss {} → {}", f(s.first_loss), f(s.last_loss));
-    if let Some(e) = s.eval {
-        let before = s.eval_before.map_or(String::new(), |b| {
-            format!("{:.4} (perplexity {:.2}) → ", b.loss, b.perplexity)
-        });
-        println!(
-            "       eval loss {before}{:.4} (perplexity {:.2})",
-            e.loss, e.perplexity
-        );
+    if let Some(e) = &s.eval {
+        let before = s
+            .eval_before
+            .as_ref()
+            .map_or(String::new(), |b| format!("{} → ", b.brief()));
+        println!("       eval {before}{}", e.brief());
+        if let Some(classes) = &e.classes {
+            print!("{}", indent(&classes.render()));
+        }
     }
     println!(
         "       {} tokens in {:.1} s ({:.0} tok/s), peak RSS {}",
@@ -362,11 +410,16 @@ pub fn eval(recipe: &Path, adapter: Option<&Path>, device: DeviceChoice) -> anyh
         data,
         s.prepared.plan.train.batch_size as usize,
     )?;
-    println!(
-        "eval:  {which}: loss {:.4}, perplexity {:.2}",
-        e.loss, e.perplexity
-    );
+    println!("eval:  {which}: {}", e.brief());
+    if let Some(classes) = &e.classes {
+        print!("{}", indent(&classes.render()));
+    }
     Ok(())
+}
+
+/// Every line indented under the command's labels.
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("       {l}\n")).collect()
 }
 
 /// The id PEFT and servers know the base by: the hub repo for `hf://`, else the reference.
@@ -407,15 +460,18 @@ fn vllm_command(config: &PeftConfig, name: &str, dir: &Path) -> String {
 fn model_card(plan: &Plan, config: &PeftConfig, s: &Summary, adapted: &[Adapted]) -> String {
     let base = config.base_model_name_or_path.as_deref().unwrap_or("?");
     let trainable: u64 = adapted.iter().map(Adapted::parameters).sum();
-    let eval = s.eval.map_or("no eval split".into(), |e| {
-        let before = s.eval_before.map_or(String::new(), |b| {
-            format!("{:.4} before training → ", b.loss)
+    let eval = s.eval.as_ref().map_or("no eval split".into(), |e| {
+        let before = s.eval_before.as_ref().map_or(String::new(), |b| {
+            format!("{} before training → ", b.brief())
         });
-        format!(
-            "eval loss {before}{:.4} (perplexity {:.2})",
-            e.loss, e.perplexity
-        )
+        format!("eval {before}{}", e.brief())
     });
+    let classifier = config.task_type.as_deref() == Some("SEQ_CLS");
+    let auto = if classifier {
+        "AutoPeftModelForSequenceClassification"
+    } else {
+        "AutoPeftModelForCausalLM"
+    };
     format!(
         "---\nbase_model: {base}\nlibrary_name: peft\ntags:\n- lora\n- lora-tune\n---\n\n\
          # {name}\n\n\
@@ -424,7 +480,7 @@ fn model_card(plan: &Plan, config: &PeftConfig, s: &Summary, adapted: &[Adapted]
          - r = {r}, alpha = {alpha}{rs}, dropout {dropout}, targets: {targets}; {trainable} trainable parameters\n\
          - {steps} optimiser steps; train loss {first} → {last}; {eval}\n\n\
          ## Use\n\n\
-         ```python\nfrom peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained(\"{dir}\")\n```\n\n\
+         ```python\n{pre}from peft import {auto}\nmodel = {auto}.from_pretrained(\"{dir}\"{args})\n```\n\n\
          ```sh\n{vllm}\n```\n",
         name = plan.name,
         version = env!("CARGO_PKG_VERSION"),
@@ -440,5 +496,19 @@ fn model_card(plan: &Plan, config: &PeftConfig, s: &Summary, adapted: &[Adapted]
         last = s.last_loss.map_or("-".into(), |v| format!("{v:.4}")),
         dir = plan.out_dir.display(),
         vllm = vllm_command(config, &plan.name, &plan.out_dir),
+        pre = if classifier {
+            format!(
+                "import json\nlabels = json.load(open(\"{}/{}\"))\n",
+                plan.out_dir.display(),
+                peft::CLASS_MAP_FILE
+            )
+        } else {
+            String::new()
+        },
+        args = if classifier {
+            ", num_labels=len(labels[\"id2label\"]), id2label=labels[\"id2label\"], label2id=labels[\"label2id\"]"
+        } else {
+            ""
+        },
     )
 }

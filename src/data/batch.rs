@@ -11,11 +11,19 @@ pub struct Batch {
     /// 1 = real token, 0 = padding.
     pub attention_mask: Vec<Vec<u8>>,
     pub labels: Vec<Vec<i64>>,
+    /// Sequence classification: each row's class (then `labels` are all IGNORE); empty for a
+    /// causal-LM batch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<u32>,
 }
 
 impl Batch {
-    /// Tokens that carry loss: labelled positions after the first of each row.
+    /// Targets that carry loss (the loss denominator): labelled positions after the first of
+    /// each row, or one class per row for classification.
     pub fn loss_tokens(&self) -> usize {
+        if !self.classes.is_empty() {
+            return self.classes.len();
+        }
         self.labels
             .iter()
             .map(|row| row.iter().skip(1).filter(|&&l| l != IGNORE).count())

@@ -35,6 +35,9 @@ pub struct Layout {
     /// Rows are padded to a multiple of this (bucketing keeps the shapes, and so GPU kernel
     /// variants, few). 1 = pad to the longest row only.
     pub pad_to_multiple_of: usize,
+    /// Rows hold at most this many tokens (data.max_len): bucketing never pads past it (an
+    /// encoder has no positions there).
+    pub max_len: usize,
     /// Pack several examples into sequences of at most this many tokens.
     pub pack_to: Option<usize>,
 }
@@ -90,6 +93,7 @@ impl Dataset {
         let layout = Layout {
             pad_id: tok.pad_id.or(tok.eos_id).unwrap_or(0),
             pad_to_multiple_of: data.pad_to_multiple_of.max(1) as usize,
+            max_len: encoder.max_len,
             pack_to: data.packing.then_some(encoder.max_len),
         };
         let mut set = Self::new(path, examples, skipped, truncated, layout);
@@ -158,6 +162,7 @@ impl Dataset {
             .max()
             .unwrap_or(0)
             .next_multiple_of(self.layout.pad_to_multiple_of)
+            .min(self.layout.max_len.max(1))
     }
 
     /// The most labelled tokens a micro-batch of `batch_size` sequences can hold (the loss
@@ -227,11 +232,14 @@ impl Dataset {
             .map(|s| s.iter().map(|&i| self.examples[i].ids.len()).sum::<usize>())
             .max()
             .unwrap_or(0);
-        let len = longest.next_multiple_of(self.layout.pad_to_multiple_of);
+        let len = longest
+            .next_multiple_of(self.layout.pad_to_multiple_of)
+            .min(self.layout.max_len.max(longest));
         let mut batch = Batch {
             input_ids: Vec::with_capacity(sequences.len()),
             attention_mask: Vec::with_capacity(sequences.len()),
             labels: Vec::with_capacity(sequences.len()),
+            classes: Vec::new(),
         };
         for seq in sequences {
             let (mut ids, mut mask, mut labels) = (
@@ -245,6 +253,7 @@ impl Dataset {
                 mask.extend(std::iter::repeat_n(n as u8 + 1, e.ids.len()));
                 labels.push(IGNORE);
                 labels.extend_from_slice(&e.labels[1..]);
+                batch.classes.extend(e.class); // classification rows are never packed
             }
             ids.resize(len, self.layout.pad_id);
             mask.resize(len, 0);

@@ -15,10 +15,16 @@ use crate::weights::tokenizer::ModelTokenizer;
 pub struct Encoded {
     pub ids: Vec<u32>,
     pub labels: Vec<i64>,
+    /// The class of a sequence-classification example (its labels are then all IGNORE).
+    pub class: Option<u32>,
 }
 
 impl Encoded {
+    /// Targets that carry loss: labelled next tokens, or 1 for a classification example.
     pub fn loss_tokens(&self) -> usize {
+        if self.class.is_some() {
+            return 1;
+        }
         self.labels.iter().skip(1).filter(|&&l| l != IGNORE).count()
     }
 }
@@ -31,6 +37,9 @@ pub struct Encoder<'a> {
     pub train_on_inputs: bool,
     pub max_len: usize,
     pub truncation: Truncation,
+    /// Sequence classification (`model.task = "classification"`): the class names, in logit
+    /// order. None: classification rows become generative answers.
+    pub labels: Option<&'a [String]>,
 }
 
 /// What encoding did to a row that is still usable.
@@ -67,12 +76,16 @@ impl Encoder<'_> {
                 }
             }
             Example::Classification { text, label } => {
-                return self.encode(&generative(text, label, self.template.is_some()));
+                return match self.labels {
+                    Some(labels) => self.classify(text, label, labels),
+                    None => self.encode(&generative(text, label, self.template.is_some())),
+                };
             }
         }
         let mut enc = Encoded {
             ids: Vec::new(),
             labels: Vec::new(),
+            class: None,
         };
         for (ids, trained) in pieces {
             enc.labels.extend(
@@ -101,6 +114,50 @@ impl Encoder<'_> {
             ));
         }
         Ok((enc, fit))
+    }
+
+    /// A sequence-classification example: the text with the tokenizer's special tokens (BERT's
+    /// [CLS] … [SEP]) and the label's index. Truncation keeps the closing special token, as the
+    /// tokenizer's own truncation does.
+    fn classify(
+        &self,
+        text: &str,
+        label: &str,
+        labels: &[String],
+    ) -> Result<(Encoded, Fit), String> {
+        let class = labels.iter().position(|l| l == label).ok_or_else(|| {
+            format!(
+                "label {label:?} is not among the training data's labels ({})",
+                labels.join(", ")
+            )
+        })?;
+        let mut ids = self.tokenizer.encode(text, true)?;
+        let mut fit = Fit::Whole;
+        if ids.len() > self.max_len {
+            if self.truncation == Truncation::Drop {
+                return Err(format!(
+                    "{} tokens, over data.max_len = {} (data.truncation = \"drop\")",
+                    ids.len(),
+                    self.max_len
+                ));
+            }
+            let closing = self.tokenizer.encode("", true)?.last().copied();
+            let closing = closing.filter(|&c| ids.last() == Some(&c));
+            ids.truncate(self.max_len);
+            if let (Some(c), Some(last)) = (closing, ids.last_mut()) {
+                *last = c;
+            }
+            fit = Fit::Truncated;
+        }
+        let labels = vec![IGNORE; ids.len()];
+        Ok((
+            Encoded {
+                ids,
+                labels,
+                class: Some(class as u32),
+            },
+            fit,
+        ))
     }
 
     /// The rendered conversation cut into (text, is-assistant-output) pieces.

@@ -69,6 +69,26 @@ pub enum DataError {
     Format { path: PathBuf, detail: String },
 }
 
+/// The distinct labels of the classification rows in `path`, sorted: a classifier's classes,
+/// in logit order.
+pub fn class_labels(
+    path: &Path,
+    format: DataFormat,
+    strict: bool,
+) -> Result<Vec<String>, DataError> {
+    let (rows, _) = read_rows(path, format, strict)?;
+    let mut labels: Vec<String> = rows
+        .into_iter()
+        .filter_map(|r| match r.example {
+            Example::Classification { label, .. } => Some(label),
+            _ => None,
+        })
+        .collect();
+    labels.sort();
+    labels.dedup();
+    Ok(labels)
+}
+
 /// Every usable row of a JSONL or CSV file, or of every such file in a directory, and the bad
 /// ones (none when `strict`, which errors instead).
 pub fn read_rows(

@@ -7,15 +7,18 @@
 use std::path::{Path, PathBuf};
 
 use crate::lora::peft_config::PeftConfig;
-use crate::lora::targets;
-use crate::model::llama::Llama;
-use crate::recipe::Dtype;
+use crate::lora::targets::{self, LinearSite};
+use crate::model::adapters::AdaptedModel;
+use crate::recipe::{Dtype, Pooling};
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensor;
 use crate::weights::safetensors;
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// A classifier's labels (id2label / label2id as transformers' config.json writes them) and
+/// pooling. PEFT's own config has no place for them: it warns on and drops unknown keys.
+pub const CLASS_MAP_FILE: &str = "classifier.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeftError {
@@ -55,6 +58,67 @@ pub fn write(
     Ok(())
 }
 
+/// What `classifier.json` holds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClassMap {
+    pub id2label: std::collections::BTreeMap<String, String>,
+    pub label2id: std::collections::BTreeMap<String, u32>,
+    pub pooling: Pooling,
+}
+
+impl ClassMap {
+    /// The map of `labels`, in logit order.
+    pub fn new(labels: &[String], pooling: Pooling) -> Self {
+        Self {
+            id2label: labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (i.to_string(), l.clone()))
+                .collect(),
+            label2id: labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (l.clone(), i as u32))
+                .collect(),
+            pooling,
+        }
+    }
+
+    /// The labels in id order.
+    pub fn labels(&self) -> Vec<String> {
+        let mut by_id: Vec<(u32, &String)> = self.label2id.iter().map(|(l, &i)| (i, l)).collect();
+        by_id.sort();
+        by_id.into_iter().map(|(_, l)| l.clone()).collect()
+    }
+}
+
+/// Writes `classifier.json` into `dir`.
+pub fn write_class_map(dir: &Path, map: &ClassMap) -> Result<(), PeftError> {
+    let json = serde_json::to_string_pretty(map).expect("plain data serialises") + "\n";
+    write_text(&dir.join(CLASS_MAP_FILE), &json)
+}
+
+/// Reads `classifier.json` of a classifier's adapter folder.
+pub fn read_class_map(dir: &Path) -> Result<ClassMap, PeftError> {
+    let path = dir.join(CLASS_MAP_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|source| PeftError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let map: ClassMap = serde_json::from_str(&text).map_err(|e| PeftError::Invalid {
+        path: path.clone(),
+        detail: e.to_string(),
+    })?;
+    let ids: Vec<u32> = map.label2id.values().copied().collect();
+    if map.label2id.len() < 2 || (0..map.label2id.len() as u32).any(|i| !ids.contains(&i)) {
+        return Err(PeftError::Invalid {
+            path,
+            detail: "label2id must number at least two labels 0, 1, …".into(),
+        });
+    }
+    Ok(map)
+}
+
 fn write_text(path: &Path, text: &str) -> Result<(), PeftError> {
     crate::atomic::write_atomic(path, |f| std::io::Write::write_all(f, text.as_bytes())).map_err(
         |source| PeftError::Io {
@@ -74,17 +138,21 @@ pub fn read_config(dir: &Path) -> Result<PeftConfig, PeftError> {
     PeftConfig::from_json(&text).map_err(|detail| PeftError::Invalid { path, detail })
 }
 
-/// Puts the adapters of the PEFT folder `dir` on `model` (which must have none yet): the layers
-/// its config targets, with its ranks and scales, and its trained A/B.
-pub fn apply(model: &mut Llama, dir: &Path) -> Result<PeftConfig, PeftError> {
+/// Puts the adapters of the PEFT folder `dir` on `model` (which must have none yet; `sites` are
+/// its linear layers): the layers its config targets, with its ranks and scales, and its trained
+/// A/B (and a classifier's head).
+pub fn apply(
+    model: &mut impl AdaptedModel,
+    sites: &[LinearSite],
+    dir: &Path,
+) -> Result<PeftConfig, PeftError> {
     let config = read_config(dir)?;
     let invalid = |detail: String| PeftError::Invalid {
         path: dir.join(CONFIG_FILE),
         detail,
     };
     let lora = config.lora_section().map_err(invalid)?;
-    let adapted =
-        targets::select(&model.config.linear_sites(), &lora).map_err(|e| invalid(e.to_string()))?;
+    let adapted = targets::select(sites, &lora).map_err(|e| invalid(e.to_string()))?;
     model.attach_adapters(&adapted, &lora, 0).map_err(invalid)?;
     model.load_adapter_weights(&dir.join(WEIGHTS_FILE))?;
     Ok(config)

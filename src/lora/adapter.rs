@@ -73,7 +73,7 @@ impl LoraAdapter {
     /// x: [n, in] → the adapter's contribution [n, out].
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let x = if self.training && self.dropout > 0.0 {
-            let mask = self.dropout_mask(x.dims(), &x.device());
+            let mask = dropout_mask(self.dropout, x.dims(), &self.dropout_rng, &x.device());
             x * mask
         } else {
             x
@@ -82,39 +82,27 @@ impl LoraAdapter {
             .matmul(self.b.clone().transpose())
             .mul_scalar(self.scale)
     }
+}
 
-    /// Inverted-dropout mask: 0 with probability p, else 1/(1−p). Drawn on the host with
-    /// splitmix64 (32 bits per element): burn's own `random` runs ChaCha per element on one
-    /// thread and was 13% of a SmolLM2 training step.
-    fn dropout_mask(&self, shape: [usize; 2], device: &Device) -> Tensor<2> {
-        let threshold = (self.dropout * 4_294_967_296.0) as u64; // P(r < threshold) = p
-        let keep = 1.0 - threshold as f64 / 4_294_967_296.0;
-        let kept = (1.0 / keep) as f32;
-        let n = shape[0] * shape[1];
-        let mut state = self.dropout_rng.get();
-        let mut values = Vec::with_capacity(n + 1);
-        while values.len() < n {
-            let r = splitmix64(&mut state);
-            for half in [r & 0xFFFF_FFFF, r >> 32] {
-                values.push(if half < threshold { 0.0 } else { kept });
-            }
+/// Inverted-dropout mask: 0 with probability p, else 1/(1−p). Drawn on the host with
+/// splitmix64 from `rng` (32 bits per element): burn's own `random` runs ChaCha per element on
+/// one thread and was 13% of a SmolLM2 training step.
+pub fn dropout_mask(p: f64, shape: [usize; 2], rng: &Cell<u64>, device: &Device) -> Tensor<2> {
+    let threshold = (p * 4_294_967_296.0) as u64; // P(r < threshold) = p
+    let keep = 1.0 - threshold as f64 / 4_294_967_296.0;
+    let kept = (1.0 / keep) as f32;
+    let n = shape[0] * shape[1];
+    let mut state = rng.get();
+    let mut values = Vec::with_capacity(n + 1);
+    while values.len() < n {
+        let r = splitmix64(&mut state);
+        for half in [r & 0xFFFF_FFFF, r >> 32] {
+            values.push(if half < threshold { 0.0 } else { kept });
         }
-        values.truncate(n);
-        self.dropout_rng.set(state);
-        Tensor::from_data(TensorData::new(values, shape), device)
     }
-
-    /// Makes A and B autodiff leaves whose gradients the next backward pass retains.
-    pub fn track(&mut self) {
-        self.a = self.a.clone().inner().autodiff().require_grad();
-        self.b = self.b.clone().inner().autodiff().require_grad();
-    }
-
-    /// Drops the autodiff association (evaluation, export, optimiser updates).
-    pub fn untrack(&mut self) {
-        self.a = self.a.clone().inner();
-        self.b = self.b.clone().inner();
-    }
+    values.truncate(n);
+    rng.set(state);
+    Tensor::from_data(TensorData::new(values, shape), device)
 }
 
 /// splitmix64: advances `state` and returns the next 64 random bits.
@@ -127,7 +115,7 @@ pub fn splitmix64(state: &mut u64) -> u64 {
 }
 
 /// Box–Muller: one N(0, 1) draw from two uniforms.
-fn standard_normal(rng: &mut StdRng) -> f64 {
+pub fn standard_normal(rng: &mut StdRng) -> f64 {
     let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]: ln stays finite
     let u2: f64 = rng.random();
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()

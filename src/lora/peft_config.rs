@@ -132,6 +132,14 @@ impl PeftConfig {
         }
     }
 
+    /// The same adapters on a sequence classifier: PEFT's `SEQ_CLS` task, whose heads
+    /// (`classifier` on BERT, `score` on decoders) are saved in full — PEFT lists both names.
+    pub fn for_classification(mut self) -> Self {
+        self.task_type = Some("SEQ_CLS".into());
+        self.modules_to_save = Some(vec!["classifier".into(), "score".into()]);
+        self
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("plain data serialises") + "\n"
     }
@@ -155,8 +163,16 @@ impl PeftConfig {
         if self.fan_in_fan_out {
             return refuse("fan_in_fan_out = true (Conv1D layouts)");
         }
-        if self.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
-            return refuse("modules_to_save");
+        // A classifier's head is the only fully trained module we represent.
+        let head = |m: &String| {
+            self.task_type.as_deref() == Some("SEQ_CLS") && (m == "classifier" || m == "score")
+        };
+        if self
+            .modules_to_save
+            .as_ref()
+            .is_some_and(|m| !m.iter().all(head))
+        {
+            return refuse("modules_to_save (other than a SEQ_CLS head)");
         }
         if self.layers_pattern.as_ref().is_some_and(|p| !p.is_null()) {
             return refuse("layers_pattern");

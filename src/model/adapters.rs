@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 
+use super::linear::Linear;
 use super::llama::Llama;
 use crate::lora::adapter::{LoraAdapter, splitmix64};
 use crate::lora::targets::Adapted;
@@ -18,17 +19,64 @@ pub fn peft_key(path: &str, factor: char) -> String {
     format!("base_model.model.{path}.lora_{factor}.weight")
 }
 
-impl Llama {
+/// A model whose adapters (and, for a classifier, head) train on a frozen base. The provided
+/// methods attach adapters, reseed their dropout and move every trained tensor in and out under
+/// its PEFT key, for any architecture that lists its linear layers.
+pub trait AdaptedModel {
+    fn device(&self) -> &Device;
+
+    /// Every linear layer with its HF module path, in model order; and the tensors trained in
+    /// full besides the adapters (a classification head) under their PEFT keys, a bias held as
+    /// [1, n] and saved as [n] — none for a causal LM. One call so both borrow `self` at once.
+    fn parts_mut(&mut self) -> (Vec<(String, &mut Linear)>, Vec<(String, &mut Tensor<2>)>);
+
+    /// Training mode switches dropout on; evaluation and generation run with it off.
+    fn set_training(&mut self, training: bool) {
+        for (_, a) in self.adapters_mut() {
+            a.training = training;
+        }
+    }
+
+    /// Reseeds every dropout mask stream from `seed` (the trainer passes one per step).
+    fn seed_dropout(&mut self, seed: u64) {
+        for (n, (_, a)) in self.adapters_mut().into_iter().enumerate() {
+            a.dropout_rng.set(stream_seed(seed, n as u64));
+        }
+    }
+
+    /// The adapters in model order, with the module path each sits on.
+    fn adapters_mut(&mut self) -> Vec<(String, &mut LoraAdapter)> {
+        let (linears, _) = self.parts_mut();
+        linears
+            .into_iter()
+            .filter_map(|(path, l)| l.lora.as_mut().map(|a| (path, a)))
+            .collect()
+    }
+
+    /// Every trained tensor under its PEFT key: A then B of each adapter, then the heads.
+    fn params_mut(&mut self) -> Vec<(String, &mut Tensor<2>)> {
+        let (linears, heads) = self.parts_mut();
+        let mut out = Vec::new();
+        for (path, l) in linears {
+            if let Some(a) = l.lora.as_mut() {
+                out.push((peft_key(&path, 'A'), &mut a.a));
+                out.push((peft_key(&path, 'B'), &mut a.b));
+            }
+        }
+        out.extend(heads);
+        out
+    }
+
     /// Adds a freshly initialised adapter to every layer in `adapted` (from `lora::targets`).
     /// Each adapter draws its init from its own stream of `seed`.
-    pub fn attach_adapters(
+    fn attach_adapters(
         &mut self,
         adapted: &[Adapted],
         lora: &LoraSection,
         seed: u64,
     ) -> Result<(), String> {
         let device = self.device().clone();
-        let mut linears = self.linears_mut();
+        let (mut linears, _) = self.parts_mut();
         for (n, target) in adapted.iter().enumerate() {
             let (_, linear) = linears
                 .iter_mut()
@@ -54,37 +102,47 @@ impl Llama {
         Ok(())
     }
 
-    /// Reseeds every adapter's dropout masks from `seed` (the trainer passes one per step).
-    pub fn seed_dropout(&mut self, seed: u64) {
-        for (n, (_, a)) in self.adapters_mut().into_iter().enumerate() {
-            a.dropout_rng.set(stream_seed(seed, n as u64));
-        }
-    }
-
-    /// Replaces every adapter's A and B with the tensors in `file` (PEFT keys); a missing,
-    /// misshapen or unused tensor is an error naming it.
-    pub fn load_adapter_weights(&mut self, file: &Path) -> Result<(), WeightsError> {
+    /// Replaces every trained tensor with the one in `file` (PEFT keys); a missing, misshapen
+    /// or unused tensor is an error naming it.
+    fn load_adapter_weights(&mut self, file: &Path) -> Result<(), WeightsError> {
         let mut tensors = HostTensors::read(file)?;
         let device = self.device().clone();
-        for (path, adapter) in self.adapters_mut() {
-            let (a_shape, b_shape) = (adapter.a.dims(), adapter.b.dims());
-            let a = tensors.take(&peft_key(&path, 'A'), &a_shape)?;
-            let b = tensors.take(&peft_key(&path, 'B'), &b_shape)?;
-            adapter.a = Tensor::from_data(TensorData::new(a.values, a_shape), &device);
-            adapter.b = Tensor::from_data(TensorData::new(b.values, b_shape), &device);
+        for (key, t) in self.params_mut() {
+            let dims = t.dims();
+            let h = tensors.take(&key, &saved_shape(&key, dims))?;
+            *t = Tensor::from_data(TensorData::new(h.values, dims), &device);
         }
         tensors.finish()
     }
 
-    /// Every adapter factor on the host under its PEFT key, in model order (A then B).
-    pub fn adapter_tensors(&mut self) -> Result<Vec<(String, HostTensor)>, WeightsError> {
+    /// Every trained tensor on the host under its PEFT key, in model order.
+    fn adapter_tensors(&mut self) -> Result<Vec<(String, HostTensor)>, WeightsError> {
         let mut out = Vec::new();
-        for (path, adapter) in self.adapters_mut() {
-            for (factor, t) in [('A', &adapter.a), ('B', &adapter.b)] {
-                out.push((peft_key(&path, factor), host(t)?));
-            }
+        for (key, t) in self.params_mut() {
+            let mut h = host(t)?;
+            h.shape = saved_shape(&key, t.dims());
+            out.push((key, h));
         }
         Ok(out)
+    }
+}
+
+/// The shape a trained tensor has in a file: a head's bias, held as [1, n], is saved as [n].
+pub fn saved_shape(key: &str, dims: [usize; 2]) -> Vec<usize> {
+    if key.ends_with(".bias") {
+        vec![dims[0] * dims[1]]
+    } else {
+        dims.to_vec()
+    }
+}
+
+impl AdaptedModel for Llama {
+    fn device(&self) -> &Device {
+        Llama::device(self)
+    }
+
+    fn parts_mut(&mut self) -> (Vec<(String, &mut Linear)>, Vec<(String, &mut Tensor<2>)>) {
+        (self.linears_mut(), Vec::new())
     }
 }
 

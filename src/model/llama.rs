@@ -8,57 +8,10 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::config::LlamaConfig;
+use super::linear::{Linear, take1, take2};
 use super::rope::{RopeTables, inverse_frequencies};
-use crate::lora::adapter::LoraAdapter;
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
-
-/// Frozen linear layer in HF layout, with an optional trainable low-rank adapter.
-#[derive(Debug, Clone)]
-pub struct Linear {
-    /// [out, in]
-    pub weight: Tensor<2>,
-    /// [out]
-    pub bias: Option<Tensor<1>>,
-    pub lora: Option<LoraAdapter>,
-}
-
-impl Linear {
-    fn load(
-        w: &mut HostTensors,
-        at: &str,
-        shape: [usize; 2],
-        bias: bool,
-        device: &Device,
-    ) -> Result<Self, WeightsError> {
-        Ok(Self {
-            weight: take2(w, &format!("{at}.weight"), shape, device)?,
-            bias: if bias {
-                Some(take1(w, &format!("{at}.bias"), shape[0], device)?)
-            } else {
-                None
-            },
-            lora: None,
-        })
-    }
-
-    /// x: [batch, seq, in] → [batch, seq, out]; y = x·Wᵀ + b (+ the adapter's s·(x·Aᵀ)·Bᵀ).
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [b, s, _] = x.dims();
-        let [out, inp] = self.weight.dims();
-        let x = x.reshape([b * s, inp]);
-        let y = x.clone().matmul(self.weight.clone().transpose()); // [b·s, out]
-        let y = match &self.bias {
-            Some(bias) => y + bias.clone().reshape([1, out]).expand([b * s, out]),
-            None => y,
-        };
-        let y = match &self.lora {
-            Some(lora) => y + lora.forward(x),
-            None => y,
-        };
-        y.reshape([b, s, out])
-    }
-}
 
 /// RMSNorm: w · x / √(mean(x²) + ε), computed in f32 as transformers does.
 #[derive(Debug, Clone)]
@@ -302,21 +255,6 @@ impl Llama {
         all
     }
 
-    /// The adapters in model order, with the module path each sits on.
-    pub fn adapters_mut(&mut self) -> Vec<(String, &mut LoraAdapter)> {
-        self.linears_mut()
-            .into_iter()
-            .filter_map(|(path, l)| l.lora.as_mut().map(|a| (path, a)))
-            .collect()
-    }
-
-    /// Training mode switches LoRA dropout on; evaluation and generation run with it off.
-    pub fn set_training(&mut self, training: bool) {
-        for (_, a) in self.adapters_mut() {
-            a.training = training;
-        }
-    }
-
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -347,7 +285,7 @@ impl Llama {
     }
 
     /// The final-norm hidden states of a batch, [batch, s, hidden].
-    fn hidden(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u8>]) -> Tensor<3> {
+    pub fn hidden(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u8>]) -> Tensor<3> {
         let s = ids.first().map_or(0, Vec::len);
         let mask = causal_padding_mask(attention_mask, s, 0, &self.device);
         let positions: Vec<Vec<usize>> = attention_mask.iter().map(|m| positions(m)).collect();
@@ -451,24 +389,4 @@ fn positions(attention_mask: &[u8]) -> Vec<usize> {
         out.push(j - start);
     }
     out
-}
-
-fn take2(
-    w: &mut HostTensors,
-    name: &str,
-    shape: [usize; 2],
-    device: &Device,
-) -> Result<Tensor<2>, WeightsError> {
-    let t = w.take(name, &shape)?;
-    Ok(Tensor::from_data(TensorData::new(t.values, shape), device))
-}
-
-fn take1(
-    w: &mut HostTensors,
-    name: &str,
-    len: usize,
-    device: &Device,
-) -> Result<Tensor<1>, WeightsError> {
-    let t = w.take(name, &[len])?;
-    Ok(Tensor::from_data(TensorData::new(t.values, [len]), device))
 }

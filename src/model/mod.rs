@@ -1,9 +1,13 @@
 //! Architectures built from config: the Llama-family decoder ([`llama`]), its config, RoPE and
-//! generation; [`load`] builds one from resolved model files.
+//! generation; the BERT-family encoder ([`bert`]); sequence classification on either
+//! ([`classifier`]); [`load`] and [`load_classifier`] build them from resolved model files.
 
 pub mod adapters;
+pub mod bert;
+pub mod classifier;
 pub mod config;
 pub mod generate;
+pub mod linear;
 pub mod llama;
 pub mod rope;
 
@@ -14,8 +18,94 @@ use crate::weights::WeightsError;
 use crate::weights::gguf::GgufFile;
 use crate::weights::host::HostTensors;
 use crate::weights::tokenizer::ModelTokenizer;
+use bert::{Bert, BertConfig};
+use classifier::{Body, SequenceClassifier};
 use config::LlamaConfig;
 use llama::Llama;
+
+/// The shape of either architecture, read from headers only.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelConfig {
+    Llama(LlamaConfig),
+    Bert(BertConfig),
+}
+
+impl ModelConfig {
+    /// The linear layers adapters may sit on. Mean pooling skips BERT's pooler, so its
+    /// `pooler.dense` is not among them (an adapter there would never get a gradient).
+    pub fn linear_sites(
+        &self,
+        pooling: crate::recipe::Pooling,
+    ) -> Vec<crate::lora::targets::LinearSite> {
+        match self {
+            Self::Llama(c) => c.linear_sites(),
+            Self::Bert(c) => {
+                let mut sites = c.linear_sites();
+                if pooling == crate::recipe::Pooling::Mean {
+                    sites.retain(|s| s.path != format!("{}.pooler.dense", bert::PREFIX));
+                }
+                sites
+            }
+        }
+    }
+
+    pub fn parameter_count(&self) -> u64 {
+        match self {
+            Self::Llama(c) => c.parameter_count(),
+            Self::Bert(c) => c.parameter_count(),
+        }
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            Self::Llama(c) => c.hidden_size,
+            Self::Bert(c) => c.hidden_size,
+        }
+    }
+
+    /// Parameters of a classification head over `labels` classes (BERT's `classifier` has a
+    /// bias, a decoder's `score` has none).
+    pub fn head_parameters(&self, labels: usize) -> u64 {
+        let bias = matches!(self, Self::Bert(_)) as usize;
+        (labels * (self.hidden_size() + bias)) as u64
+    }
+
+    /// One line for the console.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Llama(c) => format!(
+                "Llama-family decoder: {} layers, hidden {}, {} heads / {} kv heads, vocab {}",
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.num_attention_heads,
+                c.num_key_value_heads,
+                c.vocab_size
+            ),
+            Self::Bert(c) => format!(
+                "BERT encoder: {} layers, hidden {}, {} heads, vocab {}",
+                c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.vocab_size
+            ),
+        }
+    }
+}
+
+/// The architecture of an HF directory (config.json's `model_type`) or GGUF file (Llama only).
+pub fn architecture_of(files: &ModelFiles) -> Result<ModelConfig, WeightsError> {
+    if let ModelFiles::Dir(dir) = files {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| WeightsError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let model_type = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["model_type"].as_str().map(String::from));
+        if model_type.as_deref() == Some("bert") {
+            return Ok(ModelConfig::Bert(BertConfig::from_json(&path, &text)?));
+        }
+    }
+    config_of(files).map(ModelConfig::Llama)
+}
 
 /// The config of an HF directory or GGUF file, reading headers only (no weights).
 pub fn config_of(files: &ModelFiles) -> Result<LlamaConfig, WeightsError> {
@@ -64,4 +154,69 @@ pub fn load(files: &ModelFiles, device: &Device) -> Result<(Llama, ModelTokenize
     };
     let model = Llama::load(config, HostTensors::read(files.path())?, device)?;
     Ok((model, tokenizer))
+}
+
+/// A sequence classifier over `labels` and its tokenizer: a BERT encoder or a Llama-family
+/// decoder with a fresh head (seeded from `seed`).
+pub fn load_classifier(
+    files: &ModelFiles,
+    device: &Device,
+    labels: Vec<String>,
+    pooling: crate::recipe::Pooling,
+    seed: u64,
+) -> Result<(SequenceClassifier, ModelTokenizer), WeightsError> {
+    let body = match architecture_of(files)? {
+        ModelConfig::Bert(config) => Body::Bert(Bert::load(
+            config,
+            HostTensors::read(files.path())?,
+            device,
+        )?),
+        ModelConfig::Llama(_) => Body::Llama(load(files, device)?.0),
+    };
+    let tokenizer = tokenizer_of(files)?;
+    let model = SequenceClassifier::new(body, labels, pooling, seed)
+        .map_err(|detail| WeightsError::format(files.path(), detail))?;
+    Ok((model, tokenizer))
+}
+
+/// The model a recipe trains: a causal LM, or a sequence classifier (`model.task`).
+#[derive(Debug, Clone)]
+pub enum TaskModel {
+    Lm(Llama),
+    Classifier(SequenceClassifier),
+}
+
+impl adapters::AdaptedModel for TaskModel {
+    fn device(&self) -> &Device {
+        match self {
+            Self::Lm(m) => m.device(),
+            Self::Classifier(m) => adapters::AdaptedModel::device(m),
+        }
+    }
+
+    fn parts_mut(
+        &mut self,
+    ) -> (
+        Vec<(String, &mut linear::Linear)>,
+        Vec<(String, &mut burn::tensor::Tensor<2>)>,
+    ) {
+        match self {
+            Self::Lm(m) => m.parts_mut(),
+            Self::Classifier(m) => m.parts_mut(),
+        }
+    }
+
+    fn set_training(&mut self, training: bool) {
+        match self {
+            Self::Lm(m) => m.set_training(training),
+            Self::Classifier(m) => m.set_training(training),
+        }
+    }
+
+    fn seed_dropout(&mut self, seed: u64) {
+        match self {
+            Self::Lm(m) => m.seed_dropout(seed),
+            Self::Classifier(m) => m.seed_dropout(seed),
+        }
+    }
 }

@@ -12,8 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::optim::{AdamW, Moments};
 use crate::export::peft;
 use crate::lora::peft_config::PeftConfig;
-use crate::model::adapters::{host, peft_key};
-use crate::model::llama::Llama;
+use crate::model::adapters::{AdaptedModel, host};
 use crate::recipe::Dtype;
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
@@ -90,10 +89,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
 /// Writes a checkpoint of `model` and `optimizer` at `state.step` under `out/checkpoints/`.
 pub fn save(
     out: &Path,
-    model: &mut Llama,
+    model: &mut impl AdaptedModel,
     optimizer: &AdamW,
     state: &TrainerState,
     config: Option<&PeftConfig>,
+    class_map: Option<&peft::ClassMap>,
 ) -> Result<PathBuf, CheckpointError> {
     let root = out.join("checkpoints");
     std::fs::create_dir_all(&root).map_err(io(&root))?;
@@ -111,6 +111,9 @@ pub fn save(
                 Dtype::F32,
                 &[("format", "pt")],
             )?,
+        }
+        if let Some(map) = class_map {
+            peft::write_class_map(&tmp, map)?;
         }
         let mut moments = Vec::with_capacity(optimizer.moments.len() * 2);
         for ((key, _), m) in adapters.iter().zip(&optimizer.moments) {
@@ -169,7 +172,7 @@ pub fn find(dir: &Path) -> Result<PathBuf, CheckpointError> {
 /// Loads the checkpoint `dir` into `model` and returns the optimiser and trainer state.
 pub fn load(
     dir: &Path,
-    model: &mut Llama,
+    model: &mut impl AdaptedModel,
     optimizer: &mut AdamW,
 ) -> Result<TrainerState, CheckpointError> {
     let path = dir.join(STATE_FILE);
@@ -184,19 +187,16 @@ pub fn load(
     let mut moments = HostTensors::read(&opt_path)?;
     let device = model.device().clone();
     let mut restored = Vec::new();
-    for (path, adapter) in model.adapters_mut() {
-        for (factor, t) in [('A', &adapter.a), ('B', &adapter.b)] {
-            let shape = t.dims();
-            let key = peft_key(&path, factor);
-            let mut take = |suffix: &str| -> Result<Tensor<2>, WeightsError> {
-                let h = moments.take(&format!("{key}.{suffix}"), &shape)?;
-                Ok(Tensor::from_data(TensorData::new(h.values, shape), &device))
-            };
-            restored.push(Moments {
-                exp_avg: take("exp_avg")?,
-                exp_avg_sq: take("exp_avg_sq")?,
-            });
-        }
+    for (key, t) in model.params_mut() {
+        let shape = t.dims();
+        let mut take = |suffix: &str| -> Result<Tensor<2>, WeightsError> {
+            let h = moments.take(&format!("{key}.{suffix}"), &shape)?;
+            Ok(Tensor::from_data(TensorData::new(h.values, shape), &device))
+        };
+        restored.push(Moments {
+            exp_avg: take("exp_avg")?,
+            exp_avg_sq: take("exp_avg_sq")?,
+        });
     }
     moments.finish()?;
     optimizer.moments = restored;

@@ -1,4 +1,5 @@
-//! Causal-LM loss as a sum, so gradient accumulation can divide by the labelled tokens of the
+//! What a model is trained to minimise ([`Objective`]): for a causal LM the next-token loss, for a
+//! sequence classifier the cross-entropy of its class logits. Causal-LM loss as a sum, so gradient accumulation can divide by the labelled tokens of the
 //! whole optimiser step (not a mean of per-micro-batch means, which over-weights short batches).
 //! Logits are computed only where a label follows: prompts, system turns and padding (often
 //! half of a chat batch) cost no head matmul and no vocabulary-sized activations.
@@ -7,7 +8,79 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::data::batch::{Batch, IGNORE};
+use crate::model::TaskModel;
+use crate::model::adapters::AdaptedModel;
+use crate::model::classifier::SequenceClassifier;
 use crate::model::llama::Llama;
+
+/// A model with a loss: the sum over a batch's scored targets (labelled next tokens, or one
+/// class per row), so accumulation divides by the targets of the whole optimiser step.
+pub trait Objective: AdaptedModel {
+    /// Σ loss over `batch`'s targets → [1]; None when nothing in it is scored.
+    fn loss_sum(&self, batch: &Batch) -> Option<Tensor<1>>;
+
+    /// Class logits [rows, labels] for a classifier (evaluation metrics); None for an LM.
+    fn class_logits(&self, _batch: &Batch) -> Option<Tensor<2>> {
+        None
+    }
+
+    /// A classifier's class names, in logit order; None for an LM.
+    fn labels(&self) -> Option<&[String]> {
+        None
+    }
+}
+
+impl Objective for Llama {
+    fn loss_sum(&self, batch: &Batch) -> Option<Tensor<1>> {
+        next_token_nll_sum(self, batch)
+    }
+}
+
+impl Objective for SequenceClassifier {
+    /// Σ −log softmax(logits)[class] over the rows (torch's cross_entropy, reduction "sum").
+    fn loss_sum(&self, batch: &Batch) -> Option<Tensor<1>> {
+        if batch.classes.is_empty() {
+            return None;
+        }
+        let logits = self.logits(&batch.input_ids, &batch.attention_mask);
+        let n = batch.classes.len();
+        let classes: Vec<i64> = batch.classes.iter().map(|&c| i64::from(c)).collect();
+        let classes =
+            Tensor::<2, Int>::from_data(TensorData::new(classes, [n, 1]), &logits.device());
+        Some(log_softmax(logits, 1).gather(1, classes).sum().neg())
+    }
+
+    fn class_logits(&self, batch: &Batch) -> Option<Tensor<2>> {
+        Some(self.logits(&batch.input_ids, &batch.attention_mask))
+    }
+
+    fn labels(&self) -> Option<&[String]> {
+        Some(&self.labels)
+    }
+}
+
+impl Objective for TaskModel {
+    fn loss_sum(&self, batch: &Batch) -> Option<Tensor<1>> {
+        match self {
+            Self::Lm(m) => m.loss_sum(batch),
+            Self::Classifier(m) => m.loss_sum(batch),
+        }
+    }
+
+    fn class_logits(&self, batch: &Batch) -> Option<Tensor<2>> {
+        match self {
+            Self::Lm(m) => m.class_logits(batch),
+            Self::Classifier(m) => m.class_logits(batch),
+        }
+    }
+
+    fn labels(&self) -> Option<&[String]> {
+        match self {
+            Self::Lm(m) => m.labels(),
+            Self::Classifier(m) => m.labels(),
+        }
+    }
+}
 
 /// Σ −log p(labels[t+1] | ids[..=t]) over the labelled positions of `batch` → [1]; None when
 /// nothing in it is labelled.

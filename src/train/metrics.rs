@@ -23,6 +23,9 @@ pub struct StepRecord {
     pub eval_loss: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_perplexity: Option<f64>,
+    /// Classification runs: accuracy, macro-F1, per-class scores, confusion matrix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_classes: Option<super::classes::ClassMetrics>,
 }
 
 fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {

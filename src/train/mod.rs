@@ -1,7 +1,9 @@
 //! Training: the loss ([`loss`]), AdamW and clipping ([`optim`]), learning-rate schedules
-//! ([`schedule`]) and one optimiser step over accumulated micro-batches ([`step`]).
+//! ([`schedule`]), one optimiser step over accumulated micro-batches ([`step`]), the loop
+//! ([`trainer`]) and classification metrics ([`classes`]).
 
 pub mod checkpoint;
+pub mod classes;
 pub mod interrupt;
 pub mod loss;
 pub mod metrics;

@@ -5,11 +5,10 @@
 
 use burn::tensor::Tensor;
 
-use super::loss::next_token_nll_sum;
+use super::loss::Objective;
 use super::optim::{AdamW, clip_coefficient, global_norm};
 use super::{TrainError, scalar};
 use crate::data::batch::Batch;
-use crate::model::llama::Llama;
 
 /// What one optimiser step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,51 +23,49 @@ pub struct StepStats {
     pub tokens: usize,
 }
 
-/// Accumulated gradients of every adapter factor, A then B per adapter, in model order.
+/// Accumulated gradients of every trained tensor (`AdaptedModel::params_mut` order: A then B
+/// per adapter, then a classifier's head).
 pub fn accumulate_gradients(
-    model: &mut Llama,
+    model: &mut impl Objective,
     micro_batches: &[Batch],
 ) -> Result<(f64, Vec<Tensor<2>>), TrainError> {
     let loss_tokens: usize = micro_batches.iter().map(Batch::loss_tokens).sum();
     if loss_tokens == 0 {
         return Err(TrainError::NoLossTokens);
     }
-    for (_, a) in model.adapters_mut() {
-        a.track();
+    for (_, t) in model.params_mut() {
+        *t = t.clone().inner().autodiff().require_grad(); // a leaf whose gradient is kept
     }
     let mut total = 0.0;
     let mut sums: Vec<Option<Tensor<2>>> = Vec::new();
     for batch in micro_batches {
-        let Some(loss) = next_token_nll_sum(model, batch) else {
+        let Some(loss) = model.loss_sum(batch) else {
             continue; // nothing labelled here: no loss, no gradient
         };
         let loss = loss.div_scalar(loss_tokens as f64);
         let grads = loss.backward();
         total += scalar(loss.inner())?;
-        let adapters = model.adapters_mut();
-        sums.resize(adapters.len() * 2, None);
-        for (i, (path, a)) in adapters.into_iter().enumerate() {
-            for (j, factor) in [&a.a, &a.b].into_iter().enumerate() {
-                let g = factor
-                    .grad(&grads)
-                    .ok_or_else(|| TrainError::MissingGradient(path.clone()))?;
-                let slot = &mut sums[2 * i + j];
-                *slot = Some(match slot.take() {
-                    Some(s) => s + g,
-                    None => g,
-                });
-            }
+        let params = model.params_mut();
+        sums.resize(params.len(), None);
+        for ((key, t), slot) in params.into_iter().zip(&mut sums) {
+            let g = t
+                .grad(&grads)
+                .ok_or_else(|| TrainError::MissingGradient(key.clone()))?;
+            *slot = Some(match slot.take() {
+                Some(s) => s + g,
+                None => g,
+            });
         }
     }
-    for (_, a) in model.adapters_mut() {
-        a.untrack();
+    for (_, t) in model.params_mut() {
+        *t = t.clone().inner(); // drop the autodiff association
     }
     Ok((total, sums.into_iter().flatten().collect()))
 }
 
 /// One full optimiser step at learning rate `lr`.
 pub fn train_step(
-    model: &mut Llama,
+    model: &mut impl Objective,
     micro_batches: &[Batch],
     optimizer: &mut AdamW,
     lr: f64,
@@ -81,11 +78,7 @@ pub fn train_step(
     }
     let coef = clip_coefficient(grad_norm, max_grad_norm);
     let grads = grads.into_iter().map(|g| g.mul_scalar(coef)).collect();
-    let mut adapters = model.adapters_mut();
-    let mut params: Vec<&mut Tensor<2>> = adapters
-        .iter_mut()
-        .flat_map(|(_, a)| [&mut a.a, &mut a.b])
-        .collect();
+    let mut params: Vec<&mut Tensor<2>> = model.params_mut().into_iter().map(|(_, t)| t).collect();
     optimizer.step(&mut params, grads, lr);
     Ok(StepStats {
         loss,

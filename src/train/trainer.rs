@@ -11,7 +11,8 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::checkpoint::{self, TrainerState};
-use super::loss::next_token_nll_sum;
+use super::classes::ClassMetrics;
+use super::loss::Objective;
 use super::metrics::{MetricsLog, StepRecord};
 use super::optim::{AdamW, AdamWConfig};
 use super::schedule::LrSchedule;
@@ -19,8 +20,9 @@ use super::step::StepStats;
 use super::step::train_step;
 use super::{TrainError, scalar};
 use crate::data::dataset::Dataset;
+use crate::export::peft::ClassMap;
 use crate::lora::peft_config::PeftConfig;
-use crate::model::llama::Llama;
+use crate::model::adapters::host;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -35,6 +37,8 @@ pub struct Settings {
     pub out_dir: PathBuf,
     /// Written into every checkpoint, making each a PEFT adapter folder.
     pub peft_config: Option<PeftConfig>,
+    /// A classifier's labels, written into every checkpoint beside the adapters.
+    pub class_map: Option<ClassMap>,
     /// Show the progress bar (off in tests).
     pub progress: bool,
     /// Skip (no update) a step whose loss or gradient is non-finite instead of stopping.
@@ -68,10 +72,25 @@ pub struct SkippedStep {
     pub rows: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Eval {
     pub loss: f64,
     pub perplexity: f64,
+    /// A classifier's accuracy, F1 and confusion matrix.
+    pub classes: Option<ClassMetrics>,
+}
+
+impl Eval {
+    /// One line: loss and perplexity, or loss, accuracy and macro-F1 for a classifier.
+    pub fn brief(&self) -> String {
+        match &self.classes {
+            Some(c) => format!(
+                "loss {:.4}, accuracy {:.4}, macro-F1 {:.4}",
+                self.loss, c.accuracy, c.macro_f1
+            ),
+            None => format!("loss {:.4}, perplexity {:.2}", self.loss, self.perplexity),
+        }
+    }
 }
 
 /// Steps needed for `epochs` passes over `train`.
@@ -80,27 +99,81 @@ pub fn steps_for_epochs(train: &Dataset, batch_size: usize, grad_accum: usize, e
     micro.div_ceil(grad_accum as u64).max(1)
 }
 
-/// Mean next-token loss over every labelled token of `data`, dropout off, no autodiff.
-pub fn evaluate(model: &mut Llama, data: &Dataset, batch_size: usize) -> anyhow::Result<Eval> {
-    model.set_training(false);
-    let (mut sum, mut tokens) = (0.0, 0usize);
-    for batch in data.in_order(batch_size) {
-        if let Some(nll) = next_token_nll_sum(model, &batch) {
-            sum += scalar(nll)?;
-        }
-        tokens += batch.loss_tokens();
-    }
-    model.set_training(true);
-    let loss = sum / tokens.max(1) as f64;
+/// Mean loss over every target of `data` (labelled tokens, or rows for a classifier, whose
+/// predictions are scored too), dropout off, no autodiff.
+pub fn evaluate(
+    model: &mut impl Objective,
+    data: &Dataset,
+    batch_size: usize,
+) -> anyhow::Result<Eval> {
+    let (sum, targets, predictions) = score(model, data, batch_size)?;
+    let loss = sum / targets.max(1) as f64;
+    let classes = model.labels().map(|labels| {
+        let pairs: Vec<(u32, u32)> = predictions.iter().map(|p| (p.gold, p.predicted)).collect();
+        ClassMetrics::new(labels, &pairs)
+    });
     Ok(Eval {
         loss,
         perplexity: loss.exp(),
+        classes,
     })
+}
+
+/// One classified row: its gold class, the predicted one and the class probabilities.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    pub gold: u32,
+    pub predicted: u32,
+    pub probabilities: Vec<f64>,
+}
+
+/// The loss sum, the targets it is over, and (classifiers) every row's prediction, in order.
+pub fn score(
+    model: &mut impl Objective,
+    data: &Dataset,
+    batch_size: usize,
+) -> anyhow::Result<(f64, usize, Vec<Prediction>)> {
+    model.set_training(false);
+    let (mut sum, mut targets, mut predictions) = (0.0, 0usize, Vec::new());
+    for batch in data.in_order(batch_size) {
+        match model.class_logits(&batch) {
+            Some(logits) => {
+                let logits = host(&logits)?;
+                let n = logits.shape[1];
+                for (row, &gold) in logits.values.chunks(n).zip(&batch.classes) {
+                    let p = softmax(row);
+                    sum -= p[gold as usize].ln();
+                    let predicted = (0..n).fold(0, |best, c| if p[c] > p[best] { c } else { best });
+                    predictions.push(Prediction {
+                        gold,
+                        predicted: predicted as u32,
+                        probabilities: p,
+                    });
+                }
+            }
+            None => {
+                if let Some(nll) = model.loss_sum(&batch) {
+                    sum += scalar(nll)?;
+                }
+            }
+        }
+        targets += batch.loss_tokens();
+    }
+    model.set_training(true);
+    Ok((sum, targets, predictions))
+}
+
+/// softmax in f64 (max-subtracted).
+fn softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().fold(f32::MIN, |m, &v| m.max(v)) as f64;
+    let exp: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let total: f64 = exp.iter().sum();
+    exp.into_iter().map(|e| e / total).collect()
 }
 
 /// Trains `model`'s adapters on `train`; `resume` is a checkpoint or run directory.
 pub fn train(
-    model: &mut Llama,
+    model: &mut impl Objective,
     train: &Dataset,
     eval: Option<&Dataset>,
     s: &Settings,
@@ -140,14 +213,7 @@ pub fn train(
     let eval_before = match eval.filter(|_| first_step == 0) {
         Some(data) => {
             let e = evaluate(model, data, s.batch_size)?;
-            say(
-                &bar,
-                s.progress,
-                format!(
-                    "step 0: eval loss {:.4}, perplexity {:.2}",
-                    e.loss, e.perplexity
-                ),
-            );
+            say(&bar, s.progress, format!("step 0: eval {}", e.brief()));
             Some(e)
         }
         None => None,
@@ -237,6 +303,7 @@ pub fn train(
             elapsed_s: started.elapsed().as_secs_f64(),
             eval_loss: None,
             eval_perplexity: None,
+            eval_classes: None,
         };
         let due = |every: Option<u64>| every.is_some_and(|n| n > 0 && state.step.is_multiple_of(n));
         if let Some(eval) = eval.filter(|_| due(s.eval_every) || state.step == total) {
@@ -244,13 +311,11 @@ pub fn train(
             say(
                 &bar,
                 s.progress,
-                format!(
-                    "step {}: eval loss {:.4}, perplexity {:.2}",
-                    state.step, e.loss, e.perplexity
-                ),
+                format!("step {}: eval {}", state.step, e.brief()),
             );
             record.eval_loss = Some(e.loss);
             record.eval_perplexity = Some(e.perplexity);
+            record.eval_classes = e.classes.clone();
             last_eval = Some(e);
         }
         let line = format!(
@@ -274,6 +339,7 @@ pub fn train(
                 &optimizer,
                 &state,
                 s.peft_config.as_ref(),
+                s.class_map.as_ref(),
             )?;
             last_checkpoint = Some(dir);
         }

@@ -70,6 +70,21 @@ impl HostTensors {
         self.tensors.into_iter().collect()
     }
 
+    /// The same tensors with `prefix` removed from the names that carry it (a BERT checkpoint
+    /// saved from `BertForSequenceClassification` says `bert.embeddings…`, a bare `BertModel`
+    /// says `embeddings…`).
+    pub fn strip_prefix(self, prefix: &str) -> Self {
+        let tensors = self
+            .tensors
+            .into_iter()
+            .map(|(k, t)| (k.strip_prefix(prefix).map_or(k.clone(), String::from), t))
+            .collect();
+        Self {
+            origin: self.origin,
+            tensors,
+        }
+    }
+
     /// Drops a tensor the model knowingly does not use (e.g. a tied `lm_head.weight` copy).
     pub fn ignore(&mut self, name: &str) {
         self.tensors.remove(name);

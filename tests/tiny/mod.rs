@@ -10,7 +10,7 @@ use lora_tune::data::batch::{Batch, IGNORE};
 use lora_tune::data::encode::Encoded;
 use lora_tune::device::{DeviceChoice, select};
 use lora_tune::lora::targets::select as select_targets;
-use lora_tune::model::adapters::host;
+use lora_tune::model::adapters::{AdaptedModel, host};
 use lora_tune::model::config::LlamaConfig;
 use lora_tune::model::llama::Llama;
 use lora_tune::recipe::LoraSection;
@@ -212,5 +212,9 @@ pub fn example(k: u32, len: usize) -> Encoded {
         .enumerate()
         .map(|(j, &t)| if j < 2 { IGNORE } else { i64::from(t) })
         .collect();
-    Encoded { ids, labels }
+    Encoded {
+        ids,
+        labels,
+        class: None,
+    }
 }

@@ -1,0 +1,76 @@
+//! The frozen linear layer every architecture is built from, in HF layout (weight [out, in]),
+//! with an optional trainable low-rank adapter; and the loaders that take one named tensor of a
+//! checked shape out of a checkpoint.
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::lora::adapter::LoraAdapter;
+use crate::weights::WeightsError;
+use crate::weights::host::HostTensors;
+
+/// Frozen linear layer in HF layout, with an optional trainable low-rank adapter.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// [out, in]
+    pub weight: Tensor<2>,
+    /// [out]
+    pub bias: Option<Tensor<1>>,
+    pub lora: Option<LoraAdapter>,
+}
+
+impl Linear {
+    pub fn load(
+        w: &mut HostTensors,
+        at: &str,
+        shape: [usize; 2],
+        bias: bool,
+        device: &Device,
+    ) -> Result<Self, WeightsError> {
+        Ok(Self {
+            weight: take2(w, &format!("{at}.weight"), shape, device)?,
+            bias: if bias {
+                Some(take1(w, &format!("{at}.bias"), shape[0], device)?)
+            } else {
+                None
+            },
+            lora: None,
+        })
+    }
+
+    /// x: [batch, seq, in] → [batch, seq, out]; y = x·Wᵀ + b (+ the adapter's s·(x·Aᵀ)·Bᵀ).
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, s, _] = x.dims();
+        let [out, inp] = self.weight.dims();
+        let x = x.reshape([b * s, inp]);
+        let y = x.clone().matmul(self.weight.clone().transpose()); // [b·s, out]
+        let y = match &self.bias {
+            Some(bias) => y + bias.clone().reshape([1, out]).expand([b * s, out]),
+            None => y,
+        };
+        let y = match &self.lora {
+            Some(lora) => y + lora.forward(x),
+            None => y,
+        };
+        y.reshape([b, s, out])
+    }
+}
+
+pub fn take2(
+    w: &mut HostTensors,
+    name: &str,
+    shape: [usize; 2],
+    device: &Device,
+) -> Result<Tensor<2>, WeightsError> {
+    let t = w.take(name, &shape)?;
+    Ok(Tensor::from_data(TensorData::new(t.values, shape), device))
+}
+
+pub fn take1(
+    w: &mut HostTensors,
+    name: &str,
+    len: usize,
+    device: &Device,
+) -> Result<Tensor<1>, WeightsError> {
+    let t = w.take(name, &[len])?;
+    Ok(Tensor::from_data(TensorData::new(t.values, [len]), device))
+}

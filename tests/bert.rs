@@ -1,0 +1,356 @@
+//! The BERT encoder and sequence classification against transformers + PEFT
+//! (tools/reference/bert_fixtures.py): all-MiniLM-L6-v2's hidden states and sentence-transformers
+//! embeddings; on a tiny random BERT, `BertForSequenceClassification` logits with a fresh head,
+//! three PEFT SEQ_CLS training steps (LoRA on query/key/value/dense + the classifier trained in
+//! full), and the adapter folder PEFT saves after them; and `LlamaForSequenceClassification`'s
+//! logits (last-token pooling, `score` head) on the tiny Llama.
+
+mod artifacts;
+mod tiny;
+
+use std::path::PathBuf;
+
+use burn::tensor::{Device, Tensor};
+use lora_tune::data::batch::{Batch, IGNORE};
+use lora_tune::device::{DeviceChoice, select};
+use lora_tune::export::peft;
+use lora_tune::lora::peft_config::PeftConfig;
+use lora_tune::lora::targets::select as select_targets;
+use lora_tune::model::adapters::{AdaptedModel, host};
+use lora_tune::model::bert::{Bert, BertConfig};
+use lora_tune::model::classifier::{Body, SequenceClassifier};
+use lora_tune::recipe::{LoraSection, Pooling, Targets};
+use lora_tune::train::optim::{AdamW, AdamWConfig};
+use lora_tune::train::step::train_step;
+use lora_tune::weights::host::HostTensors;
+
+fn fixture(rel: &str) -> PathBuf {
+    tiny::fixture(&format!("bert/{rel}"))
+}
+
+fn cpu() -> Device {
+    select(DeviceChoice::Cpu).unwrap().device
+}
+
+fn load_bert(dir: &std::path::Path) -> Bert {
+    let path = dir.join("config.json");
+    let config = BertConfig::from_json(&path, &std::fs::read_to_string(&path).unwrap()).unwrap();
+    Bert::load(config, HostTensors::read(dir).unwrap(), &cpu()).unwrap()
+}
+
+/// The reference script's adapters: r=4, α=8, no dropout, PEFT's SEQ_CLS targets.
+fn lora() -> LoraSection {
+    LoraSection {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        targets: Targets::Modules(
+            ["query", "key", "value", "dense"]
+                .map(String::from)
+                .to_vec(),
+        ),
+        ..LoraSection::default()
+    }
+}
+
+/// The tiny classifier with the trained tensors of `file` (PEFT keys: adapters and head).
+fn classifier(file: &str) -> SequenceClassifier {
+    let bert = load_bert(&fixture("tiny-bert"));
+    let adapted = select_targets(&bert.config.linear_sites(), &lora()).unwrap();
+    let labels = ["a", "b", "c"].map(String::from).to_vec();
+    let mut model = SequenceClassifier::new(Body::Bert(bert), labels, Pooling::Cls, 0).unwrap();
+    model.attach_adapters(&adapted, &lora(), 0).unwrap();
+    model
+        .load_adapter_weights(&fixture(&format!("seq_cls/{file}")))
+        .unwrap();
+    model
+}
+
+fn batch() -> Batch {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        input_ids: Vec<Vec<u32>>,
+        attention_mask: Vec<Vec<u8>>,
+        labels: Vec<u32>,
+    }
+    let raw: Raw = tiny::json(&fixture("seq_cls/batch.json"));
+    Batch {
+        labels: raw
+            .input_ids
+            .iter()
+            .map(|r| vec![IGNORE; r.len()])
+            .collect(),
+        input_ids: raw.input_ids,
+        attention_mask: raw.attention_mask,
+        classes: raw.labels,
+    }
+}
+
+fn values<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    host(t).unwrap().values
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn reference(file: &str, name: &str) -> Vec<f32> {
+    HostTensors::read(&fixture(file))
+        .unwrap()
+        .into_entries()
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .unwrap_or_else(|| panic!("{file} has no {name}"))
+        .1
+        .values
+}
+
+#[test]
+fn tiny_classifier_logits_equal_transformers() {
+    let b = batch();
+    let model = classifier("init.safetensors");
+    let got = values(&model.logits(&b.input_ids, &b.attention_mask));
+    let want = reference("seq_cls/logits_init.safetensors", "logits");
+    let d = max_diff(&got, &want);
+    eprintln!("tiny BERT classifier logits: max |Δ| {d:e}");
+    assert!(d < 1e-6, "max |Δlogit| {d}");
+}
+
+#[test]
+fn three_seq_cls_steps_equal_peft() {
+    #[derive(serde::Deserialize)]
+    struct Step {
+        loss: f64,
+        grad_norm: f64,
+    }
+    let trajectory: Vec<Step> = tiny::json(&fixture("seq_cls/trajectory.json"));
+    let b = batch();
+    let mut model = classifier("init.safetensors");
+    model.set_training(true);
+    let mut optimizer = AdamW::new(AdamWConfig {
+        betas: [0.9, 0.999],
+        eps: 1e-8,
+        weight_decay: 0.01,
+    });
+    for (i, want) in trajectory.iter().enumerate() {
+        let got = train_step(
+            &mut model,
+            std::slice::from_ref(&b),
+            &mut optimizer,
+            1e-2,
+            1.0,
+        )
+        .unwrap();
+        let rel = |g: f64, w: f64| (g - w).abs() / w.abs();
+        eprintln!(
+            "step {}: loss rel Δ {:e}, grad norm rel Δ {:e}",
+            i + 1,
+            rel(got.loss, want.loss),
+            rel(got.grad_norm, want.grad_norm)
+        );
+        assert!(
+            rel(got.loss, want.loss) < 1e-6,
+            "step {}: loss {} vs {}",
+            i + 1,
+            got.loss,
+            want.loss
+        );
+        assert!(
+            rel(got.grad_norm, want.grad_norm) < 1e-6,
+            "step {}: grad norm {} vs {}",
+            i + 1,
+            got.grad_norm,
+            want.grad_norm
+        );
+    }
+    // Every trained tensor (adapters and the classifier head) as PEFT left it.
+    let want = HostTensors::read(&fixture("seq_cls/final.safetensors")).unwrap();
+    let mut want: std::collections::BTreeMap<String, Vec<f32>> = want
+        .into_entries()
+        .into_iter()
+        .map(|(k, t)| (k, t.values))
+        .collect();
+    let got = model.adapter_tensors().unwrap();
+    assert_eq!(got.len(), want.len());
+    for (key, t) in &got {
+        let w = want
+            .remove(key)
+            .unwrap_or_else(|| panic!("PEFT has no {key}"));
+        let d = max_diff(&t.values, &w);
+        eprintln!("after 3 steps, {key}: max |Δ| {d:e}");
+        assert!(d < 2e-6, "{key}: max |Δ| {d}");
+    }
+    model.set_training(false);
+    let logits = values(&model.logits(&b.input_ids, &b.attention_mask));
+    let d = max_diff(
+        &logits,
+        &reference("seq_cls/logits_final.safetensors", "logits"),
+    );
+    assert!(d < 1e-5, "trained logits: max |Δ| {d}");
+}
+
+#[test]
+fn seq_cls_folder_equals_what_peft_saves_and_loads_back() {
+    let mut model = classifier("final.safetensors");
+    let adapted = select_targets(
+        &load_bert(&fixture("tiny-bert")).config.linear_sites(),
+        &lora(),
+    )
+    .unwrap();
+    let config = PeftConfig::new(&lora(), &adapted, "tiny-bert".into(), None).for_classification();
+    let out = tempfile::tempdir().unwrap();
+    peft::write(
+        out.path(),
+        &model.adapter_tensors().unwrap(),
+        lora_tune::recipe::Dtype::F32,
+        &config,
+        None,
+    )
+    .unwrap();
+    peft::write_class_map(
+        out.path(),
+        &peft::ClassMap::new(&model.labels, Pooling::Cls),
+    )
+    .unwrap();
+
+    // Config: every field we write equals PEFT's (target_modules is a set, in hash order).
+    let read =
+        |dir: &std::path::Path| -> serde_json::Value { tiny::json(&dir.join(peft::CONFIG_FILE)) };
+    let (ours, theirs) = (read(out.path()), read(&fixture("seq_cls/peft")));
+    for (key, value) in ours.as_object().unwrap() {
+        match key.as_str() {
+            "base_model_name_or_path" => {}
+            "target_modules" => {
+                let sorted = |v: &serde_json::Value| {
+                    let mut n: Vec<String> = serde_json::from_value(v.clone()).unwrap();
+                    n.sort();
+                    n
+                };
+                assert_eq!(sorted(value), sorted(&theirs[key]));
+            }
+            _ => assert_eq!(value, &theirs[key], "{key}"),
+        }
+    }
+    // Tensors: the same names, shapes and bytes.
+    let tensors = |dir: &std::path::Path| -> Vec<(String, Vec<usize>, Vec<u8>)> {
+        let bytes = std::fs::read(dir.join(peft::WEIGHTS_FILE)).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut v: Vec<_> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.shape().to_vec(), t.data().to_vec()))
+            .collect();
+        v.sort();
+        v
+    };
+    let (ours_t, theirs_t) = (tensors(out.path()), tensors(&fixture("seq_cls/peft")));
+    assert_eq!(ours_t.len(), theirs_t.len());
+    for (o, t) in ours_t.iter().zip(&theirs_t) {
+        assert_eq!((&o.0, &o.1), (&t.0, &t.1));
+        let d = max_diff(
+            &o.2.chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect::<Vec<_>>(),
+            &t.2.chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect::<Vec<_>>(),
+        );
+        assert!(d < 2e-5, "{}: {d}", o.0);
+    }
+    // The class map reads back in logit order.
+    assert_eq!(
+        peft::read_class_map(out.path()).unwrap().labels(),
+        model.labels
+    );
+
+    // PEFT's own folder onto the base gives PEFT's trained logits.
+    let mut theirs_model = classifier("init.safetensors");
+    theirs_model
+        .load_adapter_weights(&fixture("seq_cls/peft").join(peft::WEIGHTS_FILE))
+        .unwrap();
+    let b = batch();
+    let logits = values(&theirs_model.logits(&b.input_ids, &b.attention_mask));
+    let d = max_diff(
+        &logits,
+        &reference("seq_cls/logits_final.safetensors", "logits"),
+    );
+    assert!(d < 1e-5, "PEFT folder logits: max |Δ| {d}");
+}
+
+#[test]
+fn minilm_hidden_states_and_embeddings_equal_sentence_transformers() {
+    let files = artifacts::minilm();
+    let bert = load_bert(files.path());
+    let reference = HostTensors::read(&fixture("minilm/reference.safetensors")).unwrap();
+    let reference: std::collections::BTreeMap<String, Vec<f32>> = reference
+        .into_entries()
+        .into_iter()
+        .map(|(k, t)| (k, t.values))
+        .collect();
+    let embeddings = &reference["embeddings"];
+    let tokenizer = lora_tune::model::tokenizer_of(&files).unwrap();
+    let sentences: Vec<String> = tiny::json(&fixture("minilm/sentences.json"));
+    let h = bert.config.hidden_size;
+    for (i, text) in sentences.iter().enumerate() {
+        let ids = tokenizer.encode(text, true).unwrap();
+        // The ids themselves are checked through the hidden states' length and values.
+        let hidden = values(&bert.forward(&[ids.clone()], &[vec![1; ids.len()]]));
+        let want = &reference[&format!("hidden.{i}")];
+        assert_eq!(hidden.len(), want.len(), "sentence {i}: token count");
+        let d = max_diff(&hidden, want);
+        eprintln!("MiniLM sentence {i}: max |Δ hidden| {d:e}");
+        assert!(d < 1e-4, "sentence {i}: max |Δ hidden| {d}");
+        // sentence-transformers: mean over tokens, then L2 normalisation.
+        let mut mean = vec![0f32; h];
+        for row in hidden.chunks(h) {
+            for (m, v) in mean.iter_mut().zip(row) {
+                *m += v / ids.len() as f32;
+            }
+        }
+        let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let mean: Vec<f32> = mean.iter().map(|v| v / norm).collect();
+        let d = max_diff(&mean, &embeddings[i * h..(i + 1) * h]);
+        eprintln!("MiniLM sentence {i}: max |Δ embedding| {d:e}");
+        assert!(d < 1e-4, "sentence {i}: max |Δ embedding| {d}");
+    }
+}
+
+#[test]
+fn llama_score_head_logits_equal_transformers() {
+    let bytes = std::fs::read(fixture("llama_seq_cls.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ints = |name: &str| -> Vec<i64> {
+        let t = st.tensor(name).unwrap();
+        t.data()
+            .chunks(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let (ids, mask) = (ints("input_ids"), ints("attention_mask"));
+    let rows = |v: &[i64]| -> Vec<Vec<i64>> { v.chunks(7).map(<[i64]>::to_vec).collect() };
+    let ids: Vec<Vec<u32>> = rows(&ids)
+        .into_iter()
+        .map(|r| r.into_iter().map(|t| t as u32).collect())
+        .collect();
+    let mask: Vec<Vec<u8>> = rows(&mask)
+        .into_iter()
+        .map(|r| r.into_iter().map(|m| m as u8).collect())
+        .collect();
+    let labels = ["a", "b", "c"].map(String::from).to_vec();
+    let mut model =
+        SequenceClassifier::new(Body::Llama(tiny::base()), labels, Pooling::Cls, 0).unwrap();
+    let score = reference("llama_seq_cls.safetensors", "score.weight");
+    assert_eq!(model.head.name, "score");
+    assert!(model.head.bias.is_none());
+    let dims = model.head.weight.dims();
+    model.head.weight = Tensor::from_data(burn::tensor::TensorData::new(score, dims), &cpu());
+    let got = values(&model.logits(&ids, &mask));
+    let want = reference("llama_seq_cls.safetensors", "logits");
+    let d = max_diff(&got, &want);
+    eprintln!("tiny Llama score-head logits: max |Δ| {d:e}");
+    assert!(d < 1e-6, "max |Δlogit| {d}");
+}
