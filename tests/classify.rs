@@ -190,6 +190,54 @@ fn tiny_bert_trains_exports_resumes_and_predicts() {
         .sum();
     assert!((p - 1.0).abs() < 1e-9);
     assert_eq!(lines[0]["gold"], "account");
+
+    // `export --format peft` keeps the head and the label map; causal-LM formats are refused.
+    stdout(&lora_tune(
+        dir,
+        &[
+            "export",
+            "--adapter",
+            "a",
+            "--format",
+            "peft",
+            "--out",
+            "copy",
+        ],
+    ));
+    assert_eq!(
+        std::fs::read(dir.join("copy/adapter_model.safetensors")).unwrap(),
+        weights
+    );
+    assert!(dir.join("copy/classifier.json").is_file());
+    let gguf = lora_tune(
+        dir,
+        &[
+            "export",
+            "--adapter",
+            "a",
+            "--format",
+            "gguf",
+            "--out",
+            "a.gguf",
+        ],
+    );
+    assert_eq!(gguf.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gguf.stderr).contains("exports as a PEFT folder only"));
+    assert!(!dir.join("a.gguf").exists());
+
+    // An adapter trained on other labels is refused by `eval`, naming both sets.
+    std::fs::write(
+        dir.join("train.jsonl"),
+        rows(48, 0).replace("shipping", "logistics"),
+    )
+    .unwrap();
+    let other = lora_tune(dir, &["eval", "a.toml", "--adapter", "a"]);
+    assert_eq!(other.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        stderr.contains("trained on the labels [account, billing, shipping]"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -258,6 +306,12 @@ fn minilm_routes_tickets_after_a_few_steps() {
     let run = stdout(&lora_tune(dir, &["m.toml"]));
     assert!(
         run.contains("BERT encoder: 6 layers, hidden 384, 12 heads, vocab 30522"),
+        "{run}"
+    );
+    // PEFT's own line for this model and config (tools/reference/classify_peft.py printed it):
+    // LoRA + the classifier, and PEFT's wrapper keeps the original classifier beside the copy.
+    assert!(
+        run.contains("trainable params: 340,230 || all params: 23,055,756 || trainable%: 1.4757"),
         "{run}"
     );
     let before = figure(&run, "eval loss", "eval loss");

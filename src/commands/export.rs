@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::cli::ExportDtype;
-use crate::export::peft::{CONFIG_FILE, WEIGHTS_FILE, read_config};
+use crate::export::peft::{CLASS_MAP_FILE, CONFIG_FILE, WEIGHTS_FILE, read_config};
 use crate::export::{gguf_lora, merge, servability};
 use crate::lora::peft_config::PeftConfig;
 use crate::recipe::Dtype;
@@ -44,9 +44,20 @@ pub fn run(adapter: &Path, out: &Path, dtype: Dtype, force: bool) -> anyhow::Res
     let (dir, config) = adapter_folder(adapter)?;
     report(&servability::check_adapter(&config));
     let weights = StFile::open(&dir.join(WEIGHTS_FILE))?;
+    // A classifier (SEQ_CLS) also saves its head in full, as PEFT's modules_to_save.
+    let head = |name: &str| {
+        config.task_type.as_deref() == Some("SEQ_CLS")
+            && ["classifier", "score"].iter().any(|m| {
+                name == format!("base_model.model.{m}.weight")
+                    || name == format!("base_model.model.{m}.bias")
+            })
+    };
     anyhow::ensure!(
-        weights.tensors.iter().all(|t| t.name.contains(".lora_")),
-        "{}: holds tensors that are not LoRA factors",
+        weights
+            .tensors
+            .iter()
+            .all(|t| t.name.contains(".lora_") || head(&t.name)),
+        "{}: holds tensors that are not LoRA factors (or a SEQ_CLS head)",
         weights.path.display()
     );
     let occupied = out.read_dir().is_ok_and(|mut d| d.next().is_some());
@@ -58,7 +69,7 @@ pub fn run(adapter: &Path, out: &Path, dtype: Dtype, force: bool) -> anyhow::Res
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     crate::atomic::remove_stale_temps(out);
     let names: &[&str] = if dtype == Dtype::F32 {
-        &[WEIGHTS_FILE, CONFIG_FILE, "README.md"]
+        &[WEIGHTS_FILE, CONFIG_FILE, CLASS_MAP_FILE, "README.md"]
     } else {
         // Checkpoints hold f32: convert the tensors, copy the rest.
         let tensors = HostTensors::read(&dir.join(WEIGHTS_FILE))?.into_entries();
@@ -68,12 +79,12 @@ pub fn run(adapter: &Path, out: &Path, dtype: Dtype, force: bool) -> anyhow::Res
             dtype,
             &[("format", "pt")],
         )?;
-        &[CONFIG_FILE, "README.md"]
+        &[CONFIG_FILE, CLASS_MAP_FILE, "README.md"]
     };
     for &name in names {
         let from = dir.join(name);
         if !from.is_file() {
-            continue; // checkpoints carry no model card
+            continue; // checkpoints carry no model card; LMs no classifier.json
         }
         let bytes = std::fs::read(&from).with_context(|| format!("reading {}", from.display()))?;
         let to = out.join(name);
@@ -129,6 +140,11 @@ fn base_export(
     force: bool,
 ) -> anyhow::Result<BaseExport> {
     let (dir, config) = adapter_folder(adapter)?;
+    anyhow::ensure!(
+        config.task_type.as_deref() != Some("SEQ_CLS"),
+        "{}: a classifier adapter (task_type SEQ_CLS) exports as a PEFT folder only; GGUF LoRA and merged models are causal-LM formats",
+        dir.display()
+    );
     anyhow::ensure!(
         !out.exists() || force,
         "{} exists; pass --force to replace it",

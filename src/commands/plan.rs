@@ -111,25 +111,29 @@ pub fn prepare(recipe: &Path) -> anyhow::Result<Prepared> {
     }
     let adapted = targets::select(&config.linear_sites(plan.pooling), &plan.lora)
         .with_context(|| format!("choosing LoRA targets ({})", plan.recipe_path.display()))?;
-    print!(
-        "{}",
-        ParameterReport::new(&adapted, config.parameter_count()).render()
-    );
     let labels = match plan.task {
         Task::CausalLm => None,
         Task::Classification => {
             let d = &plan.data;
             let labels = crate::data::rows::class_labels(&d.train, d.format, d.strict)?;
             println!(
-                "task:  classification, {} classes ({}), {:?} pooling; the head trains in full: {} more trainable parameters",
+                "task:  classification, {} classes ({}), {:?} pooling; the head trains in full",
                 labels.len(),
                 labels.join(", "),
                 plan.pooling,
-                thousands(config.head_parameters(labels.len()))
             );
             Some(labels)
         }
     };
+    let mut report = ParameterReport::new(&adapted, config.parameter_count());
+    if let Some(labels) = &labels {
+        let head = match config {
+            ModelConfig::Bert(_) => "classifier",
+            ModelConfig::Llama(_) => "score",
+        };
+        report = report.with_head(head, config.head_parameters(labels.len()));
+    }
+    print!("{}", report.render());
     Ok(Prepared {
         plan,
         model,
@@ -175,9 +179,10 @@ pub fn load_data(prepared: &Prepared) -> anyhow::Result<(Dataset, Option<Dataset
         (None, None) => (Dataset::load(&d.train, d, &encoder, &|_| true)?, None),
     };
     let batch_size = plan.train.batch_size as usize;
-    print_data_stats("train", &train.stats(batch_size, seed));
+    let classification = prepared.labels.is_some();
+    print_data_stats("train", &train.stats(batch_size, seed), classification);
     if let Some(eval) = &eval {
-        print_data_stats("eval", &eval.stats(batch_size, seed));
+        print_data_stats("eval", &eval.stats(batch_size, seed), classification);
     }
     for bad in train
         .skipped
@@ -190,14 +195,22 @@ pub fn load_data(prepared: &Prepared) -> anyhow::Result<(Dataset, Option<Dataset
     Ok((train, eval))
 }
 
-fn print_data_stats(name: &str, stats: &DataStats) {
+fn print_data_stats(name: &str, stats: &DataStats, classification: bool) {
+    // A classifier scores one class per row, not tokens.
+    let targets = if classification {
+        "one class each".to_string()
+    } else {
+        format!(
+            "{:.1}% trained / {:.1}% masked",
+            100.0 * stats.trained_fraction(),
+            100.0 * (1.0 - stats.trained_fraction())
+        )
+    };
     println!(
-        "data:  {name}: {} rows, {} tokens (longest {}), {:.1}% trained / {:.1}% masked, {} truncated, {} skipped",
+        "data:  {name}: {} rows, {} tokens (longest {}), {targets}, {} truncated, {} skipped",
         thousands(stats.examples as u64),
         thousands(stats.tokens as u64),
         stats.longest,
-        100.0 * stats.trained_fraction(),
-        100.0 * (1.0 - stats.trained_fraction()),
         stats.truncated,
         stats.skipped
     );

@@ -266,6 +266,11 @@ pub fn run(
         )
         .with_context(|| format!("exporting to {}", plan.out_dir.display()))?;
         if let TaskModel::Classifier(c) = &s.model {
+            if plan.pooling == crate::recipe::Pooling::Mean {
+                println!(
+                    "check: model.pooling = \"mean\": transformers' *ForSequenceClassification pool the first (BERT) or last (decoder) token, so PEFT loads this folder but predicts differently; `lora-tune predict` reads the pooling from classifier.json"
+                );
+            }
             peft::write_class_map(&plan.out_dir, &peft::ClassMap::new(&c.labels, plan.pooling))
                 .with_context(|| format!("exporting to {}", plan.out_dir.display()))?;
         }
@@ -393,6 +398,18 @@ pub fn eval(recipe: &Path, adapter: Option<&Path>, device: DeviceChoice) -> anyh
     match adapter {
         Some(dir) => {
             let dir = crate::train::checkpoint::find(dir).unwrap_or_else(|_| dir.into());
+            if let Some(labels) = &s.prepared.labels {
+                let trained = peft::read_class_map(&dir)
+                    .with_context(|| format!("--adapter {}", dir.display()))?
+                    .labels();
+                anyhow::ensure!(
+                    &trained == labels,
+                    "--adapter {}: trained on the labels [{}], but the recipe's data has [{}]",
+                    dir.display(),
+                    trained.join(", "),
+                    labels.join(", ")
+                );
+            }
             s.model
                 .load_adapter_weights(&dir.join(crate::train::checkpoint::ADAPTER_FILE))
                 .with_context(|| format!("--adapter {}", dir.display()))?;

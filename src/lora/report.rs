@@ -33,6 +33,16 @@ impl ParameterReport {
         }
     }
 
+    /// Adds a classification head trained in full (PEFT's `modules_to_save`): its parameters are
+    /// trainable, and PEFT's wrapper keeps the original head beside the trained copy, so the
+    /// same count is frozen too — as PEFT's line counts it.
+    pub fn with_head(mut self, name: &str, parameters: u64) -> Self {
+        self.trainable += parameters;
+        self.frozen += parameters;
+        self.by_module.insert(name.to_string(), (1, parameters));
+        self
+    }
+
     pub fn all(&self) -> u64 {
         self.trainable + self.frozen
     }
