@@ -298,7 +298,7 @@ fn minilm_hidden_states_and_embeddings_equal_sentence_transformers() {
     for (i, text) in sentences.iter().enumerate() {
         let ids = tokenizer.encode(text, true).unwrap();
         // The ids themselves are checked through the hidden states' length and values.
-        let hidden = values(&bert.forward(&[ids.clone()], &[vec![1; ids.len()]]));
+        let hidden = values(&bert.forward(std::slice::from_ref(&ids), &[vec![1; ids.len()]]));
         let want = &reference[&format!("hidden.{i}")];
         assert_eq!(hidden.len(), want.len(), "sentence {i}: token count");
         let d = max_diff(&hidden, want);

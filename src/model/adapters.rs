@@ -19,6 +19,12 @@ pub fn peft_key(path: &str, factor: char) -> String {
     format!("base_model.model.{path}.lora_{factor}.weight")
 }
 
+/// Every linear layer with its module path, and the fully trained tensors under their PEFT keys.
+pub type Parts<'a> = (
+    Vec<(String, &'a mut Linear)>,
+    Vec<(String, &'a mut Tensor<2>)>,
+);
+
 /// A model whose adapters (and, for a classifier, head) train on a frozen base. The provided
 /// methods attach adapters, reseed their dropout and move every trained tensor in and out under
 /// its PEFT key, for any architecture that lists its linear layers.
@@ -28,7 +34,7 @@ pub trait AdaptedModel {
     /// Every linear layer with its HF module path, in model order; and the tensors trained in
     /// full besides the adapters (a classification head) under their PEFT keys, a bias held as
     /// [1, n] and saved as [n] — none for a causal LM. One call so both borrow `self` at once.
-    fn parts_mut(&mut self) -> (Vec<(String, &mut Linear)>, Vec<(String, &mut Tensor<2>)>);
+    fn parts_mut(&mut self) -> Parts<'_>;
 
     /// Training mode switches dropout on; evaluation and generation run with it off.
     fn set_training(&mut self, training: bool) {
@@ -141,7 +147,7 @@ impl AdaptedModel for Llama {
         Llama::device(self)
     }
 
-    fn parts_mut(&mut self) -> (Vec<(String, &mut Linear)>, Vec<(String, &mut Tensor<2>)>) {
+    fn parts_mut(&mut self) -> Parts<'_> {
         (self.linears_mut(), Vec::new())
     }
 }

@@ -11,15 +11,15 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use super::adapters::{AdaptedModel, stream_seed};
+use super::adapters::{AdaptedModel, Parts, stream_seed};
 use super::bert::Bert;
-use super::linear::Linear;
 use super::llama::Llama;
 use crate::lora::adapter::{dropout_mask, standard_normal};
 use crate::recipe::Pooling;
 
 /// The model under the head.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one model per process, never in a collection
 pub enum Body {
     Bert(Bert),
     Llama(Llama),
@@ -181,7 +181,7 @@ impl AdaptedModel for SequenceClassifier {
         SequenceClassifier::device(self)
     }
 
-    fn parts_mut(&mut self) -> (Vec<(String, &mut Linear)>, Vec<(String, &mut Tensor<2>)>) {
+    fn parts_mut(&mut self) -> Parts<'_> {
         let linears = match &mut self.body {
             Body::Bert(b) => b.linears_mut(),
             Body::Llama(l) => l.linears_mut(),

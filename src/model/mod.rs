@@ -181,6 +181,7 @@ pub fn load_classifier(
 
 /// The model a recipe trains: a causal LM, or a sequence classifier (`model.task`).
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one model per process, never in a collection
 pub enum TaskModel {
     Lm(Llama),
     Classifier(SequenceClassifier),
@@ -194,12 +195,7 @@ impl adapters::AdaptedModel for TaskModel {
         }
     }
 
-    fn parts_mut(
-        &mut self,
-    ) -> (
-        Vec<(String, &mut linear::Linear)>,
-        Vec<(String, &mut burn::tensor::Tensor<2>)>,
-    ) {
+    fn parts_mut(&mut self) -> adapters::Parts<'_> {
         match self {
             Self::Lm(m) => m.parts_mut(),
             Self::Classifier(m) => m.parts_mut(),
