@@ -134,9 +134,14 @@ def main():
                 break
             taken[which][category] += 1
             split[which] += rows_for(lic, clause)
+    write_splits("contracts", split, taken, rng)
+
+
+def write_splits(dataset, split, taken, rng):
+    """Shuffles and writes datasets/DATASET/{train,eval}.jsonl, one JSON object per line."""
     for which, rows in split.items():
         rng.shuffle(rows)
-        path = ROOT / f"datasets/contracts/{which}.jsonl"
+        path = ROOT / f"datasets/{dataset}/{which}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             for row in rows:

@@ -12,7 +12,6 @@ train licenses (every fifth license, after a seeded shuffle). Deterministic. Sta
 """
 
 import argparse
-import json
 import random
 
 import make_contracts_dataset as contracts
@@ -45,15 +44,7 @@ def main():
                 break
             taken[which][category] += 1
             split[which].append({"text": clause, "label": category})
-    for which, rows in split.items():
-        rng.shuffle(rows)
-        path = contracts.ROOT / f"datasets/legal-categories/{which}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        print(f"{path.relative_to(contracts.ROOT)}: {len(rows)} rows; per category {taken[which]}")
-
+    contracts.write_splits("legal-categories", split, taken, rng)
 
 if __name__ == "__main__":
     main()
