@@ -1,6 +1,8 @@
 //! SmolLM2-135M-Instruct (the pinned GGUF) on the CPU backend: load time, forward (prefill)
-//! tokens/s and KV-cache decode tokens/s, printed as one JSON object. Not a test.
-//! Run: cargo bench --bench forward
+//! tokens/s, evaluation tokens/s (W1's 4×256 batch through the model with r=8 adapters on the
+//! seven Llama targets, no gradient) and KV-cache decode tokens/s, printed as one JSON object.
+//! Not a test. Run: cargo bench --bench forward; the PyTorch side:
+//! tools/reference/bench_forward.py GGUF_DIR.
 
 #[path = "../tests/artifacts/mod.rs"]
 mod artifacts;
@@ -9,7 +11,10 @@ use std::time::Instant;
 
 use burn::tensor::Tensor;
 use lora_tune::device::{DeviceChoice, select};
+use lora_tune::lora::targets::select as select_targets;
+use lora_tune::model::adapters::AdaptedModel;
 use lora_tune::model::generate::{Sampling, generate};
+use lora_tune::recipe::LoraSection;
 
 fn main() -> anyhow::Result<()> {
     let files = artifacts::smollm2();
@@ -42,6 +47,35 @@ fn main() -> anyhow::Result<()> {
         generate(&model, prompt, 64, &[], Sampling::GREEDY, |_| {}).map_err(anyhow::Error::msg)?;
     let decode_s = t.elapsed().as_secs_f64();
 
+    // Evaluation: W1's token ids (benches/train.rs), 4 × 256, through the adapted model.
+    let mut adapted = model.clone();
+    let lora = LoraSection {
+        rank: 8,
+        alpha: 16.0,
+        ..LoraSection::default()
+    };
+    let sites = select_targets(&adapted.config.linear_sites(), &lora)?;
+    adapted
+        .attach_adapters(&sites, &lora, 42)
+        .map_err(anyhow::Error::msg)?;
+    let rows: Vec<Vec<u32>> = (0..4)
+        .map(|r| {
+            (0..256)
+                .map(|j| ((r * 7919 + j * 104_729) % 49_000 + 100) as u32)
+                .collect()
+        })
+        .collect();
+    let mut eval_times = Vec::new();
+    for run in 0..4 {
+        let t = Instant::now();
+        let _ = adapted.forward(&rows, &vec![vec![1; 256]; 4]).into_data();
+        if run > 0 {
+            eval_times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    eval_times.sort_by(f64::total_cmp);
+    let eval_median = eval_times[eval_times.len() / 2];
+
     println!(
         "{}",
         serde_json::json!({
@@ -52,6 +86,9 @@ fn main() -> anyhow::Result<()> {
             "forward_s_min": times[0],
             "forward_s_median": median,
             "forward_tokens_per_s": ids.len() as f64 / median,
+            "eval_tokens": 4 * 256,
+            "eval_s_median": eval_median,
+            "eval_tokens_per_s": 1024.0 / eval_median,
             "decode_tokens": new.len(),
             "decode_tokens_per_s": new.len() as f64 / decode_s,
         })

@@ -41,6 +41,8 @@ pub struct BatchShape {
     pub seq: usize,
     /// Labelled tokens (where logits are computed), at most batch · seq.
     pub scored: usize,
+    /// `train.gradient_checkpointing`: only one layer's activations are alive at a time.
+    pub checkpointing: bool,
 }
 
 impl MemoryEstimate {
@@ -52,10 +54,17 @@ impl MemoryEstimate {
         let per_token_layer = HIDDEN_BUFFERS * config.hidden_size as u64
             + MLP_BUFFERS * config.intermediate_size as u64;
         let scores = SCORE_BUFFERS * b * config.num_attention_heads as u64 * s * s;
+        let one_layer = tokens * per_token_layer + scores;
+        let activations = if shape.checkpointing {
+            // Each layer's input is kept; one layer at a time is recomputed under autodiff.
+            layers * tokens * config.hidden_size as u64 + one_layer
+        } else {
+            layers * one_layer
+        };
         Self {
             weights: config.parameter_count() * F32,
             adapters: ADAPTER_COPIES * trainable * F32,
-            activations: layers * (tokens * per_token_layer + scores) * F32,
+            activations: activations * F32,
             logits: LOGIT_BUFFERS * shape.scored as u64 * config.vocab_size as u64 * F32,
         }
     }
@@ -67,14 +76,19 @@ impl MemoryEstimate {
     /// One line: the total and its parts.
     pub fn render(&self, shape: BatchShape) -> String {
         format!(
-            "{} (weights {}, adapters + optimizer {}, activations {} and logits {} for a {}x{} micro-batch)",
+            "{} (weights {}, adapters + optimizer {}, activations {} and logits {} for a {}x{} micro-batch{})",
             gb(self.total()),
             gb(self.weights),
             gb(self.adapters),
             gb(self.activations),
             gb(self.logits),
             shape.batch,
-            shape.seq
+            shape.seq,
+            if shape.checkpointing {
+                ", gradient checkpointing"
+            } else {
+                ""
+            }
         )
     }
 }

@@ -261,6 +261,11 @@ impl Plan {
                 r#"must be false for model.task = "classification": each row is classified alone"#,
             )?;
             check(
+                !t.gradient_checkpointing,
+                "train.gradient_checkpointing",
+                "is for causal-LM decoders; a classifier trains with it off",
+            )?;
+            check(
                 e.formats.iter().all(|f| *f == ExportFormat::Peft),
                 "export.formats",
                 r#"a classifier exports "peft" only (GGUF LoRA and merged models are for causal LMs)"#,

@@ -181,6 +181,10 @@ pub struct TrainSection {
     /// Skip a step whose loss or gradient is NaN/Inf (no update; the rows are named) instead of
     /// stopping the run. Default false.
     pub skip_nonfinite: bool,
+    /// Recompute each decoder layer in backward instead of keeping its activations: far less
+    /// memory (one layer's activations plus one hidden-sized tensor per layer) for one more
+    /// forward pass. Causal-LM decoders only. Default false.
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for TrainSection {
@@ -203,6 +207,7 @@ impl Default for TrainSection {
             eval_every: None,
             checkpoint_every: None,
             skip_nonfinite: false,
+            gradient_checkpointing: false,
         }
     }
 }

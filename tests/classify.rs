@@ -271,6 +271,11 @@ fn classification_settings_that_cannot_work_are_refused() {
                 .replace("out_dir = \"o\"", "out_dir = \"o\"\nformats = [\"gguf\"]"),
             "export.formats",
         ),
+        // Block recompute is built for decoders.
+        (
+            recipe(TINY_BERT, "o", 1, "gradient_checkpointing = true"),
+            "train.gradient_checkpointing",
+        ),
         // An eval label the training data never shows.
         (
             recipe(TINY_BERT, "o", 1, ""),

@@ -475,3 +475,75 @@ fn ctrl_c_checkpoints_and_resume_equals_the_uninterrupted_run() {
         "resumed run differs from the uninterrupted one"
     );
 }
+
+/// `train.gradient_checkpointing = true` reaches the trainer: `plan` counts one layer's
+/// activations, and a run on the tiny Llama (LoRA dropout on, so the recompute must replay the
+/// masks) logs the losses of the same run without it.
+#[test]
+fn gradient_checkpointing_trains_the_same_losses_in_less_planned_memory() {
+    let tiny = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/llama/tiny-llama"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..12)
+        .map(|i| serde_json::json!({"text": format!("Ticket {i}: order {} was charged twice.", i * 37 % 101)}).to_string())
+        .collect();
+    std::fs::write(tmp.path().join("train.jsonl"), rows.join("\n")).unwrap();
+    let mut planned = Vec::new();
+    let mut losses = Vec::new();
+    for (name, checkpointing) in [("plain", false), ("recompute", true)] {
+        let recipe = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &recipe,
+            format!(
+                "[model]\nsource = {tiny:?}\n\n[lora]\nrank = 4\ndropout = 0.1\n\n[data]\ntrain = \"train.jsonl\"\nmax_len = 64\n\n[train]\nmax_steps = 6\nbatch_size = 3\nlr = 1e-2\ngradient_checkpointing = {checkpointing}\n\n[export]\nout_dir = \"{name}\"\n"
+            ),
+        )
+        .unwrap();
+        let recipe = recipe.to_str().unwrap();
+        let (plan, _) = text(&lora_tune(&["plan", recipe]));
+        let line = plan
+            .lines()
+            .find(|l| l.starts_with("memory: peak"))
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            line.contains("gradient checkpointing"),
+            checkpointing,
+            "{line}"
+        );
+        planned.push(line);
+        let out = lora_tune(&[recipe, "--device", "cpu"]);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+        let metrics = std::fs::read_to_string(tmp.path().join(name).join("metrics.jsonl")).unwrap();
+        let run: Vec<f64> = metrics
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(run.len(), 6);
+        losses.push(run);
+    }
+    for (a, b) in losses[0].iter().zip(&losses[1]) {
+        assert!(
+            (a - b).abs() <= 1e-5 * a.abs(),
+            "{:?} vs {:?}",
+            losses[0],
+            losses[1]
+        );
+    }
+    // "activations 1.6 MB and logits …": one layer's activations at a time is about half of two.
+    let activations = |line: &str| -> f64 {
+        let after = line.split("activations ").nth(1).unwrap();
+        after.split(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(
+        activations(&planned[1]) < 0.7 * activations(&planned[0]),
+        "{planned:?}"
+    );
+}

@@ -40,7 +40,118 @@ fn rel(got: f64, want: f64) -> f64 {
 
 #[test]
 fn ten_steps_with_accumulation_and_clipping_equal_peft() {
-    tiny::assert_ten_steps_equal_peft(&cpu(), "flex");
+    tiny::assert_ten_steps_equal_peft(&cpu(), "flex", false);
+}
+
+#[test]
+fn ten_steps_with_gradient_checkpointing_equal_peft() {
+    tiny::assert_ten_steps_equal_peft(&cpu(), "flex, gradient checkpointing", true);
+}
+
+/// Block recompute (`train.gradient_checkpointing`) gives the plain path's losses and
+/// gradients — with LoRA dropout (each adapter's mask stream is rewound for the recompute), a
+/// packed row, padding, accumulation, a layer without adapters below one with them, and an
+/// adapter on the untied LM head — and so the same adapters after five AdamW steps.
+#[test]
+fn gradient_checkpointing_equals_the_plain_path() {
+    use lora_tune::recipe::Targets;
+    use lora_tune::train::step::accumulate_gradients;
+    let lora = LoraSection {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.2,
+        targets: Targets::Regex(r"model\.layers\.1\..*|lm_head".into()),
+        ..LoraSection::default()
+    };
+    let (mut plain, mut recomputing) =
+        (tiny::with_adapters(&lora, 3), tiny::with_adapters(&lora, 3));
+    recomputing.gradient_checkpointing = true;
+    assert_eq!(
+        plain.params_mut().len(),
+        2 * 8,
+        "layer 1's seven linears and lm_head"
+    );
+    for m in [&mut plain, &mut recomputing] {
+        m.set_training(true);
+        for (_, a) in m.adapters_mut() {
+            // B = 0 at init would zero every A gradient and the adapters' share of the input
+            // gradient (and a constant B zeroes the head's A gradient: softmax gradients sum to 0).
+            let [out, r] = a.b.dims();
+            let values = (0..out * r)
+                .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.01)
+                .collect();
+            a.b = Tensor::from_data(
+                burn::tensor::TensorData::new(values, [out, r]),
+                &a.b.device(),
+            );
+        }
+    }
+    let mut batches = tiny::train_batches();
+    // A packed row: two examples that must not attend to each other, then padding.
+    batches.push(Batch {
+        input_ids: vec![vec![5, 17, 33, 9, 41, 12, 88, 0]],
+        attention_mask: vec![vec![1, 1, 1, 2, 2, 2, 2, 0]],
+        labels: vec![vec![-100, 17, 33, -100, 41, 12, 88, -100]],
+        classes: Vec::new(),
+    });
+    let adamw = AdamWConfig {
+        betas: [0.9, 0.999],
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    let (mut opt_plain, mut opt_recomputing) = (AdamW::new(adamw), AdamW::new(adamw));
+    for step in 0..5u64 {
+        let micro = [
+            batches[step as usize % batches.len()].clone(),
+            batches[batches.len() - 1].clone(),
+        ];
+        let seed = 100 + step;
+        plain.seed_dropout(seed);
+        recomputing.seed_dropout(seed);
+        let (want_loss, want) = accumulate_gradients(&mut plain, &micro).unwrap();
+        let (got_loss, got) = accumulate_gradients(&mut recomputing, &micro).unwrap();
+        assert!(
+            rel(got_loss, want_loss) < 1e-6,
+            "step {step}: loss {got_loss} vs {want_loss}"
+        );
+        assert_eq!(got.len(), want.len());
+        let keys: Vec<String> = plain.params_mut().into_iter().map(|(k, _)| k).collect();
+        let mut worst = 0.0f32;
+        for ((key, g), w) in keys.iter().zip(&got).zip(&want) {
+            let (g, w) = (tiny::values(g), tiny::values(w));
+            let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(scale > 0.0, "{key}: no gradient on the plain path");
+            let diff = g
+                .iter()
+                .zip(&w)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            worst = worst.max(diff / scale);
+        }
+        eprintln!(
+            "step {step}: loss {got_loss:.6} (plain {want_loss:.6}), worst gradient difference {worst:e}"
+        );
+        assert!(worst < 1e-5, "step {step}: gradients differ by {worst}");
+        for (m, opt) in [
+            (&mut plain, &mut opt_plain),
+            (&mut recomputing, &mut opt_recomputing),
+        ] {
+            m.seed_dropout(seed);
+            train_step(m, &micro, opt, 1e-2, 1.0).unwrap();
+        }
+    }
+    let (want, got) = (
+        plain.adapter_tensors().unwrap(),
+        recomputing.adapter_tensors().unwrap(),
+    );
+    for ((key, a), (_, b)) in got.iter().zip(&want) {
+        let scale = b.values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let diff = a
+            .values
+            .iter()
+            .zip(&b.values)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff <= 1e-5 * scale, "{key}: {diff} after five steps");
+    }
 }
 
 /// A small synthetic dataset: 10 rows of 5–12 tokens with an unlabelled 2-token prompt.
@@ -194,9 +305,19 @@ fn formula_a(n: usize, rows: usize, cols: usize) -> Vec<f32> {
 
 #[test]
 fn smollm2_three_steps_equal_peft() {
+    smollm2_three_steps(false);
+}
+
+#[test]
+fn smollm2_three_steps_with_gradient_checkpointing_equal_peft() {
+    smollm2_three_steps(true);
+}
+
+fn smollm2_three_steps(gradient_checkpointing: bool) {
     use burn::tensor::TensorData;
     let fixtures = Path::new(ROOT).join("tests/fixtures/lora/smollm2");
     let (mut model, _) = lora_tune::model::load(&artifacts::smollm2(), &cpu()).unwrap();
+    model.gradient_checkpointing = gradient_checkpointing;
     let lora = LoraSection {
         rank: 8,
         alpha: 16.0,

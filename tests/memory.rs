@@ -20,6 +20,7 @@ fn the_estimate_counts_weights_adapters_activations_and_logits() {
         batch: 2,
         seq: 64,
         scored: 100,
+        checkpointing: false,
     };
     let e = MemoryEstimate::training(&config, 7_424, shape);
     assert_eq!(e.weights, 94_528 * 4);
@@ -46,10 +47,29 @@ fn the_estimate_counts_weights_adapters_activations_and_logits() {
             batch: 2,
             seq: 128,
             scored: 200,
+            checkpointing: false,
         },
     );
     assert_eq!(
         long.activations,
         2 * (256 * (17 * 64 + 6 * 96) + 3 * 2 * 4 * 128 * 128) * 4
+    );
+
+    // Gradient checkpointing keeps each layer's input (T hidden-sized floats) and one layer's
+    // activations at a time.
+    let recomputing = BatchShape {
+        checkpointing: true,
+        ..shape
+    };
+    let checkpointed = MemoryEstimate::training(&config, 7_424, recomputing);
+    assert_eq!(
+        checkpointed.activations,
+        (2 * 128 * 64 + 128 * (17 * 64 + 6 * 96) + 3 * 2 * 4 * 64 * 64) * 4
+    );
+    assert_eq!(checkpointed.logits, e.logits);
+    assert!(
+        checkpointed
+            .render(recomputing)
+            .ends_with("gradient checkpointing)")
     );
 }

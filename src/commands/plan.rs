@@ -51,6 +51,7 @@ pub fn memory_estimate(
         batch,
         seq: train.longest_padded(),
         scored: train.most_loss_tokens(batch),
+        checkpointing: prepared.plan.train.gradient_checkpointing,
     };
     let trainable = prepared.adapted.iter().map(Adapted::parameters).sum();
     let estimate = MemoryEstimate::training(config, trainable, shape);

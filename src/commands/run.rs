@@ -79,9 +79,14 @@ fn open_session(
     if let (Some((limit, which)), Some((estimate, shape))) =
         (memory_check.limit().filter(|_| selected.on_cpu), estimate)
     {
+        let recompute = if shape.checkpointing {
+            ""
+        } else {
+            "set train.gradient_checkpointing = true, "
+        };
         anyhow::ensure!(
             estimate.total() <= limit,
-            "this run's peak memory is predicted at {} but {} {which}; lower train.batch_size (raise train.grad_accum to keep the effective batch) or data.max_len, close other programs, or pass --no-memory-check to try anyway",
+            "this run's peak memory is predicted at {} but {} {which}; {recompute}lower train.batch_size (raise train.grad_accum to keep the effective batch) or data.max_len, close other programs, or pass --no-memory-check to try anyway",
             estimate.render(shape),
             memory::gb(limit)
         );
@@ -89,7 +94,11 @@ fn open_session(
     let started = Instant::now();
     let load = || -> Result<TaskModel, crate::weights::WeightsError> {
         Ok(match &prepared.labels {
-            None => TaskModel::Lm(crate::model::load(files, &selected.device)?.0),
+            None => {
+                let mut lm = crate::model::load(files, &selected.device)?.0;
+                lm.gradient_checkpointing = plan.train.gradient_checkpointing;
+                TaskModel::Lm(lm)
+            }
             Some(labels) => TaskModel::Classifier(
                 crate::model::load_classifier(
                     files,

@@ -5,6 +5,8 @@
 //! Source: transformers `models/llama/modeling_llama.py` (eager attention path).
 
 use burn::tensor::activation::{silu, softmax};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::config::LlamaConfig;
@@ -73,11 +75,21 @@ impl Attention {
                 .reshape([b, h, t, d])
         };
         let (k, v) = (repeat(k), repeat(v));
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .mul_scalar(1.0 / (d as f64).sqrt()); // [b, h, s, t]
-        let scores = scores.mask_fill(mask.clone().expand([b, h, s, t]), f32::MIN);
-        let out = softmax(scores, 3).matmul(v); // [b, h, s, d]
+        let mask = mask.clone().expand([b, h, s, t]);
+        let out = if q.is_autodiff() {
+            // Under autodiff, as transformers' eager path: the [b, h, s, t] scores are kept for
+            // backward (burn's fused attention has no backward of its own).
+            let scores = q
+                .matmul(k.swap_dims(2, 3))
+                .mul_scalar(1.0 / (d as f64).sqrt());
+            softmax(scores.mask_fill(mask, f32::MIN), 3).matmul(v)
+        } else {
+            // No gradient (evaluation, generation, the first pass of gradient checkpointing):
+            // the backend's fused attention, tiled over keys for long rows (flex) — no S×S
+            // buffers. A query with every key masked (left padding) gets zeros instead of
+            // the eager path's uniform average; no real token reads it.
+            attention(q, k, v, Some(mask), None, AttentionModuleOptions::default())
+        }; // [b, h, s, d]
         self.o_proj
             .forward(out.swap_dims(1, 2).reshape([b, s, h * d]))
     }
@@ -133,6 +145,27 @@ impl DecoderLayer {
         let x = x + self.self_attn.forward(attn_in, rope, mask, cache);
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
+
+    /// The layer's seven linear layers with their paths inside it, in checkpoint order.
+    pub fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            ("self_attn.q_proj", &mut a.q_proj),
+            ("self_attn.k_proj", &mut a.k_proj),
+            ("self_attn.v_proj", &mut a.v_proj),
+            ("self_attn.o_proj", &mut a.o_proj),
+            ("mlp.gate_proj", &mut m.gate_proj),
+            ("mlp.up_proj", &mut m.up_proj),
+            ("mlp.down_proj", &mut m.down_proj),
+        ]
+    }
+}
+
+/// What every layer shares for one batch: each token's rotary tables and the attention mask.
+#[derive(Debug, Clone)]
+pub struct LayerInputs {
+    pub rope: RopeTables,
+    pub mask: Tensor<4, Bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +177,9 @@ pub struct Llama {
     pub norm: RmsNorm,
     /// None when tied: logits = h·Eᵀ.
     pub lm_head: Option<Linear>,
+    /// Training recomputes each decoder layer in backward instead of keeping its activations
+    /// (transformers' `gradient_checkpointing`; `train::recompute`). Off by default.
+    pub gradient_checkpointing: bool,
     inv_freq: Vec<f32>,
     device: Device,
 }
@@ -228,6 +264,7 @@ impl Llama {
             layers,
             norm,
             lm_head,
+            gradient_checkpointing: false,
             inv_freq,
             device: device.clone(),
         })
@@ -237,16 +274,7 @@ impl Llama {
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         let mut all = Vec::with_capacity(self.layers.len() * 7 + 1);
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
-            let named = [
-                ("self_attn.q_proj", &mut a.q_proj),
-                ("self_attn.k_proj", &mut a.k_proj),
-                ("self_attn.v_proj", &mut a.v_proj),
-                ("self_attn.o_proj", &mut a.o_proj),
-                ("mlp.gate_proj", &mut m.gate_proj),
-                ("mlp.up_proj", &mut m.up_proj),
-                ("mlp.down_proj", &mut m.down_proj),
-            ];
+            let named = layer.linears_mut();
             all.extend(named.map(|(n, l)| (format!("model.layers.{i}.{n}"), l)));
         }
         if let Some(head) = &mut self.lm_head {
@@ -271,7 +299,12 @@ impl Llama {
     /// needs them where a label follows; skipping the rest saves the head's matmul and the
     /// vocabulary-sized buffers autodiff keeps for them.
     pub fn logits_at(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u8>], at: &[i64]) -> Tensor<2> {
-        let x = self.hidden(ids, attention_mask);
+        self.head_at(self.hidden(ids, attention_mask), at)
+    }
+
+    /// The head at flat positions `at` of final-norm hidden states x [b, s, hidden] →
+    /// [at.len(), vocab].
+    pub fn head_at(&self, x: Tensor<3>, at: &[i64]) -> Tensor<2> {
         let [b, s, hd] = x.dims();
         let at_ =
             Tensor::<1, Int>::from_data(TensorData::new(at.to_vec(), [at.len()]), &self.device);
@@ -286,10 +319,29 @@ impl Llama {
 
     /// The final-norm hidden states of a batch, [batch, s, hidden].
     pub fn hidden(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u8>]) -> Tensor<3> {
-        let s = ids.first().map_or(0, Vec::len);
-        let mask = causal_padding_mask(attention_mask, s, 0, &self.device);
+        let inputs = self.layer_inputs(attention_mask);
+        self.run(ids, &inputs, None)
+    }
+
+    /// The rotary tables and causal/padding/packing mask of a batch (`hidden`'s arguments).
+    pub fn layer_inputs(&self, attention_mask: &[Vec<u8>]) -> LayerInputs {
+        let s = attention_mask.first().map_or(0, Vec::len);
         let positions: Vec<Vec<usize>> = attention_mask.iter().map(|m| positions(m)).collect();
-        self.run(ids, &mask, &positions, None)
+        LayerInputs {
+            rope: RopeTables::new(&self.inv_freq, &positions, &self.device),
+            mask: causal_padding_mask(attention_mask, s, 0, &self.device),
+        }
+    }
+
+    /// Token embeddings [b, s, hidden] of equal-length rows.
+    pub fn embed(&self, ids: &[Vec<u32>]) -> Tensor<3> {
+        let (b, s) = (ids.len(), ids.first().map_or(0, Vec::len));
+        let flat: Vec<i64> = ids.iter().flatten().map(|&t| i64::from(t)).collect();
+        let flat = Tensor::<1, Int>::from_data(TensorData::new(flat, [b * s]), &self.device);
+        self.embed_tokens
+            .clone()
+            .select(0, flat)
+            .reshape([b, s, self.config.hidden_size])
     }
 
     /// The LM head (or the tied embedding): [b, s, hidden] → [b, s, vocab].
@@ -313,41 +365,33 @@ impl Llama {
             cache.layers = vec![LayerCache::default(); self.layers.len()];
         }
         let start = cache.len;
-        let mask = causal_padding_mask(
-            &[vec![1; start + ids.len()]],
-            ids.len(),
-            start,
-            &self.device,
-        );
         let positions = [(start..start + ids.len()).collect()];
-        let logits =
-            self.head(self.run(&[ids.to_vec()], &mask, &positions, Some(&mut cache.layers)));
+        let inputs = LayerInputs {
+            rope: RopeTables::new(&self.inv_freq, &positions, &self.device),
+            mask: causal_padding_mask(
+                &[vec![1; start + ids.len()]],
+                ids.len(),
+                start,
+                &self.device,
+            ),
+        };
+        let logits = self.head(self.run(&[ids.to_vec()], &inputs, Some(&mut cache.layers)));
         cache.len += ids.len();
         let v = self.config.vocab_size;
         logits.narrow(1, ids.len() - 1, 1).reshape([v])
     }
 
-    /// The decoder proper: embeddings (rotated by each token's position), layers, final norm.
+    /// The decoder proper: embeddings, layers (rotating by each token's position), final norm.
     fn run(
         &self,
         ids: &[Vec<u32>],
-        mask: &Tensor<4, Bool>,
-        positions: &[Vec<usize>],
+        inputs: &LayerInputs,
         mut cache: Option<&mut Vec<LayerCache>>,
     ) -> Tensor<3> {
-        let (b, s) = (ids.len(), ids.first().map_or(0, Vec::len));
-        let hd = self.config.hidden_size;
-        let flat: Vec<i64> = ids.iter().flatten().map(|&t| i64::from(t)).collect();
-        let flat = Tensor::<1, Int>::from_data(TensorData::new(flat, [b * s]), &self.device);
-        let mut x = self
-            .embed_tokens
-            .clone()
-            .select(0, flat)
-            .reshape([b, s, hd]);
-        let rope = RopeTables::new(&self.inv_freq, positions, &self.device);
+        let mut x = self.embed(ids);
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c[i]);
-            x = layer.forward(x, &rope, mask, layer_cache);
+            x = layer.forward(x, &inputs.rope, &inputs.mask, layer_cache);
         }
         self.norm.forward(x)
     }

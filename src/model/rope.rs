@@ -42,6 +42,7 @@ pub fn inverse_frequencies(config: &LlamaConfig) -> Vec<f32> {
 
 /// cos and sin tables for each row's token positions: [batch, 1, seq, head_dim], halves
 /// repeated (the 1 broadcasts over heads).
+#[derive(Debug, Clone)]
 pub struct RopeTables {
     pub cos: Tensor<4>,
     pub sin: Tensor<4>,

@@ -7,6 +7,8 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 
+use super::TrainError;
+use super::step::{Gradients, whole_graph_gradients};
 use crate::data::batch::{Batch, IGNORE};
 use crate::model::TaskModel;
 use crate::model::adapters::AdaptedModel;
@@ -18,6 +20,18 @@ use crate::model::llama::Llama;
 pub trait Objective: AdaptedModel {
     /// Σ loss over `batch`'s targets → [1]; None when nothing in it is scored.
     fn loss_sum(&self, batch: &Batch) -> Option<Tensor<1>>;
+
+    /// `loss_sum(batch) / denominator` and its gradient for every trained tensor
+    /// (`params_mut` order); None when nothing in `batch` is scored. One backward through the
+    /// whole graph unless the model trades compute for memory (a decoder's
+    /// `gradient_checkpointing`).
+    fn loss_and_gradients(
+        &mut self,
+        batch: &Batch,
+        denominator: usize,
+    ) -> Result<Option<Gradients>, TrainError> {
+        whole_graph_gradients(self, batch, denominator)
+    }
 
     /// Class logits [rows, labels] for a classifier (evaluation metrics); None for an LM.
     fn class_logits(&self, _batch: &Batch) -> Option<Tensor<2>> {
@@ -34,6 +48,18 @@ impl Objective for Llama {
     fn loss_sum(&self, batch: &Batch) -> Option<Tensor<1>> {
         next_token_nll_sum(self, batch)
     }
+
+    fn loss_and_gradients(
+        &mut self,
+        batch: &Batch,
+        denominator: usize,
+    ) -> Result<Option<Gradients>, TrainError> {
+        if self.gradient_checkpointing {
+            super::recompute::loss_and_gradients(self, batch, denominator)
+        } else {
+            whole_graph_gradients(self, batch, denominator)
+        }
+    }
 }
 
 impl Objective for SequenceClassifier {
@@ -43,11 +69,8 @@ impl Objective for SequenceClassifier {
             return None;
         }
         let logits = self.logits(&batch.input_ids, &batch.attention_mask);
-        let n = batch.classes.len();
-        let classes: Vec<i64> = batch.classes.iter().map(|&c| i64::from(c)).collect();
-        let classes =
-            Tensor::<2, Int>::from_data(TensorData::new(classes, [n, 1]), &logits.device());
-        Some(log_softmax(logits, 1).gather(1, classes).sum().neg())
+        let classes = batch.classes.iter().map(|&c| i64::from(c)).collect();
+        Some(nll_sum(logits, classes))
     }
 
     fn class_logits(&self, batch: &Batch) -> Option<Tensor<2>> {
@@ -64,6 +87,17 @@ impl Objective for TaskModel {
         match self {
             Self::Lm(m) => m.loss_sum(batch),
             Self::Classifier(m) => m.loss_sum(batch),
+        }
+    }
+
+    fn loss_and_gradients(
+        &mut self,
+        batch: &Batch,
+        denominator: usize,
+    ) -> Result<Option<Gradients>, TrainError> {
+        match self {
+            Self::Lm(m) => m.loss_and_gradients(batch, denominator),
+            Self::Classifier(m) => m.loss_and_gradients(batch, denominator),
         }
     }
 
@@ -90,13 +124,18 @@ pub fn next_token_nll_sum(model: &Llama, batch: &Batch) -> Option<Tensor<1>> {
         return None;
     }
     let logits = model.logits_at(&batch.input_ids, &batch.attention_mask, &at);
-    let n = at.len();
-    let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), model.device());
-    Some(log_softmax(logits, 1).gather(1, targets).sum().neg())
+    Some(nll_sum(logits, targets))
+}
+
+/// Σ −log softmax(logits)[target] over the rows of logits [n, vocab] → [1].
+pub fn nll_sum(logits: Tensor<2>, targets: Vec<i64>) -> Tensor<1> {
+    let n = targets.len();
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &logits.device());
+    log_softmax(logits, 1).gather(1, targets).sum().neg()
 }
 
 /// Flat positions (row · s + t) whose next label is scored, and those labels.
-fn scored_positions(labels: &[Vec<i64>]) -> (Vec<i64>, Vec<i64>) {
+pub fn scored_positions(labels: &[Vec<i64>]) -> (Vec<i64>, Vec<i64>) {
     let (mut at, mut targets) = (Vec::new(), Vec::new());
     for (r, row) in labels.iter().enumerate() {
         for (t, &l) in row.iter().enumerate().skip(1) {

@@ -8,6 +8,7 @@ pub mod interrupt;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+pub mod recompute;
 pub mod schedule;
 pub mod step;
 pub mod trainer;

@@ -23,44 +23,79 @@ pub struct StepStats {
     pub tokens: usize,
 }
 
-/// Accumulated gradients of every trained tensor (`AdaptedModel::params_mut` order: A then B
-/// per adapter, then a classifier's head).
+/// A micro-batch's share of the step's loss and the gradient of every trained tensor
+/// (`AdaptedModel::params_mut` order: A then B per adapter, then a classifier's head).
+pub type Gradients = (f64, Vec<Tensor<2>>);
+
+/// Accumulated loss and gradients of a step's micro-batches.
 pub fn accumulate_gradients(
     model: &mut impl Objective,
     micro_batches: &[Batch],
-) -> Result<(f64, Vec<Tensor<2>>), TrainError> {
+) -> Result<Gradients, TrainError> {
     let loss_tokens: usize = micro_batches.iter().map(Batch::loss_tokens).sum();
     if loss_tokens == 0 {
         return Err(TrainError::NoLossTokens);
     }
-    for (_, t) in model.params_mut() {
-        *t = t.clone().inner().autodiff().require_grad(); // a leaf whose gradient is kept
-    }
     let mut total = 0.0;
-    let mut sums: Vec<Option<Tensor<2>>> = Vec::new();
+    let mut sums: Vec<Tensor<2>> = Vec::new();
     for batch in micro_batches {
-        let Some(loss) = model.loss_sum(batch) else {
+        let Some((loss, grads)) = model.loss_and_gradients(batch, loss_tokens)? else {
             continue; // nothing labelled here: no loss, no gradient
         };
-        let loss = loss.div_scalar(loss_tokens as f64);
-        let grads = loss.backward();
-        total += scalar(loss.inner())?;
-        let params = model.params_mut();
-        sums.resize(params.len(), None);
-        for ((key, t), slot) in params.into_iter().zip(&mut sums) {
-            let g = t
-                .grad(&grads)
-                .ok_or_else(|| TrainError::MissingGradient(key.clone()))?;
-            *slot = Some(match slot.take() {
-                Some(s) => s + g,
-                None => g,
-            });
+        total += loss;
+        sums = if sums.is_empty() {
+            grads
+        } else {
+            sums.into_iter().zip(grads).map(|(s, g)| s + g).collect()
+        };
+    }
+    Ok((total, sums))
+}
+
+/// `Objective::loss_and_gradients` by one backward pass through the whole graph: every trained
+/// tensor becomes an autodiff leaf for the pass, and a plain tensor again after it.
+pub fn whole_graph_gradients(
+    model: &mut (impl Objective + ?Sized),
+    batch: &Batch,
+    denominator: usize,
+) -> Result<Option<Gradients>, TrainError> {
+    track(model.params_mut());
+    let result = match model.loss_sum(batch) {
+        None => Ok(None),
+        Some(loss) => {
+            let loss = loss.div_scalar(denominator as f64);
+            let grads = loss.backward();
+            gradients_of(model.params_mut(), &grads)
+                .and_then(|g| Ok(Some((scalar(loss.inner())?, g))))
         }
+    };
+    release(model.params_mut());
+    result
+}
+
+/// Makes each tensor an autodiff leaf whose gradient is kept.
+pub fn track<'a>(params: impl IntoIterator<Item = (String, &'a mut Tensor<2>)>) {
+    for (_, t) in params {
+        *t = t.clone().inner().autodiff().require_grad();
     }
-    for (_, t) in model.params_mut() {
-        *t = t.clone().inner(); // drop the autodiff association
+}
+
+/// Drops the tensors' autodiff association (the graph of a finished pass goes with it).
+pub fn release<'a>(params: impl IntoIterator<Item = (String, &'a mut Tensor<2>)>) {
+    for (_, t) in params {
+        *t = t.clone().inner();
     }
-    Ok((total, sums.into_iter().flatten().collect()))
+}
+
+/// The gradient of each tracked tensor in `grads`.
+pub fn gradients_of<'a>(
+    params: impl IntoIterator<Item = (String, &'a mut Tensor<2>)>,
+    grads: &burn::tensor::Gradients,
+) -> Result<Vec<Tensor<2>>, TrainError> {
+    params
+        .into_iter()
+        .map(|(key, t)| t.grad(grads).ok_or(TrainError::MissingGradient(key)))
+        .collect()
 }
 
 /// One full optimiser step at learning rate `lr`.

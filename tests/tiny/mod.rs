@@ -104,9 +104,11 @@ pub fn assert_peft_logits(model: &Llama, what: &str) {
 /// tools/reference/lora_train.py's ten steps (two micro-batches each, clipping that binds, linear
 /// warmup, AdamW with weight decay) on `device`: every step's loss and gradient norm within 1e-4
 /// of PEFT's, final A/B within 1e-4, the frozen base and embedding bit-identical afterwards.
-pub fn assert_ten_steps_equal_peft(device: &Device, what: &str) {
+/// `gradient_checkpointing` trains by block recompute instead of one whole-graph backward.
+pub fn assert_ten_steps_equal_peft(device: &Device, what: &str, gradient_checkpointing: bool) {
     let fixtures = fixture("lora/train");
     let mut model = adapted_on(&fixtures.join("init.safetensors"), device);
+    model.gradient_checkpointing = gradient_checkpointing;
     let base_before: Vec<Vec<f32>> = model
         .linears_mut()
         .iter()
@@ -194,7 +196,7 @@ pub fn assert_ten_steps_equal_peft(device: &Device, what: &str) {
     );
 }
 
-fn values<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+pub fn values<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
     host(t).unwrap().values
 }
 

@@ -1,0 +1,132 @@
+//! Block-level gradient checkpointing for decoders: the forward runs without an autodiff graph,
+//! keeping only each decoder layer's input; backward then goes layer by layer from the top,
+//! recomputing one layer under autodiff and pulling the incoming gradient g through it with the
+//! surrogate Σ(layer(x)·g), whose gradient is exactly the layer's vector-Jacobian product. Live
+//! activations shrink from every layer's (attention scores included) to one layer's plus a
+//! hidden-sized input per layer, for one extra forward of the layers. burn's own per-op
+//! checkpointing cannot do this (DESIGN.md §3).
+//!
+//! Each adapter's dropout stream is rewound before its layer is recomputed, so the masks — and
+//! therefore the losses and gradients — are those of the plain path (`step::whole_graph_gradients`).
+
+use burn::tensor::Tensor;
+
+use super::TrainError;
+use super::loss::{nll_sum, scored_positions};
+use super::step::{Gradients, gradients_of, release, track};
+use crate::data::batch::Batch;
+use crate::model::adapters::peft_key;
+use crate::model::linear::Linear;
+use crate::model::llama::{DecoderLayer, Llama};
+
+/// `Objective::loss_and_gradients` for a decoder, recomputing each layer in backward.
+pub fn loss_and_gradients(
+    model: &mut Llama,
+    batch: &Batch,
+    denominator: usize,
+) -> Result<Option<Gradients>, TrainError> {
+    let (at, targets) = scored_positions(&batch.labels);
+    if at.is_empty() {
+        return Ok(None);
+    }
+    let inputs = model.layer_inputs(&batch.attention_mask);
+
+    // Forward without a graph (the adapters are plain tensors between steps).
+    let mut x = model.embed(&batch.input_ids);
+    let mut saved = Vec::with_capacity(model.layers.len());
+    for layer in &mut model.layers {
+        saved.push((x.clone(), dropout_streams(layer)));
+        x = layer.forward(x, &inputs.rope, &inputs.mask, None);
+    }
+
+    // The top: final norm, head, loss — and the loss's gradient with respect to x.
+    let top = x.autodiff().require_grad();
+    let head_params = head_adapter(&mut model.lm_head);
+    track(head_params);
+    let logits = model.head_at(model.norm.forward(top.clone()), &at);
+    let loss = nll_sum(logits, targets).div_scalar(denominator as f64);
+    let mut grads = loss.backward();
+    let loss = super::scalar(loss.inner())?;
+    let head_grads = gradients_of(head_adapter(&mut model.lm_head), &grads);
+    release(head_adapter(&mut model.lm_head));
+    let head_grads = head_grads?;
+    let mut g = top
+        .grad_remove(&mut grads)
+        .ok_or_else(|| TrainError::MissingGradient("the last hidden state".into()))?;
+    drop(grads);
+
+    // Down the layers to the lowest one with adapters (below it nothing trains), recomputing
+    // each with its saved input and dropout streams.
+    let mut per_layer = vec![Vec::new(); model.layers.len()];
+    let lowest =
+        (0..model.layers.len()).find(|&i| !layer_params(&mut model.layers[i], i).is_empty());
+    let Some(lowest) = lowest else {
+        return Ok(Some((loss, head_grads)));
+    };
+    for (i, (input, streams)) in saved.into_iter().enumerate().skip(lowest).rev() {
+        let layer = &mut model.layers[i];
+        rewind_dropout(layer, &streams);
+        track(layer_params(layer, i));
+        let input = if i > lowest {
+            input.autodiff().require_grad()
+        } else {
+            input // no gradient needed below the lowest adapted layer
+        };
+        let out = layer.forward(input.clone(), &inputs.rope, &inputs.mask, None);
+        let mut grads = (out * g.clone()).sum().backward();
+        let got = gradients_of(layer_params(layer, i), &grads);
+        release(layer_params(layer, i));
+        per_layer[i] = got?;
+        if i > lowest {
+            g = input
+                .grad_remove(&mut grads)
+                .ok_or_else(|| TrainError::MissingGradient(format!("layer {i}'s input")))?;
+        }
+    }
+    let mut all: Vec<Tensor<2>> = per_layer.into_iter().flatten().collect();
+    all.extend(head_grads);
+    Ok(Some((loss, all)))
+}
+
+/// Layer `i`'s adapter factors under their PEFT keys, in `AdaptedModel::params_mut` order.
+fn layer_params(layer: &mut DecoderLayer, i: usize) -> Vec<(String, &mut Tensor<2>)> {
+    let mut out = Vec::new();
+    for (name, linear) in layer.linears_mut() {
+        if let Some(a) = linear.lora.as_mut() {
+            let path = format!("model.layers.{i}.{name}");
+            out.push((peft_key(&path, 'A'), &mut a.a));
+            out.push((peft_key(&path, 'B'), &mut a.b));
+        }
+    }
+    out
+}
+
+/// An untied LM head's adapter factors, when it has one.
+fn head_adapter(head: &mut Option<Linear>) -> Vec<(String, &mut Tensor<2>)> {
+    match head.as_mut().and_then(|h| h.lora.as_mut()) {
+        Some(a) => vec![
+            (peft_key("lm_head", 'A'), &mut a.a),
+            (peft_key("lm_head", 'B'), &mut a.b),
+        ],
+        None => Vec::new(),
+    }
+}
+
+/// The dropout stream state of each of the layer's adapters, before its forward.
+fn dropout_streams(layer: &mut DecoderLayer) -> Vec<u64> {
+    layer
+        .linears_mut()
+        .into_iter()
+        .filter_map(|(_, l)| l.lora.as_ref().map(|a| a.dropout_rng.get()))
+        .collect()
+}
+
+fn rewind_dropout(layer: &mut DecoderLayer, streams: &[u64]) {
+    let adapters = layer
+        .linears_mut()
+        .into_iter()
+        .filter_map(|(_, l)| l.lora.as_ref());
+    for (adapter, &state) in adapters.zip(streams) {
+        adapter.dropout_rng.set(state);
+    }
+}
