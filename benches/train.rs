@@ -2,8 +2,9 @@
 //! workload W1 (batch 4×256) or W2 (`-- w2`: batch 1×1024), r=8 α=16 dropout 0.05 on the seven
 //! Llama targets, AdamW lr 2e-4. One warm-up step, then 5 timed steps; prints one JSON object
 //! (tokens/s, s/step min and median, FLOP/s at 6·N_base… see below, peak RSS). Not a test.
-//! Run: cargo bench --bench train [-- w2] [chat]; the PEFT side: tools/reference/bench_peft.py
-//! [w2]. `chat` labels only the second half of each row, as supervised chat data does.
+//! Run: cargo bench --bench train [-- w2] [chat] [ckpt]; the PEFT side:
+//! tools/reference/bench_peft.py [w2]. `chat` labels only the second half of each row, as
+//! supervised chat data does; `ckpt` trains with gradient checkpointing (block recompute).
 
 #[path = "../tests/artifacts/mod.rs"]
 mod artifacts;
@@ -24,6 +25,7 @@ fn main() -> anyhow::Result<()> {
     // `chat`: like supervised chat data, only the second half of each row (the answer) is
     // labelled; the loss computes logits at labelled positions only.
     let chat = std::env::args().any(|a| a == "chat");
+    let checkpointing = std::env::args().any(|a| a == "ckpt");
     let (rows, len) = if w2 { (1, 1024) } else { (4, 256) };
     let files = artifacts::smollm2();
     let device = select(DeviceChoice::Cpu)?.device;
@@ -39,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         .attach_adapters(&adapted, &lora, 42)
         .map_err(anyhow::Error::msg)?;
     model.set_training(true);
+    model.gradient_checkpointing = checkpointing;
     let trainable: u64 = adapted.iter().map(|a| a.parameters()).sum();
     let base = model.config.parameter_count();
 
@@ -104,6 +107,7 @@ fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "workload": format!("{}{}", if w2 { "W2 1x1024" } else { "W1 4x256" }, if chat { ", answer half labelled" } else { "" }),
+            "gradient_checkpointing": checkpointing,
             "model": "SmolLM2-135M-Instruct Q4_1 GGUF (dequantised to f32)",
             "device": "cpu (flex)",
             "trainable_params": trainable,

@@ -14,8 +14,15 @@
 //! outputs, q/k/v/o and RoPE, repeat_kv; gate, up, SiLU, the product) and 4 vocabulary-sized
 //! ones per labelled token (logits, log-softmax, its exp, the gradient); 3 score-sized ones per layer and head
 //! (scores, masked, softmax).
+//!
+//! With gradient checkpointing (`train::recompute`) backward keeps each layer's input (one
+//! hidden-sized buffer per token and layer) and then holds either the logits of one chunk of
+//! labelled positions or one layer's recomputed activations, never both: peak = weights +
+//! adapters + inputs + max(logit chunk, one layer). Within 10 % of the measured peaks from 1x128
+//! to 1x1024 (BENCHMARKS.md).
 
 use crate::model::config::LlamaConfig;
+use crate::train::recompute::LOGIT_CHUNK;
 
 const F32: u64 = 4;
 const HIDDEN_BUFFERS: u64 = 17;
@@ -30,8 +37,14 @@ const ADAPTER_COPIES: u64 = 4;
 pub struct MemoryEstimate {
     pub weights: u64,
     pub adapters: u64,
+    /// Kept for backward through the whole pass: every layer's activations, or with gradient
+    /// checkpointing each layer's input.
     pub activations: u64,
+    /// Vocabulary-sized buffers at the labelled positions (one chunk of them with checkpointing).
     pub logits: u64,
+    /// With gradient checkpointing: one layer's activations while it is recomputed, which are
+    /// never alive together with the logits. 0 without.
+    pub recomputed_layer: u64,
 }
 
 /// The largest micro-batch a run will see.
@@ -54,34 +67,49 @@ impl MemoryEstimate {
         let per_token_layer = HIDDEN_BUFFERS * config.hidden_size as u64
             + MLP_BUFFERS * config.intermediate_size as u64;
         let scores = SCORE_BUFFERS * b * config.num_attention_heads as u64 * s * s;
-        let one_layer = tokens * per_token_layer + scores;
-        let activations = if shape.checkpointing {
-            // Each layer's input is kept; one layer at a time is recomputed under autodiff.
-            layers * tokens * config.hidden_size as u64 + one_layer
+        let one_layer = (tokens * per_token_layer + scores) * F32;
+        let logits = |scored: usize| LOGIT_BUFFERS * scored as u64 * config.vocab_size as u64 * F32;
+        let (weights, adapters) = (
+            config.parameter_count() * F32,
+            ADAPTER_COPIES * trainable * F32,
+        );
+        if shape.checkpointing {
+            Self {
+                weights,
+                adapters,
+                activations: layers * tokens * config.hidden_size as u64 * F32,
+                logits: logits(shape.scored.min(LOGIT_CHUNK)),
+                recomputed_layer: one_layer,
+            }
         } else {
-            layers * one_layer
-        };
-        Self {
-            weights: config.parameter_count() * F32,
-            adapters: ADAPTER_COPIES * trainable * F32,
-            activations: activations * F32,
-            logits: LOGIT_BUFFERS * shape.scored as u64 * config.vocab_size as u64 * F32,
+            Self {
+                weights,
+                adapters,
+                activations: layers * one_layer,
+                logits: logits(shape.scored),
+                recomputed_layer: 0,
+            }
         }
     }
 
     pub fn total(&self) -> u64 {
-        self.weights + self.adapters + self.activations + self.logits
+        self.weights + self.adapters + self.activations + self.logits.max(self.recomputed_layer)
     }
 
     /// One line: the total and its parts.
     pub fn render(&self, shape: BatchShape) -> String {
         format!(
-            "{} (weights {}, adapters + optimizer {}, activations {} and logits {} for a {}x{} micro-batch{})",
+            "{} (weights {}, adapters + optimizer {}, activations {} and logits {}{} for a {}x{} micro-batch{})",
             gb(self.total()),
             gb(self.weights),
             gb(self.adapters),
             gb(self.activations),
             gb(self.logits),
+            if shape.checkpointing {
+                format!(" or one recomputed layer {}", gb(self.recomputed_layer))
+            } else {
+                String::new()
+            },
             shape.batch,
             shape.seq,
             if shape.checkpointing {

@@ -50,12 +50,14 @@ fn ten_steps_with_gradient_checkpointing_equal_peft() {
 
 /// Block recompute (`train.gradient_checkpointing`) gives the plain path's losses and
 /// gradients — with LoRA dropout (each adapter's mask stream is rewound for the recompute), a
-/// packed row, padding, accumulation, a layer without adapters below one with them, and an
-/// adapter on the untied LM head — and so the same adapters after five AdamW steps.
+/// packed row, padding, accumulation, a layer without adapters below one with them, an adapter
+/// on the untied LM head, and the head's cross-entropy in chunks — and so the same adapters
+/// after five AdamW steps.
 #[test]
 fn gradient_checkpointing_equals_the_plain_path() {
     use lora_tune::recipe::Targets;
-    use lora_tune::train::step::accumulate_gradients;
+    use lora_tune::train::recompute::loss_and_gradients_chunked;
+    use lora_tune::train::step::{accumulate_gradients, sum};
     let lora = LoraSection {
         rank: 4,
         alpha: 8.0,
@@ -131,6 +133,29 @@ fn gradient_checkpointing_equals_the_plain_path() {
             "step {step}: loss {got_loss:.6} (plain {want_loss:.6}), worst gradient difference {worst:e}"
         );
         assert!(worst < 1e-5, "step {step}: gradients differ by {worst}");
+        // The head in chunks of 7 scored positions (a step has 20–40): the same again.
+        recomputing.seed_dropout(seed);
+        let denominator = micro.iter().map(Batch::loss_tokens).sum();
+        let mut chunked = (0.0, Vec::new());
+        for batch in &micro {
+            let (loss, grads) = loss_and_gradients_chunked(&mut recomputing, batch, denominator, 7)
+                .unwrap()
+                .unwrap();
+            chunked = (chunked.0 + loss, sum(chunked.1, grads));
+        }
+        assert!(
+            rel(chunked.0, want_loss) < 1e-6,
+            "step {step}: chunked loss"
+        );
+        for ((key, g), w) in keys.iter().zip(&chunked.1).zip(&want) {
+            let (g, w) = (tiny::values(g), tiny::values(w));
+            let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let diff = g
+                .iter()
+                .zip(&w)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff <= 1e-5 * scale, "step {step}: {key} chunked");
+        }
         for (m, opt) in [
             (&mut plain, &mut opt_plain),
             (&mut recomputing, &mut opt_recomputing),

@@ -55,18 +55,28 @@ fn the_estimate_counts_weights_adapters_activations_and_logits() {
         2 * (256 * (17 * 64 + 6 * 96) + 3 * 2 * 4 * 128 * 128) * 4
     );
 
-    // Gradient checkpointing keeps each layer's input (T hidden-sized floats) and one layer's
-    // activations at a time.
+    // Gradient checkpointing keeps each layer's input (T hidden-sized floats per layer), then
+    // holds the logits or one layer's recomputed activations, never both.
     let recomputing = BatchShape {
         checkpointing: true,
         ..shape
     };
     let checkpointed = MemoryEstimate::training(&config, 7_424, recomputing);
+    assert_eq!(checkpointed.activations, 2 * 128 * 64 * 4);
+    let one_layer = (128 * (17 * 64 + 6 * 96) + 3 * 2 * 4 * 64 * 64) * 4;
+    assert_eq!(checkpointed.recomputed_layer, one_layer);
+    assert_eq!(checkpointed.logits, e.logits); // 100 labelled positions: one chunk
     assert_eq!(
-        checkpointed.activations,
-        (2 * 128 * 64 + 128 * (17 * 64 + 6 * 96) + 3 * 2 * 4 * 64 * 64) * 4
+        checkpointed.total(),
+        e.weights + e.adapters + checkpointed.activations + one_layer.max(e.logits)
     );
-    assert_eq!(checkpointed.logits, e.logits);
+    // Logits are computed 256 labelled positions at a time.
+    let many = BatchShape {
+        scored: 1000,
+        ..recomputing
+    };
+    let chunked = MemoryEstimate::training(&config, 7_424, many);
+    assert_eq!(chunked.logits, 4 * 256 * 256 * 4);
     assert!(
         checkpointed
             .render(recomputing)

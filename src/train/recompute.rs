@@ -13,17 +13,31 @@ use burn::tensor::Tensor;
 
 use super::TrainError;
 use super::loss::{nll_sum, scored_positions};
-use super::step::{Gradients, gradients_of, release, track};
+use super::step::{Gradients, gradients_of, release, sum, track};
 use crate::data::batch::Batch;
 use crate::model::adapters::peft_key;
 use crate::model::linear::Linear;
 use crate::model::llama::{DecoderLayer, Llama};
+
+/// Scored positions per head pass: 256 rows of SmolLM2's 49,152-word vocabulary are 50 MB per
+/// buffer, where a whole 4×256 batch's would be 200 MB.
+pub const LOGIT_CHUNK: usize = 256;
 
 /// `Objective::loss_and_gradients` for a decoder, recomputing each layer in backward.
 pub fn loss_and_gradients(
     model: &mut Llama,
     batch: &Batch,
     denominator: usize,
+) -> Result<Option<Gradients>, TrainError> {
+    loss_and_gradients_chunked(model, batch, denominator, LOGIT_CHUNK)
+}
+
+/// [`loss_and_gradients`] with `logit_chunk` scored positions per head pass.
+pub fn loss_and_gradients_chunked(
+    model: &mut Llama,
+    batch: &Batch,
+    denominator: usize,
+    logit_chunk: usize,
 ) -> Result<Option<Gradients>, TrainError> {
     let (at, targets) = scored_positions(&batch.labels);
     if at.is_empty() {
@@ -39,21 +53,29 @@ pub fn loss_and_gradients(
         x = layer.forward(x, &inputs.rope, &inputs.mask, None);
     }
 
-    // The top: final norm, head, loss — and the loss's gradient with respect to x.
+    // The top: final norm, head and loss, `logit_chunk` scored positions at a time, so only
+    // that many rows of vocabulary-sized buffers are alive (chunked cross-entropy); the
+    // gradient with respect to x is the sum over the chunks.
     let top = x.autodiff().require_grad();
-    let head_params = head_adapter(&mut model.lm_head);
-    track(head_params);
-    let logits = model.head_at(model.norm.forward(top.clone()), &at);
-    let loss = nll_sum(logits, targets).div_scalar(denominator as f64);
-    let mut grads = loss.backward();
-    let loss = super::scalar(loss.inner())?;
-    let head_grads = gradients_of(head_adapter(&mut model.lm_head), &grads);
-    release(head_adapter(&mut model.lm_head));
-    let head_grads = head_grads?;
-    let mut g = top
-        .grad_remove(&mut grads)
-        .ok_or_else(|| TrainError::MissingGradient("the last hidden state".into()))?;
-    drop(grads);
+    let (mut loss, mut head_grads, mut g) = (0.0, Vec::new(), None);
+    for (at, targets) in at.chunks(logit_chunk).zip(targets.chunks(logit_chunk)) {
+        track(head_adapter(&mut model.lm_head));
+        let logits = model.head_at(model.norm.forward(top.clone()), at);
+        let chunk = nll_sum(logits, targets.to_vec()).div_scalar(denominator as f64);
+        let mut grads = chunk.backward();
+        loss += super::scalar(chunk.inner())?;
+        let got = gradients_of(head_adapter(&mut model.lm_head), &grads);
+        release(head_adapter(&mut model.lm_head));
+        head_grads = sum(head_grads, got?);
+        let dx = top
+            .grad_remove(&mut grads)
+            .ok_or_else(|| TrainError::MissingGradient("the last hidden state".into()))?;
+        g = Some(match g {
+            Some(g) => g + dx,
+            None => dx,
+        });
+    }
+    let mut g: Tensor<3> = g.ok_or(TrainError::NoLossTokens)?;
 
     // Down the layers to the lowest one with adapters (below it nothing trains), recomputing
     // each with its saved input and dropout streams.

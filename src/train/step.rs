@@ -43,13 +43,17 @@ pub fn accumulate_gradients(
             continue; // nothing labelled here: no loss, no gradient
         };
         total += loss;
-        sums = if sums.is_empty() {
-            grads
-        } else {
-            sums.into_iter().zip(grads).map(|(s, g)| s + g).collect()
-        };
+        sums = sum(sums, grads);
     }
     Ok((total, sums))
+}
+
+/// Elementwise sums of two gradient lists; an empty list is zero.
+pub fn sum(a: Vec<Tensor<2>>, b: Vec<Tensor<2>>) -> Vec<Tensor<2>> {
+    if a.is_empty() {
+        return b;
+    }
+    a.into_iter().zip(b).map(|(a, b)| a + b).collect()
 }
 
 /// `Objective::loss_and_gradients` by one backward pass through the whole graph: every trained
