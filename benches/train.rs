@@ -2,14 +2,20 @@
 //! workload W1 (batch 4×256) or W2 (`-- w2`: batch 1×1024), r=8 α=16 dropout 0.05 on the seven
 //! Llama targets, AdamW lr 2e-4. One warm-up step, then 5 timed steps; prints one JSON object
 //! (tokens/s, s/step min and median, FLOP/s at 6·N_base… see below, peak RSS). Not a test.
-//! Run: cargo bench --bench train [-- w2] [chat] [ckpt]; the PEFT side:
+//! Run: cargo bench --bench train [-- w2] [chat] [ckpt] [with-reference]; the PEFT side:
 //! tools/reference/bench_peft.py [w2]. `chat` labels only the second half of each row, as
 //! supervised chat data does; `ckpt` trains with gradient checkpointing (block recompute).
+//! The bench first measures the backend's own sgemm peak (1024³, the matmul every linear layer
+//! runs) and reports utilisation against it. `with-reference` then runs the PEFT script on the
+//! same GGUF (with $PYTHON, default python3, which needs torch, transformers and peft) and
+//! prints both results with their ratios.
 
 #[path = "../tests/artifacts/mod.rs"]
 mod artifacts;
 
 use std::time::Instant;
+
+use burn::tensor::{Device, Distribution, Tensor};
 
 use lora_tune::data::batch::Batch;
 use lora_tune::device::{DeviceChoice, select};
@@ -26,9 +32,11 @@ fn main() -> anyhow::Result<()> {
     // labelled; the loss computes logits at labelled positions only.
     let chat = std::env::args().any(|a| a == "chat");
     let checkpointing = std::env::args().any(|a| a == "ckpt");
+    let with_reference = std::env::args().any(|a| a == "with-reference");
     let (rows, len) = if w2 { (1, 1024) } else { (4, 256) };
     let files = artifacts::smollm2();
     let device = select(DeviceChoice::Cpu)?.device;
+    let peak = sgemm_gflops(&device);
     let (mut model, _) = lora_tune::model::load(&files, &device)?;
     let lora = LoraSection {
         rank: 8,
@@ -103,9 +111,7 @@ fn main() -> anyhow::Result<()> {
     let tokens = (rows * len) as f64;
     // Forward + backward through the frozen base ≈ 4·N FLOPs per token (no weight gradients).
     let flops = 4.0 * base as f64 * tokens / median;
-    println!(
-        "{}",
-        serde_json::json!({
+    let ours = serde_json::json!({
             "workload": format!("{}{}", if w2 { "W2 1x1024" } else { "W1 4x256" }, if chat { ", answer half labelled" } else { "" }),
             "gradient_checkpointing": checkpointing,
             "model": "SmolLM2-135M-Instruct Q4_1 GGUF (dequantised to f32)",
@@ -116,8 +122,55 @@ fn main() -> anyhow::Result<()> {
             "s_per_step_median": median,
             "tokens_per_s": tokens / median,
             "gflop_per_s_4n": flops / 1e9,
+            "sgemm_gflop_per_s_1024": peak,
+            "utilisation": flops / 1e9 / peak,
             "peak_rss_gb": peak_rss_bytes().map(|b| b as f64 / 1e9),
+    });
+    if !with_reference {
+        println!("{ours}");
+        return Ok(());
+    }
+    let gguf_dir = files.path().parent().unwrap_or(files.path()).to_path_buf();
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/reference/bench_peft.py");
+    let mut cmd = std::process::Command::new(&python);
+    cmd.arg(script).arg(&gguf_dir);
+    if w2 {
+        cmd.arg("w2");
+    }
+    let out = cmd.output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{python} {script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reference: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let ratio = |key: &str| Some(ours[key].as_f64()? / reference[key].as_f64()?);
+    println!(
+        "{}",
+        serde_json::json!({
+            "lora_tune": ours,
+            "reference": reference,
+            "tokens_per_s_ratio": ratio("tokens_per_s"),
+            "peak_rss_ratio": ratio("peak_rss_gb"),
         })
     );
     Ok(())
+}
+
+/// GFLOP/s of the backend's f32 matmul on 1024×1024 operands (median of 5 after a warm-up).
+fn sgemm_gflops(device: &Device) -> f64 {
+    let n = 1024;
+    let a = Tensor::<2>::random([n, n], Distribution::Default, device);
+    let b = Tensor::<2>::random([n, n], Distribution::Default, device);
+    let mut times = Vec::new();
+    for run in 0..6 {
+        let t = Instant::now();
+        let _ = a.clone().matmul(b.clone()).into_data();
+        if run > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    2.0 * (n as f64).powi(3) / times[times.len() / 2] / 1e9
 }
