@@ -78,9 +78,10 @@ impl LoraAdapter {
         } else {
             x
         };
+        // The scale multiplies the r-wide intermediate, not the out-wide result.
         x.matmul(self.a.clone().transpose())
-            .matmul(self.b.clone().transpose())
             .mul_scalar(self.scale)
+            .matmul(self.b.clone().transpose())
     }
 }
 

@@ -78,10 +78,11 @@ impl Attention {
         let mask = mask.clone().expand([b, h, s, t]);
         let out = if q.is_autodiff() {
             // Under autodiff, as transformers' eager path: the [b, h, s, t] scores are kept for
-            // backward (burn's fused attention has no backward of its own).
+            // backward (burn's fused attention has no backward of its own). The 1/√d scale is
+            // applied to q, t/d times smaller than the scores (exact for power-of-two d).
             let scores = q
-                .matmul(k.swap_dims(2, 3))
-                .mul_scalar(1.0 / (d as f64).sqrt());
+                .mul_scalar(1.0 / (d as f64).sqrt())
+                .matmul(k.swap_dims(2, 3));
             softmax(scores.mask_fill(mask, f32::MIN), 3).matmul(v)
         } else {
             // No gradient (evaluation, generation, the first pass of gradient checkpointing):
