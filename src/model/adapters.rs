@@ -19,6 +19,20 @@ pub fn peft_key(path: &str, factor: char) -> String {
     format!("base_model.model.{path}.lora_{factor}.weight")
 }
 
+/// A then B of each adapter among `linears` (module path, layer), under their PEFT keys.
+pub fn adapter_factors<'a>(
+    linears: impl IntoIterator<Item = (String, &'a mut Linear)>,
+) -> Vec<(String, &'a mut Tensor<2>)> {
+    let mut out = Vec::new();
+    for (path, l) in linears {
+        if let Some(a) = l.lora.as_mut() {
+            out.push((peft_key(&path, 'A'), &mut a.a));
+            out.push((peft_key(&path, 'B'), &mut a.b));
+        }
+    }
+    out
+}
+
 /// Every linear layer with its module path, and the fully trained tensors under their PEFT keys.
 pub type Parts<'a> = (
     Vec<(String, &'a mut Linear)>,
@@ -62,13 +76,7 @@ pub trait AdaptedModel {
     /// Every trained tensor under its PEFT key: A then B of each adapter, then the heads.
     fn params_mut(&mut self) -> Vec<(String, &mut Tensor<2>)> {
         let (linears, heads) = self.parts_mut();
-        let mut out = Vec::new();
-        for (path, l) in linears {
-            if let Some(a) = l.lora.as_mut() {
-                out.push((peft_key(&path, 'A'), &mut a.a));
-                out.push((peft_key(&path, 'B'), &mut a.b));
-            }
-        }
+        let mut out = adapter_factors(linears);
         out.extend(heads);
         out
     }

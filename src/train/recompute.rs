@@ -15,7 +15,7 @@ use super::TrainError;
 use super::loss::{nll_sum, scored_positions};
 use super::step::{Gradients, gradients_of, release, sum, track};
 use crate::data::batch::Batch;
-use crate::model::adapters::peft_key;
+use crate::model::adapters::adapter_factors;
 use crate::model::linear::Linear;
 use crate::model::llama::{DecoderLayer, Llama};
 
@@ -112,26 +112,13 @@ pub fn loss_and_gradients_chunked(
 
 /// Layer `i`'s adapter factors under their PEFT keys, in `AdaptedModel::params_mut` order.
 fn layer_params(layer: &mut DecoderLayer, i: usize) -> Vec<(String, &mut Tensor<2>)> {
-    let mut out = Vec::new();
-    for (name, linear) in layer.linears_mut() {
-        if let Some(a) = linear.lora.as_mut() {
-            let path = format!("model.layers.{i}.{name}");
-            out.push((peft_key(&path, 'A'), &mut a.a));
-            out.push((peft_key(&path, 'B'), &mut a.b));
-        }
-    }
-    out
+    let linears = layer.linears_mut();
+    adapter_factors(linears.map(|(name, l)| (format!("model.layers.{i}.{name}"), l)))
 }
 
 /// An untied LM head's adapter factors, when it has one.
 fn head_adapter(head: &mut Option<Linear>) -> Vec<(String, &mut Tensor<2>)> {
-    match head.as_mut().and_then(|h| h.lora.as_mut()) {
-        Some(a) => vec![
-            (peft_key("lm_head", 'A'), &mut a.a),
-            (peft_key("lm_head", 'B'), &mut a.b),
-        ],
-        None => Vec::new(),
-    }
+    adapter_factors(head.as_mut().map(|h| ("lm_head".to_string(), h)))
 }
 
 /// The dropout stream state of each of the layer's adapters, before its forward.
