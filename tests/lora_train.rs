@@ -328,18 +328,32 @@ fn formula_a(n: usize, rows: usize, cols: usize) -> Vec<f32> {
 
 #[test]
 fn smollm2_three_steps_equal_peft() {
-    smollm2_three_steps(false);
+    smollm2_three_steps(false, false);
 }
 
 #[test]
 fn smollm2_three_steps_with_gradient_checkpointing_equal_peft() {
-    smollm2_three_steps(true);
+    smollm2_three_steps(true, false);
 }
 
-fn smollm2_three_steps(gradient_checkpointing: bool) {
+/// `model.keep_quantized`: the base's Q4_1 linears stay in their blocks, decoded per matmul.
+#[test]
+fn smollm2_three_steps_from_kept_q4_1_blocks_equal_peft() {
+    smollm2_three_steps(true, true);
+}
+
+fn smollm2_three_steps(gradient_checkpointing: bool, keep_quantized: bool) {
     use burn::tensor::TensorData;
+    use lora_tune::model::frozen::FrozenWeight;
     let fixtures = Path::new(ROOT).join("tests/fixtures/lora/smollm2");
-    let (mut model, _) = lora_tune::model::load(&artifacts::smollm2(), &cpu()).unwrap();
+    let (mut model, _) =
+        lora_tune::model::load(&artifacts::smollm2(), &cpu(), keep_quantized).unwrap();
+    let kept = model
+        .linears_mut()
+        .iter()
+        .filter(|(_, l)| matches!(l.weight, FrozenWeight::Blocks(_)))
+        .count();
+    assert_eq!(kept, if keep_quantized { 30 * 7 } else { 0 });
     model.gradient_checkpointing = gradient_checkpointing;
     let lora = LoraSection {
         rank: 8,
@@ -450,7 +464,7 @@ fn only_adapters_receive_gradients() {
     let mut adapters = 0;
     for (path, l) in model.linears_mut() {
         assert!(
-            l.weight.grad(&grads).is_none(),
+            l.weight.dense().grad(&grads).is_none(),
             "{path}: frozen weight got a gradient"
         );
         match &l.lora {

@@ -247,6 +247,25 @@ fn settings_not_honoured_yet_are_refused_not_ignored() {
 }
 
 #[test]
+fn keep_quantized_without_gradient_checkpointing_is_refused() {
+    let f = Fixture::new();
+    let err = f.error(
+        "[model]\nsource = \"model.gguf\"\nkeep_quantized = true\n\n[data]\ntrain = \"train.jsonl\"\n",
+        "",
+    );
+    assert_located(
+        &err,
+        3,
+        "model.keep_quantized",
+        &["train.gradient_checkpointing = true"],
+    );
+    let ok = "[model]\nsource = \"model.gguf\"\nkeep_quantized = true\n\n[data]\ntrain = \"train.jsonl\"\n\n[train]\ngradient_checkpointing = true\n";
+    std::fs::write(f.path(), ok).unwrap();
+    let plan = Plan::resolve(&RecipeFile::load(&f.path()).unwrap(), Path::new("/work")).unwrap();
+    assert!(plan.keep_quantized);
+}
+
+#[test]
 fn init_from_must_be_an_adapter_directory() {
     let f = Fixture::new();
     std::fs::create_dir(f.dir.path().join("empty")).unwrap();

@@ -43,6 +43,12 @@ fn peft_folder_logits_on_wgpu() {
 }
 
 #[test]
+fn packed_blocks_decode_like_gguf_py_on_wgpu() {
+    let Some(device) = wgpu() else { return };
+    tiny::assert_packed_blocks_decode_like_gguf_py(&device);
+}
+
+#[test]
 fn lora_gradients_on_wgpu_equal_flex() {
     let Some(device) = wgpu() else { return };
     let (ids, mask) = tiny::first_batch();

@@ -1,6 +1,7 @@
 //! `lora-tune plan RECIPE`: validate, resolve the model, print what a run would do. Also the
 //! preparation every recipe-driven command shares ([`prepare`]).
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use anyhow::Context;
@@ -9,13 +10,15 @@ use crate::data::dataset::{DataStats, Dataset, in_eval_split};
 use crate::data::encode::Encoder;
 use crate::data::template;
 use crate::lora::report::{ParameterReport, thousands};
-use crate::lora::targets::{self, Adapted};
+use crate::lora::targets::{self, Adapted, LinearSite};
 use crate::memory::{self, BatchShape, MemoryEstimate};
 use crate::model::ModelConfig;
 use crate::plan::{Plan, Stop, Warmup};
 use crate::recipe::{DataSection, RecipeFile, Targets, Task};
-use crate::source::{Fetcher, Resolution};
+use crate::source::{Fetcher, ModelFiles, Resolution};
 use crate::weights::Inventory;
+use crate::weights::blocks;
+use crate::weights::gguf::GgufFile;
 
 pub fn run(recipe: &Path) -> anyhow::Result<()> {
     let prepared = prepare(recipe)?;
@@ -54,8 +57,38 @@ pub fn memory_estimate(
         checkpointing: prepared.plan.train.gradient_checkpointing,
     };
     let trainable = prepared.adapted.iter().map(Adapted::parameters).sum();
-    let estimate = MemoryEstimate::training(config, trainable, shape);
+    let mut estimate = MemoryEstimate::training(config, trainable, shape);
+    if prepared.plan.keep_quantized {
+        estimate.weights = kept_in_blocks(prepared, estimate.weights);
+    }
     Some((estimate, shape))
+}
+
+/// With `model.keep_quantized`, the base's bytes from its f32 bytes: less what the packed linear
+/// weights save, plus what decoding holds: one layer's weights in f32 (kept for that layer's
+/// backward while it is recomputed) and the largest one's i32 codes and f32 values.
+fn kept_in_blocks(prepared: &Prepared, f32_bytes: u64) -> u64 {
+    let ModelFiles::Gguf(path) = &prepared.model.files else {
+        return f32_bytes;
+    };
+    let Ok(file) = GgufFile::open(path) else {
+        return f32_bytes; // the load reports what is wrong with it
+    };
+    let sites = prepared.config.linear_sites(prepared.plan.pooling);
+    let linear: HashSet<String> = sites.iter().map(|s| format!("{}.weight", s.path)).collect();
+    let saved = blocks::bytes_saved(&file, |name| linear.contains(name));
+    if saved == 0 {
+        return f32_bytes;
+    }
+    let bytes = |s: &LinearSite| (s.in_features * s.out_features * 4) as u64;
+    let one_layer: u64 = sites.iter().filter(|s| s.layer == Some(0)).map(bytes).sum();
+    let largest = sites
+        .iter()
+        .filter(|s| s.layer.is_some())
+        .map(bytes)
+        .max()
+        .unwrap_or(0);
+    f32_bytes - saved + one_layer + 2 * largest
 }
 
 /// A recipe validated, its model resolved and its adapters chosen (no weights loaded).

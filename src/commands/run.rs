@@ -16,6 +16,7 @@ use crate::lora::targets::Adapted;
 use crate::memory;
 use crate::model::TaskModel;
 use crate::model::adapters::AdaptedModel;
+use crate::model::frozen::FrozenWeight;
 use crate::plan::{Plan, Stop, Warmup};
 use crate::recipe::Dtype;
 use crate::recipe::ExportFormat;
@@ -95,7 +96,7 @@ fn open_session(
     let load = || -> Result<TaskModel, crate::weights::WeightsError> {
         Ok(match &prepared.labels {
             None => {
-                let mut lm = crate::model::load(files, &selected.device)?.0;
+                let mut lm = crate::model::load(files, &selected.device, plan.keep_quantized)?.0;
                 lm.gradient_checkpointing = plan.train.gradient_checkpointing;
                 TaskModel::Lm(lm)
             }
@@ -113,6 +114,24 @@ fn open_session(
     };
     let mut model = load().with_context(|| format!("loading {}", files.path().display()))?;
     let seconds = started.elapsed().as_secs_f64();
+    if let (TaskModel::Lm(lm), true) = (&mut model, plan.keep_quantized) {
+        let weights: Vec<_> = lm
+            .linears_mut()
+            .into_iter()
+            .map(|(_, l)| &l.weight)
+            .collect();
+        let kept = weights
+            .iter()
+            .filter(|w| matches!(w, FrozenWeight::Blocks(_)));
+        let f32_bytes = |w: &&FrozenWeight| (w.dims()[0] * w.dims()[1] * 4) as u64;
+        println!(
+            "frozen base: {} of {} linear weights kept in their GGUF blocks: {} instead of {} in f32",
+            kept.clone().count(),
+            weights.len(),
+            memory::gb(kept.clone().map(|w| w.resident_bytes()).sum()),
+            memory::gb(kept.map(f32_bytes).sum()),
+        );
+    }
     match &model {
         TaskModel::Lm(m) => {
             let c = &m.config;

@@ -4,6 +4,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::frozen::FrozenWeight;
 use crate::lora::adapter::LoraAdapter;
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
@@ -12,7 +13,7 @@ use crate::weights::host::HostTensors;
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// [out, in]
-    pub weight: Tensor<2>,
+    pub weight: FrozenWeight,
     /// [out]
     pub bias: Option<Tensor<1>>,
     pub lora: Option<LoraAdapter>,
@@ -27,7 +28,7 @@ impl Linear {
         device: &Device,
     ) -> Result<Self, WeightsError> {
         Ok(Self {
-            weight: take2(w, &format!("{at}.weight"), shape, device)?,
+            weight: FrozenWeight::new(w.take_frozen(&format!("{at}.weight"), shape)?, device),
             bias: if bias {
                 Some(take1(w, &format!("{at}.bias"), shape[0], device)?)
             } else {
@@ -42,7 +43,7 @@ impl Linear {
         let [b, s, _] = x.dims();
         let [out, inp] = self.weight.dims();
         let x = x.reshape([b * s, inp]);
-        let y = x.clone().matmul(self.weight.clone().transpose()); // [b·s, out]
+        let y = x.clone().matmul(self.weight.dense().transpose()); // [b·s, out]
         let y = match &self.bias {
             Some(bias) => y + bias.clone().reshape([1, out]).expand([b * s, out]),
             None => y,

@@ -6,6 +6,7 @@ pub mod adapters;
 pub mod bert;
 pub mod classifier;
 pub mod config;
+pub mod frozen;
 pub mod generate;
 pub mod linear;
 pub mod llama;
@@ -131,8 +132,13 @@ pub fn tokenizer_of(files: &ModelFiles) -> Result<ModelTokenizer, WeightsError> 
     }
 }
 
-/// A causal LM and its tokenizer from an HF directory or a GGUF file.
-pub fn load(files: &ModelFiles, device: &Device) -> Result<(Llama, ModelTokenizer), WeightsError> {
+/// A causal LM and its tokenizer from an HF directory or a GGUF file; with `keep_quantized` a
+/// GGUF's block-quantised linear weights stay packed (`frozen::FrozenWeight::Blocks`).
+pub fn load(
+    files: &ModelFiles,
+    device: &Device,
+    keep_quantized: bool,
+) -> Result<(Llama, ModelTokenizer), WeightsError> {
     let (config, tokenizer) = match files {
         ModelFiles::Gguf(path) => {
             let gguf = GgufFile::open(path)?;
@@ -152,7 +158,12 @@ pub fn load(files: &ModelFiles, device: &Device) -> Result<(Llama, ModelTokenize
             ));
         }
     };
-    let model = Llama::load(config, HostTensors::read(files.path())?, device)?;
+    let weights = if keep_quantized {
+        HostTensors::read_keeping_blocks(files.path())?
+    } else {
+        HostTensors::read(files.path())?
+    };
+    let model = Llama::load(config, weights, device)?;
     Ok((model, tokenizer))
 }
 
@@ -171,7 +182,7 @@ pub fn load_classifier(
             HostTensors::read(files.path())?,
             device,
         )?),
-        ModelConfig::Llama(_) => Body::Llama(load(files, device)?.0),
+        ModelConfig::Llama(_) => Body::Llama(load(files, device, false)?.0),
     };
     let tokenizer = tokenizer_of(files)?;
     let model = SequenceClassifier::new(body, labels, pooling, seed)

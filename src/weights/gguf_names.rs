@@ -4,6 +4,7 @@
 //! its adapters live in the HF basis; the GGUF LoRA exporter permutes back.
 
 use super::WeightsError;
+use super::blocks::{BlockFormat, BlockMatrix};
 use super::gguf::{GgufFile, GgufTensor};
 
 /// A GGUF tensor as an HF checkpoint holds it.
@@ -23,37 +24,71 @@ pub fn hf_tensor(file: &GgufFile, tensor: &GgufTensor) -> Result<Option<HfTensor
     };
     let shape: Vec<usize> = tensor.dims.iter().rev().map(|&d| d as usize).collect();
     let mut values = file.dequantize(tensor)?;
-    let arch = file
-        .get("general.architecture")
-        .and_then(|v| v.as_str())
-        .unwrap_or("");
-    if arch == "llama" {
-        let head_count = |key: &str| {
-            file.get(&format!("llama.attention.{key}"))
-                .and_then(|v| v.as_u64())
-                .ok_or_else(|| {
-                    WeightsError::format(
-                        &file.path,
-                        format!("llama.attention.{key} is missing; cannot un-permute Q/K"),
-                    )
-                })
-        };
-        let (heads, kv_heads) = (
-            head_count("head_count")? as usize,
-            head_count("head_count_kv")? as usize,
-        );
-        if let Some(h) = permuted_heads(&tensor.name, heads, kv_heads) {
-            let cols = shape[1..].iter().product();
-            values = unpermute_rows(&values, shape[0], cols, h).map_err(|e| {
-                WeightsError::format(&file.path, format!("tensor `{}`: {e}", tensor.name))
-            })?;
-        }
+    if let Some(h) = permuted_with(file, tensor)? {
+        let cols = shape[1..].iter().product();
+        values = unpermute_rows(&values, shape[0], cols, h).map_err(|e| {
+            WeightsError::format(&file.path, format!("tensor `{}`: {e}", tensor.name))
+        })?;
     }
     Ok(Some(HfTensor {
         name,
         shape,
         values,
     }))
+}
+
+/// `tensor` kept in its blocks, in the HF basis (name, [rows, cols], Q/K rows un-permuted);
+/// None when it is not a matrix in a format [`BlockFormat`] keeps.
+pub fn hf_blocks(
+    file: &GgufFile,
+    tensor: &GgufTensor,
+) -> Result<Option<(String, BlockMatrix)>, WeightsError> {
+    let (Some(name), Some(format), &[cols, rows]) = (
+        hf_name(&tensor.name),
+        BlockFormat::of(tensor.ggml_type),
+        tensor.dims.as_slice(),
+    ) else {
+        return Ok(None);
+    };
+    let fail =
+        |e: String| WeightsError::format(&file.path, format!("tensor `{}`: {e}", tensor.name));
+    let mut blocks = BlockMatrix::from_ggml(
+        format,
+        file.tensor_bytes(tensor),
+        rows as usize,
+        cols as usize,
+    )
+    .map_err(fail)?;
+    if let Some(h) = permuted_with(file, tensor)? {
+        blocks = blocks.unpermute_rows(h).map_err(fail)?;
+    }
+    Ok(Some((name, blocks)))
+}
+
+/// The head count `tensor`'s rows were permuted with: Q/K of a `llama` file; None otherwise.
+fn permuted_with(file: &GgufFile, tensor: &GgufTensor) -> Result<Option<usize>, WeightsError> {
+    let arch = file
+        .get("general.architecture")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    if arch != "llama" {
+        return Ok(None);
+    }
+    let head_count = |key: &str| {
+        file.get(&format!("llama.attention.{key}"))
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| {
+                WeightsError::format(
+                    &file.path,
+                    format!("llama.attention.{key} is missing; cannot un-permute Q/K"),
+                )
+            })
+    };
+    let (heads, kv_heads) = (
+        head_count("head_count")? as usize,
+        head_count("head_count_kv")? as usize,
+    );
+    Ok(permuted_heads(&tensor.name, heads, kv_heads))
 }
 
 /// The HF name of a GGUF tensor, or None when the tensor has no HF counterpart (`rope_freqs`,
@@ -123,12 +158,12 @@ pub fn permuted_heads(gguf: &str, n_heads: usize, n_kv_heads: usize) -> Option<u
 /// Undoes llama.cpp's Q/K permutation on a row-major [rows, cols] matrix (a bias: cols = 1).
 /// Within each head of 2·d rows, GGUF row 2i + j holds HF row j·d + i (as transformers'
 /// `reverse_permute_weights` in integrations/ggml.py).
-pub fn unpermute_rows(
-    values: &[f32],
+pub fn unpermute_rows<T: Copy + Default>(
+    values: &[T],
     rows: usize,
     cols: usize,
     heads: usize,
-) -> Result<Vec<f32>, String> {
+) -> Result<Vec<T>, String> {
     move_rows(values, rows, cols, heads, |d, i, j| (2 * i + j, j * d + i))
 }
 
@@ -143,20 +178,20 @@ pub fn permute_rows(
 }
 
 /// Copies row `from` to row `to` within each head, where `(from, to) = map(d, i, j)`.
-fn move_rows(
-    values: &[f32],
+fn move_rows<T: Copy + Default>(
+    values: &[T],
     rows: usize,
     cols: usize,
     heads: usize,
     map: impl Fn(usize, usize, usize) -> (usize, usize),
-) -> Result<Vec<f32>, String> {
+) -> Result<Vec<T>, String> {
     if heads == 0 || !rows.is_multiple_of(2 * heads) || values.len() != rows * cols {
         return Err(format!(
             "cannot split {rows} rows × {cols} into {heads} heads of even size"
         ));
     }
     let d = rows / heads / 2;
-    let mut out = vec![0f32; values.len()];
+    let mut out = vec![T::default(); values.len()];
     for h in 0..heads {
         let base = h * 2 * d;
         for i in 0..d {

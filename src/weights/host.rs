@@ -10,8 +10,9 @@ use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 
 use super::WeightsError;
-use super::gguf::GgufFile;
-use super::gguf_names::hf_tensor;
+use super::blocks::BlockMatrix;
+use super::gguf::{GgufFile, GgufTensor};
+use super::gguf_names::{hf_blocks, hf_tensor};
 use super::safetensors::{StFile, open_dir};
 
 /// Row-major values and their shape (PyTorch order).
@@ -21,10 +22,19 @@ pub struct HostTensor {
     pub values: Vec<f32>,
 }
 
+/// A frozen matrix as the model receives it: f32 values, or a GGUF matrix kept in its blocks.
+#[derive(Debug, Clone)]
+pub enum FrozenMatrix {
+    Dense(HostTensor),
+    Blocks(BlockMatrix),
+}
+
 /// Tensors not yet taken by the model, and where they came from (for messages).
 pub struct HostTensors {
     pub origin: PathBuf,
     tensors: BTreeMap<String, HostTensor>,
+    /// GGUF matrices kept in their blocks (`read_keeping_blocks`); `take` dequantises them.
+    blocks: BTreeMap<String, BlockMatrix>,
 }
 
 impl HostTensors {
@@ -38,15 +48,69 @@ impl HostTensors {
         Ok(Self {
             origin: path.into(),
             tensors,
+            blocks: BTreeMap::new(),
+        })
+    }
+
+    /// As [`read`](Self::read), but a GGUF file's Q4_0/Q4_1/Q8_0 matrices stay in their blocks
+    /// until taken: [`take_frozen`](Self::take_frozen) hands them over packed.
+    pub fn read_keeping_blocks(path: &Path) -> Result<Self, WeightsError> {
+        if path.extension().is_none_or(|e| e != "gguf") {
+            return Self::read(path);
+        }
+        let file = GgufFile::open(path)?;
+        let (mut tensors, mut blocks) = (BTreeMap::new(), BTreeMap::new());
+        for tensor in &file.tensors {
+            if let Some((name, b)) = hf_blocks(&file, tensor)? {
+                blocks.insert(name, b);
+            } else if let Some(t) = visit_gguf_tensor(&file, tensor)? {
+                tensors.insert(t.0, t.1);
+            }
+        }
+        Ok(Self {
+            origin: path.into(),
+            tensors,
+            blocks,
         })
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        self.tensors.contains_key(name) || self.blocks.contains_key(name)
+    }
+
+    /// Removes and returns matrix `name`, in its blocks when it was kept in them.
+    pub fn take_frozen(
+        &mut self,
+        name: &str,
+        shape: [usize; 2],
+    ) -> Result<FrozenMatrix, WeightsError> {
+        match self.blocks.remove(name) {
+            Some(b) if [b.rows, b.cols] == shape => Ok(FrozenMatrix::Blocks(b)),
+            Some(b) => Err(self.wrong_shape(name, &[b.rows, b.cols], &shape)),
+            None => self.take(name, &shape).map(FrozenMatrix::Dense),
+        }
+    }
+
+    fn wrong_shape(&self, name: &str, got: &[usize], shape: &[usize]) -> WeightsError {
+        WeightsError::format(
+            &self.origin,
+            format!(
+                "tensor `{name}` is {got:?}, expected {shape:?}; does config.json belong to these weights?"
+            ),
+        )
     }
 
     /// Removes and returns `name`, refusing a missing tensor or a wrong shape.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor, WeightsError> {
+        if let Some(b) = self.blocks.remove(name) {
+            self.tensors.insert(
+                name.to_string(),
+                HostTensor {
+                    shape: vec![b.rows, b.cols],
+                    values: b.dequantize(),
+                },
+            );
+        }
         let t = self.tensors.remove(name).ok_or_else(|| {
             WeightsError::format(
                 &self.origin,
@@ -54,19 +118,23 @@ impl HostTensors {
             )
         })?;
         if t.shape != shape {
-            return Err(WeightsError::format(
-                &self.origin,
-                format!(
-                    "tensor `{name}` is {:?}, expected {shape:?}; does config.json belong to these weights?",
-                    t.shape
-                ),
-            ));
+            return Err(self.wrong_shape(name, &t.shape, shape));
         }
         Ok(t)
     }
 
     /// Every tensor not yet taken, by name (sorted).
-    pub fn into_entries(self) -> Vec<(String, HostTensor)> {
+    pub fn into_entries(mut self) -> Vec<(String, HostTensor)> {
+        for (name, b) in std::mem::take(&mut self.blocks) {
+            let values = b.dequantize();
+            self.tensors.insert(
+                name,
+                HostTensor {
+                    shape: vec![b.rows, b.cols],
+                    values,
+                },
+            );
+        }
         self.tensors.into_iter().collect()
     }
 
@@ -79,29 +147,37 @@ impl HostTensors {
             .into_iter()
             .map(|(k, t)| (k.strip_prefix(prefix).map_or(k.clone(), String::from), t))
             .collect();
+        let blocks = self
+            .blocks
+            .into_iter()
+            .map(|(k, t)| (k.strip_prefix(prefix).map_or(k.clone(), String::from), t))
+            .collect();
         Self {
             origin: self.origin,
             tensors,
+            blocks,
         }
     }
 
     /// Drops a tensor the model knowingly does not use (e.g. a tied `lm_head.weight` copy).
     pub fn ignore(&mut self, name: &str) {
         self.tensors.remove(name);
+        self.blocks.remove(name);
     }
 
     /// Fails if any tensor was neither taken nor ignored: it would be silently lost otherwise.
     pub fn finish(self) -> Result<(), WeightsError> {
-        if self.tensors.is_empty() {
+        if self.tensors.is_empty() && self.blocks.is_empty() {
             return Ok(());
         }
-        let names: Vec<&str> = self.tensors.keys().map(String::as_str).take(8).collect();
+        let mut names: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
+        names.extend(self.blocks.keys().map(String::as_str));
         Err(WeightsError::format(
             &self.origin,
             format!(
                 "{} tensor(s) the model does not use: {}; the checkpoint has parts this architecture lacks",
-                self.tensors.len(),
-                names.join(", ")
+                names.len(),
+                names[..names.len().min(8)].join(", ")
             ),
         ))
     }
@@ -168,23 +244,31 @@ fn read_safetensors(file: &StFile, visit: &mut Visit) -> Result<(), WeightsError
 
 fn read_gguf(file: &GgufFile, visit: &mut Visit) -> Result<(), WeightsError> {
     for tensor in &file.tensors {
-        match hf_tensor(file, tensor)? {
-            Some(t) => visit(
-                t.name,
-                HostTensor {
-                    shape: t.shape,
-                    values: t.values,
-                },
-            )?,
-            // rope_freqs is recomputed from the config, as transformers does.
-            None if tensor.name == "rope_freqs.weight" => {}
-            None => {
-                return Err(WeightsError::format(
-                    &file.path,
-                    format!("tensor `{}` has no Llama/Qwen2 counterpart", tensor.name),
-                ));
-            }
+        if let Some((name, t)) = visit_gguf_tensor(file, tensor)? {
+            visit(name, t)?;
         }
     }
     Ok(())
+}
+
+/// One GGUF tensor dequantised in the HF basis; None for `rope_freqs` (recomputed from the
+/// config, as transformers does); an error for a tensor these architectures do not have.
+fn visit_gguf_tensor(
+    file: &GgufFile,
+    tensor: &GgufTensor,
+) -> Result<Option<(String, HostTensor)>, WeightsError> {
+    match hf_tensor(file, tensor)? {
+        Some(t) => Ok(Some((
+            t.name,
+            HostTensor {
+                shape: t.shape,
+                values: t.values,
+            },
+        ))),
+        None if tensor.name == "rope_freqs.weight" => Ok(None),
+        None => Err(WeightsError::format(
+            &file.path,
+            format!("tensor `{}` has no Llama/Qwen2 counterpart", tensor.name),
+        )),
+    }
 }

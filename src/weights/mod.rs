@@ -2,6 +2,7 @@
 //! checked against the file; [`Inventory`] lists any model file or directory uniformly for
 //! `inspect` and `plan`. Knows file formats, not architectures.
 
+pub mod blocks;
 pub mod dequant;
 pub mod gguf;
 pub mod gguf_names;

@@ -112,7 +112,7 @@ pub fn assert_ten_steps_equal_peft(device: &Device, what: &str, gradient_checkpo
     let base_before: Vec<Vec<f32>> = model
         .linears_mut()
         .iter()
-        .map(|(_, l)| values(&l.weight))
+        .map(|(_, l)| values(&l.weight.dense()))
         .collect();
     let embed_before = values(&model.embed_tokens);
 
@@ -187,7 +187,7 @@ pub fn assert_ten_steps_equal_peft(device: &Device, what: &str, gradient_checkpo
     let base_after: Vec<Vec<f32>> = model
         .linears_mut()
         .iter()
-        .map(|(_, l)| values(&l.weight))
+        .map(|(_, l)| values(&l.weight.dense()))
         .collect();
     assert!(base_before == base_after, "a frozen base weight changed");
     assert!(
@@ -218,5 +218,40 @@ pub fn example(k: u32, len: usize) -> Encoded {
         ids,
         labels,
         class: None,
+    }
+}
+
+/// The Q4_0/Q4_1/Q8_0 golden blocks (tests/fixtures/dequant, gguf-py's values) kept packed on
+/// `device` and decoded there give gguf-py's f32 values bit for bit, as does the host decoder.
+pub fn assert_packed_blocks_decode_like_gguf_py(device: &Device) {
+    use lora_tune::model::frozen::FrozenWeight;
+    use lora_tune::weights::blocks::{BlockFormat, BlockMatrix};
+    use lora_tune::weights::host::FrozenMatrix;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dequant");
+    for (name, format) in [
+        ("Q4_0", BlockFormat::Q4_0),
+        ("Q4_1", BlockFormat::Q4_1),
+        ("Q8_0", BlockFormat::Q8_0),
+    ] {
+        let raw = std::fs::read(dir.join(format!("{name}.raw"))).unwrap();
+        let want: Vec<u32> = std::fs::read(dir.join(format!("{name}.f32")))
+            .unwrap()
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let (rows, cols) = (want.len() / 64, 64);
+        let blocks = BlockMatrix::from_ggml(format, &raw, rows, cols).unwrap();
+        let host = blocks.dequantize();
+        let weight = FrozenWeight::new(FrozenMatrix::Blocks(blocks), device);
+        assert_eq!(weight.dims(), [rows, cols]);
+        let decoded = weight.dense().into_data().try_to_vec::<f32>().unwrap();
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!(host[i].to_bits(), *w, "{name}[{i}] on the host");
+            assert_eq!(
+                decoded[i].to_bits(),
+                *w,
+                "{name}[{i}] decoded on the device"
+            );
+        }
     }
 }

@@ -1,0 +1,120 @@
+//! A frozen weight matrix on the device: f32, or a GGUF matrix kept in its blocks and decoded
+//! per use (`model.keep_quantized`, QLoRA-style). Decoding runs the same f32 operations as the
+//! host-side dequantiser, so a kept matrix multiplies with exactly the values an f32 load holds.
+//! Only integer shifts, masks and elementwise float ops are used, so every backend runs it.
+
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+
+use crate::weights::blocks::{BLOCK, BlockMatrix};
+use crate::weights::host::FrozenMatrix;
+
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // a burn tensor handle is 640 bytes; one per linear layer
+pub enum FrozenWeight {
+    Dense(Tensor<2>),
+    Blocks(PackedBlocks),
+}
+
+/// [`BlockMatrix`] on the device.
+#[derive(Debug, Clone)]
+pub struct PackedBlocks {
+    shape: [usize; 2],
+    /// What the words, scales and offsets occupy.
+    bytes: u64,
+    bits: usize,
+    code_bias: f32,
+    /// [rows, cols · bits / 32], i32 bit patterns.
+    words: Tensor<2, Int>,
+    /// [rows, cols / 32, 1]
+    scales: Tensor<3>,
+    offsets: Option<Tensor<3>>,
+}
+
+impl FrozenWeight {
+    pub fn new(matrix: FrozenMatrix, device: &Device) -> Self {
+        match matrix {
+            FrozenMatrix::Dense(t) => {
+                let shape = [t.shape[0], t.shape[1]];
+                Self::Dense(Tensor::from_data(TensorData::new(t.values, shape), device))
+            }
+            FrozenMatrix::Blocks(b) => Self::Blocks(PackedBlocks::new(b, device)),
+        }
+    }
+
+    /// [out, in]
+    pub fn dims(&self) -> [usize; 2] {
+        match self {
+            Self::Dense(w) => w.dims(),
+            Self::Blocks(b) => b.shape,
+        }
+    }
+
+    /// The f32 matrix: the tensor itself, or one decoded for this use (freed after it).
+    pub fn dense(&self) -> Tensor<2> {
+        match self {
+            Self::Dense(w) => w.clone(),
+            Self::Blocks(b) => b.decode(),
+        }
+    }
+
+    /// Bytes the weight occupies on the device.
+    pub fn resident_bytes(&self) -> u64 {
+        match self {
+            Self::Dense(w) => w.shape().num_elements() as u64 * 4,
+            Self::Blocks(b) => b.bytes,
+        }
+    }
+}
+
+impl PackedBlocks {
+    fn new(b: BlockMatrix, device: &Device) -> Self {
+        let (rows, cols) = (b.rows, b.cols);
+        let per_row_words = b.words.len() / rows;
+        let words: Vec<i32> = b.words.iter().map(|&w| w as i32).collect();
+        let floats = |v: Vec<f32>| {
+            Tensor::<3>::from_data(TensorData::new(v, [rows, cols / BLOCK, 1]), device)
+        };
+        Self {
+            shape: [rows, cols],
+            bytes: b.packed_bytes(),
+            bits: b.format.bits(),
+            code_bias: b.format.code_bias(),
+            words: Tensor::from_data(
+                TensorData::new(words, [rows, per_row_words]),
+                (device, DType::I32),
+            ),
+            scales: floats(b.scales),
+            offsets: b.offsets.map(floats),
+        }
+    }
+
+    /// (code + bias)·d (+ m), code k of each word at bits k·bits.
+    fn decode(&self) -> Tensor<2> {
+        let [rows, cols] = self.shape;
+        let per_word = 32 / self.bits;
+        let mask = (1i32 << self.bits) - 1;
+        let codes: Vec<Tensor<2, Int>> = (0..per_word)
+            .map(|k| {
+                self.words
+                    .clone()
+                    .bitwise_right_shift_scalar((k * self.bits) as i32)
+                    .bitwise_and_scalar(mask)
+            })
+            .collect();
+        // Code k of every word is the run of columns k·W .. (k+1)·W (`weights::blocks`).
+        let codes = Tensor::cat(codes, 1);
+        let blocks = [rows, cols / BLOCK, BLOCK];
+        let values = codes.reshape(blocks).float();
+        let values = if self.code_bias == 0.0 {
+            values
+        } else {
+            values.add_scalar(self.code_bias)
+        };
+        let values = values * self.scales.clone().expand(blocks);
+        let values = match &self.offsets {
+            Some(m) => values + m.clone().expand(blocks),
+            None => values,
+        };
+        values.reshape([rows, cols])
+    }
+}
