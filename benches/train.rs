@@ -2,10 +2,11 @@
 //! workload W1 (batch 4×256) or W2 (`-- w2`: batch 1×1024), r=8 α=16 dropout 0.05 on the seven
 //! Llama targets, AdamW lr 2e-4. One warm-up step, then 5 timed steps; prints one JSON object
 //! (tokens/s, s/step min and median, FLOP/s at 6·N_base… see below, peak RSS). Not a test.
-//! Run: cargo bench --bench train [-- w2] [chat] [ckpt [keepq]] [with-reference]; the PEFT side:
+//! Run: cargo bench --bench train [-- w2] [chat] [ckpt [keepq|bf16]] [with-reference]; the PEFT side:
 //! tools/reference/bench_peft.py [w2]. `chat` labels only the second half of each row, as
 //! supervised chat data does; `ckpt` trains with gradient checkpointing (block recompute);
-//! `keepq` keeps the GGUF's Q4_1 linear weights in their blocks (`model.keep_quantized`).
+//! `keepq` keeps the GGUF's Q4_1 linear weights in their blocks (`model.keep_quantized`), `bf16`
+//! stores them in bf16 (`model.dtype`).
 //! The bench first measures the backend's own sgemm peak (1024³, the matmul every linear layer
 //! runs) and reports utilisation against it. `with-reference` then runs the PEFT script on the
 //! same GGUF (with $PYTHON, default python3, which needs torch, transformers and peft) and
@@ -34,12 +35,24 @@ fn main() -> anyhow::Result<()> {
     let chat = std::env::args().any(|a| a == "chat");
     let checkpointing = std::env::args().any(|a| a == "ckpt");
     let keep_quantized = std::env::args().any(|a| a == "keepq");
+    let bf16 = std::env::args().any(|a| a == "bf16");
     let with_reference = std::env::args().any(|a| a == "with-reference");
     let (rows, len) = if w2 { (1, 1024) } else { (4, 256) };
     let files = artifacts::smollm2();
     let device = select(DeviceChoice::Cpu)?.device;
     let peak = sgemm_gflops(&device);
-    let (mut model, _) = lora_tune::model::load(&files, &device, keep_quantized)?;
+    let (mut model, _) = lora_tune::model::load(
+        &files,
+        &device,
+        lora_tune::model::BaseStorage {
+            keep_quantized,
+            dense: if bf16 {
+                lora_tune::weights::host::Storage::Bf16
+            } else {
+                lora_tune::weights::host::Storage::F32
+            },
+        },
+    )?;
     let lora = LoraSection {
         rank: 8,
         alpha: 16.0,
@@ -116,6 +129,7 @@ fn main() -> anyhow::Result<()> {
     let ours = serde_json::json!({
             "workload": format!("{}{}", if w2 { "W2 1x1024" } else { "W1 4x256" }, if chat { ", answer half labelled" } else { "" }),
             "gradient_checkpointing": checkpointing,
+            "linear_weights_bf16": bf16,
             "model": if keep_quantized {
                 "SmolLM2-135M-Instruct Q4_1 GGUF (linears kept in Q4_1 blocks, decoded per matmul)"
             } else {

@@ -48,6 +48,10 @@ pub struct MemoryEstimate {
     /// With gradient checkpointing: one layer's activations while it is recomputed, which are
     /// never alive together with the logits. 0 without.
     pub recomputed_layer: u64,
+    /// The load's own peak where it can exceed training's: a 16-bit base (`model.dtype`) is read
+    /// in f32 and narrowed matrix by matrix, and the freed f32 pages mostly stay with the
+    /// process, so loading holds about the f32 checkpoint plus the stored weights. 0 otherwise.
+    pub loading: u64,
 }
 
 /// The largest micro-batch a run will see.
@@ -83,6 +87,7 @@ impl MemoryEstimate {
                 activations: layers * tokens * config.hidden_size as u64 * F32,
                 logits: logits(shape.scored.min(LOGIT_CHUNK)),
                 recomputed_layer: one_layer,
+                loading: 0,
             }
         } else {
             Self {
@@ -91,12 +96,17 @@ impl MemoryEstimate {
                 activations: layers * one_layer,
                 logits: logits(shape.scored),
                 recomputed_layer: 0,
+                loading: 0,
             }
         }
     }
 
     pub fn total(&self) -> u64 {
-        self.weights + self.adapters + self.activations + self.logits.max(self.recomputed_layer)
+        let training = self.weights
+            + self.adapters
+            + self.activations
+            + self.logits.max(self.recomputed_layer);
+        training.max(self.loading)
     }
 
     /// One line: the total and its parts.
@@ -120,7 +130,11 @@ impl MemoryEstimate {
             } else {
                 ""
             }
-        )
+        ) + &if self.loading > 0 {
+            format!("; loading the 16-bit base holds {}", gb(self.loading))
+        } else {
+            String::new()
+        }
     }
 }
 

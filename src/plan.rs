@@ -4,11 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::model::BaseStorage;
 use crate::recipe::{
     DataFormat, DataSection, Dtype, ExportFormat, ExportSection, LoraSection, Pooling, RecipeError,
     RecipeFile, Targets, Task, TrainSection,
 };
 use crate::source::Source;
+use crate::weights::host::Storage;
 
 /// When training stops.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,6 +49,18 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// How the run holds the frozen base's linear weights.
+    pub fn base_storage(&self) -> BaseStorage {
+        BaseStorage {
+            keep_quantized: self.keep_quantized,
+            dense: match self.dtype {
+                Dtype::F32 => Storage::F32,
+                Dtype::Bf16 => Storage::Bf16,
+                Dtype::F16 => Storage::F16,
+            },
+        }
+    }
+
     /// Validates `file` and resolves it; `cwd` anchors the default output directory.
     pub fn resolve(file: &RecipeFile, cwd: &Path) -> Result<Self, RecipeError> {
         let r = &file.recipe;
@@ -280,9 +294,9 @@ impl Plan {
 
         // Settings the schema accepts but no code honours yet: refused, never silently ignored.
         check(
-            r.model.dtype == Dtype::F32,
+            r.model.dtype == Dtype::F32 || t.gradient_checkpointing,
             "model.dtype",
-            "only f32 is supported so far (bf16/f16 frozen bases arrive with issue #9)",
+            "bf16/f16 save memory only with train.gradient_checkpointing = true (without it backward keeps every layer's widened f32 weights); set both, or use f32",
         )?;
         check(
             !r.model.keep_quantized || t.gradient_checkpointing,

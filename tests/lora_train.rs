@@ -15,13 +15,14 @@ use burn::tensor::{Device, Tensor};
 use lora_tune::data::batch::Batch;
 use lora_tune::device::{DeviceChoice, select};
 use lora_tune::lora::targets::select as select_targets;
+use lora_tune::model::BaseStorage;
 use lora_tune::model::adapters::AdaptedModel;
 use lora_tune::model::llama::Llama;
 use lora_tune::recipe::{LoraSection, Schedule};
 use lora_tune::train::optim::{AdamW, AdamWConfig};
 use lora_tune::train::schedule::LrSchedule;
 use lora_tune::train::step::train_step;
-use lora_tune::weights::host::HostTensors;
+use lora_tune::weights::host::{HostTensors, Storage};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -328,26 +329,43 @@ fn formula_a(n: usize, rows: usize, cols: usize) -> Vec<f32> {
 
 #[test]
 fn smollm2_three_steps_equal_peft() {
-    smollm2_three_steps(false, false);
+    smollm2_three_steps(false, BaseStorage::default(), 1e-3);
 }
 
 #[test]
 fn smollm2_three_steps_with_gradient_checkpointing_equal_peft() {
-    smollm2_three_steps(true, false);
+    smollm2_three_steps(true, BaseStorage::default(), 1e-3);
 }
 
 /// `model.keep_quantized`: the base's Q4_1 linears stay in their blocks, decoded per matmul.
 #[test]
 fn smollm2_three_steps_from_kept_q4_1_blocks_equal_peft() {
-    smollm2_three_steps(true, true);
+    let storage = BaseStorage {
+        keep_quantized: true,
+        ..Default::default()
+    };
+    smollm2_three_steps(true, storage, 1e-3);
 }
 
-fn smollm2_three_steps(gradient_checkpointing: bool, keep_quantized: bool) {
+/// `model.dtype = "bf16"`: with the linears rounded to bf16 the loss curve and gradient norms
+/// stay within 1e-2 of PEFT's f32 run (measured: 4e-5 and 2e-3). The adapters themselves are
+/// not compared: after three AdamW steps they differ by 7.5 % (relative Frobenius), Adam's
+/// m/(√v + ε) turning the rounding of near-zero gradients into full-size updates.
+#[test]
+fn smollm2_three_steps_on_a_bf16_base_stay_within_1e_2_of_peft_f32() {
+    let storage = BaseStorage {
+        dense: Storage::Bf16,
+        ..Default::default()
+    };
+    smollm2_three_steps(true, storage, 1e-2);
+}
+
+fn smollm2_three_steps(gradient_checkpointing: bool, storage: BaseStorage, tolerance: f64) {
+    let keep_quantized = storage.keep_quantized;
     use burn::tensor::TensorData;
     use lora_tune::model::frozen::FrozenWeight;
     let fixtures = Path::new(ROOT).join("tests/fixtures/lora/smollm2");
-    let (mut model, _) =
-        lora_tune::model::load(&artifacts::smollm2(), &cpu(), keep_quantized).unwrap();
+    let (mut model, _) = lora_tune::model::load(&artifacts::smollm2(), &cpu(), storage).unwrap();
     let kept = model
         .linears_mut()
         .iter()
@@ -388,9 +406,9 @@ fn smollm2_three_steps(gradient_checkpointing: bool, keep_quantized: bool) {
             stats.loss,
             stats.grad_norm
         );
-        assert!(rel(stats.loss, loss) < 1e-3, "step {}: loss", step + 1);
+        assert!(rel(stats.loss, loss) < tolerance, "step {}: loss", step + 1);
         assert!(
-            rel(stats.grad_norm, norm) < 1e-3,
+            rel(stats.grad_norm, norm) < tolerance,
             "step {}: grad norm",
             step + 1
         );
@@ -414,7 +432,9 @@ fn smollm2_three_steps(gradient_checkpointing: bool, keep_quantized: bool) {
     }
     want.finish().unwrap();
     eprintln!("SmolLM2 final A/B: worst relative Frobenius error {worst:e}");
-    assert!(worst < 1e-3, "final adapters differ by {worst}");
+    if storage.dense == Storage::F32 {
+        assert!(worst < tolerance, "final adapters differ by {worst}");
+    }
 }
 
 /// The loss computed from logits at labelled positions only equals the cross-entropy over the

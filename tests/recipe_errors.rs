@@ -235,7 +235,12 @@ fn settings_not_honoured_yet_are_refused_not_ignored() {
         "[model]\nsource = \"model.gguf\"\ndtype = \"bf16\"\n\n[data]\ntrain = \"train.jsonl\"\n",
         "",
     );
-    assert_located(&err, 3, "model.dtype", &["only f32", "#9"]);
+    assert_located(
+        &err,
+        3,
+        "model.dtype",
+        &["train.gradient_checkpointing = true"],
+    );
     let err = f.error(BASE, "pad_to_multiple_of = 0\n");
     assert_located(&err, 6, "data.pad_to_multiple_of", &["at least 1"]);
     std::fs::write(f.dir.path().join("t.parquet"), "x").unwrap();

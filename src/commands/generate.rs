@@ -38,8 +38,12 @@ pub fn run(
     let selected = device::select(device)?;
     eprintln!("device: {} ({})", selected.name, selected.why);
     let started = Instant::now();
-    let (mut model, tok) = crate::model::load(&files, &selected.device, false)
-        .with_context(|| format!("loading {}", files.path().display()))?;
+    let (mut model, tok) = crate::model::load(
+        &files,
+        &selected.device,
+        crate::model::BaseStorage::default(),
+    )
+    .with_context(|| format!("loading {}", files.path().display()))?;
     eprintln!(
         "loaded {} in {:.1} s",
         files.path().display(),

@@ -12,13 +12,15 @@ use crate::data::template;
 use crate::lora::report::{ParameterReport, thousands};
 use crate::lora::targets::{self, Adapted, LinearSite};
 use crate::memory::{self, BatchShape, MemoryEstimate};
-use crate::model::ModelConfig;
+use crate::model::config::LlamaConfig;
+use crate::model::{BaseStorage, ModelConfig};
 use crate::plan::{Plan, Stop, Warmup};
 use crate::recipe::{DataSection, RecipeFile, Targets, Task};
 use crate::source::{Fetcher, ModelFiles, Resolution};
 use crate::weights::Inventory;
 use crate::weights::blocks;
 use crate::weights::gguf::GgufFile;
+use crate::weights::host::Storage;
 
 pub fn run(recipe: &Path) -> anyhow::Result<()> {
     let prepared = prepare(recipe)?;
@@ -58,37 +60,57 @@ pub fn memory_estimate(
     };
     let trainable = prepared.adapted.iter().map(Adapted::parameters).sum();
     let mut estimate = MemoryEstimate::training(config, trainable, shape);
-    if prepared.plan.keep_quantized {
-        estimate.weights = kept_in_blocks(prepared, estimate.weights);
-    }
+    (estimate.weights, estimate.loading) = frozen_base_bytes(prepared, config, estimate.weights);
     Some((estimate, shape))
 }
 
-/// With `model.keep_quantized`, the base's bytes from its f32 bytes: less what the packed linear
-/// weights save, plus what decoding holds: one layer's weights in f32 (kept for that layer's
-/// backward while it is recomputed) and the largest one's i32 codes and f32 values.
-fn kept_in_blocks(prepared: &Prepared, f32_bytes: u64) -> u64 {
-    let ModelFiles::Gguf(path) = &prepared.model.files else {
-        return f32_bytes;
-    };
-    let Ok(file) = GgufFile::open(path) else {
-        return f32_bytes; // the load reports what is wrong with it
-    };
-    let sites = prepared.config.linear_sites(prepared.plan.pooling);
-    let linear: HashSet<String> = sites.iter().map(|s| format!("{}.weight", s.path)).collect();
-    let saved = blocks::bytes_saved(&file, |name| linear.contains(name));
-    if saved == 0 {
-        return f32_bytes;
+/// The base's bytes from its f32 bytes when `model.keep_quantized` packs a GGUF's block-quantised
+/// linear weights and `model.dtype` stores the other linear weights in 16 bits; plus what
+/// widening holds: one layer's weights in f32 (kept for that layer's backward while it is
+/// recomputed) and the largest one's codes and values. Also the load's peak for a 16-bit base
+/// (the f32 checkpoint as read plus the narrowed linears; `MemoryEstimate::loading`), else 0.
+fn frozen_base_bytes(prepared: &Prepared, config: &LlamaConfig, f32_bytes: u64) -> (u64, u64) {
+    let storage = prepared.plan.base_storage();
+    if storage == BaseStorage::default() {
+        return (f32_bytes, 0);
     }
+    let sites = config.linear_sites();
     let bytes = |s: &LinearSite| (s.in_features * s.out_features * 4) as u64;
-    let one_layer: u64 = sites.iter().filter(|s| s.layer == Some(0)).map(bytes).sum();
-    let largest = sites
+    let linear: Vec<&LinearSite> = sites
         .iter()
-        .filter(|s| s.layer.is_some())
-        .map(bytes)
-        .max()
-        .unwrap_or(0);
-    f32_bytes - saved + one_layer + 2 * largest
+        .filter(|s| s.layer.is_some() || !config.tie_word_embeddings)
+        .collect();
+    let linear_f32: u64 = linear.iter().map(|s| bytes(s)).sum();
+    let (kept_f32, kept_packed) = match &prepared.model.files {
+        ModelFiles::Gguf(path) if storage.keep_quantized => match GgufFile::open(path) {
+            Ok(file) => {
+                let names: HashSet<String> = linear
+                    .iter()
+                    .map(|s| format!("{}.weight", s.path))
+                    .collect();
+                blocks::kept_bytes(&file, |name| names.contains(name))
+            }
+            Err(_) => (0, 0), // the load reports what is wrong with it
+        },
+        _ => (0, 0),
+    };
+    let dense_f32 = linear_f32 - kept_f32;
+    let dense = match storage.dense {
+        Storage::F32 => dense_f32,
+        Storage::Bf16 | Storage::F16 => dense_f32 / 2,
+    };
+    if dense == dense_f32 && kept_f32 == 0 {
+        return (f32_bytes, 0); // nothing is stored differently
+    }
+    let one_layer: u64 = sites.iter().filter(|s| s.layer == Some(0)).map(bytes).sum();
+    let largest = linear.iter().map(|s| bytes(s)).max().unwrap_or(0);
+    let weights = f32_bytes - linear_f32 + kept_packed + dense + one_layer + 2 * largest;
+    let loading = if storage.dense == Storage::F32 {
+        0
+    } else {
+        f32_bytes + dense
+    };
+    (weights, loading)
 }
 
 /// A recipe validated, its model resolved and its adapters chosen (no weights loaded).

@@ -96,7 +96,7 @@ fn open_session(
     let load = || -> Result<TaskModel, crate::weights::WeightsError> {
         Ok(match &prepared.labels {
             None => {
-                let mut lm = crate::model::load(files, &selected.device, plan.keep_quantized)?.0;
+                let mut lm = crate::model::load(files, &selected.device, plan.base_storage())?.0;
                 lm.gradient_checkpointing = plan.train.gradient_checkpointing;
                 TaskModel::Lm(lm)
             }
@@ -114,7 +114,8 @@ fn open_session(
     };
     let mut model = load().with_context(|| format!("loading {}", files.path().display()))?;
     let seconds = started.elapsed().as_secs_f64();
-    if let (TaskModel::Lm(lm), true) = (&mut model, plan.keep_quantized) {
+    let storage = plan.base_storage();
+    if let (TaskModel::Lm(lm), false) = (&mut model, storage == Default::default()) {
         let weights: Vec<_> = lm
             .linears_mut()
             .into_iter()
@@ -122,14 +123,15 @@ fn open_session(
             .collect();
         let kept = weights
             .iter()
-            .filter(|w| matches!(w, FrozenWeight::Blocks(_)));
+            .filter(|w| matches!(w, FrozenWeight::Blocks(_)))
+            .count();
         let f32_bytes = |w: &&FrozenWeight| (w.dims()[0] * w.dims()[1] * 4) as u64;
         println!(
-            "frozen base: {} of {} linear weights kept in their GGUF blocks: {} instead of {} in f32",
-            kept.clone().count(),
+            "frozen base: {kept} of {} linear weights kept in their GGUF blocks, the rest stored as {:?}: {} instead of {} in f32",
             weights.len(),
-            memory::gb(kept.clone().map(|w| w.resident_bytes()).sum()),
-            memory::gb(kept.map(f32_bytes).sum()),
+            plan.dtype,
+            memory::gb(weights.iter().map(|w| w.resident_bytes()).sum()),
+            memory::gb(weights.iter().map(f32_bytes).sum()),
         );
     }
     match &model {

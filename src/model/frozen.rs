@@ -1,12 +1,12 @@
-//! A frozen weight matrix on the device: f32, or a GGUF matrix kept in its blocks and decoded
-//! per use (`model.keep_quantized`, QLoRA-style). Decoding runs the same f32 operations as the
+//! A frozen weight matrix on the device: f32, bf16/f16 widened to f32 per use (`model.dtype`),
+//! or a GGUF matrix kept in its blocks and decoded per use (`model.keep_quantized`, QLoRA-style). Decoding runs the same f32 operations as the
 //! host-side dequantiser, so a kept matrix multiplies with exactly the values an f32 load holds.
 //! Only integer shifts, masks and elementwise float ops are used, so every backend runs it.
 
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::weights::blocks::{BLOCK, BlockMatrix};
-use crate::weights::host::FrozenMatrix;
+use crate::weights::host::{FrozenMatrix, Storage};
 
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // a burn tensor handle is 640 bytes; one per linear layer
@@ -33,9 +33,14 @@ pub struct PackedBlocks {
 impl FrozenWeight {
     pub fn new(matrix: FrozenMatrix, device: &Device) -> Self {
         match matrix {
-            FrozenMatrix::Dense(t) => {
+            FrozenMatrix::Dense(t, storage) => {
                 let shape = [t.shape[0], t.shape[1]];
-                Self::Dense(Tensor::from_data(TensorData::new(t.values, shape), device))
+                let w = Tensor::from_data(TensorData::new(t.values, shape), device);
+                Self::Dense(match storage {
+                    Storage::F32 => w,
+                    Storage::Bf16 => w.cast(FloatDType::BF16),
+                    Storage::F16 => w.cast(FloatDType::F16),
+                })
             }
             FrozenMatrix::Blocks(b) => Self::Blocks(PackedBlocks::new(b, device)),
         }
@@ -52,7 +57,7 @@ impl FrozenWeight {
     /// The f32 matrix: the tensor itself, or one decoded for this use (freed after it).
     pub fn dense(&self) -> Tensor<2> {
         match self {
-            Self::Dense(w) => w.clone(),
+            Self::Dense(w) => w.clone().cast(FloatDType::F32), // a no-op on f32
             Self::Blocks(b) => b.decode(),
         }
     }
@@ -60,7 +65,7 @@ impl FrozenWeight {
     /// Bytes the weight occupies on the device.
     pub fn resident_bytes(&self) -> u64 {
         match self {
-            Self::Dense(w) => w.shape().num_elements() as u64 * 4,
+            Self::Dense(w) => (w.shape().num_elements() * w.dtype().size()) as u64,
             Self::Blocks(b) => b.bytes,
         }
     }

@@ -17,7 +17,7 @@ use burn::tensor::Device;
 use crate::source::ModelFiles;
 use crate::weights::WeightsError;
 use crate::weights::gguf::GgufFile;
-use crate::weights::host::HostTensors;
+use crate::weights::host::{HostTensors, Storage};
 use crate::weights::tokenizer::ModelTokenizer;
 use bert::{Bert, BertConfig};
 use classifier::{Body, SequenceClassifier};
@@ -132,12 +132,20 @@ pub fn tokenizer_of(files: &ModelFiles) -> Result<ModelTokenizer, WeightsError> 
     }
 }
 
-/// A causal LM and its tokenizer from an HF directory or a GGUF file; with `keep_quantized` a
-/// GGUF's block-quantised linear weights stay packed (`frozen::FrozenWeight::Blocks`).
+/// How a causal LM's frozen linear weights are held (`model.keep_quantized`, `model.dtype`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BaseStorage {
+    /// A GGUF's block-quantised linear weights stay packed (`frozen::FrozenWeight::Blocks`).
+    pub keep_quantized: bool,
+    /// The other linear weights are stored as this.
+    pub dense: Storage,
+}
+
+/// A causal LM and its tokenizer from an HF directory or a GGUF file.
 pub fn load(
     files: &ModelFiles,
     device: &Device,
-    keep_quantized: bool,
+    storage: BaseStorage,
 ) -> Result<(Llama, ModelTokenizer), WeightsError> {
     let (config, tokenizer) = match files {
         ModelFiles::Gguf(path) => {
@@ -158,11 +166,12 @@ pub fn load(
             ));
         }
     };
-    let weights = if keep_quantized {
+    let weights = if storage.keep_quantized {
         HostTensors::read_keeping_blocks(files.path())?
     } else {
         HostTensors::read(files.path())?
     };
+    let weights = weights.storing_frozen_as(storage.dense);
     let model = Llama::load(config, weights, device)?;
     Ok((model, tokenizer))
 }
@@ -182,7 +191,7 @@ pub fn load_classifier(
             HostTensors::read(files.path())?,
             device,
         )?),
-        ModelConfig::Llama(_) => Body::Llama(load(files, device, false)?.0),
+        ModelConfig::Llama(_) => Body::Llama(load(files, device, BaseStorage::default())?.0),
     };
     let tokenizer = tokenizer_of(files)?;
     let model = SequenceClassifier::new(body, labels, pooling, seed)

@@ -197,15 +197,15 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
-/// Bytes saved by keeping the block-quantised matrices of `file` that `keep` names (HF names)
-/// packed instead of in f32 — what `plan` subtracts from the weights with `keep_quantized`.
-pub fn bytes_saved(file: &GgufFile, keep: impl Fn(&str) -> bool) -> u64 {
+/// (f32 bytes, packed bytes) of the block-quantised matrices of `file` that `keep` names (HF
+/// names) — what `plan` counts for them with `keep_quantized`.
+pub fn kept_bytes(file: &GgufFile, keep: impl Fn(&str) -> bool) -> (u64, u64) {
     file.tensors
         .iter()
         .filter(|t| t.dims.len() == 2 && hf_name(&t.name).is_some_and(|n| keep(&n)))
         .filter_map(|t| {
             let n = t.n_elements();
-            BlockFormat::of(t.ggml_type).map(|f| n * 4 - f.packed_bytes(n))
+            BlockFormat::of(t.ggml_type).map(|f| (n * 4, f.packed_bytes(n)))
         })
-        .sum()
+        .fold((0, 0), |(a, b), (x, y)| (a + x, b + y))
 }

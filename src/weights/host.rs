@@ -22,11 +22,22 @@ pub struct HostTensor {
     pub values: Vec<f32>,
 }
 
-/// A frozen matrix as the model receives it: f32 values, or a GGUF matrix kept in its blocks.
+/// A frozen matrix as the model receives it: values to store in `Storage`, or a GGUF matrix
+/// kept in its blocks.
 #[derive(Debug, Clone)]
 pub enum FrozenMatrix {
-    Dense(HostTensor),
+    Dense(HostTensor, Storage),
     Blocks(BlockMatrix),
+}
+
+/// How the model stores frozen linear weights that are not kept in blocks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Storage {
+    #[default]
+    F32,
+    /// Rounded to bf16 (f16) at load, widened to f32 per use.
+    Bf16,
+    F16,
 }
 
 /// Tensors not yet taken by the model, and where they came from (for messages).
@@ -35,6 +46,8 @@ pub struct HostTensors {
     tensors: BTreeMap<String, HostTensor>,
     /// GGUF matrices kept in their blocks (`read_keeping_blocks`); `take` dequantises them.
     blocks: BTreeMap<String, BlockMatrix>,
+    /// What `take_frozen` asks the model to store dense matrices as.
+    storage: Storage,
 }
 
 impl HostTensors {
@@ -49,6 +62,7 @@ impl HostTensors {
             origin: path.into(),
             tensors,
             blocks: BTreeMap::new(),
+            storage: Storage::F32,
         })
     }
 
@@ -71,6 +85,7 @@ impl HostTensors {
             origin: path.into(),
             tensors,
             blocks,
+            storage: Storage::F32,
         })
     }
 
@@ -87,8 +102,17 @@ impl HostTensors {
         match self.blocks.remove(name) {
             Some(b) if [b.rows, b.cols] == shape => Ok(FrozenMatrix::Blocks(b)),
             Some(b) => Err(self.wrong_shape(name, &[b.rows, b.cols], &shape)),
-            None => self.take(name, &shape).map(FrozenMatrix::Dense),
+            None => {
+                let storage = self.storage;
+                self.take(name, &shape)
+                    .map(|t| FrozenMatrix::Dense(t, storage))
+            }
         }
+    }
+
+    /// Frozen matrices `take_frozen` hands over dense are to be stored as `storage`.
+    pub fn storing_frozen_as(self, storage: Storage) -> Self {
+        Self { storage, ..self }
     }
 
     fn wrong_shape(&self, name: &str, got: &[usize], shape: &[usize]) -> WeightsError {
@@ -156,6 +180,7 @@ impl HostTensors {
             origin: self.origin,
             tensors,
             blocks,
+            storage: self.storage,
         }
     }
 
