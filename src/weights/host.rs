@@ -126,21 +126,17 @@ impl HostTensors {
 
     /// Removes and returns `name`, refusing a missing tensor or a wrong shape.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor, WeightsError> {
-        if let Some(b) = self.blocks.remove(name) {
-            self.tensors.insert(
-                name.to_string(),
-                HostTensor {
-                    shape: vec![b.rows, b.cols],
-                    values: b.dequantize(),
-                },
-            );
-        }
-        let t = self.tensors.remove(name).ok_or_else(|| {
-            WeightsError::format(
-                &self.origin,
-                format!("tensor `{name}` is missing; is this the architecture config.json says?"),
-            )
-        })?;
+        let t = match self.blocks.remove(name) {
+            Some(b) => dequantized(&b),
+            None => self.tensors.remove(name).ok_or_else(|| {
+                WeightsError::format(
+                    &self.origin,
+                    format!(
+                        "tensor `{name}` is missing; is this the architecture config.json says?"
+                    ),
+                )
+            })?,
+        };
         if t.shape != shape {
             return Err(self.wrong_shape(name, &t.shape, shape));
         }
@@ -150,14 +146,7 @@ impl HostTensors {
     /// Every tensor not yet taken, by name (sorted).
     pub fn into_entries(mut self) -> Vec<(String, HostTensor)> {
         for (name, b) in std::mem::take(&mut self.blocks) {
-            let values = b.dequantize();
-            self.tensors.insert(
-                name,
-                HostTensor {
-                    shape: vec![b.rows, b.cols],
-                    values,
-                },
-            );
+            self.tensors.insert(name, dequantized(&b));
         }
         self.tensors.into_iter().collect()
     }
@@ -205,6 +194,14 @@ impl HostTensors {
                 names[..names.len().min(8)].join(", ")
             ),
         ))
+    }
+}
+
+/// A kept matrix as f32 values, for a caller that wants it dense.
+fn dequantized(b: &BlockMatrix) -> HostTensor {
+    HostTensor {
+        shape: vec![b.rows, b.cols],
+        values: b.dequantize(),
     }
 }
 
