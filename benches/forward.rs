@@ -4,7 +4,7 @@
 //! Not a test. Run: cargo bench --bench forward; the PyTorch side:
 //! tools/reference/bench_forward.py GGUF_DIR.
 
-#[path = "../tests/artifacts/mod.rs"]
+#[path = "../tests/common/artifacts.rs"]
 mod artifacts;
 
 use std::time::Instant;

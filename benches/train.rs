@@ -12,7 +12,7 @@
 //! same GGUF (with $PYTHON, default python3, which needs torch, transformers and peft) and
 //! prints both results with their ratios.
 
-#[path = "../tests/artifacts/mod.rs"]
+#[path = "../tests/common/artifacts.rs"]
 mod artifacts;
 
 use std::time::Instant;
@@ -47,9 +47,9 @@ fn main() -> anyhow::Result<()> {
         lora_tune::model::BaseStorage {
             keep_quantized,
             dense: if bf16 {
-                lora_tune::weights::host::Storage::Bf16
+                lora_tune::dtype::Dtype::Bf16
             } else {
-                lora_tune::weights::host::Storage::F32
+                lora_tune::dtype::Dtype::F32
             },
         },
     )?;

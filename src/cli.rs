@@ -2,9 +2,12 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use crate::device::DeviceChoice;
+use crate::dtype::Dtype;
+use crate::recipe::ExportFormat;
+use crate::weights::gguf_writer::TensorType;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -55,13 +58,13 @@ pub enum Command {
         #[arg(long)]
         adapter: PathBuf,
         #[arg(long, value_enum, required_unless_present = "check")]
-        format: Option<ExportFormatArg>,
+        format: Option<ExportFormat>,
         /// A folder for `peft` and `merged`, a `.gguf` file for `gguf`.
         #[arg(long, required_unless_present = "check")]
         out: Option<PathBuf>,
         /// Tensor dtype: f32, bf16, f16 (all formats) or q8_0 (gguf).
         #[arg(long, value_enum, default_value = "f32")]
-        dtype: ExportDtype,
+        dtype: TensorType,
         /// Only report whether vLLM, TGI/LoRAX and llama.cpp will serve the adapter (exit 1 if
         /// any cannot), with the commands that serve it.
         #[arg(long)]
@@ -84,9 +87,9 @@ pub enum Command {
         out: PathBuf,
         /// Tensor dtype of the merged weights.
         #[arg(long, value_enum, default_value = "f32")]
-        dtype: MergeDtype,
+        dtype: Dtype,
         /// Shard the weights above this many MB (model.safetensors.index.json).
-        #[arg(long, default_value_t = 5000)]
+        #[arg(long, default_value_t = crate::export::DEFAULT_MAX_SHARD_MB)]
         max_shard_mb: u64,
     },
     /// Generate text from a base model, optionally with an adapter; tokens stream to stdout.
@@ -140,29 +143,6 @@ pub enum Command {
     /// List the tensors, dtypes, shapes, parameter counts and metadata of a model or adapter:
     /// a path, hf://org/name[@revision], or pip://package==version/path/in/wheel.
     Inspect { model: String },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ExportDtype {
-    F32,
-    Bf16,
-    F16,
-    #[value(name = "q8_0")]
-    Q8_0,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum MergeDtype {
-    F32,
-    Bf16,
-    F16,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ExportFormatArg {
-    Peft,
-    Gguf,
-    Merged,
 }
 
 fn parse_device(s: &str) -> Result<DeviceChoice, String> {

@@ -1,16 +1,25 @@
 //! lora-tune: LoRA fine-tuning of real open models on burn, on any GPU (wgpu) or the CPU.
 //!
-//! Modules in dependency order (each may use only those above it; see ../shared/DESIGN.md §2):
+//! Modules in dependency order: each uses only modules above it, and no two files import each
+//! other (see ../shared/DESIGN.md §2).
 //! - [`atomic`]: every file we write goes through `write_atomic` (temp file + fsync + rename).
+//! - [`dtype`]: the float types a user picks (base storage, exports), one type for all.
 //! - [`recipe`]: the TOML recipe as written, with errors that name file, line and key.
 //! - [`device`]: `--device auto|cpu|wgpu|…` → a burn `Device`, saying why.
-//! - [`data`]: chat templates (and, with the dataset issue, formats, masks, batches).
 //! - [`source`]: a model reference (path, `hf://`, `pip://`) → local files, sha256-verified.
-//! - [`weights`]: read checkpoint headers (safetensors, GGUF) into named tensor listings.
-//! - [`lora`]: target selection (PEFT rules) and the trainable-parameter report.
-//! - [`model`]: architectures (Llama-family decoders, BERT encoders, sequence classifiers on
-//!   either) in burn, HF layout, loaded from `weights`.
+//! - [`weights`]: checkpoint files (safetensors, GGUF) → named host tensors, GGUF blocks and
+//!   names, tokenizers; the safetensors and GGUF writers.
+//! - [`data`]: dataset rows and formats, chat templates, token ids + loss masks, packing, batches.
+//! - [`lora`]: the adapter of one layer, target selection (PEFT's rules), the parameter report.
+//! - [`peft`]: the PEFT adapter folder format (keys, `adapter_config.json`, the folder's files).
+//! - [`model`]: shared blocks and one file per family (Llama, Mistral, Qwen2 decoders; BERT),
+//!   sequence classifiers on either, adapters on any, generation.
 //! - [`plan`]: a recipe validated and resolved (defaults, absolute paths) into a `Plan`.
+//! - [`memory`]: peak memory of a training run, predicted before anything loads.
+//! - [`prepare`]: what every recipe-driven command does before training (model resolved,
+//!   adapters chosen, data encoded, model loaded).
+//! - [`train`] and [`export`], siblings: the training step and loop; the PEFT folder, GGUF LoRA
+//!   and merged model a run or `lora-tune export` writes, through one entry point.
 //! - [`cli`] and [`commands`]: clap definitions and one file per subcommand (wiring only).
 
 pub mod atomic;
@@ -18,11 +27,14 @@ pub mod cli;
 pub mod commands;
 pub mod data;
 pub mod device;
+pub mod dtype;
 pub mod export;
 pub mod lora;
 pub mod memory;
 pub mod model;
+pub mod peft;
 pub mod plan;
+pub mod prepare;
 pub mod recipe;
 pub mod source;
 pub mod train;

@@ -21,11 +21,23 @@
 //! adapters + inputs + max(logit chunk, one layer). Within 13 % of the measured peaks from 1x128
 //! to 4x512 (BENCHMARKS.md).
 //!
-//! `model.keep_quantized` changes only the weights term, which `commands::plan` computes from the
-//! GGUF header (packed bytes, plus one layer decoded to f32 while it is recomputed).
+//! `model.keep_quantized` changes only the weights term, which [`frozen_base_bytes`] computes from
+//! the GGUF header (packed bytes, plus one layer decoded to f32 while it is recomputed).
 
-use crate::model::config::LlamaConfig;
-use crate::train::recompute::LOGIT_CHUNK;
+use std::collections::HashSet;
+
+use crate::dtype::Dtype;
+use crate::lora::targets::LinearSite;
+use crate::model::BaseStorage;
+use crate::model::decoder_config::DecoderConfig;
+use crate::source::ModelFiles;
+use crate::weights::blocks;
+use crate::weights::gguf::GgufFile;
+
+/// Scored positions per head pass under gradient checkpointing (`train::recompute`): 256 rows of
+/// SmolLM2's 49,152-word vocabulary are 50 MB per buffer, where a whole 4×256 batch's would be
+/// 200 MB. Here because the estimate counts it.
+pub const LOGIT_CHUNK: usize = 256;
 
 const F32: u64 = 4;
 const HIDDEN_BUFFERS: u64 = 17;
@@ -67,7 +79,7 @@ pub struct BatchShape {
 
 impl MemoryEstimate {
     /// Training `trainable` adapter parameters on `config` with micro-batches up to `shape`.
-    pub fn training(config: &LlamaConfig, trainable: u64, shape: BatchShape) -> Self {
+    pub fn training(config: &DecoderConfig, trainable: u64, shape: BatchShape) -> Self {
         let (b, s) = (shape.batch as u64, shape.seq as u64);
         let tokens = b * s;
         let layers = config.num_hidden_layers as u64;
@@ -147,6 +159,68 @@ pub fn gb(bytes: u64) -> String {
     }
 }
 
+/// Whether a CPU training run's predicted peak memory is checked before the model loads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MemoryCheck {
+    Off,
+    /// Against what the system has available now.
+    Available,
+    /// Against a budget in bytes (`--max-memory`).
+    Budget(u64),
+}
+
+/// A run predicted not to fit: the numbers and what to lower.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this run's peak memory is predicted at {predicted} but {limit} {which}; {recompute}lower train.batch_size (raise train.grad_accum to keep the effective batch) or data.max_len, close other programs, or pass --no-memory-check to try anyway"
+)]
+pub struct WouldNotFit {
+    predicted: String,
+    limit: String,
+    which: &'static str,
+    recompute: &'static str,
+}
+
+impl MemoryCheck {
+    pub fn from_flags(off: bool, max_memory_gb: Option<f64>) -> Self {
+        match (off, max_memory_gb) {
+            (true, _) => Self::Off,
+            (false, Some(gb)) => Self::Budget((gb.max(0.0) * 1e9) as u64),
+            (false, None) => Self::Available,
+        }
+    }
+
+    /// The limit in bytes and how to say it; None when nothing is checked.
+    fn limit(self) -> Option<(u64, &'static str)> {
+        match self {
+            Self::Off => None,
+            Self::Available => available_bytes().map(|b| (b, "are available")),
+            Self::Budget(b) => Some((b, "are allowed (--max-memory)")),
+        }
+    }
+
+    /// Refuses a run whose `estimate` exceeds the limit.
+    pub fn refuse_over(
+        self,
+        estimate: &MemoryEstimate,
+        shape: BatchShape,
+    ) -> Result<(), WouldNotFit> {
+        match self.limit() {
+            Some((limit, which)) if estimate.total() > limit => Err(WouldNotFit {
+                predicted: estimate.render(shape),
+                limit: gb(limit),
+                which,
+                recompute: if shape.checkpointing {
+                    ""
+                } else {
+                    "set train.gradient_checkpointing = true, "
+                },
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Memory this process may still use: MemAvailable, capped by a cgroup (v2) limit. None where
 /// neither can be read (not Linux).
 pub fn available_bytes() -> Option<u64> {
@@ -170,4 +244,57 @@ pub fn available_bytes() -> Option<u64> {
         available = available.min(max.saturating_sub(current));
     }
     Some(available)
+}
+
+/// The base's bytes from its f32 bytes when `model.keep_quantized` packs a GGUF's block-quantised
+/// linear weights and `model.dtype` stores the other linear weights in 16 bits; plus what
+/// widening holds: one layer's weights in f32 (kept for that layer's backward while it is
+/// recomputed) and the largest one's codes and values. Also the load's peak for a 16-bit base
+/// (the f32 checkpoint as read plus the narrowed linears; `MemoryEstimate::loading`), else 0.
+pub fn frozen_base_bytes(
+    storage: BaseStorage,
+    files: &ModelFiles,
+    config: &DecoderConfig,
+    f32_bytes: u64,
+) -> (u64, u64) {
+    if storage == BaseStorage::default() {
+        return (f32_bytes, 0);
+    }
+    let sites = config.linear_sites();
+    let bytes = |s: &LinearSite| (s.in_features * s.out_features * 4) as u64;
+    let linear: Vec<&LinearSite> = sites
+        .iter()
+        .filter(|s| s.layer.is_some() || !config.tie_word_embeddings)
+        .collect();
+    let linear_f32: u64 = linear.iter().map(|s| bytes(s)).sum();
+    let (kept_f32, kept_packed) = match files {
+        ModelFiles::Gguf(path) if storage.keep_quantized => match GgufFile::open(path) {
+            Ok(file) => {
+                let names: HashSet<String> = linear
+                    .iter()
+                    .map(|s| format!("{}.weight", s.path))
+                    .collect();
+                blocks::kept_bytes(&file, |name| names.contains(name))
+            }
+            Err(_) => (0, 0), // the load reports what is wrong with it
+        },
+        _ => (0, 0),
+    };
+    let dense_f32 = linear_f32 - kept_f32;
+    let dense = match storage.dense {
+        Dtype::F32 => dense_f32,
+        Dtype::Bf16 | Dtype::F16 => dense_f32 / 2,
+    };
+    if dense == dense_f32 && kept_f32 == 0 {
+        return (f32_bytes, 0); // nothing is stored differently
+    }
+    let one_layer: u64 = sites.iter().filter(|s| s.layer == Some(0)).map(bytes).sum();
+    let largest = linear.iter().map(|s| bytes(s)).max().unwrap_or(0);
+    let weights = f32_bytes - linear_f32 + kept_packed + dense + one_layer + 2 * largest;
+    let loading = if storage.dense == Dtype::F32 {
+        0
+    } else {
+        f32_bytes + dense
+    };
+    (weights, loading)
 }

@@ -4,13 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::dtype::Dtype;
 use crate::model::BaseStorage;
 use crate::recipe::{
-    DataFormat, DataSection, Dtype, ExportFormat, ExportSection, LoraSection, Pooling, RecipeError,
+    DataFormat, DataSection, ExportFormat, ExportSection, LoraSection, Pooling, RecipeError,
     RecipeFile, Targets, Task, TrainSection,
 };
 use crate::source::Source;
-use crate::weights::host::Storage;
 
 /// When training stops.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,11 +53,7 @@ impl Plan {
     pub fn base_storage(&self) -> BaseStorage {
         BaseStorage {
             keep_quantized: self.keep_quantized,
-            dense: match self.dtype {
-                Dtype::F32 => Storage::F32,
-                Dtype::Bf16 => Storage::Bf16,
-                Dtype::F16 => Storage::F16,
-            },
+            dense: self.dtype,
         }
     }
 
@@ -292,7 +288,7 @@ impl Plan {
             "must be at least 1 (1 = pad to the longest row only)",
         )?;
 
-        // Settings the schema accepts but no code honours yet: refused, never silently ignored.
+        // Settings that only work together: refused alone, never silently ignored.
         check(
             r.model.dtype == Dtype::F32 || t.gradient_checkpointing,
             "model.dtype",

@@ -1,5 +1,5 @@
 //! The recipe as the user writes it: a TOML schema (serde, unknown keys rejected) and the file it
-//! came from, so every error — syntax, type, or a value [`crate::plan`] rejects later — names
+//! came from, so every error — syntax, type, or a value `plan` rejects later — names
 //! `file:line:column`, the key, and what is accepted. Pure data: no burn, no I/O beyond reading.
 //!
 //! Defaults live here, as `#[serde(default)]` functions, and are documented on each field; the
@@ -13,6 +13,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
+
+use crate::dtype::Dtype;
 
 /// A whole recipe: `[model] [lora] [data] [train] [export]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -244,15 +246,6 @@ impl Default for ExportSection {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Dtype {
-    #[default]
-    F32,
-    Bf16,
-    F16,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum LoraInit {
     #[default]
     Kaiming,
@@ -311,7 +304,7 @@ pub enum Schedule {
     Cosine,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ExportFormat {
     Peft,

@@ -3,10 +3,11 @@
 //! the first one aborts with `strict = true`, a file with no usable row is an error — and the
 //! command stops before any weights load.
 
-mod artifacts;
+mod common;
+
+use common::artifacts;
 
 use std::path::Path;
-use std::process::Command;
 
 use lora_tune::data::dataset::Dataset;
 use lora_tune::data::encode::Encoder;
@@ -137,11 +138,10 @@ fn a_run_on_bad_data_stops_before_loading_weights() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lora-tune"))
-        .arg(&recipe)
-        .args(["--device", "cpu"])
-        .output()
-        .unwrap();
+    let out = common::run(
+        Path::new("."),
+        &[recipe.to_str().unwrap(), "--device", "cpu"],
+    );
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),

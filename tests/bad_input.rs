@@ -2,13 +2,9 @@
 //! clear message (what, where, what to do), exit code 1, no panic, and nothing written — the
 //! working directory holds exactly what it held before.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-const TINY: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/llama/tiny-llama"
-);
+use std::path::{Path, PathBuf};
 
 /// Every file under `dir` with its size, for a before/after comparison.
 fn listing(dir: &Path) -> Vec<(PathBuf, u64)> {
@@ -29,37 +25,13 @@ fn listing(dir: &Path) -> Vec<(PathBuf, u64)> {
 
 /// A working directory with a copy of the tiny model, a dataset and a recipe that trains.
 fn workdir() -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let model = dir.join("model");
-    std::fs::create_dir(&model).unwrap();
-    for f in [
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-    ] {
-        std::fs::copy(Path::new(TINY).join(f), model.join(f)).unwrap();
-    }
-    let rows: Vec<String> = (0..6)
-        .map(|i| format!("{{\"text\": \"Ticket {i}: please refund the second charge.\"}}"))
-        .collect();
-    std::fs::write(dir.join("train.jsonl"), rows.join("\n") + "\n").unwrap();
-    std::fs::write(
-        dir.join("recipe.toml"),
+    common::tiny_workdir(
         "[model]\nsource = \"model\"\n\n[data]\ntrain = \"train.jsonl\"\nmax_len = 32\n\n[train]\nmax_steps = 1\nbatch_size = 2\n\n[export]\nout_dir = \"out\"\n",
     )
-    .unwrap();
-    tmp
 }
 
 fn run(dir: &Path, extra: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_lora-tune"))
-        .args(["recipe.toml", "--device", "cpu"])
-        .args(extra)
-        .current_dir(dir)
-        .output()
-        .unwrap()
+    common::run(dir, &[&["recipe.toml", "--device", "cpu"], extra].concat())
 }
 
 /// Breaks one thing in a fresh [`workdir`] with `spoil`, runs the recipe, checks the contract
@@ -250,11 +222,7 @@ fn a_spoiled_adapter_folder() {
     let adapter = dir.join("out");
     let lora_tune = |args: &[&str]| {
         let before = listing(dir);
-        let out = Command::new(env!("CARGO_BIN_EXE_lora-tune"))
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
+        let out = common::lora_tune(dir).args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");

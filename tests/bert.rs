@@ -5,31 +5,27 @@
 //! full), and the adapter folder PEFT saves after them; and `LlamaForSequenceClassification`'s
 //! logits (last-token pooling, `score` head) on the tiny Llama.
 
-mod artifacts;
-mod tiny;
+mod common;
+
+use common::{artifacts, cpu, tiny};
 
 use std::path::PathBuf;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 use lora_tune::data::batch::{Batch, IGNORE};
-use lora_tune::device::{DeviceChoice, select};
-use lora_tune::export::peft;
-use lora_tune::lora::peft_config::PeftConfig;
 use lora_tune::lora::targets::select as select_targets;
 use lora_tune::model::adapters::{AdaptedModel, host};
 use lora_tune::model::bert::{Bert, BertConfig};
 use lora_tune::model::classifier::{Body, SequenceClassifier};
+use lora_tune::peft::config::PeftConfig;
+use lora_tune::peft::folder as peft;
 use lora_tune::recipe::{LoraSection, Pooling, Targets};
 use lora_tune::train::optim::{AdamW, AdamWConfig};
 use lora_tune::train::step::train_step;
 use lora_tune::weights::host::HostTensors;
 
-fn fixture(rel: &str) -> PathBuf {
+fn bert_fixture(rel: &str) -> PathBuf {
     tiny::fixture(&format!("bert/{rel}"))
-}
-
-fn cpu() -> Device {
-    select(DeviceChoice::Cpu).unwrap().device
 }
 
 fn load_bert(dir: &std::path::Path) -> Bert {
@@ -55,13 +51,13 @@ fn lora() -> LoraSection {
 
 /// The tiny classifier with the trained tensors of `file` (PEFT keys: adapters and head).
 fn classifier(file: &str) -> SequenceClassifier {
-    let bert = load_bert(&fixture("tiny-bert"));
+    let bert = load_bert(&bert_fixture("tiny-bert"));
     let adapted = select_targets(&bert.config.linear_sites(), &lora()).unwrap();
     let labels = ["a", "b", "c"].map(String::from).to_vec();
     let mut model = SequenceClassifier::new(Body::Bert(bert), labels, Pooling::Cls, 0).unwrap();
     model.attach_adapters(&adapted, &lora(), 0).unwrap();
     model
-        .load_adapter_weights(&fixture(&format!("seq_cls/{file}")))
+        .load_adapter_weights(&bert_fixture(&format!("seq_cls/{file}")))
         .unwrap();
     model
 }
@@ -73,7 +69,7 @@ fn batch() -> Batch {
         attention_mask: Vec<Vec<u8>>,
         labels: Vec<u32>,
     }
-    let raw: Raw = tiny::json(&fixture("seq_cls/batch.json"));
+    let raw: Raw = tiny::json(&bert_fixture("seq_cls/batch.json"));
     Batch {
         labels: raw
             .input_ids
@@ -99,7 +95,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn reference(file: &str, name: &str) -> Vec<f32> {
-    HostTensors::read(&fixture(file))
+    HostTensors::read(&bert_fixture(file))
         .unwrap()
         .into_entries()
         .into_iter()
@@ -127,7 +123,7 @@ fn three_seq_cls_steps_equal_peft() {
         loss: f64,
         grad_norm: f64,
     }
-    let trajectory: Vec<Step> = tiny::json(&fixture("seq_cls/trajectory.json"));
+    let trajectory: Vec<Step> = tiny::json(&bert_fixture("seq_cls/trajectory.json"));
     let b = batch();
     let mut model = classifier("init.safetensors");
     model.set_training(true);
@@ -168,7 +164,7 @@ fn three_seq_cls_steps_equal_peft() {
         );
     }
     // Every trained tensor (adapters and the classifier head) as PEFT left it.
-    let want = HostTensors::read(&fixture("seq_cls/final.safetensors")).unwrap();
+    let want = HostTensors::read(&bert_fixture("seq_cls/final.safetensors")).unwrap();
     let mut want: std::collections::BTreeMap<String, Vec<f32>> = want
         .into_entries()
         .into_iter()
@@ -197,7 +193,7 @@ fn three_seq_cls_steps_equal_peft() {
 fn seq_cls_folder_equals_what_peft_saves_and_loads_back() {
     let mut model = classifier("final.safetensors");
     let adapted = select_targets(
-        &load_bert(&fixture("tiny-bert")).config.linear_sites(),
+        &load_bert(&bert_fixture("tiny-bert")).config.linear_sites(),
         &lora(),
     )
     .unwrap();
@@ -206,7 +202,7 @@ fn seq_cls_folder_equals_what_peft_saves_and_loads_back() {
     peft::write(
         out.path(),
         &model.adapter_tensors().unwrap(),
-        lora_tune::recipe::Dtype::F32,
+        lora_tune::dtype::Dtype::F32,
         &config,
         None,
     )
@@ -220,7 +216,7 @@ fn seq_cls_folder_equals_what_peft_saves_and_loads_back() {
     // Config: every field we write equals PEFT's (target_modules is a set, in hash order).
     let read =
         |dir: &std::path::Path| -> serde_json::Value { tiny::json(&dir.join(peft::CONFIG_FILE)) };
-    let (ours, theirs) = (read(out.path()), read(&fixture("seq_cls/peft")));
+    let (ours, theirs) = (read(out.path()), read(&bert_fixture("seq_cls/peft")));
     for (key, value) in ours.as_object().unwrap() {
         match key.as_str() {
             "base_model_name_or_path" => {}
@@ -247,7 +243,7 @@ fn seq_cls_folder_equals_what_peft_saves_and_loads_back() {
         v.sort();
         v
     };
-    let (ours_t, theirs_t) = (tensors(out.path()), tensors(&fixture("seq_cls/peft")));
+    let (ours_t, theirs_t) = (tensors(out.path()), tensors(&bert_fixture("seq_cls/peft")));
     assert_eq!(ours_t.len(), theirs_t.len());
     for (o, t) in ours_t.iter().zip(&theirs_t) {
         assert_eq!((&o.0, &o.1), (&t.0, &t.1));
@@ -270,7 +266,7 @@ fn seq_cls_folder_equals_what_peft_saves_and_loads_back() {
     // PEFT's own folder onto the base gives PEFT's trained logits.
     let mut theirs_model = classifier("init.safetensors");
     theirs_model
-        .load_adapter_weights(&fixture("seq_cls/peft").join(peft::WEIGHTS_FILE))
+        .load_adapter_weights(&bert_fixture("seq_cls/peft").join(peft::WEIGHTS_FILE))
         .unwrap();
     let b = batch();
     let logits = values(&theirs_model.logits(&b.input_ids, &b.attention_mask));
@@ -285,7 +281,7 @@ fn seq_cls_folder_equals_what_peft_saves_and_loads_back() {
 fn minilm_hidden_states_and_embeddings_equal_sentence_transformers() {
     let files = artifacts::minilm();
     let bert = load_bert(files.path());
-    let reference = HostTensors::read(&fixture("minilm/reference.safetensors")).unwrap();
+    let reference = HostTensors::read(&bert_fixture("minilm/reference.safetensors")).unwrap();
     let reference: std::collections::BTreeMap<String, Vec<f32>> = reference
         .into_entries()
         .into_iter()
@@ -293,7 +289,7 @@ fn minilm_hidden_states_and_embeddings_equal_sentence_transformers() {
         .collect();
     let embeddings = &reference["embeddings"];
     let tokenizer = lora_tune::model::tokenizer_of(&files).unwrap();
-    let sentences: Vec<String> = tiny::json(&fixture("minilm/sentences.json"));
+    let sentences: Vec<String> = tiny::json(&bert_fixture("minilm/sentences.json"));
     let h = bert.config.hidden_size;
     for (i, text) in sentences.iter().enumerate() {
         let ids = tokenizer.encode(text, true).unwrap();
@@ -321,7 +317,7 @@ fn minilm_hidden_states_and_embeddings_equal_sentence_transformers() {
 
 #[test]
 fn llama_score_head_logits_equal_transformers() {
-    let bytes = std::fs::read(fixture("llama_seq_cls.safetensors")).unwrap();
+    let bytes = std::fs::read(bert_fixture("llama_seq_cls.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let ints = |name: &str| -> Vec<i64> {
         let t = st.tensor(name).unwrap();
@@ -342,7 +338,7 @@ fn llama_score_head_logits_equal_transformers() {
         .collect();
     let labels = ["a", "b", "c"].map(String::from).to_vec();
     let mut model =
-        SequenceClassifier::new(Body::Llama(tiny::base()), labels, Pooling::Cls, 0).unwrap();
+        SequenceClassifier::new(Body::Decoder(tiny::base()), labels, Pooling::Cls, 0).unwrap();
     let score = reference("llama_seq_cls.safetensors", "score.weight");
     assert_eq!(model.head.name, "score");
     assert!(model.head.bias.is_none());

@@ -4,10 +4,12 @@
 //! exports a PEFT SEQ_CLS folder with classifier.json, resumes exactly, and `eval` / `predict`
 //! read the folder back.
 
-mod artifacts;
+mod common;
+
+use common::artifacts;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 const TINY_BERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bert/tiny-bert");
 
@@ -39,16 +41,7 @@ fn recipe(source: &str, out: &str, steps: u32, extra_train: &str) -> String {
 }
 
 fn lora_tune(dir: &Path, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_lora-tune"))
-        .args(args)
-        .args(["--device", "cpu"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!text.contains("panicked"), "{text}");
-    out
+    common::run(dir, &[args, &["--device", "cpu"]].concat())
 }
 
 fn stdout(out: &Output) -> String {

@@ -1,22 +1,15 @@
 //! The binary's contract: exit codes, messages, and the shipped recipe's main job.
 
-mod artifacts;
+mod common;
 
+use common::{artifacts, text};
+
+use std::path::Path;
 use std::process::{Command, Output};
 
+/// `lora-tune ARGS` in the repository root.
 fn lora_tune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lora-tune"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap()
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    common::run(Path::new(env!("CARGO_MANIFEST_DIR")), args)
 }
 
 #[test]
@@ -421,7 +414,7 @@ fn ctrl_c_checkpoints_and_resume_equals_the_uninterrupted_run() {
     let out = lora_tune(&[whole.to_str().unwrap(), "--device", "cpu"]);
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lora-tune"))
+    let mut child = common::lora_tune(Path::new(env!("CARGO_MANIFEST_DIR")))
         .args([cut.to_str().unwrap(), "--device", "cpu"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -629,4 +622,76 @@ fn keep_quantized_and_bf16_bases_train_alike_on_smaller_planned_bases() {
     let saved = |i: usize| weights[0] - weights[i];
     assert!((318.0..330.0).contains(&saved(1)), "{weights:?}");
     assert!((185.0..197.0).contains(&saved(2)), "{weights:?}");
+}
+
+/// Regression: a run's `[export] formats = ["merged"]` wrote f32 whatever `export.dtype` said.
+/// A run exports its last checkpoint through the same entry point as `lora-tune export`: the
+/// same bytes, in the recipe's dtype.
+#[test]
+fn a_runs_exports_carry_the_recipes_dtype_and_equal_lora_tune_export() {
+    let tmp = common::tiny_workdir(
+        "[model]\nsource = \"model\"\n\n[data]\ntrain = \"train.jsonl\"\nmax_len = 32\n\n[train]\nmax_steps = 2\nbatch_size = 2\n\n[export]\nout_dir = \"out\"\nformats = [\"peft\", \"gguf\", \"merged\"]\ndtype = \"bf16\"\n",
+    );
+    let dir = tmp.path();
+    let out = common::run(dir, &["recipe.toml", "--device", "cpu"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let dtypes = |file: &Path| -> Vec<safetensors::Dtype> {
+        let bytes = std::fs::read(file).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        st.tensors().into_iter().map(|(_, t)| t.dtype()).collect()
+    };
+    let merged = dir.join("out/merged");
+    let weights = dtypes(&merged.join("model.safetensors"));
+    assert!(!weights.is_empty());
+    assert!(
+        weights.iter().all(|d| *d == safetensors::Dtype::BF16),
+        "{weights:?}"
+    );
+    let config = std::fs::read_to_string(merged.join("config.json")).unwrap();
+    assert!(config.contains("\"torch_dtype\": \"bfloat16\""), "{config}");
+    let adapter = dtypes(&dir.join("out/adapter_model.safetensors"));
+    assert!(
+        adapter.iter().all(|d| *d == safetensors::Dtype::BF16),
+        "{adapter:?}"
+    );
+    assert!(dir.join("out/recipe.lora.gguf").is_file());
+
+    // The same checkpoint through `lora-tune export` gives the same files.
+    let checkpoint = "out/checkpoints/step-000002";
+    for (format, to, same) in [
+        ("merged", "merged", ["model.safetensors", "config.json"]),
+        (
+            "peft",
+            "peft",
+            ["adapter_model.safetensors", "adapter_config.json"],
+        ),
+    ] {
+        let args = [
+            "export",
+            "--adapter",
+            checkpoint,
+            "--format",
+            format,
+            "--dtype",
+            "bf16",
+            "--out",
+            to,
+            "--base",
+            "model",
+        ];
+        let out = common::run(dir, &args);
+        assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+        let run_dir = if format == "peft" {
+            dir.join("out")
+        } else {
+            merged.clone()
+        };
+        for file in same {
+            assert_eq!(
+                std::fs::read(run_dir.join(file)).unwrap(),
+                std::fs::read(dir.join(to).join(file)).unwrap(),
+                "{format}: {file} differs between the run and `lora-tune export`"
+            );
+        }
+    }
 }

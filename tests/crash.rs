@@ -6,6 +6,8 @@
 
 #![cfg(unix)]
 
+mod common;
+
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -40,7 +42,7 @@ fn recipe(dir: &Path, name: &str) -> PathBuf {
 }
 
 fn start(recipe: &Path, resume: Option<&Path>) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lora-tune"));
+    let mut cmd = common::lora_tune(Path::new("."));
     cmd.arg(recipe).args(["--device", "cpu"]);
     if let Some(dir) = resume {
         cmd.arg("--resume").arg(dir);

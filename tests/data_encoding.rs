@@ -4,7 +4,9 @@
 //! field, text with non-ASCII, prompt_completion, alpaca). Golden: tools/reference/data_fixtures.py
 //! (transformers 5.23.0 tokenising the whole rendered chat once, with offsets).
 
-mod artifacts;
+mod common;
+
+use common::artifacts;
 
 use std::path::Path;
 

@@ -1,11 +1,13 @@
 //! GGUF dequantisation is bit-exact against gguf-py, the dequantiser transformers uses.
 //! Golden: tools/reference/dequant_fixtures.py (gguf 0.19.0, numpy; seed 20261123).
 
-mod artifacts;
-mod tiny;
+mod common;
+
+use common::{artifacts, cpu, tiny};
 
 use lora_tune::weights::dequant::dequantize;
-use lora_tune::weights::gguf::{GgmlType, GgufFile};
+use lora_tune::weights::ggml_type::GgmlType;
+use lora_tune::weights::gguf::GgufFile;
 use lora_tune::weights::gguf_names::hf_tensor;
 use sha2::{Digest, Sha256};
 
@@ -49,12 +51,6 @@ fn every_supported_block_format_matches_gguf_py_bit_for_bit() {
     }
 }
 
-fn cpu() -> burn::tensor::Device {
-    lora_tune::device::select(lora_tune::device::DeviceChoice::Cpu)
-        .unwrap()
-        .device
-}
-
 #[test]
 fn packed_blocks_decode_like_gguf_py_on_flex() {
     tiny::assert_packed_blocks_decode_like_gguf_py(&cpu());
@@ -65,7 +61,7 @@ fn packed_blocks_decode_like_gguf_py_on_flex() {
 #[test]
 fn real_smollm2_kept_blocks_decode_to_the_dequantised_tensors() {
     use lora_tune::model::frozen::FrozenWeight;
-    use lora_tune::weights::gguf_names::hf_blocks;
+    use lora_tune::weights::blocks::hf_blocks;
     use lora_tune::weights::host::FrozenMatrix;
     let files = artifacts::smollm2();
     let gguf = GgufFile::open(files.path()).unwrap();

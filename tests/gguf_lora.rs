@@ -3,23 +3,28 @@
 //! tools/reference/gguf_lora.py from PEFT's own folder): metadata, tensor names, ggml shapes and
 //! types, and values (Q/K B rows permuted for the `llama` architecture) — read back by our reader.
 
-mod tiny;
+mod common;
+
+use common::tiny;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use lora_tune::export::{gguf_lora, peft};
+use lora_tune::export::gguf_lora;
 use lora_tune::model::adapters::AdaptedModel;
-use lora_tune::model::llama::Llama;
+use lora_tune::model::decoder::Decoder;
+use lora_tune::peft::folder as peft;
 use lora_tune::weights::gguf::{GgufFile, MetaValue};
 use lora_tune::weights::gguf_writer::TensorType;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-fn adapted_tiny() -> Llama {
+fn adapted_tiny() -> Decoder {
     let mut model = tiny::base();
     let sites = model.config.linear_sites();
-    peft::apply(&mut model, &sites, &tiny::fixture("lora/peft")).unwrap();
+    model
+        .apply_peft_folder(&sites, &tiny::fixture("lora/peft"))
+        .unwrap();
     model
 }
 
@@ -33,7 +38,7 @@ fn metadata(f: &GgufFile) -> BTreeMap<String, MetaValue> {
 
 /// Writes the tiny adapter as `ty` and returns (model, ours, llama.cpp's `fixture`), checked
 /// equal in metadata, names, dims, types and raw tensor bytes.
-fn compare_with_converter(ty: TensorType, fixture: &str) -> (Llama, GgufFile, GgufFile) {
+fn compare_with_converter(ty: TensorType, fixture: &str) -> (Decoder, GgufFile, GgufFile) {
     let mut model = adapted_tiny();
     let config = peft::read_config(&Path::new(ROOT).join("tests/fixtures/lora/peft")).unwrap();
     let out = tempfile::tempdir().unwrap();

@@ -3,24 +3,21 @@
 //! with the identical greedy continuation (generated over the KV cache). Golden: tools/reference/llama_fixtures.py
 //! (transformers 5.23.0, torch 2.15.0, f32 eager attention, seed 16).
 
-mod artifacts;
+mod common;
+
+use common::{artifacts, cpu};
 
 use std::path::Path;
 
-use burn::tensor::{Device, Tensor};
-use lora_tune::device::{DeviceChoice, select};
-use lora_tune::model::config::LlamaConfig;
+use burn::tensor::Tensor;
+use lora_tune::model::decoder::Decoder;
+use lora_tune::model::decoder_config::DecoderConfig;
 use lora_tune::model::generate::{Sampling, generate};
-use lora_tune::model::llama::Llama;
 use lora_tune::weights::gguf::GgufFile;
 use lora_tune::weights::host::HostTensors;
 use safetensors::SafeTensors;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llama");
-
-fn cpu() -> Device {
-    select(DeviceChoice::Cpu).unwrap().device
-}
 
 fn to_vec(t: Tensor<3>) -> Vec<f32> {
     t.into_data().try_to_vec::<f32>().unwrap()
@@ -39,8 +36,8 @@ fn ints(st: &SafeTensors, name: &str) -> Vec<Vec<i64>> {
 
 fn check_tiny(name: &str) {
     let dir = Path::new(FIXTURES).join(name);
-    let config = LlamaConfig::from_json_file(&dir.join("config.json")).unwrap();
-    let model = Llama::load(config, HostTensors::read(&dir).unwrap(), &cpu()).unwrap();
+    let config = lora_tune::model::read_decoder_config(&dir.join("config.json")).unwrap();
+    let model = Decoder::load(config, HostTensors::read(&dir).unwrap(), &cpu()).unwrap();
     let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let ids: Vec<Vec<u32>> = ints(&st, "input_ids")
@@ -84,9 +81,9 @@ fn a_checkpoint_with_an_unexpected_tensor_is_refused_by_name() {
     let src = Path::new(FIXTURES).join("tiny-qwen2");
     std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
     // Qwen2 weights under a Llama config without biases: the bias tensors are left over.
-    let mut config = LlamaConfig::from_json_file(&src.join("config.json")).unwrap();
+    let mut config = lora_tune::model::read_decoder_config(&src.join("config.json")).unwrap();
     config.qkv_bias = false;
-    let err = Llama::load(config, HostTensors::read(&src).unwrap(), &cpu())
+    let err = Decoder::load(config, HostTensors::read(&src).unwrap(), &cpu())
         .unwrap_err()
         .to_string();
     assert!(
@@ -99,7 +96,7 @@ fn a_checkpoint_with_an_unexpected_tensor_is_refused_by_name() {
 fn smollm2_gguf_matches_transformers_logits_and_greedy_continuation() {
     let files = artifacts::smollm2();
     let gguf = GgufFile::open(files.path()).unwrap();
-    let config = LlamaConfig::from_gguf(&gguf).unwrap();
+    let config = DecoderConfig::from_gguf(&gguf).unwrap();
     assert_eq!(
         (
             config.num_hidden_layers,
@@ -112,7 +109,7 @@ fn smollm2_gguf_matches_transformers_logits_and_greedy_continuation() {
         (config.rope_theta, config.tie_word_embeddings),
         (100000.0, true)
     );
-    let model = Llama::load(config, HostTensors::read(files.path()).unwrap(), &cpu()).unwrap();
+    let model = Decoder::load(config, HostTensors::read(files.path()).unwrap(), &cpu()).unwrap();
     let golden: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/smollm2.json")).unwrap())
             .unwrap();
@@ -191,8 +188,8 @@ fn sharded_safetensors_load_identically() {
     .unwrap();
 
     let logits = |d: &Path| {
-        let config = LlamaConfig::from_json_file(&d.join("config.json")).unwrap();
-        let model = Llama::load(config, HostTensors::read(d).unwrap(), &cpu()).unwrap();
+        let config = lora_tune::model::read_decoder_config(&d.join("config.json")).unwrap();
+        let model = Decoder::load(config, HostTensors::read(d).unwrap(), &cpu()).unwrap();
         to_vec(model.forward(&[vec![5, 17, 42]], &[vec![1, 1, 1]]))
     };
     assert_eq!(logits(dir.path()), logits(&src));

@@ -1,24 +1,26 @@
 //! Target selection and the parameter report equal PEFT's `print_trainable_parameters`, byte
 //! for byte. Golden: tools/reference/lora_report.py (peft 0.21.2, transformers 5.23.0).
 
-mod artifacts;
+mod common;
+
+use common::artifacts;
 
 use std::path::Path;
 
 use lora_tune::lora::report::ParameterReport;
 use lora_tune::lora::targets::select;
-use lora_tune::model::config::LlamaConfig;
+use lora_tune::model::decoder_config::DecoderConfig;
 use lora_tune::recipe::{LoraSection, Targets};
 use lora_tune::weights::gguf::GgufFile;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
-fn config(model: &str) -> LlamaConfig {
+fn config(model: &str) -> DecoderConfig {
     if model == "smollm2" {
         let files = artifacts::smollm2();
-        return LlamaConfig::from_gguf(&GgufFile::open(files.path()).unwrap()).unwrap();
+        return DecoderConfig::from_gguf(&GgufFile::open(files.path()).unwrap()).unwrap();
     }
-    LlamaConfig::from_json_file(
+    lora_tune::model::read_decoder_config(
         &Path::new(FIXTURES)
             .join("llama")
             .join(model)

@@ -6,32 +6,29 @@
 //! peft 0.21.2, torch 2.15.0). The same on the real SmolLM2 GGUF for 3 steps of 2×64 (≤1e-3;
 //! tools/reference/lora_train_smollm2.py), and resume-from-checkpoint equal to the whole run.
 
-mod artifacts;
-mod tiny;
+mod common;
+
+use common::{artifacts, cpu, tiny};
 
 use std::path::Path;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 use lora_tune::data::batch::Batch;
-use lora_tune::device::{DeviceChoice, select};
+use lora_tune::dtype::Dtype;
 use lora_tune::lora::targets::select as select_targets;
 use lora_tune::model::BaseStorage;
 use lora_tune::model::adapters::AdaptedModel;
-use lora_tune::model::llama::Llama;
+use lora_tune::model::decoder::Decoder;
 use lora_tune::recipe::{LoraSection, Schedule};
 use lora_tune::train::optim::{AdamW, AdamWConfig};
 use lora_tune::train::schedule::LrSchedule;
 use lora_tune::train::step::train_step;
-use lora_tune::weights::host::{HostTensors, Storage};
+use lora_tune::weights::host::HostTensors;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-fn cpu() -> Device {
-    select(DeviceChoice::Cpu).unwrap().device
-}
-
 /// tiny-llama with r=4, α=8, no dropout on the seven Llama targets, A/B from `init`.
-fn adapted_tiny_llama(init: &Path) -> Llama {
+fn adapted_tiny_llama(init: &Path) -> Decoder {
     tiny::adapted_on(init, &cpu())
 }
 
@@ -57,8 +54,9 @@ fn ten_steps_with_gradient_checkpointing_equal_peft() {
 #[test]
 fn gradient_checkpointing_equals_the_plain_path() {
     use lora_tune::recipe::Targets;
+    use lora_tune::train::autograd::sum;
     use lora_tune::train::recompute::loss_and_gradients_chunked;
-    use lora_tune::train::step::{accumulate_gradients, sum};
+    use lora_tune::train::step::accumulate_gradients;
     let lora = LoraSection {
         rank: 4,
         alpha: 8.0,
@@ -219,7 +217,7 @@ fn settings(out: &Path) -> lora_tune::train::trainer::Settings {
     }
 }
 
-fn fresh_model() -> Llama {
+fn fresh_model() -> Decoder {
     let lora = LoraSection {
         rank: 4,
         alpha: 8.0,
@@ -354,7 +352,7 @@ fn smollm2_three_steps_from_kept_q4_1_blocks_equal_peft() {
 #[test]
 fn smollm2_three_steps_on_a_bf16_base_stay_within_1e_2_of_peft_f32() {
     let storage = BaseStorage {
-        dense: Storage::Bf16,
+        dense: Dtype::Bf16,
         ..Default::default()
     };
     smollm2_three_steps(true, storage, 1e-2);
@@ -432,7 +430,7 @@ fn smollm2_three_steps(gradient_checkpointing: bool, storage: BaseStorage, toler
     }
     want.finish().unwrap();
     eprintln!("SmolLM2 final A/B: worst relative Frobenius error {worst:e}");
-    if storage.dense == Storage::F32 {
+    if storage.dense == Dtype::F32 {
         assert!(worst < tolerance, "final adapters differ by {worst}");
     }
 }
@@ -441,7 +439,7 @@ fn smollm2_three_steps(gradient_checkpointing: bool, storage: BaseStorage, toler
 /// full [b, s, vocab] logits, computed here on the host in f64.
 #[test]
 fn the_loss_over_labelled_positions_equals_the_full_logits_cross_entropy() {
-    use lora_tune::train::loss::next_token_nll_sum;
+    use lora_tune::train::cross_entropy::next_token_nll_sum;
     let fixtures = Path::new(ROOT).join("tests/fixtures/lora/train");
     let model = adapted_tiny_llama(&fixtures.join("init.safetensors"));
     for b in &tiny::train_batches() {
@@ -472,7 +470,7 @@ fn the_loss_over_labelled_positions_equals_the_full_logits_cross_entropy() {
 
 #[test]
 fn only_adapters_receive_gradients() {
-    use lora_tune::train::loss::next_token_nll_sum;
+    use lora_tune::train::cross_entropy::next_token_nll_sum;
     let fixtures = Path::new(ROOT).join("tests/fixtures/lora/train");
     let mut model = adapted_tiny_llama(&fixtures.join("init.safetensors"));
     let batches = tiny::train_batches();

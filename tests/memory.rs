@@ -4,11 +4,10 @@
 //! BENCHMARKS.md (benches/memory.sh).
 
 use lora_tune::memory::{BatchShape, MemoryEstimate};
-use lora_tune::model::config::LlamaConfig;
 
 #[test]
 fn the_estimate_counts_weights_adapters_activations_and_logits() {
-    let config = LlamaConfig::from_json_file(
+    let config = lora_tune::model::read_decoder_config(
         concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/llama/tiny-llama/config.json"

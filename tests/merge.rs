@@ -2,15 +2,16 @@
 //! here; transformers in tools/reference/peft_export.py `merged`) and gives PEFT's adapted logits;
 //! a merge that fails part-way leaves neither the output nor a temp directory behind.
 
-mod tiny;
+mod common;
+
+use common::tiny;
 
 use std::path::Path;
 
 use lora_tune::device::{DeviceChoice, select};
+use lora_tune::dtype::Dtype;
 use lora_tune::export::merge::merge;
-use lora_tune::model::config::LlamaConfig;
-use lora_tune::model::llama::Llama;
-use lora_tune::recipe::Dtype;
+use lora_tune::model::decoder::Decoder;
 use lora_tune::source::ModelFiles;
 use lora_tune::weights::host::HostTensors;
 
@@ -22,7 +23,7 @@ fn tiny_dir() -> std::path::PathBuf {
 
 #[test]
 fn merged_sharded_model_gives_the_adapted_logits() {
-    let config = LlamaConfig::from_json_file(&tiny_dir().join("config.json")).unwrap();
+    let config = lora_tune::model::read_decoder_config(&tiny_dir().join("config.json")).unwrap();
     let out = tempfile::tempdir().unwrap();
     let merged_dir = out.path().join("merged");
     let adapter = Path::new(ROOT).join("tests/fixtures/lora/peft");
@@ -42,8 +43,8 @@ fn merged_sharded_model_gives_the_adapted_logits() {
     assert!(merged_dir.join("config.json").is_file());
 
     let device = select(DeviceChoice::Cpu).unwrap().device;
-    let config = LlamaConfig::from_json_file(&merged_dir.join("config.json")).unwrap();
-    let model = Llama::load(config, HostTensors::read(&merged_dir).unwrap(), &device).unwrap();
+    let config = lora_tune::model::read_decoder_config(&merged_dir.join("config.json")).unwrap();
+    let model = Decoder::load(config, HostTensors::read(&merged_dir).unwrap(), &device).unwrap();
     tiny::assert_peft_logits(&model, "merged tiny model");
 }
 
@@ -65,7 +66,7 @@ fn failed_merge_leaves_nothing_behind() {
     safetensors::serialize_to_file(kept, None, &base.join("model.safetensors")).unwrap();
 
     let target = out.path().join("merged");
-    let config = LlamaConfig::from_json_file(&base.join("config.json")).unwrap();
+    let config = lora_tune::model::read_decoder_config(&base.join("config.json")).unwrap();
     let adapter = Path::new(ROOT).join("tests/fixtures/lora/peft");
     let err = merge(
         &ModelFiles::Dir(base),
@@ -76,7 +77,8 @@ fn failed_merge_leaves_nothing_behind() {
         Dtype::F32,
         100_000,
     )
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("folded 13 of 14"), "{err}");
     let mut left: Vec<_> = std::fs::read_dir(out.path())
         .unwrap()

@@ -6,16 +6,18 @@
 //! relative positions, which the block-diagonal mask keeps within one example; the restart keeps
 //! rotation angles as small as in an unpacked run, as transformers' packed position_ids do.)
 
-mod tiny;
+mod common;
+
+use common::tiny;
 
 use lora_tune::data::batch::Batch;
 use lora_tune::data::dataset::{Dataset, Layout};
 use lora_tune::model::adapters::host;
-use lora_tune::model::llama::Llama;
-use lora_tune::train::loss::next_token_nll_sum;
+use lora_tune::model::decoder::Decoder;
+use lora_tune::train::cross_entropy::next_token_nll_sum;
 use lora_tune::train::scalar;
 
-fn trained_model() -> Llama {
+fn trained_model() -> Decoder {
     let cpu = lora_tune::device::select(lora_tune::device::DeviceChoice::Cpu).unwrap();
     tiny::adapted_on(&tiny::fixture("lora/train/final.safetensors"), &cpu.device)
 }

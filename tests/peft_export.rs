@@ -4,15 +4,17 @@
 //! tools/reference/peft_export.py (transformers 5.23.0, peft 0.21.2) on the tiny Llama with the
 //! trained adapters of tests/fixtures/lora/train/final.safetensors.
 
-mod tiny;
+mod common;
 
-use lora_tune::export::peft;
-use lora_tune::lora::peft_config::PeftConfig;
+use common::tiny;
+
 use lora_tune::lora::targets::select as select_targets;
 use lora_tune::model::adapters::AdaptedModel;
+use lora_tune::peft::config::PeftConfig;
+use lora_tune::peft::folder as peft;
 use safetensors::SafeTensors;
 
-fn fixture(name: &str) -> std::path::PathBuf {
+fn lora_fixture(name: &str) -> std::path::PathBuf {
     tiny::fixture(&format!("lora/{name}"))
 }
 
@@ -22,7 +24,7 @@ fn written_folder_equals_what_peft_saves() {
     let mut model = tiny::with_adapters(&lora, 0);
     let adapted = select_targets(&model.config.linear_sites(), &lora).unwrap();
     model
-        .load_adapter_weights(&fixture("train/final.safetensors"))
+        .load_adapter_weights(&lora_fixture("train/final.safetensors"))
         .unwrap();
     let config = PeftConfig::new(&lora, &adapted, "tiny-llama".into(), None);
     let out = tempfile::tempdir().unwrap();
@@ -30,7 +32,7 @@ fn written_folder_equals_what_peft_saves() {
     peft::write(
         out.path(),
         &adapters,
-        lora_tune::recipe::Dtype::F32,
+        lora_tune::dtype::Dtype::F32,
         &config,
         None,
     )
@@ -41,7 +43,7 @@ fn written_folder_equals_what_peft_saves() {
     )
     .unwrap();
     let theirs: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("peft/adapter_config.json")).unwrap(),
+        &std::fs::read_to_string(lora_fixture("peft/adapter_config.json")).unwrap(),
     )
     .unwrap();
     let sorted = |v: &serde_json::Value| {
@@ -70,7 +72,7 @@ fn written_folder_equals_what_peft_saves() {
     );
 
     let ours = std::fs::read(out.path().join("adapter_model.safetensors")).unwrap();
-    let theirs = std::fs::read(fixture("peft/adapter_model.safetensors")).unwrap();
+    let theirs = std::fs::read(lora_fixture("peft/adapter_model.safetensors")).unwrap();
     let (ours, theirs) = (
         SafeTensors::deserialize(&ours).unwrap(),
         SafeTensors::deserialize(&theirs).unwrap(),
@@ -102,7 +104,9 @@ fn written_folder_equals_what_peft_saves() {
 fn peft_saved_folder_reads_back_to_peft_logits() {
     let mut model = tiny::base();
     let sites = model.config.linear_sites();
-    let config = peft::apply(&mut model, &sites, &fixture("peft")).unwrap();
+    let config = model
+        .apply_peft_folder(&sites, &lora_fixture("peft"))
+        .unwrap();
     assert_eq!((config.r, config.lora_alpha), (4, 8.0));
     assert_eq!(model.adapters_mut().len(), 14);
     tiny::assert_peft_logits(&model, "PEFT folder read back");
@@ -110,7 +114,7 @@ fn peft_saved_folder_reads_back_to_peft_logits() {
 
 #[test]
 fn configs_we_cannot_represent_are_refused() {
-    let text = std::fs::read_to_string(fixture("peft/adapter_config.json")).unwrap();
+    let text = std::fs::read_to_string(lora_fixture("peft/adapter_config.json")).unwrap();
     for (from, to, want) in [
         ("\"use_dora\": false", "\"use_dora\": true", "DoRA"),
         ("\"bias\": \"none\"", "\"bias\": \"all\"", "bias"),
@@ -122,7 +126,7 @@ fn configs_we_cannot_represent_are_refused() {
     ] {
         assert!(text.contains(from), "{from}");
         let config = PeftConfig::from_json(&text.replace(from, to)).unwrap();
-        let err = config.lora_section().unwrap_err();
+        let err = config.lora_section().unwrap_err().to_string();
         assert!(err.contains(want), "{err}");
     }
 }

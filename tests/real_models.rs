@@ -1,6 +1,8 @@
 //! The real models of DESIGN.md §4 (see artifacts/), inspected tensor by tensor.
 
-mod artifacts;
+mod common;
+
+use common::artifacts;
 
 use artifacts::{minilm, smollm2};
 use lora_tune::source::ModelFiles;

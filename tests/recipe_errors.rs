@@ -46,32 +46,258 @@ fn assert_located(err: &str, line: usize, key: &str, words: &[&str]) {
     }
 }
 
+/// A recipe that is wrong in one place, and where and how the error must say so.
+struct Case {
+    /// What is wrong (named in a failure).
+    what: &'static str,
+    /// The recipe up to and including [data]; `BASE` for most.
+    model_and_data: &'static str,
+    /// What follows it.
+    rest: &'static str,
+    line: usize,
+    key: &'static str,
+    words: &'static [&'static str],
+}
+
+const PARQUET: &str = "[model]\nsource = \"model.gguf\"\n\n[data]\ntrain = \"t.parquet\"\n";
+
+const CASES: &[Case] = &[
+    Case {
+        what: "unknown key",
+        model_and_data: BASE,
+        rest: "\n[lora]\nrnak = 8\n",
+        line: 8,
+        key: "lora.rnak",
+        words: &["unknown field `rnak`", "`rank`"],
+    },
+    Case {
+        what: "unknown section",
+        model_and_data: BASE,
+        rest: "\n[trainer]\nlr = 1\n",
+        line: 7,
+        key: "trainer",
+        words: &["unknown field `trainer`", "`train`"],
+    },
+    Case {
+        what: "wrong type",
+        model_and_data: BASE,
+        rest: "\n[lora]\nrank = \"eight\"\n",
+        line: 8,
+        key: "lora.rank",
+        words: &["invalid type", "u32"],
+    },
+    Case {
+        what: "bad enum value",
+        model_and_data: BASE,
+        rest: "\n[train]\nschedule = \"exponential\"\n",
+        line: 8,
+        key: "train.schedule",
+        words: &["constant", "linear", "cosine"],
+    },
+    Case {
+        what: "rank zero",
+        model_and_data: BASE,
+        rest: "\n[lora]\nalpha = 16\nrank = 0\n",
+        line: 9,
+        key: "lora.rank",
+        words: &["at least 1"],
+    },
+    Case {
+        what: "negative learning rate",
+        model_and_data: BASE,
+        rest: "\n[train]\nlr = -1e-4\n",
+        line: 8,
+        key: "train.lr",
+        words: &["positive"],
+    },
+    Case {
+        what: "NaN learning rate",
+        model_and_data: BASE,
+        rest: "\n[train]\nlr = nan\n",
+        line: 8,
+        key: "train.lr",
+        words: &["positive"],
+    },
+    Case {
+        what: "infinite alpha",
+        model_and_data: BASE,
+        rest: "\n[lora]\nalpha = inf\n",
+        line: 8,
+        key: "lora.alpha",
+        words: &["positive"],
+    },
+    Case {
+        what: "dropout out of range",
+        model_and_data: BASE,
+        rest: "\n[lora]\ndropout = 1.0\n",
+        line: 8,
+        key: "lora.dropout",
+        words: &["[0, 1)"],
+    },
+    Case {
+        what: "missing eval file",
+        model_and_data: BASE,
+        rest: "eval = \"missing-eval.jsonl\"\n",
+        line: 6,
+        key: "data.eval",
+        words: &["does not exist"],
+    },
+    Case {
+        what: "max_steps and epochs",
+        model_and_data: BASE,
+        rest: "\n[train]\nmax_steps = 10\nepochs = 2\n",
+        line: 9,
+        key: "train.epochs",
+        words: &["not both"],
+    },
+    Case {
+        what: "warmup steps and ratio",
+        model_and_data: BASE,
+        rest: "\n[train]\nwarmup_steps = 10\nwarmup_ratio = 0.1\n",
+        line: 9,
+        key: "train.warmup_ratio",
+        words: &["not both"],
+    },
+    Case {
+        what: "unknown model scheme",
+        model_and_data: "[model]\nsource = \"s3://bucket/m\"\n\n[data]\ntrain = \"train.jsonl\"\n",
+        rest: "",
+        line: 2,
+        key: "model.source",
+        words: &["pip://package==version"],
+    },
+    Case {
+        what: "bad sha256",
+        model_and_data: "[model]\nsource = { uri = \"m.gguf\", sha256 = \"xyz\" }\n\n[data]\ntrain = \"train.jsonl\"\n",
+        rest: "",
+        line: 2,
+        key: "model.source",
+        words: &["64 hex digits"],
+    },
+    Case {
+        what: "targets of a wrong type",
+        model_and_data: BASE,
+        rest: "\n[lora]\ntargets = 3\n",
+        line: 8,
+        key: "lora.targets",
+        words: &["all-linear"],
+    },
+    Case {
+        what: "targets regex that does not compile",
+        model_and_data: BASE,
+        rest: "\n[lora]\ntargets = \"q_proj(\"\n",
+        line: 8,
+        key: "lora.targets",
+        words: &["not a valid regex"],
+    },
+    Case {
+        what: "layers with a regex",
+        model_and_data: BASE,
+        rest: "\n[lora]\ntargets = \".*q_proj\"\nlayers = [0]\n",
+        line: 9,
+        key: "lora.layers",
+        words: &["regex"],
+    },
+    Case {
+        what: "empty targets",
+        model_and_data: BASE,
+        rest: "\n[lora]\ntargets = []\n",
+        line: 8,
+        key: "lora.targets",
+        words: &["is empty"],
+    },
+    Case {
+        what: "repeated export format",
+        model_and_data: BASE,
+        rest: "\n[export]\nformats = [\"peft\", \"peft\"]\n",
+        line: 8,
+        key: "export.formats",
+        words: &["twice"],
+    },
+    Case {
+        what: "DoRA (not honoured yet)",
+        model_and_data: BASE,
+        rest: "\n[lora]\nuse_dora = true\n",
+        line: 8,
+        key: "lora.use_dora",
+        words: &["DoRA is not supported yet"],
+    },
+    Case {
+        what: "a 16-bit base without checkpointing",
+        model_and_data: "[model]\nsource = \"model.gguf\"\ndtype = \"bf16\"\n\n[data]\ntrain = \"train.jsonl\"\n",
+        rest: "",
+        line: 3,
+        key: "model.dtype",
+        words: &["train.gradient_checkpointing = true"],
+    },
+    Case {
+        what: "kept blocks without checkpointing",
+        model_and_data: "[model]\nsource = \"model.gguf\"\nkeep_quantized = true\n\n[data]\ntrain = \"train.jsonl\"\n",
+        rest: "",
+        line: 3,
+        key: "model.keep_quantized",
+        words: &["train.gradient_checkpointing = true"],
+    },
+    Case {
+        what: "padding to a multiple of 0",
+        model_and_data: BASE,
+        rest: "pad_to_multiple_of = 0\n",
+        line: 6,
+        key: "data.pad_to_multiple_of",
+        words: &["at least 1"],
+    },
+    Case {
+        what: "a data file that is neither JSONL nor CSV",
+        model_and_data: PARQUET,
+        rest: "",
+        line: 5,
+        key: "data.train",
+        words: &["must be a .jsonl or .csv file"],
+    },
+    Case {
+        what: "init_from without adapter weights",
+        model_and_data: BASE,
+        rest: "\n[lora]\ninit_from = \"empty\"\n",
+        line: 8,
+        key: "lora.init_from",
+        words: &["adapter_model.safetensors"],
+    },
+    Case {
+        what: "init_from that does not exist",
+        model_and_data: BASE,
+        rest: "\n[lora]\ninit_from = \"nowhere\"\n",
+        line: 8,
+        key: "lora.init_from",
+        words: &["nowhere"],
+    },
+];
+
+/// Each case's error names its line, its key and what is accepted; all failures are listed.
 #[test]
-fn unknown_key_names_it_and_lists_accepted_keys() {
+fn every_located_error_names_line_key_and_what_is_accepted() {
     let f = Fixture::new();
-    let err = f.error(BASE, "\n[lora]\nrnak = 8\n");
-    assert_located(&err, 8, "lora.rnak", &["unknown field `rnak`", "`rank`"]);
+    std::fs::create_dir(f.dir.path().join("empty")).unwrap();
+    std::fs::write(f.dir.path().join("t.parquet"), "x").unwrap();
+    let mut failures = Vec::new();
+    for case in CASES {
+        let err = f.error(case.model_and_data, case.rest);
+        let mut wanted = vec![format!("r.toml:{}:", case.line), format!("`{}`", case.key)];
+        wanted.extend(case.words.iter().map(|w| w.to_string()));
+        let missing: Vec<String> = wanted.into_iter().filter(|w| !err.contains(w)).collect();
+        if !missing.is_empty() {
+            failures.push(format!("{}: wanted {missing:?} in: {err}", case.what));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]
-fn unknown_section_is_rejected() {
+fn kept_blocks_with_checkpointing_are_accepted() {
     let f = Fixture::new();
-    let err = f.error(BASE, "\n[trainer]\nlr = 1\n");
-    assert_located(&err, 7, "trainer", &["unknown field `trainer`", "`train`"]);
-}
-
-#[test]
-fn wrong_type_names_key_and_expected_type() {
-    let f = Fixture::new();
-    let err = f.error(BASE, "\n[lora]\nrank = \"eight\"\n");
-    assert_located(&err, 8, "lora.rank", &["invalid type", "u32"]);
-}
-
-#[test]
-fn bad_enum_value_lists_the_choices() {
-    let f = Fixture::new();
-    let err = f.error(BASE, "\n[train]\nschedule = \"exponential\"\n");
-    assert_located(&err, 8, "train.schedule", &["constant", "linear", "cosine"]);
+    let ok = "[model]\nsource = \"model.gguf\"\nkeep_quantized = true\n\n[data]\ntrain = \"train.jsonl\"\n\n[train]\ngradient_checkpointing = true\n";
+    std::fs::write(f.path(), ok).unwrap();
+    let plan = Plan::resolve(&RecipeFile::load(&f.path()).unwrap(), Path::new("/work")).unwrap();
+    assert!(plan.keep_quantized);
 }
 
 #[test]
@@ -93,36 +319,6 @@ fn syntax_error_has_line_and_column() {
 }
 
 #[test]
-fn rank_zero_is_refused() {
-    let f = Fixture::new();
-    let err = f.error(BASE, "\n[lora]\nalpha = 16\nrank = 0\n");
-    assert_located(&err, 9, "lora.rank", &["at least 1"]);
-}
-
-#[test]
-fn negative_learning_rate_is_refused() {
-    let f = Fixture::new();
-    let err = f.error(BASE, "\n[train]\nlr = -1e-4\n");
-    assert_located(&err, 8, "train.lr", &["positive"]);
-}
-
-#[test]
-fn non_finite_values_are_refused() {
-    let f = Fixture::new();
-    let err = f.error(BASE, "\n[train]\nlr = nan\n");
-    assert_located(&err, 8, "train.lr", &["positive"]);
-    let err = f.error(BASE, "\n[lora]\nalpha = inf\n");
-    assert_located(&err, 8, "lora.alpha", &["positive"]);
-}
-
-#[test]
-fn dropout_out_of_range_is_refused() {
-    let f = Fixture::new();
-    let err = f.error(BASE, "\n[lora]\ndropout = 1.0\n");
-    assert_located(&err, 8, "lora.dropout", &["[0, 1)"]);
-}
-
-#[test]
 fn missing_data_file_names_the_absolute_path() {
     let f = Fixture::new();
     let err = f.error(
@@ -136,62 +332,6 @@ fn missing_data_file_names_the_absolute_path() {
         &["nope.jsonl does not exist", "relative to the recipe"],
     );
     assert!(err.contains(&f.dir.path().display().to_string()), "{err}");
-}
-
-#[test]
-fn missing_eval_file_is_refused() {
-    let f = Fixture::new();
-    let err = f.error(BASE, "eval = \"missing-eval.jsonl\"\n");
-    assert_located(&err, 6, "data.eval", &["does not exist"]);
-}
-
-#[test]
-fn exclusive_options_are_refused() {
-    let f = Fixture::new();
-    let err = f.error(BASE, "\n[train]\nmax_steps = 10\nepochs = 2\n");
-    assert_located(&err, 9, "train.epochs", &["not both"]);
-    let err = f.error(BASE, "\n[train]\nwarmup_steps = 10\nwarmup_ratio = 0.1\n");
-    assert_located(&err, 9, "train.warmup_ratio", &["not both"]);
-}
-
-#[test]
-fn bad_model_reference_is_located_at_source() {
-    let f = Fixture::new();
-    let err = f.error(
-        "[model]\nsource = \"s3://bucket/m\"\n\n[data]\ntrain = \"train.jsonl\"\n",
-        "",
-    );
-    assert_located(&err, 2, "model.source", &["pip://package==version"]);
-}
-
-#[test]
-fn bad_sha256_is_refused() {
-    let f = Fixture::new();
-    let err = f.error(
-        "[model]\nsource = { uri = \"m.gguf\", sha256 = \"xyz\" }\n\n[data]\ntrain = \"train.jsonl\"\n",
-        "",
-    );
-    assert_located(&err, 2, "model.source", &["64 hex digits"]);
-}
-
-#[test]
-fn bad_targets_value_says_what_is_accepted() {
-    let f = Fixture::new();
-    let err = f.error(BASE, "\n[lora]\ntargets = 3\n");
-    assert_located(&err, 8, "lora.targets", &["all-linear"]);
-    let err = f.error(BASE, "\n[lora]\ntargets = \"q_proj(\"\n");
-    assert_located(&err, 8, "lora.targets", &["not a valid regex"]);
-    let err = f.error(BASE, "\n[lora]\ntargets = \".*q_proj\"\nlayers = [0]\n");
-    assert_located(&err, 9, "lora.layers", &["regex"]);
-    let err = f.error(BASE, "\n[lora]\ntargets = []\n");
-    assert_located(&err, 8, "lora.targets", &["is empty"]);
-}
-
-#[test]
-fn repeated_export_format_is_refused() {
-    let f = Fixture::new();
-    let err = f.error(BASE, "\n[export]\nformats = [\"peft\", \"peft\"]\n");
-    assert_located(&err, 8, "export.formats", &["twice"]);
 }
 
 #[test]
@@ -224,58 +364,4 @@ fn shipped_recipes_are_valid() {
         n += 1;
     }
     assert!(n >= 1);
-}
-
-#[test]
-fn settings_not_honoured_yet_are_refused_not_ignored() {
-    let f = Fixture::new();
-    let err = f.error(BASE, "\n[lora]\nuse_dora = true\n");
-    assert_located(&err, 8, "lora.use_dora", &["DoRA is not supported yet"]);
-    let err = f.error(
-        "[model]\nsource = \"model.gguf\"\ndtype = \"bf16\"\n\n[data]\ntrain = \"train.jsonl\"\n",
-        "",
-    );
-    assert_located(
-        &err,
-        3,
-        "model.dtype",
-        &["train.gradient_checkpointing = true"],
-    );
-    let err = f.error(BASE, "pad_to_multiple_of = 0\n");
-    assert_located(&err, 6, "data.pad_to_multiple_of", &["at least 1"]);
-    std::fs::write(f.dir.path().join("t.parquet"), "x").unwrap();
-    let err = f.error(
-        "[model]\nsource = \"model.gguf\"\n\n[data]\ntrain = \"t.parquet\"\n",
-        "",
-    );
-    assert_located(&err, 5, "data.train", &["must be a .jsonl or .csv file"]);
-}
-
-#[test]
-fn keep_quantized_without_gradient_checkpointing_is_refused() {
-    let f = Fixture::new();
-    let err = f.error(
-        "[model]\nsource = \"model.gguf\"\nkeep_quantized = true\n\n[data]\ntrain = \"train.jsonl\"\n",
-        "",
-    );
-    assert_located(
-        &err,
-        3,
-        "model.keep_quantized",
-        &["train.gradient_checkpointing = true"],
-    );
-    let ok = "[model]\nsource = \"model.gguf\"\nkeep_quantized = true\n\n[data]\ntrain = \"train.jsonl\"\n\n[train]\ngradient_checkpointing = true\n";
-    std::fs::write(f.path(), ok).unwrap();
-    let plan = Plan::resolve(&RecipeFile::load(&f.path()).unwrap(), Path::new("/work")).unwrap();
-    assert!(plan.keep_quantized);
-}
-
-#[test]
-fn init_from_must_be_an_adapter_directory() {
-    let f = Fixture::new();
-    std::fs::create_dir(f.dir.path().join("empty")).unwrap();
-    let err = f.error(BASE, "\n[lora]\ninit_from = \"empty\"\n");
-    assert_located(&err, 8, "lora.init_from", &["adapter_model.safetensors"]);
-    let err = f.error(BASE, "\n[lora]\ninit_from = \"nowhere\"\n");
-    assert_located(&err, 8, "lora.init_from", &["nowhere"]);
 }

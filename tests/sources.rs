@@ -1,9 +1,10 @@
 //! Model source resolution: order, failure reporting, sha256 pins, the pip:// wheel source
 //! (against PyPI, with the small real `six` wheel) and the HF cache layout offline.
 
+mod common;
+
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 use indicatif::ProgressBar;
 use lora_tune::source::{Fetcher, ModelFiles, Source, sha256_file};
@@ -182,7 +183,7 @@ fn fake_hf_cache(home: &Path) {
 }
 
 fn lora_tune(args: &[&str], envs: &[(&str, &Path)]) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lora-tune"));
+    let mut cmd = common::lora_tune(Path::new("."));
     cmd.args(args).env_remove("HF_HUB_CACHE");
     for (k, v) in envs {
         cmd.env(k, v);

@@ -1,7 +1,9 @@
 //! SmolLM2's tokenizer rebuilt from its GGUF gives the ids transformers gives, on real text.
 //! Golden: tools/reference/tokenizer_fixtures.py (transformers 5.23.0, tokenizer from the GGUF).
 
-mod artifacts;
+mod common;
+
+use common::artifacts;
 
 use lora_tune::data::template::{Message, render_chat};
 use lora_tune::weights::gguf::GgufFile;

@@ -9,11 +9,13 @@
 //! libegl1, libegl-mesa0, libgl1-mesa-dri). Where wgpu cannot start, these tests fail with the
 //! reason; `LORA_TUNE_SKIP_WGPU=1` opts out explicitly.
 
-mod tiny;
+mod common;
+
+use common::tiny;
 
 use burn::tensor::{Device, Tensor};
 use lora_tune::device::{DeviceChoice, select};
-use lora_tune::export::peft;
+use lora_tune::model::adapters::AdaptedModel;
 use lora_tune::model::adapters::host;
 use lora_tune::train::step::accumulate_gradients;
 
@@ -38,7 +40,9 @@ fn peft_folder_logits_on_wgpu() {
     let Some(device) = wgpu() else { return };
     let mut model = tiny::base_on(&device);
     let sites = model.config.linear_sites();
-    peft::apply(&mut model, &sites, &tiny::fixture("lora/peft")).unwrap();
+    model
+        .apply_peft_folder(&sites, &tiny::fixture("lora/peft"))
+        .unwrap();
     tiny::assert_peft_logits(&model, "wgpu, PEFT folder");
 }
 

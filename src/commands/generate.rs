@@ -51,7 +51,8 @@ pub fn run(
     );
     if let Some(dir) = adapter {
         let sites = model.config.linear_sites();
-        let config = crate::export::peft::apply(&mut model, &sites, dir)
+        let config = model
+            .apply_peft_folder(&sites, dir)
             .with_context(|| format!("--adapter {}", dir.display()))?;
         eprintln!(
             "adapter: {} (r={}, alpha={}, {} adapted layers)",
@@ -89,7 +90,12 @@ pub fn run(
     } else {
         (prompt.to_string(), true)
     };
-    let ids = tok.encode(&text, add_special).map_err(anyhow::Error::msg)?;
+    let ids = tok
+        .encode(&text, add_special)
+        .map_err(|e| anyhow::anyhow!("encoding the prompt: {e}"))?;
+    model
+        .config
+        .check_window(ids.len() + max_new, "the prompt plus --max-new-tokens")?;
     let stop: Vec<u32> = tok.eos_id.into_iter().collect();
 
     let started = Instant::now();
@@ -107,8 +113,7 @@ pub fn run(
             let _ = out.flush();
             shown = text.len();
         }
-    })
-    .map_err(anyhow::Error::msg)?;
+    })?;
     writeln!(out)?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(

@@ -1,16 +1,20 @@
-//! One file per subcommand: wiring between the library modules, no math. Only this module (and
-//! training progress) prints. Errors carry context here; `main` prints them once.
+//! One file per subcommand: wiring between the library modules, no math; no command imports
+//! another. [`session`] is the console side of [`crate::prepare`] that the recipe-driven
+//! commands share. Only this module (and training progress) prints. Errors carry context here;
+//! `main` prints them once.
 
+mod eval;
 mod export;
 mod generate;
 mod inspect;
 mod plan;
 mod predict;
 mod run;
+mod session;
 
-use crate::cli::{Cli, Command, ExportDtype, ExportFormatArg, MergeDtype};
-use crate::recipe::Dtype;
-use run::MemoryCheck;
+use crate::cli::{Cli, Command};
+use crate::memory::MemoryCheck;
+use crate::recipe::ExportFormat;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -30,22 +34,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if check {
                 export::check(&adapter, base.as_deref())?;
             }
-            if format == ExportFormatArg::Gguf {
-                return export::run_gguf(&adapter, &out, base.as_deref(), dtype, cli.force);
-            }
-            let dtype = match dtype {
-                ExportDtype::F32 => Dtype::F32,
-                ExportDtype::Bf16 => Dtype::Bf16,
-                ExportDtype::F16 => Dtype::F16,
-                ExportDtype::Q8_0 => anyhow::bail!(
-                    "--dtype q8_0 is for --format gguf; safetensors outputs take f32, bf16 or f16"
-                ),
-            };
-            if format == ExportFormatArg::Peft {
-                export::run(&adapter, &out, dtype, cli.force)
-            } else {
-                export::run_merged(&adapter, &out, base.as_deref(), dtype, 5000, cli.force)
-            }
+            anyhow::ensure!(
+                format == ExportFormat::Gguf || dtype.float().is_some(),
+                "--dtype q8_0 is for --format gguf; safetensors outputs take f32, bf16 or f16"
+            );
+            export::run(&export::ExportArgs {
+                adapter: &adapter,
+                format,
+                out: &out,
+                dtype,
+                base: base.as_deref(),
+                max_shard_mb: crate::export::DEFAULT_MAX_SHARD_MB,
+                force: cli.force,
+            })
         }
         Some(Command::Merge {
             base,
@@ -53,14 +54,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             dtype,
             max_shard_mb,
-        }) => {
-            let dtype = match dtype {
-                MergeDtype::F32 => Dtype::F32,
-                MergeDtype::Bf16 => Dtype::Bf16,
-                MergeDtype::F16 => Dtype::F16,
-            };
-            export::run_merged(&adapter, &out, Some(&base), dtype, max_shard_mb, cli.force)
-        }
+        }) => export::run(&export::ExportArgs {
+            adapter: &adapter,
+            format: ExportFormat::Merged,
+            out: &out,
+            dtype: dtype.into(),
+            base: Some(&base),
+            max_shard_mb,
+            force: cli.force,
+        }),
         Some(Command::Generate {
             base,
             adapter,
@@ -109,7 +111,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             predict::run(&args, cli.device)
         }
         Some(Command::Eval { recipe, adapter }) => {
-            run::eval(&recipe, adapter.as_deref(), cli.device)
+            eval::run(&recipe, adapter.as_deref(), cli.device)
         }
         None => match cli.recipe {
             Some(recipe) => run::run(

@@ -12,11 +12,13 @@ use crate::data::dataset::{Dataset, Layout};
 use crate::data::encode::Encoder;
 use crate::data::rows::{Example, read_rows};
 use crate::device::{self, DeviceChoice};
-use crate::export::peft;
 use crate::model::TaskModel;
+use crate::model::adapters::AdaptedModel;
+use crate::peft::folder::{read_class_map, read_config};
 use crate::recipe::{DataFormat, Truncation};
+use crate::source::Fetcher;
 use crate::train::classes::ClassMetrics;
-use crate::train::trainer::score;
+use crate::train::evaluate::score;
 
 pub struct PredictArgs<'a> {
     pub adapter: &'a Path,
@@ -29,16 +31,17 @@ pub struct PredictArgs<'a> {
 
 pub fn run(args: &PredictArgs, device: DeviceChoice) -> anyhow::Result<()> {
     let dir = args.adapter;
-    let config = peft::read_config(dir).with_context(|| format!("--adapter {}", dir.display()))?;
+    let config = read_config(dir).with_context(|| format!("--adapter {}", dir.display()))?;
     anyhow::ensure!(
         config.task_type.as_deref() == Some("SEQ_CLS"),
         "--adapter {}: task_type is {:?}, not a classifier (SEQ_CLS); `predict` needs an adapter trained with model.task = \"classification\"",
         dir.display(),
         config.task_type
     );
-    let map = peft::read_class_map(dir).with_context(|| format!("--adapter {}", dir.display()))?;
+    let map = read_class_map(dir).with_context(|| format!("--adapter {}", dir.display()))?;
     let labels = map.labels();
-    let files = super::export::resolve_base(&config, args.base)?;
+    let files =
+        Fetcher::new().resolve_base(args.base, config.base_model_name_or_path.as_deref())?;
 
     // Rows first: a bad file fails before any weights load.
     let (rows, skipped) = read_rows(args.file, DataFormat::Auto, false)?;
@@ -80,7 +83,9 @@ pub fn run(args: &PredictArgs, device: DeviceChoice) -> anyhow::Result<()> {
             .with_context(|| format!("loading {}", files.path().display()))?;
     let mut model = TaskModel::Classifier(classifier);
     let sites = crate::model::architecture_of(&files)?.linear_sites(map.pooling);
-    peft::apply(&mut model, &sites, dir).with_context(|| format!("--adapter {}", dir.display()))?;
+    model
+        .apply_peft_folder(&sites, dir)
+        .with_context(|| format!("--adapter {}", dir.display()))?;
     eprintln!(
         "loaded {} + {} in {:.1} s",
         files.path().display(),
@@ -94,7 +99,11 @@ pub fn run(args: &PredictArgs, device: DeviceChoice) -> anyhow::Result<()> {
             crate::model::classifier::Body::Bert(b) => {
                 args.max_len.min(b.config.max_position_embeddings)
             }
-            crate::model::classifier::Body::Llama(_) => args.max_len,
+            crate::model::classifier::Body::Decoder(d) => {
+                let what = format!("--max-len {}", args.max_len);
+                d.config.check_window(args.max_len, &what)?;
+                args.max_len
+            }
         },
         TaskModel::Lm(_) => args.max_len,
     };

@@ -8,12 +8,30 @@
 
 use std::path::Path;
 
-use crate::lora::peft_config::PeftConfig;
-use crate::model::config::LlamaConfig;
+use crate::model::decoder_config::DecoderConfig;
+use crate::peft::config::PeftConfig;
+use crate::peft::parse_factor_key;
 use crate::weights::gguf::MetaValue;
 use crate::weights::gguf_names::{gguf_module, permute_rows, permuted_heads};
 use crate::weights::gguf_writer::{self, OutTensor, TensorType};
-use crate::weights::host::HostTensor;
+use crate::weights::tensor::HostTensor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GgufLoraError {
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("`{0}` is not an adapter factor key (base_model.model.<path>.lora_A/B.weight)")]
+    NotAFactor(String),
+    #[error("`{0}` has no llama.cpp counterpart")]
+    NoCounterpart(String),
+    #[error("`{key}`: {detail}")]
+    Permute { key: String, detail: String },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
 
 /// Why these adapters cannot be a llama.cpp LoRA, if they cannot.
 pub fn unsupported(config: &PeftConfig) -> Option<String> {
@@ -38,34 +56,29 @@ pub fn gguf_alpha(config: &PeftConfig) -> f64 {
 /// of a base with `base` config as a llama.cpp LoRA at `path`.
 pub fn write(
     path: &Path,
-    base: &LlamaConfig,
+    base: &DecoderConfig,
     adapters: Vec<(String, HostTensor)>,
     config: &PeftConfig,
     name: &str,
     ty: TensorType,
-) -> Result<(), String> {
+) -> Result<(), GgufLoraError> {
     if let Some(why) = unsupported(config) {
-        return Err(why);
+        return Err(GgufLoraError::Unsupported(why));
     }
     let arch = base.gguf_architecture();
     let (heads, kv_heads) = (base.num_attention_heads, base.num_key_value_heads);
     let mut tensors = Vec::new();
     for (key, t) in adapters {
-        // base_model.model.<path>.lora_A.weight
-        let inner = key
-            .strip_prefix("base_model.model.")
-            .and_then(|k| k.strip_suffix(".weight"))
-            .ok_or_else(|| format!("unexpected adapter key `{key}`"))?;
-        let (path, factor) = inner
-            .rsplit_once(".lora_")
-            .ok_or_else(|| format!("unexpected adapter key `{key}`"))?;
+        let (path, factor) =
+            parse_factor_key(&key).ok_or_else(|| GgufLoraError::NotAFactor(key.clone()))?;
         let module =
-            gguf_module(path).ok_or_else(|| format!("`{path}` has no llama.cpp counterpart"))?;
+            gguf_module(path).ok_or_else(|| GgufLoraError::NoCounterpart(path.to_string()))?;
         let gguf_name = format!("{module}.weight.lora_{}", factor.to_ascii_lowercase());
         let mut values = t.values;
         let permuted = permuted_heads(&format!("{module}.weight"), heads, kv_heads);
-        if let Some(h) = permuted.filter(|_| arch == "llama" && factor == "B") {
-            values = permute_rows(&values, t.shape[0], t.shape[1], h)?;
+        if let Some(h) = permuted.filter(|_| arch == "llama" && factor == 'B') {
+            values = permute_rows(&values, t.shape[0], t.shape[1], h)
+                .map_err(|detail| GgufLoraError::Permute { key, detail })?;
         }
         tensors.push(OutTensor {
             name: gguf_name,
@@ -84,6 +97,8 @@ pub fn write(
         ),
         ("general.quantization_version", MetaValue::U32(2)),
     ];
-    gguf_writer::write(path, &metadata, &tensors, ty)
-        .map_err(|e| format!("{}: {e}", path.display()))
+    gguf_writer::write(path, &metadata, &tensors, ty).map_err(|source| GgufLoraError::Io {
+        path: path.into(),
+        source,
+    })
 }

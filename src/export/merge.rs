@@ -8,18 +8,45 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use safetensors::Dtype;
+use safetensors::Dtype as StDtype;
 use safetensors::tensor::TensorView;
 use serde_json::json;
 
-use super::peft::{WEIGHTS_FILE, read_config};
-use crate::lora::targets;
-use crate::model::config::LlamaConfig;
-use crate::recipe::Dtype as OutDtype;
+use crate::dtype::Dtype;
+use crate::lora::targets::{self, TargetError};
+use crate::model::decoder_config::DecoderConfig;
+use crate::peft::factor_key;
+use crate::peft::folder::{PeftError, WEIGHTS_FILE, read_lora};
 use crate::source::ModelFiles;
-use crate::weights::host::{HostTensor, HostTensors, for_each_tensor};
+use crate::weights::WeightsError;
+use crate::weights::host::{HostTensors, for_each_tensor};
 use crate::weights::safetensors::encode;
+use crate::weights::tensor::HostTensor;
 use crate::weights::tokenizer::ModelTokenizer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error(transparent)]
+    Peft(#[from] PeftError),
+    #[error(transparent)]
+    Targets(#[from] TargetError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MergeError + '_ {
+    |source| MergeError::Io {
+        path: path.into(),
+        source,
+    }
+}
 
 /// One adapter, ready to fold: s, B [out, r], A [r, in].
 struct Fold {
@@ -62,49 +89,47 @@ fn fold(w: &mut HostTensor, f: &Fold) -> Result<(), String> {
 /// Tensors of the shard being filled.
 #[derive(Default)]
 struct Shard {
-    tensors: Vec<(String, Vec<usize>, Dtype, Vec<u8>)>,
+    tensors: Vec<(String, Vec<usize>, StDtype, Vec<u8>)>,
     bytes: u64,
 }
 
-fn write_shard(path: &Path, shard: &Shard) -> Result<(), String> {
+fn write_shard(path: &Path, shard: &Shard) -> Result<(), MergeError> {
     let views = shard
         .tensors
         .iter()
         .map(|(name, shape, dtype, raw)| {
             TensorView::new(*dtype, shape.clone(), raw)
                 .map(|v| (name.as_str(), v))
-                .map_err(|e| format!("{name}: {e}"))
+                .map_err(|e| MergeError::Invalid(format!("{name}: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let meta = [("format".to_string(), "pt".to_string())]
         .into_iter()
         .collect();
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())?;
-    crate::atomic::write_atomic(path, |f| std::io::Write::write_all(f, &bytes))
-        .map_err(|e| format!("{}: {e}", path.display()))
+    let bytes = safetensors::serialize(views, Some(meta))
+        .map_err(|e| MergeError::Invalid(format!("{}: {e}", path.display())))?;
+    crate::atomic::write_atomic(path, |f| std::io::Write::write_all(f, &bytes)).map_err(io(path))
 }
 
 /// Merges the PEFT folder `adapter` into the base `files` (config `config`; `tok` rebuilds the
 /// tokenizer files of a GGUF base, an HF base's are copied) and writes the HF directory `out`.
 pub fn merge(
     files: &ModelFiles,
-    config: &LlamaConfig,
+    config: &DecoderConfig,
     tok: Option<&ModelTokenizer>,
     adapter: &Path,
     out: &Path,
-    dtype: OutDtype,
+    dtype: Dtype,
     max_shard_bytes: u64,
-) -> Result<Merged, String> {
-    let peft = read_config(adapter).map_err(|e| e.to_string())?;
-    let lora = peft.lora_section()?;
-    let adapted = targets::select(&config.linear_sites(), &lora).map_err(|e| e.to_string())?;
-    let mut factors = HostTensors::read(&adapter.join(WEIGHTS_FILE)).map_err(|e| e.to_string())?;
+) -> Result<Merged, MergeError> {
+    let (_, lora) = read_lora(adapter)?;
+    let adapted = targets::select(&config.linear_sites(), &lora)?;
+    let mut factors = HostTensors::read(&adapter.join(WEIGHTS_FILE))?;
     let mut folds = BTreeMap::new();
     for a in &adapted {
         let (r, site) = (a.rank as usize, &a.site);
-        let key = |f: char| crate::model::adapters::peft_key(&site.path, f);
         let take = |t: &mut HostTensors, f: char, shape: [usize; 2]| {
-            t.take(&key(f), &shape).map_err(|e| e.to_string())
+            t.take(&factor_key(&site.path, f), &shape)
         };
         let fold = Fold {
             scale: a.scale(lora.rslora) as f32,
@@ -113,7 +138,7 @@ pub fn merge(
         };
         folds.insert(format!("{}.weight", site.path), fold);
     }
-    factors.finish().map_err(|e| e.to_string())?;
+    factors.finish()?;
 
     // A killed merge's half-written directory.
     crate::atomic::remove_stale_temps(match out.parent() {
@@ -121,8 +146,8 @@ pub fn merge(
         _ => Path::new("."),
     });
     let tmp = crate::atomic::temp_path_beside(out);
-    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    let result = (|| -> Result<Merged, String> {
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let result = (|| -> Result<Merged, MergeError> {
         let mut shard = Shard::default();
         let mut shards: Vec<(PathBuf, Vec<String>)> = Vec::new();
         let (mut tensors, mut folded, mut total) = (0, 0, 0u64);
@@ -134,44 +159,42 @@ pub fn merge(
             write_shard(&path, shard)?;
             shards.push((path, shard.tensors.iter().map(|t| t.0.clone()).collect()));
             *shard = Shard::default();
-            Ok::<(), String>(())
+            Ok::<(), MergeError>(())
         };
         for_each_tensor(files.path(), |name, mut t| {
             if let Some(f) = folds.get(&name) {
-                fold(&mut t, f).map_err(|e| {
-                    crate::weights::WeightsError::format(files.path(), format!("{name}: {e}"))
-                })?;
+                fold(&mut t, f)
+                    .map_err(|e| WeightsError::format(files.path(), format!("{name}: {e}")))?;
                 folded += 1;
             }
             let (dt, raw) = encode(&t.values, dtype);
             let size = raw.len() as u64;
             if shard.bytes + size > max_shard_bytes {
                 flush(&mut shard, &mut shards)
-                    .map_err(|e| crate::weights::WeightsError::format(&tmp, e))?;
+                    .map_err(|e| WeightsError::format(&tmp, e.to_string()))?;
             }
             shard.bytes += size;
             total += size;
             tensors += 1;
             shard.tensors.push((name, t.shape, dt, raw));
             Ok(())
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
         flush(&mut shard, &mut shards)?;
         if folded != folds.len() {
-            return Err(format!(
+            return Err(MergeError::Invalid(format!(
                 "folded {folded} of {} adapted layers: the base lacks some adapted weights",
                 folds.len()
-            ));
+            )));
         }
         let n = shards.len();
         if n == 1 {
-            std::fs::rename(&shards[0].0, tmp.join("model.safetensors"))
-                .map_err(|e| e.to_string())?;
+            let to = tmp.join("model.safetensors");
+            std::fs::rename(&shards[0].0, &to).map_err(io(&to))?;
         } else {
             let mut weight_map = serde_json::Map::new();
             for (i, (path, names)) in shards.iter().enumerate() {
                 let file = format!("model-{:05}-of-{n:05}.safetensors", i + 1);
-                std::fs::rename(path, tmp.join(&file)).map_err(|e| e.to_string())?;
+                std::fs::rename(path, tmp.join(&file)).map_err(io(path))?;
                 for name in names {
                     weight_map.insert(name.clone(), json!(file));
                 }
@@ -195,39 +218,32 @@ pub fn merge(
         }
     };
     if out.exists() {
-        std::fs::remove_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+        std::fs::remove_dir_all(out).map_err(io(out))?;
     }
-    std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::rename(&tmp, out).map_err(io(out))?;
     Ok(merged)
 }
 
-fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), String> {
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), MergeError> {
     let text = serde_json::to_string_pretty(value).expect("json values serialise") + "\n";
     crate::atomic::write_atomic(path, |f| std::io::Write::write_all(f, text.as_bytes()))
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn dtype_name(dtype: OutDtype) -> &'static str {
-    match dtype {
-        OutDtype::F32 => "float32",
-        OutDtype::Bf16 => "bfloat16",
-        OutDtype::F16 => "float16",
-    }
+        .map_err(io(path))
 }
 
 /// config.json and the tokenizer: copied from an HF base (dtype updated), rebuilt for a GGUF one.
 fn write_config_and_tokenizer(
     files: &ModelFiles,
-    config: &LlamaConfig,
+    config: &DecoderConfig,
     tok: Option<&ModelTokenizer>,
     out: &Path,
-    dtype: OutDtype,
-) -> Result<(), String> {
+    dtype: Dtype,
+) -> Result<(), MergeError> {
     if let ModelFiles::Dir(dir) = files {
-        let text = std::fs::read_to_string(dir.join("config.json")).map_err(|e| e.to_string())?;
-        let mut value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| e.to_string())?;
-        value["torch_dtype"] = json!(dtype_name(dtype));
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let mut value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| MergeError::Invalid(format!("{}: {e}", path.display())))?;
+        value["torch_dtype"] = json!(dtype.torch_name());
         write_json(&out.join("config.json"), &value)?;
         for name in [
             "tokenizer.json",
@@ -236,12 +252,14 @@ fn write_config_and_tokenizer(
             "generation_config.json",
         ] {
             if dir.join(name).is_file() {
-                std::fs::copy(dir.join(name), out.join(name)).map_err(|e| e.to_string())?;
+                std::fs::copy(dir.join(name), out.join(name)).map_err(io(&dir.join(name)))?;
             }
         }
         return Ok(());
     }
-    let tok = tok.ok_or("a GGUF base needs its tokenizer to write tokenizer.json")?;
+    let tok = tok.ok_or_else(|| {
+        MergeError::Invalid("a GGUF base needs its tokenizer to write tokenizer.json".into())
+    })?;
     let c = config;
     let qwen = c.gguf_architecture() == "qwen2";
     let mut value = json!({
@@ -260,7 +278,7 @@ fn write_config_and_tokenizer(
         "max_position_embeddings": c.max_position_embeddings,
         "tie_word_embeddings": c.tie_word_embeddings,
         "attention_bias": c.qkv_bias,
-        "torch_dtype": dtype_name(dtype),
+        "torch_dtype": dtype.torch_name(),
         "bos_token_id": tok.bos_id,
         "eos_token_id": tok.eos_id,
         "pad_token_id": tok.pad_id,
@@ -277,7 +295,7 @@ fn write_config_and_tokenizer(
     write_json(&out.join("config.json"), &value)?;
     tok.tokenizer
         .save(out.join("tokenizer.json"), false)
-        .map_err(|e| format!("tokenizer.json: {e}"))?;
+        .map_err(|e| MergeError::Invalid(format!("tokenizer.json: {e}")))?;
     let name = |id: Option<u32>| id.and_then(|i| tok.tokenizer.id_to_token(i));
     let mut tc = json!({
         "tokenizer_class": "PreTrainedTokenizerFast",

@@ -3,9 +3,10 @@
 //! what cannot work, warnings for what needs a flag (DESIGN.md §5).
 
 use std::fmt;
+use std::path::Path;
 
-use crate::lora::peft_config::PeftConfig;
-use crate::model::config::LlamaConfig;
+use crate::model::decoder_config::DecoderConfig;
+use crate::peft::config::PeftConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -48,6 +49,26 @@ pub fn max_rank(config: &PeftConfig) -> u32 {
 pub fn vllm_rank_bucket(config: &PeftConfig) -> Option<u32> {
     let r = max_rank(config);
     VLLM_RANKS.into_iter().find(|&b| b >= r)
+}
+
+/// The command that serves the adapter folder `dir` as `name` with vLLM, at the smallest
+/// `--max-lora-rank` bucket that holds its largest rank.
+pub fn vllm_command(config: &PeftConfig, name: &str, dir: &Path) -> String {
+    let bucket = vllm_rank_bucket(config).unwrap_or(config.r);
+    let base = config.base_model_name_or_path.as_deref().unwrap_or("");
+    // vLLM wants the base as a hub id or HF directory, not our pip:// or GGUF reference.
+    let (base, note) = if base.contains("://") || base.ends_with(".gguf") || base.is_empty() {
+        (
+            "HF_BASE",
+            format!("  # HF_BASE: the Hugging Face id of {base}"),
+        )
+    } else {
+        (base, String::new())
+    };
+    format!(
+        "vllm serve {base} --enable-lora --lora-modules {name}={} --max-lora-rank {bucket}{note}",
+        dir.display()
+    )
 }
 
 /// What the adapter config alone decides (no base needed).
@@ -122,7 +143,7 @@ pub fn check_adapter(config: &PeftConfig) -> Vec<Finding> {
 }
 
 /// Everything, for adapters on `base`: the config's findings plus the base's.
-pub fn check(config: &PeftConfig, base: &LlamaConfig) -> Vec<Finding> {
+pub fn check(config: &PeftConfig, base: &DecoderConfig) -> Vec<Finding> {
     let mut out = check_adapter(config);
     let mut add = |level, server, message: String| {
         out.push(Finding {
@@ -161,8 +182,8 @@ mod tests {
     use crate::lora::targets::Adapted;
     use crate::recipe::LoraSection;
 
-    fn base() -> LlamaConfig {
-        LlamaConfig {
+    fn base() -> DecoderConfig {
+        DecoderConfig {
             vocab_size: 256,
             hidden_size: 64,
             intermediate_size: 96,
@@ -176,6 +197,7 @@ mod tests {
             max_position_embeddings: 128,
             tie_word_embeddings: true,
             qkv_bias: false,
+            sliding_window: None,
         }
     }
 

@@ -21,7 +21,7 @@ pub struct LoraAdapter {
     pub scale: f64,
     /// Probability of zeroing an input element on the LoRA path (training only).
     pub dropout: f64,
-    /// Training mode: dropout active. Toggled for the whole model by `Llama::set_training`.
+    /// Training mode: dropout active. Toggled for the whole model by `AdaptedModel::set_training`.
     pub training: bool,
     /// State of the dropout mask generator; the trainer reseeds it from (seed, step, adapter)
     /// so a resumed run draws the same masks.

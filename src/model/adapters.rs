@@ -1,22 +1,40 @@
 //! Putting LoRA adapters on a loaded model and moving their weights in and out under PEFT's key
-//! names (`base_model.model.<module path>.lora_A.weight` [r, in], `.lora_B.weight` [out, r]), so
-//! a checkpoint, an `init_from` adapter and a PEFT export are the same tensors.
+//! names ([`crate::peft`]: `base_model.model.<module path>.lora_A.weight` [r, in],
+//! `.lora_B.weight` [out, r]), so a checkpoint, an `init_from` adapter and a PEFT export are the
+//! same tensors.
 
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::decoder::Decoder;
 use super::linear::Linear;
-use super::llama::Llama;
 use crate::lora::adapter::{LoraAdapter, splitmix64};
-use crate::lora::targets::Adapted;
+use crate::lora::targets::{self, Adapted, LinearSite};
+use crate::peft::config::PeftConfig;
+use crate::peft::factor_key;
+use crate::peft::folder::{self as peft_folder, PeftError};
 use crate::recipe::LoraSection;
 use crate::weights::WeightsError;
-use crate::weights::host::{HostTensor, HostTensors};
+use crate::weights::host::HostTensors;
+use crate::weights::tensor::HostTensor;
 
-/// PEFT's name for an adapter factor (`A` or `B`) of the module at `path`.
-pub fn peft_key(path: &str, factor: char) -> String {
-    format!("base_model.model.{path}.lora_{factor}.weight")
+/// Why adapters could not be put on a model.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    #[error(
+        "`{0}` is not a separate linear layer of this model (a tied LM head shares the embedding)"
+    )]
+    NotALinear(String),
+    #[error("{}: {source}", dir.display())]
+    Targets {
+        dir: std::path::PathBuf,
+        source: targets::TargetError,
+    },
+    #[error(transparent)]
+    Peft(#[from] PeftError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
 }
 
 /// A then B of each adapter among `linears` (module path, layer), under their PEFT keys.
@@ -26,8 +44,8 @@ pub fn adapter_factors<'a>(
     let mut out = Vec::new();
     for (path, l) in linears {
         if let Some(a) = l.lora.as_mut() {
-            out.push((peft_key(&path, 'A'), &mut a.a));
-            out.push((peft_key(&path, 'B'), &mut a.b));
+            out.push((factor_key(&path, 'A'), &mut a.a));
+            out.push((factor_key(&path, 'B'), &mut a.b));
         }
     }
     out
@@ -88,19 +106,14 @@ pub trait AdaptedModel {
         adapted: &[Adapted],
         lora: &LoraSection,
         seed: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), AdapterError> {
         let device = self.device().clone();
         let (mut linears, _) = self.parts_mut();
         for (n, target) in adapted.iter().enumerate() {
             let (_, linear) = linears
                 .iter_mut()
                 .find(|(path, _)| *path == target.site.path)
-                .ok_or_else(|| {
-                    format!(
-                        "`{}` is not a separate linear layer of this model (a tied LM head shares the embedding)",
-                        target.site.path
-                    )
-                })?;
+                .ok_or_else(|| AdapterError::NotALinear(target.site.path.clone()))?;
             let mut adapter = LoraAdapter::init(
                 target.rank as usize,
                 target.site.in_features,
@@ -129,6 +142,24 @@ pub trait AdaptedModel {
         tensors.finish()
     }
 
+    /// Puts the adapters of the PEFT folder `dir` on this model (which must have none yet;
+    /// `sites` are its linear layers): the layers its config targets, with its ranks and
+    /// scales, and its trained A/B (and a classifier's head).
+    fn apply_peft_folder(
+        &mut self,
+        sites: &[LinearSite],
+        dir: &Path,
+    ) -> Result<PeftConfig, AdapterError> {
+        let (config, lora) = peft_folder::read_lora(dir)?;
+        let adapted = targets::select(sites, &lora).map_err(|source| AdapterError::Targets {
+            dir: dir.into(),
+            source,
+        })?;
+        self.attach_adapters(&adapted, &lora, 0)?;
+        self.load_adapter_weights(&dir.join(peft_folder::WEIGHTS_FILE))?;
+        Ok(config)
+    }
+
     /// Every trained tensor on the host under its PEFT key, in model order.
     fn adapter_tensors(&mut self) -> Result<Vec<(String, HostTensor)>, WeightsError> {
         let mut out = Vec::new();
@@ -150,9 +181,9 @@ pub fn saved_shape(key: &str, dims: [usize; 2]) -> Vec<usize> {
     }
 }
 
-impl AdaptedModel for Llama {
+impl AdaptedModel for Decoder {
     fn device(&self) -> &Device {
-        Llama::device(self)
+        Decoder::device(self)
     }
 
     fn parts_mut(&mut self) -> Parts<'_> {

@@ -13,6 +13,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 
 use super::linear::{Linear, take1, take2};
+use super::norm::LayerNorm;
 use crate::lora::targets::LinearSite;
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
@@ -129,26 +130,6 @@ impl BertConfig {
                 + 2 * h;
         let layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 4 * h;
         embeddings + self.num_hidden_layers as u64 * layer + h * h + h
-    }
-}
-
-/// LayerNorm: (x − mean) / √(var + ε) · w + b over the last dimension.
-#[derive(Debug, Clone)]
-pub struct LayerNorm {
-    pub weight: Tensor<1>,
-    pub bias: Tensor<1>,
-    pub eps: f64,
-}
-
-impl LayerNorm {
-    /// x: [b, s, h] → same.
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [b, s, h] = x.dims();
-        let centred = x.clone() - x.mean_dim(2).expand([b, s, h]);
-        let var = centred.clone().powi_scalar(2).mean_dim(2); // [b, s, 1], biased as torch
-        let normed = centred * (var + self.eps).sqrt().recip().expand([b, s, h]);
-        normed * self.weight.clone().reshape([1, 1, h]).expand([b, s, h])
-            + self.bias.clone().reshape([1, 1, h]).expand([b, s, h])
     }
 }
 

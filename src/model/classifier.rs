@@ -13,16 +13,28 @@ use rand::rngs::StdRng;
 
 use super::adapters::{AdaptedModel, Parts, stream_seed};
 use super::bert::Bert;
-use super::llama::Llama;
+use super::decoder::Decoder;
 use crate::lora::adapter::{dropout_mask, standard_normal};
+use crate::peft::full_key;
 use crate::recipe::Pooling;
+
+/// Why a classifier cannot be built on a body.
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifierError {
+    #[error(
+        "the checkpoint has no pooler (pooler.dense) for model.pooling = \"cls\"; use model.pooling = \"mean\""
+    )]
+    NoPooler,
+    #[error("classification needs at least two labels; the training data has {0}")]
+    TooFewLabels(usize),
+}
 
 /// The model under the head.
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // one model per process, never in a collection
 pub enum Body {
     Bert(Bert),
-    Llama(Llama),
+    Decoder(Decoder),
 }
 
 /// The trainable linear head: logits = drop(pooled)·Wᵀ + b.
@@ -56,14 +68,14 @@ impl SequenceClassifier {
         labels: Vec<String>,
         pooling: Pooling,
         seed: u64,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ClassifierError> {
         if let (Body::Bert(b), Pooling::Mean) = (&mut body, pooling) {
             b.pooler = None; // unused: mean pooling reads the last hidden states
         }
         let (name, hidden, bias, dropout, device) = match &body {
             Body::Bert(b) => {
                 if pooling == Pooling::Cls && b.pooler.is_none() {
-                    return Err("the checkpoint has no pooler (pooler.dense) for model.pooling = \"cls\"; use model.pooling = \"mean\"".into());
+                    return Err(ClassifierError::NoPooler);
                 }
                 (
                     "classifier",
@@ -73,7 +85,7 @@ impl SequenceClassifier {
                     b.device().clone(),
                 )
             }
-            Body::Llama(l) => (
+            Body::Decoder(l) => (
                 "score",
                 l.config.hidden_size,
                 false,
@@ -82,10 +94,7 @@ impl SequenceClassifier {
             ),
         };
         if labels.len() < 2 {
-            return Err(format!(
-                "classification needs at least two labels; the training data has {}",
-                labels.len()
-            ));
+            return Err(ClassifierError::TooFewLabels(labels.len()));
         }
         let n = labels.len();
         let mut rng = StdRng::seed_from_u64(stream_seed(seed, u64::MAX));
@@ -118,10 +127,10 @@ impl SequenceClassifier {
             (Body::Bert(bert), Pooling::Mean) => {
                 mean_pool(bert.forward(ids, attention_mask), attention_mask)
             }
-            (Body::Llama(llama), Pooling::Cls) => {
+            (Body::Decoder(llama), Pooling::Cls) => {
                 last_token(llama.hidden(ids, attention_mask), attention_mask)
             }
-            (Body::Llama(llama), Pooling::Mean) => {
+            (Body::Decoder(llama), Pooling::Mean) => {
                 mean_pool(llama.hidden(ids, attention_mask), attention_mask)
             }
         };
@@ -145,7 +154,7 @@ impl SequenceClassifier {
     fn device(&self) -> &Device {
         match &self.body {
             Body::Bert(b) => b.device(),
-            Body::Llama(l) => l.device(),
+            Body::Decoder(l) => l.device(),
         }
     }
 }
@@ -184,13 +193,13 @@ impl AdaptedModel for SequenceClassifier {
     fn parts_mut(&mut self) -> Parts<'_> {
         let linears = match &mut self.body {
             Body::Bert(b) => b.linears_mut(),
-            Body::Llama(l) => l.linears_mut(),
+            Body::Decoder(l) => l.linears_mut(),
         };
         let h = &mut self.head;
         // PEFT saves modules_to_save under the module's own path.
-        let mut heads = vec![(format!("base_model.model.{}.weight", h.name), &mut h.weight)];
+        let mut heads = vec![(full_key(h.name, "weight"), &mut h.weight)];
         if let Some(bias) = &mut h.bias {
-            heads.push((format!("base_model.model.{}.bias", h.name), bias));
+            heads.push((full_key(h.name, "bias"), bias));
         }
         (linears, heads)
     }

@@ -5,8 +5,9 @@
 
 use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
+use crate::dtype::Dtype;
 use crate::weights::blocks::{BLOCK, BlockMatrix};
-use crate::weights::host::{FrozenMatrix, Storage};
+use crate::weights::host::FrozenMatrix;
 
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // a burn tensor handle is 640 bytes; one per linear layer
@@ -37,9 +38,9 @@ impl FrozenWeight {
                 let shape = [t.shape[0], t.shape[1]];
                 let w = Tensor::from_data(TensorData::new(t.values, shape), device);
                 Self::Dense(match storage {
-                    Storage::F32 => w,
-                    Storage::Bf16 => w.cast(FloatDType::BF16),
-                    Storage::F16 => w.cast(FloatDType::F16),
+                    Dtype::F32 => w,
+                    Dtype::Bf16 => w.cast(FloatDType::BF16),
+                    Dtype::F16 => w.cast(FloatDType::F16),
                 })
             }
             FrozenMatrix::Blocks(b) => Self::Blocks(PackedBlocks::new(b, device)),

@@ -5,7 +5,8 @@
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::llama::{KvCache, Llama};
+use super::attention::KvCache;
+use super::decoder::Decoder;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sampling {
@@ -24,18 +25,26 @@ impl Sampling {
     };
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("the prompt encodes to no tokens")]
+    EmptyPrompt,
+    #[error("reading logits back from the device: {0}")]
+    Readback(String),
+}
+
 /// Generates up to `max_new` tokens after `prompt`, stopping after any id in `stop`. Each new id
 /// is passed to `on_token` as it is chosen (for streaming). Returns the new ids.
 pub fn generate(
-    model: &Llama,
+    model: &Decoder,
     prompt: &[u32],
     max_new: usize,
     stop: &[u32],
     sampling: Sampling,
     mut on_token: impl FnMut(u32),
-) -> Result<Vec<u32>, String> {
+) -> Result<Vec<u32>, GenerateError> {
     if prompt.is_empty() {
-        return Err("the prompt encodes to no tokens".into());
+        return Err(GenerateError::EmptyPrompt);
     }
     let mut cache = KvCache::default();
     let mut rng = StdRng::seed_from_u64(sampling.seed);
@@ -44,9 +53,9 @@ pub fn generate(
     while out.len() < max_new {
         let row = logits
             .try_into_data()
-            .map_err(|e| format!("reading logits: {e:?}"))?
+            .map_err(|e| GenerateError::Readback(format!("{e:?}")))?
             .try_into_vec::<f32>()
-            .map_err(|e| format!("reading logits: {e:?}"))?;
+            .map_err(|e| GenerateError::Readback(format!("{e:?}")))?;
         let next = choose(&row, sampling, &mut rng);
         out.push(next);
         on_token(next);

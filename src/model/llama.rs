@@ -1,437 +1,111 @@
-//! The Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM2, TinyLlama) in burn, in HF
-//! layout: field names are the checkpoint's, every weight is [out, in], so loading needs no
-//! transposes. Pre-norm blocks: x + attn(rms(x)), then x + mlp(rms(x)); SwiGLU MLP; grouped-
-//! query attention with HF rotate_half RoPE; causal + padding mask; tied or separate LM head.
-//! Source: transformers `models/llama/modeling_llama.py` (eager attention path).
+//! Llama (Llama 2/3, SmolLM, TinyLlama): its config.json read into the runtime
+//! [`LlamaConfig`] — the schema Mistral and Qwen2 extend ([`LlamaJson`]). A field that would
+//! change the computation is read or refused by name and value, never ignored: the activation,
+//! MLP biases, attention dropout, RoPE types. transformers 5 writes RoPE settings under
+//! `rope_parameters`, older files use top-level `rope_theta` / `rope_scaling`: both are read
+//! (DESIGN.md §6 — a reader of only one silently uses theta 10000).
+//! Source: transformers `models/llama/configuration_llama.py`.
 
-use burn::tensor::activation::{silu, softmax};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use std::path::Path;
 
-use super::config::LlamaConfig;
-use super::linear::{Linear, take1, take2};
-use super::rope::{RopeTables, inverse_frequencies};
+use serde::Deserialize;
+
+use super::decoder_config::DecoderConfig;
 use crate::weights::WeightsError;
-use crate::weights::host::HostTensors;
 
-/// RMSNorm: w · x / √(mean(x²) + ε), computed in f32 as transformers does.
-#[derive(Debug, Clone)]
-pub struct RmsNorm {
-    /// [hidden]
-    pub weight: Tensor<1>,
-    pub eps: f64,
+/// config.json as a Llama-family checkpoint writes it: the fields read, and those refused
+/// unless they have their no-op value. Others (ids, init ranges, `use_cache`) do not change
+/// what is computed.
+#[derive(Deserialize)]
+pub struct LlamaJson {
+    pub model_type: Option<String>,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    pub rms_norm_eps: Option<f64>,
+    pub rope_theta: Option<f64>,
+    pub rope_scaling: Option<serde_json::Value>,
+    pub rope_parameters: Option<serde_json::Value>,
+    pub max_position_embeddings: Option<usize>,
+    pub tie_word_embeddings: Option<bool>,
+    pub attention_bias: Option<bool>,
+    pub hidden_act: Option<String>,
+    pub mlp_bias: Option<bool>,
+    pub attention_dropout: Option<f64>,
 }
 
-impl RmsNorm {
-    /// x: [batch, seq, hidden] → same.
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [b, s, d] = x.dims();
-        let variance = x.clone().powi_scalar(2).mean_dim(2); // [b, s, 1]
-        let normed = x * (variance + self.eps).sqrt().recip().expand([b, s, d]);
-        normed * self.weight.clone().reshape([1, 1, d]).expand([b, s, d])
+impl LlamaJson {
+    pub fn parse(path: &Path, text: &str) -> Result<Self, WeightsError> {
+        serde_json::from_str(text)
+            .map_err(|e| WeightsError::format(path, format!("not a Llama-family config: {e}")))
     }
-}
 
-#[derive(Debug, Clone)]
-pub struct Attention {
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
-    pub o_proj: Linear,
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-}
-
-impl Attention {
-    /// x: [b, s, hidden], mask: [b, 1, s, t] (true = may not attend) → [b, s, hidden], where
-    /// t = s plus the positions already in `cache` (generation appends to it).
-    pub fn forward(
-        &self,
-        x: Tensor<3>,
-        rope: &RopeTables,
-        mask: &Tensor<4, Bool>,
-        cache: Option<&mut LayerCache>,
-    ) -> Tensor<3> {
-        let [b, s, _] = x.dims();
-        let (h, kv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let heads = |t: Tensor<3>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2); // [b, n, s, d]
-        let q = rope.apply(heads(self.q_proj.forward(x.clone()), h));
-        let mut k = rope.apply(heads(self.k_proj.forward(x.clone()), kv));
-        let mut v = heads(self.v_proj.forward(x), kv);
-        if let Some(cache) = cache {
-            if let Some((past_k, past_v)) = cache.kv.take() {
-                k = Tensor::cat(vec![past_k, k], 2); // [b, kv, t, d]
-                v = Tensor::cat(vec![past_v, v], 2);
-            }
-            cache.kv = Some((k.clone(), v.clone()));
+    /// The runtime config; `qkv_bias` when the family always has q/k/v biases (Qwen2).
+    pub fn resolve(self, path: &Path, qkv_bias: bool) -> Result<DecoderConfig, WeightsError> {
+        let err = |detail: String| WeightsError::format(path, detail);
+        let family = self.model_type.as_deref().unwrap_or("llama");
+        let act = self.hidden_act.as_deref().unwrap_or("silu");
+        if act != "silu" {
+            return Err(err(format!(
+                "hidden_act = {act:?}: only \"silu\" (SwiGLU) is implemented for {family}"
+            )));
         }
-        let t = k.dims()[2];
-        // repeat_kv: query head i reads key/value head i / (h / kv), as HF orders them.
-        let repeat = |x: Tensor<4>| {
-            x.unsqueeze_dim::<5>(2)
-                .expand([b, kv, h / kv, t, d])
-                .reshape([b, h, t, d])
-        };
-        let (k, v) = (repeat(k), repeat(v));
-        let mask = mask.clone().expand([b, h, s, t]);
-        let out = if q.is_autodiff() {
-            // Under autodiff, as transformers' eager path: the [b, h, s, t] scores are kept for
-            // backward (burn's fused attention has no backward of its own). The 1/√d scale is
-            // applied to q, t/d times smaller than the scores (exact for power-of-two d).
-            let scores = q
-                .mul_scalar(1.0 / (d as f64).sqrt())
-                .matmul(k.swap_dims(2, 3));
-            softmax(scores.mask_fill(mask, f32::MIN), 3).matmul(v)
-        } else {
-            // No gradient (evaluation, generation, the first pass of gradient checkpointing):
-            // the backend's fused attention, tiled over keys for long rows (flex) — no S×S
-            // buffers. A query with every key masked (left padding) gets zeros instead of
-            // the eager path's uniform average; no real token reads it.
-            attention(q, k, v, Some(mask), None, AttentionModuleOptions::default())
-        }; // [b, h, s, d]
-        self.o_proj
-            .forward(out.swap_dims(1, 2).reshape([b, s, h * d]))
-    }
-}
-
-/// One layer's keys and values so far (after RoPE, before repeat_kv): [b, kv_heads, t, d].
-#[derive(Debug, Clone, Default)]
-pub struct LayerCache {
-    kv: Option<(Tensor<4>, Tensor<4>)>,
-}
-
-/// Keys and values of every layer, so each generated token costs one position's forward.
-#[derive(Debug, Clone, Default)]
-pub struct KvCache {
-    layers: Vec<LayerCache>,
-    /// Positions already processed.
-    pub len: usize,
-}
-
-#[derive(Debug, Clone)]
-pub struct Mlp {
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
-    pub down_proj: Linear,
-}
-
-impl Mlp {
-    /// x: [b, s, hidden] → same; down(silu(gate(x)) ⊙ up(x)).
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.down_proj
-            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct DecoderLayer {
-    pub input_layernorm: RmsNorm,
-    pub self_attn: Attention,
-    pub post_attention_layernorm: RmsNorm,
-    pub mlp: Mlp,
-}
-
-impl DecoderLayer {
-    /// x: [b, s, hidden] → same: x + attn(rms(x)), then x + mlp(rms(x)).
-    pub fn forward(
-        &self,
-        x: Tensor<3>,
-        rope: &RopeTables,
-        mask: &Tensor<4, Bool>,
-        cache: Option<&mut LayerCache>,
-    ) -> Tensor<3> {
-        let attn_in = self.input_layernorm.forward(x.clone());
-        let x = x + self.self_attn.forward(attn_in, rope, mask, cache);
-        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
-    }
-
-    /// The layer's seven linear layers with their paths inside it, in checkpoint order.
-    pub fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
-        let (a, m) = (&mut self.self_attn, &mut self.mlp);
-        [
-            ("self_attn.q_proj", &mut a.q_proj),
-            ("self_attn.k_proj", &mut a.k_proj),
-            ("self_attn.v_proj", &mut a.v_proj),
-            ("self_attn.o_proj", &mut a.o_proj),
-            ("mlp.gate_proj", &mut m.gate_proj),
-            ("mlp.up_proj", &mut m.up_proj),
-            ("mlp.down_proj", &mut m.down_proj),
-        ]
-    }
-}
-
-/// What every layer shares for one batch: each token's rotary tables and the attention mask.
-#[derive(Debug, Clone)]
-pub struct LayerInputs {
-    pub rope: RopeTables,
-    pub mask: Tensor<4, Bool>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Llama {
-    pub config: LlamaConfig,
-    /// [vocab, hidden]
-    pub embed_tokens: Tensor<2>,
-    pub layers: Vec<DecoderLayer>,
-    pub norm: RmsNorm,
-    /// None when tied: logits = h·Eᵀ.
-    pub lm_head: Option<Linear>,
-    /// Training recomputes each decoder layer in backward instead of keeping its activations
-    /// (transformers' `gradient_checkpointing`; `train::recompute`). Off by default.
-    pub gradient_checkpointing: bool,
-    inv_freq: Vec<f32>,
-    device: Device,
-}
-
-impl Llama {
-    /// Builds the model from `w`, taking every tensor it needs; `w.finish()` then proves nothing
-    /// in the checkpoint was left unused.
-    pub fn load(
-        config: LlamaConfig,
-        mut w: HostTensors,
-        device: &Device,
-    ) -> Result<Self, WeightsError> {
-        let c = &config;
-        let (hd, q_out, kv_out) = (
-            c.hidden_size,
-            c.num_attention_heads * c.head_dim,
-            c.num_key_value_heads * c.head_dim,
-        );
-        let norm = |w: &mut HostTensors, at: &str| -> Result<RmsNorm, WeightsError> {
-            Ok(RmsNorm {
-                weight: take1(w, &format!("{at}.weight"), hd, device)?,
-                eps: c.rms_norm_eps,
-            })
-        };
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for i in 0..c.num_hidden_layers {
-            let at = format!("model.layers.{i}");
-            let attn = |m: &str, out: usize, bias: bool, w: &mut HostTensors| {
-                let shape = if m == "o_proj" {
-                    [hd, q_out]
-                } else {
-                    [out, hd]
-                };
-                Linear::load(w, &format!("{at}.self_attn.{m}"), shape, bias, device)
-            };
-            let mlp = |m: &str, shape: [usize; 2], w: &mut HostTensors| {
-                Linear::load(w, &format!("{at}.mlp.{m}"), shape, false, device)
-            };
-            layers.push(DecoderLayer {
-                input_layernorm: norm(&mut w, &format!("{at}.input_layernorm"))?,
-                self_attn: Attention {
-                    q_proj: attn("q_proj", q_out, c.qkv_bias, &mut w)?,
-                    k_proj: attn("k_proj", kv_out, c.qkv_bias, &mut w)?,
-                    v_proj: attn("v_proj", kv_out, c.qkv_bias, &mut w)?,
-                    o_proj: attn("o_proj", hd, false, &mut w)?,
-                    n_heads: c.num_attention_heads,
-                    n_kv_heads: c.num_key_value_heads,
-                    head_dim: c.head_dim,
-                },
-                post_attention_layernorm: norm(&mut w, &format!("{at}.post_attention_layernorm"))?,
-                mlp: Mlp {
-                    gate_proj: mlp("gate_proj", [c.intermediate_size, hd], &mut w)?,
-                    up_proj: mlp("up_proj", [c.intermediate_size, hd], &mut w)?,
-                    down_proj: mlp("down_proj", [hd, c.intermediate_size], &mut w)?,
-                },
-            });
+        if self.mlp_bias == Some(true) {
+            return Err(err("mlp_bias = true: MLP biases are not implemented".into()));
         }
-        let embed_tokens = take2(
-            &mut w,
-            "model.embed_tokens.weight",
-            [c.vocab_size, hd],
-            device,
-        )?;
-        let norm = norm(&mut w, "model.norm")?;
-        let lm_head = if c.tie_word_embeddings {
-            w.ignore("lm_head.weight"); // some tied checkpoints store the copy anyway
-            None
-        } else {
-            Some(Linear::load(
-                &mut w,
-                "lm_head",
-                [c.vocab_size, hd],
-                false,
-                device,
-            )?)
-        };
-        w.finish()?;
-        let inv_freq = inverse_frequencies(c);
-        Ok(Self {
-            config,
-            embed_tokens,
-            layers,
-            norm,
-            lm_head,
-            gradient_checkpointing: false,
-            inv_freq,
-            device: device.clone(),
-        })
-    }
-
-    /// Every linear layer with its HF module path, in the order of `LlamaConfig::linear_sites`.
-    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        let mut all = Vec::with_capacity(self.layers.len() * 7 + 1);
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            let named = layer.linears_mut();
-            all.extend(named.map(|(n, l)| (format!("model.layers.{i}.{n}"), l)));
+        if let Some(p) = self.attention_dropout.filter(|&p| p != 0.0) {
+            return Err(err(format!(
+                "attention_dropout = {p}: dropout on attention weights is not implemented (0.0 is)"
+            )));
         }
-        if let Some(head) = &mut self.lm_head {
-            all.push(("lm_head".to_string(), head));
-        }
-        all
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    /// ids: one row per sequence, all of length s; attention_mask (same shape): 0 = padding,
-    /// otherwise the number of the example the token belongs to (all 1 unless packed: a packed
-    /// row's examples never attend to each other and each starts at position 0).
-    /// → logits [batch, s, vocab].
-    pub fn forward(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u8>]) -> Tensor<3> {
-        self.head(self.hidden(ids, attention_mask))
-    }
-
-    /// Logits at the flat positions `at` (row · s + column) only → [at.len(), vocab]. The loss
-    /// needs them where a label follows; skipping the rest saves the head's matmul and the
-    /// vocabulary-sized buffers autodiff keeps for them.
-    pub fn logits_at(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u8>], at: &[i64]) -> Tensor<2> {
-        self.head_at(self.hidden(ids, attention_mask), at)
-    }
-
-    /// The head at flat positions `at` of final-norm hidden states x [b, s, hidden] →
-    /// [at.len(), vocab].
-    pub fn head_at(&self, x: Tensor<3>, at: &[i64]) -> Tensor<2> {
-        let [b, s, hd] = x.dims();
-        let at_ =
-            Tensor::<1, Int>::from_data(TensorData::new(at.to_vec(), [at.len()]), &self.device);
-        let x = x
-            .reshape([b * s, hd])
-            .select(0, at_)
-            .reshape([1, at.len(), hd]);
-        let logits = self.head(x);
-        let v = logits.dims()[2];
-        logits.reshape([at.len(), v])
-    }
-
-    /// The final-norm hidden states of a batch, [batch, s, hidden].
-    pub fn hidden(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u8>]) -> Tensor<3> {
-        let inputs = self.layer_inputs(attention_mask);
-        self.run(ids, &inputs, None)
-    }
-
-    /// The rotary tables and causal/padding/packing mask of a batch (`hidden`'s arguments).
-    pub fn layer_inputs(&self, attention_mask: &[Vec<u8>]) -> LayerInputs {
-        let s = attention_mask.first().map_or(0, Vec::len);
-        let positions: Vec<Vec<usize>> = attention_mask.iter().map(|m| positions(m)).collect();
-        LayerInputs {
-            rope: RopeTables::new(&self.inv_freq, &positions, &self.device),
-            mask: causal_padding_mask(attention_mask, s, 0, &self.device),
-        }
-    }
-
-    /// Token embeddings [b, s, hidden] of equal-length rows.
-    pub fn embed(&self, ids: &[Vec<u32>]) -> Tensor<3> {
-        let (b, s) = (ids.len(), ids.first().map_or(0, Vec::len));
-        let flat: Vec<i64> = ids.iter().flatten().map(|&t| i64::from(t)).collect();
-        let flat = Tensor::<1, Int>::from_data(TensorData::new(flat, [b * s]), &self.device);
-        self.embed_tokens
-            .clone()
-            .select(0, flat)
-            .reshape([b, s, self.config.hidden_size])
-    }
-
-    /// The LM head (or the tied embedding): [b, s, hidden] → [b, s, vocab].
-    fn head(&self, x: Tensor<3>) -> Tensor<3> {
-        match &self.lm_head {
-            Some(head) => head.forward(x),
-            None => {
-                let [b, s, hd] = x.dims();
-                let v = self.config.vocab_size;
-                x.reshape([b * s, hd])
-                    .matmul(self.embed_tokens.clone().transpose())
-                    .reshape([b, s, v])
-            }
-        }
-    }
-
-    /// Feeds `ids` (one sequence) after the positions in `cache`, appending to it.
-    /// → logits of the last position, [vocab].
-    pub fn forward_cached(&self, ids: &[u32], cache: &mut KvCache) -> Tensor<1> {
-        if cache.layers.is_empty() {
-            cache.layers = vec![LayerCache::default(); self.layers.len()];
-        }
-        let start = cache.len;
-        let positions = [(start..start + ids.len()).collect()];
-        let inputs = LayerInputs {
-            rope: RopeTables::new(&self.inv_freq, &positions, &self.device),
-            mask: causal_padding_mask(
-                &[vec![1; start + ids.len()]],
-                ids.len(),
-                start,
-                &self.device,
+        // rope_parameters (transformers 5) wins over the older top-level fields.
+        let rope = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref());
+        let rope_theta = rope
+            .and_then(|r| r.get("rope_theta"))
+            .and_then(serde_json::Value::as_f64)
+            .or(self.rope_theta)
+            .unwrap_or(10_000.0);
+        let rope_type = rope
+            .and_then(|r| r.get("rope_type").or(r.get("type")))
+            .and_then(|t| t.as_str());
+        let rope_llama3 = match rope_type {
+            None | Some("default") => None,
+            Some("llama3") => Some(
+                serde_json::from_value(rope.cloned().unwrap_or_default())
+                    .map_err(|e| err(format!("llama3 rope scaling: {e}")))?,
             ),
+            Some(other) => {
+                return Err(err(format!(
+                    "rope_type `{other}` is not supported (default, llama3 are)"
+                )));
+            }
         };
-        let logits = self.head(self.run(&[ids.to_vec()], &inputs, Some(&mut cache.layers)));
-        cache.len += ids.len();
-        let v = self.config.vocab_size;
-        logits.narrow(1, ids.len() - 1, 1).reshape([v])
-    }
-
-    /// The decoder proper: embeddings, layers (rotating by each token's position), final norm.
-    fn run(
-        &self,
-        ids: &[Vec<u32>],
-        inputs: &LayerInputs,
-        mut cache: Option<&mut Vec<LayerCache>>,
-    ) -> Tensor<3> {
-        let mut x = self.embed(ids);
-        for (i, layer) in self.layers.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c[i]);
-            x = layer.forward(x, &inputs.rope, &inputs.mask, layer_cache);
+        let heads = self.num_attention_heads;
+        DecoderConfig {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: heads,
+            num_key_value_heads: self.num_key_value_heads.unwrap_or(heads),
+            head_dim: self.head_dim.unwrap_or(self.hidden_size / heads.max(1)),
+            rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta,
+            rope_llama3,
+            max_position_embeddings: self.max_position_embeddings.unwrap_or(2048),
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
+            qkv_bias: qkv_bias || self.attention_bias.unwrap_or(false),
+            sliding_window: None,
         }
-        self.norm.forward(x)
+        .validated(path)
     }
 }
 
-/// [b, 1, s, start + s]: new query i (at position start + i) may not attend key j when
-/// j > start + i, key j is padding, or key j belongs to another packed example.
-fn causal_padding_mask(
-    attention_mask: &[Vec<u8>],
-    s: usize,
-    start: usize,
-    device: &Device,
-) -> Tensor<4, Bool> {
-    let (b, t) = (attention_mask.len(), start + s);
-    let mut masked = Vec::with_capacity(b * s * t);
-    for row in attention_mask {
-        let example = |j: usize| row.get(j).copied().unwrap_or(0);
-        for i in start..t {
-            // A padding query (example 0) may look at any real key; its output is never used.
-            let own = example(i);
-            masked.extend((0..t).map(|j| {
-                let key = example(j);
-                j > i || key == 0 || (own != 0 && key != own)
-            }));
-        }
-    }
-    Tensor::from_data(TensorData::new(masked, [b, 1, s, t]), device)
-}
-
-/// Each token's position: counted from the start of its example (a change of example number
-/// in a packed row restarts it); padding continues the count, as transformers does.
-fn positions(attention_mask: &[u8]) -> Vec<usize> {
-    let (mut start, mut current) = (0, 0);
-    let mut out = Vec::with_capacity(attention_mask.len());
-    for (j, &m) in attention_mask.iter().enumerate() {
-        if m != 0 && m != current {
-            (start, current) = (j, m);
-        }
-        out.push(j - start);
-    }
-    out
+/// A Llama config.json (`text`, read from `path`).
+pub fn config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
+    LlamaJson::parse(path, text)?.resolve(path, false)
 }

@@ -1,33 +1,58 @@
-//! Architectures built from config: the Llama-family decoder ([`llama`]), its config, RoPE and
-//! generation; the BERT-family encoder ([`bert`]); sequence classification on either
-//! ([`classifier`]); [`load`] and [`load_classifier`] build them from resolved model files.
+//! Architectures, candle-transformers' shape: shared blocks — the frozen linear with its adapter
+//! ([`linear`], [`frozen`]), norms ([`norm`]), RoPE ([`rope`]), grouped-query attention with its
+//! KV cache ([`attention`]), the gated MLP ([`mlp`]) — and one small file per family for its
+//! config and deltas: [`llama`], [`mistral`], [`qwen2`] read into one [`decoder_config`] that
+//! the Llama-family [`decoder`] is built from; [`bert`], the encoder. Sequence classification on
+//! either ([`classifier`]), adapters on any ([`adapters`]), generation ([`generate`]).
+//! [`load`] and [`load_classifier`] build them from resolved model files.
 
 pub mod adapters;
+pub mod attention;
 pub mod bert;
 pub mod classifier;
-pub mod config;
+pub mod decoder;
+pub mod decoder_config;
 pub mod frozen;
 pub mod generate;
 pub mod linear;
 pub mod llama;
+pub mod mistral;
+pub mod mlp;
+pub mod norm;
+pub mod qwen2;
 pub mod rope;
+
+use std::path::Path;
 
 use burn::tensor::Device;
 
+use crate::dtype::Dtype;
 use crate::source::ModelFiles;
 use crate::weights::WeightsError;
 use crate::weights::gguf::GgufFile;
-use crate::weights::host::{HostTensors, Storage};
+use crate::weights::host::HostTensors;
 use crate::weights::tokenizer::ModelTokenizer;
 use bert::{Bert, BertConfig};
-use classifier::{Body, SequenceClassifier};
-use config::LlamaConfig;
-use llama::Llama;
+use classifier::{Body, ClassifierError, SequenceClassifier};
+use decoder::Decoder;
+use decoder_config::DecoderConfig;
+
+/// Why a model could not be built from its files.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error("{}: {source}", path.display())]
+    Classifier {
+        path: std::path::PathBuf,
+        source: ClassifierError,
+    },
+}
 
 /// The shape of either architecture, read from headers only.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelConfig {
-    Llama(LlamaConfig),
+    Decoder(DecoderConfig),
     Bert(BertConfig),
 }
 
@@ -39,7 +64,7 @@ impl ModelConfig {
         pooling: crate::recipe::Pooling,
     ) -> Vec<crate::lora::targets::LinearSite> {
         match self {
-            Self::Llama(c) => c.linear_sites(),
+            Self::Decoder(c) => c.linear_sites(),
             Self::Bert(c) => {
                 let mut sites = c.linear_sites();
                 if pooling == crate::recipe::Pooling::Mean {
@@ -52,14 +77,14 @@ impl ModelConfig {
 
     pub fn parameter_count(&self) -> u64 {
         match self {
-            Self::Llama(c) => c.parameter_count(),
+            Self::Decoder(c) => c.parameter_count(),
             Self::Bert(c) => c.parameter_count(),
         }
     }
 
     pub fn hidden_size(&self) -> usize {
         match self {
-            Self::Llama(c) => c.hidden_size,
+            Self::Decoder(c) => c.hidden_size,
             Self::Bert(c) => c.hidden_size,
         }
     }
@@ -74,7 +99,7 @@ impl ModelConfig {
     /// One line for the console.
     pub fn describe(&self) -> String {
         match self {
-            Self::Llama(c) => format!(
+            Self::Decoder(c) => format!(
                 "Llama-family decoder: {} layers, hidden {}, {} heads / {} kv heads, vocab {}",
                 c.num_hidden_layers,
                 c.hidden_size,
@@ -105,14 +130,34 @@ pub fn architecture_of(files: &ModelFiles) -> Result<ModelConfig, WeightsError> 
             return Ok(ModelConfig::Bert(BertConfig::from_json(&path, &text)?));
         }
     }
-    config_of(files).map(ModelConfig::Llama)
+    config_of(files).map(ModelConfig::Decoder)
+}
+
+/// A decoder's config.json, read by its family's file (`model_type`; none means llama).
+pub fn read_decoder_config(path: &Path) -> Result<DecoderConfig, WeightsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| WeightsError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let model_type = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["model_type"].as_str().map(String::from));
+    match model_type.as_deref().unwrap_or("llama") {
+        "llama" => llama::config(path, &text),
+        "mistral" => mistral::config(path, &text),
+        "qwen2" => qwen2::config(path, &text),
+        other => Err(WeightsError::format(
+            path,
+            format!("model_type `{other}` is not a Llama-family decoder (llama, mistral, qwen2)"),
+        )),
+    }
 }
 
 /// The config of an HF directory or GGUF file, reading headers only (no weights).
-pub fn config_of(files: &ModelFiles) -> Result<LlamaConfig, WeightsError> {
+pub fn config_of(files: &ModelFiles) -> Result<DecoderConfig, WeightsError> {
     match files {
-        ModelFiles::Gguf(path) => LlamaConfig::from_gguf(&GgufFile::open(path)?),
-        ModelFiles::Dir(dir) => LlamaConfig::from_json_file(&dir.join("config.json")),
+        ModelFiles::Gguf(path) => DecoderConfig::from_gguf(&GgufFile::open(path)?),
+        ModelFiles::Dir(dir) => read_decoder_config(&dir.join("config.json")),
         ModelFiles::Safetensors(path) => Err(WeightsError::format(
             path,
             "a lone .safetensors file has no config.json; point at the model's directory".into(),
@@ -138,7 +183,7 @@ pub struct BaseStorage {
     /// A GGUF's block-quantised linear weights stay packed (`frozen::FrozenWeight::Blocks`).
     pub keep_quantized: bool,
     /// The other linear weights are stored as this.
-    pub dense: Storage,
+    pub dense: Dtype,
 }
 
 /// A causal LM and its tokenizer from an HF directory or a GGUF file.
@@ -146,17 +191,17 @@ pub fn load(
     files: &ModelFiles,
     device: &Device,
     storage: BaseStorage,
-) -> Result<(Llama, ModelTokenizer), WeightsError> {
+) -> Result<(Decoder, ModelTokenizer), WeightsError> {
     let (config, tokenizer) = match files {
         ModelFiles::Gguf(path) => {
             let gguf = GgufFile::open(path)?;
             (
-                LlamaConfig::from_gguf(&gguf)?,
+                DecoderConfig::from_gguf(&gguf)?,
                 ModelTokenizer::from_gguf(&gguf)?,
             )
         }
         ModelFiles::Dir(dir) => (
-            LlamaConfig::from_json_file(&dir.join("config.json"))?,
+            read_decoder_config(&dir.join("config.json"))?,
             ModelTokenizer::from_dir(dir)?,
         ),
         ModelFiles::Safetensors(path) => {
@@ -172,7 +217,7 @@ pub fn load(
         HostTensors::read(files.path())?
     };
     let weights = weights.storing_frozen_as(storage.dense);
-    let model = Llama::load(config, weights, device)?;
+    let model = Decoder::load(config, weights, device)?;
     Ok((model, tokenizer))
 }
 
@@ -184,18 +229,22 @@ pub fn load_classifier(
     labels: Vec<String>,
     pooling: crate::recipe::Pooling,
     seed: u64,
-) -> Result<(SequenceClassifier, ModelTokenizer), WeightsError> {
+) -> Result<(SequenceClassifier, ModelTokenizer), LoadError> {
     let body = match architecture_of(files)? {
         ModelConfig::Bert(config) => Body::Bert(Bert::load(
             config,
             HostTensors::read(files.path())?,
             device,
         )?),
-        ModelConfig::Llama(_) => Body::Llama(load(files, device, BaseStorage::default())?.0),
+        ModelConfig::Decoder(_) => Body::Decoder(load(files, device, BaseStorage::default())?.0),
     };
     let tokenizer = tokenizer_of(files)?;
-    let model = SequenceClassifier::new(body, labels, pooling, seed)
-        .map_err(|detail| WeightsError::format(files.path(), detail))?;
+    let model = SequenceClassifier::new(body, labels, pooling, seed).map_err(|source| {
+        LoadError::Classifier {
+            path: files.path().into(),
+            source,
+        }
+    })?;
     Ok((model, tokenizer))
 }
 
@@ -203,7 +252,7 @@ pub fn load_classifier(
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // one model per process, never in a collection
 pub enum TaskModel {
-    Lm(Llama),
+    Lm(Decoder),
     Classifier(SequenceClassifier),
 }
 

@@ -5,10 +5,10 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::config::LlamaConfig;
+use super::decoder_config::DecoderConfig;
 
 /// inv_freq[i] = 1 / θ^(2i/d), i < d/2, then Llama 3's wavelength-dependent rescaling.
-pub fn inverse_frequencies(config: &LlamaConfig) -> Vec<f32> {
+pub fn inverse_frequencies(config: &DecoderConfig) -> Vec<f32> {
     let d = config.head_dim;
     // transformers computes these in float32; so do we, so tables round the same way.
     let theta = config.rope_theta as f32;

@@ -116,6 +116,14 @@ pub enum SourceError {
     /// `detail` names the file; the reference itself is the caller's context.
     #[error("{detail}")]
     Hf { repo: String, detail: String },
+    #[error("the adapter names no base model; pass --base MODEL")]
+    NoBase,
+    #[error("resolving the base model {reference} (or pass --base MODEL)")]
+    Base {
+        reference: String,
+        #[source]
+        source: Box<SourceError>,
+    },
     #[error("no model source resolved:\n{}", attempts.iter().map(|(r, e)| format!("  - {r}: {e}")).collect::<Vec<_>>().join("\n"))]
     NoneResolved { attempts: Vec<(String, String)> },
 }
@@ -167,6 +175,25 @@ impl FromStr for ModelRef {
             return Err(bad());
         }
         Ok(Self::Local(PathBuf::from(s)))
+    }
+}
+
+impl ModelRef {
+    /// The id PEFT and servers know the base by (`base_model_name_or_path`): the hub repo for
+    /// `hf://`, else the reference as written.
+    pub fn peft_name(&self) -> String {
+        match self {
+            Self::Hf { repo, .. } => repo.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The hub revision an `hf://…@rev` reference pins.
+    pub fn revision(&self) -> Option<String> {
+        match self {
+            Self::Hf { revision, .. } => revision.clone(),
+            _ => None,
+        }
     }
 }
 
@@ -276,6 +303,37 @@ impl Fetcher {
 
     /// Tries each source in order; the first that resolves wins. Earlier failures are kept, so
     /// the user sees why a preferred source was passed over.
+    /// The base model of an adapter: `base` (the user's `--base`) if given, else the one the
+    /// adapter names (`base_model_name_or_path`).
+    pub fn resolve_base(
+        &self,
+        base: Option<&str>,
+        named_by_adapter: Option<&str>,
+    ) -> Result<ModelFiles, SourceError> {
+        let reference = base.or(named_by_adapter).ok_or(SourceError::NoBase)?;
+        self.resolve_named(reference)
+            .map_err(|source| SourceError::Base {
+                reference: reference.into(),
+                source: Box::new(source),
+            })
+    }
+
+    /// Resolves a base named the way an adapter's `base_model_name_or_path` names it: any model
+    /// reference, or a hub repo as PEFT writes it (`org/name`) unless such a path exists here.
+    fn resolve_named(&self, reference: &str) -> Result<ModelFiles, SourceError> {
+        let cwd =
+            std::env::current_dir().map_err(SourceError::io("reading the current directory"))?;
+        let uri = if !reference.contains("://")
+            && !Path::new(reference).exists()
+            && reference.matches('/').count() == 1
+        {
+            format!("hf://{reference}")
+        } else {
+            reference.to_string()
+        };
+        self.resolve(&Source::parse(&uri, None, &cwd)?)
+    }
+
     pub fn resolve_first(&self, sources: &[Source]) -> Result<Resolution, SourceError> {
         let mut skipped = Vec::new();
         for source in sources {

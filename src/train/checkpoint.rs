@@ -10,15 +10,14 @@ use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::optim::{AdamW, Moments};
-use crate::export::peft;
-use crate::lora::peft_config::PeftConfig;
+use crate::dtype::Dtype;
 use crate::model::adapters::{AdaptedModel, host};
-use crate::recipe::Dtype;
+use crate::peft::config::PeftConfig;
+use crate::peft::folder::{self as peft, WEIGHTS_FILE};
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
 use crate::weights::safetensors::write;
 
-pub const ADAPTER_FILE: &str = crate::export::peft::WEIGHTS_FILE;
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const STATE_FILE: &str = "trainer_state.json";
 
@@ -106,7 +105,7 @@ pub fn save(
             // With its config a checkpoint is a complete PEFT adapter folder.
             Some(config) => peft::write(&tmp, &adapters, Dtype::F32, config, None)?,
             None => write(
-                &tmp.join(ADAPTER_FILE),
+                &tmp.join(WEIGHTS_FILE),
                 &adapters,
                 Dtype::F32,
                 &[("format", "pt")],
@@ -182,7 +181,7 @@ pub fn load(
             path: path.clone(),
             detail: e.to_string(),
         })?;
-    model.load_adapter_weights(&dir.join(ADAPTER_FILE))?;
+    model.load_adapter_weights(&dir.join(WEIGHTS_FILE))?;
     let opt_path = dir.join(OPTIMIZER_FILE);
     let mut moments = HostTensors::read(&opt_path)?;
     let device = model.device().clone();

@@ -4,16 +4,16 @@
 //! Logits are computed only where a label follows: prompts, system turns and padding (often
 //! half of a chat batch) cost no head matmul and no vocabulary-sized activations.
 
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use super::TrainError;
-use super::step::{Gradients, whole_graph_gradients};
-use crate::data::batch::{Batch, IGNORE};
+use super::autograd::{Gradients, whole_graph_gradients};
+use super::cross_entropy::{next_token_nll_sum, nll_sum};
+use crate::data::batch::Batch;
 use crate::model::TaskModel;
 use crate::model::adapters::AdaptedModel;
 use crate::model::classifier::SequenceClassifier;
-use crate::model::llama::Llama;
+use crate::model::decoder::Decoder;
 
 /// A model with a loss: the sum over a batch's scored targets (labelled next tokens, or one
 /// class per row), so accumulation divides by the targets of the whole optimiser step.
@@ -30,7 +30,7 @@ pub trait Objective: AdaptedModel {
         batch: &Batch,
         denominator: usize,
     ) -> Result<Option<Gradients>, TrainError> {
-        whole_graph_gradients(self, batch, denominator)
+        whole_graph_gradients(self, |m| m.loss_sum(batch), denominator)
     }
 
     /// Class logits [rows, labels] for a classifier (evaluation metrics); None for an LM.
@@ -44,7 +44,7 @@ pub trait Objective: AdaptedModel {
     }
 }
 
-impl Objective for Llama {
+impl Objective for Decoder {
     fn loss_sum(&self, batch: &Batch) -> Option<Tensor<1>> {
         next_token_nll_sum(self, batch)
     }
@@ -57,7 +57,7 @@ impl Objective for Llama {
         if self.gradient_checkpointing {
             super::recompute::loss_and_gradients(self, batch, denominator)
         } else {
-            whole_graph_gradients(self, batch, denominator)
+            whole_graph_gradients(self, |m| m.loss_sum(batch), denominator)
         }
     }
 }
@@ -114,36 +114,4 @@ impl Objective for TaskModel {
             Self::Classifier(m) => m.labels(),
         }
     }
-}
-
-/// Σ −log p(labels[t+1] | ids[..=t]) over the labelled positions of `batch` → [1]; None when
-/// nothing in it is labelled.
-pub fn next_token_nll_sum(model: &Llama, batch: &Batch) -> Option<Tensor<1>> {
-    let (at, targets) = scored_positions(&batch.labels);
-    if at.is_empty() {
-        return None;
-    }
-    let logits = model.logits_at(&batch.input_ids, &batch.attention_mask, &at);
-    Some(nll_sum(logits, targets))
-}
-
-/// Σ −log softmax(logits)[target] over the rows of logits [n, vocab] → [1].
-pub fn nll_sum(logits: Tensor<2>, targets: Vec<i64>) -> Tensor<1> {
-    let n = targets.len();
-    let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &logits.device());
-    log_softmax(logits, 1).gather(1, targets).sum().neg()
-}
-
-/// Flat positions (row · s + t) whose next label is scored, and those labels.
-pub fn scored_positions(labels: &[Vec<i64>]) -> (Vec<i64>, Vec<i64>) {
-    let (mut at, mut targets) = (Vec::new(), Vec::new());
-    for (r, row) in labels.iter().enumerate() {
-        for (t, &l) in row.iter().enumerate().skip(1) {
-            if l != IGNORE {
-                at.push((r * row.len() + t - 1) as i64);
-                targets.push(l);
-            }
-        }
-    }
-    (at, targets)
 }

@@ -7,25 +7,22 @@
 //! checkpointing cannot do this (DESIGN.md §3).
 //!
 //! Each adapter's dropout stream is rewound before its layer is recomputed, so the masks — and
-//! therefore the losses and gradients — are those of the plain path (`step::whole_graph_gradients`).
+//! therefore the losses and gradients — are those of the plain path (`autograd::whole_graph_gradients`).
 
 use burn::tensor::Tensor;
 
 use super::TrainError;
-use super::loss::{nll_sum, scored_positions};
-use super::step::{Gradients, gradients_of, release, sum, track};
+use super::autograd::{Gradients, gradients_of, release, sum, track};
+use super::cross_entropy::{nll_sum, scored_positions};
 use crate::data::batch::Batch;
+use crate::memory::LOGIT_CHUNK;
 use crate::model::adapters::adapter_factors;
+use crate::model::decoder::{Decoder, DecoderLayer};
 use crate::model::linear::Linear;
-use crate::model::llama::{DecoderLayer, Llama};
-
-/// Scored positions per head pass: 256 rows of SmolLM2's 49,152-word vocabulary are 50 MB per
-/// buffer, where a whole 4×256 batch's would be 200 MB.
-pub const LOGIT_CHUNK: usize = 256;
 
 /// `Objective::loss_and_gradients` for a decoder, recomputing each layer in backward.
 pub fn loss_and_gradients(
-    model: &mut Llama,
+    model: &mut Decoder,
     batch: &Batch,
     denominator: usize,
 ) -> Result<Option<Gradients>, TrainError> {
@@ -34,7 +31,7 @@ pub fn loss_and_gradients(
 
 /// [`loss_and_gradients`] with `logit_chunk` scored positions per head pass.
 pub fn loss_and_gradients_chunked(
-    model: &mut Llama,
+    model: &mut Decoder,
     batch: &Batch,
     denominator: usize,
     logit_chunk: usize,

@@ -5,9 +5,10 @@
 
 use burn::tensor::Tensor;
 
+use super::TrainError;
+use super::autograd::{Gradients, sum};
 use super::loss::Objective;
 use super::optim::{AdamW, clip_coefficient, global_norm};
-use super::{TrainError, scalar};
 use crate::data::batch::Batch;
 
 /// What one optimiser step did.
@@ -22,10 +23,6 @@ pub struct StepStats {
     /// Unpadded tokens processed.
     pub tokens: usize,
 }
-
-/// A micro-batch's share of the step's loss and the gradient of every trained tensor
-/// (`AdaptedModel::params_mut` order: A then B per adapter, then a classifier's head).
-pub type Gradients = (f64, Vec<Tensor<2>>);
 
 /// Accumulated loss and gradients of a step's micro-batches.
 pub fn accumulate_gradients(
@@ -46,60 +43,6 @@ pub fn accumulate_gradients(
         sums = sum(sums, grads);
     }
     Ok((total, sums))
-}
-
-/// Elementwise sums of two gradient lists; an empty list is zero.
-pub fn sum(a: Vec<Tensor<2>>, b: Vec<Tensor<2>>) -> Vec<Tensor<2>> {
-    if a.is_empty() {
-        return b;
-    }
-    a.into_iter().zip(b).map(|(a, b)| a + b).collect()
-}
-
-/// `Objective::loss_and_gradients` by one backward pass through the whole graph: every trained
-/// tensor becomes an autodiff leaf for the pass, and a plain tensor again after it.
-pub fn whole_graph_gradients(
-    model: &mut (impl Objective + ?Sized),
-    batch: &Batch,
-    denominator: usize,
-) -> Result<Option<Gradients>, TrainError> {
-    track(model.params_mut());
-    let result = match model.loss_sum(batch) {
-        None => Ok(None),
-        Some(loss) => {
-            let loss = loss.div_scalar(denominator as f64);
-            let grads = loss.backward();
-            gradients_of(model.params_mut(), &grads)
-                .and_then(|g| Ok(Some((scalar(loss.inner())?, g))))
-        }
-    };
-    release(model.params_mut());
-    result
-}
-
-/// Makes each tensor an autodiff leaf whose gradient is kept.
-pub fn track<'a>(params: impl IntoIterator<Item = (String, &'a mut Tensor<2>)>) {
-    for (_, t) in params {
-        *t = t.clone().inner().autodiff().require_grad();
-    }
-}
-
-/// Drops the tensors' autodiff association (the graph of a finished pass goes with it).
-pub fn release<'a>(params: impl IntoIterator<Item = (String, &'a mut Tensor<2>)>) {
-    for (_, t) in params {
-        *t = t.clone().inner();
-    }
-}
-
-/// The gradient of each tracked tensor in `grads`.
-pub fn gradients_of<'a>(
-    params: impl IntoIterator<Item = (String, &'a mut Tensor<2>)>,
-    grads: &burn::tensor::Gradients,
-) -> Result<Vec<Tensor<2>>, TrainError> {
-    params
-        .into_iter()
-        .map(|(key, t)| t.grad(grads).ok_or(TrainError::MissingGradient(key)))
-        .collect()
 }
 
 /// One full optimiser step at learning rate `lr`.

@@ -3,26 +3,24 @@
 //! end, metrics per step, an indicatif bar. Resuming loads a checkpoint and continues at its
 //! step with the same batches, learning rates and dropout draws as the uninterrupted run.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::TrainError;
 use super::checkpoint::{self, TrainerState};
-use super::classes::ClassMetrics;
+use super::evaluate::{Eval, evaluate};
 use super::loss::Objective;
 use super::metrics::{MetricsLog, StepRecord};
 use super::optim::{AdamW, AdamWConfig};
+use super::progress::Progress;
 use super::schedule::LrSchedule;
-use super::step::StepStats;
-use super::step::train_step;
-use super::{TrainError, scalar};
+use super::step::{StepStats, train_step};
 use crate::data::dataset::Dataset;
-use crate::export::peft::ClassMap;
-use crate::lora::peft_config::PeftConfig;
-use crate::model::adapters::host;
+use crate::peft::config::PeftConfig;
+use crate::peft::folder::ClassMap;
+use crate::plan::{Plan, Stop, Warmup};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -43,6 +41,53 @@ pub struct Settings {
     pub progress: bool,
     /// Skip (no update) a step whose loss or gradient is non-finite instead of stopping.
     pub skip_nonfinite: bool,
+}
+
+impl Settings {
+    /// The recipe's training settings for `train` (epochs become steps, a warmup ratio becomes
+    /// steps as transformers rounds it). `peft_config` makes each checkpoint a PEFT folder;
+    /// `class_map` is a classifier's.
+    pub fn from_plan(
+        plan: &Plan,
+        train: &Dataset,
+        peft_config: Option<PeftConfig>,
+        class_map: Option<ClassMap>,
+    ) -> Self {
+        let t = &plan.train;
+        let (batch_size, grad_accum) = (t.batch_size as usize, t.grad_accum as usize);
+        let total_steps = match plan.stop {
+            Stop::MaxSteps(n) => u64::from(n),
+            Stop::Epochs(e) => steps_for_epochs(train, batch_size, grad_accum, e),
+        };
+        let warmup_steps = match plan.warmup {
+            Warmup::Steps(n) => u64::from(n),
+            Warmup::Ratio(r) => (r * total_steps as f64).ceil() as u64,
+        };
+        Self {
+            schedule: LrSchedule {
+                kind: t.schedule,
+                peak: t.lr,
+                warmup_steps,
+                total_steps,
+            },
+            adamw: AdamWConfig {
+                betas: t.betas,
+                eps: t.eps,
+                weight_decay: t.weight_decay,
+            },
+            batch_size,
+            grad_accum,
+            max_grad_norm: t.max_grad_norm,
+            seed: t.seed,
+            eval_every: t.eval_every.map(u64::from),
+            checkpoint_every: t.checkpoint_every.map(u64::from),
+            out_dir: plan.out_dir.clone(),
+            peft_config,
+            class_map,
+            progress: true,
+            skip_nonfinite: t.skip_nonfinite,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -72,103 +117,10 @@ pub struct SkippedStep {
     pub rows: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Eval {
-    pub loss: f64,
-    pub perplexity: f64,
-    /// A classifier's accuracy, F1 and confusion matrix.
-    pub classes: Option<ClassMetrics>,
-}
-
-impl Eval {
-    /// One line: loss and perplexity, or loss, accuracy and macro-F1 for a classifier.
-    pub fn brief(&self) -> String {
-        match &self.classes {
-            Some(c) => format!(
-                "loss {:.4}, accuracy {:.4}, macro-F1 {:.4}",
-                self.loss, c.accuracy, c.macro_f1
-            ),
-            None => format!("loss {:.4}, perplexity {:.2}", self.loss, self.perplexity),
-        }
-    }
-}
-
 /// Steps needed for `epochs` passes over `train`.
 pub fn steps_for_epochs(train: &Dataset, batch_size: usize, grad_accum: usize, epochs: f64) -> u64 {
     let micro = (train.batches_per_epoch(batch_size) as f64 * epochs).ceil() as u64;
     micro.div_ceil(grad_accum as u64).max(1)
-}
-
-/// Mean loss over every target of `data` (labelled tokens, or rows for a classifier, whose
-/// predictions are scored too), dropout off, no autodiff.
-pub fn evaluate(
-    model: &mut impl Objective,
-    data: &Dataset,
-    batch_size: usize,
-) -> anyhow::Result<Eval> {
-    let (sum, targets, predictions) = score(model, data, batch_size)?;
-    let loss = sum / targets.max(1) as f64;
-    let classes = model.labels().map(|labels| {
-        let pairs: Vec<(u32, u32)> = predictions.iter().map(|p| (p.gold, p.predicted)).collect();
-        ClassMetrics::new(labels, &pairs)
-    });
-    Ok(Eval {
-        loss,
-        perplexity: loss.exp(),
-        classes,
-    })
-}
-
-/// One classified row: its gold class, the predicted one and the class probabilities.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Prediction {
-    pub gold: u32,
-    pub predicted: u32,
-    pub probabilities: Vec<f64>,
-}
-
-/// The loss sum, the targets it is over, and (classifiers) every row's prediction, in order.
-pub fn score(
-    model: &mut impl Objective,
-    data: &Dataset,
-    batch_size: usize,
-) -> anyhow::Result<(f64, usize, Vec<Prediction>)> {
-    model.set_training(false);
-    let (mut sum, mut targets, mut predictions) = (0.0, 0usize, Vec::new());
-    for batch in data.in_order(batch_size) {
-        match model.class_logits(&batch) {
-            Some(logits) => {
-                let logits = host(&logits)?;
-                let n = logits.shape[1];
-                for (row, &gold) in logits.values.chunks(n).zip(&batch.classes) {
-                    let p = softmax(row);
-                    sum -= p[gold as usize].ln();
-                    let predicted = (0..n).fold(0, |best, c| if p[c] > p[best] { c } else { best });
-                    predictions.push(Prediction {
-                        gold,
-                        predicted: predicted as u32,
-                        probabilities: p,
-                    });
-                }
-            }
-            None => {
-                if let Some(nll) = model.loss_sum(&batch) {
-                    sum += scalar(nll)?;
-                }
-            }
-        }
-        targets += batch.loss_tokens();
-    }
-    model.set_training(true);
-    Ok((sum, targets, predictions))
-}
-
-/// softmax in f64 (max-subtracted).
-fn softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().fold(f32::MIN, |m, &v| m.max(v)) as f64;
-    let exp: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
-    let total: f64 = exp.iter().sum();
-    exp.into_iter().map(|e| e / total).collect()
 }
 
 /// Trains `model`'s adapters on `train`; `resume` is a checkpoint or run directory.
@@ -195,6 +147,7 @@ pub fn train(
         tokens: 0,
     };
     let mut optimizer = AdamW::new(s.adamw);
+    let mut resumed = None;
     if let Some(dir) = resume {
         let dir = checkpoint::find(dir)?;
         let saved = checkpoint::load(&dir, model, &mut optimizer)
@@ -202,18 +155,25 @@ pub fn train(
         if let Some(why) = saved.mismatch(&state) {
             anyhow::bail!("cannot resume from {}: {why}", dir.display());
         }
-        println!("resume: {} (step {} of {total})", dir.display(), saved.step);
+        resumed = Some(format!(
+            "resume: {} (step {} of {total})",
+            dir.display(),
+            saved.step
+        ));
         state = saved;
     }
     let first_step = state.step;
     let mut metrics = MetricsLog::open(&s.out_dir, first_step)
         .with_context(|| format!("writing {}/metrics.jsonl", s.out_dir.display()))?;
-    let bar = progress_bar(total, first_step, s.progress);
+    let progress = Progress::new(total, first_step, s.progress);
+    if let Some(line) = resumed {
+        progress.always(line);
+    }
     model.set_training(true);
     let eval_before = match eval.filter(|_| first_step == 0) {
         Some(data) => {
             let e = evaluate(model, data, s.batch_size)?;
-            say(&bar, s.progress, format!("step 0: eval {}", e.brief()));
+            progress.say(format!("step 0: eval {}", e.brief()));
             Some(e)
         }
         None => None,
@@ -250,15 +210,11 @@ pub fn train(
             Err(TrainError::NonFinite { loss, grad_norm }) if s.skip_nonfinite => {
                 // No update was applied: the adapters and optimiser are as before the step.
                 let rows = rows();
-                say(
-                    &bar,
-                    true,
-                    format!(
+                progress.always(format!(
                         "step {}: skipped, non-finite loss {loss} / gradient norm {grad_norm} (rows {})",
                         step + 1,
-                        rows.join(", ")
-                    ),
-                );
+                    rows.join(", ")
+                ));
                 skipped.push(SkippedStep {
                     step: step + 1,
                     rows,
@@ -308,11 +264,7 @@ pub fn train(
         let due = |every: Option<u64>| every.is_some_and(|n| n > 0 && state.step.is_multiple_of(n));
         if let Some(eval) = eval.filter(|_| due(s.eval_every) || state.step == total) {
             let e = evaluate(model, eval, s.batch_size)?;
-            say(
-                &bar,
-                s.progress,
-                format!("step {}: eval {}", state.step, e.brief()),
-            );
+            progress.say(format!("step {}: eval {}", state.step, e.brief()));
             record.eval_loss = Some(e.loss);
             record.eval_perplexity = Some(e.perplexity);
             record.eval_classes = e.classes.clone();
@@ -324,12 +276,7 @@ pub fn train(
             lr,
             run_tokens as f64 / started.elapsed().as_secs_f64()
         );
-        // Without a terminal the bar is hidden: log about 50 lines per run instead.
-        if s.progress && bar.is_hidden() && state.step.is_multiple_of(total.div_ceil(50).max(1)) {
-            println!("step {}/{total}: {line}", state.step);
-        }
-        bar.set_message(line);
-        bar.set_position(state.step);
+        progress.step(state.step, line);
         metrics.append(record)?;
         let stop = super::interrupt::requested();
         if due(s.checkpoint_every) || state.step == total || stop {
@@ -347,7 +294,7 @@ pub fn train(
             break;
         }
     }
-    bar.finish_and_clear();
+    progress.finish();
     model.set_training(false);
     let plot = metrics.write_svg(&format!("loss — {}", s.out_dir.display()))?;
     Ok(Summary {
@@ -365,33 +312,4 @@ pub fn train(
         metrics: metrics.path,
         plot,
     })
-}
-
-/// A line above the bar, or on stdout when the bar is hidden (not a terminal).
-fn say(bar: &ProgressBar, progress: bool, line: String) {
-    if !progress {
-        return;
-    }
-    if bar.is_hidden() {
-        println!("{line}");
-    } else {
-        bar.println(line);
-    }
-}
-
-fn progress_bar(total: u64, at: u64, visible: bool) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(
-        Some(total),
-        if visible && std::io::stderr().is_terminal() {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        },
-    );
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}")
-            .expect("static template"),
-    );
-    bar.set_position(at);
-    bar
 }

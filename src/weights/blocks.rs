@@ -10,8 +10,11 @@
 
 use half::f16;
 
-use super::gguf::{GgmlType, GgufFile};
-use super::gguf_names::{hf_name, unpermute_rows};
+use super::WeightsError;
+use super::ggml_type::GgmlType;
+use super::gguf::GgufFile;
+use super::gguf::GgufTensor;
+use super::gguf_names::{hf_name, permuted_with, unpermute_rows};
 
 pub const BLOCK: usize = 32;
 
@@ -208,4 +211,32 @@ pub fn kept_bytes(file: &GgufFile, keep: impl Fn(&str) -> bool) -> (u64, u64) {
             BlockFormat::of(t.ggml_type).map(|f| (n * 4, f.packed_bytes(n)))
         })
         .fold((0, 0), |(a, b), (x, y)| (a + x, b + y))
+}
+
+/// `tensor` kept in its blocks, in the HF basis (name, [rows, cols], Q/K rows un-permuted);
+/// None when it is not a matrix in a format [`BlockFormat`] keeps.
+pub fn hf_blocks(
+    file: &GgufFile,
+    tensor: &GgufTensor,
+) -> Result<Option<(String, BlockMatrix)>, WeightsError> {
+    let (Some(name), Some(format), &[cols, rows]) = (
+        hf_name(&tensor.name),
+        BlockFormat::of(tensor.ggml_type),
+        tensor.dims.as_slice(),
+    ) else {
+        return Ok(None);
+    };
+    let fail =
+        |e: String| WeightsError::format(&file.path, format!("tensor `{}`: {e}", tensor.name));
+    let mut blocks = BlockMatrix::from_ggml(
+        format,
+        file.tensor_bytes(tensor),
+        rows as usize,
+        cols as usize,
+    )
+    .map_err(fail)?;
+    if let Some(h) = permuted_with(file, tensor)? {
+        blocks = blocks.unpermute_rows(h).map_err(fail)?;
+    }
+    Ok(Some((name, blocks)))
 }

@@ -5,7 +5,7 @@
 
 use half::f16;
 
-use super::gguf::GgmlType;
+use super::ggml_type::GgmlType;
 
 const QK_K: usize = 256;
 

@@ -4,7 +4,6 @@
 //! its adapters live in the HF basis; the GGUF LoRA exporter permutes back.
 
 use super::WeightsError;
-use super::blocks::{BlockFormat, BlockMatrix};
 use super::gguf::{GgufFile, GgufTensor};
 
 /// A GGUF tensor as an HF checkpoint holds it.
@@ -37,36 +36,8 @@ pub fn hf_tensor(file: &GgufFile, tensor: &GgufTensor) -> Result<Option<HfTensor
     }))
 }
 
-/// `tensor` kept in its blocks, in the HF basis (name, [rows, cols], Q/K rows un-permuted);
-/// None when it is not a matrix in a format [`BlockFormat`] keeps.
-pub fn hf_blocks(
-    file: &GgufFile,
-    tensor: &GgufTensor,
-) -> Result<Option<(String, BlockMatrix)>, WeightsError> {
-    let (Some(name), Some(format), &[cols, rows]) = (
-        hf_name(&tensor.name),
-        BlockFormat::of(tensor.ggml_type),
-        tensor.dims.as_slice(),
-    ) else {
-        return Ok(None);
-    };
-    let fail =
-        |e: String| WeightsError::format(&file.path, format!("tensor `{}`: {e}", tensor.name));
-    let mut blocks = BlockMatrix::from_ggml(
-        format,
-        file.tensor_bytes(tensor),
-        rows as usize,
-        cols as usize,
-    )
-    .map_err(fail)?;
-    if let Some(h) = permuted_with(file, tensor)? {
-        blocks = blocks.unpermute_rows(h).map_err(fail)?;
-    }
-    Ok(Some((name, blocks)))
-}
-
 /// The head count `tensor`'s rows were permuted with: Q/K of a `llama` file; None otherwise.
-fn permuted_with(file: &GgufFile, tensor: &GgufTensor) -> Result<Option<usize>, WeightsError> {
+pub fn permuted_with(file: &GgufFile, tensor: &GgufTensor) -> Result<Option<usize>, WeightsError> {
     let arch = file
         .get("general.architecture")
         .and_then(|v| v.as_str())

@@ -11,19 +11,42 @@ use std::path::Path;
 use half::{bf16, f16};
 
 use super::gguf::MetaValue;
+use crate::dtype::Dtype;
 
 const ALIGNMENT: usize = 32;
 
-/// Element type of written tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Element type of written tensors: the float [`Dtype`]s and GGUF's own Q8_0 blocks (so also what
+/// `export --dtype` takes: every format takes the floats, GGUF also q8_0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TensorType {
     F32,
     F16,
     Bf16,
+    #[value(name = "q8_0")]
     Q8_0,
 }
 
+impl From<Dtype> for TensorType {
+    fn from(dtype: Dtype) -> Self {
+        match dtype {
+            Dtype::F32 => Self::F32,
+            Dtype::Bf16 => Self::Bf16,
+            Dtype::F16 => Self::F16,
+        }
+    }
+}
+
 impl TensorType {
+    /// The float dtype this is; None for Q8_0, which only GGUF stores.
+    pub fn float(self) -> Option<Dtype> {
+        match self {
+            Self::F32 => Some(Dtype::F32),
+            Self::Bf16 => Some(Dtype::Bf16),
+            Self::F16 => Some(Dtype::F16),
+            Self::Q8_0 => None,
+        }
+    }
+
     fn ggml_id(self) -> u32 {
         match self {
             Self::F32 => 0,

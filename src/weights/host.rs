@@ -7,37 +7,23 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::{Dtype as StDtype, SafeTensors};
 
 use super::WeightsError;
 use super::blocks::BlockMatrix;
+use super::blocks::hf_blocks;
 use super::gguf::{GgufFile, GgufTensor};
-use super::gguf_names::{hf_blocks, hf_tensor};
+use super::gguf_names::hf_tensor;
 use super::safetensors::{StFile, open_dir};
+use super::tensor::HostTensor;
+use crate::dtype::Dtype;
 
-/// Row-major values and their shape (PyTorch order).
-#[derive(Debug, Clone)]
-pub struct HostTensor {
-    pub shape: Vec<usize>,
-    pub values: Vec<f32>,
-}
-
-/// A frozen matrix as the model receives it: values to store in `Storage`, or a GGUF matrix
+/// A frozen matrix as the model receives it: values to store in a [`Dtype`], or a GGUF matrix
 /// kept in its blocks.
 #[derive(Debug, Clone)]
 pub enum FrozenMatrix {
-    Dense(HostTensor, Storage),
+    Dense(HostTensor, Dtype),
     Blocks(BlockMatrix),
-}
-
-/// How the model stores frozen linear weights that are not kept in blocks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Storage {
-    #[default]
-    F32,
-    /// Rounded to bf16 (f16) at load, widened to f32 per use.
-    Bf16,
-    F16,
 }
 
 /// Tensors not yet taken by the model, and where they came from (for messages).
@@ -47,7 +33,7 @@ pub struct HostTensors {
     /// GGUF matrices kept in their blocks (`read_keeping_blocks`); `take` dequantises them.
     blocks: BTreeMap<String, BlockMatrix>,
     /// What `take_frozen` asks the model to store dense matrices as.
-    storage: Storage,
+    storage: Dtype,
 }
 
 impl HostTensors {
@@ -62,7 +48,7 @@ impl HostTensors {
             origin: path.into(),
             tensors,
             blocks: BTreeMap::new(),
-            storage: Storage::F32,
+            storage: Dtype::F32,
         })
     }
 
@@ -85,7 +71,7 @@ impl HostTensors {
             origin: path.into(),
             tensors,
             blocks,
-            storage: Storage::F32,
+            storage: Dtype::F32,
         })
     }
 
@@ -111,7 +97,7 @@ impl HostTensors {
     }
 
     /// Frozen matrices `take_frozen` hands over dense are to be stored as `storage`.
-    pub fn storing_frozen_as(self, storage: Storage) -> Self {
+    pub fn storing_frozen_as(self, storage: Dtype) -> Self {
         Self { storage, ..self }
     }
 
@@ -232,20 +218,20 @@ fn read_safetensors(file: &StFile, visit: &mut Visit) -> Result<(), WeightsError
     for (name, view) in st.iter() {
         let bytes = view.data();
         let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes
+            StDtype::F32 => bytes
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect(),
-            Dtype::F16 => bytes
+            StDtype::F16 => bytes
                 .chunks_exact(2)
                 .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
-            Dtype::BF16 => bytes
+            StDtype::BF16 => bytes
                 .chunks_exact(2)
                 .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
             // Integer buffers (BERT's position_ids) are not weights.
-            Dtype::I64 | Dtype::I32 => continue,
+            StDtype::I64 | StDtype::I32 => continue,
             other => {
                 return Err(WeightsError::format(
                     &file.path,

@@ -4,11 +4,13 @@
 
 pub mod blocks;
 pub mod dequant;
+pub mod ggml_type;
 pub mod gguf;
 pub mod gguf_names;
 pub mod gguf_writer;
 pub mod host;
 pub mod safetensors;
+pub mod tensor;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};

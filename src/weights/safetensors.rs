@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use safetensors::tensor::TensorView;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::{Dtype as StDtype, SafeTensors};
 
 use super::WeightsError;
-use super::host::HostTensor;
+use super::tensor::HostTensor;
+use crate::dtype::Dtype;
 
 /// One tensor's header entry; `shape` is row-major, outermost first (PyTorch order).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,23 +149,22 @@ pub fn natural_key(name: &str) -> Vec<(u64, String)> {
 }
 
 /// Row-major f32 values as `dtype` bytes (little-endian), with the safetensors dtype tag.
-pub fn encode(values: &[f32], dtype: crate::recipe::Dtype) -> (Dtype, Vec<u8>) {
-    use crate::recipe::Dtype as D;
+pub fn encode(values: &[f32], dtype: Dtype) -> (StDtype, Vec<u8>) {
     use half::{bf16, f16};
     match dtype {
-        D::F32 => (
-            Dtype::F32,
+        Dtype::F32 => (
+            StDtype::F32,
             values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         ),
-        D::Bf16 => (
-            Dtype::BF16,
+        Dtype::Bf16 => (
+            StDtype::BF16,
             values
                 .iter()
                 .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
                 .collect(),
         ),
-        D::F16 => (
-            Dtype::F16,
+        Dtype::F16 => (
+            StDtype::F16,
             values
                 .iter()
                 .flat_map(|v| f16::from_f32(*v).to_le_bytes())
@@ -178,10 +178,10 @@ pub fn encode(values: &[f32], dtype: crate::recipe::Dtype) -> (Dtype, Vec<u8>) {
 pub fn write(
     path: &Path,
     tensors: &[(String, HostTensor)],
-    dtype: crate::recipe::Dtype,
+    dtype: Dtype,
     metadata: &[(&str, &str)],
 ) -> Result<(), WeightsError> {
-    let bytes: Vec<(String, Dtype, Vec<u8>, Vec<usize>)> = tensors
+    let bytes: Vec<(String, StDtype, Vec<u8>, Vec<usize>)> = tensors
         .iter()
         .map(|(name, t)| {
             let (tag, raw) = encode(&t.values, dtype);

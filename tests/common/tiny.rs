@@ -3,7 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses the part it needs
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
 use lora_tune::data::batch::{Batch, IGNORE};
@@ -11,8 +11,7 @@ use lora_tune::data::encode::Encoded;
 use lora_tune::device::{DeviceChoice, select};
 use lora_tune::lora::targets::select as select_targets;
 use lora_tune::model::adapters::{AdaptedModel, host};
-use lora_tune::model::config::LlamaConfig;
-use lora_tune::model::llama::Llama;
+use lora_tune::model::decoder::Decoder;
 use lora_tune::recipe::LoraSection;
 use lora_tune::recipe::Schedule;
 use lora_tune::train::optim::{AdamW, AdamWConfig};
@@ -20,20 +19,16 @@ use lora_tune::train::schedule::LrSchedule;
 use lora_tune::train::step::train_step;
 use lora_tune::weights::host::HostTensors;
 
-pub fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(rel)
-}
+pub use super::fixture;
 
-pub fn base() -> Llama {
+pub fn base() -> Decoder {
     base_on(&select(DeviceChoice::Cpu).unwrap().device)
 }
 
-pub fn base_on(device: &Device) -> Llama {
+pub fn base_on(device: &Device) -> Decoder {
     let dir = fixture("llama/tiny-llama");
-    let config = LlamaConfig::from_json_file(&dir.join("config.json")).unwrap();
-    Llama::load(config, HostTensors::read(&dir).unwrap(), device).unwrap()
+    let config = lora_tune::model::read_decoder_config(&dir.join("config.json")).unwrap();
+    Decoder::load(config, HostTensors::read(&dir).unwrap(), device).unwrap()
 }
 
 /// The adapters of every tiny LoRA fixture (tools/reference/lora_train.py): r=4, α=8, no dropout,
@@ -48,18 +43,18 @@ pub fn lora() -> LoraSection {
 }
 
 /// The base on `device` with [`lora`] adapters holding the A/B of `file` (PEFT key names).
-pub fn adapted_on(file: &Path, device: &Device) -> Llama {
+pub fn adapted_on(file: &Path, device: &Device) -> Decoder {
     let mut model = with_adapters_on(&lora(), 0, device);
     model.load_adapter_weights(file).unwrap();
     model
 }
 
 /// The base with fresh adapters as `lora` describes, initialised from `seed`.
-pub fn with_adapters(lora: &LoraSection, seed: u64) -> Llama {
+pub fn with_adapters(lora: &LoraSection, seed: u64) -> Decoder {
     with_adapters_on(lora, seed, &select(DeviceChoice::Cpu).unwrap().device)
 }
 
-pub fn with_adapters_on(lora: &LoraSection, seed: u64, device: &Device) -> Llama {
+pub fn with_adapters_on(lora: &LoraSection, seed: u64, device: &Device) -> Decoder {
     let mut model = base_on(device);
     let adapted = select_targets(&model.config.linear_sites(), lora).unwrap();
     model.attach_adapters(&adapted, lora, seed).unwrap();
@@ -84,7 +79,7 @@ pub fn first_batch() -> (Vec<Vec<u32>>, Vec<Vec<u8>>) {
 
 /// `model`'s logits on the first batch equal PEFT's adapted logits (tools/reference/
 /// peft_export.py) to ≤1e-4; prints the figure under `what`.
-pub fn assert_peft_logits(model: &Llama, what: &str) {
+pub fn assert_peft_logits(model: &Decoder, what: &str) {
     let (ids, mask) = first_batch();
     let got = host(&model.forward(&ids, &mask)).unwrap().values;
     let want = HostTensors::read(&fixture("lora/peft/logits.safetensors"))

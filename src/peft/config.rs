@@ -9,8 +9,17 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
-use super::targets::Adapted;
+use crate::lora::targets::Adapted;
 use crate::recipe::{LoraInit, LoraSection, Targets};
+
+/// Why an `adapter_config.json` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} is not supported by lora-tune's adapters")]
+    Unsupported(String),
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeftConfig {
@@ -144,13 +153,14 @@ impl PeftConfig {
         serde_json::to_string_pretty(self).expect("plain data serialises") + "\n"
     }
 
-    pub fn from_json(text: &str) -> Result<Self, String> {
-        serde_json::from_str(text).map_err(|e| e.to_string())
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        serde_json::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
     /// The `[lora]` section that rebuilds these adapters, or why our adapters cannot.
-    pub fn lora_section(&self) -> Result<LoraSection, String> {
-        let refuse = |what: &str| Err(format!("{what} is not supported by lora-tune's adapters"));
+    pub fn lora_section(&self) -> Result<LoraSection, ConfigError> {
+        let refuse = |what: &str| Err(ConfigError::Unsupported(what.to_string()));
+        let invalid = |what: &str| ConfigError::Invalid(what.to_string());
         if self.peft_type != "LORA" {
             return refuse(&format!("peft_type {:?}", self.peft_type));
         }
@@ -186,31 +196,35 @@ impl PeftConfig {
                     .map(|n| {
                         n.as_str()
                             .map(str::to_string)
-                            .ok_or("target_modules: names must be strings")
+                            .ok_or_else(|| invalid("target_modules: names must be strings"))
                     })
                     .collect::<Result<_, _>>()?,
             ),
             other => {
-                return Err(format!(
+                return Err(invalid(&format!(
                     "target_modules: expected a list or a string, got {other}"
-                ));
+                )));
             }
         };
         let layers = match &self.layers_to_transform {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => Some(vec![
-                n.as_u64().ok_or("layers_to_transform: not an index")? as u32,
+                n.as_u64()
+                    .ok_or_else(|| invalid("layers_to_transform: not an index"))?
+                    as u32,
             ]),
             Some(Value::Array(v)) => Some(
                 v.iter()
                     .map(|n| {
                         n.as_u64()
                             .map(|n| n as u32)
-                            .ok_or("layers_to_transform: not an index")
+                            .ok_or_else(|| invalid("layers_to_transform: not an index"))
                     })
                     .collect::<Result<_, _>>()?,
             ),
-            Some(other) => return Err(format!("layers_to_transform: unexpected {other}")),
+            Some(other) => {
+                return Err(invalid(&format!("layers_to_transform: unexpected {other}")));
+            }
         };
         Ok(LoraSection {
             rank: self.r,

@@ -1,7 +1,7 @@
-//! The decoder's shape, from an HF `config.json` or a GGUF file's `<arch>.*` metadata, resolved
-//! into one runtime [`LlamaConfig`]. Field names follow config.json. transformers 5 writes RoPE
-//! settings under `rope_parameters`, older files use top-level `rope_theta` / `rope_scaling`:
-//! both are read (DESIGN.md §6 — a reader of only one silently uses theta 10000).
+//! The shape of a Llama-family decoder, one runtime [`LlamaConfig`] whichever family file
+//! (`llama`, `mistral`, `qwen2`) read its config.json; and the same read from a GGUF file's
+//! `<arch>.*` metadata. Field names follow config.json. Also what the shape implies: the linear
+//! layers LoRA may target, the parameter count, llama.cpp's architecture name.
 
 use std::path::Path;
 
@@ -20,8 +20,18 @@ pub struct Llama3Scaling {
     pub original_max_position_embeddings: f64,
 }
 
+/// Sequences longer than a model's sliding window, which is not computed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the model's sliding_window = {window} is shorter than {what}: attention limited to a window is not implemented (sequences up to {window} positions attend exactly as the model does); use at most {window} positions"
+)]
+pub struct WindowTooShort {
+    window: usize,
+    what: String,
+}
+
 #[derive(Debug, Clone, PartialEq)]
-pub struct LlamaConfig {
+pub struct DecoderConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -36,85 +46,13 @@ pub struct LlamaConfig {
     pub tie_word_embeddings: bool,
     /// q/k/v projections carry biases (Qwen2; Llama with `attention_bias`).
     pub qkv_bias: bool,
+    /// Attention reaches back at most this many positions (Mistral's `sliding_window`, Qwen2's
+    /// with `use_sliding_window`). Not computed: a sequence this long or shorter attends
+    /// exactly as with full causal attention, and longer ones are refused (`prepare`, `generate`).
+    pub sliding_window: Option<usize>,
 }
 
-/// config.json as written (only the fields we use; the rest is ignored, as transformers does).
-#[derive(Deserialize)]
-struct RawConfig {
-    model_type: Option<String>,
-    vocab_size: usize,
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    num_key_value_heads: Option<usize>,
-    head_dim: Option<usize>,
-    rms_norm_eps: Option<f64>,
-    rope_theta: Option<f64>,
-    rope_scaling: Option<serde_json::Value>,
-    rope_parameters: Option<serde_json::Value>,
-    max_position_embeddings: Option<usize>,
-    tie_word_embeddings: Option<bool>,
-    attention_bias: Option<bool>,
-}
-
-impl LlamaConfig {
-    /// Reads `config.json` of an HF model directory (Llama, Mistral, Qwen2, SmolLM families).
-    pub fn from_json_file(path: &Path) -> Result<Self, WeightsError> {
-        let err = |detail: String| WeightsError::format(path, detail);
-        let text = std::fs::read_to_string(path).map_err(|source| WeightsError::Io {
-            path: path.into(),
-            source,
-        })?;
-        let raw: RawConfig = serde_json::from_str(&text)
-            .map_err(|e| err(format!("not a Llama-family config: {e}")))?;
-        let model_type = raw.model_type.as_deref().unwrap_or("llama");
-        if !matches!(model_type, "llama" | "mistral" | "qwen2") {
-            return Err(err(format!(
-                "model_type `{model_type}` is not a Llama-family decoder (llama, mistral, qwen2)"
-            )));
-        }
-        // rope_parameters (transformers 5) wins over the older top-level fields.
-        let rope = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
-        let rope_theta = rope
-            .and_then(|r| r.get("rope_theta"))
-            .and_then(serde_json::Value::as_f64)
-            .or(raw.rope_theta)
-            .unwrap_or(10_000.0);
-        let rope_type = rope
-            .and_then(|r| r.get("rope_type").or(r.get("type")))
-            .and_then(|t| t.as_str());
-        let rope_llama3 = match rope_type {
-            None | Some("default") => None,
-            Some("llama3") => Some(
-                serde_json::from_value(rope.cloned().unwrap_or_default())
-                    .map_err(|e| err(format!("llama3 rope scaling: {e}")))?,
-            ),
-            Some(other) => {
-                return Err(err(format!(
-                    "rope_type `{other}` is not supported (default, llama3 are)"
-                )));
-            }
-        };
-        let heads = raw.num_attention_heads;
-        Ok(Self {
-            vocab_size: raw.vocab_size,
-            hidden_size: raw.hidden_size,
-            intermediate_size: raw.intermediate_size,
-            num_hidden_layers: raw.num_hidden_layers,
-            num_attention_heads: heads,
-            num_key_value_heads: raw.num_key_value_heads.unwrap_or(heads),
-            head_dim: raw.head_dim.unwrap_or(raw.hidden_size / heads.max(1)),
-            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta,
-            rope_llama3,
-            max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
-            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
-            qkv_bias: model_type == "qwen2" || raw.attention_bias.unwrap_or(false),
-        })
-        .and_then(|c: Self| c.validated(path))
-    }
-
+impl DecoderConfig {
     /// Reads the `llama` or `qwen2` metadata of a GGUF file, as transformers maps it.
     pub fn from_gguf(file: &GgufFile) -> Result<Self, WeightsError> {
         let err = |detail: String| WeightsError::format(&file.path, detail);
@@ -164,6 +102,7 @@ impl LlamaConfig {
             max_position_embeddings: int("context_length").unwrap_or(2048),
             tie_word_embeddings: !has("output.weight"),
             qkv_bias: has("blk.0.attn_q.bias"),
+            sliding_window: None,
         })
         .and_then(|c: Self| c.validated(&file.path))
     }
@@ -240,7 +179,19 @@ impl LlamaConfig {
         (self.vocab_size * h + linear + biases + norms + head) as u64
     }
 
-    fn validated(self, path: &Path) -> Result<Self, WeightsError> {
+    /// Refuses sequences of `len` positions that a sliding window would cut short (`what` names
+    /// where the length comes from, e.g. `data.max_len = 8192`).
+    pub fn check_window(&self, len: usize, what: &str) -> Result<(), WindowTooShort> {
+        match self.sliding_window {
+            Some(window) if len > window => Err(WindowTooShort {
+                window,
+                what: what.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn validated(self, path: &Path) -> Result<Self, WeightsError> {
         let heads_ok = self.num_attention_heads > 0
             && self.num_key_value_heads > 0
             && self

@@ -1,18 +1,17 @@
-//! The PEFT adapter folder — `adapter_config.json` + `adapter_model.safetensors` (f32, PEFT key
-//! names, f32/bf16/f16, `{"format": "pt"}` metadata) + a README model card — as `save_pretrained` writes it, so
-//! PEFT, vLLM, TGI and LoRAX load it as it is; and the same folder read back onto a base model
-//! (`generate --adapter`, `eval --adapter`, `lora.init_from`, checkpoints). Every file is
-//! written atomically (temp + fsync + rename): a crash leaves the old file or the new one.
+//! The PEFT adapter folder — `adapter_config.json` + `adapter_model.safetensors` (PEFT key
+//! names, f32/bf16/f16, `{"format": "pt"}` metadata) + a README model card, and a classifier's
+//! `classifier.json` — as `save_pretrained` writes it, so PEFT, vLLM, TGI and LoRAX load it as it
+//! is; and its config read back (`model::adapters` puts a folder's tensors on a model). Every
+//! file is written atomically (temp + fsync + rename): a crash leaves the old file or the new one.
 
 use std::path::{Path, PathBuf};
 
-use crate::lora::peft_config::PeftConfig;
-use crate::lora::targets::{self, LinearSite};
-use crate::model::adapters::AdaptedModel;
-use crate::recipe::{Dtype, Pooling};
+use super::config::{ConfigError, PeftConfig};
+use crate::dtype::Dtype;
+use crate::recipe::{LoraSection, Pooling};
 use crate::weights::WeightsError;
-use crate::weights::host::HostTensor;
 use crate::weights::safetensors;
+use crate::weights::tensor::HostTensor;
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -31,6 +30,8 @@ pub enum PeftError {
     },
     #[error("{}: {detail}", path.display())]
     Invalid { path: PathBuf, detail: String },
+    #[error("{}: {source}", path.display())]
+    Config { path: PathBuf, source: ConfigError },
 }
 
 /// Writes `adapters` (PEFT keys) in `dtype` with `config` (and a model card) into `dir`.
@@ -135,25 +136,16 @@ pub fn read_config(dir: &Path) -> Result<PeftConfig, PeftError> {
         path: path.clone(),
         source,
     })?;
-    PeftConfig::from_json(&text).map_err(|detail| PeftError::Invalid { path, detail })
+    PeftConfig::from_json(&text).map_err(|source| PeftError::Config { path, source })
 }
 
-/// Puts the adapters of the PEFT folder `dir` on `model` (which must have none yet; `sites` are
-/// its linear layers): the layers its config targets, with its ranks and scales, and its trained
-/// A/B (and a classifier's head).
-pub fn apply(
-    model: &mut impl AdaptedModel,
-    sites: &[LinearSite],
-    dir: &Path,
-) -> Result<PeftConfig, PeftError> {
+/// The config of the PEFT folder `dir` and the `[lora]` section that rebuilds its adapters; an
+/// error when lora-tune's adapters cannot represent them.
+pub fn read_lora(dir: &Path) -> Result<(PeftConfig, LoraSection), PeftError> {
     let config = read_config(dir)?;
-    let invalid = |detail: String| PeftError::Invalid {
+    let lora = config.lora_section().map_err(|source| PeftError::Config {
         path: dir.join(CONFIG_FILE),
-        detail,
-    };
-    let lora = config.lora_section().map_err(invalid)?;
-    let adapted = targets::select(sites, &lora).map_err(|e| invalid(e.to_string()))?;
-    model.attach_adapters(&adapted, &lora, 0).map_err(invalid)?;
-    model.load_adapter_weights(&dir.join(WEIGHTS_FILE))?;
-    Ok(config)
+        source,
+    })?;
+    Ok((config, lora))
 }

@@ -1,0 +1,233 @@
+//! The console side of [`crate::prepare`], shared by the recipe-driven commands (`run`, `eval`,
+//! `plan`; not a command itself): each preparation step, then the lines that say what it found.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::data::dataset::{DataStats, Dataset};
+use crate::device::{self, DeviceChoice};
+use crate::lora::report::thousands;
+use crate::memory::{self, MemoryCheck};
+use crate::model::TaskModel;
+use crate::model::frozen::FrozenWeight;
+use crate::plan::{Plan, Stop, Warmup};
+use crate::prepare::Prepared;
+use crate::recipe::Targets;
+
+/// A recipe prepared and its data encoded.
+pub struct Loaded {
+    pub prepared: Prepared,
+    pub train: Dataset,
+    pub eval: Option<Dataset>,
+}
+
+/// Prepares the recipe and encodes its data (no weights load), printing each step.
+pub fn load(recipe: &Path) -> anyhow::Result<Loaded> {
+    let prepared = Prepared::load(recipe)?;
+    print_prepared(&prepared);
+    let tokenizer = prepared.tokenizer()?;
+    let (train, eval) = prepared.load_data(&tokenizer)?;
+    let batch_size = prepared.plan.train.batch_size as usize;
+    let seed = prepared.plan.train.seed;
+    let classification = prepared.labels.is_some();
+    print_data_stats("train", &train.stats(batch_size, seed), classification);
+    if let Some(eval) = &eval {
+        print_data_stats("eval", &eval.stats(batch_size, seed), classification);
+    }
+    for bad in train
+        .skipped
+        .iter()
+        .chain(eval.iter().flat_map(|e| &e.skipped))
+        .take(5)
+    {
+        println!("       skipped {bad}");
+    }
+    Ok(Loaded {
+        prepared,
+        train,
+        eval,
+    })
+}
+
+/// Starts the device, refuses a CPU run predicted not to fit, loads the model with fresh
+/// adapters; prints the device and what was loaded.
+pub fn open_model(
+    loaded: &Loaded,
+    device: DeviceChoice,
+    memory_check: MemoryCheck,
+) -> anyhow::Result<TaskModel> {
+    let prepared = &loaded.prepared;
+    let selected = device::select(device)?;
+    println!("device: {} ({})", selected.name, selected.why);
+    if let (true, Some((estimate, shape))) =
+        (selected.on_cpu, prepared.memory_estimate(&loaded.train))
+    {
+        memory_check.refuse_over(&estimate, shape)?;
+    }
+    let started = Instant::now();
+    let mut model = prepared.load_model(&selected.device)?;
+    let seconds = started.elapsed().as_secs_f64();
+    match &mut model {
+        TaskModel::Lm(lm) => {
+            if prepared.plan.base_storage() != Default::default() {
+                let weights: Vec<&FrozenWeight> = lm
+                    .linears_mut()
+                    .into_iter()
+                    .map(|(_, l)| &l.weight)
+                    .collect();
+                let kept = weights
+                    .iter()
+                    .filter(|w| matches!(w, FrozenWeight::Blocks(_)))
+                    .count();
+                let f32_bytes = |w: &&FrozenWeight| (w.dims()[0] * w.dims()[1] * 4) as u64;
+                println!(
+                    "frozen base: {kept} of {} linear weights kept in their GGUF blocks, the rest stored as {:?}: {} instead of {} in f32",
+                    weights.len(),
+                    prepared.plan.dtype,
+                    memory::gb(weights.iter().map(|w| w.resident_bytes()).sum()),
+                    memory::gb(weights.iter().map(f32_bytes).sum()),
+                );
+            }
+            let c = &lm.config;
+            println!(
+                "loaded: {} layers, hidden {}, {} heads / {} kv heads, vocab {}, in {seconds:.1} s",
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.num_attention_heads,
+                c.num_key_value_heads,
+                c.vocab_size,
+            );
+        }
+        TaskModel::Classifier(m) => println!(
+            "loaded: {} with a {}-class head, in {seconds:.1} s",
+            prepared.config.describe(),
+            m.labels.len()
+        ),
+    }
+    Ok(model)
+}
+
+/// Every line indented under the command's labels.
+pub fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("       {l}\n")).collect()
+}
+
+fn print_prepared(prepared: &Prepared) {
+    let (plan, model, inventory) = (&prepared.plan, &prepared.model, &prepared.inventory);
+    println!("recipe: {}", plan.recipe_path.display());
+    for (reference, why) in &model.skipped {
+        println!("model: skipped {reference}: {why}");
+    }
+    println!(
+        "model: {} → {}",
+        model.source.reference,
+        model.files.path().display()
+    );
+    println!(
+        "       {}, {} tensors, {} parameters, compute dtype {:?}",
+        inventory.format,
+        inventory.tensors.len(),
+        thousands(inventory.parameters()),
+        plan.dtype
+    );
+    print_settings(plan);
+    println!("       {}", prepared.config.describe());
+    if let Some(labels) = &prepared.labels {
+        println!(
+            "task:  classification, {} classes ({}), {:?} pooling; the head trains in full",
+            labels.len(),
+            labels.join(", "),
+            plan.pooling,
+        );
+    }
+    print!("{}", prepared.report.render());
+}
+
+fn print_data_stats(name: &str, stats: &DataStats, classification: bool) {
+    // A classifier scores one class per row, not tokens.
+    let targets = if classification {
+        "one class each".to_string()
+    } else {
+        format!(
+            "{:.1}% trained / {:.1}% masked",
+            100.0 * stats.trained_fraction(),
+            100.0 * (1.0 - stats.trained_fraction())
+        )
+    };
+    println!(
+        "data:  {name}: {} rows, {} tokens (longest {}), {targets}, {} truncated, {} skipped",
+        thousands(stats.examples as u64),
+        thousands(stats.tokens as u64),
+        stats.longest,
+        stats.truncated,
+        stats.skipped
+    );
+    println!(
+        "       {} sequences{} → {} micro-batches of {}, {:.1}% of batch tokens are padding",
+        thousands(stats.sequences as u64),
+        if stats.packed { " (packed)" } else { "" },
+        stats.batches,
+        stats.batch_size,
+        100.0 * stats.padding_fraction()
+    );
+}
+
+fn print_settings(plan: &Plan) {
+    let lora = &plan.lora;
+    let scale = if lora.rslora {
+        lora.alpha / f64::from(lora.rank).sqrt()
+    } else {
+        lora.alpha / f64::from(lora.rank)
+    };
+    let targets = match &lora.targets {
+        Targets::AllLinear => "all-linear".to_string(),
+        Targets::Modules(m) => m.join(","),
+        Targets::Regex(r) => format!("regex {r:?}"),
+    };
+    println!(
+        "lora:  r={} alpha={} scale={scale} dropout={} init={:?}{} targets={targets}",
+        lora.rank,
+        lora.alpha,
+        lora.dropout,
+        lora.init,
+        if lora.rslora { " rslora" } else { "" }
+    );
+    let data = &plan.data;
+    println!(
+        "data:  train={} eval={} format={:?} max_len={} packing={}",
+        data.train.display(),
+        data.eval
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .or(data.eval_fraction.map(|f| format!("{f} of train")))
+            .unwrap_or_else(|| "none".into()),
+        data.format,
+        data.max_len,
+        data.packing
+    );
+    let train = &plan.train;
+    let stop = match plan.stop {
+        Stop::MaxSteps(n) => format!("{n} steps"),
+        Stop::Epochs(e) => format!("{e} epochs"),
+    };
+    let warmup = match plan.warmup {
+        Warmup::Steps(n) => format!("{n} steps"),
+        Warmup::Ratio(r) => format!("{r} of steps"),
+    };
+    println!(
+        "train: adamw lr={} {:?} warmup={warmup} stop={stop} batch={}x{} clip={} seed={}",
+        train.lr,
+        train.schedule,
+        train.batch_size,
+        train.grad_accum,
+        train.max_grad_norm,
+        train.seed
+    );
+    let formats: Vec<String> = plan
+        .export
+        .formats
+        .iter()
+        .map(|f| format!("{f:?}").to_lowercase())
+        .collect();
+    println!("export: {} → {}", formats.join(","), plan.out_dir.display());
+}

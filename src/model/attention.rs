@@ -1,0 +1,127 @@
+//! Grouped-query self-attention as transformers' eager path computes it (HF rotate_half RoPE on
+//! q and k, repeat_kv, softmax(q·kᵀ/√d + mask)·v), with the key/value cache generation appends to
+//! and the causal / padding / packing mask every decoder layer shares.
+//! Source: transformers `models/llama/modeling_llama.py` (`LlamaAttention`, `eager_attention_forward`).
+
+use burn::tensor::activation::softmax;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Device, Tensor, TensorData};
+
+use super::linear::Linear;
+use super::rope::RopeTables;
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Attention {
+    /// x: [b, s, hidden], mask: [b, 1, s, t] (true = may not attend) → [b, s, hidden], where
+    /// t = s plus the positions already in `cache` (generation appends to it).
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &RopeTables,
+        mask: &Tensor<4, Bool>,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
+        let [b, s, _] = x.dims();
+        let (h, kv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let heads = |t: Tensor<3>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2); // [b, n, s, d]
+        let q = rope.apply(heads(self.q_proj.forward(x.clone()), h));
+        let mut k = rope.apply(heads(self.k_proj.forward(x.clone()), kv));
+        let mut v = heads(self.v_proj.forward(x), kv);
+        if let Some(cache) = cache {
+            if let Some((past_k, past_v)) = cache.kv.take() {
+                k = Tensor::cat(vec![past_k, k], 2); // [b, kv, t, d]
+                v = Tensor::cat(vec![past_v, v], 2);
+            }
+            cache.kv = Some((k.clone(), v.clone()));
+        }
+        let t = k.dims()[2];
+        // repeat_kv: query head i reads key/value head i / (h / kv), as HF orders them.
+        let repeat = |x: Tensor<4>| {
+            x.unsqueeze_dim::<5>(2)
+                .expand([b, kv, h / kv, t, d])
+                .reshape([b, h, t, d])
+        };
+        let (k, v) = (repeat(k), repeat(v));
+        let mask = mask.clone().expand([b, h, s, t]);
+        let out = if q.is_autodiff() {
+            // Under autodiff, as transformers' eager path: the [b, h, s, t] scores are kept for
+            // backward (burn's fused attention has no backward of its own). The 1/√d scale is
+            // applied to q, t/d times smaller than the scores (exact for power-of-two d).
+            let scores = q
+                .mul_scalar(1.0 / (d as f64).sqrt())
+                .matmul(k.swap_dims(2, 3));
+            softmax(scores.mask_fill(mask, f32::MIN), 3).matmul(v)
+        } else {
+            // No gradient (evaluation, generation, the first pass of gradient checkpointing):
+            // the backend's fused attention, tiled over keys for long rows (flex) — no S×S
+            // buffers. A query with every key masked (left padding) gets zeros instead of
+            // the eager path's uniform average; no real token reads it.
+            attention(q, k, v, Some(mask), None, AttentionModuleOptions::default())
+        }; // [b, h, s, d]
+        self.o_proj
+            .forward(out.swap_dims(1, 2).reshape([b, s, h * d]))
+    }
+}
+
+/// One layer's keys and values so far (after RoPE, before repeat_kv): [b, kv_heads, t, d].
+#[derive(Debug, Clone, Default)]
+pub struct LayerCache {
+    kv: Option<(Tensor<4>, Tensor<4>)>,
+}
+
+/// Keys and values of every layer, so each generated token costs one position's forward.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    pub(super) layers: Vec<LayerCache>,
+    /// Positions already processed.
+    pub len: usize,
+}
+
+/// [b, 1, s, start + s]: new query i (at position start + i) may not attend key j when
+/// j > start + i, key j is padding, or key j belongs to another packed example.
+pub fn causal_padding_mask(
+    attention_mask: &[Vec<u8>],
+    s: usize,
+    start: usize,
+    device: &Device,
+) -> Tensor<4, Bool> {
+    let (b, t) = (attention_mask.len(), start + s);
+    let mut masked = Vec::with_capacity(b * s * t);
+    for row in attention_mask {
+        let example = |j: usize| row.get(j).copied().unwrap_or(0);
+        for i in start..t {
+            // A padding query (example 0) may look at any real key; its output is never used.
+            let own = example(i);
+            masked.extend((0..t).map(|j| {
+                let key = example(j);
+                j > i || key == 0 || (own != 0 && key != own)
+            }));
+        }
+    }
+    Tensor::from_data(TensorData::new(masked, [b, 1, s, t]), device)
+}
+
+/// Each token's position: counted from the start of its example (a change of example number
+/// in a packed row restarts it); padding continues the count, as transformers does.
+pub fn positions(attention_mask: &[u8]) -> Vec<usize> {
+    let (mut start, mut current) = (0, 0);
+    let mut out = Vec::with_capacity(attention_mask.len());
+    for (j, &m) in attention_mask.iter().enumerate() {
+        if m != 0 && m != current {
+            (start, current) = (j, m);
+        }
+        out.push(j - start);
+    }
+    out
+}

