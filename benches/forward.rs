@@ -12,7 +12,7 @@ use std::time::Instant;
 use burn::tensor::Tensor;
 use lora_tune::device::{DeviceChoice, select};
 use lora_tune::lora::targets::select as select_targets;
-use lora_tune::model::adapters::AdaptedModel;
+use lora_tune::model::adapted::AdaptedModel;
 use lora_tune::model::generate::{Sampling, generate};
 use lora_tune::recipe::LoraSection;
 
@@ -21,8 +21,8 @@ fn main() -> anyhow::Result<()> {
     let device = select(DeviceChoice::Cpu)?.device;
 
     let t = Instant::now();
-    let (model, tok) =
-        lora_tune::model::load(&files, &device, lora_tune::model::BaseStorage::default())?;
+    let tok = lora_tune::model::tokenizer_of(&files)?;
+    let model = lora_tune::model::load(&files, &device, lora_tune::model::BaseStorage::default())?;
     let load_s = t.elapsed().as_secs_f64();
 
     // Prefill: batch 1 × 256 tokens of real text, 5 timed runs after one warm-up.

@@ -22,7 +22,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use lora_tune::data::batch::Batch;
 use lora_tune::device::{DeviceChoice, select};
 use lora_tune::lora::targets::select as select_targets;
-use lora_tune::model::adapters::AdaptedModel;
+use lora_tune::model::adapted::AdaptedModel;
 use lora_tune::recipe::LoraSection;
 use lora_tune::train::metrics::peak_rss_bytes;
 use lora_tune::train::optim::{AdamW, AdamWConfig};
@@ -41,7 +41,7 @@ fn main() -> anyhow::Result<()> {
     let files = artifacts::smollm2();
     let device = select(DeviceChoice::Cpu)?.device;
     let peak = sgemm_gflops(&device);
-    let (mut model, _) = lora_tune::model::load(
+    let mut model = lora_tune::model::load(
         &files,
         &device,
         lora_tune::model::BaseStorage {

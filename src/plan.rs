@@ -59,7 +59,7 @@ impl Plan {
 
     /// Validates `file` and resolves it; `cwd` anchors the default output directory.
     pub fn resolve(file: &RecipeFile, cwd: &Path) -> Result<Self, RecipeError> {
-        let r = &file.recipe;
+        let recipe = &file.recipe;
         let check = |ok: bool, key: &str, msg: &str| {
             if ok {
                 Ok(())
@@ -69,11 +69,11 @@ impl Plan {
         };
 
         check(
-            !r.model.source.0.is_empty(),
+            !recipe.model.source.0.is_empty(),
             "model.source",
             "needs at least one model reference",
         )?;
-        let sources = r
+        let sources = recipe
             .model
             .source
             .0
@@ -82,35 +82,34 @@ impl Plan {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| file.error("model.source", e.to_string()))?;
 
-        let l = &r.lora;
         check(
-            l.rank >= 1,
+            recipe.lora.rank >= 1,
             "lora.rank",
             "must be at least 1 (typical: 4 to 64)",
         )?;
         check(
-            l.alpha.is_finite() && l.alpha > 0.0,
+            recipe.lora.alpha.is_finite() && recipe.lora.alpha > 0.0,
             "lora.alpha",
             "must be a positive number (typical: 2 × rank)",
         )?;
         check(
-            (0.0..1.0).contains(&l.dropout),
+            (0.0..1.0).contains(&recipe.lora.dropout),
             "lora.dropout",
             "must be in [0, 1)",
         )?;
-        if let Targets::Modules(names) = &l.targets {
+        if let Targets::Modules(names) = &recipe.lora.targets {
             check(
                 !names.is_empty(),
                 "lora.targets",
                 r#"is empty; name modules such as ["q_proj", "v_proj"] or use "all-linear""#,
             )?;
         }
-        if let Targets::Regex(pattern) = &l.targets {
+        if let Targets::Regex(pattern) = &recipe.lora.targets {
             regex::Regex::new(pattern)
                 .map_err(|e| file.error("lora.targets", format!("is not a valid regex: {e}")))?;
             // PEFT ignores layers_to_transform for a regex target; refusing beats diverging.
             check(
-                l.layers.is_none(),
+                recipe.lora.layers.is_none(),
                 "lora.layers",
                 "cannot combine with a regex `targets`; put the layer indices in the regex",
             )?;
@@ -118,9 +117,12 @@ impl Plan {
         let pattern_keys = [
             (
                 "lora.rank_pattern",
-                l.rank_pattern.keys().collect::<Vec<_>>(),
+                recipe.lora.rank_pattern.keys().collect::<Vec<_>>(),
             ),
-            ("lora.alpha_pattern", l.alpha_pattern.keys().collect()),
+            (
+                "lora.alpha_pattern",
+                recipe.lora.alpha_pattern.keys().collect(),
+            ),
         ];
         for (table, keys) in pattern_keys {
             for key in keys {
@@ -129,17 +131,21 @@ impl Plan {
             }
         }
         check(
-            l.rank_pattern.values().all(|&r| r >= 1),
+            recipe.lora.rank_pattern.values().all(|&r| r >= 1),
             "lora.rank_pattern",
             "every rank must be at least 1",
         )?;
         check(
-            l.alpha_pattern.values().all(|&a| a.is_finite() && a > 0.0),
+            recipe
+                .lora
+                .alpha_pattern
+                .values()
+                .all(|&a| a.is_finite() && a > 0.0),
             "lora.alpha_pattern",
             "every alpha must be positive",
         )?;
 
-        let mut lora = r.lora.clone();
+        let mut lora = recipe.lora.clone();
         if let Some(dir) = &lora.init_from {
             let dir = existing(file, "lora.init_from", dir)?;
             check(
@@ -150,7 +156,7 @@ impl Plan {
             lora.init_from = Some(dir);
         }
 
-        let mut data = r.data.clone();
+        let mut data = recipe.data.clone();
         if let Some(t) = &data.template {
             check(
                 crate::data::template::named(t).is_some() || t.contains("{%") || t.contains("{{"),
@@ -180,45 +186,53 @@ impl Plan {
             "must be at least 2 tokens",
         )?;
 
-        let t = &r.train;
+        let train = &recipe.train;
         check(
-            t.lr.is_finite() && t.lr > 0.0,
+            train.lr.is_finite() && train.lr > 0.0,
             "train.lr",
             "must be a positive number (typical: 1e-4 to 3e-4)",
         )?;
         check(
-            t.weight_decay.is_finite() && t.weight_decay >= 0.0,
+            train.weight_decay.is_finite() && train.weight_decay >= 0.0,
             "train.weight_decay",
             "must be 0 or more",
         )?;
         check(
-            t.betas.iter().all(|b| (0.0..1.0).contains(b)),
+            train.betas.iter().all(|b| (0.0..1.0).contains(b)),
             "train.betas",
             "both must be in [0, 1)",
         )?;
         check(
-            t.eps.is_finite() && t.eps > 0.0,
+            train.eps.is_finite() && train.eps > 0.0,
             "train.eps",
             "must be positive",
         )?;
-        check(t.batch_size >= 1, "train.batch_size", "must be at least 1")?;
-        check(t.grad_accum >= 1, "train.grad_accum", "must be at least 1")?;
         check(
-            t.max_grad_norm > 0.0,
+            train.batch_size >= 1,
+            "train.batch_size",
+            "must be at least 1",
+        )?;
+        check(
+            train.grad_accum >= 1,
+            "train.grad_accum",
+            "must be at least 1",
+        )?;
+        check(
+            train.max_grad_norm > 0.0,
             "train.max_grad_norm",
             "must be positive; use inf to disable clipping",
         )?;
         check(
-            t.eval_every != Some(0),
+            train.eval_every != Some(0),
             "train.eval_every",
             "must be at least 1",
         )?;
         check(
-            t.checkpoint_every != Some(0),
+            train.checkpoint_every != Some(0),
             "train.checkpoint_every",
             "must be at least 1",
         )?;
-        let stop = match (t.max_steps, t.epochs) {
+        let stop = match (train.max_steps, train.epochs) {
             (Some(_), Some(_)) => {
                 return Err(file.error(
                     "train.epochs",
@@ -233,7 +247,7 @@ impl Plan {
             (None, Some(e)) => Stop::Epochs(e),
             (None, None) => Stop::Epochs(1.0),
         };
-        let warmup = match (t.warmup_steps, t.warmup_ratio) {
+        let warmup = match (train.warmup_steps, train.warmup_ratio) {
             (Some(_), Some(_)) => {
                 return Err(file.error(
                     "train.warmup_ratio",
@@ -248,19 +262,19 @@ impl Plan {
             (None, None) => Warmup::Steps(0),
         };
 
-        let e = &r.export;
+        let export = &recipe.export;
         check(
-            !e.formats.is_empty(),
+            !export.formats.is_empty(),
             "export.formats",
             r#"is empty; use any of "peft", "gguf", "merged""#,
         )?;
         check(
-            no_repeats(&e.formats),
+            no_repeats(&export.formats),
             "export.formats",
             "lists a format twice",
         )?;
 
-        if r.model.task == Task::Classification {
+        if recipe.model.task == Task::Classification {
             check(
                 matches!(data.format, DataFormat::Classification | DataFormat::Auto),
                 "data.format",
@@ -272,12 +286,12 @@ impl Plan {
                 r#"must be false for model.task = "classification": each row is classified alone"#,
             )?;
             check(
-                !t.gradient_checkpointing,
+                !train.gradient_checkpointing,
                 "train.gradient_checkpointing",
                 "is for causal-LM decoders; a classifier trains with it off",
             )?;
             check(
-                e.formats.iter().all(|f| *f == ExportFormat::Peft),
+                export.formats.iter().all(|f| *f == ExportFormat::Peft),
                 "export.formats",
                 r#"a classifier exports "peft" only (GGUF LoRA and merged models are for causal LMs)"#,
             )?;
@@ -290,17 +304,17 @@ impl Plan {
 
         // Settings that only work together: refused alone, never silently ignored.
         check(
-            r.model.dtype == Dtype::F32 || t.gradient_checkpointing,
+            recipe.model.dtype == Dtype::F32 || train.gradient_checkpointing,
             "model.dtype",
             "bf16/f16 save memory only with train.gradient_checkpointing = true (without it backward keeps every layer's widened f32 weights); set both, or use f32",
         )?;
         check(
-            !r.model.keep_quantized || t.gradient_checkpointing,
+            !recipe.model.keep_quantized || train.gradient_checkpointing,
             "model.keep_quantized",
             "saves memory only with train.gradient_checkpointing = true (without it backward keeps every layer's decoded weights); set both, or drop keep_quantized",
         )?;
         check(
-            !r.lora.use_dora,
+            !recipe.lora.use_dora,
             "lora.use_dora",
             "DoRA is not supported yet; set it to false",
         )?;
@@ -325,7 +339,7 @@ impl Plan {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "run".into());
-        let out_dir = match &e.out_dir {
+        let out_dir = match &export.out_dir {
             Some(dir) => lexically_normal(&file.dir().join(dir)),
             None => cwd.join("adapters").join(&name),
         };
@@ -333,16 +347,16 @@ impl Plan {
             name,
             recipe_path: file.path.clone(),
             sources,
-            dtype: r.model.dtype,
-            keep_quantized: r.model.keep_quantized,
-            task: r.model.task,
-            pooling: r.model.pooling,
+            dtype: recipe.model.dtype,
+            keep_quantized: recipe.model.keep_quantized,
+            task: recipe.model.task,
+            pooling: recipe.model.pooling,
             lora,
             data,
-            train: t.clone(),
+            train: train.clone(),
             stop,
             warmup,
-            export: e.clone(),
+            export: export.clone(),
             out_dir,
         })
     }

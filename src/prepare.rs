@@ -15,9 +15,9 @@ use crate::data::dataset::{Dataset, in_eval_split};
 use crate::data::encode::Encoder;
 use crate::data::template;
 use crate::lora::report::ParameterReport;
-use crate::lora::targets::{self, Adapted};
+use crate::lora::targets::{self, TargetLayer};
 use crate::memory::{self, BatchShape, MemoryEstimate};
-use crate::model::adapters::AdaptedModel;
+use crate::model::adapted::AdaptedModel;
 use crate::model::{ModelConfig, TaskModel};
 use crate::peft::config::PeftConfig;
 use crate::plan::Plan;
@@ -33,7 +33,7 @@ pub struct Prepared {
     /// The model files' listing (format, tensors, parameters).
     pub inventory: Inventory,
     pub config: ModelConfig,
-    pub adapted: Vec<Adapted>,
+    pub adapted: Vec<TargetLayer>,
     /// A classifier's classes (the training data's labels, sorted); None for a causal LM.
     pub labels: Option<Vec<String>>,
     /// PEFT's trainable-parameter report, a classifier's head included.
@@ -172,7 +172,7 @@ impl Prepared {
             scored: train.most_loss_tokens(batch),
             checkpointing: t.gradient_checkpointing,
         };
-        let trainable = self.adapted.iter().map(Adapted::parameters).sum();
+        let trainable = self.adapted.iter().map(TargetLayer::parameters).sum();
         let mut estimate = MemoryEstimate::training(config, trainable, shape);
         (estimate.weights, estimate.loading) = memory::frozen_base_bytes(
             self.plan.base_storage(),
@@ -190,20 +190,17 @@ impl Prepared {
         let load = || -> Result<TaskModel, crate::model::LoadError> {
             Ok(match &self.labels {
                 None => {
-                    let mut lm = crate::model::load(files, device, plan.base_storage())?.0;
+                    let mut lm = crate::model::load(files, device, plan.base_storage())?;
                     lm.gradient_checkpointing = plan.train.gradient_checkpointing;
                     TaskModel::Lm(lm)
                 }
-                Some(labels) => TaskModel::Classifier(
-                    crate::model::load_classifier(
-                        files,
-                        device,
-                        labels.clone(),
-                        plan.pooling,
-                        plan.train.seed,
-                    )?
-                    .0,
-                ),
+                Some(labels) => TaskModel::Classifier(crate::model::load_classifier(
+                    files,
+                    device,
+                    labels.clone(),
+                    plan.pooling,
+                    plan.train.seed,
+                )?),
             })
         };
         let mut model = load().with_context(|| format!("loading {}", files.path().display()))?;

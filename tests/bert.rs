@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use burn::tensor::Tensor;
 use lora_tune::data::batch::{Batch, IGNORE};
 use lora_tune::lora::targets::select as select_targets;
-use lora_tune::model::adapters::{AdaptedModel, host};
+use lora_tune::model::adapted::{AdaptedModel, host};
 use lora_tune::model::bert::{Bert, BertConfig};
 use lora_tune::model::classifier::{Body, SequenceClassifier};
 use lora_tune::peft::config::PeftConfig;

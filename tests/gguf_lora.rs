@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use lora_tune::export::gguf_lora;
-use lora_tune::model::adapters::AdaptedModel;
+use lora_tune::model::adapted::AdaptedModel;
 use lora_tune::model::decoder::Decoder;
 use lora_tune::peft::folder as peft;
 use lora_tune::weights::gguf::{GgufFile, MetaValue};

@@ -17,7 +17,7 @@ use lora_tune::data::batch::Batch;
 use lora_tune::dtype::Dtype;
 use lora_tune::lora::targets::select as select_targets;
 use lora_tune::model::BaseStorage;
-use lora_tune::model::adapters::AdaptedModel;
+use lora_tune::model::adapted::AdaptedModel;
 use lora_tune::model::decoder::Decoder;
 use lora_tune::recipe::{LoraSection, Schedule};
 use lora_tune::train::optim::{AdamW, AdamWConfig};
@@ -363,7 +363,7 @@ fn smollm2_three_steps(gradient_checkpointing: bool, storage: BaseStorage, toler
     use burn::tensor::TensorData;
     use lora_tune::model::frozen::FrozenWeight;
     let fixtures = Path::new(ROOT).join("tests/fixtures/lora/smollm2");
-    let (mut model, _) = lora_tune::model::load(&artifacts::smollm2(), &cpu(), storage).unwrap();
+    let mut model = lora_tune::model::load(&artifacts::smollm2(), &cpu(), storage).unwrap();
     let kept = model
         .linears_mut()
         .iter()
@@ -446,7 +446,7 @@ fn the_loss_over_labelled_positions_equals_the_full_logits_cross_entropy() {
         let got = lora_tune::train::scalar(next_token_nll_sum(&model, b).unwrap()).unwrap();
         let logits = model.forward(&b.input_ids, &b.attention_mask);
         let [rows, s, v] = logits.dims();
-        let values = lora_tune::model::adapters::host(&logits).unwrap().values;
+        let values = lora_tune::model::adapted::host(&logits).unwrap().values;
         let mut want = 0.0f64;
         for r in 0..rows {
             for t in 1..s {

@@ -12,7 +12,7 @@ use common::tiny;
 
 use lora_tune::data::batch::Batch;
 use lora_tune::data::dataset::{Dataset, Layout};
-use lora_tune::model::adapters::host;
+use lora_tune::model::adapted::host;
 use lora_tune::model::decoder::Decoder;
 use lora_tune::train::cross_entropy::next_token_nll_sum;
 use lora_tune::train::scalar;

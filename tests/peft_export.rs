@@ -9,7 +9,7 @@ mod common;
 use common::tiny;
 
 use lora_tune::lora::targets::select as select_targets;
-use lora_tune::model::adapters::AdaptedModel;
+use lora_tune::model::adapted::AdaptedModel;
 use lora_tune::peft::config::PeftConfig;
 use lora_tune::peft::folder as peft;
 use safetensors::SafeTensors;

@@ -15,8 +15,8 @@ use common::tiny;
 
 use burn::tensor::{Device, Tensor};
 use lora_tune::device::{DeviceChoice, select};
-use lora_tune::model::adapters::AdaptedModel;
-use lora_tune::model::adapters::host;
+use lora_tune::model::adapted::AdaptedModel;
+use lora_tune::model::adapted::host;
 use lora_tune::train::step::accumulate_gradients;
 
 fn wgpu() -> Option<Device> {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lora_tune::model::config::LlamaConfig;
+use lora_tune::model::decoder_config::DecoderConfig;
 use lora_tune::weights::Inventory;
 use lora_tune::weights::gguf::GgufFile;
 use lora_tune::weights::host::HostTensors;
@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = Inventory::read(&path).map_err(|e| e.to_string());
     let _ = HostTensors::read(&path).map_err(|e| e.to_string());
     if let Ok(file) = GgufFile::open(&path) {
-        let _ = LlamaConfig::from_gguf(&file).map_err(|e| e.to_string());
+        let _ = DecoderConfig::from_gguf(&file).map_err(|e| e.to_string());
         let _ = ModelTokenizer::from_gguf(&file).map_err(|e| e.to_string());
     }
 });

@@ -8,7 +8,7 @@ use anyhow::Context;
 use super::session::{self, indent};
 use crate::device::DeviceChoice;
 use crate::memory::MemoryCheck;
-use crate::model::adapters::AdaptedModel;
+use crate::model::adapted::AdaptedModel;
 use crate::peft::folder::{WEIGHTS_FILE, read_class_map};
 use crate::train::checkpoint;
 use crate::train::evaluate::evaluate;

@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use crate::data::template::{Message, render_chat};
 use crate::device::{self, DeviceChoice};
-use crate::model::adapters::AdaptedModel;
+use crate::model::adapted::AdaptedModel;
 use crate::model::generate::{Sampling, generate};
 use crate::source::{Fetcher, Source};
 
@@ -38,7 +38,8 @@ pub fn run(
     let selected = device::select(device)?;
     eprintln!("device: {} ({})", selected.name, selected.why);
     let started = Instant::now();
-    let (mut model, tok) = crate::model::load(
+    let tok = crate::model::tokenizer_of(&files)?;
+    let mut model = crate::model::load(
         &files,
         &selected.device,
         crate::model::BaseStorage::default(),

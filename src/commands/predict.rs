@@ -13,7 +13,7 @@ use crate::data::encode::Encoder;
 use crate::data::rows::{Example, read_rows};
 use crate::device::{self, DeviceChoice};
 use crate::model::TaskModel;
-use crate::model::adapters::AdaptedModel;
+use crate::model::adapted::AdaptedModel;
 use crate::peft::folder::{read_class_map, read_config};
 use crate::recipe::{DataFormat, Truncation};
 use crate::source::Fetcher;
@@ -78,7 +78,8 @@ pub fn run(args: &PredictArgs, device: DeviceChoice) -> anyhow::Result<()> {
     let selected = device::select(device)?;
     eprintln!("device: {} ({})", selected.name, selected.why);
     let started = Instant::now();
-    let (classifier, tokenizer) =
+    let tokenizer = crate::model::tokenizer_of(&files)?;
+    let classifier =
         crate::model::load_classifier(&files, &selected.device, labels.clone(), map.pooling, 0)
             .with_context(|| format!("loading {}", files.path().display()))?;
     let mut model = TaskModel::Classifier(classifier);

@@ -10,10 +10,10 @@ use super::session::{self, indent};
 use crate::device::DeviceChoice;
 use crate::export::card::ModelCard;
 use crate::export::{self, Base, Exported, Request, servability};
-use crate::lora::targets::Adapted;
+use crate::lora::targets::TargetLayer;
 use crate::memory::MemoryCheck;
 use crate::model::TaskModel;
-use crate::model::adapters::AdaptedModel;
+use crate::model::adapted::AdaptedModel;
 use crate::peft::folder::{ClassMap, WEIGHTS_FILE};
 use crate::plan::Plan;
 use crate::recipe::{ExportFormat, Pooling};
@@ -94,7 +94,7 @@ pub fn run(
         name: &plan.name,
         recipe: &plan.recipe_path,
         data: &plan.data.train,
-        trainable: prepared.adapted.iter().map(Adapted::parameters).sum(),
+        trainable: prepared.adapted.iter().map(TargetLayer::parameters).sum(),
         steps: summary.steps,
         first_loss: summary.first_loss,
         last_loss: summary.last_loss,
@@ -210,12 +210,16 @@ fn print_export(
     }
 }
 
-fn print_summary(s: &Summary) {
+fn print_summary(summary: &Summary) {
     let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
-    println!("done:  steps {}..{}", s.first_step + 1, s.steps);
-    println!("       train loss {} → {}", f(s.first_loss), f(s.last_loss));
-    if let Some(e) = &s.eval {
-        let before = s
+    println!("done:  steps {}..{}", summary.first_step + 1, summary.steps);
+    println!(
+        "       train loss {} → {}",
+        f(summary.first_loss),
+        f(summary.last_loss)
+    );
+    if let Some(e) = &summary.eval {
+        let before = summary
             .eval_before
             .as_ref()
             .map_or(String::new(), |b| format!("{} → ", b.brief()));
@@ -226,22 +230,22 @@ fn print_summary(s: &Summary) {
     }
     println!(
         "       {} tokens in {:.1} s ({:.0} tok/s), peak RSS {}",
-        s.tokens,
-        s.seconds,
-        s.tokens as f64 / s.seconds.max(1e-9),
+        summary.tokens,
+        summary.seconds,
+        summary.tokens as f64 / summary.seconds.max(1e-9),
         peak_rss_bytes().map_or("?".into(), |b| format!("{:.2} GB", b as f64 / 1e9))
     );
-    if !s.skipped.is_empty() {
-        let steps: Vec<String> = s.skipped.iter().map(|k| k.step.to_string()).collect();
+    if !summary.skipped.is_empty() {
+        let steps: Vec<String> = summary.skipped.iter().map(|k| k.step.to_string()).collect();
         println!(
             "       skipped {} non-finite step(s): {} (train.skip_nonfinite)",
-            s.skipped.len(),
+            summary.skipped.len(),
             steps.join(", ")
         );
     }
-    if let Some(dir) = &s.last_checkpoint {
+    if let Some(dir) = &summary.last_checkpoint {
         println!("       checkpoint {}", dir.display());
     }
-    println!("       metrics {}", s.metrics.display());
-    println!("       loss curve {}", s.plot.display());
+    println!("       metrics {}", summary.metrics.display());
+    println!("       loss curve {}", summary.plot.display());
 }

@@ -179,7 +179,7 @@ pub fn check(config: &PeftConfig, base: &DecoderConfig) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lora::targets::Adapted;
+    use crate::lora::targets::TargetLayer;
     use crate::recipe::LoraSection;
 
     fn base() -> DecoderConfig {
@@ -206,7 +206,7 @@ mod tests {
             rank,
             ..LoraSection::default()
         };
-        PeftConfig::new(&lora, &[] as &[Adapted], "b".into(), None)
+        PeftConfig::new(&lora, &[] as &[TargetLayer], "b".into(), None)
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use super::targets::Adapted;
+use super::targets::TargetLayer;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParameterReport {
@@ -18,7 +18,7 @@ pub struct ParameterReport {
 impl ParameterReport {
     /// `frozen` is the base model's parameter count (tied weights counted once, as PyTorch's
     /// `parameters()` does).
-    pub fn new(adapted: &[Adapted], frozen: u64) -> Self {
+    pub fn new(adapted: &[TargetLayer], frozen: u64) -> Self {
         let mut by_module: BTreeMap<String, (usize, u64)> = BTreeMap::new();
         for a in adapted {
             let e = by_module.entry(a.site.name().to_string()).or_default();

@@ -28,13 +28,13 @@ impl LinearSite {
 
 /// A targeted linear layer with its rank and α.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Adapted {
+pub struct TargetLayer {
     pub site: LinearSite,
     pub rank: u32,
     pub alpha: f64,
 }
 
-impl Adapted {
+impl TargetLayer {
     /// s = α/r, or α/√r with rsLoRA.
     pub fn scale(&self, rslora: bool) -> f64 {
         let r = f64::from(self.rank);
@@ -71,7 +71,7 @@ pub enum TargetError {
 }
 
 /// The adapted layers of `sites` under `lora`, in model order.
-pub fn select(sites: &[LinearSite], lora: &LoraSection) -> Result<Vec<Adapted>, TargetError> {
+pub fn select(sites: &[LinearSite], lora: &LoraSection) -> Result<Vec<TargetLayer>, TargetError> {
     let regex = |p: &str, anchored: String| {
         Regex::new(&anchored).map_err(|e| TargetError::BadRegex {
             pattern: p.into(),
@@ -106,7 +106,7 @@ pub fn select(sites: &[LinearSite], lora: &LoraSection) -> Result<Vec<Adapted>, 
         }
         let rank = lookup(&ranks, &site.path, "rank_pattern")?.unwrap_or(lora.rank);
         let alpha = lookup(&alphas, &site.path, "alpha_pattern")?.unwrap_or(lora.alpha);
-        out.push(Adapted {
+        out.push(TargetLayer {
             site: site.clone(),
             rank,
             alpha,

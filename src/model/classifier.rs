@@ -11,7 +11,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use super::adapters::{AdaptedModel, Parts, stream_seed};
+use super::adapted::{AdaptedModel, Parts, stream_seed};
 use super::bert::Bert;
 use super::decoder::Decoder;
 use crate::lora::adapter::{dropout_mask, standard_normal};

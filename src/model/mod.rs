@@ -3,10 +3,10 @@
 //! KV cache ([`attention`]), the gated MLP ([`mlp`]) — and one small file per family for its
 //! config and deltas: [`llama`], [`mistral`], [`qwen2`] read into one [`decoder_config`] that
 //! the Llama-family [`decoder`] is built from; [`bert`], the encoder. Sequence classification on
-//! either ([`classifier`]), adapters on any ([`adapters`]), generation ([`generate`]).
+//! either ([`classifier`]), adapters on any ([`adapted`]), generation ([`generate`]).
 //! [`load`] and [`load_classifier`] build them from resolved model files.
 
-pub mod adapters;
+pub mod adapted;
 pub mod attention;
 pub mod bert;
 pub mod classifier;
@@ -186,66 +186,43 @@ pub struct BaseStorage {
     pub dense: Dtype,
 }
 
-/// A causal LM and its tokenizer from an HF directory or a GGUF file.
+/// A causal LM from an HF directory or a GGUF file (its tokenizer: [`tokenizer_of`]).
 pub fn load(
     files: &ModelFiles,
     device: &Device,
     storage: BaseStorage,
-) -> Result<(Decoder, ModelTokenizer), WeightsError> {
-    let (config, tokenizer) = match files {
-        ModelFiles::Gguf(path) => {
-            let gguf = GgufFile::open(path)?;
-            (
-                DecoderConfig::from_gguf(&gguf)?,
-                ModelTokenizer::from_gguf(&gguf)?,
-            )
-        }
-        ModelFiles::Dir(dir) => (
-            read_decoder_config(&dir.join("config.json"))?,
-            ModelTokenizer::from_dir(dir)?,
-        ),
-        ModelFiles::Safetensors(path) => {
-            return Err(WeightsError::format(
-                path,
-                "a lone .safetensors file has no config.json or tokenizer; point at the model's directory".into(),
-            ));
-        }
-    };
+) -> Result<Decoder, WeightsError> {
+    let config = config_of(files)?;
     let weights = if storage.keep_quantized {
         HostTensors::read_keeping_blocks(files.path())?
     } else {
         HostTensors::read(files.path())?
     };
     let weights = weights.storing_frozen_as(storage.dense);
-    let model = Decoder::load(config, weights, device)?;
-    Ok((model, tokenizer))
+    Decoder::load(config, weights, device)
 }
 
-/// A sequence classifier over `labels` and its tokenizer: a BERT encoder or a Llama-family
-/// decoder with a fresh head (seeded from `seed`).
+/// A sequence classifier over `labels`: a BERT encoder or a Llama-family decoder with a fresh
+/// head (seeded from `seed`).
 pub fn load_classifier(
     files: &ModelFiles,
     device: &Device,
     labels: Vec<String>,
     pooling: crate::recipe::Pooling,
     seed: u64,
-) -> Result<(SequenceClassifier, ModelTokenizer), LoadError> {
+) -> Result<SequenceClassifier, LoadError> {
     let body = match architecture_of(files)? {
         ModelConfig::Bert(config) => Body::Bert(Bert::load(
             config,
             HostTensors::read(files.path())?,
             device,
         )?),
-        ModelConfig::Decoder(_) => Body::Decoder(load(files, device, BaseStorage::default())?.0),
+        ModelConfig::Decoder(_) => Body::Decoder(load(files, device, BaseStorage::default())?),
     };
-    let tokenizer = tokenizer_of(files)?;
-    let model = SequenceClassifier::new(body, labels, pooling, seed).map_err(|source| {
-        LoadError::Classifier {
-            path: files.path().into(),
-            source,
-        }
-    })?;
-    Ok((model, tokenizer))
+    SequenceClassifier::new(body, labels, pooling, seed).map_err(|source| LoadError::Classifier {
+        path: files.path().into(),
+        source,
+    })
 }
 
 /// The model a recipe trains: a causal LM, or a sequence classifier (`model.task`).
@@ -256,15 +233,15 @@ pub enum TaskModel {
     Classifier(SequenceClassifier),
 }
 
-impl adapters::AdaptedModel for TaskModel {
+impl adapted::AdaptedModel for TaskModel {
     fn device(&self) -> &Device {
         match self {
             Self::Lm(m) => m.device(),
-            Self::Classifier(m) => adapters::AdaptedModel::device(m),
+            Self::Classifier(m) => adapted::AdaptedModel::device(m),
         }
     }
 
-    fn parts_mut(&mut self) -> adapters::Parts<'_> {
+    fn parts_mut(&mut self) -> adapted::Parts<'_> {
         match self {
             Self::Lm(m) => m.parts_mut(),
             Self::Classifier(m) => m.parts_mut(),

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
-use crate::lora::targets::Adapted;
+use crate::lora::targets::TargetLayer;
 use crate::recipe::{LoraInit, LoraSection, Targets};
 
 /// Why an `adapter_config.json` cannot be used.
@@ -101,7 +101,7 @@ impl PeftConfig {
     /// `base` (a hub repo id or the reference the recipe used) at `revision`.
     pub fn new(
         lora: &LoraSection,
-        adapted: &[Adapted],
+        adapted: &[TargetLayer],
         base: String,
         revision: Option<String>,
     ) -> Self {

@@ -6,7 +6,7 @@
 use burn::tensor::Tensor;
 
 use super::{TrainError, scalar};
-use crate::model::adapters::AdaptedModel;
+use crate::model::adapted::AdaptedModel;
 
 /// A micro-batch's share of the step's loss and the gradient of every trained tensor
 /// (`AdaptedModel::params_mut` order: A then B per adapter, then a classifier's head).

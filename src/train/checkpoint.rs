@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::optim::{AdamW, Moments};
 use crate::dtype::Dtype;
-use crate::model::adapters::{AdaptedModel, host};
+use crate::model::adapted::{AdaptedModel, host};
 use crate::peft::config::PeftConfig;
 use crate::peft::folder::{self as peft, WEIGHTS_FILE};
 use crate::weights::WeightsError;

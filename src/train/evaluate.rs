@@ -6,7 +6,7 @@ use super::classes::ClassMetrics;
 use super::loss::Objective;
 use super::{TrainError, scalar};
 use crate::data::dataset::Dataset;
-use crate::model::adapters::host;
+use crate::model::adapted::host;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Eval {

@@ -11,7 +11,7 @@ use super::autograd::{Gradients, whole_graph_gradients};
 use super::cross_entropy::{next_token_nll_sum, nll_sum};
 use crate::data::batch::Batch;
 use crate::model::TaskModel;
-use crate::model::adapters::AdaptedModel;
+use crate::model::adapted::AdaptedModel;
 use crate::model::classifier::SequenceClassifier;
 use crate::model::decoder::Decoder;
 

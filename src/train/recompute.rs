@@ -16,7 +16,7 @@ use super::autograd::{Gradients, gradients_of, release, sum, track};
 use super::cross_entropy::{nll_sum, scored_positions};
 use crate::data::batch::Batch;
 use crate::memory::LOGIT_CHUNK;
-use crate::model::adapters::adapter_factors;
+use crate::model::adapted::adapter_factors;
 use crate::model::decoder::{Decoder, DecoderLayer};
 use crate::model::linear::Linear;
 

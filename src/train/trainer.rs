@@ -128,51 +128,40 @@ pub fn train(
     model: &mut impl Objective,
     train: &Dataset,
     eval: Option<&Dataset>,
-    s: &Settings,
+    settings: &Settings,
     resume: Option<&Path>,
 ) -> anyhow::Result<Summary> {
-    std::fs::create_dir_all(&s.out_dir)
-        .with_context(|| format!("creating {}", s.out_dir.display()))?;
+    std::fs::create_dir_all(&settings.out_dir)
+        .with_context(|| format!("creating {}", settings.out_dir.display()))?;
     // What a killed run was writing (checkpoint dirs, adapter files) is garbage now.
-    crate::atomic::remove_stale_temps(&s.out_dir);
-    crate::atomic::remove_stale_temps(&s.out_dir.join("checkpoints"));
-    let total = s.schedule.total_steps;
+    crate::atomic::remove_stale_temps(&settings.out_dir);
+    crate::atomic::remove_stale_temps(&settings.out_dir.join("checkpoints"));
+    let total = settings.schedule.total_steps;
     let mut state = TrainerState {
         step: 0,
         total_steps: total,
-        seed: s.seed,
-        batch_size: s.batch_size,
-        grad_accum: s.grad_accum,
+        seed: settings.seed,
+        batch_size: settings.batch_size,
+        grad_accum: settings.grad_accum,
         train_examples: train.examples.len(),
         tokens: 0,
     };
-    let mut optimizer = AdamW::new(s.adamw);
-    let mut resumed = None;
-    if let Some(dir) = resume {
-        let dir = checkpoint::find(dir)?;
-        let saved = checkpoint::load(&dir, model, &mut optimizer)
-            .with_context(|| format!("resuming from {}", dir.display()))?;
-        if let Some(why) = saved.mismatch(&state) {
-            anyhow::bail!("cannot resume from {}: {why}", dir.display());
-        }
-        resumed = Some(format!(
-            "resume: {} (step {} of {total})",
-            dir.display(),
-            saved.step
-        ));
-        state = saved;
-    }
+    let mut optimizer = AdamW::new(settings.adamw);
+    let resumed = match resume {
+        Some(dir) => Some(resume_from(dir, model, &mut optimizer, &mut state)?),
+        None => None,
+    };
     let first_step = state.step;
-    let mut metrics = MetricsLog::open(&s.out_dir, first_step)
-        .with_context(|| format!("writing {}/metrics.jsonl", s.out_dir.display()))?;
-    let progress = Progress::new(total, first_step, s.progress);
+    let mut metrics = MetricsLog::open(&settings.out_dir, first_step)
+        .with_context(|| format!("writing {}/metrics.jsonl", settings.out_dir.display()))?;
+    let progress = Progress::new(total, first_step, settings.progress);
     if let Some(line) = resumed {
         progress.always(line);
     }
     model.set_training(true);
     let eval_before = match eval.filter(|_| first_step == 0) {
         Some(data) => {
-            let e = evaluate(model, data, s.batch_size)?;
+            let e = evaluate(model, data, settings.batch_size)?;
             progress.say(format!("step 0: eval {}", e.brief()));
             Some(e)
         }
@@ -185,35 +174,26 @@ pub fn train(
     let mut skipped = Vec::new();
     while state.step < total {
         let step = state.step;
-        let micro: Vec<_> = (0..s.grad_accum)
+        let micro: Vec<_> = (0..settings.grad_accum)
             .map(|j| {
-                let index = step as usize * s.grad_accum + j;
-                train.micro_batch(index, s.batch_size, s.seed)
+                let index = step as usize * settings.grad_accum + j;
+                train.micro_batch(index, settings.batch_size, settings.seed)
             })
             .collect();
         // Dropout draws depend on (seed, step) only, so a resumed run repeats them.
-        model.seed_dropout(crate::model::adapters::stream_seed(s.seed, step));
-        let lr = s.schedule.lr(step);
+        model.seed_dropout(crate::model::adapted::stream_seed(settings.seed, step));
+        let lr = settings.schedule.lr(step);
         let step_started = Instant::now();
-        // The rows behind the step, for messages about it.
-        let rows = || -> Vec<String> {
-            (0..s.grad_accum)
-                .flat_map(|j| {
-                    let index = step as usize * s.grad_accum + j;
-                    train.micro_batch_sources(index, s.batch_size, s.seed)
-                })
-                .map(String::from)
-                .collect()
-        };
-        let stats = match train_step(model, &micro, &mut optimizer, lr, s.max_grad_norm) {
+        let rows = || step_rows(train, settings, step);
+        let stats = match train_step(model, &micro, &mut optimizer, lr, settings.max_grad_norm) {
             Ok(stats) => stats,
-            Err(TrainError::NonFinite { loss, grad_norm }) if s.skip_nonfinite => {
+            Err(TrainError::NonFinite { loss, grad_norm }) if settings.skip_nonfinite => {
                 // No update was applied: the adapters and optimiser are as before the step.
                 let rows = rows();
+                let rows_text = rows.join(", ");
                 progress.always(format!(
-                        "step {}: skipped, non-finite loss {loss} / gradient norm {grad_norm} (rows {})",
-                        step + 1,
-                    rows.join(", ")
+                    "step {}: skipped, non-finite loss {loss} / gradient norm {grad_norm} (rows {rows_text})",
+                    step + 1,
                 ));
                 skipped.push(SkippedStep {
                     step: step + 1,
@@ -229,7 +209,7 @@ pub fn train(
             Err(e) => {
                 // Name the rows behind the step and where a resume would start.
                 let rows = rows();
-                let checkpoint = checkpoint::find(&s.out_dir)
+                let checkpoint = checkpoint::find(&settings.out_dir)
                     .map_or_else(|_| "none yet".to_string(), |d| d.display().to_string());
                 return Err(anyhow::Error::new(e).context(format!(
                     "step {} (rows {}; last checkpoint: {checkpoint})",
@@ -262,8 +242,8 @@ pub fn train(
             eval_classes: None,
         };
         let due = |every: Option<u64>| every.is_some_and(|n| n > 0 && state.step.is_multiple_of(n));
-        if let Some(eval) = eval.filter(|_| due(s.eval_every) || state.step == total) {
-            let e = evaluate(model, eval, s.batch_size)?;
+        if let Some(eval) = eval.filter(|_| due(settings.eval_every) || state.step == total) {
+            let e = evaluate(model, eval, settings.batch_size)?;
             progress.say(format!("step {}: eval {}", state.step, e.brief()));
             record.eval_loss = Some(e.loss);
             record.eval_perplexity = Some(e.perplexity);
@@ -279,14 +259,14 @@ pub fn train(
         progress.step(state.step, line);
         metrics.append(record)?;
         let stop = super::interrupt::requested();
-        if due(s.checkpoint_every) || state.step == total || stop {
+        if due(settings.checkpoint_every) || state.step == total || stop {
             let dir = checkpoint::save(
-                &s.out_dir,
+                &settings.out_dir,
                 model,
                 &optimizer,
                 &state,
-                s.peft_config.as_ref(),
-                s.class_map.as_ref(),
+                settings.peft_config.as_ref(),
+                settings.class_map.as_ref(),
             )?;
             last_checkpoint = Some(dir);
         }
@@ -296,7 +276,7 @@ pub fn train(
     }
     progress.finish();
     model.set_training(false);
-    let plot = metrics.write_svg(&format!("loss — {}", s.out_dir.display()))?;
+    let plot = metrics.write_svg(&format!("loss — {}", settings.out_dir.display()))?;
     Ok(Summary {
         first_step,
         interrupted: state.step < total,
@@ -312,4 +292,39 @@ pub fn train(
         metrics: metrics.path,
         plot,
     })
+}
+
+/// Loads the checkpoint `dir` names into `model` and `optimizer` and makes it `state`, refusing
+/// one whose settings differ (`state` holds this run's); the line that says so.
+fn resume_from(
+    dir: &Path,
+    model: &mut impl Objective,
+    optimizer: &mut AdamW,
+    state: &mut TrainerState,
+) -> anyhow::Result<String> {
+    let dir = checkpoint::find(dir)?;
+    let saved = checkpoint::load(&dir, model, optimizer)
+        .with_context(|| format!("resuming from {}", dir.display()))?;
+    if let Some(why) = saved.mismatch(state) {
+        anyhow::bail!("cannot resume from {}: {why}", dir.display());
+    }
+    let line = format!(
+        "resume: {} (step {} of {})",
+        dir.display(),
+        saved.step,
+        state.total_steps
+    );
+    *state = saved;
+    Ok(line)
+}
+
+/// The `file:line` of every row behind optimiser step `step`, for messages about it.
+fn step_rows(train: &Dataset, settings: &Settings, step: u64) -> Vec<String> {
+    (0..settings.grad_accum)
+        .flat_map(|j| {
+            let index = step as usize * settings.grad_accum + j;
+            train.micro_batch_sources(index, settings.batch_size, settings.seed)
+        })
+        .map(String::from)
+        .collect()
 }

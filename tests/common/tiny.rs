@@ -10,7 +10,7 @@ use lora_tune::data::batch::{Batch, IGNORE};
 use lora_tune::data::encode::Encoded;
 use lora_tune::device::{DeviceChoice, select};
 use lora_tune::lora::targets::select as select_targets;
-use lora_tune::model::adapters::{AdaptedModel, host};
+use lora_tune::model::adapted::{AdaptedModel, host};
 use lora_tune::model::decoder::Decoder;
 use lora_tune::recipe::LoraSection;
 use lora_tune::recipe::Schedule;

@@ -10,7 +10,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use super::decoder::Decoder;
 use super::linear::Linear;
 use crate::lora::adapter::{LoraAdapter, splitmix64};
-use crate::lora::targets::{self, Adapted, LinearSite};
+use crate::lora::targets::{self, LinearSite, TargetLayer};
 use crate::peft::config::PeftConfig;
 use crate::peft::factor_key;
 use crate::peft::folder::{self as peft_folder, PeftError};
@@ -103,7 +103,7 @@ pub trait AdaptedModel {
     /// Each adapter draws its init from its own stream of `seed`.
     fn attach_adapters(
         &mut self,
-        adapted: &[Adapted],
+        adapted: &[TargetLayer],
         lora: &LoraSection,
         seed: u64,
     ) -> Result<(), AdapterError> {
