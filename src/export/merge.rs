@@ -303,6 +303,7 @@ fn write_config_and_tokenizer(
         "eos_token": name(tok.eos_id),
         "pad_token": name(tok.pad_id),
         "add_bos_token": tok.add_bos,
+        "add_eos_token": tok.add_eos,
         "clean_up_tokenization_spaces": false,
     });
     if let Some(t) = &tok.chat_template {

@@ -9,6 +9,7 @@ pub mod gguf;
 pub mod gguf_names;
 pub mod gguf_writer;
 pub mod host;
+pub mod pretokenizer;
 pub mod safetensors;
 pub mod tensor;
 pub mod tokenizer;

@@ -1,18 +1,23 @@
 //! The model's tokenizer as a `tokenizers::Tokenizer` (the Rust library transformers itself runs):
 //! from `tokenizer.json` (+ `tokenizer_config.json`) in an HF directory, or rebuilt from a GGUF
-//! file's `tokenizer.ggml.*` metadata the way transformers' GGUF converter does it for `gpt2`
-//! BPE vocabularies (byte-level pre-tokenizer and decoder, control tokens as special tokens).
+//! file's `tokenizer.ggml.*` metadata for `gpt2` BPE vocabularies: the split llama.cpp uses for
+//! the file's `tokenizer.ggml.pre` ([`super::pretokenizer`]), GPT-2's byte-level mapping and
+//! decoder, control tokens as special tokens.
 //! Knows token ids and special tokens; chat templates are rendered by `data`.
 
 use std::path::Path;
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{BPE, Merges, Vocab};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 use super::WeightsError;
 use super::gguf::{GgufFile, MetaValue};
+use super::pretokenizer::{self, PreTokenizer};
 
 /// A tokenizer and the special tokens a chat model needs.
 pub struct ModelTokenizer {
@@ -23,6 +28,8 @@ pub struct ModelTokenizer {
     /// Prepend BOS when encoding with special tokens (GGUF `tokenizer.ggml.add_bos_token`;
     /// tokenizer.json files do this in their own post-processor instead).
     pub add_bos: bool,
+    /// Append EOS likewise (`tokenizer.ggml.add_eos_token`).
+    pub add_eos: bool,
     /// Jinja chat template, if the model ships one.
     pub chat_template: Option<String>,
 }
@@ -37,6 +44,9 @@ impl ModelTokenizer {
         let mut ids = encoding.get_ids().to_vec();
         if let Some(bos) = self.bos_id.filter(|_| add_special_tokens && self.add_bos) {
             ids.insert(0, bos);
+        }
+        if let Some(eos) = self.eos_id.filter(|_| add_special_tokens && self.add_eos) {
+            ids.push(eos);
         }
         Ok(ids)
     }
@@ -56,6 +66,8 @@ impl ModelTokenizer {
                 "tokenizer.ggml.model is {model:?}; only gpt2-style BPE tokenizers are rebuilt from GGUF (use the model's HF directory with tokenizer.json instead)"
             )));
         }
+        let pre = file.get("tokenizer.ggml.pre").and_then(MetaValue::as_str);
+        let pre = pretokenizer::for_name(pre).map_err(|e| err(e.to_string()))?;
         let tokens = strings(file, "tokenizer.ggml.tokens")?;
         let merges = strings(file, "tokenizer.ggml.merges")?;
         let vocab: Vocab = tokens
@@ -73,6 +85,7 @@ impl ModelTokenizer {
             .ok_or_else(|| err("tokenizer.ggml.merges has an entry without a space".into()))?;
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
+            .ignore_merges(pre.ignore_merges)
             .build()
             .map_err(|e| {
                 err(format!(
@@ -80,7 +93,7 @@ impl ModelTokenizer {
                 ))
             })?;
         let mut tokenizer = Tokenizer::new(bpe);
-        tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        tokenizer.with_pre_tokenizer(Some(byte_level_after(&pre).map_err(err)?));
         tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
         // ggml token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
         let types: Vec<u64> = match file.get("tokenizer.ggml.token_type") {
@@ -105,8 +118,12 @@ impl ModelTokenizer {
             bos_id: id("tokenizer.ggml.bos_token_id"),
             eos_id: id("tokenizer.ggml.eos_token_id"),
             pad_id: id("tokenizer.ggml.padding_token_id"),
-            add_bos: matches!(
-                file.get("tokenizer.ggml.add_bos_token"),
+            add_bos: match file.get("tokenizer.ggml.add_bos_token") {
+                Some(MetaValue::Bool(add)) => *add,
+                _ => pre.add_bos,
+            },
+            add_eos: matches!(
+                file.get("tokenizer.ggml.add_eos_token"),
                 Some(MetaValue::Bool(true))
             ),
             chat_template: file
@@ -150,10 +167,28 @@ impl ModelTokenizer {
             eos_id: id("eos_token"),
             pad_id: id("pad_token"),
             add_bos: false,
+            add_eos: false,
             chat_template: config["chat_template"].as_str().map(String::from),
             tokenizer,
         })
     }
+}
+
+/// `pre`'s splits, each isolating its matches, then GPT-2's byte-to-character mapping (with no
+/// split of its own), as llama.cpp tokenizes a BPE vocabulary.
+fn byte_level_after(pre: &PreTokenizer) -> Result<Sequence, String> {
+    let mut steps: Vec<PreTokenizerWrapper> = Vec::with_capacity(pre.splits.len() + 1);
+    for re in pre.splits {
+        let split = Split::new(
+            SplitPattern::Regex(re.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| format!("pre-tokenizer expression {re:?}: {e}"))?;
+        steps.push(split.into());
+    }
+    steps.push(ByteLevel::new(false, false, false).into());
+    Ok(Sequence::new(steps))
 }
 
 /// A metadata array of strings, borrowed.

@@ -31,3 +31,61 @@ pub fn smollm2() -> ModelFiles {
 pub fn minilm() -> ModelFiles {
     fetch(MINILM, None)
 }
+
+/// llama-cpp-python's source distribution on PyPI, which vendors llama.cpp with its tokenizer
+/// test files: `models/ggml-vocab-NAME.gguf` (a vocabulary) with `.inp` (texts) and `.out` (the
+/// ids llama.cpp gives them).
+pub const LLAMA_CPP_PYTHON: &str = "llama-cpp-python==0.3.36";
+pub const LLAMA_CPP_PYTHON_SHA256: &str =
+    "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e";
+
+/// The directory holding llama.cpp's `ggml-vocab-*` test files, downloaded (pip, sha256-checked)
+/// and extracted once into the lora-tune cache.
+pub fn llama_cpp_vocab_dir() -> std::path::PathBuf {
+    // One download per test binary; other processes use their own partial directory.
+    static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONCE.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = lora_tune::source::cache_dir().join("llama-cpp-python-0.3.36-vocab");
+    if dir.join("DONE").is_file() {
+        return dir;
+    }
+    let tmp = dir.with_extension(format!("partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let status = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            "llama-cpp-python",
+        ])
+        .args(["--disable-pip-version-check", "--progress-bar", "off", "-d"])
+        .arg(&tmp)
+        .arg(LLAMA_CPP_PYTHON)
+        .status()
+        .expect("python3 -m pip runs");
+    assert!(
+        status.success(),
+        "pip download {LLAMA_CPP_PYTHON} failed (PyPI reachable?)"
+    );
+    let sdist = tmp.join("llama_cpp_python-0.3.36.tar.gz");
+    let sha = lora_tune::source::sha256_file(&sdist, &ProgressBar::hidden()).unwrap();
+    assert_eq!(sha, LLAMA_CPP_PYTHON_SHA256, "{}", sdist.display());
+    let status = std::process::Command::new("tar")
+        .arg("xzf")
+        .arg(&sdist)
+        .arg("-C")
+        .arg(&tmp)
+        .args(["--strip-components=4", "--wildcards"])
+        .arg("llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-*")
+        .status()
+        .expect("tar runs");
+    assert!(status.success(), "extracting {}", sdist.display());
+    std::fs::remove_file(&sdist).unwrap();
+    std::fs::write(tmp.join("DONE"), "").unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).unwrap();
+    dir
+}
