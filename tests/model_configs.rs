@@ -9,6 +9,8 @@ use std::path::Path;
 
 use lora_tune::model::decoder_config::DecoderConfig;
 use lora_tune::model::read_decoder_config;
+use lora_tune::weights::gguf::{GgufFile, MetaValue};
+use lora_tune::weights::gguf_writer::{self, TensorType};
 use serde_json::{Value, json};
 
 /// The tiny Llama's config.json with `changes` applied (null removes a key).
@@ -135,4 +137,71 @@ fn a_recipe_longer_than_the_window_is_refused_before_loading() {
     std::fs::write(&recipe, text).unwrap();
     let out = common::run(tmp.path(), &["recipe.toml", "--device", "cpu"]);
     assert_eq!(out.status.code(), Some(0), "{:?}", common::text(&out));
+}
+
+/// A GGUF holding only the metadata of a 2-layer `llama`, `extra` added or replacing a key;
+/// its config as read.
+fn gguf_config_with(extra: &[(&str, MetaValue)]) -> Result<DecoderConfig, String> {
+    let base = [
+        ("general.architecture", MetaValue::String("llama".into())),
+        ("llama.vocab_size", MetaValue::U32(256)),
+        ("llama.embedding_length", MetaValue::U32(64)),
+        ("llama.feed_forward_length", MetaValue::U32(96)),
+        ("llama.block_count", MetaValue::U32(2)),
+        ("llama.attention.head_count", MetaValue::U32(4)),
+        ("llama.attention.head_count_kv", MetaValue::U32(2)),
+        ("llama.rope.dimension_count", MetaValue::U32(16)),
+    ];
+    let mut metadata: Vec<(&str, MetaValue)> = base
+        .into_iter()
+        .filter(|(key, _)| !extra.iter().any(|(k, _)| k == key))
+        .collect();
+    metadata.extend(extra.iter().cloned());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    gguf_writer::write(&path, &metadata, &[], TensorType::F32).unwrap();
+    DecoderConfig::from_gguf(&GgufFile::open(&path).unwrap()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn gguf_metadata_that_changes_the_computation_is_read_or_refused_by_name() {
+    let config = gguf_config_with(&[]).unwrap();
+    assert_eq!((config.head_dim, config.sliding_window), (16, None));
+    let refused: [(&[(&str, MetaValue)], &str); 4] = [
+        (
+            &[(
+                "llama.rope.scaling.type",
+                MetaValue::String("linear".into()),
+            )],
+            "llama.rope.scaling.type = \"linear\"",
+        ),
+        (
+            &[("llama.rope.scaling.factor", MetaValue::F32(4.0))],
+            "llama.rope.scaling.factor = 4",
+        ),
+        (
+            &[("llama.expert_count", MetaValue::U32(8))],
+            "llama.expert_count = 8",
+        ),
+        (
+            &[
+                ("llama.attention.key_length", MetaValue::U32(16)),
+                ("llama.rope.dimension_count", MetaValue::U32(8)),
+            ],
+            "llama.rope.dimension_count = 8 with heads of 16",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (extra, wanted) in refused {
+        match gguf_config_with(extra) {
+            Ok(_) => failures.push(format!("{wanted}: accepted")),
+            Err(e) if !e.contains(wanted) => failures.push(format!("{wanted}: {e}")),
+            Err(_) => {}
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let none = gguf_config_with(&[("llama.rope.scaling.type", MetaValue::String("none".into()))]);
+    assert!(none.is_ok(), "{none:?}");
+    let window = gguf_config_with(&[("llama.attention.sliding_window", MetaValue::U32(32))]);
+    assert_eq!(window.unwrap().sliding_window, Some(32));
 }

@@ -88,6 +88,35 @@ impl DecoderConfig {
             // and ignoring it would give subtly wrong logits.
             return Err(err("rope_freqs.weight (Llama 3 RoPE scaling) in GGUF is not supported yet; use the model's HF directory".into()));
         }
+        // Metadata that changes the computation and is not implemented: refused by name.
+        let text = |key: &str| {
+            file.get(&format!("{arch}.{key}"))
+                .and_then(MetaValue::as_str)
+        };
+        if let Some(kind) = text("rope.scaling.type").filter(|k| *k != "none") {
+            return Err(err(format!(
+                "{arch}.rope.scaling.type = {kind:?}: RoPE scaling from GGUF metadata is not implemented; use the model's HF directory"
+            )));
+        }
+        if let Some(factor) = float("rope.scaling.factor").filter(|f| *f != 0.0 && *f != 1.0) {
+            return Err(err(format!(
+                "{arch}.rope.scaling.factor = {factor}: RoPE scaling from GGUF metadata is not implemented; use the model's HF directory"
+            )));
+        }
+        let present = |key: &str| int(key).ok();
+        if let Some(experts) = present("expert_count").filter(|&n| n > 0) {
+            return Err(err(format!(
+                "{arch}.expert_count = {experts}: mixture-of-experts layers are not implemented"
+            )));
+        }
+        let head_dim = present("attention.key_length")
+            .or(present("rope.dimension_count"))
+            .unwrap_or(hidden_size / heads.max(1));
+        if let Some(rotary) = present("rope.dimension_count").filter(|&r| r != head_dim) {
+            return Err(err(format!(
+                "{arch}.rope.dimension_count = {rotary} with heads of {head_dim}: partial rotary embeddings are not implemented"
+            )));
+        }
         Ok(Self {
             vocab_size,
             hidden_size,
@@ -95,14 +124,14 @@ impl DecoderConfig {
             num_hidden_layers: int("block_count")?,
             num_attention_heads: heads,
             num_key_value_heads: int("attention.head_count_kv").unwrap_or(heads),
-            head_dim: int("rope.dimension_count").unwrap_or(hidden_size / heads.max(1)),
+            head_dim,
             rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
             rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
             rope_llama3: None,
             max_position_embeddings: int("context_length").unwrap_or(2048),
             tie_word_embeddings: !has("output.weight"),
             qkv_bias: has("blk.0.attn_q.bias"),
-            sliding_window: None,
+            sliding_window: present("attention.sliding_window").filter(|&w| w > 0),
         })
         .and_then(|c: Self| c.validated(&file.path))
     }
