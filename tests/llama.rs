@@ -62,6 +62,7 @@ fn check_tiny(name: &str) {
         .zip(&want)
         .map(|(g, w)| (g - w).abs())
         .fold(0f32, f32::max);
+    eprintln!("{name}: max |Δlogit| vs transformers = {max:e}");
     assert!(max <= 1e-4, "{name}: max |Δlogit| = {max}");
 }
 
@@ -193,4 +194,37 @@ fn sharded_safetensors_load_identically() {
         to_vec(model.forward(&[vec![5, 17, 42]], &[vec![1, 1, 1]]))
     };
     assert_eq!(logits(dir.path()), logits(&src));
+}
+
+#[test]
+fn tiny_qwen3_with_head_norms_and_explicit_head_dim_matches_transformers() {
+    check_tiny("tiny-qwen3");
+}
+
+/// Golden: tools/reference/qwen3_fixtures.py (transformers' greedy `generate`, 12 tokens).
+#[test]
+fn tiny_qwen3_generates_what_transformers_generates() {
+    let dir = Path::new(FIXTURES).join("tiny-qwen3");
+    let config = lora_tune::model::read_decoder_config(&dir.join("config.json")).unwrap();
+    assert!(config.qk_norm && config.head_dim == 32 && !config.qkv_bias);
+    let model = Decoder::load(config, HostTensors::read(&dir).unwrap(), &cpu()).unwrap();
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("greedy.json")).unwrap()).unwrap();
+    let sampling = Sampling {
+        temperature: 0.0,
+        top_p: 1.0,
+        seed: 0,
+    };
+    for case in cases.as_array().unwrap() {
+        let ids = |key: &str| -> Vec<u32> {
+            case[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect()
+        };
+        let got = generate(&model, &ids("prompt"), 12, &[], sampling, |_| {}).unwrap();
+        assert_eq!(got, ids("greedy"), "prompt {:?}", ids("prompt"));
+    }
 }

@@ -610,3 +610,17 @@ fn skip_nonfinite_skips_exactly_the_poisoned_steps() {
         assert_eq!(r.loss.is_finite(), !poisoned.contains(&r.step), "{r:?}");
     }
 }
+
+/// Golden: tools/reference/lora_train.py qwen3 (peft 0.21.2 on tiny-qwen3): the same ten steps
+/// through Qwen3's per-head q/k norms, with and without gradient checkpointing.
+#[test]
+fn ten_steps_on_tiny_qwen3_equal_peft() {
+    tiny::assert_ten_steps_equal_peft_on("tiny-qwen3", "lora/train-qwen3", &cpu(), "qwen3", false);
+    tiny::assert_ten_steps_equal_peft_on(
+        "tiny-qwen3",
+        "lora/train-qwen3",
+        &cpu(),
+        "qwen3, gradient checkpointing",
+        true,
+    );
+}

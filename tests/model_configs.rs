@@ -45,7 +45,7 @@ fn fields_that_change_the_computation_are_refused_by_name_and_value() {
             json!({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}),
             "rope_type `yarn`",
         ),
-        (json!({"model_type": "qwen3"}), "model_type `qwen3`"),
+        (json!({"model_type": "olmo2"}), "model_type `olmo2`"),
         (json!({"model_type": "gemma2"}), "model_type `gemma2`"),
         (json!({"model_type": "phi3"}), "model_type `phi3`"),
     ];

@@ -197,6 +197,7 @@ mod tests {
             max_position_embeddings: 128,
             tie_word_embeddings: true,
             qkv_bias: false,
+            qk_norm: false,
             sliding_window: None,
         }
     }

@@ -9,6 +9,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 use super::linear::Linear;
+use super::norm::RmsNorm;
 use super::rope::RopeTables;
 
 #[derive(Debug, Clone)]
@@ -17,6 +18,9 @@ pub struct Attention {
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub o_proj: Linear,
+    /// Qwen3's RMSNorm of each query / key head before RoPE.
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
@@ -35,8 +39,17 @@ impl Attention {
         let [b, s, _] = x.dims();
         let (h, kv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let heads = |t: Tensor<3>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2); // [b, n, s, d]
-        let q = rope.apply(heads(self.q_proj.forward(x.clone()), h));
-        let mut k = rope.apply(heads(self.k_proj.forward(x.clone()), kv));
+        // [b, s, n·d] → RMSNorm over each head's d → same
+        let head_norm = |t: Tensor<3>, norm: &Option<RmsNorm>, n: usize| match norm {
+            Some(norm) => norm
+                .forward(t.reshape([b, s * n, d]))
+                .reshape([b, s, n * d]),
+            None => t,
+        };
+        let q = head_norm(self.q_proj.forward(x.clone()), &self.q_norm, h);
+        let k = head_norm(self.k_proj.forward(x.clone()), &self.k_norm, kv);
+        let q = rope.apply(heads(q, h));
+        let mut k = rope.apply(heads(k, kv));
         let mut v = heads(self.v_proj.forward(x), kv);
         if let Some(cache) = cache {
             if let Some((past_k, past_v)) = cache.kv.take() {

@@ -106,6 +106,17 @@ impl Decoder {
                 };
                 Linear::load(w, &format!("{at}.self_attn.{m}"), shape, bias, device)
             };
+            let head_norm = |w: &mut HostTensors,
+                             m: &str|
+             -> Result<Option<RmsNorm>, WeightsError> {
+                if !c.qk_norm {
+                    return Ok(None);
+                }
+                Ok(Some(RmsNorm {
+                    weight: take1(w, &format!("{at}.self_attn.{m}.weight"), c.head_dim, device)?,
+                    eps: c.rms_norm_eps,
+                }))
+            };
             let mlp = |m: &str, shape: [usize; 2], w: &mut HostTensors| {
                 Linear::load(w, &format!("{at}.mlp.{m}"), shape, false, device)
             };
@@ -116,6 +127,8 @@ impl Decoder {
                     k_proj: attn("k_proj", kv_out, c.qkv_bias, &mut w)?,
                     v_proj: attn("v_proj", kv_out, c.qkv_bias, &mut w)?,
                     o_proj: attn("o_proj", hd, false, &mut w)?,
+                    q_norm: head_norm(&mut w, "q_norm")?,
+                    k_norm: head_norm(&mut w, "k_norm")?,
                     n_heads: c.num_attention_heads,
                     n_kv_heads: c.num_key_value_heads,
                     head_dim: c.head_dim,

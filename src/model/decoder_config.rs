@@ -46,6 +46,8 @@ pub struct DecoderConfig {
     pub tie_word_embeddings: bool,
     /// q/k/v projections carry biases (Qwen2; Llama with `attention_bias`).
     pub qkv_bias: bool,
+    /// q and k go through an RMSNorm over each head's dimensions before RoPE (Qwen3).
+    pub qk_norm: bool,
     /// Attention reaches back at most this many positions (Mistral's `sliding_window`, Qwen2's
     /// with `use_sliding_window`). Not computed: a sequence this long or shorter attends
     /// exactly as with full causal attention, and longer ones are refused (`prepare`, `generate`).
@@ -131,15 +133,20 @@ impl DecoderConfig {
             max_position_embeddings: int("context_length").unwrap_or(2048),
             tie_word_embeddings: !has("output.weight"),
             qkv_bias: has("blk.0.attn_q.bias"),
+            qk_norm: false,
             sliding_window: present("attention.sliding_window").filter(|&w| w > 0),
         })
         .and_then(|c: Self| c.validated(&file.path))
     }
 
-    /// llama.cpp's architecture name: Qwen2 is the family member with Q/K/V biases; Llama,
-    /// Mistral and SmolLM are all `llama` there.
+    /// llama.cpp's architecture name: Qwen3 is the family member with q/k norms, Qwen2 the one
+    /// with q/k/v biases; Llama, Mistral and SmolLM are all `llama` there.
     pub fn gguf_architecture(&self) -> &'static str {
-        if self.qkv_bias { "qwen2" } else { "llama" }
+        match (self.qk_norm, self.qkv_bias) {
+            (true, _) => "qwen3",
+            (false, true) => "qwen2",
+            (false, false) => "llama",
+        }
     }
 
     /// Every linear layer in HF module order, with its shape: the sites LoRA may target.
@@ -199,7 +206,12 @@ impl DecoderConfig {
         } else {
             0
         };
-        let norms = h * (2 * self.num_hidden_layers + 1);
+        let qk_norms = if self.qk_norm {
+            2 * self.head_dim * self.num_hidden_layers
+        } else {
+            0
+        };
+        let norms = h * (2 * self.num_hidden_layers + 1) + qk_norms;
         let head = if self.tie_word_embeddings {
             0
         } else {

@@ -99,6 +99,7 @@ impl LlamaJson {
             max_position_embeddings: self.max_position_embeddings.unwrap_or(2048),
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
             qkv_bias: qkv_bias || self.attention_bias.unwrap_or(false),
+            qk_norm: false,
             sliding_window: None,
         }
         .validated(path)

@@ -25,8 +25,16 @@ struct Qwen2Json {
 
 /// A Qwen2 config.json (`text`, read from `path`).
 pub fn config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
+    Ok(DecoderConfig {
+        sliding_window: sliding_window(path, text)?,
+        ..LlamaJson::parse(path, text)?.resolve(path, true)?
+    })
+}
+
+/// The window of the layers that have one (Qwen2's and Qwen3's rule), or None.
+pub fn sliding_window(path: &Path, text: &str) -> Result<Option<usize>, WeightsError> {
     let extra: Qwen2Json = serde_json::from_str(text)
-        .map_err(|e| WeightsError::format(path, format!("not a Qwen2 config: {e}")))?;
+        .map_err(|e| WeightsError::format(path, format!("not a Qwen2-style config: {e}")))?;
     let windowed = match &extra.layer_types {
         Some(types) => types.iter().any(|t| t == "sliding_attention"),
         None => {
@@ -35,8 +43,5 @@ pub fn config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
         }
     };
     // The window is the tightest limit any layer has; sequences within it are unaffected.
-    Ok(DecoderConfig {
-        sliding_window: windowed.then_some(extra.sliding_window.unwrap_or(DEFAULT_WINDOW)),
-        ..LlamaJson::parse(path, text)?.resolve(path, true)?
-    })
+    Ok(windowed.then_some(extra.sliding_window.unwrap_or(DEFAULT_WINDOW)))
 }

@@ -26,7 +26,12 @@ pub fn base() -> Decoder {
 }
 
 pub fn base_on(device: &Device) -> Decoder {
-    let dir = fixture("llama/tiny-llama");
+    named_on("tiny-llama", device)
+}
+
+/// The tiny model `name` of tests/fixtures/llama/ (tiny-llama, tiny-qwen2, tiny-qwen3).
+pub fn named_on(name: &str, device: &Device) -> Decoder {
+    let dir = fixture(&format!("llama/{name}"));
     let config = lora_tune::model::read_decoder_config(&dir.join("config.json")).unwrap();
     Decoder::load(config, HostTensors::read(&dir).unwrap(), device).unwrap()
 }
@@ -101,8 +106,30 @@ pub fn assert_peft_logits(model: &Decoder, what: &str) {
 /// of PEFT's, final A/B within 1e-4, the frozen base and embedding bit-identical afterwards.
 /// `gradient_checkpointing` trains by block recompute instead of one whole-graph backward.
 pub fn assert_ten_steps_equal_peft(device: &Device, what: &str, gradient_checkpointing: bool) {
-    let fixtures = fixture("lora/train");
-    let mut model = adapted_on(&fixtures.join("init.safetensors"), device);
+    assert_ten_steps_equal_peft_on(
+        "tiny-llama",
+        "lora/train",
+        device,
+        what,
+        gradient_checkpointing,
+    );
+}
+
+/// The same ten steps on the tiny model `name`, against the PEFT run in fixture dir `fixtures`.
+pub fn assert_ten_steps_equal_peft_on(
+    name: &str,
+    fixtures: &str,
+    device: &Device,
+    what: &str,
+    gradient_checkpointing: bool,
+) {
+    let fixtures = fixture(fixtures);
+    let mut model = named_on(name, device);
+    let adapted = select_targets(&model.config.linear_sites(), &lora()).unwrap();
+    model.attach_adapters(&adapted, &lora(), 0).unwrap();
+    model
+        .load_adapter_weights(&fixtures.join("init.safetensors"))
+        .unwrap();
     model.gradient_checkpointing = gradient_checkpointing;
     let base_before: Vec<Vec<f32>> = model
         .linears_mut()

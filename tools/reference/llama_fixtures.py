@@ -44,6 +44,7 @@ def tiny(name, model_cls, config):
     save_file({"input_ids": INPUT_IDS.to(torch.int64), "attention_mask": MASK.to(torch.int64),
                "logits": logits.contiguous()}, d / "reference.safetensors")
     print(name, logits.shape, float(logits.abs().max()))
+    return model
 
 
 def smollm2(gguf_dir):

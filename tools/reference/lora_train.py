@@ -13,8 +13,12 @@ get_linear_schedule_with_warmup(2 warmup steps, 10 total).
 Writes tests/fixtures/lora/train/: batches.json (micro-batches: input_ids, attention_mask, labels
 with -100), init.safetensors and final.safetensors (PEFT keys, lora_A [r,in] / lora_B [out,r]),
 trajectory.json (per step: loss, grad norm before clipping, lr used).
+With `qwen3`: the same steps on tests/fixtures/llama/tiny-qwen3 (qwen3_fixtures.py), into
+tests/fixtures/lora/train-qwen3/ (init, final, trajectory; the batches are lora/train's).
 Environment: transformers==5.23.0 peft==0.21.2, torch per DESIGN.md §6.
+Usage: python3 tools/reference/lora_train.py [qwen3]
 """
+import sys
 import json
 import pathlib
 
@@ -24,7 +28,9 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, get_linear_schedule_with_warmup
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-OUT = ROOT / "tests" / "fixtures" / "lora" / "train"
+QWEN3 = sys.argv[1:] == ["qwen3"]
+OUT = ROOT / "tests" / "fixtures" / "lora" / ("train-qwen3" if QWEN3 else "train")
+BASE = ROOT / "tests/fixtures/llama" / ("tiny-qwen3" if QWEN3 else "tiny-llama")
 STEPS, ACCUM, MAX_NORM = 10, 2, 0.05
 
 
@@ -54,7 +60,7 @@ def micro_batches(gen):
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(7)
-    model = AutoModelForCausalLM.from_pretrained(ROOT / "tests/fixtures/llama/tiny-llama", attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(BASE, attn_implementation="eager")
     config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     model = get_peft_model(model, config)
@@ -85,7 +91,8 @@ def main():
         trajectory.append({"step": step + 1, "loss": total, "grad_norm": norm, "lr": lr, "tokens": n_tokens})
         print(trajectory[-1])
     save_file(lora_state(model), OUT / "final.safetensors")
-    (OUT / "batches.json").write_text(json.dumps(batches) + "\n")
+    if not QWEN3:  # the same micro-batches: lora/train/batches.json serves both
+        (OUT / "batches.json").write_text(json.dumps(batches) + "\n")
     (OUT / "trajectory.json").write_text(json.dumps(trajectory, indent=1) + "\n")
 
 
