@@ -11,7 +11,7 @@ use std::path::Path;
 
 use burn::tensor::Tensor;
 use lora_tune::model::decoder::Decoder;
-use lora_tune::model::decoder_config::DecoderConfig;
+use lora_tune::model::decoder_config::{DecoderConfig, NormPlacement, QkNorm};
 use lora_tune::model::generate::{Sampling, generate};
 use lora_tune::weights::gguf::GgufFile;
 use lora_tune::weights::host::HostTensors;
@@ -201,13 +201,49 @@ fn tiny_qwen3_with_head_norms_and_explicit_head_dim_matches_transformers() {
     check_tiny("tiny-qwen3");
 }
 
-/// Golden: tools/reference/qwen3_fixtures.py (transformers' greedy `generate`, 12 tokens).
+#[test]
+fn tiny_granite_with_its_four_multipliers_matches_transformers() {
+    check_tiny("tiny-granite");
+}
+
+#[test]
+fn tiny_olmo2_with_post_norms_and_projection_qk_norms_matches_transformers() {
+    check_tiny("tiny-olmo2");
+}
+
+#[test]
+fn tiny_olmo2_generates_what_transformers_generates() {
+    let config = greedy_equals_transformers("tiny-olmo2");
+    assert_eq!(
+        (config.qk_norm, config.norms),
+        (QkNorm::Projection, NormPlacement::Post)
+    );
+}
+
 #[test]
 fn tiny_qwen3_generates_what_transformers_generates() {
-    let dir = Path::new(FIXTURES).join("tiny-qwen3");
+    let config = greedy_equals_transformers("tiny-qwen3");
+    assert!(config.qk_norm == QkNorm::PerHead && config.head_dim == 32 && !config.qkv_bias);
+}
+
+#[test]
+fn tiny_granite_generates_what_transformers_generates() {
+    let config = greedy_equals_transformers("tiny-granite");
+    let scalars = (
+        config.embedding_multiplier,
+        config.attention_multiplier,
+        config.residual_multiplier,
+        config.logits_scaling,
+    );
+    assert_eq!(scalars, (12.0, Some(0.1), 0.22, 8.0));
+}
+
+/// The tiny model `name` generates transformers' 12 greedy tokens after each prompt of its
+/// greedy.json (golden: tools/reference/family_fixtures.py); its config, for further checks.
+fn greedy_equals_transformers(name: &str) -> DecoderConfig {
+    let dir = Path::new(FIXTURES).join(name);
     let config = lora_tune::model::read_decoder_config(&dir.join("config.json")).unwrap();
-    assert!(config.qk_norm && config.head_dim == 32 && !config.qkv_bias);
-    let model = Decoder::load(config, HostTensors::read(&dir).unwrap(), &cpu()).unwrap();
+    let model = Decoder::load(config.clone(), HostTensors::read(&dir).unwrap(), &cpu()).unwrap();
     let cases: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("greedy.json")).unwrap()).unwrap();
     let sampling = Sampling {
@@ -225,6 +261,7 @@ fn tiny_qwen3_generates_what_transformers_generates() {
                 .collect()
         };
         let got = generate(&model, &ids("prompt"), 12, &[], sampling, |_| {}).unwrap();
-        assert_eq!(got, ids("greedy"), "prompt {:?}", ids("prompt"));
+        assert_eq!(got, ids("greedy"), "{name}: prompt {:?}", ids("prompt"));
     }
+    config
 }

@@ -45,7 +45,10 @@ fn fields_that_change_the_computation_are_refused_by_name_and_value() {
             json!({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}),
             "rope_type `yarn`",
         ),
-        (json!({"model_type": "olmo2"}), "model_type `olmo2`"),
+        (
+            json!({"model_type": "gemma3_text"}),
+            "model_type `gemma3_text`",
+        ),
         (json!({"model_type": "gemma2"}), "model_type `gemma2`"),
         (json!({"model_type": "phi3"}), "model_type `phi3`"),
     ];
@@ -204,4 +207,23 @@ fn gguf_metadata_that_changes_the_computation_is_read_or_refused_by_name() {
     assert!(none.is_ok(), "{none:?}");
     let window = gguf_config_with(&[("llama.attention.sliding_window", MetaValue::U32(32))]);
     assert_eq!(window.unwrap().sliding_window, Some(32));
+}
+
+#[test]
+fn granite_scalars_are_read_with_transformers_defaults() {
+    let config = config_with(json!({"model_type": "granite"})).unwrap();
+    let scalars = (
+        config.embedding_multiplier,
+        config.attention_multiplier,
+        config.residual_multiplier,
+        config.logits_scaling,
+    );
+    assert_eq!(
+        scalars,
+        (1.0, Some(1.0), 1.0, 1.0),
+        "GraniteConfig's defaults"
+    );
+    assert_eq!(config.gguf_architecture(), "granite");
+    let config = config_with(json!({"model_type": "granite", "logits_scaling": 16.0})).unwrap();
+    assert_eq!(config.logits_scaling, 16.0);
 }

@@ -1,8 +1,8 @@
 //! The llama.cpp LoRA adapter GGUF, written natively (what `convert_lora_to_gguf.py` writes from
 //! a PEFT folder): `general.type = "adapter"`, `general.architecture` of the base,
 //! `adapter.type = "lora"`, `adapter.lora.alpha`, and per adapted layer
-//! `blk.N.<module>.weight.lora_a` (PyTorch [r, in]) and `.lora_b` ([out, r]). For `llama` bases
-//! the rows of Q/K's B are permuted as the base's Q/K rows are (llama.cpp's interleaved RoPE).
+//! `blk.N.<module>.weight.lora_a` (PyTorch [r, in]) and `.lora_b` ([out, r]). For `llama` (and
+//! `granite`) bases the rows of Q/K's B are permuted as the base's Q/K rows are (llama.cpp's interleaved RoPE).
 //! llama.cpp scales by alpha / r with r read from the tensors, so rsLoRA's α/√r is written as
 //! α·√r, and a per-module `alpha_pattern` cannot be expressed.
 
@@ -76,7 +76,9 @@ pub fn write(
         let gguf_name = format!("{module}.weight.lora_{}", factor.to_ascii_lowercase());
         let mut values = t.values;
         let permuted = permuted_heads(&format!("{module}.weight"), heads, kv_heads);
-        if let Some(h) = permuted.filter(|_| arch == "llama" && factor == 'B') {
+        // llama.cpp's converter permutes Q/K for `llama` and for Granite (its GraniteModel is a
+        // LlamaModel); Qwen's RoPE is rotate_half already.
+        if let Some(h) = permuted.filter(|_| matches!(arch, "llama" | "granite") && factor == 'B') {
             values = permute_rows(&values, t.shape[0], t.shape[1], h)
                 .map_err(|detail| GgufLoraError::Permute { key, detail })?;
         }

@@ -180,6 +180,7 @@ pub fn check(config: &PeftConfig, base: &DecoderConfig) -> Vec<Finding> {
 mod tests {
     use super::*;
     use crate::lora::targets::TargetLayer;
+    use crate::model::decoder_config::{NormPlacement, QkNorm};
     use crate::recipe::LoraSection;
 
     fn base() -> DecoderConfig {
@@ -197,7 +198,12 @@ mod tests {
             max_position_embeddings: 128,
             tie_word_embeddings: true,
             qkv_bias: false,
-            qk_norm: false,
+            qk_norm: QkNorm::None,
+            norms: NormPlacement::Pre,
+            embedding_multiplier: 1.0,
+            attention_multiplier: None,
+            residual_multiplier: 1.0,
+            logits_scaling: 1.0,
             sliding_window: None,
         }
     }

@@ -8,6 +8,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 
+use super::decoder_config::QkNorm;
 use super::linear::Linear;
 use super::norm::RmsNorm;
 use super::rope::RopeTables;
@@ -18,9 +19,12 @@ pub struct Attention {
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub o_proj: Linear,
-    /// Qwen3's RMSNorm of each query / key head before RoPE.
+    /// RMSNorm of q / k before RoPE: per head (Qwen3) or over the projection (OLMo2).
+    pub qk_norm: QkNorm,
     pub q_norm: Option<RmsNorm>,
     pub k_norm: Option<RmsNorm>,
+    /// Multiplies q·kᵀ: 1/√head_dim, or Granite's `attention_multiplier`.
+    pub scale: f64,
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
@@ -39,12 +43,15 @@ impl Attention {
         let [b, s, _] = x.dims();
         let (h, kv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let heads = |t: Tensor<3>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2); // [b, n, s, d]
-        // [b, s, n·d] → RMSNorm over each head's d → same
-        let head_norm = |t: Tensor<3>, norm: &Option<RmsNorm>, n: usize| match norm {
-            Some(norm) => norm
-                .forward(t.reshape([b, s * n, d]))
-                .reshape([b, s, n * d]),
-            None => t,
+        // [b, s, n·d] → RMSNorm over each head's d, or over all n·d → same
+        let head_norm = |t: Tensor<3>, norm: &Option<RmsNorm>, n: usize| match (norm, self.qk_norm)
+        {
+            (Some(norm), QkNorm::PerHead) => {
+                norm.forward(t.reshape([b, s * n, d]))
+                    .reshape([b, s, n * d])
+            }
+            (Some(norm), QkNorm::Projection) => norm.forward(t),
+            _ => t,
         };
         let q = head_norm(self.q_proj.forward(x.clone()), &self.q_norm, h);
         let k = head_norm(self.k_proj.forward(x.clone()), &self.k_norm, kv);
@@ -69,18 +76,20 @@ impl Attention {
         let mask = mask.clone().expand([b, h, s, t]);
         let out = if q.is_autodiff() {
             // Under autodiff, as transformers' eager path: the [b, h, s, t] scores are kept for
-            // backward (burn's fused attention has no backward of its own). The 1/√d scale is
+            // backward (burn's fused attention has no backward of its own). The scale is
             // applied to q, t/d times smaller than the scores (exact for power-of-two d).
-            let scores = q
-                .mul_scalar(1.0 / (d as f64).sqrt())
-                .matmul(k.swap_dims(2, 3));
+            let scores = q.mul_scalar(self.scale).matmul(k.swap_dims(2, 3));
             softmax(scores.mask_fill(mask, f32::MIN), 3).matmul(v)
         } else {
             // No gradient (evaluation, generation, the first pass of gradient checkpointing):
             // the backend's fused attention, tiled over keys for long rows (flex) — no S×S
             // buffers. A query with every key masked (left padding) gets zeros instead of
             // the eager path's uniform average; no real token reads it.
-            attention(q, k, v, Some(mask), None, AttentionModuleOptions::default())
+            let options = AttentionModuleOptions {
+                scale: Some(self.scale),
+                ..Default::default()
+            };
+            attention(q, k, v, Some(mask), None, options)
         }; // [b, h, s, d]
         self.o_proj
             .forward(out.swap_dims(1, 2).reshape([b, s, h * d]))

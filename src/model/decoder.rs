@@ -7,7 +7,7 @@
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::attention::{Attention, KvCache, LayerCache, causal_padding_mask, positions};
-use super::decoder_config::DecoderConfig;
+use super::decoder_config::{DecoderConfig, NormPlacement, QkNorm};
 use super::linear::{Linear, take1, take2};
 use super::mlp::Mlp;
 use super::norm::RmsNorm;
@@ -15,16 +15,48 @@ use super::rope::{RopeTables, inverse_frequencies};
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
 
+/// A layer's two RMSNorms, by where they sit (their HF names).
+#[derive(Debug, Clone)]
+pub enum LayerNorms {
+    /// x + attn(input_layernorm(x)), then x + mlp(post_attention_layernorm(x)) (Llama).
+    Pre {
+        input_layernorm: RmsNorm,
+        post_attention_layernorm: RmsNorm,
+    },
+    /// x + post_attention_layernorm(attn(x)), then x + post_feedforward_layernorm(mlp(x))
+    /// (OLMo2).
+    Post {
+        post_attention_layernorm: RmsNorm,
+        post_feedforward_layernorm: RmsNorm,
+    },
+}
+
+impl LayerNorms {
+    pub fn all(&self) -> [&RmsNorm; 2] {
+        match self {
+            Self::Pre {
+                input_layernorm,
+                post_attention_layernorm,
+            } => [input_layernorm, post_attention_layernorm],
+            Self::Post {
+                post_attention_layernorm,
+                post_feedforward_layernorm,
+            } => [post_attention_layernorm, post_feedforward_layernorm],
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DecoderLayer {
-    pub input_layernorm: RmsNorm,
+    pub norms: LayerNorms,
     pub self_attn: Attention,
-    pub post_attention_layernorm: RmsNorm,
     pub mlp: Mlp,
+    /// Scales each block's output before the residual add (Granite; 1 elsewhere).
+    pub residual_multiplier: f64,
 }
 
 impl DecoderLayer {
-    /// x: [b, s, hidden] → same: x + attn(rms(x)), then x + mlp(rms(x)).
+    /// x: [b, s, hidden] → same, with the norms before or after each block ([`LayerNorms`]).
     pub fn forward(
         &self,
         x: Tensor<3>,
@@ -32,9 +64,29 @@ impl DecoderLayer {
         mask: &Tensor<4, Bool>,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
-        let attn_in = self.input_layernorm.forward(x.clone());
-        let x = x + self.self_attn.forward(attn_in, rope, mask, cache);
-        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+        let scaled = |t: Tensor<3>| match self.residual_multiplier {
+            1.0 => t,
+            m => t.mul_scalar(m),
+        };
+        match &self.norms {
+            LayerNorms::Pre {
+                input_layernorm,
+                post_attention_layernorm,
+            } => {
+                let attn_in = input_layernorm.forward(x.clone());
+                let x = x + scaled(self.self_attn.forward(attn_in, rope, mask, cache));
+                x.clone() + scaled(self.mlp.forward(post_attention_layernorm.forward(x)))
+            }
+            LayerNorms::Post {
+                post_attention_layernorm,
+                post_feedforward_layernorm,
+            } => {
+                let attn = self.self_attn.forward(x.clone(), rope, mask, cache);
+                let x = x + scaled(post_attention_layernorm.forward(attn));
+                let mlp = self.mlp.forward(x.clone());
+                x + scaled(post_feedforward_layernorm.forward(mlp))
+            }
+        }
     }
 
     /// The layer's seven linear layers with their paths inside it, in checkpoint order.
@@ -106,14 +158,14 @@ impl Decoder {
                 };
                 Linear::load(w, &format!("{at}.self_attn.{m}"), shape, bias, device)
             };
-            let head_norm = |w: &mut HostTensors,
-                             m: &str|
-             -> Result<Option<RmsNorm>, WeightsError> {
-                if !c.qk_norm {
-                    return Ok(None);
-                }
-                Ok(Some(RmsNorm {
-                    weight: take1(w, &format!("{at}.self_attn.{m}.weight"), c.head_dim, device)?,
+            let head_norm = |w: &mut HostTensors, m: &str, width: usize| {
+                let size = match c.qk_norm {
+                    QkNorm::None => return Ok(None),
+                    QkNorm::PerHead => c.head_dim,
+                    QkNorm::Projection => width,
+                };
+                Ok::<_, WeightsError>(Some(RmsNorm {
+                    weight: take1(w, &format!("{at}.self_attn.{m}.weight"), size, device)?,
                     eps: c.rms_norm_eps,
                 }))
             };
@@ -121,24 +173,46 @@ impl Decoder {
                 Linear::load(w, &format!("{at}.mlp.{m}"), shape, false, device)
             };
             layers.push(DecoderLayer {
-                input_layernorm: norm(&mut w, &format!("{at}.input_layernorm"))?,
+                norms: match c.norms {
+                    NormPlacement::Pre => LayerNorms::Pre {
+                        input_layernorm: norm(&mut w, &format!("{at}.input_layernorm"))?,
+                        post_attention_layernorm: norm(
+                            &mut w,
+                            &format!("{at}.post_attention_layernorm"),
+                        )?,
+                    },
+                    NormPlacement::Post => LayerNorms::Post {
+                        post_attention_layernorm: norm(
+                            &mut w,
+                            &format!("{at}.post_attention_layernorm"),
+                        )?,
+                        post_feedforward_layernorm: norm(
+                            &mut w,
+                            &format!("{at}.post_feedforward_layernorm"),
+                        )?,
+                    },
+                },
                 self_attn: Attention {
                     q_proj: attn("q_proj", q_out, c.qkv_bias, &mut w)?,
                     k_proj: attn("k_proj", kv_out, c.qkv_bias, &mut w)?,
                     v_proj: attn("v_proj", kv_out, c.qkv_bias, &mut w)?,
                     o_proj: attn("o_proj", hd, false, &mut w)?,
-                    q_norm: head_norm(&mut w, "q_norm")?,
-                    k_norm: head_norm(&mut w, "k_norm")?,
+                    qk_norm: c.qk_norm,
+                    q_norm: head_norm(&mut w, "q_norm", q_out)?,
+                    k_norm: head_norm(&mut w, "k_norm", kv_out)?,
+                    scale: c
+                        .attention_multiplier
+                        .unwrap_or(1.0 / (c.head_dim as f64).sqrt()),
                     n_heads: c.num_attention_heads,
                     n_kv_heads: c.num_key_value_heads,
                     head_dim: c.head_dim,
                 },
-                post_attention_layernorm: norm(&mut w, &format!("{at}.post_attention_layernorm"))?,
                 mlp: Mlp {
                     gate_proj: mlp("gate_proj", [c.intermediate_size, hd], &mut w)?,
                     up_proj: mlp("up_proj", [c.intermediate_size, hd], &mut w)?,
                     down_proj: mlp("down_proj", [hd, c.intermediate_size], &mut w)?,
                 },
+                residual_multiplier: c.residual_multiplier,
             });
         }
         let embed_tokens = take2(
@@ -242,14 +316,28 @@ impl Decoder {
         let (b, s) = (ids.len(), ids.first().map_or(0, Vec::len));
         let flat: Vec<i64> = ids.iter().flatten().map(|&t| i64::from(t)).collect();
         let flat = Tensor::<1, Int>::from_data(TensorData::new(flat, [b * s]), &self.device);
-        self.embed_tokens
+        let x = self
+            .embed_tokens
             .clone()
             .select(0, flat)
-            .reshape([b, s, self.config.hidden_size])
+            .reshape([b, s, self.config.hidden_size]);
+        match self.config.embedding_multiplier {
+            1.0 => x,
+            m => x.mul_scalar(m),
+        }
     }
 
-    /// The LM head (or the tied embedding): [b, s, hidden] → [b, s, vocab].
+    /// The LM head (or the tied embedding), logits divided by Granite's `logits_scaling`:
+    /// [b, s, hidden] → [b, s, vocab].
     fn head(&self, x: Tensor<3>) -> Tensor<3> {
+        let logits = self.unscaled_head(x);
+        match self.config.logits_scaling {
+            1.0 => logits,
+            d => logits.div_scalar(d),
+        }
+    }
+
+    fn unscaled_head(&self, x: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(x),
             None => {

@@ -20,6 +20,26 @@ pub struct Llama3Scaling {
     pub original_max_position_embeddings: f64,
 }
 
+/// Which RMSNorm q and k pass through before RoPE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkNorm {
+    None,
+    /// Over each head's dimensions, one weight of head_dim shared by the heads (Qwen3).
+    PerHead,
+    /// Over the whole projection, weights of heads·head_dim (OLMo2).
+    Projection,
+}
+
+/// Where a decoder layer normalises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormPlacement {
+    /// x + attn(norm(x)), then x + mlp(norm(x)): `input_layernorm`, `post_attention_layernorm`.
+    Pre,
+    /// x + norm(attn(x)), then x + norm(mlp(x)): `post_attention_layernorm`,
+    /// `post_feedforward_layernorm` (OLMo2).
+    Post,
+}
+
 /// Sequences longer than a model's sliding window, which is not computed.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -46,8 +66,18 @@ pub struct DecoderConfig {
     pub tie_word_embeddings: bool,
     /// q/k/v projections carry biases (Qwen2; Llama with `attention_bias`).
     pub qkv_bias: bool,
-    /// q and k go through an RMSNorm over each head's dimensions before RoPE (Qwen3).
-    pub qk_norm: bool,
+    /// An RMSNorm on q and k before RoPE (Qwen3, OLMo2).
+    pub qk_norm: QkNorm,
+    /// Where a layer's norms sit: before each block (Llama) or after it (OLMo2).
+    pub norms: NormPlacement,
+    /// Granite's scalars (1 and None elsewhere): token embeddings are multiplied by
+    /// `embedding_multiplier`, attention scores scaled by `attention_multiplier` instead of
+    /// 1/√head_dim, each block's output by `residual_multiplier` before it joins the residual
+    /// stream, and the logits divided by `logits_scaling`.
+    pub embedding_multiplier: f64,
+    pub attention_multiplier: Option<f64>,
+    pub residual_multiplier: f64,
+    pub logits_scaling: f64,
     /// Attention reaches back at most this many positions (Mistral's `sliding_window`, Qwen2's
     /// with `use_sliding_window`). Not computed: a sequence this long or shorter attends
     /// exactly as with full causal attention, and longer ones are refused (`prepare`, `generate`).
@@ -133,19 +163,29 @@ impl DecoderConfig {
             max_position_embeddings: int("context_length").unwrap_or(2048),
             tie_word_embeddings: !has("output.weight"),
             qkv_bias: has("blk.0.attn_q.bias"),
-            qk_norm: false,
+            qk_norm: QkNorm::None,
+            norms: NormPlacement::Pre,
+            embedding_multiplier: 1.0,
+            attention_multiplier: None,
+            residual_multiplier: 1.0,
+            logits_scaling: 1.0,
             sliding_window: present("attention.sliding_window").filter(|&w| w > 0),
         })
         .and_then(|c: Self| c.validated(&file.path))
     }
 
-    /// llama.cpp's architecture name: Qwen3 is the family member with q/k norms, Qwen2 the one
-    /// with q/k/v biases; Llama, Mistral and SmolLM are all `llama` there.
+    /// llama.cpp's architecture name: Granite is the family member with its scalars, Qwen3 the
+    /// one with q/k norms, Qwen2 the one with q/k/v biases; Llama, Mistral and SmolLM are all
+    /// `llama` there.
     pub fn gguf_architecture(&self) -> &'static str {
+        if self.attention_multiplier.is_some() {
+            return "granite";
+        }
         match (self.qk_norm, self.qkv_bias) {
-            (true, _) => "qwen3",
-            (false, true) => "qwen2",
-            (false, false) => "llama",
+            (QkNorm::Projection, _) => "olmo2",
+            (QkNorm::PerHead, _) => "qwen3",
+            (QkNorm::None, true) => "qwen2",
+            (QkNorm::None, false) => "llama",
         }
     }
 
@@ -206,11 +246,12 @@ impl DecoderConfig {
         } else {
             0
         };
-        let qk_norms = if self.qk_norm {
-            2 * self.head_dim * self.num_hidden_layers
-        } else {
-            0
-        };
+        let qk_norms = self.num_hidden_layers
+            * match self.qk_norm {
+                QkNorm::None => 0,
+                QkNorm::PerHead => 2 * self.head_dim,
+                QkNorm::Projection => q + kv,
+            };
         let norms = h * (2 * self.num_hidden_layers + 1) + qk_norms;
         let head = if self.tie_word_embeddings {
             0

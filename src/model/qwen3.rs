@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::decoder_config::DecoderConfig;
+use super::decoder_config::{DecoderConfig, QkNorm};
 use super::llama::LlamaJson;
 use super::qwen2::sliding_window;
 use crate::weights::WeightsError;
@@ -13,7 +13,7 @@ use crate::weights::WeightsError;
 /// A Qwen3 config.json (`text`, read from `path`).
 pub fn config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
     Ok(DecoderConfig {
-        qk_norm: true,
+        qk_norm: QkNorm::PerHead,
         sliding_window: sliding_window(path, text)?,
         ..LlamaJson::parse(path, text)?.resolve(path, false)?
     })

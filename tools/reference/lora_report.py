@@ -26,6 +26,8 @@ CASES = [
     ("tiny-llama", {"rank": 8, "targets": ["q_proj", "v_proj"], "layers": [1], "rank_pattern": {"v_proj": 2}}),
     ("tiny-qwen2", {"rank": 8, "targets": "all-linear"}),
     ("tiny-qwen3", {"rank": 8, "targets": "all-linear"}),
+    ("tiny-granite", {"rank": 8, "targets": "all-linear"}),
+    ("tiny-olmo2", {"rank": 8, "targets": "all-linear"}),
 ]
 
 

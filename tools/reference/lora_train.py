@@ -13,10 +13,11 @@ get_linear_schedule_with_warmup(2 warmup steps, 10 total).
 Writes tests/fixtures/lora/train/: batches.json (micro-batches: input_ids, attention_mask, labels
 with -100), init.safetensors and final.safetensors (PEFT keys, lora_A [r,in] / lora_B [out,r]),
 trajectory.json (per step: loss, grad norm before clipping, lr used).
-With `qwen3`: the same steps on tests/fixtures/llama/tiny-qwen3 (qwen3_fixtures.py), into
-tests/fixtures/lora/train-qwen3/ (init, final, trajectory; the batches are lora/train's).
+With a family (`qwen3`, `granite`, `olmo2`): the same steps on tests/fixtures/llama/tiny-<family>
+(family_fixtures.py), into tests/fixtures/lora/train-<family>/ (init, final, trajectory; the
+batches are lora/train's).
 Environment: transformers==5.23.0 peft==0.21.2, torch per DESIGN.md §6.
-Usage: python3 tools/reference/lora_train.py [qwen3]
+Usage: python3 tools/reference/lora_train.py [qwen3|granite|olmo2]
 """
 import sys
 import json
@@ -28,9 +29,9 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, get_linear_schedule_with_warmup
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-QWEN3 = sys.argv[1:] == ["qwen3"]
-OUT = ROOT / "tests" / "fixtures" / "lora" / ("train-qwen3" if QWEN3 else "train")
-BASE = ROOT / "tests/fixtures/llama" / ("tiny-qwen3" if QWEN3 else "tiny-llama")
+FAMILY = sys.argv[1] if len(sys.argv) > 1 else None
+OUT = ROOT / "tests" / "fixtures" / "lora" / (f"train-{FAMILY}" if FAMILY else "train")
+BASE = ROOT / "tests/fixtures/llama" / (f"tiny-{FAMILY}" if FAMILY else "tiny-llama")
 STEPS, ACCUM, MAX_NORM = 10, 2, 0.05
 
 
@@ -91,7 +92,7 @@ def main():
         trajectory.append({"step": step + 1, "loss": total, "grad_norm": norm, "lr": lr, "tokens": n_tokens})
         print(trajectory[-1])
     save_file(lora_state(model), OUT / "final.safetensors")
-    if not QWEN3:  # the same micro-batches: lora/train/batches.json serves both
+    if not FAMILY:  # the same micro-batches: lora/train/batches.json serves every family
         (OUT / "batches.json").write_text(json.dumps(batches) + "\n")
     (OUT / "trajectory.json").write_text(json.dumps(trajectory, indent=1) + "\n")
 

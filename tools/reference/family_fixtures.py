@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Golden logits for tiny random decoders of the families beyond Llama/Qwen2, from transformers
+(f32, CPU, eager attention), with llama_fixtures.py's conventions (its `tiny`: seed 16, weights
+N(0, 0.2²), input_ids [2, 7] with row 1 right-padded):
+
+  tiny-qwen3    Qwen3: per-head q/k RMSNorm before RoPE, explicit head_dim 32 (twice
+                hidden / heads), GQA 4/2, no biases, untied head
+  tiny-granite  Granite: embedding_multiplier 12, attention_multiplier 0.1 (not 1/√16),
+                residual_multiplier 0.22, logits_scaling 8, GQA 4/2, tied embeddings
+  tiny-olmo2    OLMo 2: norms after attention and MLP (none before), RMSNorm over the whole
+                q and k projections before RoPE, GQA 4/2, untied head
+
+Each tests/fixtures/llama/<name>/ gets config.json, model.safetensors, reference.safetensors
+(input_ids, attention_mask, logits [2, 7, vocab]) and greedy.json (the 12 greedy tokens
+transformers' generate gives after three prompts).
+
+Environment: pip install torch transformers==5.23.0 safetensors accelerate (DESIGN.md §6).
+Usage: python3 tools/reference/family_fixtures.py [qwen3|granite|olmo2 ...]   (default: all)
+"""
+import json
+import sys
+
+import torch
+from transformers import (GraniteConfig, GraniteForCausalLM, Olmo2Config, Olmo2ForCausalLM,
+                          Qwen3Config, Qwen3ForCausalLM)
+
+from llama_fixtures import OUT, tiny
+
+PROMPTS = [[5, 17, 42, 99], [200, 3], [8, 8, 120, 33, 64, 1, 250]]
+COMMON = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+              rms_norm_eps=1e-5, attn_implementation="eager")
+FAMILIES = {
+    "qwen3": ("tiny-qwen3", Qwen3ForCausalLM, lambda: Qwen3Config(
+        **COMMON, head_dim=32, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
+    "granite": ("tiny-granite", GraniteForCausalLM, lambda: GraniteConfig(
+        **COMMON, tie_word_embeddings=True, embedding_multiplier=12.0, attention_multiplier=0.1,
+        residual_multiplier=0.22, logits_scaling=8.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
+    "olmo2": ("tiny-olmo2", Olmo2ForCausalLM, lambda: Olmo2Config(
+        **COMMON, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0})),
+}
+
+
+def main():
+    for family in sys.argv[1:] or list(FAMILIES):
+        name, model_cls, config = FAMILIES[family]
+        model = tiny(name, model_cls, config())
+        greedy = []
+        for ids in PROMPTS:
+            with torch.no_grad():
+                out = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                                     pad_token_id=0, eos_token_id=None)
+            greedy.append({"prompt": ids, "greedy": out[0, len(ids):].tolist()})
+        (OUT / name / "greedy.json").write_text(json.dumps(greedy) + "\n")
+        print(name, greedy)
+
+
+if __name__ == "__main__":
+    main()
