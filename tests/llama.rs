@@ -215,7 +215,7 @@ fn tiny_olmo2_with_post_norms_and_projection_qk_norms_matches_transformers() {
 fn tiny_olmo2_generates_what_transformers_generates() {
     let config = greedy_equals_transformers("tiny-olmo2");
     assert_eq!(
-        (config.qk_norm, config.norms),
+        (config.deltas.qk_norm, config.deltas.norms),
         (QkNorm::Projection, NormPlacement::Post)
     );
 }
@@ -223,17 +223,17 @@ fn tiny_olmo2_generates_what_transformers_generates() {
 #[test]
 fn tiny_qwen3_generates_what_transformers_generates() {
     let config = greedy_equals_transformers("tiny-qwen3");
-    assert!(config.qk_norm == QkNorm::PerHead && config.head_dim == 32 && !config.qkv_bias);
+    assert!(config.deltas.qk_norm == QkNorm::PerHead && config.head_dim == 32 && !config.qkv_bias);
 }
 
 #[test]
 fn tiny_granite_generates_what_transformers_generates() {
     let config = greedy_equals_transformers("tiny-granite");
     let scalars = (
-        config.embedding_multiplier,
-        config.attention_multiplier,
-        config.residual_multiplier,
-        config.logits_scaling,
+        config.deltas.embedding_multiplier,
+        config.deltas.attention_multiplier,
+        config.deltas.residual_multiplier,
+        config.deltas.logits_scaling,
     );
     assert_eq!(scalars, (12.0, Some(0.1), 0.22, 8.0));
 }

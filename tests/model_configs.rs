@@ -68,7 +68,7 @@ fn fields_that_change_the_computation_are_refused_by_name_and_value() {
 
 #[test]
 fn sliding_windows_are_read_as_transformers_reads_them() {
-    let window = |change: Value| config_with(change).unwrap().sliding_window;
+    let window = |change: Value| config_with(change).unwrap().deltas.sliding_window;
     assert_eq!(window(json!({})), None, "Llama has no window");
     let mistral = |w: Value| json!({"model_type": "mistral", "sliding_window": w});
     assert_eq!(window(mistral(json!(16))), Some(16));
@@ -78,7 +78,7 @@ fn sliding_windows_are_read_as_transformers_reads_them() {
         "absent: MistralConfig's default"
     );
     let config = config_with(json!({"model_type": "mistral"})).unwrap();
-    assert_eq!(config.sliding_window, Some(4096));
+    assert_eq!(config.deltas.sliding_window, Some(4096));
     let qwen2 = |extra: Value| {
         let mut v = json!({"model_type": "qwen2", "sliding_window": 16});
         v.as_object_mut()
@@ -169,7 +169,7 @@ fn gguf_config_with(extra: &[(&str, MetaValue)]) -> Result<DecoderConfig, String
 #[test]
 fn gguf_metadata_that_changes_the_computation_is_read_or_refused_by_name() {
     let config = gguf_config_with(&[]).unwrap();
-    assert_eq!((config.head_dim, config.sliding_window), (16, None));
+    assert_eq!((config.head_dim, config.deltas.sliding_window), (16, None));
     let refused: [(&[(&str, MetaValue)], &str); 4] = [
         (
             &[(
@@ -206,17 +206,17 @@ fn gguf_metadata_that_changes_the_computation_is_read_or_refused_by_name() {
     let none = gguf_config_with(&[("llama.rope.scaling.type", MetaValue::String("none".into()))]);
     assert!(none.is_ok(), "{none:?}");
     let window = gguf_config_with(&[("llama.attention.sliding_window", MetaValue::U32(32))]);
-    assert_eq!(window.unwrap().sliding_window, Some(32));
+    assert_eq!(window.unwrap().deltas.sliding_window, Some(32));
 }
 
 #[test]
 fn granite_scalars_are_read_with_transformers_defaults() {
     let config = config_with(json!({"model_type": "granite"})).unwrap();
     let scalars = (
-        config.embedding_multiplier,
-        config.attention_multiplier,
-        config.residual_multiplier,
-        config.logits_scaling,
+        config.deltas.embedding_multiplier,
+        config.deltas.attention_multiplier,
+        config.deltas.residual_multiplier,
+        config.deltas.logits_scaling,
     );
     assert_eq!(
         scalars,
@@ -225,5 +225,5 @@ fn granite_scalars_are_read_with_transformers_defaults() {
     );
     assert_eq!(config.gguf_architecture(), "granite");
     let config = config_with(json!({"model_type": "granite", "logits_scaling": 16.0})).unwrap();
-    assert_eq!(config.logits_scaling, 16.0);
+    assert_eq!(config.deltas.logits_scaling, 16.0);
 }

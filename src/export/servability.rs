@@ -180,7 +180,7 @@ pub fn check(config: &PeftConfig, base: &DecoderConfig) -> Vec<Finding> {
 mod tests {
     use super::*;
     use crate::lora::targets::TargetLayer;
-    use crate::model::decoder_config::{NormPlacement, QkNorm};
+    use crate::model::decoder_config::Deltas;
     use crate::recipe::LoraSection;
 
     fn base() -> DecoderConfig {
@@ -198,13 +198,7 @@ mod tests {
             max_position_embeddings: 128,
             tie_word_embeddings: true,
             qkv_bias: false,
-            qk_norm: QkNorm::None,
-            norms: NormPlacement::Pre,
-            embedding_multiplier: 1.0,
-            attention_multiplier: None,
-            residual_multiplier: 1.0,
-            logits_scaling: 1.0,
-            sliding_window: None,
+            deltas: Deltas::default(),
         }
     }
 

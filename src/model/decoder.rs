@@ -159,7 +159,7 @@ impl Decoder {
                 Linear::load(w, &format!("{at}.self_attn.{m}"), shape, bias, device)
             };
             let head_norm = |w: &mut HostTensors, m: &str, width: usize| {
-                let size = match c.qk_norm {
+                let size = match c.deltas.qk_norm {
                     QkNorm::None => return Ok(None),
                     QkNorm::PerHead => c.head_dim,
                     QkNorm::Projection => width,
@@ -173,7 +173,7 @@ impl Decoder {
                 Linear::load(w, &format!("{at}.mlp.{m}"), shape, false, device)
             };
             layers.push(DecoderLayer {
-                norms: match c.norms {
+                norms: match c.deltas.norms {
                     NormPlacement::Pre => LayerNorms::Pre {
                         input_layernorm: norm(&mut w, &format!("{at}.input_layernorm"))?,
                         post_attention_layernorm: norm(
@@ -197,10 +197,11 @@ impl Decoder {
                     k_proj: attn("k_proj", kv_out, c.qkv_bias, &mut w)?,
                     v_proj: attn("v_proj", kv_out, c.qkv_bias, &mut w)?,
                     o_proj: attn("o_proj", hd, false, &mut w)?,
-                    qk_norm: c.qk_norm,
+                    qk_norm: c.deltas.qk_norm,
                     q_norm: head_norm(&mut w, "q_norm", q_out)?,
                     k_norm: head_norm(&mut w, "k_norm", kv_out)?,
                     scale: c
+                        .deltas
                         .attention_multiplier
                         .unwrap_or(1.0 / (c.head_dim as f64).sqrt()),
                     n_heads: c.num_attention_heads,
@@ -212,7 +213,7 @@ impl Decoder {
                     up_proj: mlp("up_proj", [c.intermediate_size, hd], &mut w)?,
                     down_proj: mlp("down_proj", [hd, c.intermediate_size], &mut w)?,
                 },
-                residual_multiplier: c.residual_multiplier,
+                residual_multiplier: c.deltas.residual_multiplier,
             });
         }
         let embed_tokens = take2(
@@ -321,7 +322,7 @@ impl Decoder {
             .clone()
             .select(0, flat)
             .reshape([b, s, self.config.hidden_size]);
-        match self.config.embedding_multiplier {
+        match self.config.deltas.embedding_multiplier {
             1.0 => x,
             m => x.mul_scalar(m),
         }
@@ -331,7 +332,7 @@ impl Decoder {
     /// [b, s, hidden] → [b, s, vocab].
     fn head(&self, x: Tensor<3>) -> Tensor<3> {
         let logits = self.unscaled_head(x);
-        match self.config.logits_scaling {
+        match self.config.deltas.logits_scaling {
             1.0 => logits,
             d => logits.div_scalar(d),
         }

@@ -40,6 +40,41 @@ pub enum NormPlacement {
     Post,
 }
 
+/// The departures from Llama's computation a family file may set; the default is Llama's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deltas {
+    /// An RMSNorm on q and k before RoPE (Qwen3, OLMo2).
+    pub qk_norm: QkNorm,
+    /// Where a layer's norms sit: before each block (Llama) or after it (OLMo2).
+    pub norms: NormPlacement,
+    /// Granite's scalars (1 and None elsewhere): token embeddings are multiplied by
+    /// `embedding_multiplier`, attention scores scaled by `attention_multiplier` instead of
+    /// 1/√head_dim, each block's output by `residual_multiplier` before it joins the residual
+    /// stream, and the logits divided by `logits_scaling`.
+    pub embedding_multiplier: f64,
+    pub attention_multiplier: Option<f64>,
+    pub residual_multiplier: f64,
+    pub logits_scaling: f64,
+    /// Attention reaches back at most this many positions (Mistral's `sliding_window`, Qwen2's
+    /// with `use_sliding_window`). Not computed: a sequence this long or shorter attends
+    /// exactly as with full causal attention, and longer ones are refused (`prepare`, `generate`).
+    pub sliding_window: Option<usize>,
+}
+
+impl Default for Deltas {
+    fn default() -> Self {
+        Self {
+            qk_norm: QkNorm::None,
+            norms: NormPlacement::Pre,
+            embedding_multiplier: 1.0,
+            attention_multiplier: None,
+            residual_multiplier: 1.0,
+            logits_scaling: 1.0,
+            sliding_window: None,
+        }
+    }
+}
+
 /// Sequences longer than a model's sliding window, which is not computed.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -66,22 +101,8 @@ pub struct DecoderConfig {
     pub tie_word_embeddings: bool,
     /// q/k/v projections carry biases (Qwen2; Llama with `attention_bias`).
     pub qkv_bias: bool,
-    /// An RMSNorm on q and k before RoPE (Qwen3, OLMo2).
-    pub qk_norm: QkNorm,
-    /// Where a layer's norms sit: before each block (Llama) or after it (OLMo2).
-    pub norms: NormPlacement,
-    /// Granite's scalars (1 and None elsewhere): token embeddings are multiplied by
-    /// `embedding_multiplier`, attention scores scaled by `attention_multiplier` instead of
-    /// 1/√head_dim, each block's output by `residual_multiplier` before it joins the residual
-    /// stream, and the logits divided by `logits_scaling`.
-    pub embedding_multiplier: f64,
-    pub attention_multiplier: Option<f64>,
-    pub residual_multiplier: f64,
-    pub logits_scaling: f64,
-    /// Attention reaches back at most this many positions (Mistral's `sliding_window`, Qwen2's
-    /// with `use_sliding_window`). Not computed: a sequence this long or shorter attends
-    /// exactly as with full causal attention, and longer ones are refused (`prepare`, `generate`).
-    pub sliding_window: Option<usize>,
+    /// What the families beyond Llama change in the computation.
+    pub deltas: Deltas,
 }
 
 impl DecoderConfig {
@@ -163,13 +184,10 @@ impl DecoderConfig {
             max_position_embeddings: int("context_length").unwrap_or(2048),
             tie_word_embeddings: !has("output.weight"),
             qkv_bias: has("blk.0.attn_q.bias"),
-            qk_norm: QkNorm::None,
-            norms: NormPlacement::Pre,
-            embedding_multiplier: 1.0,
-            attention_multiplier: None,
-            residual_multiplier: 1.0,
-            logits_scaling: 1.0,
-            sliding_window: present("attention.sliding_window").filter(|&w| w > 0),
+            deltas: Deltas {
+                sliding_window: present("attention.sliding_window").filter(|&w| w > 0),
+                ..Deltas::default()
+            },
         })
         .and_then(|c: Self| c.validated(&file.path))
     }
@@ -178,10 +196,10 @@ impl DecoderConfig {
     /// one with q/k norms, Qwen2 the one with q/k/v biases; Llama, Mistral and SmolLM are all
     /// `llama` there.
     pub fn gguf_architecture(&self) -> &'static str {
-        if self.attention_multiplier.is_some() {
+        if self.deltas.attention_multiplier.is_some() {
             return "granite";
         }
-        match (self.qk_norm, self.qkv_bias) {
+        match (self.deltas.qk_norm, self.qkv_bias) {
             (QkNorm::Projection, _) => "olmo2",
             (QkNorm::PerHead, _) => "qwen3",
             (QkNorm::None, true) => "qwen2",
@@ -247,7 +265,7 @@ impl DecoderConfig {
             0
         };
         let qk_norms = self.num_hidden_layers
-            * match self.qk_norm {
+            * match self.deltas.qk_norm {
                 QkNorm::None => 0,
                 QkNorm::PerHead => 2 * self.head_dim,
                 QkNorm::Projection => q + kv,
@@ -264,7 +282,7 @@ impl DecoderConfig {
     /// Refuses sequences of `len` positions that a sliding window would cut short (`what` names
     /// where the length comes from, e.g. `data.max_len = 8192`).
     pub fn check_window(&self, len: usize, what: &str) -> Result<(), WindowTooShort> {
-        match self.sliding_window {
+        match self.deltas.sliding_window {
             Some(window) if len > window => Err(WindowTooShort {
                 window,
                 what: what.to_string(),

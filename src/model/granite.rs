@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::decoder_config::DecoderConfig;
+use super::decoder_config::{DecoderConfig, Deltas};
 use super::llama::LlamaJson;
 use crate::weights::WeightsError;
 
@@ -35,11 +35,13 @@ pub fn config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
     if extra.logits_scaling == 0.0 {
         return Err(WeightsError::format(path, "logits_scaling = 0".into()));
     }
-    Ok(DecoderConfig {
+    let mut config = LlamaJson::parse(path, text)?.resolve(path, false)?;
+    config.deltas = Deltas {
         embedding_multiplier: extra.embedding_multiplier,
         attention_multiplier: Some(extra.attention_multiplier),
         residual_multiplier: extra.residual_multiplier,
         logits_scaling: extra.logits_scaling,
-        ..LlamaJson::parse(path, text)?.resolve(path, false)?
-    })
+        ..Deltas::default()
+    };
+    Ok(config)
 }

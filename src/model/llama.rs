@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::decoder_config::{DecoderConfig, NormPlacement, QkNorm};
+use super::decoder_config::{DecoderConfig, Deltas};
 use crate::weights::WeightsError;
 
 /// config.json as a Llama-family checkpoint writes it: the fields read, and those refused
@@ -99,13 +99,7 @@ impl LlamaJson {
             max_position_embeddings: self.max_position_embeddings.unwrap_or(2048),
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
             qkv_bias: qkv_bias || self.attention_bias.unwrap_or(false),
-            qk_norm: QkNorm::None,
-            norms: NormPlacement::Pre,
-            embedding_multiplier: 1.0,
-            attention_multiplier: None,
-            residual_multiplier: 1.0,
-            logits_scaling: 1.0,
-            sliding_window: None,
+            deltas: Deltas::default(),
         }
         .validated(path)
     }

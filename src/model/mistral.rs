@@ -13,7 +13,7 @@ const DEFAULT_WINDOW: usize = 4096;
 
 /// A Mistral config.json (`text`, read from `path`).
 pub fn config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
-    let config = LlamaJson::parse(path, text)?.resolve(path, false)?;
+    let mut config = LlamaJson::parse(path, text)?.resolve(path, false)?;
     let json: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| WeightsError::format(path, format!("not a Mistral config: {e}")))?;
     let sliding_window = match json.get("sliding_window") {
@@ -23,8 +23,6 @@ pub fn config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
             WeightsError::format(path, format!("sliding_window = {w}: expected a length"))
         })? as usize),
     };
-    Ok(DecoderConfig {
-        sliding_window,
-        ..config
-    })
+    config.deltas.sliding_window = sliding_window;
+    Ok(config)
 }

@@ -5,15 +5,17 @@
 
 use std::path::Path;
 
-use super::decoder_config::{DecoderConfig, NormPlacement, QkNorm};
+use super::decoder_config::{DecoderConfig, Deltas, NormPlacement, QkNorm};
 use super::llama::LlamaJson;
 use crate::weights::WeightsError;
 
 /// An OLMo2 config.json (`text`, read from `path`).
 pub fn config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
-    Ok(DecoderConfig {
+    let mut config = LlamaJson::parse(path, text)?.resolve(path, false)?;
+    config.deltas = Deltas {
         qk_norm: QkNorm::Projection,
         norms: NormPlacement::Post,
-        ..LlamaJson::parse(path, text)?.resolve(path, false)?
-    })
+        ..Deltas::default()
+    };
+    Ok(config)
 }

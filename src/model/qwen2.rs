@@ -25,10 +25,9 @@ struct Qwen2Json {
 
 /// A Qwen2 config.json (`text`, read from `path`).
 pub fn config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
-    Ok(DecoderConfig {
-        sliding_window: sliding_window(path, text)?,
-        ..LlamaJson::parse(path, text)?.resolve(path, true)?
-    })
+    let mut config = LlamaJson::parse(path, text)?.resolve(path, true)?;
+    config.deltas.sliding_window = sliding_window(path, text)?;
+    Ok(config)
 }
 
 /// The window of the layers that have one (Qwen2's and Qwen3's rule), or None.

@@ -5,16 +5,18 @@
 
 use std::path::Path;
 
-use super::decoder_config::{DecoderConfig, QkNorm};
+use super::decoder_config::{DecoderConfig, Deltas, QkNorm};
 use super::llama::LlamaJson;
 use super::qwen2::sliding_window;
 use crate::weights::WeightsError;
 
 /// A Qwen3 config.json (`text`, read from `path`).
 pub fn config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
-    Ok(DecoderConfig {
+    let mut config = LlamaJson::parse(path, text)?.resolve(path, false)?;
+    config.deltas = Deltas {
         qk_norm: QkNorm::PerHead,
         sliding_window: sliding_window(path, text)?,
-        ..LlamaJson::parse(path, text)?.resolve(path, false)?
-    })
+        ..Deltas::default()
+    };
+    Ok(config)
 }
