@@ -23,12 +23,4 @@ impl Dtype {
             Self::F16 => "float16",
         }
     }
-
-    /// Bytes per value.
-    pub fn size(self) -> usize {
-        match self {
-            Self::F32 => 4,
-            Self::Bf16 | Self::F16 => 2,
-        }
-    }
 }
