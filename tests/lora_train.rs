@@ -46,16 +46,17 @@ fn ten_steps_with_gradient_checkpointing_equal_peft() {
     tiny::assert_ten_steps_equal_peft(&cpu(), "flex, gradient checkpointing", true);
 }
 
-/// Block recompute (`train.gradient_checkpointing`) gives the plain path's losses and
-/// gradients — with LoRA dropout (each adapter's mask stream is rewound for the recompute), a
-/// packed row, padding, accumulation, a layer without adapters below one with them, an adapter
-/// on the untied LM head, and the head's cross-entropy in chunks — and so the same adapters
-/// after five AdamW steps.
+/// The hand-derived step (`train::derived`), with and without gradient checkpointing, gives
+/// autodiff's losses and gradients (`whole_graph_gradients`, the oracle) — with LoRA dropout
+/// (each adapter's mask stream is rewound for the recompute), a packed row, padding,
+/// accumulation, a layer without adapters below one with them, an adapter on the untied LM head,
+/// and the head's cross-entropy in chunks — step after step of AdamW.
 #[test]
-fn gradient_checkpointing_equals_the_plain_path() {
+fn the_derived_step_equals_autodiff() {
     use lora_tune::recipe::Targets;
-    use lora_tune::train::autograd::sum;
-    use lora_tune::train::recompute::loss_and_gradients_chunked;
+    use lora_tune::train::autograd::{sum, whole_graph_gradients};
+    use lora_tune::train::derived::loss_and_gradients_chunked;
+    use lora_tune::train::loss::Objective;
     use lora_tune::train::step::accumulate_gradients;
     let lora = LoraSection {
         rank: 4,
@@ -101,52 +102,59 @@ fn gradient_checkpointing_equals_the_plain_path() {
         weight_decay: 0.0,
     };
     let (mut opt_plain, mut opt_recomputing) = (AdamW::new(adamw), AdamW::new(adamw));
+    let keys: Vec<String> = plain.params_mut().into_iter().map(|(k, _)| k).collect();
     for step in 0..5u64 {
         let micro = [
             batches[step as usize % batches.len()].clone(),
             batches[batches.len() - 1].clone(),
         ];
         let seed = 100 + step;
+        let denominator = micro.iter().map(Batch::loss_tokens).sum();
         plain.seed_dropout(seed);
-        recomputing.seed_dropout(seed);
-        let (want_loss, want) = accumulate_gradients(&mut plain, &micro).unwrap();
-        let (got_loss, got) = accumulate_gradients(&mut recomputing, &micro).unwrap();
-        assert!(
-            rel(got_loss, want_loss) < 1e-6,
-            "step {step}: loss {got_loss} vs {want_loss}"
-        );
-        assert_eq!(got.len(), want.len());
-        let keys: Vec<String> = plain.params_mut().into_iter().map(|(k, _)| k).collect();
-        let mut worst = 0.0f32;
-        for ((key, g), w) in keys.iter().zip(&got).zip(&want) {
-            let (g, w) = (tiny::values(g), tiny::values(w));
-            assert!(
-                w.iter().any(|&v| v != 0.0),
-                "{key}: no gradient on the plain path"
-            );
-            worst = worst.max(relative_difference(&g, &w));
+        let mut want = (0.0, Vec::new());
+        for batch in &micro {
+            let (loss, grads) =
+                whole_graph_gradients(&mut plain, |m| m.loss_sum(batch), denominator)
+                    .unwrap()
+                    .unwrap();
+            want = (want.0 + loss, sum(want.1, grads));
         }
-        eprintln!(
-            "step {step}: loss {got_loss:.6} (plain {want_loss:.6}), worst gradient difference {worst:e}"
-        );
-        assert!(worst < 1e-5, "step {step}: gradients differ by {worst}");
+        for (w, key) in want.1.iter().zip(&keys) {
+            let w = tiny::values(w);
+            assert!(w.iter().any(|&v| v != 0.0), "{key}: no autodiff gradient");
+        }
+        let mut derived = Vec::new();
+        for (what, m) in [("derived", &mut plain), ("recomputed", &mut recomputing)] {
+            m.seed_dropout(seed);
+            derived.push((what, accumulate_gradients(m, &micro).unwrap()));
+        }
         // The head in chunks of 7 scored positions (a step has 20–40): the same again.
         recomputing.seed_dropout(seed);
-        let denominator = micro.iter().map(Batch::loss_tokens).sum();
         let mut chunked = (0.0, Vec::new());
         for batch in &micro {
-            let (loss, grads) = loss_and_gradients_chunked(&mut recomputing, batch, denominator, 7)
+            let (loss, grads) = loss_and_gradients_chunked(&recomputing, batch, denominator, 7)
                 .unwrap()
                 .unwrap();
             chunked = (chunked.0 + loss, sum(chunked.1, grads));
         }
-        assert!(
-            rel(chunked.0, want_loss) < 1e-6,
-            "step {step}: chunked loss"
-        );
-        for ((key, g), w) in keys.iter().zip(&chunked.1).zip(&want) {
-            let d = relative_difference(&tiny::values(g), &tiny::values(w));
-            assert!(d <= 1e-5, "step {step}: {key} chunked differs by {d}");
+        derived.push(("head in chunks of 7", chunked));
+        for (what, (loss, got)) in &derived {
+            assert!(
+                rel(*loss, want.0) < 1e-6,
+                "step {step}, {what}: loss {loss} vs autodiff {}",
+                want.0
+            );
+            assert_eq!(got.len(), want.1.len(), "{what}");
+            let mut worst = 0.0f32;
+            for ((key, g), w) in keys.iter().zip(got).zip(&want.1) {
+                let d = relative_difference(&tiny::values(g), &tiny::values(w));
+                assert!(d <= 1e-5, "step {step}, {what}: {key} differs by {d}");
+                worst = worst.max(d);
+            }
+            eprintln!(
+                "step {step}, {what}: loss {loss:.6} (autodiff {:.6}), worst gradient difference {worst:e}",
+                want.0
+            );
         }
         for (m, opt) in [
             (&mut plain, &mut opt_plain),

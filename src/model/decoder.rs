@@ -89,6 +89,20 @@ impl DecoderLayer {
         }
     }
 
+    /// The layer's seven linear layers, in [`Self::linears_mut`]'s order.
+    pub fn linears(&self) -> [&Linear; 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
+    }
+
     /// The layer's seven linear layers with their paths inside it, in checkpoint order.
     pub fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
         let (a, m) = (&mut self.self_attn, &mut self.mlp);

@@ -3,7 +3,7 @@
 //! tokens of the whole optimiser step.
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::data::batch::{Batch, IGNORE};
 use crate::model::decoder::Decoder;
@@ -38,4 +38,20 @@ pub fn scored_positions(labels: &[Vec<i64>]) -> (Vec<i64>, Vec<i64>) {
         }
     }
     (at, targets)
+}
+
+/// [`nll_sum`] and its gradient with respect to the logits, softmax(logits) − onehot(targets),
+/// from one exponential pass (the hand-derived step's head).
+pub fn nll_sum_and_gradient(logits: Tensor<2>, targets: Vec<i64>) -> (Tensor<1>, Tensor<2>) {
+    let [n, v] = logits.dims();
+    let device = logits.device();
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);
+    let shifted = logits.clone() - logits.max_dim(1).expand([n, v]);
+    let exp = shifted.clone().exp();
+    let total = exp.clone().sum_dim(1); // [n, 1]
+    let nll = total.clone().log() - shifted.gather(1, targets.clone());
+    let probs = exp / total.expand([n, v]);
+    let minus_one = Tensor::full([n, 1], -1.0, &device);
+    let gradient = probs.scatter(1, targets, minus_one, IndexingUpdateOp::Add);
+    (nll.sum(), gradient)
 }

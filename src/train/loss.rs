@@ -22,9 +22,9 @@ pub trait Objective: AdaptedModel {
     fn loss_sum(&self, batch: &Batch) -> Option<Tensor<1>>;
 
     /// `loss_sum(batch) / denominator` and its gradient for every trained tensor
-    /// (`params_mut` order); None when nothing in `batch` is scored. One backward through the
-    /// whole graph unless the model trades compute for memory (a decoder's
-    /// `gradient_checkpointing`).
+    /// (`params_mut` order); None when nothing in `batch` is scored. One autodiff backward
+    /// through the whole graph unless the model derives its step by hand (a decoder:
+    /// `train::derived`, with or without `gradient_checkpointing`).
     fn loss_and_gradients(
         &mut self,
         batch: &Batch,
@@ -54,11 +54,7 @@ impl Objective for Decoder {
         batch: &Batch,
         denominator: usize,
     ) -> Result<Option<Gradients>, TrainError> {
-        if self.gradient_checkpointing {
-            super::recompute::loss_and_gradients(self, batch, denominator)
-        } else {
-            whole_graph_gradients(self, |m| m.loss_sum(batch), denominator)
-        }
+        super::derived::loss_and_gradients(self, batch, denominator)
     }
 }
 

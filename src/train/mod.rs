@@ -1,6 +1,6 @@
-//! Training: what a model minimises ([`loss`], over the sums of [`cross_entropy`]), gradients by
-//! autodiff ([`autograd`]; with gradient checkpointing a decoder's layers are recomputed in
-//! backward, [`recompute`]), AdamW and global-norm clipping ([`optim`]), learning-rate schedules
+//! Training: what a model minimises ([`loss`], over the sums of [`cross_entropy`]), gradients
+//! derived by hand for decoders ([`derived`], with or without gradient checkpointing) and by
+//! autodiff for the rest and as the decoders' oracle ([`autograd`]), AdamW and global-norm clipping ([`optim`]), learning-rate schedules
 //! ([`schedule`]), one optimiser step over accumulated micro-batches ([`step`]), the loop
 //! ([`trainer`]) with its checkpoints ([`checkpoint`]), metrics log ([`metrics`]), progress bar
 //! ([`progress`]) and Ctrl-C handling ([`interrupt`]); evaluation ([`evaluate`]) and
@@ -10,13 +10,13 @@ pub mod autograd;
 pub mod checkpoint;
 pub mod classes;
 pub mod cross_entropy;
+pub mod derived;
 pub mod evaluate;
 pub mod interrupt;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
 pub mod progress;
-pub mod recompute;
 pub mod schedule;
 pub mod step;
 pub mod trainer;

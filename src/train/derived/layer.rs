@@ -1,0 +1,296 @@
+//! A decoder layer's forward keeping what backward needs, and its backward written out:
+//! grouped-query attention (softmax backward from the kept probabilities, the row sums
+//! Σ dP⊙P taken as Σ dO⊙O on the smaller side), RoPE, q/k norms, the SwiGLU MLP, both norm
+//! placements and the residuals. Every linear layer goes through [`super::linear`].
+//! Source of the forward it inverts: `model::decoder`, `model::attention`, `model::mlp`.
+
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Bool, Tensor};
+
+use super::linear::{self, FactorGradients, LinearTape};
+use super::ops::{rms_norm, rms_norm_backward, rope_backward, silu_and_derivative};
+use crate::model::attention::Attention;
+use crate::model::decoder::{DecoderLayer, LayerInputs, LayerNorms};
+use crate::model::decoder_config::QkNorm;
+use crate::model::mlp::Mlp;
+use crate::model::norm::RmsNorm;
+
+/// The adapters' gradients of a layer, in `DecoderLayer::linears_mut` order.
+pub type LayerGradients = [Option<FactorGradients>; 7];
+
+/// Rows and columns of the batch: x is [b·s, hidden].
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub b: usize,
+    pub s: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct LayerTape {
+    /// The norms' inputs: (x, x + attention) before the blocks, or the blocks' outputs after.
+    norm_inputs: [Tensor<2>; 2],
+    attention: AttentionTape,
+    mlp: MlpTape,
+}
+
+#[derive(Debug, Clone)]
+struct AttentionTape {
+    projections: [LinearTape; 4],
+    /// The q and k norms' inputs, rows as the norm sees them.
+    qk_norm_inputs: [Option<Tensor<2>>; 2],
+    /// [b, h, s, d] after RoPE: q times the scale, k and v repeated to every query head.
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    /// softmax(q·kᵀ + mask) [b, h, s, s].
+    probs: Tensor<4>,
+}
+
+#[derive(Debug, Clone)]
+struct MlpTape {
+    projections: [LinearTape; 3],
+    gate: Tensor<2>,
+    up: Tensor<2>,
+}
+
+/// `DecoderLayer::forward` on x [b·s, hidden], keeping its tape.
+pub fn forward(
+    layer: &DecoderLayer,
+    x: Tensor<2>,
+    shape: Shape,
+    inputs: &LayerInputs,
+) -> (Tensor<2>, LayerTape) {
+    let m = layer.residual_multiplier;
+    let (out, norm_inputs, attention, mlp) = match &layer.norms {
+        LayerNorms::Pre {
+            input_layernorm,
+            post_attention_layernorm,
+        } => {
+            let (a, attention) = attention_forward(
+                &layer.self_attn,
+                rms_norm(input_layernorm, x.clone()),
+                shape,
+                inputs,
+            );
+            let mid = x.clone() + scaled(a, m);
+            let (f, mlp) = mlp_forward(&layer.mlp, rms_norm(post_attention_layernorm, mid.clone()));
+            (mid.clone() + scaled(f, m), [x, mid], attention, mlp)
+        }
+        LayerNorms::Post {
+            post_attention_layernorm,
+            post_feedforward_layernorm,
+        } => {
+            let (a, attention) = attention_forward(&layer.self_attn, x.clone(), shape, inputs);
+            let mid = x + scaled(rms_norm(post_attention_layernorm, a.clone()), m);
+            let (f, mlp) = mlp_forward(&layer.mlp, mid.clone());
+            let out = mid + scaled(rms_norm(post_feedforward_layernorm, f.clone()), m);
+            (out, [a, f], attention, mlp)
+        }
+    };
+    let tape = LayerTape {
+        norm_inputs,
+        attention,
+        mlp,
+    };
+    (out, tape)
+}
+
+/// dy [b·s, hidden] → the input gradient (when `need_dx`) and the adapters' gradients.
+pub fn backward(
+    layer: &DecoderLayer,
+    tape: LayerTape,
+    dy: Tensor<2>,
+    shape: Shape,
+    inputs: &LayerInputs,
+    need_dx: bool,
+) -> (Option<Tensor<2>>, LayerGradients) {
+    let m = layer.residual_multiplier;
+    let [first, second] = tape.norm_inputs;
+    let (dx, attention, mlp) = match &layer.norms {
+        LayerNorms::Pre {
+            input_layernorm,
+            post_attention_layernorm,
+        } => {
+            let (dnormed, mlp) = mlp_backward(&layer.mlp, tape.mlp, scaled(dy.clone(), m));
+            let dmid = dy + rms_norm_backward(post_attention_layernorm, second, dnormed);
+            let (dnormed, attention) = attention_backward(
+                &layer.self_attn,
+                tape.attention,
+                scaled(dmid.clone(), m),
+                shape,
+                inputs,
+                need_dx,
+            );
+            let dx = dnormed.map(|d| dmid + rms_norm_backward(input_layernorm, first, d));
+            (dx, attention, mlp)
+        }
+        LayerNorms::Post {
+            post_attention_layernorm,
+            post_feedforward_layernorm,
+        } => {
+            let df = rms_norm_backward(post_feedforward_layernorm, second, scaled(dy.clone(), m));
+            let (dthrough, mlp) = mlp_backward(&layer.mlp, tape.mlp, df);
+            let dmid = dy + dthrough;
+            let da = rms_norm_backward(post_attention_layernorm, first, scaled(dmid.clone(), m));
+            let (dthrough, attention) =
+                attention_backward(&layer.self_attn, tape.attention, da, shape, inputs, need_dx);
+            (dthrough.map(|d| dmid + d), attention, mlp)
+        }
+    };
+    let [q, k, v, o] = attention;
+    let [gate, up, down] = mlp;
+    (dx, [q, k, v, o, gate, up, down])
+}
+
+fn scaled(t: Tensor<2>, m: f64) -> Tensor<2> {
+    if m == 1.0 { t } else { t.mul_scalar(m) }
+}
+
+fn attention_forward(
+    attn: &Attention,
+    x: Tensor<2>,
+    Shape { b, s }: Shape,
+    inputs: &LayerInputs,
+) -> (Tensor<2>, AttentionTape) {
+    let (h, kv, d) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
+    let (q, q_tape) = linear::forward(&attn.q_proj, x.clone());
+    let (k, k_tape) = linear::forward(&attn.k_proj, x.clone());
+    let (v, v_tape) = linear::forward(&attn.v_proj, x);
+    let (q, q_rows) = qk_norm(attn, &attn.q_norm, q, h);
+    let (k, k_rows) = qk_norm(attn, &attn.k_norm, k, kv);
+    let heads = |t: Tensor<2>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2);
+    // repeat_kv: query head i reads key/value head i / (h / kv), as HF orders them.
+    let repeat = |t: Tensor<4>| {
+        t.unsqueeze_dim::<5>(2)
+            .expand([b, kv, h / kv, s, d])
+            .reshape([b, h, s, d])
+    };
+    let q = inputs.rope.apply(heads(q, h)).mul_scalar(attn.scale);
+    let k = repeat(inputs.rope.apply(heads(k, kv)));
+    let v = repeat(heads(v, kv));
+    let scores = q.clone().matmul(k.clone().swap_dims(2, 3));
+    let probs = softmax(scores.mask_fill(mask(inputs, b, h, s), f32::MIN), 3);
+    let out = probs.clone().matmul(v.clone());
+    let out = out.swap_dims(1, 2).reshape([b * s, h * d]);
+    let (y, o_tape) = linear::forward(&attn.o_proj, out);
+    let tape = AttentionTape {
+        projections: [q_tape, k_tape, v_tape, o_tape],
+        qk_norm_inputs: [q_rows, k_rows],
+        q,
+        k,
+        v,
+        probs,
+    };
+    (y, tape)
+}
+
+fn attention_backward(
+    attn: &Attention,
+    tape: AttentionTape,
+    dy: Tensor<2>,
+    Shape { b, s }: Shape,
+    inputs: &LayerInputs,
+    need_dx: bool,
+) -> (Option<Tensor<2>>, [Option<FactorGradients>; 4]) {
+    let (h, kv, d) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
+    let [q_tape, k_tape, v_tape, o_tape] = tape.projections;
+    let out = o_tape.input();
+    let (dout, o) = linear::backward(&attn.o_proj, o_tape, dy);
+    // Σ_t dP⊙P = Σ_d dO⊙O per query (flash attention's D), on [b, h, s, d] instead of s×s.
+    let rows = (dout.clone() * out)
+        .reshape([b, s, h, d])
+        .sum_dim(3)
+        .swap_dims(1, 2);
+    let dout = dout.reshape([b, s, h, d]).swap_dims(1, 2); // [b, h, s, d]
+    let dprobs = dout.clone().matmul(tape.v.swap_dims(2, 3));
+    let dscores = (tape.probs.clone() * (dprobs - rows.expand([b, h, s, s])))
+        .mask_fill(mask(inputs, b, h, s), 0.0);
+    let dq = dscores.clone().matmul(tape.k).mul_scalar(attn.scale);
+    let group = |t: Tensor<4>| {
+        t.reshape([b, kv, h / kv, s, d])
+            .sum_dim(2)
+            .reshape([b, kv, s, d])
+    };
+    let dk = group(dscores.swap_dims(2, 3).matmul(tape.q));
+    let dv = group(tape.probs.swap_dims(2, 3).matmul(dout));
+    let flat = |t: Tensor<4>, n: usize| t.swap_dims(1, 2).reshape([b * s, n * d]);
+    let [q_rows, k_rows] = tape.qk_norm_inputs;
+    let dq = qk_norm_backward(
+        &attn.q_norm,
+        q_rows,
+        flat(rope_backward(&inputs.rope, dq), h),
+    );
+    let dk = qk_norm_backward(
+        &attn.k_norm,
+        k_rows,
+        flat(rope_backward(&inputs.rope, dk), kv),
+    );
+    let (dxq, q) = linear::backward_if(&attn.q_proj, q_tape, dq, need_dx);
+    let (dxk, k) = linear::backward_if(&attn.k_proj, k_tape, dk, need_dx);
+    let (dxv, v) = linear::backward_if(&attn.v_proj, v_tape, flat(dv, kv), need_dx);
+    let dx = [dxq, dxk, dxv].into_iter().flatten().reduce(|a, b| a + b);
+    (dx, [q, k, v, o])
+}
+
+/// The causal / padding / packing mask for every head: [b, h, s, s].
+fn mask(inputs: &LayerInputs, b: usize, h: usize, s: usize) -> Tensor<4, Bool> {
+    inputs.mask.clone().expand([b, h, s, s])
+}
+
+/// q or k [n, heads·d] through its RMSNorm (per head or over the projection) → same, and the
+/// norm's input as rows.
+fn qk_norm(
+    attn: &Attention,
+    norm: &Option<RmsNorm>,
+    t: Tensor<2>,
+    heads: usize,
+) -> (Tensor<2>, Option<Tensor<2>>) {
+    let [n, width] = t.dims();
+    match (norm, attn.qk_norm) {
+        (Some(norm), QkNorm::PerHead) => {
+            let rows = t.reshape([n * heads, attn.head_dim]);
+            (rms_norm(norm, rows.clone()).reshape([n, width]), Some(rows))
+        }
+        (Some(norm), QkNorm::Projection) => (rms_norm(norm, t.clone()), Some(t)),
+        _ => (t, None),
+    }
+}
+
+fn qk_norm_backward(norm: &Option<RmsNorm>, rows: Option<Tensor<2>>, dy: Tensor<2>) -> Tensor<2> {
+    match (norm, rows) {
+        (Some(norm), Some(rows)) => {
+            let dims = dy.dims();
+            rms_norm_backward(norm, rows.clone(), dy.reshape(rows.dims())).reshape(dims)
+        }
+        _ => dy,
+    }
+}
+
+fn mlp_forward(mlp: &Mlp, x: Tensor<2>) -> (Tensor<2>, MlpTape) {
+    let (gate, gate_tape) = linear::forward(&mlp.gate_proj, x.clone());
+    let (up, up_tape) = linear::forward(&mlp.up_proj, x);
+    let (y, down_tape) = linear::forward(&mlp.down_proj, silu(gate.clone()) * up.clone());
+    let tape = MlpTape {
+        projections: [gate_tape, up_tape, down_tape],
+        gate,
+        up,
+    };
+    (y, tape)
+}
+
+/// The MLP always passes its input gradient on: below it in the layer is the attention block.
+fn mlp_backward(
+    mlp: &Mlp,
+    tape: MlpTape,
+    dy: Tensor<2>,
+) -> (Tensor<2>, [Option<FactorGradients>; 3]) {
+    let [gate_tape, up_tape, down_tape] = tape.projections;
+    let (dhidden, down) = linear::backward(&mlp.down_proj, down_tape, dy);
+    let (activated, derivative) = silu_and_derivative(tape.gate);
+    let dgate = dhidden.clone() * tape.up * derivative;
+    let dup = dhidden * activated;
+    let (dxg, gate) = linear::backward(&mlp.gate_proj, gate_tape, dgate);
+    let (dxu, up) = linear::backward(&mlp.up_proj, up_tape, dup);
+    let dx = dxg + dxu;
+    (dx, [gate, up, down])
+}
