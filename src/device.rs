@@ -76,6 +76,7 @@ impl fmt::Display for DeviceChoice {
 }
 
 /// A started device, its short name and why it was chosen (printed at the start of a run).
+#[derive(Debug, Clone)]
 pub struct Selected {
     pub device: Device,
     pub name: String,

@@ -6,20 +6,21 @@
 //!      + adapters (parameters, gradients, two AdamW moments)
 //!      + what one micro-batch keeps alive for backward: per layer, buffers that grow with the
 //!        tokens T = B·S (hidden- and MLP-sized) and with B·H·S² (attention scores), then the
-//!        logits over the vocabulary at the labelled positions.
-//! The buffer counts are fitted to the peak RSS of SmolLM2-135M on the flex backend over
-//! micro-batch shapes from 1x128 to 1x1024 (`benches/memory.sh` measures them; BENCHMARKS.md
-//! lists nine measured peaks, each within 4 % of the prediction). Per token that is 17
-//! hidden-sized and 6 MLP-sized f32 buffers per layer (the residual stream, norm inputs and
-//! outputs, q/k/v/o and RoPE, repeat_kv; gate, up, SiLU, the product) and 4 vocabulary-sized
-//! ones per labelled token (logits, log-softmax, its exp, the gradient); 3 score-sized ones per layer and head
-//! (scores, masked, softmax).
+//!        logits over the vocabulary at one chunk of labelled positions.
+//! The buffer counts are those of the hand-derived step's tape (`train::derived::layer`), per
+//! token and layer: 8 hidden-sized f32 buffers (the layer's input and the residual after
+//! attention, the two norms' outputs, q after RoPE, k and v repeated to every head, the
+//! attention output) and 3 MLP-sized ones (gate, up, the product), plus with LoRA dropout one
+//! mask per adapter input (6 hidden-sized: q, k, v, o, gate, up; 1 MLP-sized: down); one
+//! score-sized buffer per layer and head (the softmax); and 4 vocabulary-sized ones per scored
+//! position of the head's chunk (logits, their exp, the probabilities, the gradient). On
+//! SmolLM2-135M on the flex backend they predict the peak RSS within 1 % from 1x128 to 4x512
+//! (`benches/memory.sh`, BENCHMARKS.md).
 //!
-//! With gradient checkpointing (`train::recompute`) backward keeps each layer's input (one
-//! hidden-sized buffer per token and layer) and then holds either the logits of one chunk of
-//! labelled positions or one layer's recomputed activations, never both: peak = weights +
-//! adapters + inputs + max(logit chunk, one layer). Within 13 % of the measured peaks from 1x128
-//! to 4x512 (BENCHMARKS.md).
+//! With gradient checkpointing backward keeps each layer's input (one hidden-sized buffer per
+//! token and layer) and then holds either the logits of one chunk of labelled positions or one
+//! layer's recomputed tape with its backward's two score-sized gradients, never both: peak =
+//! weights + adapters + inputs + max(logit chunk, one layer).
 //!
 //! `model.keep_quantized` changes only the weights term, which [`frozen_base_bytes`] computes from
 //! the GGUF header (packed bytes, plus one layer decoded to f32 while it is recomputed).
@@ -34,15 +35,20 @@ use crate::source::ModelFiles;
 use crate::weights::blocks;
 use crate::weights::gguf::GgufFile;
 
-/// Scored positions per head pass under gradient checkpointing (`train::recompute`): 256 rows of
-/// SmolLM2's 49,152-word vocabulary are 50 MB per buffer, where a whole 4×256 batch's would be
-/// 200 MB. Here because the estimate counts it.
+/// Scored positions per head pass (`train::derived::head`): 256 rows of SmolLM2's 49,152-word
+/// vocabulary are 50 MB per buffer, where a whole 4×256 batch's would be 200 MB. Here because
+/// the estimate counts it.
 pub const LOGIT_CHUNK: usize = 256;
 
 const F32: u64 = 4;
-const HIDDEN_BUFFERS: u64 = 17;
-const MLP_BUFFERS: u64 = 6;
-const SCORE_BUFFERS: u64 = 3;
+const HIDDEN_BUFFERS: u64 = 8;
+const MLP_BUFFERS: u64 = 3;
+/// Dropout masks: q, k, v, o, gate and up read hidden-sized inputs, down an MLP-sized one.
+const DROPOUT_HIDDEN_BUFFERS: u64 = 6;
+const DROPOUT_MLP_BUFFERS: u64 = 1;
+const SCORE_BUFFERS: u64 = 1;
+/// A layer's backward also holds the softmax's two gradients (dP, dS) for a moment.
+const BACKWARD_SCORE_BUFFERS: u64 = 2;
 const LOGIT_BUFFERS: u64 = 4;
 /// Adapter parameters, their gradients, AdamW's two moments.
 const ADAPTER_COPIES: u64 = 4;
@@ -55,7 +61,7 @@ pub struct MemoryEstimate {
     /// Kept for backward through the whole pass: every layer's activations, or with gradient
     /// checkpointing each layer's input.
     pub activations: u64,
-    /// Vocabulary-sized buffers at the labelled positions (one chunk of them with checkpointing).
+    /// Vocabulary-sized buffers at one chunk of the labelled positions.
     pub logits: u64,
     /// With gradient checkpointing: one layer's activations while it is recomputed, which are
     /// never alive together with the logits. 0 without.
@@ -75,6 +81,8 @@ pub struct BatchShape {
     pub scored: usize,
     /// `train.gradient_checkpointing`: only one layer's activations are alive at a time.
     pub checkpointing: bool,
+    /// LoRA dropout is on: each adapter keeps its mask for backward.
+    pub dropout: bool,
 }
 
 impl MemoryEstimate {
@@ -83,10 +91,12 @@ impl MemoryEstimate {
         let (b, s) = (shape.batch as u64, shape.seq as u64);
         let tokens = b * s;
         let layers = config.num_hidden_layers as u64;
-        let per_token_layer = HIDDEN_BUFFERS * config.hidden_size as u64
-            + MLP_BUFFERS * config.intermediate_size as u64;
-        let scores = SCORE_BUFFERS * b * config.num_attention_heads as u64 * s * s;
-        let one_layer = (tokens * per_token_layer + scores) * F32;
+        let masks = u64::from(shape.dropout);
+        let per_token_layer = (HIDDEN_BUFFERS + masks * DROPOUT_HIDDEN_BUFFERS)
+            * config.hidden_size as u64
+            + (MLP_BUFFERS + masks * DROPOUT_MLP_BUFFERS) * config.intermediate_size as u64;
+        let score = b * config.num_attention_heads as u64 * s * s;
+        let one_layer = (tokens * per_token_layer + SCORE_BUFFERS * score) * F32;
         let logits = |scored: usize| LOGIT_BUFFERS * scored as u64 * config.vocab_size as u64 * F32;
         let (weights, adapters) = (
             config.parameter_count() * F32,
@@ -98,7 +108,7 @@ impl MemoryEstimate {
                 adapters,
                 activations: layers * tokens * config.hidden_size as u64 * F32,
                 logits: logits(shape.scored.min(LOGIT_CHUNK)),
-                recomputed_layer: one_layer,
+                recomputed_layer: one_layer + BACKWARD_SCORE_BUFFERS * score * F32,
                 loading: 0,
             }
         } else {
@@ -106,7 +116,7 @@ impl MemoryEstimate {
                 weights,
                 adapters,
                 activations: layers * one_layer,
-                logits: logits(shape.scored),
+                logits: logits(shape.scored.min(LOGIT_CHUNK)),
                 recomputed_layer: 0,
                 loading: 0,
             }

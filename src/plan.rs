@@ -290,6 +290,17 @@ impl Plan {
                 "train.gradient_checkpointing",
                 "is for causal-LM decoders; a classifier trains with it off",
             )?;
+            // A classifier's backward is autodiff's, whose graph keeps every widened weight.
+            check(
+                recipe.model.dtype == Dtype::F32,
+                "model.dtype",
+                "bf16/f16 storage is for causal-LM decoders (a classifier's backward would keep every layer's widened f32 weights); use f32",
+            )?;
+            check(
+                !recipe.model.keep_quantized,
+                "model.keep_quantized",
+                "is for causal-LM decoders from GGUF files; drop it for a classifier",
+            )?;
             check(
                 export.formats.iter().all(|f| *f == ExportFormat::Peft),
                 "export.formats",
@@ -297,22 +308,12 @@ impl Plan {
             )?;
         }
         check(
-            data.pad_to_multiple_of >= 1,
+            data.pad_to_multiple_of != Some(0),
             "data.pad_to_multiple_of",
             "must be at least 1 (1 = pad to the longest row only)",
         )?;
 
         // Settings that only work together: refused alone, never silently ignored.
-        check(
-            recipe.model.dtype == Dtype::F32 || train.gradient_checkpointing,
-            "model.dtype",
-            "bf16/f16 save memory only with train.gradient_checkpointing = true (without it backward keeps every layer's widened f32 weights); set both, or use f32",
-        )?;
-        check(
-            !recipe.model.keep_quantized || train.gradient_checkpointing,
-            "model.keep_quantized",
-            "saves memory only with train.gradient_checkpointing = true (without it backward keeps every layer's decoded weights); set both, or drop keep_quantized",
-        )?;
         check(
             !recipe.lora.use_dora,
             "lora.use_dora",

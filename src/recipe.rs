@@ -131,9 +131,9 @@ pub struct DataSection {
     #[serde(default)]
     pub packing: bool,
     /// Pad each batch to a multiple of this many tokens (bucketing: few distinct shapes, so few
-    /// GPU kernel variants). Default 64; 1 pads to the longest row only.
-    #[serde(default = "default_pad_to_multiple_of")]
-    pub pad_to_multiple_of: u32,
+    /// GPU kernel variants); 1 pads to the longest row only. Default by device
+    /// ([`DataSection::bucket`]).
+    pub pad_to_multiple_of: Option<u32>,
     /// Also train on prompts / user turns. Default false: completions and assistant turns only.
     #[serde(default)]
     pub train_on_inputs: bool,
@@ -146,8 +146,20 @@ fn default_max_len() -> u32 {
     1024
 }
 
-fn default_pad_to_multiple_of() -> u32 {
-    64
+impl DataSection {
+    /// `pad_to_multiple_of`, or its default: on the CPU 1 (each batch padded to its longest
+    /// row, as PEFT's collator does: flex compiles no kernels per shape, and short rows padded
+    /// to 64 spent most of a classifier's step on padding); on a GPU 64, or 8 when
+    /// `max_len` ≤ 128 (short rows, where 64 would be mostly padding).
+    pub fn bucket(&self, on_cpu: bool) -> usize {
+        let default = match (on_cpu, self.max_len) {
+            (true, _) => 1,
+            (false, ..=128) => 8,
+            (false, _) => 64,
+        };
+        self.pad_to_multiple_of
+            .map_or(default, |m| m.max(1) as usize)
+    }
 }
 
 /// `[train]`: optimiser, schedule, batch and cadence.

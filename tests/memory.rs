@@ -20,20 +20,22 @@ fn the_estimate_counts_weights_adapters_activations_and_logits() {
         seq: 64,
         scored: 100,
         checkpointing: false,
+        dropout: true,
     };
     let e = MemoryEstimate::training(&config, 7_424, shape);
     assert_eq!(e.weights, 94_528 * 4);
     assert_eq!(e.adapters, 4 * 7_424 * 4); // parameters, gradients, two AdamW moments
-    // Per layer: T = 128 tokens × (17·64 + 6·96) floats, plus 3 score buffers of 2·4·64·64.
+    // Per layer: T = 128 tokens × ((8 + 6 dropout masks)·64 + (3 + 1)·96) floats, plus one
+    // score buffer of 2·4·64·64.
     assert_eq!(
         e.activations,
-        2 * (128 * (17 * 64 + 6 * 96) + 3 * 2 * 4 * 64 * 64) * 4
+        2 * (128 * (14 * 64 + 4 * 96) + 2 * 4 * 64 * 64) * 4
     );
     // Logits only where a label follows: 100 of the 128 positions.
     assert_eq!(e.logits, 4 * 100 * 256 * 4);
-    assert_eq!(e.total(), 3_396_864);
+    assert_eq!(e.total(), 2_479_360);
     assert!(
-        e.render(shape).starts_with("3.4 MB (weights 0.4 MB"),
+        e.render(shape).starts_with("2.5 MB (weights 0.4 MB"),
         "{}",
         e.render(shape)
     );
@@ -47,12 +49,24 @@ fn the_estimate_counts_weights_adapters_activations_and_logits() {
             seq: 128,
             scored: 200,
             checkpointing: false,
+            dropout: false,
         },
     );
+    // Without dropout no masks: 8 hidden-sized and 3 MLP-sized buffers per token.
     assert_eq!(
         long.activations,
-        2 * (256 * (17 * 64 + 6 * 96) + 3 * 2 * 4 * 128 * 128) * 4
+        2 * (256 * (8 * 64 + 3 * 96) + 2 * 4 * 128 * 128) * 4
     );
+    // The head's logits are computed 256 labelled positions at a time.
+    let many = MemoryEstimate::training(
+        &config,
+        7_424,
+        BatchShape {
+            scored: 1000,
+            ..shape
+        },
+    );
+    assert_eq!(many.logits, 4 * 256 * 256 * 4);
 
     // Gradient checkpointing keeps each layer's input (T hidden-sized floats per layer), then
     // holds the logits or one layer's recomputed activations, never both.
@@ -62,14 +76,15 @@ fn the_estimate_counts_weights_adapters_activations_and_logits() {
     };
     let checkpointed = MemoryEstimate::training(&config, 7_424, recomputing);
     assert_eq!(checkpointed.activations, 2 * 128 * 64 * 4);
-    let one_layer = (128 * (17 * 64 + 6 * 96) + 3 * 2 * 4 * 64 * 64) * 4;
+    // The tape plus the softmax backward's two score-sized gradients.
+    let one_layer = (128 * (14 * 64 + 4 * 96) + 3 * 2 * 4 * 64 * 64) * 4;
     assert_eq!(checkpointed.recomputed_layer, one_layer);
     assert_eq!(checkpointed.logits, e.logits); // 100 labelled positions: one chunk
     assert_eq!(
         checkpointed.total(),
         e.weights + e.adapters + checkpointed.activations + one_layer.max(e.logits)
     );
-    // Logits are computed 256 labelled positions at a time.
+    // Chunked the same way.
     let many = BatchShape {
         scored: 1000,
         ..recomputing

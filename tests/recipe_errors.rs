@@ -223,20 +223,20 @@ const CASES: &[Case] = &[
         words: &["DoRA is not supported yet"],
     },
     Case {
-        what: "a 16-bit base without checkpointing",
-        model_and_data: "[model]\nsource = \"model.gguf\"\ndtype = \"bf16\"\n\n[data]\ntrain = \"train.jsonl\"\n",
+        what: "a classifier on a 16-bit base",
+        model_and_data: "[model]\nsource = \"model\"\ntask = \"classification\"\ndtype = \"bf16\"\n\n[data]\ntrain = \"train.jsonl\"\nformat = \"classification\"\n",
         rest: "",
-        line: 3,
+        line: 4,
         key: "model.dtype",
-        words: &["train.gradient_checkpointing = true"],
+        words: &["causal-LM decoders"],
     },
     Case {
-        what: "kept blocks without checkpointing",
-        model_and_data: "[model]\nsource = \"model.gguf\"\nkeep_quantized = true\n\n[data]\ntrain = \"train.jsonl\"\n",
+        what: "a classifier on kept blocks",
+        model_and_data: "[model]\nsource = \"model.gguf\"\ntask = \"classification\"\nkeep_quantized = true\n\n[data]\ntrain = \"train.jsonl\"\nformat = \"classification\"\n",
         rest: "",
-        line: 3,
+        line: 4,
         key: "model.keep_quantized",
-        words: &["train.gradient_checkpointing = true"],
+        words: &["causal-LM decoders"],
     },
     Case {
         what: "padding to a multiple of 0",
@@ -292,12 +292,19 @@ fn every_located_error_names_line_key_and_what_is_accepted() {
 }
 
 #[test]
-fn kept_blocks_with_checkpointing_are_accepted() {
-    let f = Fixture::new();
-    let ok = "[model]\nsource = \"model.gguf\"\nkeep_quantized = true\n\n[data]\ntrain = \"train.jsonl\"\n\n[train]\ngradient_checkpointing = true\n";
-    std::fs::write(f.path(), ok).unwrap();
-    let plan = Plan::resolve(&RecipeFile::load(&f.path()).unwrap(), Path::new("/work")).unwrap();
-    assert!(plan.keep_quantized);
+fn kept_blocks_and_16_bit_bases_are_accepted_with_or_without_checkpointing() {
+    for checkpointing in [true, false] {
+        for model in ["keep_quantized = true", "dtype = \"bf16\""] {
+            let f = Fixture::new();
+            let ok = format!(
+                "[model]\nsource = \"model.gguf\"\n{model}\n\n[data]\ntrain = \"train.jsonl\"\n\n[train]\ngradient_checkpointing = {checkpointing}\n"
+            );
+            std::fs::write(f.path(), ok).unwrap();
+            let plan =
+                Plan::resolve(&RecipeFile::load(&f.path()).unwrap(), Path::new("/work")).unwrap();
+            assert_eq!(plan.keep_quantized, model.starts_with("keep"), "{model}");
+        }
+    }
 }
 
 #[test]

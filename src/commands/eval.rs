@@ -14,8 +14,8 @@ use crate::train::checkpoint;
 use crate::train::evaluate::evaluate;
 
 pub fn run(recipe: &Path, adapter: Option<&Path>, device: DeviceChoice) -> anyhow::Result<()> {
-    let loaded = session::load(recipe)?;
-    let mut model = session::open_model(&loaded, device, MemoryCheck::Off)?;
+    let loaded = session::load(recipe, Some(device))?;
+    let mut model = session::open_model(&loaded, MemoryCheck::Off)?;
     let (data, which) = match &loaded.eval {
         Some(eval) => (eval, "eval split"),
         None => (&loaded.train, "train set (no eval split in the recipe)"),

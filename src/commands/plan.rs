@@ -7,7 +7,7 @@ use super::session;
 use crate::memory;
 
 pub fn run(recipe: &Path) -> anyhow::Result<()> {
-    let loaded = session::load(recipe)?;
+    let loaded = session::load(recipe, None)?;
     let Some((estimate, shape)) = loaded.prepared.memory_estimate(&loaded.train) else {
         println!(
             "memory: not predicted for BERT encoders yet (the formula is fitted to Llama-family decoders)"

@@ -28,10 +28,10 @@ pub fn run(
     force: bool,
     memory_check: MemoryCheck,
 ) -> anyhow::Result<()> {
-    let loaded = session::load(recipe)?;
+    let loaded = session::load(recipe, Some(device))?;
     let plan = &loaded.prepared.plan;
     let resume = clear_or_resume(&plan.out_dir, resume, force)?;
-    let mut model = session::open_model(&loaded, device, memory_check)?;
+    let mut model = session::open_model(&loaded, memory_check)?;
     if let Some(dir) = plan.lora.init_from.as_ref().filter(|_| resume.is_none()) {
         model
             .load_adapter_weights(&dir.join(WEIGHTS_FILE))

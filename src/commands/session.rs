@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::data::dataset::{DataStats, Dataset};
-use crate::device::{self, DeviceChoice};
+use crate::device::{self, DeviceChoice, Selected};
 use crate::lora::report::thousands;
 use crate::memory::{self, MemoryCheck};
 use crate::model::TaskModel;
@@ -14,19 +14,31 @@ use crate::plan::{Plan, Stop, Warmup};
 use crate::prepare::Prepared;
 use crate::recipe::Targets;
 
-/// A recipe prepared and its data encoded.
+/// A recipe prepared, its device started and its data encoded for that device.
 pub struct Loaded {
     pub prepared: Prepared,
+    /// None for `plan`, which encodes as for the CPU (its memory estimate is the CPU's).
+    pub device: Option<Selected>,
     pub train: Dataset,
     pub eval: Option<Dataset>,
 }
 
-/// Prepares the recipe and encodes its data (no weights load), printing each step.
-pub fn load(recipe: &Path) -> anyhow::Result<Loaded> {
+/// Prepares the recipe and encodes the data (bad data stops here, before any device starts),
+/// starts `device` (when given) and pads the data as that device wants it (no weights load),
+/// printing each step.
+pub fn load(recipe: &Path, device: Option<DeviceChoice>) -> anyhow::Result<Loaded> {
     let prepared = Prepared::load(recipe)?;
     print_prepared(&prepared);
     let tokenizer = prepared.tokenizer()?;
-    let (train, eval) = prepared.load_data(&tokenizer)?;
+    let (mut train, mut eval) = prepared.load_data(&tokenizer)?;
+    let device = device.map(device::select).transpose()?;
+    if let Some(selected) = &device {
+        println!("device: {} ({})", selected.name, selected.why);
+    }
+    let bucket = (prepared.plan.data).bucket(device.as_ref().is_none_or(|d| d.on_cpu));
+    for data in std::iter::once(&mut train).chain(eval.as_mut()) {
+        data.set_padding(bucket);
+    }
     let batch_size = prepared.plan.train.batch_size as usize;
     let seed = prepared.plan.train.seed;
     let classification = prepared.labels.is_some();
@@ -44,21 +56,20 @@ pub fn load(recipe: &Path) -> anyhow::Result<Loaded> {
     }
     Ok(Loaded {
         prepared,
+        device,
         train,
         eval,
     })
 }
 
-/// Starts the device, refuses a CPU run predicted not to fit, loads the model with fresh
-/// adapters; prints the device and what was loaded.
-pub fn open_model(
-    loaded: &Loaded,
-    device: DeviceChoice,
-    memory_check: MemoryCheck,
-) -> anyhow::Result<TaskModel> {
+/// Refuses a CPU run predicted not to fit, loads the model with fresh adapters onto the
+/// device [`load`] started (the CPU when none); prints what was loaded.
+pub fn open_model(loaded: &Loaded, memory_check: MemoryCheck) -> anyhow::Result<TaskModel> {
     let prepared = &loaded.prepared;
-    let selected = device::select(device)?;
-    println!("device: {} ({})", selected.name, selected.why);
+    let selected = match &loaded.device {
+        Some(selected) => selected.clone(),
+        None => device::select(DeviceChoice::Cpu)?,
+    };
     if let (true, Some((estimate, shape))) =
         (selected.on_cpu, prepared.memory_estimate(&loaded.train))
     {

@@ -52,6 +52,7 @@ impl Dataset {
         data: &DataSection,
         encoder: &Encoder,
         keep: &dyn Fn(usize) -> bool,
+        pad_to_multiple_of: usize,
     ) -> Result<Self, DataError> {
         let (rows, mut skipped) = read_rows(path, data.format, data.strict)?;
         let (mut examples, mut sources, mut truncated) = (Vec::new(), Vec::new(), 0);
@@ -92,7 +93,7 @@ impl Dataset {
         let tok = encoder.tokenizer;
         let layout = Layout {
             pad_id: tok.pad_id.or(tok.eos_id).unwrap_or(0),
-            pad_to_multiple_of: data.pad_to_multiple_of.max(1) as usize,
+            pad_to_multiple_of,
             max_len: encoder.max_len,
             pack_to: data.packing.then_some(encoder.max_len),
         };
@@ -152,6 +153,11 @@ impl Dataset {
             batches,
             batch_tokens,
         }
+    }
+
+    /// Pads batches to a multiple of `pad_to_multiple_of` from now on (1 = the longest row).
+    pub fn set_padding(&mut self, pad_to_multiple_of: usize) {
+        self.layout.pad_to_multiple_of = pad_to_multiple_of.max(1);
     }
 
     /// The padded length of the longest micro-batch any epoch can draw.
