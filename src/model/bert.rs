@@ -150,7 +150,7 @@ pub struct BertLayer {
 
 impl BertLayer {
     /// x: [b, s, h], mask: [b, 1, 1, s] (true = padding key) → [b, s, h].
-    fn forward(&self, x: Tensor<3>, mask: &Tensor<4, Bool>) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, mask: &Tensor<4, Bool>) -> Tensor<3> {
         let [b, s, h] = x.dims();
         let (n, d) = (self.n_heads, h / self.n_heads);
         let heads = |t: Tensor<3>| t.reshape([b, s, n, d]).swap_dims(1, 2); // [b, n, s, d]
@@ -300,6 +300,16 @@ impl Bert {
     /// ids: equal-length rows; attention_mask: 0 = padding. Token types are all 0 (one
     /// segment). → last hidden states [b, s, h].
     pub fn forward(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u8>]) -> Tensor<3> {
+        let mut x = self.embed(ids);
+        let mask = self.padding_mask(attention_mask);
+        for layer in &self.layers {
+            x = layer.forward(x, &mask);
+        }
+        x
+    }
+
+    /// The embeddings' output (words + positions + token type 0, normed): [b, s, h].
+    pub fn embed(&self, ids: &[Vec<u32>]) -> Tensor<3> {
         let (b, s) = (ids.len(), ids.first().map_or(0, Vec::len));
         let h = self.config.hidden_size;
         let flat: Vec<i64> = ids.iter().flatten().map(|&t| i64::from(t)).collect();
@@ -319,16 +329,18 @@ impl Bert {
             .clone()
             .narrow(0, 0, 1)
             .reshape([1, 1, h]);
-        let mut x = self
-            .embeddings_norm
-            .forward(words + positions.expand([b, s, h]) + types.expand([b, s, h]));
+        self.embeddings_norm
+            .forward(words + positions.expand([b, s, h]) + types.expand([b, s, h]))
+    }
+
+    /// [b, 1, 1, s]: true where a key is padding.
+    pub fn padding_mask(&self, attention_mask: &[Vec<u8>]) -> Tensor<4, Bool> {
+        let (b, s) = (
+            attention_mask.len(),
+            attention_mask.first().map_or(0, Vec::len),
+        );
         let padding: Vec<bool> = attention_mask.iter().flatten().map(|&m| m == 0).collect();
-        let mask =
-            Tensor::<4, Bool>::from_data(TensorData::new(padding, [b, 1, 1, s]), &self.device);
-        for layer in &self.layers {
-            x = layer.forward(x, &mask);
-        }
-        x
+        Tensor::from_data(TensorData::new(padding, [b, 1, 1, s]), &self.device)
     }
 
     /// The pooler's output: tanh(dense(h[:, 0])), [b, h]. None without pooler weights.

@@ -161,7 +161,17 @@ impl SequenceClassifier {
 
 /// The mean of each row's real (unpadded) hidden states: [b, s, h] → [b, h].
 fn mean_pool(hidden: Tensor<3>, attention_mask: &[Vec<u8>]) -> Tensor<2> {
-    let [b, s, h] = hidden.dims();
+    let [b, _, h] = hidden.dims();
+    let weights = mean_weights(attention_mask, &hidden.device());
+    weights.matmul(hidden).reshape([b, h]) // [b, 1, s]·[b, s, h]
+}
+
+/// Mean pooling as a product: [b, 1, s], 1/n at each of a row's n real tokens, 0 at padding.
+pub fn mean_weights(attention_mask: &[Vec<u8>], device: &Device) -> Tensor<3> {
+    let (b, s) = (
+        attention_mask.len(),
+        attention_mask.first().map_or(0, Vec::len),
+    );
     let weights: Vec<f32> = attention_mask
         .iter()
         .flat_map(|row| {
@@ -169,8 +179,7 @@ fn mean_pool(hidden: Tensor<3>, attention_mask: &[Vec<u8>]) -> Tensor<2> {
             row.iter().map(move |&m| if m != 0 { 1.0 / n } else { 0.0 })
         })
         .collect();
-    let weights = Tensor::<3>::from_data(TensorData::new(weights, [b, 1, s]), &hidden.device());
-    weights.matmul(hidden).reshape([b, h]) // [b, 1, s]·[b, s, h]
+    Tensor::from_data(TensorData::new(weights, [b, 1, s]), device)
 }
 
 /// Each row's hidden state at its last real token: [b, s, h] → [b, h].

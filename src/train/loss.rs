@@ -12,7 +12,7 @@ use super::cross_entropy::{next_token_nll_sum, nll_sum};
 use crate::data::batch::Batch;
 use crate::model::TaskModel;
 use crate::model::adapted::AdaptedModel;
-use crate::model::classifier::SequenceClassifier;
+use crate::model::classifier::{Body, SequenceClassifier};
 use crate::model::decoder::Decoder;
 
 /// A model with a loss: the sum over a batch's scored targets (labelled next tokens, or one
@@ -67,6 +67,24 @@ impl Objective for SequenceClassifier {
         let logits = self.logits(&batch.input_ids, &batch.attention_mask);
         let classes = batch.classes.iter().map(|&c| i64::from(c)).collect();
         Some(nll_sum(logits, classes))
+    }
+
+    /// Derived by hand on a BERT body (`train::derived::classifier`); autodiff on a decoder.
+    fn loss_and_gradients(
+        &mut self,
+        batch: &Batch,
+        denominator: usize,
+    ) -> Result<Option<Gradients>, TrainError> {
+        match &self.body {
+            Body::Bert(bert) => super::derived::classifier::loss_and_gradients(
+                bert,
+                &self.head,
+                self.pooling,
+                batch,
+                denominator,
+            ),
+            Body::Decoder(_) => whole_graph_gradients(self, |m| m.loss_sum(batch), denominator),
+        }
     }
 
     fn class_logits(&self, batch: &Batch) -> Option<Tensor<2>> {

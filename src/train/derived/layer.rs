@@ -1,12 +1,13 @@
 //! A decoder layer's forward keeping what backward needs, and its backward written out:
-//! grouped-query attention (softmax backward from the kept probabilities, the row sums
-//! Σ dP⊙P taken as Σ dO⊙O on the smaller side), RoPE, q/k norms, the SwiGLU MLP, both norm
-//! placements and the residuals. Every linear layer goes through [`super::linear`].
+//! grouped-query attention ([`super::attention`], key/value gradients summed over the query
+//! heads that share them), RoPE, q/k norms, the SwiGLU MLP, both norm placements and the
+//! residuals. Every linear layer goes through [`super::linear`].
 //! Source of the forward it inverts: `model::decoder`, `model::attention`, `model::mlp`.
 
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use burn::tensor::{Bool, Tensor};
 
+use super::attention::{self, AttentionCore};
 use super::linear::{self, FactorGradients, LinearTape};
 use super::ops::{rms_norm, rms_norm_backward, rope_backward, silu_and_derivative};
 use crate::model::attention::Attention;
@@ -38,12 +39,8 @@ struct AttentionTape {
     projections: [LinearTape; 4],
     /// The q and k norms' inputs, rows as the norm sees them.
     qk_norm_inputs: [Option<Tensor<2>>; 2],
-    /// [b, h, s, d] after RoPE: q times the scale, k and v repeated to every query head.
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    /// softmax(q·kᵀ + mask) [b, h, s, s].
-    probs: Tensor<4>,
+    /// After RoPE, k and v repeated to every query head.
+    core: AttentionCore,
 }
 
 #[derive(Debug, Clone)]
@@ -168,18 +165,13 @@ fn attention_forward(
     let q = inputs.rope.apply(heads(q, h)).mul_scalar(attn.scale);
     let k = repeat(inputs.rope.apply(heads(k, kv)));
     let v = repeat(heads(v, kv));
-    let scores = q.clone().matmul(k.clone().swap_dims(2, 3));
-    let probs = softmax(scores.mask_fill(mask(inputs, b, h, s), f32::MIN), 3);
-    let out = probs.clone().matmul(v.clone());
+    let (out, core) = attention::forward(q, k, v, mask(inputs, b, h, s));
     let out = out.swap_dims(1, 2).reshape([b * s, h * d]);
     let (y, o_tape) = linear::forward(&attn.o_proj, out);
     let tape = AttentionTape {
         projections: [q_tape, k_tape, v_tape, o_tape],
         qk_norm_inputs: [q_rows, k_rows],
-        q,
-        k,
-        v,
-        probs,
+        core,
     };
     (y, tape)
 }
@@ -196,23 +188,17 @@ fn attention_backward(
     let [q_tape, k_tape, v_tape, o_tape] = tape.projections;
     let out = o_tape.input();
     let (dout, o) = linear::backward(&attn.o_proj, o_tape, dy);
-    // Σ_t dP⊙P = Σ_d dO⊙O per query (flash attention's D), on [b, h, s, d] instead of s×s.
-    let rows = (dout.clone() * out)
-        .reshape([b, s, h, d])
-        .sum_dim(3)
-        .swap_dims(1, 2);
-    let dout = dout.reshape([b, s, h, d]).swap_dims(1, 2); // [b, h, s, d]
-    let dprobs = dout.clone().matmul(tape.v.swap_dims(2, 3));
-    let dscores = (tape.probs.clone() * (dprobs - rows.expand([b, h, s, s])))
-        .mask_fill(mask(inputs, b, h, s), 0.0);
-    let dq = dscores.clone().matmul(tape.k).mul_scalar(attn.scale);
+    let heads = |t: Tensor<2>| t.reshape([b, s, h, d]).swap_dims(1, 2); // [b, h, s, d]
+    let (dq, dk, dv) =
+        attention::backward(tape.core, heads(dout), heads(out), mask(inputs, b, h, s));
+    let dq = dq.mul_scalar(attn.scale);
+    // Each key/value head's gradient is the sum over the query heads that read it.
     let group = |t: Tensor<4>| {
         t.reshape([b, kv, h / kv, s, d])
             .sum_dim(2)
             .reshape([b, kv, s, d])
     };
-    let dk = group(dscores.swap_dims(2, 3).matmul(tape.q));
-    let dv = group(tape.probs.swap_dims(2, 3).matmul(dout));
+    let (dk, dv) = (group(dk), group(dv));
     let flat = |t: Tensor<4>, n: usize| t.swap_dims(1, 2).reshape([b * s, n * d]);
     let [q_rows, k_rows] = tape.qk_norm_inputs;
     let dq = qk_norm_backward(

@@ -1,4 +1,5 @@
-//! A decoder's training step derived by hand. The base is frozen, so backward through a block
+//! The training step derived by hand, for decoders (here) and BERT classifiers
+//! ([`classifier`]). The base is frozen, so backward through a block
 //! needs only the input gradient and each adapter's dA and dB — a handful of known products —
 //! not burn's generic autodiff graph over the network (which costs 1.7× a plain forward and
 //! keeps more buffers). The forward keeps exactly what backward needs ([`layer::LayerTape`]), or
@@ -7,6 +8,9 @@
 //! Autodiff (`train::autograd::whole_graph_gradients`) stays as the oracle the tests compare
 //! this against.
 
+pub mod attention;
+pub mod classifier;
+pub mod encoder;
 pub mod head;
 pub mod layer;
 pub mod linear;

@@ -1,10 +1,11 @@
-//! Backward of the small operations decoder blocks share: RMSNorm, rotary embeddings and the
-//! SiLU gate. Each takes what its forward kept and the output gradient.
+//! Forward and backward of the small operations the blocks share: RMSNorm and LayerNorm, rotary
+//! embeddings, the SiLU gate and the exact GELU. Each backward takes what its forward kept and
+//! the output gradient.
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::sigmoid;
 
-use crate::model::norm::RmsNorm;
+use crate::model::norm::{LayerNorm, RmsNorm};
 use crate::model::rope::RopeTables;
 
 /// RMSNorm over the last dimension of x [rows, d] (`RmsNorm::forward`, in two dimensions).
@@ -46,4 +47,46 @@ pub fn silu_and_derivative(x: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
     let silu = x.clone() * sig.clone();
     let derivative = sig.clone() * (x * (sig.neg() + 1.0) + 1.0);
     (silu, derivative)
+}
+
+/// LayerNorm over the last dimension of x [rows, d] (`LayerNorm::forward`, in two dimensions).
+pub fn layer_norm(norm: &LayerNorm, x: Tensor<2>) -> Tensor<2> {
+    let [n, d] = x.dims();
+    let (normed, _) = standardised(norm, x);
+    normed * norm.weight.clone().reshape([1, d]).expand([n, d])
+        + norm.bias.clone().reshape([1, d]).expand([n, d])
+}
+
+/// y = w·x̂ + b with x̂ = (x − mean)·r, r = 1/√(var + ε):
+/// dx = r·(g − mean(g) − x̂·mean(g·x̂)), g = w·dy.
+pub fn layer_norm_backward(norm: &LayerNorm, x: Tensor<2>, dy: Tensor<2>) -> Tensor<2> {
+    let [n, d] = x.dims();
+    let (normed, r) = standardised(norm, x);
+    let g = dy * norm.weight.clone().reshape([1, d]).expand([n, d]);
+    let mean = g.clone().mean_dim(1).expand([n, d]);
+    let mean_normed = (g.clone() * normed.clone()).mean_dim(1).expand([n, d]);
+    (g - mean - normed * mean_normed) * r
+}
+
+/// x̂ = (x − mean)·r per row and r = 1/√(var + ε) (biased variance, as torch), both [rows, d].
+fn standardised(norm: &LayerNorm, x: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+    let [n, d] = x.dims();
+    let centred = x.clone() - x.mean_dim(1).expand([n, d]);
+    let r = (centred.clone().powi_scalar(2).mean_dim(1) + norm.eps)
+        .sqrt()
+        .recip()
+        .expand([n, d]);
+    (centred * r.clone(), r)
+}
+
+/// The exact GELU's derivative, Φ(x) + x·φ(x), with Φ the normal CDF and φ its density.
+pub fn gelu_derivative(x: Tensor<2>) -> Tensor<2> {
+    let cdf = (x.clone().mul_scalar(std::f64::consts::FRAC_1_SQRT_2).erf() + 1.0).mul_scalar(0.5);
+    let density = x
+        .clone()
+        .powi_scalar(2)
+        .mul_scalar(-0.5)
+        .exp()
+        .mul_scalar(1.0 / (2.0 * std::f64::consts::PI).sqrt());
+    cdf + x * density
 }

@@ -1,0 +1,48 @@
+//! Softmax attention over heads, forward keeping what backward needs and backward written out:
+//! with P = softmax(q·kᵀ + mask) and O = P·v, dv = Pᵀ·dO, dP = dO·vᵀ and
+//! dS = P ⊙ (dP − Σ_t dP⊙P), where the row sums are taken as Σ_d dO⊙O (flash attention's D) on
+//! [b, h, s, d] instead of s×s; dq = dS·k, dk = dSᵀ·q. The scale is applied to q beforehand, so
+//! the caller multiplies dq by it. Masked scores get no gradient (autodiff's `mask_fill`).
+
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, Tensor};
+
+#[derive(Debug, Clone)]
+pub struct AttentionCore {
+    /// [b, h, s, d]: q times the scale, k and v (one per query head).
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    /// [b, h, s, s]
+    probs: Tensor<4>,
+}
+
+/// q (scaled), k, v: [b, h, s, d]; mask [b, h, s, s] (true = may not attend) → O [b, h, s, d].
+pub fn forward(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Tensor<4, Bool>,
+) -> (Tensor<4>, AttentionCore) {
+    let scores = q.clone().matmul(k.clone().swap_dims(2, 3));
+    let probs = softmax(scores.mask_fill(mask, f32::MIN), 3);
+    let out = probs.clone().matmul(v.clone());
+    (out, AttentionCore { q, k, v, probs })
+}
+
+/// dO and O [b, h, s, d] → (dq for the scaled q, dk, dv), each [b, h, s, d].
+pub fn backward(
+    core: AttentionCore,
+    dout: Tensor<4>,
+    out: Tensor<4>,
+    mask: Tensor<4, Bool>,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let [b, h, s, _] = core.probs.dims();
+    let rows = (dout.clone() * out).sum_dim(3).expand([b, h, s, s]);
+    let dprobs = dout.clone().matmul(core.v.swap_dims(2, 3));
+    let dscores = (core.probs.clone() * (dprobs - rows)).mask_fill(mask, 0.0);
+    let dq = dscores.clone().matmul(core.k);
+    let dk = dscores.swap_dims(2, 3).matmul(core.q);
+    let dv = core.probs.swap_dims(2, 3).matmul(dout);
+    (dq, dk, dv)
+}

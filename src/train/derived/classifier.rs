@@ -1,0 +1,134 @@
+//! A sequence classifier on a BERT encoder, its step derived by hand: the encoder's layers
+//! ([`super::encoder`]), the pooling (the pooler's tanh(dense(h[CLS])) or the mean over real
+//! tokens), the head's dropout and the linear head trained in full (weight and bias
+//! gradients), and the cross-entropy over the rows' classes. A classifier on a decoder body
+//! keeps autodiff's backward.
+
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
+
+use super::encoder::{self, EncoderTape};
+use super::layer::Shape;
+use super::linear;
+use crate::data::batch::Batch;
+use crate::lora::adapter::dropout_mask;
+use crate::model::bert::Bert;
+use crate::model::classifier::{ClassHead, mean_weights};
+use crate::recipe::Pooling;
+use crate::train::autograd::Gradients;
+use crate::train::cross_entropy::nll_sum_and_gradient;
+use crate::train::{TrainError, scalar};
+
+/// `Objective::loss_and_gradients` for a classifier with a BERT body: Σ cross-entropy /
+/// `denominator` and the gradient of every trained tensor in `AdaptedModel::params_mut` order
+/// (A then B per adapter, the pooler's included, then the head's weight and bias).
+pub fn loss_and_gradients(
+    bert: &Bert,
+    head: &ClassHead,
+    pooling: Pooling,
+    batch: &Batch,
+    denominator: usize,
+) -> Result<Option<Gradients>, TrainError> {
+    if batch.classes.is_empty() {
+        return Ok(None);
+    }
+    let shape = Shape {
+        b: batch.input_ids.len(),
+        s: batch.input_ids.first().map_or(0, Vec::len),
+    };
+    let (b, s, h) = (shape.b, shape.s, bert.config.hidden_size);
+    let device = bert.device().clone();
+    let padding = bert.padding_mask(&batch.attention_mask);
+    let lowest = bert.layers.iter().position(|l| {
+        let linears = [&l.query, &l.key, &l.value, &l.attention_output];
+        let more = [&l.intermediate, &l.output];
+        linears.iter().chain(&more).any(|l| l.lora.is_some())
+    });
+    let mut x = bert.embed(&batch.input_ids).reshape([b * s, h]);
+    let mut tapes: Vec<EncoderTape> = Vec::new();
+    for (i, layer) in bert.layers.iter().enumerate() {
+        if lowest.is_none_or(|lowest| i < lowest) {
+            x = layer
+                .forward(x.reshape([b, s, h]), &padding)
+                .reshape([b * s, h]);
+        } else {
+            let (y, tape) = encoder::forward(layer, x, shape, &padding);
+            tapes.push(tape);
+            x = y;
+        }
+    }
+
+    // Pooling: the pooler on each row's first token, or the mean over its real tokens.
+    let firsts: Vec<i64> = (0..b).map(|r| (r * s) as i64).collect();
+    let firsts = Tensor::<1, Int>::from_data(TensorData::new(firsts, [b]), &device);
+    let (pooled, pooler_tape) = match (pooling, &bert.pooler) {
+        (Pooling::Cls, Some(pooler)) => {
+            let (dense, tape) = linear::forward(pooler, x.clone().select(0, firsts.clone()));
+            (dense.tanh(), Some(tape))
+        }
+        _ => {
+            let weights = mean_weights(&batch.attention_mask, &device);
+            (weights.matmul(x.reshape([b, s, h])).reshape([b, h]), None)
+        }
+    };
+
+    // The head: logits = drop(pooled)·Wᵀ + b.
+    let mask = (head.training && head.dropout > 0.0)
+        .then(|| dropout_mask(head.dropout, [b, h], &head.dropout_rng, &device));
+    let dropped = match &mask {
+        Some(m) => pooled.clone() * m.clone(),
+        None => pooled.clone(),
+    };
+    let logits = dropped.clone().matmul(head.weight.clone().transpose());
+    let logits = match &head.bias {
+        Some(bias) => logits.clone() + bias.clone().expand(logits.dims()),
+        None => logits,
+    };
+    let classes = batch.classes.iter().map(|&c| i64::from(c)).collect();
+    let (nll, dlogits) = nll_sum_and_gradient(logits, classes);
+    let loss = scalar(nll.div_scalar(denominator as f64))?;
+    let dlogits = dlogits.div_scalar(denominator as f64);
+    let mut head_grads = vec![dlogits.clone().transpose().matmul(dropped)];
+    if head.bias.is_some() {
+        head_grads.push(dlogits.clone().sum_dim(0));
+    }
+    let dpooled = dlogits.matmul(head.weight.clone());
+    let dpooled = match mask {
+        Some(m) => dpooled * m,
+        None => dpooled,
+    };
+
+    // Back through the pooling to the last hidden states.
+    let (dhidden, pooler_grads) = match (pooler_tape, &bert.pooler) {
+        (Some(tape), Some(pooler)) => {
+            let dtanh = dpooled * (pooled.clone() * pooled).neg().add_scalar(1.0);
+            let (dfirst, grads) = linear::backward(pooler, tape, dtanh);
+            let zeros = Tensor::zeros([b * s, h], &device);
+            (
+                zeros.select_assign(0, firsts, dfirst, IndexingUpdateOp::Add),
+                grads,
+            )
+        }
+        _ => {
+            let weights = mean_weights(&batch.attention_mask, &device);
+            let dhidden = weights.swap_dims(1, 2).matmul(dpooled.reshape([b, 1, h]));
+            (dhidden.reshape([b * s, h]), None)
+        }
+    };
+
+    let mut per_layer = Vec::with_capacity(tapes.len());
+    if let Some(lowest) = lowest {
+        let mut dy = dhidden;
+        for (i, tape) in tapes.into_iter().enumerate().rev() {
+            let layer = &bert.layers[lowest + i];
+            let (dx, grads) = encoder::backward(layer, tape, dy.clone(), shape, &padding, i > 0);
+            per_layer.push(grads);
+            if let Some(dx) = dx {
+                dy = dx;
+            }
+        }
+    }
+    let factors = per_layer.into_iter().rev().flatten().chain([pooler_grads]);
+    let mut grads: Vec<Tensor<2>> = factors.flatten().flat_map(|(a, b)| [a, b]).collect();
+    grads.extend(head_grads);
+    Ok(Some((loss, grads)))
+}
