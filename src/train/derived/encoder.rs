@@ -3,13 +3,12 @@
 //! the exact-GELU feed-forward block. Every linear layer goes through [`super::linear`].
 //! Source of the forward it inverts: `model::bert` (`BertLayer::forward`).
 
-use burn::tensor::activation::gelu;
 use burn::tensor::{Bool, Tensor};
 
 use super::attention::{self, AttentionCore};
 use super::layer::Shape;
 use super::linear::{self, FactorGradients, LinearTape};
-use super::ops::{gelu_derivative, layer_norm, layer_norm_backward};
+use super::ops::{gelu_and_cdf, gelu_derivative, layer_norm, layer_norm_backward};
 use crate::model::bert::BertLayer;
 
 /// The adapters' gradients of a layer: query, key, value, attention output, intermediate,
@@ -22,8 +21,9 @@ pub struct EncoderTape {
     core: AttentionCore,
     /// The two LayerNorms' inputs (attention output + x, feed-forward output + its input).
     norm_inputs: [Tensor<2>; 2],
-    /// The intermediate projection's output, before GELU.
+    /// The intermediate projection's output, before GELU, and Φ of it.
     intermediate: Tensor<2>,
+    cdf: Tensor<2>,
 }
 
 /// `BertLayer::forward` on x [b·s, h] with the padding mask [b, 1, 1, s], keeping its tape.
@@ -47,7 +47,8 @@ pub fn forward(
     let first = attended + x;
     let a = layer_norm(&layer.attention_norm, first.clone());
     let (intermediate, i_tape) = linear::forward(&layer.intermediate, a.clone());
-    let (y, o_tape) = linear::forward(&layer.output, gelu(intermediate.clone()));
+    let (activated, cdf) = gelu_and_cdf(intermediate.clone());
+    let (y, o_tape) = linear::forward(&layer.output, activated);
     let second = y + a;
     let out = layer_norm(&layer.output_norm, second.clone());
     let tape = EncoderTape {
@@ -55,6 +56,7 @@ pub fn forward(
         core,
         norm_inputs: [first, second],
         intermediate,
+        cdf,
     };
     (out, tape)
 }
@@ -74,7 +76,7 @@ pub fn backward(
     let [first, second] = tape.norm_inputs;
     let dsecond = layer_norm_backward(&layer.output_norm, second, dy);
     let (dactivated, output) = linear::backward(&layer.output, o_tape, dsecond.clone());
-    let dintermediate = dactivated * gelu_derivative(tape.intermediate);
+    let dintermediate = dactivated * gelu_derivative(tape.intermediate, tape.cdf);
     let (da, intermediate) = linear::backward(&layer.intermediate, i_tape, dintermediate);
     let dfirst = layer_norm_backward(&layer.attention_norm, first, da + dsecond);
     let context = ao_tape.input();
