@@ -135,7 +135,7 @@ pub struct Decoder {
     /// None when tied: logits = h·Eᵀ.
     pub lm_head: Option<Linear>,
     /// Training recomputes each decoder layer in backward instead of keeping its activations
-    /// (transformers' `gradient_checkpointing`; `train::recompute`). Off by default.
+    /// (transformers' `gradient_checkpointing`; `train::derived`). Off by default.
     pub gradient_checkpointing: bool,
     inv_freq: Vec<f32>,
     device: Device,
