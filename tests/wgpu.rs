@@ -1,7 +1,9 @@
 //! The wgpu backend — the product's GPU path — computes what PEFT and the flex backend compute, on
 //! the tiny Llama fixtures: adapted logits (PEFT's folder read back), LoRA gradients equal to
-//! flex's, and the ten PEFT training steps (accumulation, clipping, AdamW). Merging is host-side
-//! arithmetic and needs no device.
+//! flex's, and the ten PEFT training steps (accumulation, clipping, AdamW) with and without
+//! gradient checkpointing — all through the hand-derived step — and on the tiny BERT the derived
+//! classifier step's gradients equal to flex's. Merging is host-side arithmetic and needs no
+//! device.
 //! The gradient and training checks also guard burn #5162 (NaN or zero gradients on wgpu when
 //! only the LoRA factors are tracked).
 //!
@@ -108,4 +110,89 @@ fn lora_gradients_on_wgpu_equal_flex() {
 fn ten_training_steps_equal_peft_on_wgpu() {
     let Some(device) = wgpu() else { return };
     tiny::assert_ten_steps_equal_peft(&device, "wgpu", false);
+}
+
+#[test]
+fn ten_training_steps_with_gradient_checkpointing_equal_peft_on_wgpu() {
+    let Some(device) = wgpu() else { return };
+    tiny::assert_ten_steps_equal_peft(&device, "wgpu, gradient checkpointing", true);
+}
+
+/// The hand-derived BERT classifier step (encoder, pooler, head; erf, LayerNorm, padded
+/// attention) gives flex's loss and gradients on wgpu.
+#[test]
+fn classifier_gradients_on_wgpu_equal_flex() {
+    use lora_tune::data::batch::{Batch, IGNORE};
+    use lora_tune::lora::targets::select as select_targets;
+    use lora_tune::model::bert::{Bert, BertConfig};
+    use lora_tune::model::classifier::{Body, SequenceClassifier};
+    use lora_tune::recipe::{LoraSection, Pooling, Targets};
+    use lora_tune::weights::host::HostTensors;
+    let Some(device) = wgpu() else { return };
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        input_ids: Vec<Vec<u32>>,
+        attention_mask: Vec<Vec<u8>>,
+        labels: Vec<u32>,
+    }
+    let raw: Raw = tiny::json(&tiny::fixture("bert/seq_cls/batch.json"));
+    let batch = Batch {
+        labels: raw
+            .input_ids
+            .iter()
+            .map(|r| vec![IGNORE; r.len()])
+            .collect(),
+        input_ids: raw.input_ids,
+        attention_mask: raw.attention_mask,
+        classes: raw.labels,
+    };
+    let lora = LoraSection {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+        targets: Targets::Regex(r".*(query|key|value|dense)".into()),
+        ..LoraSection::default()
+    };
+    let grads = |device: &Device| {
+        let dir = tiny::fixture("bert/tiny-bert");
+        let path = dir.join("config.json");
+        let config =
+            BertConfig::from_json(&path, &std::fs::read_to_string(&path).unwrap()).unwrap();
+        let bert = Bert::load(config, HostTensors::read(&dir).unwrap(), device).unwrap();
+        let adapted = select_targets(&bert.config.linear_sites(), &lora).unwrap();
+        let labels = ["a", "b", "c"].map(String::from).to_vec();
+        let mut model = SequenceClassifier::new(Body::Bert(bert), labels, Pooling::Cls, 1).unwrap();
+        model.attach_adapters(&adapted, &lora, 1).unwrap();
+        for (_, a) in model.adapters_mut() {
+            // B = 0 at init would zero every A gradient.
+            let [out, r] = a.b.dims();
+            let values = (0..out * r)
+                .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.01)
+                .collect();
+            a.b = Tensor::from_data(burn::tensor::TensorData::new(values, [out, r]), device);
+        }
+        model.set_training(true);
+        model.seed_dropout(3);
+        let (loss, grads) = accumulate_gradients(&mut model, std::slice::from_ref(&batch)).unwrap();
+        let values: Vec<Vec<f32>> = grads.iter().map(|g| host(g).unwrap().values).collect();
+        (loss, values)
+    };
+    let (flex_loss, flex) = grads(&select(DeviceChoice::Cpu).unwrap().device);
+    let (wgpu_loss, got) = grads(&device);
+    let mut worst = 0.0f32;
+    for (g, f) in got.iter().zip(&flex) {
+        let scale = f.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(
+            scale > 0.0,
+            "a flex gradient is all zero: the check would prove nothing"
+        );
+        for (a, b) in g.iter().zip(f) {
+            worst = worst.max((a - b).abs() / scale);
+        }
+    }
+    eprintln!(
+        "classifier loss flex {flex_loss} wgpu {wgpu_loss}; gradients worst relative {worst:e}"
+    );
+    assert!((flex_loss - wgpu_loss).abs() / flex_loss < 1e-5);
+    assert!(worst < 1e-4, "{worst}");
 }
