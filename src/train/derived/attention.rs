@@ -17,17 +17,31 @@ pub struct AttentionCore {
     probs: Tensor<4>,
 }
 
-/// q (scaled), k, v: [b, h, s, d]; mask [b, h, s, s] (true = may not attend) → O [b, h, s, d].
+/// q (scaled), k, v: [b, h, s, d]; mask [b, h, s, s] (true = may not attend), masked scores
+/// set to `masked` ([`masked_score`]) → O [b, h, s, d].
 pub fn forward(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
     mask: Tensor<4, Bool>,
+    masked: f32,
 ) -> (Tensor<4>, AttentionCore) {
     let scores = q.clone().matmul(k.clone().swap_dims(2, 3));
-    let probs = softmax(scores.mask_fill(mask, f32::MIN), 3);
+    let probs = softmax(scores.mask_fill(mask, masked), 3);
     let out = probs.clone().matmul(v.clone());
     (out, AttentionCore { q, k, v, probs })
+}
+
+/// The score a masked key gets: −∞ when every query may attend some key, so its exponential is
+/// libm's fast exact 0 (a finite f32::MIN underflows through `expf`'s slow errno-setting path,
+/// 2 % of a W1 step); f32::MIN otherwise, where −∞ would turn a fully masked row into NaN (its
+/// uniform average is what transformers' eager path gives, and no real token reads it).
+pub fn masked_score(every_query_sees_a_key: bool) -> f32 {
+    if every_query_sees_a_key {
+        f32::NEG_INFINITY
+    } else {
+        f32::MIN
+    }
 }
 
 /// dO and O [b, h, s, d] → (dq for the scaled q, dk, dv), each [b, h, s, d].

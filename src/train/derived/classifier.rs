@@ -31,9 +31,15 @@ pub fn loss_and_gradients(
     if batch.classes.is_empty() {
         return Ok(None);
     }
+    // Only padding keys are masked: a row with one real token lets every query attend it.
+    let real = batch
+        .attention_mask
+        .iter()
+        .all(|r| r.iter().any(|&m| m != 0));
     let shape = Shape {
         b: batch.input_ids.len(),
         s: batch.input_ids.first().map_or(0, Vec::len),
+        masked: super::attention::masked_score(real),
     };
     let (b, s, h) = (shape.b, shape.s, bert.config.hidden_size);
     let device = bert.device().clone();

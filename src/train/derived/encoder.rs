@@ -30,7 +30,7 @@ pub struct EncoderTape {
 pub fn forward(
     layer: &BertLayer,
     x: Tensor<2>,
-    Shape { b, s }: Shape,
+    Shape { b, s, masked }: Shape,
     padding: &Tensor<4, Bool>,
 ) -> (Tensor<2>, EncoderTape) {
     let [_, h] = x.dims();
@@ -41,7 +41,8 @@ pub fn forward(
     let (v, v_tape) = linear::forward(&layer.value, x.clone());
     let scale = 1.0 / (d as f64).sqrt();
     let mask = padding.clone().expand([b, n, s, s]);
-    let (context, core) = attention::forward(heads(q).mul_scalar(scale), heads(k), heads(v), mask);
+    let (q, k, v) = (heads(q).mul_scalar(scale), heads(k), heads(v));
+    let (context, core) = attention::forward(q, k, v, mask, masked);
     let context = context.swap_dims(1, 2).reshape([b * s, h]);
     let (attended, ao_tape) = linear::forward(&layer.attention_output, context);
     let first = attended + x;
@@ -66,7 +67,7 @@ pub fn backward(
     layer: &BertLayer,
     tape: EncoderTape,
     dy: Tensor<2>,
-    Shape { b, s }: Shape,
+    Shape { b, s, .. }: Shape,
     padding: &Tensor<4, Bool>,
     need_dx: bool,
 ) -> (Option<Tensor<2>>, EncoderGradients) {

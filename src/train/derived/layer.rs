@@ -19,11 +19,13 @@ use crate::model::norm::RmsNorm;
 /// The adapters' gradients of a layer, in `DecoderLayer::linears_mut` order.
 pub type LayerGradients = [Option<FactorGradients>; 7];
 
-/// Rows and columns of the batch: x is [b·s, hidden].
+/// Rows and columns of the batch (x is [b·s, hidden]) and the score masked keys get
+/// (`attention::masked_score`).
 #[derive(Debug, Clone, Copy)]
 pub struct Shape {
     pub b: usize,
     pub s: usize,
+    pub masked: f32,
 }
 
 #[derive(Debug, Clone)]
@@ -146,7 +148,7 @@ fn scaled(t: Tensor<2>, m: f64) -> Tensor<2> {
 fn attention_forward(
     attn: &Attention,
     x: Tensor<2>,
-    Shape { b, s }: Shape,
+    Shape { b, s, masked }: Shape,
     inputs: &LayerInputs,
 ) -> (Tensor<2>, AttentionTape) {
     let (h, kv, d) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
@@ -165,7 +167,7 @@ fn attention_forward(
     let q = inputs.rope.apply(heads(q, h)).mul_scalar(attn.scale);
     let k = repeat(inputs.rope.apply(heads(k, kv)));
     let v = repeat(heads(v, kv));
-    let (out, core) = attention::forward(q, k, v, mask(inputs, b, h, s));
+    let (out, core) = attention::forward(q, k, v, mask(inputs, b, h, s), masked);
     let out = out.swap_dims(1, 2).reshape([b * s, h * d]);
     let (y, o_tape) = linear::forward(&attn.o_proj, out);
     let tape = AttentionTape {
@@ -180,7 +182,7 @@ fn attention_backward(
     attn: &Attention,
     tape: AttentionTape,
     dy: Tensor<2>,
-    Shape { b, s }: Shape,
+    Shape { b, s, .. }: Shape,
     inputs: &LayerInputs,
     need_dx: bool,
 ) -> (Option<Tensor<2>>, [Option<FactorGradients>; 4]) {

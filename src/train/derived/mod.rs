@@ -56,9 +56,15 @@ pub fn loss_and_gradients_chunked(
         return Ok(None);
     }
     let inputs = model.layer_inputs(&batch.attention_mask);
+    // Right-padded rows that start with a real token: every query may attend some key.
+    let starts_real = batch
+        .attention_mask
+        .iter()
+        .all(|r| r.first().is_some_and(|&m| m != 0));
     let shape = Shape {
         b: batch.input_ids.len(),
         s: batch.input_ids.first().map_or(0, Vec::len),
+        masked: attention::masked_score(starts_real),
     };
     let hidden = model.config.hidden_size;
     // Below the lowest layer with adapters nothing trains: plain forward, no backward.
@@ -108,7 +114,7 @@ pub fn loss_and_gradients_chunked(
 fn plain_forward(
     layer: &DecoderLayer,
     x: Tensor<2>,
-    Shape { b, s }: Shape,
+    Shape { b, s, .. }: Shape,
     inputs: &LayerInputs,
 ) -> Tensor<2> {
     let hidden = x.dims()[1];
