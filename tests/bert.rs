@@ -352,12 +352,11 @@ fn llama_score_head_logits_equal_transformers() {
 }
 
 /// The hand-derived classifier step (`train::derived::classifier`) gives autodiff's loss and
-/// gradients (`whole_graph_gradients`, the oracle): CLS pooling through an adapted pooler and
-/// mean pooling, LoRA and head dropout, padding, all layers or only the top one adapted.
+/// gradients (`whole_graph_gradients`, the oracle) on the tiny BERT: CLS pooling through an
+/// adapted pooler and mean pooling, LoRA and head dropout, padding, all layers or only the top
+/// one adapted.
 #[test]
 fn the_derived_classifier_step_equals_autodiff() {
-    use lora_tune::train::autograd::whole_graph_gradients;
-    use lora_tune::train::loss::Objective;
     let b = batch();
     assert!(
         b.attention_mask.iter().flatten().any(|&m| m == 0),
@@ -388,31 +387,85 @@ fn the_derived_classifier_step_equals_autodiff() {
             a.b = Tensor::from_data(burn::tensor::TensorData::new(values, [out, r]), &cpu());
         }
         model.set_training(true);
-        let keys: Vec<String> = model.params_mut().into_iter().map(|(k, _)| k).collect();
         let what = format!("{pooling:?} pooling, targets {targets}");
+        let keys = assert_derived_step_equals_autodiff(&mut model, &b, &what);
         assert_eq!(
             keys.iter().any(|k| k.contains("pooler")),
             !targets.contains("encoder") && !targets.contains("layer"),
             "{what}: {keys:?}"
         );
-        model.seed_dropout(9);
-        let (want_loss, want) = whole_graph_gradients(&mut model, |m| m.loss_sum(&b), 3)
-            .unwrap()
-            .unwrap();
-        model.seed_dropout(9);
-        let (loss, got) = model.loss_and_gradients(&b, 3).unwrap().unwrap();
-        assert!(
-            (loss - want_loss).abs() <= 1e-6 * want_loss.abs(),
-            "{what}: loss {loss} vs autodiff {want_loss}"
-        );
-        assert_eq!(got.len(), want.len(), "{what}");
-        for ((key, g), w) in keys.iter().zip(&got).zip(&want) {
-            let (g, w) = (values(g), values(w));
-            let largest = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            assert!(largest > 0.0, "{what}: {key} has no autodiff gradient");
-            let d = max_diff(&g, &w) / largest;
-            eprintln!("{what}: {key} differs by {d:e}");
-            assert!(d <= 1e-5, "{what}: {key} differs by {d}");
-        }
     }
+}
+
+/// The same on a decoder body (the tiny Llama: final RMSNorm, last-token or mean pooling, the
+/// `score` head without bias), with padding, LoRA and head dropout, and only layer 1 adapted.
+#[test]
+fn the_derived_decoder_classifier_step_equals_autodiff() {
+    let mut b = tiny::train_batches().remove(0);
+    assert!(
+        b.attention_mask.iter().flatten().any(|&m| m == 0),
+        "the batch has padding"
+    );
+    b.classes = (0..b.input_ids.len() as u32).map(|r| r % 3).collect();
+    for (pooling, targets) in [
+        (Pooling::Cls, r"model\.layers\..*"),
+        (Pooling::Mean, r"model\.layers\..*"),
+        (
+            Pooling::Cls,
+            r"model\.layers\.1\..*(q_proj|v_proj|down_proj)",
+        ),
+    ] {
+        let lora = LoraSection {
+            dropout: 0.2,
+            targets: Targets::Regex(targets.into()),
+            ..lora()
+        };
+        let base = tiny::base();
+        let adapted = select_targets(&base.config.linear_sites(), &lora).unwrap();
+        let labels = ["a", "b", "c"].map(String::from).to_vec();
+        let mut model = SequenceClassifier::new(Body::Decoder(base), labels, pooling, 5).unwrap();
+        model.attach_adapters(&adapted, &lora, 5).unwrap();
+        model.head.dropout = 0.3;
+        for (_, a) in model.adapters_mut() {
+            let [out, r] = a.b.dims();
+            let values = (0..out * r)
+                .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.01)
+                .collect();
+            a.b = Tensor::from_data(burn::tensor::TensorData::new(values, [out, r]), &cpu());
+        }
+        model.set_training(true);
+        let what = format!("decoder, {pooling:?} pooling, targets {targets}");
+        assert_derived_step_equals_autodiff(&mut model, &b, &what);
+    }
+}
+
+/// The derived step's loss and gradients against autodiff's on `batch`; the trained keys.
+fn assert_derived_step_equals_autodiff(
+    model: &mut SequenceClassifier,
+    batch: &Batch,
+    what: &str,
+) -> Vec<String> {
+    use lora_tune::train::autograd::whole_graph_gradients;
+    use lora_tune::train::loss::Objective;
+    let keys: Vec<String> = model.params_mut().into_iter().map(|(k, _)| k).collect();
+    model.seed_dropout(9);
+    let (want_loss, want) = whole_graph_gradients(model, |m| m.loss_sum(batch), 3)
+        .unwrap()
+        .unwrap();
+    model.seed_dropout(9);
+    let (loss, got) = model.loss_and_gradients(batch, 3).unwrap().unwrap();
+    assert!(
+        (loss - want_loss).abs() <= 1e-6 * want_loss.abs(),
+        "{what}: loss {loss} vs autodiff {want_loss}"
+    );
+    assert_eq!(got.len(), want.len(), "{what}");
+    for ((key, g), w) in keys.iter().zip(&got).zip(&want) {
+        let (g, w) = (values(g), values(w));
+        let largest = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(largest > 0.0, "{what}: {key} has no autodiff gradient");
+        let d = max_diff(&g, &w) / largest;
+        eprintln!("{what}: {key} differs by {d:e}");
+        assert!(d <= 1e-5, "{what}: {key} differs by {d}");
+    }
+    keys
 }

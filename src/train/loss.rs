@@ -69,21 +69,18 @@ impl Objective for SequenceClassifier {
         Some(nll_sum(logits, classes))
     }
 
-    /// Derived by hand on a BERT body (`train::derived::classifier`); autodiff on a decoder.
+    /// Derived by hand (`train::derived::classifier`), except under an adapted `lm_head` a
+    /// classifier never uses (autodiff then names it: it gets no gradient).
     fn loss_and_gradients(
         &mut self,
         batch: &Batch,
         denominator: usize,
     ) -> Result<Option<Gradients>, TrainError> {
         match &self.body {
-            Body::Bert(bert) => super::derived::classifier::loss_and_gradients(
-                bert,
-                &self.head,
-                self.pooling,
-                batch,
-                denominator,
-            ),
-            Body::Decoder(_) => whole_graph_gradients(self, |m| m.loss_sum(batch), denominator),
+            Body::Decoder(d) if d.lm_head.as_ref().is_some_and(|h| h.lora.is_some()) => {
+                whole_graph_gradients(self, |m| m.loss_sum(batch), denominator)
+            }
+            _ => super::derived::classifier::loss_and_gradients(self, batch, denominator),
         }
     }
 

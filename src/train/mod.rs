@@ -1,6 +1,7 @@
 //! Training: what a model minimises ([`loss`], over the sums of [`cross_entropy`]), gradients
-//! derived by hand for decoders ([`derived`], with or without gradient checkpointing) and by
-//! autodiff for the rest and as the decoders' oracle ([`autograd`]), AdamW and global-norm clipping ([`optim`]), learning-rate schedules
+//! derived by hand ([`derived`]: causal LMs with or without gradient checkpointing,
+//! classifiers) with autodiff as their oracle ([`autograd`]), AdamW and global-norm clipping
+//! ([`optim`]), learning-rate schedules
 //! ([`schedule`]), one optimiser step over accumulated micro-batches ([`step`]), the loop
 //! ([`trainer`]) with its checkpoints ([`checkpoint`]), metrics log ([`metrics`]), progress bar
 //! ([`progress`]) and Ctrl-C handling ([`interrupt`]); evaluation ([`evaluate`]) and

@@ -1,36 +1,54 @@
-//! A sequence classifier on a BERT encoder, its step derived by hand: the encoder's layers
-//! ([`super::encoder`]), the pooling (the pooler's tanh(dense(h[CLS])) or the mean over real
+//! A sequence classifier's step derived by hand: the body's layers (BERT's
+//! [`super::encoder`], or a decoder's through [`DecoderPass`] and its final norm), the pooling
+//! (BERT's pooler tanh(dense(h[CLS])), a decoder's last real token, or the mean over real
 //! tokens), the head's dropout and the linear head trained in full (weight and bias
-//! gradients), and the cross-entropy over the rows' classes. A classifier on a decoder body
-//! keeps autodiff's backward.
+//! gradients), and the cross-entropy over the rows' classes.
 
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
+use super::DecoderPass;
 use super::encoder::{self, EncoderTape};
 use super::layer::Shape;
 use super::linear;
+use super::ops::{rms_norm, rms_norm_backward};
 use crate::data::batch::Batch;
 use crate::lora::adapter::dropout_mask;
 use crate::model::bert::Bert;
-use crate::model::classifier::{ClassHead, mean_weights};
+use crate::model::classifier::{Body, ClassHead, SequenceClassifier, mean_weights};
+use crate::model::decoder::Decoder;
 use crate::recipe::Pooling;
 use crate::train::autograd::Gradients;
 use crate::train::cross_entropy::nll_sum_and_gradient;
 use crate::train::{TrainError, scalar};
 
-/// `Objective::loss_and_gradients` for a classifier with a BERT body: Σ cross-entropy /
-/// `denominator` and the gradient of every trained tensor in `AdaptedModel::params_mut` order
-/// (A then B per adapter, the pooler's included, then the head's weight and bias).
+/// `Objective::loss_and_gradients` for a sequence classifier: Σ cross-entropy / `denominator`
+/// and the gradient of every trained tensor in `AdaptedModel::params_mut` order (A then B per
+/// adapter, the pooler's included, then the head's weight and bias); None when `batch` has no
+/// classes.
 pub fn loss_and_gradients(
-    bert: &Bert,
-    head: &ClassHead,
-    pooling: Pooling,
+    model: &SequenceClassifier,
     batch: &Batch,
     denominator: usize,
 ) -> Result<Option<Gradients>, TrainError> {
     if batch.classes.is_empty() {
         return Ok(None);
     }
+    match &model.body {
+        Body::Bert(bert) => bert_step(bert, &model.head, model.pooling, batch, denominator),
+        Body::Decoder(decoder) => {
+            decoder_step(decoder, &model.head, model.pooling, batch, denominator)
+        }
+    }
+    .map(Some)
+}
+
+fn bert_step(
+    bert: &Bert,
+    head: &ClassHead,
+    pooling: Pooling,
+    batch: &Batch,
+    denominator: usize,
+) -> Result<Gradients, TrainError> {
     // Only padding keys are masked: a row with one real token lets every query attend it.
     let real = batch
         .attention_mask
@@ -71,37 +89,9 @@ pub fn loss_and_gradients(
             let (dense, tape) = linear::forward(pooler, x.clone().select(0, firsts.clone()));
             (dense.tanh(), Some(tape))
         }
-        _ => {
-            let weights = mean_weights(&batch.attention_mask, &device);
-            (weights.matmul(x.reshape([b, s, h])).reshape([b, h]), None)
-        }
+        _ => (mean_pool(x, &batch.attention_mask, [b, s, h]), None),
     };
-
-    // The head: logits = drop(pooled)·Wᵀ + b.
-    let mask = (head.training && head.dropout > 0.0)
-        .then(|| dropout_mask(head.dropout, [b, h], &head.dropout_rng, &device));
-    let dropped = match &mask {
-        Some(m) => pooled.clone() * m.clone(),
-        None => pooled.clone(),
-    };
-    let logits = dropped.clone().matmul(head.weight.clone().transpose());
-    let logits = match &head.bias {
-        Some(bias) => logits.clone() + bias.clone().expand(logits.dims()),
-        None => logits,
-    };
-    let classes = batch.classes.iter().map(|&c| i64::from(c)).collect();
-    let (nll, dlogits) = nll_sum_and_gradient(logits, classes);
-    let loss = scalar(nll.div_scalar(denominator as f64))?;
-    let dlogits = dlogits.div_scalar(denominator as f64);
-    let mut head_grads = vec![dlogits.clone().transpose().matmul(dropped)];
-    if head.bias.is_some() {
-        head_grads.push(dlogits.clone().sum_dim(0));
-    }
-    let dpooled = dlogits.matmul(head.weight.clone());
-    let dpooled = match mask {
-        Some(m) => dpooled * m,
-        None => dpooled,
-    };
+    let (loss, dpooled, head_grads) = head_backward(head, pooled.clone(), batch, denominator)?;
 
     // Back through the pooling to the last hidden states.
     let (dhidden, pooler_grads) = match (pooler_tape, &bert.pooler) {
@@ -109,16 +99,13 @@ pub fn loss_and_gradients(
             let dtanh = dpooled * (pooled.clone() * pooled).neg().add_scalar(1.0);
             let (dfirst, grads) = linear::backward(pooler, tape, dtanh);
             let zeros = Tensor::zeros([b * s, h], &device);
-            (
-                zeros.select_assign(0, firsts, dfirst, IndexingUpdateOp::Add),
-                grads,
-            )
+            let dhidden = zeros.select_assign(0, firsts, dfirst, IndexingUpdateOp::Add);
+            (dhidden, grads)
         }
-        _ => {
-            let weights = mean_weights(&batch.attention_mask, &device);
-            let dhidden = weights.swap_dims(1, 2).matmul(dpooled.reshape([b, 1, h]));
-            (dhidden.reshape([b * s, h]), None)
-        }
+        _ => (
+            mean_pool_backward(dpooled, &batch.attention_mask, [b, s, h]),
+            None,
+        ),
     };
 
     let mut per_layer = Vec::with_capacity(tapes.len());
@@ -136,5 +123,102 @@ pub fn loss_and_gradients(
     let factors = per_layer.into_iter().rev().flatten().chain([pooler_grads]);
     let mut grads: Vec<Tensor<2>> = factors.flatten().flat_map(|(a, b)| [a, b]).collect();
     grads.extend(head_grads);
-    Ok(Some((loss, grads)))
+    Ok((loss, grads))
+}
+
+/// A decoder body: the layers ([`DecoderPass`]), the final RMSNorm, then each row's last real
+/// token (transformers' `*ForSequenceClassification`) or the mean over its real tokens.
+fn decoder_step(
+    decoder: &Decoder,
+    head: &ClassHead,
+    pooling: Pooling,
+    batch: &Batch,
+    denominator: usize,
+) -> Result<Gradients, TrainError> {
+    let (b, s) = (
+        batch.input_ids.len(),
+        batch.input_ids.first().map_or(0, Vec::len),
+    );
+    let h = decoder.config.hidden_size;
+    let device = decoder.device().clone();
+    let (x, pass) = DecoderPass::forward(decoder, batch);
+    let normed = rms_norm(&decoder.norm, x.clone());
+    let lasts: Vec<i64> = (batch.attention_mask.iter().enumerate())
+        .map(|(r, row)| (r * s + row.iter().rposition(|&m| m != 0).unwrap_or(0)) as i64)
+        .collect();
+    let lasts = Tensor::<1, Int>::from_data(TensorData::new(lasts, [b]), &device);
+    let pooled = match pooling {
+        Pooling::Cls => normed.select(0, lasts.clone()),
+        Pooling::Mean => mean_pool(normed, &batch.attention_mask, [b, s, h]),
+    };
+    let (loss, dpooled, head_grads) = head_backward(head, pooled, batch, denominator)?;
+    let dnormed = match pooling {
+        Pooling::Cls => {
+            let zeros = Tensor::zeros([b * s, h], &device);
+            zeros.select_assign(0, lasts, dpooled, IndexingUpdateOp::Add)
+        }
+        Pooling::Mean => mean_pool_backward(dpooled, &batch.attention_mask, [b, s, h]),
+    };
+    let dx = rms_norm_backward(&decoder.norm, x, dnormed);
+    let factors = pass.backward(decoder, dx);
+    let mut grads: Vec<Tensor<2>> = factors
+        .into_iter()
+        .flatten()
+        .flat_map(|(a, b)| [a, b])
+        .collect();
+    grads.extend(head_grads);
+    Ok((loss, grads))
+}
+
+/// logits = drop(pooled)·Wᵀ + b and the cross-entropy over the rows' classes → Σ loss /
+/// `denominator`, the gradient of `pooled`, and the head's weight (and bias) gradients.
+fn head_backward(
+    head: &ClassHead,
+    pooled: Tensor<2>,
+    batch: &Batch,
+    denominator: usize,
+) -> Result<(f64, Tensor<2>, Vec<Tensor<2>>), TrainError> {
+    let device = pooled.device();
+    let mask = (head.training && head.dropout > 0.0)
+        .then(|| dropout_mask(head.dropout, pooled.dims(), &head.dropout_rng, &device));
+    let dropped = match &mask {
+        Some(m) => pooled * m.clone(),
+        None => pooled,
+    };
+    let logits = dropped.clone().matmul(head.weight.clone().transpose());
+    let logits = match &head.bias {
+        Some(bias) => logits.clone() + bias.clone().expand(logits.dims()),
+        None => logits,
+    };
+    let classes = batch.classes.iter().map(|&c| i64::from(c)).collect();
+    let (nll, dlogits) = nll_sum_and_gradient(logits, classes);
+    let loss = scalar(nll.div_scalar(denominator as f64))?;
+    let dlogits = dlogits.div_scalar(denominator as f64);
+    let mut grads = vec![dlogits.clone().transpose().matmul(dropped)];
+    if head.bias.is_some() {
+        grads.push(dlogits.clone().sum_dim(0));
+    }
+    let dpooled = dlogits.matmul(head.weight.clone());
+    let dpooled = match mask {
+        Some(m) => dpooled * m,
+        None => dpooled,
+    };
+    Ok((loss, dpooled, grads))
+}
+
+/// The mean of each row's real tokens of x [b·s, h] → [b, h].
+fn mean_pool(x: Tensor<2>, attention_mask: &[Vec<u8>], [b, s, h]: [usize; 3]) -> Tensor<2> {
+    let weights = mean_weights(attention_mask, &x.device());
+    weights.matmul(x.reshape([b, s, h])).reshape([b, h])
+}
+
+/// [`mean_pool`]'s transpose: dpooled [b, h] → [b·s, h].
+fn mean_pool_backward(
+    dpooled: Tensor<2>,
+    attention_mask: &[Vec<u8>],
+    [b, s, h]: [usize; 3],
+) -> Tensor<2> {
+    let weights = mean_weights(attention_mask, &dpooled.device());
+    let dx = weights.swap_dims(1, 2).matmul(dpooled.reshape([b, 1, h]));
+    dx.reshape([b * s, h])
 }

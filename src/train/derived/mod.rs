@@ -1,8 +1,8 @@
-//! The training step derived by hand, for decoders (here) and BERT classifiers
-//! ([`classifier`]). The base is frozen, so backward through a block
-//! needs only the input gradient and each adapter's dA and dB — a handful of known products —
-//! not burn's generic autodiff graph over the network (which costs 1.7× a plain forward and
-//! keeps more buffers). The forward keeps exactly what backward needs ([`layer::LayerTape`]), or
+//! The training step derived by hand, for causal LMs (here, over [`DecoderPass`]) and sequence
+//! classifiers on BERT or decoder bodies ([`classifier`]). The base is frozen, so backward
+//! through a block needs only the input gradient and each adapter's dA and dB — a handful of
+//! known products — not burn's generic autodiff graph over the network (which costs 1.7× a plain
+//! forward and keeps more buffers). The forward keeps exactly what backward needs ([`layer::LayerTape`]), or
 //! under `gradient_checkpointing` only each layer's input, rewinding the adapters' dropout
 //! streams and recomputing the tape in backward; the head's cross-entropy runs in chunks.
 //! Autodiff (`train::autograd::whole_graph_gradients`) stays as the oracle the tests compare
@@ -19,6 +19,7 @@ pub mod ops;
 use burn::tensor::Tensor;
 
 use self::layer::{LayerTape, Shape};
+use self::linear::FactorGradients;
 use super::TrainError;
 use super::autograd::Gradients;
 use super::cross_entropy::scored_positions;
@@ -55,59 +56,93 @@ pub fn loss_and_gradients_chunked(
     if at.is_empty() {
         return Ok(None);
     }
-    let inputs = model.layer_inputs(&batch.attention_mask);
-    // Right-padded rows that start with a real token: every query may attend some key.
-    let starts_real = batch
-        .attention_mask
-        .iter()
-        .all(|r| r.first().is_some_and(|&m| m != 0));
-    let shape = Shape {
-        b: batch.input_ids.len(),
-        s: batch.input_ids.first().map_or(0, Vec::len),
-        masked: attention::masked_score(starts_real),
-    };
-    let hidden = model.config.hidden_size;
-    // Below the lowest layer with adapters nothing trains: plain forward, no backward.
-    let lowest = model.layers.iter().position(has_adapters);
-    let mut x = model
-        .embed(&batch.input_ids)
-        .reshape([shape.b * shape.s, hidden]);
-    let mut kept = Vec::new();
-    for (i, layer) in model.layers.iter().enumerate() {
-        if lowest.is_none_or(|lowest| i < lowest) {
-            x = plain_forward(layer, x, shape, &inputs);
-        } else if model.gradient_checkpointing {
-            kept.push(Kept::Input(x.clone(), dropout_streams(layer)));
-            x = plain_forward(layer, x, shape, &inputs);
-        } else {
-            let (y, tape) = layer::forward(layer, x, shape, &inputs);
-            kept.push(Kept::Tape(tape));
-            x = y;
-        }
-    }
+    let (x, pass) = DecoderPass::forward(model, batch);
     let head = head::backward(model, &x, &at, &targets, denominator, logit_chunk)?;
-    let mut per_layer = Vec::with_capacity(kept.len());
-    if let Some(lowest) = lowest {
-        let mut dy = head.dx;
-        for (i, kept) in kept.into_iter().enumerate().rev() {
+    let factors = pass
+        .backward(model, head.dx)
+        .into_iter()
+        .chain([head.adapter]);
+    let grads = factors.flatten().flat_map(|(a, b)| [a, b]).collect();
+    Ok(Some((head.loss, grads)))
+}
+
+/// A decoder's layers forward, keeping what their backward needs (for the LM head or a
+/// classifier's pooling on top).
+pub struct DecoderPass {
+    inputs: LayerInputs,
+    shape: Shape,
+    /// The lowest layer with adapters: below it nothing trains (plain forward, no backward).
+    lowest: Option<usize>,
+    kept: Vec<Kept>,
+}
+
+impl DecoderPass {
+    /// Embeddings and layers → the last layer's output [b·s, hidden] (before the final norm).
+    pub fn forward(model: &Decoder, batch: &Batch) -> (Tensor<2>, Self) {
+        let inputs = model.layer_inputs(&batch.attention_mask);
+        // Right-padded rows that start with a real token: every query may attend some key.
+        let starts_real = batch
+            .attention_mask
+            .iter()
+            .all(|r| r.first().is_some_and(|&m| m != 0));
+        let shape = Shape {
+            b: batch.input_ids.len(),
+            s: batch.input_ids.first().map_or(0, Vec::len),
+            masked: attention::masked_score(starts_real),
+        };
+        let hidden = model.config.hidden_size;
+        let lowest = model.layers.iter().position(has_adapters);
+        let mut x = model
+            .embed(&batch.input_ids)
+            .reshape([shape.b * shape.s, hidden]);
+        let mut kept = Vec::new();
+        for (i, layer) in model.layers.iter().enumerate() {
+            if lowest.is_none_or(|lowest| i < lowest) {
+                x = plain_forward(layer, x, shape, &inputs);
+            } else if model.gradient_checkpointing {
+                kept.push(Kept::Input(x.clone(), dropout_streams(layer)));
+                x = plain_forward(layer, x, shape, &inputs);
+            } else {
+                let (y, tape) = layer::forward(layer, x, shape, &inputs);
+                kept.push(Kept::Tape(tape));
+                x = y;
+            }
+        }
+        let pass = Self {
+            inputs,
+            shape,
+            lowest,
+            kept,
+        };
+        (x, pass)
+    }
+
+    /// The gradient of the last layer's output → every adapter's factor gradients, layer by
+    /// layer in `Decoder::linears_mut` order (recomputing each tape under checkpointing).
+    pub fn backward(self, model: &Decoder, dy: Tensor<2>) -> Vec<Option<FactorGradients>> {
+        let Some(lowest) = self.lowest else {
+            return Vec::new();
+        };
+        let (shape, inputs) = (self.shape, &self.inputs);
+        let mut per_layer = Vec::with_capacity(self.kept.len());
+        let mut dy = dy;
+        for (i, kept) in self.kept.into_iter().enumerate().rev() {
             let layer = &model.layers[lowest + i];
             let tape = match kept {
                 Kept::Tape(tape) => tape,
                 Kept::Input(x, streams) => {
                     rewind_dropout(layer, &streams);
-                    layer::forward(layer, x, shape, &inputs).1
+                    layer::forward(layer, x, shape, inputs).1
                 }
             };
-            let (dx, grads) = layer::backward(layer, tape, dy.clone(), shape, &inputs, i > 0);
+            let (dx, grads) = layer::backward(layer, tape, dy.clone(), shape, inputs, i > 0);
             per_layer.push(grads);
             if let Some(dx) = dx {
                 dy = dx;
             }
         }
+        per_layer.into_iter().rev().flatten().collect()
     }
-    let factors = per_layer.into_iter().rev().flatten().chain([head.adapter]);
-    let grads = factors.flatten().flat_map(|(a, b)| [a, b]).collect();
-    Ok(Some((head.loss, grads)))
 }
 
 /// `DecoderLayer::forward` (no tape; the backend's fused attention) on x [b·s, hidden].
