@@ -123,14 +123,13 @@ impl Prepared {
     }
 
     /// Reads and encodes the recipe's train and eval data with `tokenizer` and the model's (or
-    /// the recipe's) chat template, padded as for the CPU (`Dataset::set_padding` changes that
-    /// once a GPU is chosen); no weights load.
+    /// the recipe's) chat template, padded to each batch's longest row until
+    /// `Dataset::set_padding` says what the device wants; no weights load.
     pub fn load_data(
         &self,
         tokenizer: &ModelTokenizer,
     ) -> anyhow::Result<(Dataset, Option<Dataset>)> {
         let d = &self.plan.data;
-        let bucket = d.bucket(true);
         let encoder = Encoder {
             tokenizer,
             template: template::choose(d.template.as_deref(), tokenizer.chat_template.as_deref()),
@@ -146,32 +145,17 @@ impl Prepared {
         };
         Ok(match (&d.eval, d.eval_fraction) {
             (Some(eval), _) => (
-                Dataset::load(&d.train, d, &encoder, &|_| true, bucket)?,
-                Some(Dataset::load(
-                    eval,
-                    eval_section,
-                    &encoder,
-                    &|_| true,
-                    bucket,
-                )?),
+                Dataset::load(&d.train, d, &encoder, &|_| true)?,
+                Some(Dataset::load(eval, eval_section, &encoder, &|_| true)?),
             ),
             (None, Some(fraction)) => {
                 let held_out = in_eval_split(self.plan.train.seed, fraction);
                 (
-                    Dataset::load(&d.train, d, &encoder, &|i| !held_out(i), bucket)?,
-                    Some(Dataset::load(
-                        &d.train,
-                        eval_section,
-                        &encoder,
-                        &held_out,
-                        bucket,
-                    )?),
+                    Dataset::load(&d.train, d, &encoder, &|i| !held_out(i))?,
+                    Some(Dataset::load(&d.train, eval_section, &encoder, &held_out)?),
                 )
             }
-            (None, None) => (
-                Dataset::load(&d.train, d, &encoder, &|_| true, bucket)?,
-                None,
-            ),
+            (None, None) => (Dataset::load(&d.train, d, &encoder, &|_| true)?, None),
         })
     }
 

@@ -87,7 +87,7 @@ fn load(path: &Path, strict: bool) -> Result<Dataset, String> {
         truncation: lora_tune::recipe::Truncation::Truncate,
         labels: None,
     };
-    Dataset::load(path, &section(strict), &encoder, &|_| true, 1).map_err(|e| e.to_string())
+    Dataset::load(path, &section(strict), &encoder, &|_| true).map_err(|e| e.to_string())
 }
 
 #[test]

@@ -12,10 +12,10 @@ use common::{artifacts, cpu, tiny};
 use std::path::PathBuf;
 
 use burn::tensor::Tensor;
-use lora_tune::data::batch::{Batch, IGNORE};
+use lora_tune::data::batch::Batch;
 use lora_tune::lora::targets::select as select_targets;
 use lora_tune::model::adapted::{AdaptedModel, host};
-use lora_tune::model::bert::{Bert, BertConfig};
+use lora_tune::model::bert::Bert;
 use lora_tune::model::classifier::{Body, SequenceClassifier};
 use lora_tune::peft::config::PeftConfig;
 use lora_tune::peft::folder as peft;
@@ -29,9 +29,7 @@ fn bert_fixture(rel: &str) -> PathBuf {
 }
 
 fn load_bert(dir: &std::path::Path) -> Bert {
-    let path = dir.join("config.json");
-    let config = BertConfig::from_json(&path, &std::fs::read_to_string(&path).unwrap()).unwrap();
-    Bert::load(config, HostTensors::read(dir).unwrap(), &cpu()).unwrap()
+    tiny::bert_at(dir, &cpu())
 }
 
 /// The reference script's adapters: r=4, α=8, no dropout, PEFT's SEQ_CLS targets.
@@ -63,23 +61,7 @@ fn classifier(file: &str) -> SequenceClassifier {
 }
 
 fn batch() -> Batch {
-    #[derive(serde::Deserialize)]
-    struct Raw {
-        input_ids: Vec<Vec<u32>>,
-        attention_mask: Vec<Vec<u8>>,
-        labels: Vec<u32>,
-    }
-    let raw: Raw = tiny::json(&bert_fixture("seq_cls/batch.json"));
-    Batch {
-        labels: raw
-            .input_ids
-            .iter()
-            .map(|r| vec![IGNORE; r.len()])
-            .collect(),
-        input_ids: raw.input_ids,
-        attention_mask: raw.attention_mask,
-        classes: raw.labels,
-    }
+    tiny::seq_cls_batch()
 }
 
 fn values<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
@@ -378,14 +360,7 @@ fn the_derived_classifier_step_equals_autodiff() {
         let mut model = SequenceClassifier::new(Body::Bert(bert), labels, pooling, 5).unwrap();
         model.attach_adapters(&adapted, &lora, 5).unwrap();
         model.head.dropout = 0.3;
-        for (_, a) in model.adapters_mut() {
-            // B = 0 at init would zero every A gradient.
-            let [out, r] = a.b.dims();
-            let values = (0..out * r)
-                .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.01)
-                .collect();
-            a.b = Tensor::from_data(burn::tensor::TensorData::new(values, [out, r]), &cpu());
-        }
+        tiny::nonzero_b(&mut model);
         model.set_training(true);
         let what = format!("{pooling:?} pooling, targets {targets}");
         let keys = assert_derived_step_equals_autodiff(&mut model, &b, &what);
@@ -426,13 +401,7 @@ fn the_derived_decoder_classifier_step_equals_autodiff() {
         let mut model = SequenceClassifier::new(Body::Decoder(base), labels, pooling, 5).unwrap();
         model.attach_adapters(&adapted, &lora, 5).unwrap();
         model.head.dropout = 0.3;
-        for (_, a) in model.adapters_mut() {
-            let [out, r] = a.b.dims();
-            let values = (0..out * r)
-                .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.01)
-                .collect();
-            a.b = Tensor::from_data(burn::tensor::TensorData::new(values, [out, r]), &cpu());
-        }
+        tiny::nonzero_b(&mut model);
         model.set_training(true);
         let what = format!("decoder, {pooling:?} pooling, targets {targets}");
         assert_derived_step_equals_autodiff(&mut model, &b, &what);

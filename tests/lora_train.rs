@@ -75,18 +75,7 @@ fn the_derived_step_equals_autodiff() {
     );
     for m in [&mut plain, &mut recomputing] {
         m.set_training(true);
-        for (_, a) in m.adapters_mut() {
-            // B = 0 at init would zero every A gradient and the adapters' share of the input
-            // gradient (and a constant B zeroes the head's A gradient: softmax gradients sum to 0).
-            let [out, r] = a.b.dims();
-            let values = (0..out * r)
-                .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.01)
-                .collect();
-            a.b = Tensor::from_data(
-                burn::tensor::TensorData::new(values, [out, r]),
-                &a.b.device(),
-            );
-        }
+        tiny::nonzero_b(m);
     }
     let mut batches = tiny::train_batches();
     // A packed row: two examples that must not attend to each other, then padding.

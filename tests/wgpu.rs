@@ -86,21 +86,7 @@ fn lora_gradients_on_wgpu_equal_flex() {
     let (flex_loss, flex) = grads(&select(DeviceChoice::Cpu).unwrap().device);
     let (wgpu_loss, got) = grads(&device);
     assert_eq!(flex.len(), 28, "A and B of 14 adapters");
-    let mut worst = 0.0f32;
-    for (g, f) in got.iter().zip(&flex) {
-        assert!(
-            g.iter().all(|v| v.is_finite()),
-            "non-finite gradient on wgpu"
-        );
-        let scale = f.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        assert!(
-            scale > 0.0,
-            "a flex gradient is all zero: the check would prove nothing"
-        );
-        for (a, b) in g.iter().zip(f) {
-            worst = worst.max((a - b).abs() / scale);
-        }
-    }
+    let worst = worst_relative(&got, &flex);
     eprintln!("loss flex {flex_loss} wgpu {wgpu_loss}; gradients worst relative {worst:e}");
     assert!((flex_loss - wgpu_loss).abs() / flex_loss < 1e-5);
     assert!(worst < 1e-4, "{worst}");
@@ -122,30 +108,11 @@ fn ten_training_steps_with_gradient_checkpointing_equal_peft_on_wgpu() {
 /// attention) gives flex's loss and gradients on wgpu.
 #[test]
 fn classifier_gradients_on_wgpu_equal_flex() {
-    use lora_tune::data::batch::{Batch, IGNORE};
     use lora_tune::lora::targets::select as select_targets;
-    use lora_tune::model::bert::{Bert, BertConfig};
     use lora_tune::model::classifier::{Body, SequenceClassifier};
     use lora_tune::recipe::{LoraSection, Pooling, Targets};
-    use lora_tune::weights::host::HostTensors;
     let Some(device) = wgpu() else { return };
-    #[derive(serde::Deserialize)]
-    struct Raw {
-        input_ids: Vec<Vec<u32>>,
-        attention_mask: Vec<Vec<u8>>,
-        labels: Vec<u32>,
-    }
-    let raw: Raw = tiny::json(&tiny::fixture("bert/seq_cls/batch.json"));
-    let batch = Batch {
-        labels: raw
-            .input_ids
-            .iter()
-            .map(|r| vec![IGNORE; r.len()])
-            .collect(),
-        input_ids: raw.input_ids,
-        attention_mask: raw.attention_mask,
-        classes: raw.labels,
-    };
+    let batch = tiny::seq_cls_batch();
     let lora = LoraSection {
         rank: 4,
         alpha: 8.0,
@@ -154,23 +121,12 @@ fn classifier_gradients_on_wgpu_equal_flex() {
         ..LoraSection::default()
     };
     let grads = |device: &Device| {
-        let dir = tiny::fixture("bert/tiny-bert");
-        let path = dir.join("config.json");
-        let config =
-            BertConfig::from_json(&path, &std::fs::read_to_string(&path).unwrap()).unwrap();
-        let bert = Bert::load(config, HostTensors::read(&dir).unwrap(), device).unwrap();
+        let bert = tiny::bert_at(&tiny::fixture("bert/tiny-bert"), device);
         let adapted = select_targets(&bert.config.linear_sites(), &lora).unwrap();
         let labels = ["a", "b", "c"].map(String::from).to_vec();
         let mut model = SequenceClassifier::new(Body::Bert(bert), labels, Pooling::Cls, 1).unwrap();
         model.attach_adapters(&adapted, &lora, 1).unwrap();
-        for (_, a) in model.adapters_mut() {
-            // B = 0 at init would zero every A gradient.
-            let [out, r] = a.b.dims();
-            let values = (0..out * r)
-                .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.01)
-                .collect();
-            a.b = Tensor::from_data(burn::tensor::TensorData::new(values, [out, r]), device);
-        }
+        tiny::nonzero_b(&mut model);
         model.set_training(true);
         model.seed_dropout(3);
         let (loss, grads) = accumulate_gradients(&mut model, std::slice::from_ref(&batch)).unwrap();
@@ -179,8 +135,24 @@ fn classifier_gradients_on_wgpu_equal_flex() {
     };
     let (flex_loss, flex) = grads(&select(DeviceChoice::Cpu).unwrap().device);
     let (wgpu_loss, got) = grads(&device);
+    let worst = worst_relative(&got, &flex);
+    eprintln!(
+        "classifier loss flex {flex_loss} wgpu {wgpu_loss}; gradients worst relative {worst:e}"
+    );
+    assert!((flex_loss - wgpu_loss).abs() / flex_loss < 1e-5);
+    assert!(worst < 1e-4, "{worst}");
+}
+
+/// The largest |wgpu − flex| of each gradient over that gradient's largest |flex| entry; every
+/// wgpu value finite, no flex gradient all zero (the check would prove nothing).
+fn worst_relative(wgpu: &[Vec<f32>], flex: &[Vec<f32>]) -> f32 {
+    assert_eq!(wgpu.len(), flex.len());
     let mut worst = 0.0f32;
-    for (g, f) in got.iter().zip(&flex) {
+    for (g, f) in wgpu.iter().zip(flex) {
+        assert!(
+            g.iter().all(|v| v.is_finite()),
+            "non-finite gradient on wgpu"
+        );
         let scale = f.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         assert!(
             scale > 0.0,
@@ -190,9 +162,5 @@ fn classifier_gradients_on_wgpu_equal_flex() {
             worst = worst.max((a - b).abs() / scale);
         }
     }
-    eprintln!(
-        "classifier loss flex {flex_loss} wgpu {wgpu_loss}; gradients worst relative {worst:e}"
-    );
-    assert!((flex_loss - wgpu_loss).abs() / flex_loss < 1e-5);
-    assert!(worst < 1e-4, "{worst}");
+    worst
 }

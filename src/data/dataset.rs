@@ -52,7 +52,6 @@ impl Dataset {
         data: &DataSection,
         encoder: &Encoder,
         keep: &dyn Fn(usize) -> bool,
-        pad_to_multiple_of: usize,
     ) -> Result<Self, DataError> {
         let (rows, mut skipped) = read_rows(path, data.format, data.strict)?;
         let (mut examples, mut sources, mut truncated) = (Vec::new(), Vec::new(), 0);
@@ -93,7 +92,7 @@ impl Dataset {
         let tok = encoder.tokenizer;
         let layout = Layout {
             pad_id: tok.pad_id.or(tok.eos_id).unwrap_or(0),
-            pad_to_multiple_of,
+            pad_to_multiple_of: 1, // until the device is known: `set_padding`
             max_len: encoder.max_len,
             pack_to: data.packing.then_some(encoder.max_len),
         };

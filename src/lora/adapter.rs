@@ -71,13 +71,18 @@ impl LoraAdapter {
         self.a.dims()[0]
     }
 
+    /// The next dropout mask for an input shaped like `x` (advancing the stream), or None when
+    /// not training or without dropout.
+    pub fn dropout_mask(&self, x: &Tensor<2>) -> Option<Tensor<2>> {
+        (self.training && self.dropout > 0.0)
+            .then(|| dropout_mask(self.dropout, x.dims(), &self.dropout_rng, &x.device()))
+    }
+
     /// x: [n, in] → the adapter's contribution [n, out].
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let x = if self.training && self.dropout > 0.0 {
-            let mask = dropout_mask(self.dropout, x.dims(), &self.dropout_rng, &x.device());
-            x * mask
-        } else {
-            x
+        let x = match self.dropout_mask(&x) {
+            Some(mask) => x * mask,
+            None => x,
         };
         // The scale multiplies the r-wide intermediate, not the out-wide result.
         x.matmul(self.a.clone().transpose())

@@ -149,6 +149,18 @@ pub struct BertLayer {
 }
 
 impl BertLayer {
+    /// The layer's six linear layers, in `Bert::linears_mut`'s order.
+    pub fn linears(&self) -> [&Linear; 6] {
+        [
+            &self.query,
+            &self.key,
+            &self.value,
+            &self.attention_output,
+            &self.intermediate,
+            &self.output,
+        ]
+    }
+
     /// x: [b, s, h], mask: [b, 1, 1, s] (true = padding key) → [b, s, h].
     pub fn forward(&self, x: Tensor<3>, mask: &Tensor<4, Bool>) -> Tensor<3> {
         let [b, s, h] = x.dims();

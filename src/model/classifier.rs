@@ -51,6 +51,21 @@ pub struct ClassHead {
     pub dropout_rng: Cell<u64>,
 }
 
+impl ClassHead {
+    /// The next dropout mask for pooled vectors shaped like `pooled` (advancing the stream), or
+    /// None when not training or without dropout.
+    pub fn dropout_mask(&self, pooled: &Tensor<2>) -> Option<Tensor<2>> {
+        (self.training && self.dropout > 0.0).then(|| {
+            dropout_mask(
+                self.dropout,
+                pooled.dims(),
+                &self.dropout_rng,
+                &pooled.device(),
+            )
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SequenceClassifier {
     pub body: Body,
@@ -135,11 +150,9 @@ impl SequenceClassifier {
             }
         };
         let h = &self.head;
-        let pooled = if h.training && h.dropout > 0.0 {
-            let mask = dropout_mask(h.dropout, pooled.dims(), &h.dropout_rng, &pooled.device());
-            pooled * mask
-        } else {
-            pooled
+        let pooled = match h.dropout_mask(&pooled) {
+            Some(mask) => pooled * mask,
+            None => pooled,
         };
         let logits = pooled.matmul(h.weight.clone().transpose()); // [b, labels]
         match &h.bias {
@@ -160,7 +173,7 @@ impl SequenceClassifier {
 }
 
 /// The mean of each row's real (unpadded) hidden states: [b, s, h] → [b, h].
-fn mean_pool(hidden: Tensor<3>, attention_mask: &[Vec<u8>]) -> Tensor<2> {
+pub fn mean_pool(hidden: Tensor<3>, attention_mask: &[Vec<u8>]) -> Tensor<2> {
     let [b, _, h] = hidden.dims();
     let weights = mean_weights(attention_mask, &hidden.device());
     weights.matmul(hidden).reshape([b, h]) // [b, 1, s]·[b, s, h]
@@ -185,13 +198,20 @@ pub fn mean_weights(attention_mask: &[Vec<u8>], device: &Device) -> Tensor<3> {
 /// Each row's hidden state at its last real token: [b, s, h] → [b, h].
 fn last_token(hidden: Tensor<3>, attention_mask: &[Vec<u8>]) -> Tensor<2> {
     let [b, s, h] = hidden.dims();
+    let at = last_tokens(attention_mask, &hidden.device());
+    hidden.reshape([b * s, h]).select(0, at)
+}
+
+/// The flat position (row · s + column) of each row's last real token → [b].
+pub fn last_tokens(attention_mask: &[Vec<u8>], device: &Device) -> Tensor<1, Int> {
+    let s = attention_mask.first().map_or(0, Vec::len);
     let at: Vec<i64> = attention_mask
         .iter()
         .enumerate()
         .map(|(r, row)| (r * s + row.iter().rposition(|&m| m != 0).unwrap_or(0)) as i64)
         .collect();
-    let at = Tensor::<1, Int>::from_data(TensorData::new(at, [b]), &hidden.device());
-    hidden.reshape([b * s, h]).select(0, at)
+    let n = at.len();
+    Tensor::from_data(TensorData::new(at, [n]), device)
 }
 
 impl AdaptedModel for SequenceClassifier {

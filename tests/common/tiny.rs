@@ -277,3 +277,48 @@ pub fn assert_packed_blocks_decode_like_gguf_py(device: &Device) {
         }
     }
 }
+
+/// Sets every adapter's B to a fixed non-zero pattern: B = 0 at init would zero every A
+/// gradient and the adapters' share of the input gradient (and a constant B zeroes an LM head
+/// adapter's A gradient: softmax gradients sum to 0).
+pub fn nonzero_b(model: &mut impl AdaptedModel) {
+    for (_, a) in model.adapters_mut() {
+        let [out, r] = a.b.dims();
+        let values = (0..out * r)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.01)
+            .collect();
+        a.b = Tensor::from_data(
+            burn::tensor::TensorData::new(values, [out, r]),
+            &a.b.device(),
+        );
+    }
+}
+
+/// The BERT checkpoint in `dir` on `device`.
+pub fn bert_at(dir: &Path, device: &Device) -> lora_tune::model::bert::Bert {
+    use lora_tune::model::bert::{Bert, BertConfig};
+    let path = dir.join("config.json");
+    let config = BertConfig::from_json(&path, &std::fs::read_to_string(&path).unwrap()).unwrap();
+    Bert::load(config, HostTensors::read(dir).unwrap(), device).unwrap()
+}
+
+/// The SEQ_CLS reference batch of tools/reference/bert_fixtures.py: padded rows with classes.
+pub fn seq_cls_batch() -> Batch {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        input_ids: Vec<Vec<u32>>,
+        attention_mask: Vec<Vec<u8>>,
+        labels: Vec<u32>,
+    }
+    let raw: Raw = json(&fixture("bert/seq_cls/batch.json"));
+    Batch {
+        labels: raw
+            .input_ids
+            .iter()
+            .map(|r| vec![IGNORE; r.len()])
+            .collect(),
+        input_ids: raw.input_ids,
+        attention_mask: raw.attention_mask,
+        classes: raw.labels,
+    }
+}

@@ -10,11 +10,12 @@ use super::DecoderPass;
 use super::encoder::{self, EncoderTape};
 use super::layer::Shape;
 use super::linear;
-use super::ops::{rms_norm, rms_norm_backward};
+use super::ops::rms_norm_backward;
 use crate::data::batch::Batch;
-use crate::lora::adapter::dropout_mask;
 use crate::model::bert::Bert;
-use crate::model::classifier::{Body, ClassHead, SequenceClassifier, mean_weights};
+use crate::model::classifier::{
+    Body, ClassHead, SequenceClassifier, last_tokens, mean_pool, mean_weights,
+};
 use crate::model::decoder::Decoder;
 use crate::recipe::Pooling;
 use crate::train::autograd::Gradients;
@@ -54,19 +55,11 @@ fn bert_step(
         .attention_mask
         .iter()
         .all(|r| r.iter().any(|&m| m != 0));
-    let shape = Shape {
-        b: batch.input_ids.len(),
-        s: batch.input_ids.first().map_or(0, Vec::len),
-        masked: super::attention::masked_score(real),
-    };
+    let shape = Shape::of(batch, real);
     let (b, s, h) = (shape.b, shape.s, bert.config.hidden_size);
     let device = bert.device().clone();
     let padding = bert.padding_mask(&batch.attention_mask);
-    let lowest = bert.layers.iter().position(|l| {
-        let linears = [&l.query, &l.key, &l.value, &l.attention_output];
-        let more = [&l.intermediate, &l.output];
-        linears.iter().chain(&more).any(|l| l.lora.is_some())
-    });
+    let lowest = (bert.layers.iter()).position(|l| l.linears().iter().any(|l| l.lora.is_some()));
     let mut x = bert.embed(&batch.input_ids).reshape([b * s, h]);
     let mut tapes: Vec<EncoderTape> = Vec::new();
     for (i, layer) in bert.layers.iter().enumerate() {
@@ -89,7 +82,7 @@ fn bert_step(
             let (dense, tape) = linear::forward(pooler, x.clone().select(0, firsts.clone()));
             (dense.tanh(), Some(tape))
         }
-        _ => (mean_pool(x, &batch.attention_mask, [b, s, h]), None),
+        _ => (mean_pool(x.reshape([b, s, h]), &batch.attention_mask), None),
     };
     let (loss, dpooled, head_grads) = head_backward(head, pooled.clone(), batch, denominator)?;
 
@@ -142,14 +135,11 @@ fn decoder_step(
     let h = decoder.config.hidden_size;
     let device = decoder.device().clone();
     let (x, pass) = DecoderPass::forward(decoder, batch);
-    let normed = rms_norm(&decoder.norm, x.clone());
-    let lasts: Vec<i64> = (batch.attention_mask.iter().enumerate())
-        .map(|(r, row)| (r * s + row.iter().rposition(|&m| m != 0).unwrap_or(0)) as i64)
-        .collect();
-    let lasts = Tensor::<1, Int>::from_data(TensorData::new(lasts, [b]), &device);
+    let normed = decoder.norm.forward_rows(x.clone());
+    let lasts = last_tokens(&batch.attention_mask, &device);
     let pooled = match pooling {
         Pooling::Cls => normed.select(0, lasts.clone()),
-        Pooling::Mean => mean_pool(normed, &batch.attention_mask, [b, s, h]),
+        Pooling::Mean => mean_pool(normed.reshape([b, s, h]), &batch.attention_mask),
     };
     let (loss, dpooled, head_grads) = head_backward(head, pooled, batch, denominator)?;
     let dnormed = match pooling {
@@ -178,9 +168,7 @@ fn head_backward(
     batch: &Batch,
     denominator: usize,
 ) -> Result<(f64, Tensor<2>, Vec<Tensor<2>>), TrainError> {
-    let device = pooled.device();
-    let mask = (head.training && head.dropout > 0.0)
-        .then(|| dropout_mask(head.dropout, pooled.dims(), &head.dropout_rng, &device));
+    let mask = head.dropout_mask(&pooled);
     let dropped = match &mask {
         Some(m) => pooled * m.clone(),
         None => pooled,
@@ -206,13 +194,7 @@ fn head_backward(
     Ok((loss, dpooled, grads))
 }
 
-/// The mean of each row's real tokens of x [b·s, h] → [b, h].
-fn mean_pool(x: Tensor<2>, attention_mask: &[Vec<u8>], [b, s, h]: [usize; 3]) -> Tensor<2> {
-    let weights = mean_weights(attention_mask, &x.device());
-    weights.matmul(x.reshape([b, s, h])).reshape([b, h])
-}
-
-/// [`mean_pool`]'s transpose: dpooled [b, h] → [b·s, h].
+/// `mean_pool`'s transpose: dpooled [b, h] → [b·s, h].
 fn mean_pool_backward(
     dpooled: Tensor<2>,
     attention_mask: &[Vec<u8>],

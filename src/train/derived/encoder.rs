@@ -8,7 +8,7 @@ use burn::tensor::{Bool, Tensor};
 use super::attention::{self, AttentionCore};
 use super::layer::Shape;
 use super::linear::{self, FactorGradients, LinearTape};
-use super::ops::{gelu_and_cdf, gelu_derivative, layer_norm, layer_norm_backward};
+use super::ops::{gelu_and_cdf, gelu_derivative, layer_norm_backward};
 use crate::model::bert::BertLayer;
 
 /// The adapters' gradients of a layer: query, key, value, attention output, intermediate,
@@ -46,12 +46,12 @@ pub fn forward(
     let context = context.swap_dims(1, 2).reshape([b * s, h]);
     let (attended, ao_tape) = linear::forward(&layer.attention_output, context);
     let first = attended + x;
-    let a = layer_norm(&layer.attention_norm, first.clone());
+    let a = layer.attention_norm.forward_rows(first.clone());
     let (intermediate, i_tape) = linear::forward(&layer.intermediate, a.clone());
     let (activated, cdf) = gelu_and_cdf(intermediate.clone());
     let (y, o_tape) = linear::forward(&layer.output, activated);
     let second = y + a;
-    let out = layer_norm(&layer.output_norm, second.clone());
+    let out = layer.output_norm.forward_rows(second.clone());
     let tape = EncoderTape {
         projections: [q_tape, k_tape, v_tape, ao_tape, i_tape, o_tape],
         core,

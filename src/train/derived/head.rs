@@ -5,7 +5,7 @@
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::linear::{self, FactorGradients};
-use super::ops::{rms_norm, rms_norm_backward};
+use super::ops::rms_norm_backward;
 use crate::model::decoder::Decoder;
 use crate::train::cross_entropy::nll_sum_and_gradient;
 use crate::train::{TrainError, scalar};
@@ -37,7 +37,7 @@ pub fn backward(
     for (at, targets) in at.chunks(chunk).zip(targets.chunks(chunk)) {
         let at = Tensor::<1, Int>::from_data(TensorData::new(at.to_vec(), [at.len()]), &device);
         let rows = x.clone().select(0, at.clone());
-        let normed = rms_norm(&model.norm, rows.clone());
+        let normed = model.norm.forward_rows(rows.clone());
         let (logits, tape) = match &model.lm_head {
             Some(head) => {
                 let (logits, tape) = linear::forward(head, normed);

@@ -9,7 +9,8 @@ use burn::tensor::{Bool, Tensor};
 
 use super::attention::{self, AttentionCore};
 use super::linear::{self, FactorGradients, LinearTape};
-use super::ops::{rms_norm, rms_norm_backward, rope_backward, silu_and_derivative};
+use super::ops::{rms_norm_backward, rope_backward, silu_and_derivative};
+use crate::data::batch::Batch;
 use crate::model::attention::Attention;
 use crate::model::decoder::{DecoderLayer, LayerInputs, LayerNorms};
 use crate::model::decoder_config::QkNorm;
@@ -26,6 +27,17 @@ pub struct Shape {
     pub b: usize,
     pub s: usize,
     pub masked: f32,
+}
+
+impl Shape {
+    /// `batch`'s rows and columns; `every_query_sees_a_key` as `attention::masked_score` takes it.
+    pub fn of(batch: &Batch, every_query_sees_a_key: bool) -> Self {
+        Self {
+            b: batch.input_ids.len(),
+            s: batch.input_ids.first().map_or(0, Vec::len),
+            masked: attention::masked_score(every_query_sees_a_key),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -67,12 +79,15 @@ pub fn forward(
         } => {
             let (a, attention) = attention_forward(
                 &layer.self_attn,
-                rms_norm(input_layernorm, x.clone()),
+                input_layernorm.forward_rows(x.clone()),
                 shape,
                 inputs,
             );
             let mid = x.clone() + scaled(a, m);
-            let (f, mlp) = mlp_forward(&layer.mlp, rms_norm(post_attention_layernorm, mid.clone()));
+            let (f, mlp) = mlp_forward(
+                &layer.mlp,
+                post_attention_layernorm.forward_rows(mid.clone()),
+            );
             (mid.clone() + scaled(f, m), [x, mid], attention, mlp)
         }
         LayerNorms::Post {
@@ -80,9 +95,9 @@ pub fn forward(
             post_feedforward_layernorm,
         } => {
             let (a, attention) = attention_forward(&layer.self_attn, x.clone(), shape, inputs);
-            let mid = x + scaled(rms_norm(post_attention_layernorm, a.clone()), m);
+            let mid = x + scaled(post_attention_layernorm.forward_rows(a.clone()), m);
             let (f, mlp) = mlp_forward(&layer.mlp, mid.clone());
-            let out = mid + scaled(rms_norm(post_feedforward_layernorm, f.clone()), m);
+            let out = mid + scaled(post_feedforward_layernorm.forward_rows(f.clone()), m);
             (out, [a, f], attention, mlp)
         }
     };
@@ -237,9 +252,12 @@ fn qk_norm(
     match (norm, attn.qk_norm) {
         (Some(norm), QkNorm::PerHead) => {
             let rows = t.reshape([n * heads, attn.head_dim]);
-            (rms_norm(norm, rows.clone()).reshape([n, width]), Some(rows))
+            (
+                norm.forward_rows(rows.clone()).reshape([n, width]),
+                Some(rows),
+            )
         }
-        (Some(norm), QkNorm::Projection) => (rms_norm(norm, t.clone()), Some(t)),
+        (Some(norm), QkNorm::Projection) => (norm.forward_rows(t.clone()), Some(t)),
         _ => (t, None),
     }
 }

@@ -5,7 +5,6 @@
 
 use burn::tensor::Tensor;
 
-use crate::lora::adapter::{LoraAdapter, dropout_mask};
 use crate::model::linear::Linear;
 
 /// What a linear layer's backward needs from its forward.
@@ -40,7 +39,7 @@ pub fn forward(linear: &Linear, x: Tensor<2>) -> (Tensor<2>, LinearTape) {
     let Some(lora) = &linear.lora else {
         return (y, LinearTape { x, adapter: None });
     };
-    let mask = dropout_of(lora, &x);
+    let mask = lora.dropout_mask(&x);
     let dropped = match &mask {
         Some(m) => x.clone() * m.clone(),
         None => x.clone(),
@@ -105,11 +104,6 @@ fn adapter_backward(
         }
     });
     (dx, Some((da, db)))
-}
-
-fn dropout_of(lora: &LoraAdapter, x: &Tensor<2>) -> Option<Tensor<2>> {
-    (lora.training && lora.dropout > 0.0)
-        .then(|| dropout_mask(lora.dropout, x.dims(), &lora.dropout_rng, &x.device()))
 }
 
 impl LinearTape {

@@ -85,11 +85,7 @@ impl DecoderPass {
             .attention_mask
             .iter()
             .all(|r| r.first().is_some_and(|&m| m != 0));
-        let shape = Shape {
-            b: batch.input_ids.len(),
-            s: batch.input_ids.first().map_or(0, Vec::len),
-            masked: attention::masked_score(starts_real),
-        };
+        let shape = Shape::of(batch, starts_real);
         let hidden = model.config.hidden_size;
         let lowest = model.layers.iter().position(has_adapters);
         let mut x = model

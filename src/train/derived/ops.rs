@@ -1,6 +1,6 @@
-//! Forward and backward of the small operations the blocks share: RMSNorm and LayerNorm, rotary
-//! embeddings, the SiLU gate and the exact GELU. Each backward takes what its forward kept and
-//! the output gradient.
+//! Backward of the small operations the blocks share: RMSNorm and LayerNorm (whose forwards are
+//! `model::norm`'s, on rows), rotary embeddings, the SiLU gate and the exact GELU. Each backward
+//! takes what its forward kept and the output gradient.
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::sigmoid;
@@ -8,26 +8,14 @@ use burn::tensor::activation::sigmoid;
 use crate::model::norm::{LayerNorm, RmsNorm};
 use crate::model::rope::RopeTables;
 
-/// RMSNorm over the last dimension of x [rows, d] (`RmsNorm::forward`, in two dimensions).
-pub fn rms_norm(norm: &RmsNorm, x: Tensor<2>) -> Tensor<2> {
-    let [n, d] = x.dims();
-    let r = inverse_rms(norm, x.clone());
-    x * r.expand([n, d]) * norm.weight.clone().reshape([1, d]).expand([n, d])
-}
-
 /// y = w·x·r with r = 1/√(mean(x²) + ε): dx = r·(g − x̂·mean(g·x̂)), g = w·dy, x̂ = x·r.
 pub fn rms_norm_backward(norm: &RmsNorm, x: Tensor<2>, dy: Tensor<2>) -> Tensor<2> {
     let [n, d] = x.dims();
-    let r = inverse_rms(norm, x.clone()).expand([n, d]);
+    let r = norm.inverse_rms(x.clone()).expand([n, d]);
     let g = dy * norm.weight.clone().reshape([1, d]).expand([n, d]);
     let normed = x * r.clone();
     let mean = (g.clone() * normed.clone()).mean_dim(1).expand([n, d]);
     (g - normed * mean) * r
-}
-
-/// 1/√(mean(x²) + ε) per row → [rows, 1].
-fn inverse_rms(norm: &RmsNorm, x: Tensor<2>) -> Tensor<2> {
-    (x.powi_scalar(2).mean_dim(1) + norm.eps).sqrt().recip()
 }
 
 /// `RopeTables::apply` is y = x·cos + rotate_half(x)·sin with rotate_half(x) = [−x₂, x₁]; its
@@ -49,34 +37,15 @@ pub fn silu_and_derivative(x: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
     (silu, derivative)
 }
 
-/// LayerNorm over the last dimension of x [rows, d] (`LayerNorm::forward`, in two dimensions).
-pub fn layer_norm(norm: &LayerNorm, x: Tensor<2>) -> Tensor<2> {
-    let [n, d] = x.dims();
-    let (normed, _) = standardised(norm, x);
-    normed * norm.weight.clone().reshape([1, d]).expand([n, d])
-        + norm.bias.clone().reshape([1, d]).expand([n, d])
-}
-
 /// y = w·x̂ + b with x̂ = (x − mean)·r, r = 1/√(var + ε):
 /// dx = r·(g − mean(g) − x̂·mean(g·x̂)), g = w·dy.
 pub fn layer_norm_backward(norm: &LayerNorm, x: Tensor<2>, dy: Tensor<2>) -> Tensor<2> {
     let [n, d] = x.dims();
-    let (normed, r) = standardised(norm, x);
+    let (normed, r) = norm.standardise(x);
     let g = dy * norm.weight.clone().reshape([1, d]).expand([n, d]);
     let mean = g.clone().mean_dim(1).expand([n, d]);
     let mean_normed = (g.clone() * normed.clone()).mean_dim(1).expand([n, d]);
     (g - mean - normed * mean_normed) * r
-}
-
-/// x̂ = (x − mean)·r per row and r = 1/√(var + ε) (biased variance, as torch), both [rows, d].
-fn standardised(norm: &LayerNorm, x: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
-    let [n, d] = x.dims();
-    let centred = x.clone() - x.mean_dim(1).expand([n, d]);
-    let r = (centred.clone().powi_scalar(2).mean_dim(1) + norm.eps)
-        .sqrt()
-        .recip()
-        .expand([n, d]);
-    (centred * r.clone(), r)
 }
 
 /// The exact GELU, x·Φ(x), and Φ(x) (the normal CDF) for its backward: one erf pass where
