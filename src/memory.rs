@@ -30,7 +30,7 @@ use std::collections::HashSet;
 use crate::dtype::Dtype;
 use crate::lora::targets::LinearSite;
 use crate::model::BaseStorage;
-use crate::model::decoder_config::DecoderConfig;
+use crate::model::decoder_config::{DecoderConfig, NormPlacement};
 use crate::source::ModelFiles;
 use crate::weights::blocks;
 use crate::weights::gguf::GgufFile;
@@ -92,11 +92,15 @@ impl MemoryEstimate {
         let tokens = b * s;
         let layers = config.num_hidden_layers as u64;
         let masks = u64::from(shape.dropout);
-        let per_token_layer = (HIDDEN_BUFFERS + masks * DROPOUT_HIDDEN_BUFFERS)
+        // Two of the hidden-sized buffers are norm inputs; Gemma's sandwich norms keep four.
+        let sandwich = u64::from(config.deltas.norms == NormPlacement::Sandwich);
+        let per_token_layer = (HIDDEN_BUFFERS + 2 * sandwich + masks * DROPOUT_HIDDEN_BUFFERS)
             * config.hidden_size as u64
             + (MLP_BUFFERS + masks * DROPOUT_MLP_BUFFERS) * config.intermediate_size as u64;
         let score = b * config.num_attention_heads as u64 * s * s;
-        let one_layer = (tokens * per_token_layer + SCORE_BUFFERS * score) * F32;
+        // A soft cap keeps its slope at every score beside the probabilities.
+        let softcap = u64::from(config.deltas.attention_softcap.is_some());
+        let one_layer = (tokens * per_token_layer + (SCORE_BUFFERS + softcap) * score) * F32;
         let logits = |scored: usize| LOGIT_BUFFERS * scored as u64 * config.vocab_size as u64 * F32;
         let (weights, adapters) = (
             config.parameter_count() * F32,

@@ -51,11 +51,6 @@ impl Prepared {
         let inventory = Inventory::read(model.files.path())
             .with_context(|| format!("reading {}", model.files.path().display()))?;
         let config = crate::model::architecture_of(&model.files)?;
-        if let ModelConfig::Decoder(c) = &config {
-            let max_len = plan.data.max_len;
-            c.check_window(max_len as usize, &format!("data.max_len = {max_len}"))
-                .with_context(|| plan.recipe_path.display().to_string())?;
-        }
         if let ModelConfig::Bert(c) = &config {
             anyhow::ensure!(
                 plan.task == Task::Classification,

@@ -19,11 +19,12 @@ use lora_tune::weights::gguf_writer::TensorType;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-fn adapted_tiny() -> Decoder {
-    let mut model = tiny::base();
+/// The tiny model `base` with PEFT's folder `lora/<peft>` applied.
+fn adapted_tiny(base: &str, peft: &str) -> Decoder {
+    let mut model = tiny::named(base);
     let sites = model.config.linear_sites();
     model
-        .apply_peft_folder(&sites, &tiny::fixture("lora/peft"))
+        .apply_peft_folder(&sites, &tiny::fixture(&format!("lora/{peft}")))
         .unwrap();
     model
 }
@@ -36,11 +37,22 @@ fn metadata(f: &GgufFile) -> BTreeMap<String, MetaValue> {
         .collect()
 }
 
-/// Writes the tiny adapter as `ty` and returns (model, ours, llama.cpp's `fixture`), checked
-/// equal in metadata, names, dims, types and raw tensor bytes.
+/// Writes the tiny Llama's adapter as `ty` and returns (model, ours, llama.cpp's `fixture`),
+/// checked equal in metadata, names, dims, types and raw tensor bytes.
 fn compare_with_converter(ty: TensorType, fixture: &str) -> (Decoder, GgufFile, GgufFile) {
-    let mut model = adapted_tiny();
-    let config = peft::read_config(&Path::new(ROOT).join("tests/fixtures/lora/peft")).unwrap();
+    compare_with_converter_on("tiny-llama", "peft", ty, fixture)
+}
+
+/// The same for the tiny model `base` with PEFT's folder `lora/<peft>`.
+fn compare_with_converter_on(
+    base: &str,
+    peft: &str,
+    ty: TensorType,
+    fixture: &str,
+) -> (Decoder, GgufFile, GgufFile) {
+    let mut model = adapted_tiny(base, peft);
+    let folder = Path::new(ROOT).join("tests/fixtures/lora").join(peft);
+    let config = peft::read_config(&folder).unwrap();
     let out = tempfile::tempdir().unwrap();
     let path = out.path().join("adapter.gguf");
     let adapters = model.adapter_tensors().unwrap();
@@ -90,6 +102,22 @@ fn q8_0_gguf_lora_equals_llama_cpp_converter_output() {
     };
     assert_eq!(ty("blk.0.attn_q.weight.lora_a"), Some("Q8_0"));
     assert_eq!(ty("blk.0.attn_q.weight.lora_b"), Some("F16"));
+}
+
+/// Gemma 2: `general.architecture = gemma2` and no Q/K permutation (llama.cpp permutes only
+/// for `llama`), as its converter writes for PEFT's folder on tiny-gemma2.
+#[test]
+fn gemma2_gguf_lora_equals_llama_cpp_converter_output() {
+    let (_, ours, _) = compare_with_converter_on(
+        "tiny-gemma2",
+        "peft-gemma2",
+        TensorType::F32,
+        "tiny-gemma2-lora.gguf",
+    );
+    assert_eq!(
+        ours.get("general.architecture"),
+        Some(&MetaValue::String("gemma2".into()))
+    );
 }
 
 #[test]

@@ -13,6 +13,7 @@ use burn::tensor::Tensor;
 use lora_tune::model::decoder::Decoder;
 use lora_tune::model::decoder_config::{DecoderConfig, NormPlacement, QkNorm};
 use lora_tune::model::generate::{Sampling, generate};
+use lora_tune::model::mlp::Activation;
 use lora_tune::weights::gguf::GgufFile;
 use lora_tune::weights::host::HostTensors;
 use safetensors::SafeTensors;
@@ -231,11 +232,50 @@ fn tiny_granite_generates_what_transformers_generates() {
     let config = greedy_equals_transformers("tiny-granite");
     let scalars = (
         config.deltas.embedding_multiplier,
-        config.deltas.attention_multiplier,
+        config.deltas.attention_scale,
         config.deltas.residual_multiplier,
         config.deltas.logits_scaling,
     );
     assert_eq!(scalars, (12.0, Some(0.1), 0.22, 8.0));
+}
+
+#[test]
+fn tiny_mistral_with_a_window_shorter_than_the_rows_matches_transformers() {
+    check_tiny("tiny-mistral");
+}
+
+/// The KV cache holds keys past the window; the mask hides them, as transformers' does.
+#[test]
+fn tiny_mistral_generates_past_its_window_what_transformers_generates() {
+    let config = greedy_equals_transformers("tiny-mistral");
+    let window = config.deltas.sliding_window.unwrap();
+    assert_eq!((window.size, window.layers), (4, vec![true, true]));
+}
+
+#[test]
+fn tiny_llama_with_a_tanh_gelu_mlp_matches_transformers() {
+    check_tiny("tiny-llama-gelu");
+    let config = greedy_equals_transformers("tiny-llama-gelu");
+    assert_eq!(config.deltas.activation, Activation::GeluTanh);
+}
+
+#[test]
+fn tiny_gemma2_with_soft_caps_sandwich_norms_and_a_window_matches_transformers() {
+    check_tiny("tiny-gemma2");
+}
+
+#[test]
+fn tiny_gemma2_generates_what_transformers_generates() {
+    let config = greedy_equals_transformers("tiny-gemma2");
+    let d = &config.deltas;
+    assert_eq!(
+        (d.norms, d.attention_softcap, d.logit_softcap),
+        (NormPlacement::Sandwich, Some(5.0), Some(3.0))
+    );
+    let window = d.sliding_window.clone().unwrap();
+    assert_eq!((window.size, window.layers), (4, vec![true, false]));
+    assert_eq!(d.attention_scale, Some(24f64.powf(-0.5)));
+    assert_eq!(d.embedding_multiplier, 8.0);
 }
 
 /// The tiny model `name` generates transformers' 12 greedy tokens after each prompt of its

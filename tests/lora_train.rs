@@ -53,6 +53,18 @@ fn ten_steps_with_gradient_checkpointing_equal_peft() {
 /// and the head's cross-entropy in chunks — step after step of AdamW.
 #[test]
 fn the_derived_step_equals_autodiff() {
+    derived_step_equals_autodiff_on("tiny-llama", r"model\.layers\.1\..*|lm_head");
+}
+
+/// The same on Gemma 2 with adapters in layer 0, whose attention has the sliding window (4, so
+/// the 8- and 9-token rows reach past it): the gradient passes back through layer 1's soft caps,
+/// sandwich norms and GeGLU.
+#[test]
+fn the_derived_step_equals_autodiff_on_gemma2() {
+    derived_step_equals_autodiff_on("tiny-gemma2", r"model\.layers\.0\..*|lm_head");
+}
+
+fn derived_step_equals_autodiff_on(name: &str, targets: &str) {
     use lora_tune::recipe::Targets;
     use lora_tune::train::autograd::{sum, whole_graph_gradients};
     use lora_tune::train::derived::loss_and_gradients_chunked;
@@ -62,16 +74,18 @@ fn the_derived_step_equals_autodiff() {
         rank: 4,
         alpha: 8.0,
         dropout: 0.2,
-        targets: Targets::Regex(r"model\.layers\.1\..*|lm_head".into()),
+        targets: Targets::Regex(targets.into()),
         ..LoraSection::default()
     };
-    let (mut plain, mut recomputing) =
-        (tiny::with_adapters(&lora, 3), tiny::with_adapters(&lora, 3));
+    let (mut plain, mut recomputing) = (
+        tiny::named_with_adapters(name, &lora, 3),
+        tiny::named_with_adapters(name, &lora, 3),
+    );
     recomputing.gradient_checkpointing = true;
     assert_eq!(
         plain.params_mut().len(),
         2 * 8,
-        "layer 1's seven linears and lm_head"
+        "one layer's seven linears and lm_head"
     );
     for m in [&mut plain, &mut recomputing] {
         m.set_training(true);
@@ -643,4 +657,34 @@ fn ten_steps_on_tiny_qwen3_equal_peft() {
         "qwen3, gradient checkpointing",
         true,
     );
+}
+
+/// Golden: tools/reference/lora_train.py mistral (peft 0.21.2 on tiny-mistral, sliding window
+/// 4): the same ten steps on rows of 6 and 9 tokens, which reach past the window, with and
+/// without gradient checkpointing.
+#[test]
+fn ten_steps_on_tiny_mistral_with_its_window_equal_peft() {
+    let (name, fixtures) = ("tiny-mistral", "lora/train-mistral");
+    tiny::assert_ten_steps_equal_peft_on(name, fixtures, &cpu(), "mistral", false);
+    let what = "mistral, gradient checkpointing";
+    tiny::assert_ten_steps_equal_peft_on(name, fixtures, &cpu(), what, true);
+}
+
+/// Golden: tools/reference/lora_train.py llama-gelu (peft 0.21.2 on tiny-llama-gelu): the same
+/// ten steps through a tanh-GELU gated MLP.
+#[test]
+fn ten_steps_on_tiny_llama_with_a_gelu_mlp_equal_peft() {
+    let (name, fixtures) = ("tiny-llama-gelu", "lora/train-llama-gelu");
+    tiny::assert_ten_steps_equal_peft_on(name, fixtures, &cpu(), "llama-gelu", false);
+}
+
+/// Golden: tools/reference/lora_train.py gemma2 (peft 0.21.2 on tiny-gemma2): the same ten
+/// steps through Gemma 2's scaled embeddings, sandwich (1 + w) norms, GeGLU, soft-capped scores
+/// and logits and its window on alternate layers, with and without gradient checkpointing.
+#[test]
+fn ten_steps_on_tiny_gemma2_equal_peft() {
+    let (name, fixtures) = ("tiny-gemma2", "lora/train-gemma2");
+    tiny::assert_ten_steps_equal_peft_on(name, fixtures, &cpu(), "gemma2", false);
+    let what = "gemma2, gradient checkpointing";
+    tiny::assert_ten_steps_equal_peft_on(name, fixtures, &cpu(), what, true);
 }

@@ -48,6 +48,33 @@ fn merged_sharded_model_gives_the_adapted_logits() {
     tiny::assert_peft_logits(&model, "merged tiny model");
 }
 
+/// Gemma 2: the (1 + w) norms are copied as stored (the offset is the loader's), so the merged
+/// model reloads to PEFT's adapted logits (transformers: tools/reference/peft_export.py gemma2
+/// merged DIR).
+#[test]
+fn merged_gemma2_gives_the_adapted_logits() {
+    let dir = Path::new(ROOT).join("tests/fixtures/llama/tiny-gemma2");
+    let config = lora_tune::model::read_decoder_config(&dir.join("config.json")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let merged_dir = out.path().join("merged");
+    let adapter = Path::new(ROOT).join("tests/fixtures/lora/peft-gemma2");
+    let m = merge(
+        &ModelFiles::Dir(dir),
+        &config,
+        None,
+        &adapter,
+        &merged_dir,
+        Dtype::F32,
+        100_000_000,
+    )
+    .unwrap();
+    assert_eq!(m.folded, 14);
+    let device = select(DeviceChoice::Cpu).unwrap().device;
+    let config = lora_tune::model::read_decoder_config(&merged_dir.join("config.json")).unwrap();
+    let model = Decoder::load(config, HostTensors::read(&merged_dir).unwrap(), &device).unwrap();
+    tiny::assert_peft_logits_of(&model, "lora/peft-gemma2", "merged tiny Gemma 2");
+}
+
 #[test]
 fn failed_merge_leaves_nothing_behind() {
     // A base missing one adapted weight: the merge streams and writes shards, then finds a fold

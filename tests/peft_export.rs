@@ -20,13 +20,25 @@ fn lora_fixture(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn written_folder_equals_what_peft_saves() {
+    written_folder_equals_what_peft_saves_on("tiny-llama", "train", "peft");
+}
+
+/// Gemma 2's folder: the same module paths and config as PEFT's for Gemma2ForCausalLM.
+#[test]
+fn written_gemma2_folder_equals_what_peft_saves() {
+    written_folder_equals_what_peft_saves_on("tiny-gemma2", "train-gemma2", "peft-gemma2");
+}
+
+/// The tiny model `base` with the adapters of `lora/<trained>/final.safetensors`, written, equals
+/// PEFT's folder `lora/<peft>`.
+fn written_folder_equals_what_peft_saves_on(base: &str, trained: &str, peft_dir: &str) {
     let lora = tiny::lora();
-    let mut model = tiny::with_adapters(&lora, 0);
+    let mut model = tiny::named_with_adapters(base, &lora, 0);
     let adapted = select_targets(&model.config.linear_sites(), &lora).unwrap();
     model
-        .load_adapter_weights(&lora_fixture("train/final.safetensors"))
+        .load_adapter_weights(&lora_fixture(&format!("{trained}/final.safetensors")))
         .unwrap();
-    let config = PeftConfig::new(&lora, &adapted, "tiny-llama".into(), None);
+    let config = PeftConfig::new(&lora, &adapted, base.into(), None);
     let out = tempfile::tempdir().unwrap();
     let adapters = model.adapter_tensors().unwrap();
     peft::write(
@@ -43,7 +55,7 @@ fn written_folder_equals_what_peft_saves() {
     )
     .unwrap();
     let theirs: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(lora_fixture("peft/adapter_config.json")).unwrap(),
+        &std::fs::read_to_string(lora_fixture(&format!("{peft_dir}/adapter_config.json"))).unwrap(),
     )
     .unwrap();
     let sorted = |v: &serde_json::Value| {
@@ -58,7 +70,7 @@ fn written_folder_equals_what_peft_saves() {
     };
     for (key, value) in ours.as_object().unwrap() {
         match key.as_str() {
-            "base_model_name_or_path" => assert_eq!(value, "tiny-llama"),
+            "base_model_name_or_path" => assert_eq!(value, base),
             // A Python set: PEFT writes it in hash order.
             "target_modules" => assert_eq!(sorted(value), sorted(&theirs[key])),
             _ => assert_eq!(value, &theirs[key], "adapter_config.json field `{key}`"),
@@ -72,7 +84,10 @@ fn written_folder_equals_what_peft_saves() {
     );
 
     let ours = std::fs::read(out.path().join("adapter_model.safetensors")).unwrap();
-    let theirs = std::fs::read(lora_fixture("peft/adapter_model.safetensors")).unwrap();
+    let theirs = std::fs::read(lora_fixture(&format!(
+        "{peft_dir}/adapter_model.safetensors"
+    )))
+    .unwrap();
     let (ours, theirs) = (
         SafeTensors::deserialize(&ours).unwrap(),
         SafeTensors::deserialize(&theirs).unwrap(),
@@ -110,6 +125,17 @@ fn peft_saved_folder_reads_back_to_peft_logits() {
     assert_eq!((config.r, config.lora_alpha), (4, 8.0));
     assert_eq!(model.adapters_mut().len(), 14);
     tiny::assert_peft_logits(&model, "PEFT folder read back");
+}
+
+#[test]
+fn peft_saved_gemma2_folder_reads_back_to_peft_logits() {
+    let mut model = tiny::named("tiny-gemma2");
+    let sites = model.config.linear_sites();
+    model
+        .apply_peft_folder(&sites, &lora_fixture("peft-gemma2"))
+        .unwrap();
+    assert_eq!(model.adapters_mut().len(), 14);
+    tiny::assert_peft_logits_of(&model, "lora/peft-gemma2", "Gemma 2 PEFT folder read back");
 }
 
 #[test]

@@ -94,9 +94,6 @@ pub fn run(
     let ids = tok
         .encode(&text, add_special)
         .map_err(|e| anyhow::anyhow!("encoding the prompt: {e}"))?;
-    model
-        .config
-        .check_window(ids.len() + max_new, "the prompt plus --max-new-tokens")?;
     let stop: Vec<u32> = tok.eos_id.into_iter().collect();
 
     let started = Instant::now();

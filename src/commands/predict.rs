@@ -100,11 +100,7 @@ pub fn run(args: &PredictArgs, device: DeviceChoice) -> anyhow::Result<()> {
             crate::model::classifier::Body::Bert(b) => {
                 args.max_len.min(b.config.max_position_embeddings)
             }
-            crate::model::classifier::Body::Decoder(d) => {
-                let what = format!("--max-len {}", args.max_len);
-                d.config.check_window(args.max_len, &what)?;
-                args.max_len
-            }
+            crate::model::classifier::Body::Decoder(_) => args.max_len,
         },
         TaskModel::Lm(_) => args.max_len,
     };

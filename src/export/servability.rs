@@ -180,7 +180,7 @@ pub fn check(config: &PeftConfig, base: &DecoderConfig) -> Vec<Finding> {
 mod tests {
     use super::*;
     use crate::lora::targets::TargetLayer;
-    use crate::model::decoder_config::Deltas;
+    use crate::model::decoder_config::{Deltas, Family};
     use crate::recipe::LoraSection;
 
     fn base() -> DecoderConfig {
@@ -199,6 +199,7 @@ mod tests {
             tie_word_embeddings: true,
             qkv_bias: false,
             deltas: Deltas::default(),
+            family: Family::Llama,
         }
     }
 

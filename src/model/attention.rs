@@ -23,8 +23,10 @@ pub struct Attention {
     pub qk_norm: QkNorm,
     pub q_norm: Option<RmsNorm>,
     pub k_norm: Option<RmsNorm>,
-    /// Multiplies q·kᵀ: 1/√head_dim, or Granite's `attention_multiplier`.
+    /// Multiplies q·kᵀ: 1/√head_dim, or the family's own (`Deltas::attention_scale`).
     pub scale: f64,
+    /// Gemma 2's cap on the scaled scores, c·tanh(score / c), before the mask.
+    pub softcap: Option<f64>,
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
@@ -79,6 +81,10 @@ impl Attention {
             // backward (burn's fused attention has no backward of its own). The scale is
             // applied to q, t/d times smaller than the scores (exact for power-of-two d).
             let scores = q.mul_scalar(self.scale).matmul(k.swap_dims(2, 3));
+            let scores = match self.softcap {
+                Some(cap) => softcap(scores, cap),
+                None => scores,
+            };
             softmax(scores.mask_fill(mask, f32::MIN), 3).matmul(v)
         } else {
             // No gradient (evaluation, generation, the first pass of gradient checkpointing):
@@ -87,6 +93,7 @@ impl Attention {
             // the eager path's uniform average; no real token reads it.
             let options = AttentionModuleOptions {
                 scale: Some(self.scale),
+                softcap: self.softcap,
                 ..Default::default()
             };
             attention(q, k, v, Some(mask), None, options)
@@ -94,6 +101,11 @@ impl Attention {
         self.o_proj
             .forward(out.swap_dims(1, 2).reshape([b, s, h * d]))
     }
+}
+
+/// c·tanh(x / c): Gemma 2's soft cap on attention scores and logits.
+pub fn softcap<const D: usize>(x: Tensor<D>, cap: f64) -> Tensor<D> {
+    x.div_scalar(cap).tanh().mul_scalar(cap)
 }
 
 /// One layer's keys and values so far (after RoPE, before repeat_kv): [b, kv_heads, t, d].
@@ -111,13 +123,16 @@ pub struct KvCache {
 }
 
 /// [b, 1, s, start + s]: new query i (at position start + i) may not attend key j when
-/// j > start + i, key j is padding, or key j belongs to another packed example.
+/// j > start + i, key j is padding, key j belongs to another packed example, or (with a sliding
+/// `window`) j ≤ start + i − window.
 pub fn causal_padding_mask(
     attention_mask: &[Vec<u8>],
     s: usize,
     start: usize,
+    window: Option<usize>,
     device: &Device,
 ) -> Tensor<4, Bool> {
+    let window = window.unwrap_or(usize::MAX);
     let (b, t) = (attention_mask.len(), start + s);
     let mut masked = Vec::with_capacity(b * s * t);
     for row in attention_mask {
@@ -127,7 +142,7 @@ pub fn causal_padding_mask(
             let own = example(i);
             masked.extend((0..t).map(|j| {
                 let key = example(j);
-                j > i || key == 0 || (own != 0 && key != own)
+                j > i || i - j >= window || key == 0 || (own != 0 && key != own)
             }));
         }
     }

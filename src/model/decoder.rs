@@ -6,7 +6,7 @@
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
-use super::attention::{Attention, KvCache, LayerCache, causal_padding_mask, positions};
+use super::attention::{Attention, KvCache, LayerCache, causal_padding_mask, positions, softcap};
 use super::decoder_config::{DecoderConfig, NormPlacement, QkNorm};
 use super::linear::{Linear, take1, take2};
 use super::mlp::Mlp;
@@ -15,34 +15,63 @@ use super::rope::{RopeTables, inverse_frequencies};
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
 
-/// A layer's two RMSNorms, by where they sit (their HF names).
+/// A layer's RMSNorms by where they sit (which of them a family has: [`NormPlacement`]).
 #[derive(Debug, Clone)]
-pub enum LayerNorms {
-    /// x + attn(input_layernorm(x)), then x + mlp(post_attention_layernorm(x)) (Llama).
-    Pre {
-        input_layernorm: RmsNorm,
-        post_attention_layernorm: RmsNorm,
-    },
-    /// x + post_attention_layernorm(attn(x)), then x + post_feedforward_layernorm(mlp(x))
-    /// (OLMo2).
-    Post {
-        post_attention_layernorm: RmsNorm,
-        post_feedforward_layernorm: RmsNorm,
-    },
+pub struct LayerNorms {
+    /// On attention's input (`input_layernorm`; Llama, Gemma).
+    pub attention_in: Option<RmsNorm>,
+    /// On attention's output (`post_attention_layernorm` in OLMo2 and Gemma).
+    pub attention_out: Option<RmsNorm>,
+    /// On the MLP's input (Llama's `post_attention_layernorm`, Gemma's
+    /// `pre_feedforward_layernorm`).
+    pub mlp_in: Option<RmsNorm>,
+    /// On the MLP's output (`post_feedforward_layernorm`; OLMo2, Gemma).
+    pub mlp_out: Option<RmsNorm>,
 }
 
 impl LayerNorms {
-    pub fn all(&self) -> [&RmsNorm; 2] {
-        match self {
-            Self::Pre {
-                input_layernorm,
-                post_attention_layernorm,
-            } => [input_layernorm, post_attention_layernorm],
-            Self::Post {
-                post_attention_layernorm,
-                post_feedforward_layernorm,
-            } => [post_attention_layernorm, post_feedforward_layernorm],
+    /// The norms the layer has.
+    pub fn all(&self) -> impl Iterator<Item = &RmsNorm> {
+        [
+            &self.attention_in,
+            &self.attention_out,
+            &self.mlp_in,
+            &self.mlp_out,
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// The checkpoint names of [attention_in, attention_out, mlp_in, mlp_out] under `placement`.
+    pub fn names(placement: NormPlacement) -> [Option<&'static str>; 4] {
+        match placement {
+            NormPlacement::Pre => [
+                Some("input_layernorm"),
+                None,
+                Some("post_attention_layernorm"),
+                None,
+            ],
+            NormPlacement::Post => [
+                None,
+                Some("post_attention_layernorm"),
+                None,
+                Some("post_feedforward_layernorm"),
+            ],
+            NormPlacement::Sandwich => [
+                Some("input_layernorm"),
+                Some("post_attention_layernorm"),
+                Some("pre_feedforward_layernorm"),
+                Some("post_feedforward_layernorm"),
+            ],
         }
+    }
+}
+
+/// `norm` applied to x, or x itself without one.
+pub fn maybe_norm(norm: &Option<RmsNorm>, x: Tensor<3>) -> Tensor<3> {
+    match norm {
+        Some(norm) => norm.forward(x),
+        None => x,
     }
 }
 
@@ -53,40 +82,30 @@ pub struct DecoderLayer {
     pub mlp: Mlp,
     /// Scales each block's output before the residual add (Granite; 1 elsewhere).
     pub residual_multiplier: f64,
+    /// Attention limited to the model's sliding window ([`LayerInputs::mask_of`]).
+    pub sliding: bool,
 }
 
 impl DecoderLayer {
-    /// x: [b, s, hidden] → same, with the norms before or after each block ([`LayerNorms`]).
+    /// x: [b, s, hidden] → same, with the norms before and/or after each block
+    /// ([`LayerNorms`]).
     pub fn forward(
         &self,
         x: Tensor<3>,
-        rope: &RopeTables,
-        mask: &Tensor<4, Bool>,
+        inputs: &LayerInputs,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
+        let (rope, mask) = (&inputs.rope, inputs.mask_of(self));
         let scaled = |t: Tensor<3>| match self.residual_multiplier {
             1.0 => t,
             m => t.mul_scalar(m),
         };
-        match &self.norms {
-            LayerNorms::Pre {
-                input_layernorm,
-                post_attention_layernorm,
-            } => {
-                let attn_in = input_layernorm.forward(x.clone());
-                let x = x + scaled(self.self_attn.forward(attn_in, rope, mask, cache));
-                x.clone() + scaled(self.mlp.forward(post_attention_layernorm.forward(x)))
-            }
-            LayerNorms::Post {
-                post_attention_layernorm,
-                post_feedforward_layernorm,
-            } => {
-                let attn = self.self_attn.forward(x.clone(), rope, mask, cache);
-                let x = x + scaled(post_attention_layernorm.forward(attn));
-                let mlp = self.mlp.forward(x.clone());
-                x + scaled(post_feedforward_layernorm.forward(mlp))
-            }
-        }
+        let n = &self.norms;
+        let attn_in = maybe_norm(&n.attention_in, x.clone());
+        let attn = self.self_attn.forward(attn_in, rope, mask, cache);
+        let x = x + scaled(maybe_norm(&n.attention_out, attn));
+        let mlp = self.mlp.forward(maybe_norm(&n.mlp_in, x.clone()));
+        x + scaled(maybe_norm(&n.mlp_out, mlp))
     }
 
     /// The layer's seven linear layers, in [`Self::linears_mut`]'s order.
@@ -118,11 +137,43 @@ impl DecoderLayer {
     }
 }
 
-/// What every layer shares for one batch: each token's rotary tables and the attention mask.
+/// What every layer shares for one batch: each token's rotary tables and the attention masks.
 #[derive(Debug, Clone)]
 pub struct LayerInputs {
     pub rope: RopeTables,
+    /// Causal, padding and packing: [b, 1, s, t].
     pub mask: Tensor<4, Bool>,
+    /// The same with the sliding window's limit, for the layers that have one.
+    pub windowed_mask: Option<Tensor<4, Bool>>,
+}
+
+impl LayerInputs {
+    /// `mask` and `window` as [`causal_padding_mask`] takes them (`start` positions already
+    /// cached), with the rotary tables of `positions`.
+    fn new(
+        model: &Decoder,
+        positions: &[Vec<usize>],
+        attention_mask: &[Vec<u8>],
+        s: usize,
+        start: usize,
+    ) -> Self {
+        let device = &model.device;
+        let window = model.config.deltas.sliding_window.as_ref();
+        Self {
+            rope: RopeTables::new(&model.inv_freq, positions, device),
+            mask: causal_padding_mask(attention_mask, s, start, None, device),
+            windowed_mask: window
+                .map(|w| causal_padding_mask(attention_mask, s, start, Some(w.size), device)),
+        }
+    }
+
+    /// The mask `layer` attends through.
+    pub fn mask_of(&self, layer: &DecoderLayer) -> &Tensor<4, Bool> {
+        match (&self.windowed_mask, layer.sliding) {
+            (Some(windowed), true) => windowed,
+            _ => &self.mask,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -155,12 +206,24 @@ impl Decoder {
             c.num_attention_heads * c.head_dim,
             c.num_key_value_heads * c.head_dim,
         );
-        let norm = |w: &mut HostTensors, at: &str| -> Result<RmsNorm, WeightsError> {
+        // Gemma's RMSNorm multiplies by (1 + w): the offset is folded in once here.
+        let offset = if c.deltas.norm_weight_offset {
+            1.0
+        } else {
+            0.0
+        };
+        let rms = |w: &mut HostTensors, name: &str, size: usize| -> Result<RmsNorm, WeightsError> {
+            let weight = take1(w, name, size, device)?;
             Ok(RmsNorm {
-                weight: take1(w, &format!("{at}.weight"), hd, device)?,
+                weight: if offset == 0.0 {
+                    weight
+                } else {
+                    weight.add_scalar(offset)
+                },
                 eps: c.rms_norm_eps,
             })
         };
+        let norm = |w: &mut HostTensors, at: &str| rms(w, &format!("{at}.weight"), hd);
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let at = format!("model.layers.{i}");
@@ -178,33 +241,22 @@ impl Decoder {
                     QkNorm::PerHead => c.head_dim,
                     QkNorm::Projection => width,
                 };
-                Ok::<_, WeightsError>(Some(RmsNorm {
-                    weight: take1(w, &format!("{at}.self_attn.{m}.weight"), size, device)?,
-                    eps: c.rms_norm_eps,
-                }))
+                rms(w, &format!("{at}.self_attn.{m}.weight"), size).map(Some)
             };
             let mlp = |m: &str, shape: [usize; 2], w: &mut HostTensors| {
                 Linear::load(w, &format!("{at}.mlp.{m}"), shape, false, device)
             };
             layers.push(DecoderLayer {
-                norms: match c.deltas.norms {
-                    NormPlacement::Pre => LayerNorms::Pre {
-                        input_layernorm: norm(&mut w, &format!("{at}.input_layernorm"))?,
-                        post_attention_layernorm: norm(
-                            &mut w,
-                            &format!("{at}.post_attention_layernorm"),
-                        )?,
-                    },
-                    NormPlacement::Post => LayerNorms::Post {
-                        post_attention_layernorm: norm(
-                            &mut w,
-                            &format!("{at}.post_attention_layernorm"),
-                        )?,
-                        post_feedforward_layernorm: norm(
-                            &mut w,
-                            &format!("{at}.post_feedforward_layernorm"),
-                        )?,
-                    },
+                norms: {
+                    let [attention_in, attention_out, mlp_in, mlp_out] =
+                        LayerNorms::names(c.deltas.norms)
+                            .map(|name| name.map(|n| norm(&mut w, &format!("{at}.{n}"))));
+                    LayerNorms {
+                        attention_in: attention_in.transpose()?,
+                        attention_out: attention_out.transpose()?,
+                        mlp_in: mlp_in.transpose()?,
+                        mlp_out: mlp_out.transpose()?,
+                    }
                 },
                 self_attn: Attention {
                     q_proj: attn("q_proj", q_out, c.qkv_bias, &mut w)?,
@@ -216,8 +268,9 @@ impl Decoder {
                     k_norm: head_norm(&mut w, "k_norm", kv_out)?,
                     scale: c
                         .deltas
-                        .attention_multiplier
+                        .attention_scale
                         .unwrap_or(1.0 / (c.head_dim as f64).sqrt()),
+                    softcap: c.deltas.attention_softcap,
                     n_heads: c.num_attention_heads,
                     n_kv_heads: c.num_key_value_heads,
                     head_dim: c.head_dim,
@@ -226,8 +279,14 @@ impl Decoder {
                     gate_proj: mlp("gate_proj", [c.intermediate_size, hd], &mut w)?,
                     up_proj: mlp("up_proj", [c.intermediate_size, hd], &mut w)?,
                     down_proj: mlp("down_proj", [hd, c.intermediate_size], &mut w)?,
+                    activation: c.deltas.activation,
                 },
                 residual_multiplier: c.deltas.residual_multiplier,
+                sliding: c
+                    .deltas
+                    .sliding_window
+                    .as_ref()
+                    .is_some_and(|w| w.layers[i]),
             });
         }
         let embed_tokens = take2(
@@ -320,10 +379,7 @@ impl Decoder {
     pub fn layer_inputs(&self, attention_mask: &[Vec<u8>]) -> LayerInputs {
         let s = attention_mask.first().map_or(0, Vec::len);
         let positions: Vec<Vec<usize>> = attention_mask.iter().map(|m| positions(m)).collect();
-        LayerInputs {
-            rope: RopeTables::new(&self.inv_freq, &positions, &self.device),
-            mask: causal_padding_mask(attention_mask, s, 0, &self.device),
-        }
+        LayerInputs::new(self, &positions, attention_mask, s, 0)
     }
 
     /// Token embeddings [b, s, hidden] of equal-length rows.
@@ -342,13 +398,17 @@ impl Decoder {
         }
     }
 
-    /// The LM head (or the tied embedding), logits divided by Granite's `logits_scaling`:
-    /// [b, s, hidden] → [b, s, vocab].
+    /// The LM head (or the tied embedding), logits divided by Granite's `logits_scaling` and
+    /// soft-capped as Gemma 2's: [b, s, hidden] → [b, s, vocab].
     fn head(&self, x: Tensor<3>) -> Tensor<3> {
         let logits = self.unscaled_head(x);
-        match self.config.deltas.logits_scaling {
+        let logits = match self.config.deltas.logits_scaling {
             1.0 => logits,
             d => logits.div_scalar(d),
+        };
+        match self.config.deltas.logit_softcap {
+            Some(cap) => softcap(logits, cap),
+            None => logits,
         }
     }
 
@@ -373,15 +433,13 @@ impl Decoder {
         }
         let start = cache.len;
         let positions = [(start..start + ids.len()).collect()];
-        let inputs = LayerInputs {
-            rope: RopeTables::new(&self.inv_freq, &positions, &self.device),
-            mask: causal_padding_mask(
-                &[vec![1; start + ids.len()]],
-                ids.len(),
-                start,
-                &self.device,
-            ),
-        };
+        let inputs = LayerInputs::new(
+            self,
+            &positions,
+            &[vec![1; start + ids.len()]],
+            ids.len(),
+            start,
+        );
         let logits = self.head(self.run(&[ids.to_vec()], &inputs, Some(&mut cache.layers)));
         cache.len += ids.len();
         let v = self.config.vocab_size;
@@ -398,7 +456,7 @@ impl Decoder {
         let mut x = self.embed(ids);
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c[i]);
-            x = layer.forward(x, &inputs.rope, &inputs.mask, layer_cache);
+            x = layer.forward(x, inputs, layer_cache);
         }
         self.norm.forward(x)
     }

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use super::mlp::Activation;
 use crate::lora::targets::LinearSite;
 use crate::weights::WeightsError;
 use crate::weights::gguf::{GgufFile, MetaValue};
@@ -38,6 +39,37 @@ pub enum NormPlacement {
     /// x + norm(attn(x)), then x + norm(mlp(x)): `post_attention_layernorm`,
     /// `post_feedforward_layernorm` (OLMo2).
     Post,
+    /// x + norm(attn(norm(x))), then x + norm(mlp(norm(x))): `input_layernorm`,
+    /// `post_attention_layernorm`, `pre_feedforward_layernorm`, `post_feedforward_layernorm`
+    /// (Gemma 2 and 3).
+    Sandwich,
+}
+
+/// The family a config came from: what llama.cpp calls the architecture, and what a merged
+/// model's config.json is written as when the base was a GGUF file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Llama, Mistral, SmolLM (llama.cpp writes them all as `llama`).
+    Llama,
+    Qwen2,
+    Qwen3,
+    Granite,
+    Olmo2,
+    Gemma2,
+}
+
+impl Family {
+    /// llama.cpp's `general.architecture`.
+    pub fn gguf_architecture(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+            Self::Granite => "granite",
+            Self::Olmo2 => "olmo2",
+            Self::Gemma2 => "gemma2",
+        }
+    }
 }
 
 /// The departures from Llama's computation a family file may set; the default is Llama's.
@@ -47,18 +79,52 @@ pub struct Deltas {
     pub qk_norm: QkNorm,
     /// Where a layer's norms sit: before each block (Llama) or after it (OLMo2).
     pub norms: NormPlacement,
-    /// Granite's scalars (1 and None elsewhere): token embeddings are multiplied by
-    /// `embedding_multiplier`, attention scores scaled by `attention_multiplier` instead of
-    /// 1/√head_dim, each block's output by `residual_multiplier` before it joins the residual
-    /// stream, and the logits divided by `logits_scaling`.
+    /// Scalars (1 and None in Llama): token embeddings are multiplied by
+    /// `embedding_multiplier` (Granite's; √hidden in Gemma), attention scores scaled by
+    /// `attention_scale` instead of 1/√head_dim (Granite's `attention_multiplier`, Gemma's
+    /// `query_pre_attn_scalar`^-½), each block's output by `residual_multiplier` before it
+    /// joins the residual stream, and the logits divided by `logits_scaling` (Granite).
     pub embedding_multiplier: f64,
-    pub attention_multiplier: Option<f64>,
+    pub attention_scale: Option<f64>,
     pub residual_multiplier: f64,
     pub logits_scaling: f64,
-    /// Attention reaches back at most this many positions (Mistral's `sliding_window`, Qwen2's
-    /// with `use_sliding_window`). Not computed: a sequence this long or shorter attends
-    /// exactly as with full causal attention, and longer ones are refused (`prepare`, `generate`).
-    pub sliding_window: Option<usize>,
+    /// Gemma's soft caps, c·tanh(x / c): on the attention scores before the mask
+    /// (`attn_logit_softcapping`) and on the logits (`final_logit_softcapping`).
+    pub attention_softcap: Option<f64>,
+    pub logit_softcap: Option<f64>,
+    /// Gemma's RMSNorms multiply by (1 + w): the stored weights are offset by one at load.
+    pub norm_weight_offset: bool,
+    /// The gated MLP's activation (`hidden_act`, Gemma's `hidden_activation`).
+    pub activation: Activation,
+    /// The layers whose attention reaches back only a window of positions (Mistral's
+    /// `sliding_window`, Qwen2's with `use_sliding_window`, `layer_types`).
+    pub sliding_window: Option<SlidingWindow>,
+}
+
+/// A query at position i attends keys j with i − `size` < j ≤ i (transformers'
+/// `sliding_window_overlay`) in the layers marked in `layers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlidingWindow {
+    pub size: usize,
+    /// One entry per layer: true where the window applies.
+    pub layers: Vec<bool>,
+}
+
+impl SlidingWindow {
+    /// `size` on every one of `n` layers (Mistral; GGUF files).
+    pub fn everywhere(size: usize, n: usize) -> Self {
+        Self {
+            size,
+            layers: vec![true; n],
+        }
+    }
+
+    /// The window from transformers' `layer_types` (`"sliding_attention"` /
+    /// `"full_attention"`), or None when no layer has one.
+    pub fn from_layer_types(size: usize, types: &[String]) -> Option<Self> {
+        let layers: Vec<bool> = types.iter().map(|t| t == "sliding_attention").collect();
+        layers.contains(&true).then_some(Self { size, layers })
+    }
 }
 
 impl Default for Deltas {
@@ -67,22 +133,16 @@ impl Default for Deltas {
             qk_norm: QkNorm::None,
             norms: NormPlacement::Pre,
             embedding_multiplier: 1.0,
-            attention_multiplier: None,
+            attention_scale: None,
             residual_multiplier: 1.0,
             logits_scaling: 1.0,
+            attention_softcap: None,
+            logit_softcap: None,
+            norm_weight_offset: false,
+            activation: Activation::Silu,
             sliding_window: None,
         }
     }
-}
-
-/// Sequences longer than a model's sliding window, which is not computed.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "the model's sliding_window = {window} is shorter than {what}: attention limited to a window is not implemented (sequences up to {window} positions attend exactly as the model does); use at most {window} positions"
-)]
-pub struct WindowTooShort {
-    window: usize,
-    what: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +163,7 @@ pub struct DecoderConfig {
     pub qkv_bias: bool,
     /// What the families beyond Llama change in the computation.
     pub deltas: Deltas,
+    pub family: Family,
 }
 
 impl DecoderConfig {
@@ -113,11 +174,15 @@ impl DecoderConfig {
             .get("general.architecture")
             .and_then(MetaValue::as_str)
             .unwrap_or("?");
-        if !matches!(arch, "llama" | "qwen2") {
-            return Err(err(format!(
-                "GGUF architecture `{arch}` is not supported (llama, qwen2 are)"
-            )));
-        }
+        let family = match arch {
+            "llama" => Family::Llama,
+            "qwen2" => Family::Qwen2,
+            _ => {
+                return Err(err(format!(
+                    "GGUF architecture `{arch}` is not supported (llama, qwen2 are)"
+                )));
+            }
+        };
         let int = |key: &str| {
             file.get(&format!("{arch}.{key}"))
                 .and_then(MetaValue::as_u64)
@@ -185,26 +250,19 @@ impl DecoderConfig {
             tie_word_embeddings: !has("output.weight"),
             qkv_bias: has("blk.0.attn_q.bias"),
             deltas: Deltas {
-                sliding_window: present("attention.sliding_window").filter(|&w| w > 0),
+                sliding_window: present("attention.sliding_window")
+                    .filter(|&w| w > 0)
+                    .map(|w| SlidingWindow::everywhere(w, int("block_count").unwrap_or(0))),
                 ..Deltas::default()
             },
+            family,
         })
         .and_then(|c: Self| c.validated(&file.path))
     }
 
-    /// llama.cpp's architecture name: Granite is the family member with its scalars, Qwen3 the
-    /// one with q/k norms, Qwen2 the one with q/k/v biases; Llama, Mistral and SmolLM are all
-    /// `llama` there.
+    /// llama.cpp's architecture name (Llama, Mistral and SmolLM are all `llama` there).
     pub fn gguf_architecture(&self) -> &'static str {
-        if self.deltas.attention_multiplier.is_some() {
-            return "granite";
-        }
-        match (self.deltas.qk_norm, self.qkv_bias) {
-            (QkNorm::Projection, _) => "olmo2",
-            (QkNorm::PerHead, _) => "qwen3",
-            (QkNorm::None, true) => "qwen2",
-            (QkNorm::None, false) => "llama",
-        }
+        self.family.gguf_architecture()
     }
 
     /// Every linear layer in HF module order, with its shape: the sites LoRA may target.
@@ -270,25 +328,17 @@ impl DecoderConfig {
                 QkNorm::PerHead => 2 * self.head_dim,
                 QkNorm::Projection => q + kv,
             };
-        let norms = h * (2 * self.num_hidden_layers + 1) + qk_norms;
+        let per_layer = match self.deltas.norms {
+            NormPlacement::Pre | NormPlacement::Post => 2,
+            NormPlacement::Sandwich => 4,
+        };
+        let norms = h * (per_layer * self.num_hidden_layers + 1) + qk_norms;
         let head = if self.tie_word_embeddings {
             0
         } else {
             self.vocab_size * h
         };
         (self.vocab_size * h + linear + biases + norms + head) as u64
-    }
-
-    /// Refuses sequences of `len` positions that a sliding window would cut short (`what` names
-    /// where the length comes from, e.g. `data.max_len = 8192`).
-    pub fn check_window(&self, len: usize, what: &str) -> Result<(), WindowTooShort> {
-        match self.deltas.sliding_window {
-            Some(window) if len > window => Err(WindowTooShort {
-                window,
-                what: what.to_string(),
-            }),
-            _ => Ok(()),
-        }
     }
 
     pub fn validated(self, path: &Path) -> Result<Self, WeightsError> {
@@ -304,6 +354,19 @@ impl DecoderConfig {
                 format!(
                     "{} attention heads / {} key-value heads / head_dim {} do not form grouped-query attention",
                     self.num_attention_heads, self.num_key_value_heads, self.head_dim
+                ),
+            ));
+        }
+        if let Some(w) = &self.deltas.sliding_window
+            && (w.size == 0 || w.layers.len() != self.num_hidden_layers)
+        {
+            return Err(WeightsError::format(
+                path,
+                format!(
+                    "a sliding window of {} over {} layer types does not fit {} layers",
+                    w.size,
+                    w.layers.len(),
+                    self.num_hidden_layers
                 ),
             ));
         }

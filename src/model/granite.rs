@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::decoder_config::{DecoderConfig, Deltas};
+use super::decoder_config::{DecoderConfig, Deltas, Family};
 use super::llama::LlamaJson;
 use crate::weights::WeightsError;
 
@@ -38,10 +38,11 @@ pub fn config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
     let mut config = LlamaJson::parse(path, text)?.resolve(path, false)?;
     config.deltas = Deltas {
         embedding_multiplier: extra.embedding_multiplier,
-        attention_multiplier: Some(extra.attention_multiplier),
+        attention_scale: Some(extra.attention_multiplier),
         residual_multiplier: extra.residual_multiplier,
         logits_scaling: extra.logits_scaling,
-        ..Deltas::default()
+        ..config.deltas
     };
+    config.family = Family::Granite;
     Ok(config)
 }

@@ -10,7 +10,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::decoder_config::{DecoderConfig, Deltas};
+use super::decoder_config::{DecoderConfig, Deltas, Family};
+use super::mlp::Activation;
 use crate::weights::WeightsError;
 
 /// config.json as a Llama-family checkpoint writes it: the fields read, and those refused
@@ -47,13 +48,9 @@ impl LlamaJson {
     /// The runtime config; `qkv_bias` when the family always has q/k/v biases (Qwen2).
     pub fn resolve(self, path: &Path, qkv_bias: bool) -> Result<DecoderConfig, WeightsError> {
         let err = |detail: String| WeightsError::format(path, detail);
-        let family = self.model_type.as_deref().unwrap_or("llama");
         let act = self.hidden_act.as_deref().unwrap_or("silu");
-        if act != "silu" {
-            return Err(err(format!(
-                "hidden_act = {act:?}: only \"silu\" (SwiGLU) is implemented for {family}"
-            )));
-        }
+        let activation = Activation::from_hf(act)
+            .ok_or_else(|| err(format!("hidden_act = {act:?}: {}", Activation::SUPPORTED)))?;
         if self.mlp_bias == Some(true) {
             return Err(err("mlp_bias = true: MLP biases are not implemented".into()));
         }
@@ -99,7 +96,15 @@ impl LlamaJson {
             max_position_embeddings: self.max_position_embeddings.unwrap_or(2048),
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
             qkv_bias: qkv_bias || self.attention_bias.unwrap_or(false),
-            deltas: Deltas::default(),
+            deltas: Deltas {
+                activation,
+                ..Deltas::default()
+            },
+            family: if qkv_bias {
+                Family::Qwen2
+            } else {
+                Family::Llama
+            },
         }
         .validated(path)
     }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::decoder_config::DecoderConfig;
+use super::decoder_config::{DecoderConfig, SlidingWindow};
 use super::llama::LlamaJson;
 use crate::weights::WeightsError;
 
@@ -23,6 +23,9 @@ pub fn config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
             WeightsError::format(path, format!("sliding_window = {w}: expected a length"))
         })? as usize),
     };
-    config.deltas.sliding_window = sliding_window;
-    Ok(config)
+    // Every Mistral layer has the window (its `layer_types`, if any, are not read by
+    // MistralAttention).
+    let layers = config.num_hidden_layers;
+    config.deltas.sliding_window = sliding_window.map(|w| SlidingWindow::everywhere(w, layers));
+    config.validated(path)
 }

@@ -1,7 +1,7 @@
 //! Architectures, candle-transformers' shape: shared blocks — the frozen linear with its adapter
 //! ([`linear`], [`frozen`]), norms ([`norm`]), RoPE ([`rope`]), grouped-query attention with its
 //! KV cache ([`attention`]), the gated MLP ([`mlp`]) — and one small file per family for its
-//! config and deltas: [`llama`], [`mistral`], [`qwen2`], [`qwen3`], [`granite`], [`olmo2`] read into one [`decoder_config`] that
+//! config and deltas: [`llama`], [`mistral`], [`qwen2`], [`qwen3`], [`granite`], [`olmo2`], [`gemma2`] read into one [`decoder_config`] that
 //! the Llama-family [`decoder`] is built from; [`bert`], the encoder. Sequence classification on
 //! either ([`classifier`]), adapters on any ([`adapted`]), generation ([`generate`]).
 //! [`load`] and [`load_classifier`] build them from resolved model files.
@@ -13,6 +13,7 @@ pub mod classifier;
 pub mod decoder;
 pub mod decoder_config;
 pub mod frozen;
+pub mod gemma2;
 pub mod generate;
 pub mod granite;
 pub mod linear;
@@ -152,10 +153,11 @@ pub fn read_decoder_config(path: &Path) -> Result<DecoderConfig, WeightsError> {
         "qwen3" => qwen3::config(path, &text),
         "granite" => granite::config(path, &text),
         "olmo2" => olmo2::config(path, &text),
+        "gemma2" => gemma2::config(path, &text),
         other => Err(WeightsError::format(
             path,
             format!(
-                "model_type `{other}` is not a Llama-family decoder (llama, mistral, qwen2, qwen3, granite, olmo2)"
+                "model_type `{other}` is not a Llama-family decoder (llama, mistral, qwen2, qwen3, granite, olmo2, gemma2)"
             ),
         )),
     }

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::decoder_config::{DecoderConfig, Deltas, NormPlacement, QkNorm};
+use super::decoder_config::{DecoderConfig, Deltas, Family, NormPlacement, QkNorm};
 use super::llama::LlamaJson;
 use crate::weights::WeightsError;
 
@@ -15,7 +15,8 @@ pub fn config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
     config.deltas = Deltas {
         qk_norm: QkNorm::Projection,
         norms: NormPlacement::Post,
-        ..Deltas::default()
+        ..config.deltas
     };
-    Ok(config)
+    config.family = Family::Olmo2;
+    config.validated(path)
 }

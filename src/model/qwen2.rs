@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::decoder_config::DecoderConfig;
+use super::decoder_config::{DecoderConfig, SlidingWindow};
 use super::llama::LlamaJson;
 use crate::weights::WeightsError;
 
@@ -27,20 +27,40 @@ struct Qwen2Json {
 pub fn config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
     let mut config = LlamaJson::parse(path, text)?.resolve(path, true)?;
     config.deltas.sliding_window = sliding_window(path, text)?;
-    Ok(config)
+    config.validated(path)
 }
 
-/// The window of the layers that have one (Qwen2's and Qwen3's rule), or None.
-pub fn sliding_window(path: &Path, text: &str) -> Result<Option<usize>, WeightsError> {
+/// The window and the layers that have it (Qwen2's and Qwen3's rule, as their configs'
+/// `__post_init__`): none unless `use_sliding_window`; the layers `layer_types` marks
+/// `sliding_attention`, or else those from `max_window_layers` on.
+pub fn sliding_window(path: &Path, text: &str) -> Result<Option<SlidingWindow>, WeightsError> {
     let extra: Qwen2Json = serde_json::from_str(text)
         .map_err(|e| WeightsError::format(path, format!("not a Qwen2-style config: {e}")))?;
-    let windowed = match &extra.layer_types {
-        Some(types) => types.iter().any(|t| t == "sliding_attention"),
-        None => {
-            extra.use_sliding_window == Some(true)
-                && extra.max_window_layers.unwrap_or(0) < extra.num_hidden_layers
-        }
+    if extra.use_sliding_window != Some(true) {
+        return Ok(None);
+    }
+    let json: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| WeightsError::format(path, format!("not a Qwen2-style config: {e}")))?;
+    // An explicit null is no window; absent is the config class's default.
+    let Some(size) = (match json.get("sliding_window") {
+        Some(serde_json::Value::Null) => None,
+        _ => Some(extra.sliding_window.unwrap_or(DEFAULT_WINDOW)),
+    }) else {
+        return Ok(None);
     };
-    // The window is the tightest limit any layer has; sequences within it are unaffected.
-    Ok(windowed.then_some(extra.sliding_window.unwrap_or(DEFAULT_WINDOW)))
+    let n = extra.num_hidden_layers;
+    let types = extra.layer_types.unwrap_or_else(|| {
+        let from = extra.max_window_layers.unwrap_or(28);
+        (0..n)
+            .map(|i| {
+                if i >= from {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+                .to_string()
+            })
+            .collect()
+    });
+    Ok(SlidingWindow::from_layer_types(size, &types))
 }

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::decoder_config::{DecoderConfig, Deltas, QkNorm};
+use super::decoder_config::{DecoderConfig, Deltas, Family, QkNorm};
 use super::llama::LlamaJson;
 use super::qwen2::sliding_window;
 use crate::weights::WeightsError;
@@ -16,7 +16,8 @@ pub fn config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
     config.deltas = Deltas {
         qk_norm: QkNorm::PerHead,
         sliding_window: sliding_window(path, text)?,
-        ..Deltas::default()
+        ..config.deltas
     };
-    Ok(config)
+    config.family = Family::Qwen3;
+    config.validated(path)
 }

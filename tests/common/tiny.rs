@@ -29,6 +29,11 @@ pub fn base_on(device: &Device) -> Decoder {
     named_on("tiny-llama", device)
 }
 
+/// The tiny model `name` on the CPU.
+pub fn named(name: &str) -> Decoder {
+    named_on(name, &select(DeviceChoice::Cpu).unwrap().device)
+}
+
 /// The tiny model `name` of tests/fixtures/llama/ (tiny-llama, tiny-qwen2, tiny-qwen3).
 pub fn named_on(name: &str, device: &Device) -> Decoder {
     let dir = fixture(&format!("llama/{name}"));
@@ -66,6 +71,14 @@ pub fn with_adapters_on(lora: &LoraSection, seed: u64, device: &Device) -> Decod
     model
 }
 
+/// The tiny model `name` (`named_on`) on the CPU with adapters as `lora` says.
+pub fn named_with_adapters(name: &str, lora: &LoraSection, seed: u64) -> Decoder {
+    let mut model = named(name);
+    let adapted = select_targets(&model.config.linear_sites(), lora).unwrap();
+    model.attach_adapters(&adapted, lora, seed).unwrap();
+    model
+}
+
 /// A JSON fixture, parsed.
 pub fn json<T: serde::de::DeserializeOwned>(path: &Path) -> T {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -85,9 +98,14 @@ pub fn first_batch() -> (Vec<Vec<u32>>, Vec<Vec<u8>>) {
 /// `model`'s logits on the first batch equal PEFT's adapted logits (tools/reference/
 /// peft_export.py) to ≤1e-4; prints the figure under `what`.
 pub fn assert_peft_logits(model: &Decoder, what: &str) {
+    assert_peft_logits_of(model, "lora/peft", what);
+}
+
+/// The same against the logits PEFT saved beside its folder `peft` (e.g. `lora/peft-gemma2`).
+pub fn assert_peft_logits_of(model: &Decoder, peft: &str, what: &str) {
     let (ids, mask) = first_batch();
     let got = host(&model.forward(&ids, &mask)).unwrap().values;
-    let want = HostTensors::read(&fixture("lora/peft/logits.safetensors"))
+    let want = HostTensors::read(&fixture(&format!("{peft}/logits.safetensors")))
         .unwrap()
         .take("logits", &[2, 9, 256])
         .unwrap()

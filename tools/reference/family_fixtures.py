@@ -9,20 +9,29 @@ N(0, 0.2²), input_ids [2, 7] with row 1 right-padded):
                 residual_multiplier 0.22, logits_scaling 8, GQA 4/2, tied embeddings
   tiny-olmo2    OLMo 2: norms after attention and MLP (none before), RMSNorm over the whole
                 q and k projections before RoPE, GQA 4/2, untied head
+  tiny-mistral  Mistral with sliding_window 4: the 7-token rows and the generated tokens reach
+                past it in every layer, GQA 4/2, untied head
+  tiny-llama-gelu  Llama with hidden_act "gelu_pytorch_tanh" (a GeGLU MLP), tied embeddings
+  tiny-gemma2   Gemma 2: embeddings × √hidden, (1 + w) RMSNorms before and after attention and
+                MLP, GeGLU (gelu_pytorch_tanh), query_pre_attn_scalar 24 (not head_dim 16),
+                attention scores soft-capped at 5 and logits at 3 (low, so both bind), a
+                sliding window of 4 on layer 0 (every other layer), GQA 4/2, untied head (tied, the
+                scaled embeddings make greedy repeat the last token)
 
 Each tests/fixtures/llama/<name>/ gets config.json, model.safetensors, reference.safetensors
 (input_ids, attention_mask, logits [2, 7, vocab]) and greedy.json (the 12 greedy tokens
 transformers' generate gives after three prompts).
 
 Environment: pip install torch transformers==5.23.0 safetensors accelerate (DESIGN.md §6).
-Usage: python3 tools/reference/family_fixtures.py [qwen3|granite|olmo2 ...]   (default: all)
+Usage: python3 tools/reference/family_fixtures.py [qwen3|granite|olmo2|mistral|llama-gelu|gemma2 ...]   (default: all)
 """
 import json
 import sys
 
 import torch
-from transformers import (GraniteConfig, GraniteForCausalLM, Olmo2Config, Olmo2ForCausalLM,
-                          Qwen3Config, Qwen3ForCausalLM)
+from transformers import (Gemma2Config, Gemma2ForCausalLM, GraniteConfig, GraniteForCausalLM,
+                          LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
+                          Olmo2Config, Olmo2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 from llama_fixtures import OUT, tiny
 
@@ -41,6 +50,16 @@ FAMILIES = {
     "olmo2": ("tiny-olmo2", Olmo2ForCausalLM, lambda: Olmo2Config(
         **COMMON, tie_word_embeddings=False,
         rope_parameters={"rope_type": "default", "rope_theta": 500000.0})),
+    "mistral": ("tiny-mistral", MistralForCausalLM, lambda: MistralConfig(
+        **COMMON, tie_word_embeddings=False, sliding_window=4,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
+    "llama-gelu": ("tiny-llama-gelu", LlamaForCausalLM, lambda: LlamaConfig(
+        **COMMON, tie_word_embeddings=True, hidden_act="gelu_pytorch_tanh",
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
+    "gemma2": ("tiny-gemma2", Gemma2ForCausalLM, lambda: Gemma2Config(
+        **COMMON, head_dim=16, tie_word_embeddings=False, query_pre_attn_scalar=24,
+        attn_logit_softcapping=5.0, final_logit_softcapping=3.0, sliding_window=4,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
 }
 
 

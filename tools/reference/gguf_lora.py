@@ -9,6 +9,8 @@ PyPI (vendor/llama.cpp; 0.3.36, sha256 832db069…1a2e):
 
 Usage: python3 tools/reference/gguf_lora.py LLAMA_CPP_DIR            # writes tests/fixtures/lora/gguf/tiny-lora{,-q8_0}.gguf
        python3 tools/reference/gguf_lora.py LLAMA_CPP_DIR OURS.gguf  # gguf-py parses ours; compares with the fixture
+       python3 tools/reference/gguf_lora.py LLAMA_CPP_DIR gemma2     # tiny-gemma2 with lora/peft-gemma2
+                                                                     # (peft_export.py gemma2) → tiny-gemma2-lora.gguf
 Environment: transformers==5.23.0 torch per DESIGN.md §6; gguf-py from the same llama.cpp tree.
 """
 import pathlib
@@ -21,12 +23,18 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests/fixtures/lora/gguf/tiny-lora.gguf"
 
 
-def convert(llama_cpp):
+def convert(llama_cpp, family=None):
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    for outtype, path in (("f32", OUT), ("q8_0", OUT.with_name("tiny-lora-q8_0.gguf"))):
+    if family:
+        runs = [("f32", OUT.with_name(f"tiny-{family}-lora.gguf"))]
+        base, peft = f"tiny-{family}", f"peft-{family}"
+    else:
+        runs = [("f32", OUT), ("q8_0", OUT.with_name("tiny-lora-q8_0.gguf"))]
+        base, peft = "tiny-llama", "peft"
+    for outtype, path in runs:
         subprocess.run([sys.executable, str(llama_cpp / "convert_lora_to_gguf.py"), "--outtype", outtype,
-                        "--base", str(ROOT / "tests/fixtures/llama/tiny-llama"), "--outfile", str(path),
-                        str(ROOT / "tests/fixtures/lora/peft")], check=True,
+                        "--base", str(ROOT / "tests/fixtures/llama" / base), "--outfile", str(path),
+                        str(ROOT / "tests/fixtures/lora" / peft)], check=True,
                        env={"PYTHONPATH": f"{llama_cpp / 'gguf-py'}:{llama_cpp}", "PATH": "/usr/bin:/bin"})
 
 
@@ -51,4 +59,7 @@ def compare(ours):
 if __name__ == "__main__":
     cpp = pathlib.Path(sys.argv[1])
     sys.path.insert(0, str(cpp / "gguf-py"))
-    compare(sys.argv[2]) if len(sys.argv) > 2 else convert(cpp)
+    if len(sys.argv) > 2 and sys.argv[2] == "gemma2":
+        convert(cpp, sys.argv[2])
+    else:
+        compare(sys.argv[2]) if len(sys.argv) > 2 else convert(cpp)

@@ -28,6 +28,8 @@ CASES = [
     ("tiny-qwen3", {"rank": 8, "targets": "all-linear"}),
     ("tiny-granite", {"rank": 8, "targets": "all-linear"}),
     ("tiny-olmo2", {"rank": 8, "targets": "all-linear"}),
+    ("tiny-mistral", {"rank": 8, "targets": "all-linear"}),
+    ("tiny-gemma2", {"rank": 8, "targets": "all-linear"}),
 ]
 
 

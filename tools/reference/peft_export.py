@@ -8,7 +8,10 @@ Writes tests/fixtures/lora/peft/: adapter_config.json, adapter_model.safetensors
 With an argument DIR (a folder lora-tune exported), instead loads it with
 `PeftModel.from_pretrained` on the tiny Llama and prints the max |Δlogit| against logits.safetensors;
 with `merged DIR` (a model `lora-tune merge` wrote), loads it with `AutoModelForCausalLM` alone.
+A family first (`gemma2`) does the same on tests/fixtures/llama/tiny-<family> with
+lora/train-<family>/final.safetensors, into tests/fixtures/lora/peft-<family>/.
 Environment: transformers==5.23.0 peft==0.21.2, torch per DESIGN.md §6.
+Usage: python3 tools/reference/peft_export.py [gemma2] [DIR | merged DIR]
 """
 import json
 import pathlib
@@ -20,8 +23,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-TINY = ROOT / "tests/fixtures/llama/tiny-llama"
-OUT = ROOT / "tests/fixtures/lora/peft"
+FAMILY = sys.argv.pop(1) if len(sys.argv) > 1 and sys.argv[1] in ("gemma2",) else None
+TINY = ROOT / "tests/fixtures/llama" / (f"tiny-{FAMILY}" if FAMILY else "tiny-llama")
+OUT = ROOT / "tests/fixtures/lora" / (f"peft-{FAMILY}" if FAMILY else "peft")
+TRAINED = ROOT / "tests/fixtures/lora" / (f"train-{FAMILY}" if FAMILY else "train") / "final.safetensors"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -38,7 +43,7 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     model = get_peft_model(base(), LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0,
                                               target_modules=TARGETS))
-    trained = load_file(ROOT / "tests/fixtures/lora/train/final.safetensors")
+    trained = load_file(TRAINED)
     result = set_peft_model_state_dict(model, trained)
     assert not result.unexpected_keys, result.unexpected_keys
     model.save_pretrained(OUT)

@@ -2,10 +2,13 @@
 //! with P = softmax(q·kᵀ + mask) and O = P·v, dv = Pᵀ·dO, dP = dO·vᵀ and
 //! dS = P ⊙ (dP − Σ_t dP⊙P), where the row sums are taken as Σ_d dO⊙O (flash attention's D) on
 //! [b, h, s, d] instead of s×s; dq = dS·k, dk = dSᵀ·q. The scale is applied to q beforehand, so
-//! the caller multiplies dq by it. Masked scores get no gradient (autodiff's `mask_fill`).
+//! the caller multiplies dq by it. Masked scores get no gradient (autodiff's `mask_fill`). With
+//! Gemma 2's soft cap the scores are c·tanh(q·kᵀ / c) and dS is multiplied by the cap's slope.
 
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Tensor};
+
+use super::ops::softcap_derivative;
 
 #[derive(Debug, Clone)]
 pub struct AttentionCore {
@@ -15,21 +18,38 @@ pub struct AttentionCore {
     v: Tensor<4>,
     /// [b, h, s, s]
     probs: Tensor<4>,
+    /// The soft cap's slope at each score, [b, h, s, s] (with a cap).
+    softcap_slope: Option<Tensor<4>>,
 }
 
 /// q (scaled), k, v: [b, h, s, d]; mask [b, h, s, s] (true = may not attend), masked scores
-/// set to `masked` ([`masked_score`]) → O [b, h, s, d].
+/// set to `masked` ([`masked_score`]), scores soft-capped at `softcap` → O [b, h, s, d].
 pub fn forward(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
     mask: Tensor<4, Bool>,
     masked: f32,
+    softcap: Option<f64>,
 ) -> (Tensor<4>, AttentionCore) {
     let scores = q.clone().matmul(k.clone().swap_dims(2, 3));
+    let (scores, softcap_slope) = match softcap {
+        Some(cap) => {
+            let capped = crate::model::attention::softcap(scores, cap);
+            (capped.clone(), Some(softcap_derivative(capped, cap)))
+        }
+        None => (scores, None),
+    };
     let probs = softmax(scores.mask_fill(mask, masked), 3);
     let out = probs.clone().matmul(v.clone());
-    (out, AttentionCore { q, k, v, probs })
+    let core = AttentionCore {
+        q,
+        k,
+        v,
+        probs,
+        softcap_slope,
+    };
+    (out, core)
 }
 
 /// The score a masked key gets: −∞ when every query may attend some key, so its exponential is
@@ -55,6 +75,10 @@ pub fn backward(
     let rows = (dout.clone() * out).sum_dim(3).expand([b, h, s, s]);
     let dprobs = dout.clone().matmul(core.v.swap_dims(2, 3));
     let dscores = (core.probs.clone() * (dprobs - rows)).mask_fill(mask, 0.0);
+    let dscores = match core.softcap_slope {
+        Some(slope) => dscores * slope,
+        None => dscores,
+    };
     let dq = dscores.clone().matmul(core.k);
     let dk = dscores.swap_dims(2, 3).matmul(core.q);
     let dv = core.probs.swap_dims(2, 3).matmul(dout);

@@ -42,7 +42,7 @@ pub fn forward(
     let scale = 1.0 / (d as f64).sqrt();
     let mask = padding.clone().expand([b, n, s, s]);
     let (q, k, v) = (heads(q).mul_scalar(scale), heads(k), heads(v));
-    let (context, core) = attention::forward(q, k, v, mask, masked);
+    let (context, core) = attention::forward(q, k, v, mask, masked, None);
     let context = context.swap_dims(1, 2).reshape([b * s, h]);
     let (attended, ao_tape) = linear::forward(&layer.attention_output, context);
     let first = attended + x;

@@ -1,11 +1,12 @@
 //! The top of a decoder, backward by hand: final RMSNorm, the LM head (with its adapter) or the
-//! tied embedding, Granite's logit scaling and the cross-entropy, `chunk` scored positions at a
+//! tied embedding, Granite's logit scaling, Gemma 2's logit soft cap and the cross-entropy, `chunk` scored positions at a
 //! time so only that many rows of vocabulary-sized buffers are alive.
 
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::linear::{self, FactorGradients};
-use super::ops::rms_norm_backward;
+use super::ops::{rms_norm_backward, softcap_derivative};
+use crate::model::attention::softcap;
 use crate::model::decoder::Decoder;
 use crate::train::cross_entropy::nll_sum_and_gradient;
 use crate::train::{TrainError, scalar};
@@ -50,8 +51,19 @@ pub fn backward(
         } else {
             logits.div_scalar(scaling)
         };
+        let (logits, cap_slope) = match model.config.deltas.logit_softcap {
+            Some(cap) => {
+                let capped = softcap(logits, cap);
+                (capped.clone(), Some(softcap_derivative(capped, cap)))
+            }
+            None => (logits, None),
+        };
         let (nll, dlogits) = nll_sum_and_gradient(logits, targets.to_vec());
         pass.loss += scalar(nll.div_scalar(denominator as f64))?;
+        let dlogits = match cap_slope {
+            Some(slope) => dlogits * slope,
+            None => dlogits,
+        };
         let dlogits = dlogits.div_scalar(denominator as f64 * scaling);
         let dnormed = match (&model.lm_head, tape) {
             (Some(head), Some(tape)) => {

@@ -1,15 +1,14 @@
 //! A decoder layer's forward keeping what backward needs, and its backward written out:
 //! grouped-query attention ([`super::attention`], key/value gradients summed over the query
-//! heads that share them), RoPE, q/k norms, the SwiGLU MLP, both norm placements and the
-//! residuals. Every linear layer goes through [`super::linear`].
+//! heads that share them, sliding windows, soft-capped scores), RoPE, q/k norms, the gated MLP
+//! (SwiGLU, GeGLU), norms before and/or after each block and the residuals. Every linear layer goes through [`super::linear`].
 //! Source of the forward it inverts: `model::decoder`, `model::attention`, `model::mlp`.
 
-use burn::tensor::activation::silu;
 use burn::tensor::{Bool, Tensor};
 
 use super::attention::{self, AttentionCore};
 use super::linear::{self, FactorGradients, LinearTape};
-use super::ops::{rms_norm_backward, rope_backward, silu_and_derivative};
+use super::ops::{activation_and_derivative, rms_norm_backward, rope_backward};
 use crate::data::batch::Batch;
 use crate::model::attention::Attention;
 use crate::model::decoder::{DecoderLayer, LayerInputs, LayerNorms};
@@ -42,8 +41,8 @@ impl Shape {
 
 #[derive(Debug, Clone)]
 pub struct LayerTape {
-    /// The norms' inputs: (x, x + attention) before the blocks, or the blocks' outputs after.
-    norm_inputs: [Tensor<2>; 2],
+    /// The inputs of the layer's norms, in [`LayerNorms`]' order (None where it has none).
+    norm_inputs: [Option<Tensor<2>>; 4],
     attention: AttentionTape,
     mlp: MlpTape,
 }
@@ -72,41 +71,25 @@ pub fn forward(
     inputs: &LayerInputs,
 ) -> (Tensor<2>, LayerTape) {
     let m = layer.residual_multiplier;
-    let (out, norm_inputs, attention, mlp) = match &layer.norms {
-        LayerNorms::Pre {
-            input_layernorm,
-            post_attention_layernorm,
-        } => {
-            let (a, attention) = attention_forward(
-                &layer.self_attn,
-                input_layernorm.forward_rows(x.clone()),
-                shape,
-                inputs,
-            );
-            let mid = x.clone() + scaled(a, m);
-            let (f, mlp) = mlp_forward(
-                &layer.mlp,
-                post_attention_layernorm.forward_rows(mid.clone()),
-            );
-            (mid.clone() + scaled(f, m), [x, mid], attention, mlp)
-        }
-        LayerNorms::Post {
-            post_attention_layernorm,
-            post_feedforward_layernorm,
-        } => {
-            let (a, attention) = attention_forward(&layer.self_attn, x.clone(), shape, inputs);
-            let mid = x + scaled(post_attention_layernorm.forward_rows(a.clone()), m);
-            let (f, mlp) = mlp_forward(&layer.mlp, mid.clone());
-            let out = mid + scaled(post_feedforward_layernorm.forward_rows(f.clone()), m);
-            (out, [a, f], attention, mlp)
-        }
-    };
+    let LayerNorms {
+        attention_in,
+        attention_out,
+        mlp_in,
+        mlp_out,
+    } = &layer.norms;
+    let (a, attention_in_x) = norm_forward(attention_in, x.clone());
+    let (a, attention) = attention_forward(layer, a, shape, inputs);
+    let (a, attention_out_x) = norm_forward(attention_out, a);
+    let mid = x + scaled(a, m);
+    let (f, mlp_in_x) = norm_forward(mlp_in, mid.clone());
+    let (f, mlp) = mlp_forward(&layer.mlp, f);
+    let (f, mlp_out_x) = norm_forward(mlp_out, f);
     let tape = LayerTape {
-        norm_inputs,
+        norm_inputs: [attention_in_x, attention_out_x, mlp_in_x, mlp_out_x],
         attention,
         mlp,
     };
-    (out, tape)
+    (mid + scaled(f, m), tape)
 }
 
 /// dy [b·s, hidden] → the input gradient (when `need_dx`) and the adapters' gradients.
@@ -119,41 +102,37 @@ pub fn backward(
     need_dx: bool,
 ) -> (Option<Tensor<2>>, LayerGradients) {
     let m = layer.residual_multiplier;
-    let [first, second] = tape.norm_inputs;
-    let (dx, attention, mlp) = match &layer.norms {
-        LayerNorms::Pre {
-            input_layernorm,
-            post_attention_layernorm,
-        } => {
-            let (dnormed, mlp) = mlp_backward(&layer.mlp, tape.mlp, scaled(dy.clone(), m));
-            let dmid = dy + rms_norm_backward(post_attention_layernorm, second, dnormed);
-            let (dnormed, attention) = attention_backward(
-                &layer.self_attn,
-                tape.attention,
-                scaled(dmid.clone(), m),
-                shape,
-                inputs,
-                need_dx,
-            );
-            let dx = dnormed.map(|d| dmid + rms_norm_backward(input_layernorm, first, d));
-            (dx, attention, mlp)
-        }
-        LayerNorms::Post {
-            post_attention_layernorm,
-            post_feedforward_layernorm,
-        } => {
-            let df = rms_norm_backward(post_feedforward_layernorm, second, scaled(dy.clone(), m));
-            let (dthrough, mlp) = mlp_backward(&layer.mlp, tape.mlp, df);
-            let dmid = dy + dthrough;
-            let da = rms_norm_backward(post_attention_layernorm, first, scaled(dmid.clone(), m));
-            let (dthrough, attention) =
-                attention_backward(&layer.self_attn, tape.attention, da, shape, inputs, need_dx);
-            (dthrough.map(|d| dmid + d), attention, mlp)
-        }
-    };
+    let LayerNorms {
+        attention_in,
+        attention_out,
+        mlp_in,
+        mlp_out,
+    } = &layer.norms;
+    let [attention_in_x, attention_out_x, mlp_in_x, mlp_out_x] = tape.norm_inputs;
+    let df = norm_backward(mlp_out, mlp_out_x, scaled(dy.clone(), m));
+    let (df, mlp) = mlp_backward(&layer.mlp, tape.mlp, df);
+    let dmid = dy + norm_backward(mlp_in, mlp_in_x, df);
+    let da = norm_backward(attention_out, attention_out_x, scaled(dmid.clone(), m));
+    let (da, attention) = attention_backward(layer, tape.attention, da, shape, inputs, need_dx);
+    let dx = da.map(|da| dmid + norm_backward(attention_in, attention_in_x, da));
     let [q, k, v, o] = attention;
     let [gate, up, down] = mlp;
     (dx, [q, k, v, o, gate, up, down])
+}
+
+/// x through `norm` if the layer has it, with the norm's input kept.
+fn norm_forward(norm: &Option<RmsNorm>, x: Tensor<2>) -> (Tensor<2>, Option<Tensor<2>>) {
+    match norm {
+        Some(norm) => (norm.forward_rows(x.clone()), Some(x)),
+        None => (x, None),
+    }
+}
+
+fn norm_backward(norm: &Option<RmsNorm>, x: Option<Tensor<2>>, dy: Tensor<2>) -> Tensor<2> {
+    match (norm, x) {
+        (Some(norm), Some(x)) => rms_norm_backward(norm, x, dy),
+        _ => dy,
+    }
 }
 
 fn scaled(t: Tensor<2>, m: f64) -> Tensor<2> {
@@ -161,11 +140,12 @@ fn scaled(t: Tensor<2>, m: f64) -> Tensor<2> {
 }
 
 fn attention_forward(
-    attn: &Attention,
+    layer: &DecoderLayer,
     x: Tensor<2>,
     Shape { b, s, masked }: Shape,
     inputs: &LayerInputs,
 ) -> (Tensor<2>, AttentionTape) {
+    let attn = &layer.self_attn;
     let (h, kv, d) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
     let (q, q_tape) = linear::forward(&attn.q_proj, x.clone());
     let (k, k_tape) = linear::forward(&attn.k_proj, x.clone());
@@ -182,7 +162,8 @@ fn attention_forward(
     let q = inputs.rope.apply(heads(q, h)).mul_scalar(attn.scale);
     let k = repeat(inputs.rope.apply(heads(k, kv)));
     let v = repeat(heads(v, kv));
-    let (out, core) = attention::forward(q, k, v, mask(inputs, b, h, s), masked);
+    let mask = mask(layer, inputs, b, h, s);
+    let (out, core) = attention::forward(q, k, v, mask, masked, attn.softcap);
     let out = out.swap_dims(1, 2).reshape([b * s, h * d]);
     let (y, o_tape) = linear::forward(&attn.o_proj, out);
     let tape = AttentionTape {
@@ -194,20 +175,25 @@ fn attention_forward(
 }
 
 fn attention_backward(
-    attn: &Attention,
+    layer: &DecoderLayer,
     tape: AttentionTape,
     dy: Tensor<2>,
     Shape { b, s, .. }: Shape,
     inputs: &LayerInputs,
     need_dx: bool,
 ) -> (Option<Tensor<2>>, [Option<FactorGradients>; 4]) {
+    let attn = &layer.self_attn;
     let (h, kv, d) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
     let [q_tape, k_tape, v_tape, o_tape] = tape.projections;
     let out = o_tape.input();
     let (dout, o) = linear::backward(&attn.o_proj, o_tape, dy);
     let heads = |t: Tensor<2>| t.reshape([b, s, h, d]).swap_dims(1, 2); // [b, h, s, d]
-    let (dq, dk, dv) =
-        attention::backward(tape.core, heads(dout), heads(out), mask(inputs, b, h, s));
+    let (dq, dk, dv) = attention::backward(
+        tape.core,
+        heads(dout),
+        heads(out),
+        mask(layer, inputs, b, h, s),
+    );
     let dq = dq.mul_scalar(attn.scale);
     // Each key/value head's gradient is the sum over the query heads that read it.
     let group = |t: Tensor<4>| {
@@ -235,9 +221,16 @@ fn attention_backward(
     (dx, [q, k, v, o])
 }
 
-/// The causal / padding / packing mask for every head: [b, h, s, s].
-fn mask(inputs: &LayerInputs, b: usize, h: usize, s: usize) -> Tensor<4, Bool> {
-    inputs.mask.clone().expand([b, h, s, s])
+/// The causal / padding / packing (and sliding-window) mask of `layer` for every head:
+/// [b, h, s, s].
+fn mask(
+    layer: &DecoderLayer,
+    inputs: &LayerInputs,
+    b: usize,
+    h: usize,
+    s: usize,
+) -> Tensor<4, Bool> {
+    inputs.mask_of(layer).clone().expand([b, h, s, s])
 }
 
 /// q or k [n, heads·d] through its RMSNorm (per head or over the projection) → same, and the
@@ -275,7 +268,8 @@ fn qk_norm_backward(norm: &Option<RmsNorm>, rows: Option<Tensor<2>>, dy: Tensor<
 fn mlp_forward(mlp: &Mlp, x: Tensor<2>) -> (Tensor<2>, MlpTape) {
     let (gate, gate_tape) = linear::forward(&mlp.gate_proj, x.clone());
     let (up, up_tape) = linear::forward(&mlp.up_proj, x);
-    let (y, down_tape) = linear::forward(&mlp.down_proj, silu(gate.clone()) * up.clone());
+    let activated = mlp.activation.apply(gate.clone());
+    let (y, down_tape) = linear::forward(&mlp.down_proj, activated * up.clone());
     let tape = MlpTape {
         projections: [gate_tape, up_tape, down_tape],
         gate,
@@ -292,7 +286,7 @@ fn mlp_backward(
 ) -> (Tensor<2>, [Option<FactorGradients>; 3]) {
     let [gate_tape, up_tape, down_tape] = tape.projections;
     let (dhidden, down) = linear::backward(&mlp.down_proj, down_tape, dy);
-    let (activated, derivative) = silu_and_derivative(tape.gate);
+    let (activated, derivative) = activation_and_derivative(mlp.activation, tape.gate);
     let dgate = dhidden.clone() * tape.up * derivative;
     let dup = dhidden * activated;
     let (dxg, gate) = linear::backward(&mlp.gate_proj, gate_tape, dgate);

@@ -149,7 +149,7 @@ fn plain_forward(
     inputs: &LayerInputs,
 ) -> Tensor<2> {
     let hidden = x.dims()[1];
-    let y = layer.forward(x.reshape([b, s, hidden]), &inputs.rope, &inputs.mask, None);
+    let y = layer.forward(x.reshape([b, s, hidden]), inputs, None);
     y.reshape([b * s, hidden])
 }
 

@@ -1,10 +1,11 @@
 //! Backward of the small operations the blocks share: RMSNorm and LayerNorm (whose forwards are
-//! `model::norm`'s, on rows), rotary embeddings, the SiLU gate and the exact GELU. Each backward
+//! `model::norm`'s, on rows), rotary embeddings, the gates' activations (SiLU, GELU exact and tanh) and soft caps. Each backward
 //! takes what its forward kept and the output gradient.
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::sigmoid;
 
+use crate::model::mlp::{Activation, GELU_TANH};
 use crate::model::norm::{LayerNorm, RmsNorm};
 use crate::model::rope::RopeTables;
 
@@ -35,6 +36,39 @@ pub fn silu_and_derivative(x: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
     let silu = x.clone() * sig.clone();
     let derivative = sig.clone() * (x * (sig.neg() + 1.0) + 1.0);
     (silu, derivative)
+}
+
+/// The gated MLP's activation of x and its derivative.
+pub fn activation_and_derivative(activation: Activation, x: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+    match activation {
+        Activation::Silu => silu_and_derivative(x),
+        Activation::GeluTanh => gelu_tanh_and_derivative(x),
+        Activation::Gelu => {
+            let (gelu, cdf) = gelu_and_cdf(x.clone());
+            (gelu, gelu_derivative(x, cdf))
+        }
+    }
+}
+
+/// ½x(1 + t) with t = tanh(k(x + c·x³)), and its derivative
+/// ½(1 + t) + ½x(1 − t²)·k(1 + 3c·x²), from one tanh.
+pub fn gelu_tanh_and_derivative(x: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+    let (k, c) = GELU_TANH;
+    let square = x.clone().powi_scalar(2);
+    let t = (x.clone() * (square.clone().mul_scalar(c) + 1.0))
+        .mul_scalar(k)
+        .tanh();
+    let half_x = x.mul_scalar(0.5);
+    let gelu = half_x.clone() * (t.clone() + 1.0);
+    let slope = (square.mul_scalar(3.0 * c) + 1.0).mul_scalar(k);
+    let derivative =
+        (t.clone() + 1.0).mul_scalar(0.5) + half_x * (t.powi_scalar(2).neg() + 1.0) * slope;
+    (gelu, derivative)
+}
+
+/// The derivative of c·tanh(x / c) given its value y: 1 − (y / c)².
+pub fn softcap_derivative<const D: usize>(capped: Tensor<D>, cap: f64) -> Tensor<D> {
+    capped.div_scalar(cap).powi_scalar(2).neg() + 1.0
 }
 
 /// y = w·x̂ + b with x̂ = (x − mean)·r, r = 1/√(var + ε):
