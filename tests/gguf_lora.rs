@@ -121,6 +121,20 @@ fn gemma2_gguf_lora_equals_llama_cpp_converter_output() {
 }
 
 #[test]
+fn gemma3_gguf_lora_equals_llama_cpp_converter_output() {
+    let (_, ours, _) = compare_with_converter_on(
+        "tiny-gemma3",
+        "peft-gemma3",
+        TensorType::F32,
+        "tiny-gemma3-lora.gguf",
+    );
+    assert_eq!(
+        ours.get("general.architecture"),
+        Some(&MetaValue::String("gemma3".into()))
+    );
+}
+
+#[test]
 fn gguf_lora_equals_llama_cpp_converter_output() {
     let (mut model, _, theirs) = compare_with_converter(TensorType::F32, "tiny-lora.gguf");
     // The permutation is not a no-op on this model, so the comparison above covers it.

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use burn::tensor::Tensor;
 use lora_tune::model::decoder::Decoder;
-use lora_tune::model::decoder_config::{DecoderConfig, NormPlacement, QkNorm};
+use lora_tune::model::decoder_config::{DecoderConfig, NormPlacement, QkNorm, RopeScaling};
 use lora_tune::model::generate::{Sampling, generate};
 use lora_tune::model::mlp::Activation;
 use lora_tune::weights::gguf::GgufFile;
@@ -276,6 +276,26 @@ fn tiny_gemma2_generates_what_transformers_generates() {
     assert_eq!((window.size, window.layers), (4, vec![true, false]));
     assert_eq!(d.attention_scale, Some(24f64.powf(-0.5)));
     assert_eq!(d.embedding_multiplier, 8.0);
+}
+
+#[test]
+fn tiny_gemma3_with_head_norms_and_rope_per_layer_kind_matches_transformers() {
+    check_tiny("tiny-gemma3");
+}
+
+#[test]
+fn tiny_gemma3_generates_what_transformers_generates() {
+    let config = greedy_equals_transformers("tiny-gemma3");
+    let d = &config.deltas;
+    assert_eq!(
+        (d.qk_norm, d.attention_softcap, d.logit_softcap),
+        (QkNorm::PerHead, None, None)
+    );
+    assert_eq!(d.local_rope_theta, Some(10_000.0));
+    assert_eq!(
+        (config.rope_theta, config.rope_scaling),
+        (1e6, RopeScaling::Linear { factor: 4.0 })
+    );
 }
 
 /// The tiny model `name` generates transformers' 12 greedy tokens after each prompt of its

@@ -53,7 +53,7 @@ fn ten_steps_with_gradient_checkpointing_equal_peft() {
 /// and the head's cross-entropy in chunks — step after step of AdamW.
 #[test]
 fn the_derived_step_equals_autodiff() {
-    derived_step_equals_autodiff_on("tiny-llama", r"model\.layers\.1\..*|lm_head");
+    derived_step_equals_autodiff_on("tiny-llama", r"model\.layers\.1\..*|lm_head", [1e-5; 2]);
 }
 
 /// The same on Gemma 2 with adapters in layer 0, whose attention has the sliding window (4, so
@@ -61,10 +61,25 @@ fn the_derived_step_equals_autodiff() {
 /// sandwich norms and GeGLU.
 #[test]
 fn the_derived_step_equals_autodiff_on_gemma2() {
-    derived_step_equals_autodiff_on("tiny-gemma2", r"model\.layers\.0\..*|lm_head");
+    derived_step_equals_autodiff_on("tiny-gemma2", r"model\.layers\.0\..*|lm_head", [1e-5; 2]);
 }
 
-fn derived_step_equals_autodiff_on(name: &str, targets: &str) {
+/// And on Gemma 3, adapters in its local layer 0: the backward passes through the global
+/// layer's RoPE table and q/k norms, then the local layer's. Within 1e-6 without
+/// checkpointing; with it, the first pass runs the backend's fused attention, whose rounding
+/// (≈1e-7 in the hidden states) the per-head q norms over 16 dimensions amplify in q_proj's B
+/// gradient to 3.6e-5 (with the taped forward in that pass instead, the two agree to 6e-7), and
+/// AdamW, which moves a coordinate by about lr whatever its gradient's size, turns into 2.1e-4
+/// in the adapters after five steps.
+#[test]
+fn the_derived_step_equals_autodiff_on_gemma3() {
+    derived_step_equals_autodiff_on("tiny-gemma3", r"model\.layers\.0\..*|lm_head", [5e-5, 5e-4]);
+}
+
+/// Gradients of `name` with adapters on `targets` within `tolerance[0]` of autodiff's, and the
+/// adapters after five steps with and without checkpointing within `tolerance[1]` (relative to
+/// each tensor's largest).
+fn derived_step_equals_autodiff_on(name: &str, targets: &str, tolerance: [f32; 2]) {
     use lora_tune::recipe::Targets;
     use lora_tune::train::autograd::{sum, whole_graph_gradients};
     use lora_tune::train::derived::loss_and_gradients_chunked;
@@ -151,7 +166,10 @@ fn derived_step_equals_autodiff_on(name: &str, targets: &str) {
             let mut worst = 0.0f32;
             for ((key, g), w) in keys.iter().zip(got).zip(&want.1) {
                 let d = relative_difference(&tiny::values(g), &tiny::values(w));
-                assert!(d <= 1e-5, "step {step}, {what}: {key} differs by {d}");
+                assert!(
+                    d <= tolerance[0],
+                    "step {step}, {what}: {key} differs by {d}"
+                );
                 worst = worst.max(d);
             }
             eprintln!(
@@ -173,7 +191,7 @@ fn derived_step_equals_autodiff_on(name: &str, targets: &str) {
     );
     for ((key, a), (_, b)) in got.iter().zip(&want) {
         let d = relative_difference(&a.values, &b.values);
-        assert!(d <= 1e-5, "{key}: {d} after five steps");
+        assert!(d <= tolerance[1], "{key}: {d} after five steps");
     }
 }
 
@@ -687,4 +705,43 @@ fn ten_steps_on_tiny_gemma2_equal_peft() {
     tiny::assert_ten_steps_equal_peft_on(name, fixtures, &cpu(), "gemma2", false);
     let what = "gemma2, gradient checkpointing";
     tiny::assert_ten_steps_equal_peft_on(name, fixtures, &cpu(), what, true);
+}
+
+/// Golden: tools/reference/lora_train.py gemma3 (peft 0.21.2 on tiny-gemma3): the same ten
+/// steps through Gemma 3's per-head q/k norms and its two RoPE tables (local layer 0 with the
+/// window, global layer 1 with linear scaling), with and without gradient checkpointing.
+#[test]
+fn ten_steps_on_tiny_gemma3_equal_peft() {
+    let (name, fixtures) = ("tiny-gemma3", "lora/train-gemma3");
+    tiny::assert_ten_steps_equal_peft_on(name, fixtures, &cpu(), "gemma3", false);
+    let what = "gemma3, gradient checkpointing";
+    tiny::assert_ten_steps_equal_peft_on(name, fixtures, &cpu(), what, true);
+}
+
+/// Right padding longer than the window: a padding query then sees no real key inside the
+/// window; it attends only itself (`causal_padding_mask`), so nothing turns into NaN and the
+/// real tokens' loss and gradients are those of the unpadded row (tiny Gemma 2, window 4).
+#[test]
+fn padding_past_the_window_changes_nothing() {
+    use lora_tune::train::derived::loss_and_gradients;
+    let mut model = tiny::named_with_adapters("tiny-gemma2", &tiny::lora(), 5);
+    tiny::nonzero_b(&mut model);
+    let row = |pad: usize| Batch {
+        input_ids: vec![[vec![7, 19, 3], vec![0; pad]].concat()],
+        attention_mask: vec![[vec![1; 3], vec![0; pad]].concat()],
+        labels: vec![[vec![-100, 19, 3], vec![-100; pad]].concat()],
+        classes: Vec::new(),
+    };
+    let (want_loss, want) = loss_and_gradients(&model, &row(0), 2).unwrap().unwrap();
+    let (loss, got) = loss_and_gradients(&model, &row(9), 2).unwrap().unwrap();
+    assert!(
+        loss.is_finite() && rel(loss, want_loss) < 1e-6,
+        "{loss} vs {want_loss}"
+    );
+    for (g, w) in got.iter().zip(&want) {
+        let d = relative_difference(&tiny::values(g), &tiny::values(w));
+        assert!(d < 1e-5, "gradients differ by {d}");
+    }
+    let logits = tiny::values(&model.forward(&row(9).input_ids, &row(9).attention_mask));
+    assert!(logits.iter().all(|v| v.is_finite()));
 }

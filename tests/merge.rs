@@ -48,16 +48,21 @@ fn merged_sharded_model_gives_the_adapted_logits() {
     tiny::assert_peft_logits(&model, "merged tiny model");
 }
 
-/// Gemma 2: the (1 + w) norms are copied as stored (the offset is the loader's), so the merged
-/// model reloads to PEFT's adapted logits (transformers: tools/reference/peft_export.py gemma2
-/// merged DIR).
+/// Gemma 2 and 3: the (1 + w) norms are copied as stored (the offset is the loader's), so the
+/// merged model reloads to PEFT's adapted logits (transformers: tools/reference/peft_export.py
+/// gemma2|gemma3 merged DIR).
 #[test]
-fn merged_gemma2_gives_the_adapted_logits() {
-    let dir = Path::new(ROOT).join("tests/fixtures/llama/tiny-gemma2");
+fn merged_gemma_models_give_the_adapted_logits() {
+    merged_gives_the_adapted_logits("gemma2");
+    merged_gives_the_adapted_logits("gemma3");
+}
+
+fn merged_gives_the_adapted_logits(family: &str) {
+    let dir = Path::new(ROOT).join(format!("tests/fixtures/llama/tiny-{family}"));
     let config = lora_tune::model::read_decoder_config(&dir.join("config.json")).unwrap();
     let out = tempfile::tempdir().unwrap();
     let merged_dir = out.path().join("merged");
-    let adapter = Path::new(ROOT).join("tests/fixtures/lora/peft-gemma2");
+    let adapter = Path::new(ROOT).join(format!("tests/fixtures/lora/peft-{family}"));
     let m = merge(
         &ModelFiles::Dir(dir),
         &config,
@@ -72,7 +77,8 @@ fn merged_gemma2_gives_the_adapted_logits() {
     let device = select(DeviceChoice::Cpu).unwrap().device;
     let config = lora_tune::model::read_decoder_config(&merged_dir.join("config.json")).unwrap();
     let model = Decoder::load(config, HostTensors::read(&merged_dir).unwrap(), &device).unwrap();
-    tiny::assert_peft_logits_of(&model, "lora/peft-gemma2", "merged tiny Gemma 2");
+    let what = format!("merged tiny {family}");
+    tiny::assert_peft_logits_of(&model, &format!("lora/peft-{family}"), &what);
 }
 
 #[test]

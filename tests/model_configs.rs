@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use lora_tune::model::decoder_config::DecoderConfig;
+use lora_tune::model::decoder_config::{DecoderConfig, QkNorm, RopeScaling};
 use lora_tune::model::mlp::Activation;
 use lora_tune::model::read_decoder_config;
 use lora_tune::weights::gguf::{GgufFile, MetaValue};
@@ -53,9 +53,15 @@ fn fields_that_change_the_computation_are_refused_by_name_and_value() {
             json!({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}),
             "rope_type `yarn`",
         ),
+        (json!({"model_type": "gemma3"}), "model_type `gemma3`"),
         (
-            json!({"model_type": "gemma3_text"}),
-            "model_type `gemma3_text`",
+            json!({"model_type": "gemma3_text", "rope_parameters": {
+                "sliding_attention": {"rope_type": "linear", "factor": 2.0}}}),
+            "scaling Linear { factor: 2.0 } on the local layers",
+        ),
+        (
+            json!({"rope_parameters": {"rope_type": "linear"}}),
+            "linear rope scaling needs a positive factor",
         ),
         (
             json!({"model_type": "gemma2", "hidden_activation": "relu"}),
@@ -87,6 +93,39 @@ fn fields_that_change_the_computation_are_refused_by_name_and_value() {
     for act in ["gelu", "gelu_pytorch_tanh", "gelu_new", "swish"] {
         assert!(config_with(json!({ "hidden_act": act })).is_ok(), "{act}");
     }
+}
+
+#[test]
+fn gemma3_fields_are_read_with_transformers_defaults() {
+    // The older form: top-level rope_theta / rope_local_base_freq / rope_scaling; 12 layers so
+    // the default pattern (5 local, 1 global) shows.
+    let c = config_with(json!({
+        "model_type": "gemma3_text", "num_hidden_layers": 12, "rope_parameters": null,
+        "rope_local_base_freq": 20000.0, "rope_theta": 2000000.0,
+        "rope_scaling": {"rope_type": "linear", "factor": 8.0}
+    }))
+    .unwrap();
+    let d = &c.deltas;
+    assert_eq!((d.attention_softcap, d.logit_softcap), (None, None));
+    assert_eq!(d.qk_norm, QkNorm::PerHead);
+    let global = [false, false, false, false, false, true];
+    let window = d.sliding_window.clone().unwrap();
+    assert_eq!(
+        window.layers,
+        [global.map(|g| !g), global.map(|g| !g)].concat()
+    );
+    assert_eq!(
+        (c.rope_theta, c.rope_scaling),
+        (2e6, RopeScaling::Linear { factor: 8.0 })
+    );
+    assert_eq!(d.local_rope_theta, Some(20000.0));
+    assert_eq!(c.gguf_architecture(), "gemma3");
+    // transformers 5's form, and its defaults (1e6 global, 1e4 local).
+    let c = config_with(json!({"model_type": "gemma3_text", "rope_parameters": {
+        "full_attention": {"rope_type": "default"}, "sliding_attention": {"rope_type": "default"}}}))
+    .unwrap();
+    assert_eq!((c.rope_theta, c.rope_scaling), (1e6, RopeScaling::None));
+    assert_eq!(c.deltas.local_rope_theta, Some(1e4));
 }
 
 #[test]

@@ -29,6 +29,11 @@ fn written_gemma2_folder_equals_what_peft_saves() {
     written_folder_equals_what_peft_saves_on("tiny-gemma2", "train-gemma2", "peft-gemma2");
 }
 
+#[test]
+fn written_gemma3_folder_equals_what_peft_saves() {
+    written_folder_equals_what_peft_saves_on("tiny-gemma3", "train-gemma3", "peft-gemma3");
+}
+
 /// The tiny model `base` with the adapters of `lora/<trained>/final.safetensors`, written, equals
 /// PEFT's folder `lora/<peft>`.
 fn written_folder_equals_what_peft_saves_on(base: &str, trained: &str, peft_dir: &str) {
@@ -128,14 +133,17 @@ fn peft_saved_folder_reads_back_to_peft_logits() {
 }
 
 #[test]
-fn peft_saved_gemma2_folder_reads_back_to_peft_logits() {
-    let mut model = tiny::named("tiny-gemma2");
-    let sites = model.config.linear_sites();
-    model
-        .apply_peft_folder(&sites, &lora_fixture("peft-gemma2"))
-        .unwrap();
-    assert_eq!(model.adapters_mut().len(), 14);
-    tiny::assert_peft_logits_of(&model, "lora/peft-gemma2", "Gemma 2 PEFT folder read back");
+fn peft_saved_gemma_folders_read_back_to_peft_logits() {
+    for family in ["gemma2", "gemma3"] {
+        let mut model = tiny::named(&format!("tiny-{family}"));
+        let sites = model.config.linear_sites();
+        model
+            .apply_peft_folder(&sites, &lora_fixture(&format!("peft-{family}")))
+            .unwrap();
+        assert_eq!(model.adapters_mut().len(), 14);
+        let what = format!("{family} PEFT folder read back");
+        tiny::assert_peft_logits_of(&model, &format!("lora/peft-{family}"), &what);
+    }
 }
 
 #[test]

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::dtype::Dtype;
 use crate::lora::targets::{self, TargetError};
-use crate::model::decoder_config::DecoderConfig;
+use crate::model::decoder_config::{DecoderConfig, RopeScaling};
 use crate::peft::factor_key;
 use crate::peft::folder::{PeftError, WEIGHTS_FILE, read_lora};
 use crate::source::ModelFiles;
@@ -283,7 +283,7 @@ fn write_config_and_tokenizer(
         "eos_token_id": tok.eos_id,
         "pad_token_id": tok.pad_id,
     });
-    if let Some(s) = c.rope_llama3 {
+    if let RopeScaling::Llama3(s) = c.rope_scaling {
         value["rope_scaling"] = json!({
             "rope_type": "llama3",
             "factor": s.factor,

@@ -180,7 +180,7 @@ pub fn check(config: &PeftConfig, base: &DecoderConfig) -> Vec<Finding> {
 mod tests {
     use super::*;
     use crate::lora::targets::TargetLayer;
-    use crate::model::decoder_config::{Deltas, Family};
+    use crate::model::decoder_config::{Deltas, Family, RopeScaling};
     use crate::recipe::LoraSection;
 
     fn base() -> DecoderConfig {
@@ -194,7 +194,7 @@ mod tests {
             head_dim: 16,
             rms_norm_eps: 1e-5,
             rope_theta: 10000.0,
-            rope_llama3: None,
+            rope_scaling: RopeScaling::None,
             max_position_embeddings: 128,
             tie_word_embeddings: true,
             qkv_bias: false,

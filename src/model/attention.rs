@@ -89,8 +89,7 @@ impl Attention {
         } else {
             // No gradient (evaluation, generation, the first pass of gradient checkpointing):
             // the backend's fused attention, tiled over keys for long rows (flex) — no S×S
-            // buffers. A query with every key masked (left padding) gets zeros instead of
-            // the eager path's uniform average; no real token reads it.
+            // buffers.
             let options = AttentionModuleOptions {
                 scale: Some(self.scale),
                 softcap: self.softcap,
@@ -124,7 +123,7 @@ pub struct KvCache {
 
 /// [b, 1, s, start + s]: new query i (at position start + i) may not attend key j when
 /// j > start + i, key j is padding, key j belongs to another packed example, or (with a sliding
-/// `window`) j ≤ start + i − window.
+/// `window`) j ≤ start + i − window. Every query sees at least one key.
 pub fn causal_padding_mask(
     attention_mask: &[Vec<u8>],
     s: usize,
@@ -138,11 +137,22 @@ pub fn causal_padding_mask(
     for row in attention_mask {
         let example = |j: usize| row.get(j).copied().unwrap_or(0);
         for i in start..t {
-            // A padding query (example 0) may look at any real key; its output is never used.
             let own = example(i);
+            // A padding query (example 0) may look at any real key, as transformers' mask lets
+            // it; where none is in reach (left padding, or a window past right padding) it
+            // attends itself, so no row is fully masked. Its output is never used.
+            let reaches = |j: usize| j <= i && i - j < window;
+            let alone = own == 0
+                && !(0..=i)
+                    .rev()
+                    .take_while(|&j| reaches(j))
+                    .any(|j| example(j) != 0);
             masked.extend((0..t).map(|j| {
                 let key = example(j);
-                j > i || i - j >= window || key == 0 || (own != 0 && key != own)
+                match own {
+                    0 => !((reaches(j) && key != 0) || (alone && j == i)),
+                    _ => !reaches(j) || key != own,
+                }
             }));
         }
     }

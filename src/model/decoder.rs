@@ -11,7 +11,7 @@ use super::decoder_config::{DecoderConfig, NormPlacement, QkNorm};
 use super::linear::{Linear, take1, take2};
 use super::mlp::Mlp;
 use super::norm::RmsNorm;
-use super::rope::{RopeTables, inverse_frequencies};
+use super::rope::{RopeTables, inverse_frequencies, local_inverse_frequencies};
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
 
@@ -95,7 +95,7 @@ impl DecoderLayer {
         inputs: &LayerInputs,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
-        let (rope, mask) = (&inputs.rope, inputs.mask_of(self));
+        let (rope, mask) = (inputs.rope_of(self), inputs.mask_of(self));
         let scaled = |t: Tensor<3>| match self.residual_multiplier {
             1.0 => t,
             m => t.mul_scalar(m),
@@ -145,6 +145,8 @@ pub struct LayerInputs {
     pub mask: Tensor<4, Bool>,
     /// The same with the sliding window's limit, for the layers that have one.
     pub windowed_mask: Option<Tensor<4, Bool>>,
+    /// The sliding-window layers' own rotary tables (Gemma 3).
+    pub local_rope: Option<RopeTables>,
 }
 
 impl LayerInputs {
@@ -164,6 +166,16 @@ impl LayerInputs {
             mask: causal_padding_mask(attention_mask, s, start, None, device),
             windowed_mask: window
                 .map(|w| causal_padding_mask(attention_mask, s, start, Some(w.size), device)),
+            local_rope: (model.inv_freq_local.as_ref())
+                .map(|inv_freq| RopeTables::new(inv_freq, positions, device)),
+        }
+    }
+
+    /// The rotary tables `layer` rotates q and k with.
+    pub fn rope_of(&self, layer: &DecoderLayer) -> &RopeTables {
+        match (&self.local_rope, layer.sliding) {
+            (Some(local), true) => local,
+            _ => &self.rope,
         }
     }
 
@@ -189,6 +201,7 @@ pub struct Decoder {
     /// (transformers' `gradient_checkpointing`; `train::derived`). Off by default.
     pub gradient_checkpointing: bool,
     inv_freq: Vec<f32>,
+    inv_freq_local: Option<Vec<f32>>,
     device: Device,
 }
 
@@ -310,6 +323,7 @@ impl Decoder {
         };
         w.finish()?;
         let inv_freq = inverse_frequencies(c);
+        let inv_freq_local = local_inverse_frequencies(c);
         Ok(Self {
             config,
             embed_tokens,
@@ -318,6 +332,7 @@ impl Decoder {
             lm_head,
             gradient_checkpointing: false,
             inv_freq,
+            inv_freq_local,
             device: device.clone(),
         })
     }

@@ -21,6 +21,17 @@ pub struct Llama3Scaling {
     pub original_max_position_embeddings: f64,
 }
 
+/// How RoPE's inverse frequencies are rescaled (transformers' `rope_type`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    /// `default`.
+    None,
+    /// `llama3`: frequency-dependent.
+    Llama3(Llama3Scaling),
+    /// `linear`: every frequency divided by `factor` (Gemma 3's global layers).
+    Linear { factor: f64 },
+}
+
 /// Which RMSNorm q and k pass through before RoPE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QkNorm {
@@ -56,6 +67,7 @@ pub enum Family {
     Granite,
     Olmo2,
     Gemma2,
+    Gemma3,
 }
 
 impl Family {
@@ -68,6 +80,7 @@ impl Family {
             Self::Granite => "granite",
             Self::Olmo2 => "olmo2",
             Self::Gemma2 => "gemma2",
+            Self::Gemma3 => "gemma3",
         }
     }
 }
@@ -96,6 +109,9 @@ pub struct Deltas {
     pub norm_weight_offset: bool,
     /// The gated MLP's activation (`hidden_act`, Gemma's `hidden_activation`).
     pub activation: Activation,
+    /// RoPE's base in the sliding-window layers where it differs from `rope_theta` (Gemma 3's
+    /// `rope_parameters.sliding_attention`, unscaled).
+    pub local_rope_theta: Option<f64>,
     /// The layers whose attention reaches back only a window of positions (Mistral's
     /// `sliding_window`, Qwen2's with `use_sliding_window`, `layer_types`).
     pub sliding_window: Option<SlidingWindow>,
@@ -140,6 +156,7 @@ impl Default for Deltas {
             logit_softcap: None,
             norm_weight_offset: false,
             activation: Activation::Silu,
+            local_rope_theta: None,
             sliding_window: None,
         }
     }
@@ -156,7 +173,7 @@ pub struct DecoderConfig {
     pub head_dim: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
-    pub rope_llama3: Option<Llama3Scaling>,
+    pub rope_scaling: RopeScaling,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     /// q/k/v projections carry biases (Qwen2; Llama with `attention_bias`).
@@ -245,7 +262,7 @@ impl DecoderConfig {
             head_dim,
             rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
             rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
-            rope_llama3: None,
+            rope_scaling: RopeScaling::None,
             max_position_embeddings: int("context_length").unwrap_or(2048),
             tie_word_embeddings: !has("output.weight"),
             qkv_bias: has("blk.0.attn_q.bias"),

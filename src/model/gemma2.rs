@@ -3,6 +3,7 @@
 //! (`hidden_activation`, tanh-approximated GELU), attention scores scaled by
 //! `query_pre_attn_scalar`^-½ and soft-capped (`attn_logit_softcapping`), soft-capped logits
 //! (`final_logit_softcapping`), and a sliding window on every other layer (`layer_types`).
+//! Gemma 3 ([`super::gemma3`]) reads the same fields with its own defaults ([`GemmaDefaults`]).
 //! Source: transformers `models/gemma2/{configuration,modeling}_gemma2.py`.
 
 use std::path::Path;
@@ -15,10 +16,10 @@ use super::llama::LlamaJson;
 use super::mlp::Activation;
 use crate::weights::WeightsError;
 
-/// Gemma2Config's own fields; the soft caps and the window are read from the JSON value,
-/// where null (none) and absent (the default) differ.
+/// Gemma2Config's (and Gemma3TextConfig's) own fields; the soft caps and the window are read
+/// from the JSON value, where null (none) and absent (the default) differ.
 #[derive(Deserialize)]
-struct Gemma2Json {
+struct GemmaJson {
     hidden_activation: Option<String>,
     query_pre_attn_scalar: Option<f64>,
     layer_types: Option<Vec<String>>,
@@ -28,13 +29,37 @@ struct Gemma2Json {
     num_hidden_layers: usize,
 }
 
+/// What Gemma 2 and Gemma 3 configs default to where they differ.
+pub struct GemmaDefaults {
+    /// `attn_logit_softcapping`, `final_logit_softcapping` when absent.
+    pub softcaps: (Option<f64>, Option<f64>),
+    /// Every `pattern`-th layer has full attention, the others the window (without
+    /// `layer_types`).
+    pub pattern: usize,
+    pub family: Family,
+}
+
 /// A Gemma 2 config.json (`text`, read from `path`).
 pub fn config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
+    let defaults = GemmaDefaults {
+        softcaps: (Some(50.0), Some(30.0)),
+        pattern: 2,
+        family: Family::Gemma2,
+    };
+    gemma_config(path, text, &defaults)
+}
+
+/// The fields Gemma 2 and 3 share, read with `defaults`.
+pub fn gemma_config(
+    path: &Path,
+    text: &str,
+    defaults: &GemmaDefaults,
+) -> Result<DecoderConfig, WeightsError> {
     let err = |detail: String| WeightsError::format(path, detail);
-    let extra: Gemma2Json =
-        serde_json::from_str(text).map_err(|e| err(format!("not a Gemma 2 config: {e}")))?;
+    let extra: GemmaJson =
+        serde_json::from_str(text).map_err(|e| err(format!("not a Gemma config: {e}")))?;
     let json: Value =
-        serde_json::from_str(text).map_err(|e| err(format!("not a Gemma 2 config: {e}")))?;
+        serde_json::from_str(text).map_err(|e| err(format!("not a Gemma config: {e}")))?;
     if extra.use_bidirectional_attention == Some(true) {
         return Err(err(
             "use_bidirectional_attention = true: only causal attention is implemented".into(),
@@ -56,9 +81,9 @@ pub fn config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
             Activation::SUPPORTED
         ))
     })?;
-    let optional = |key: &str, default: f64| -> Result<Option<f64>, WeightsError> {
+    let optional = |key: &str, default: Option<f64>| -> Result<Option<f64>, WeightsError> {
         match json.get(key) {
-            None => Ok(Some(default)),
+            None => Ok(default),
             Some(Value::Null) => Ok(None),
             Some(v) => match v.as_f64() {
                 Some(c) if c > 0.0 => Ok(Some(c)),
@@ -72,7 +97,7 @@ pub fn config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
     let layer_types = extra.layer_types.unwrap_or_else(|| {
         (0..n)
             .map(|i| {
-                if (i + 1) % 2 == 1 {
+                if (i + 1) % defaults.pattern != 0 {
                     "sliding_attention"
                 } else {
                     "full_attention"
@@ -81,7 +106,7 @@ pub fn config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
             })
             .collect()
     });
-    let sliding_window = optional("sliding_window", 4096.0)?
+    let sliding_window = optional("sliding_window", Some(4096.0))?
         .and_then(|size| SlidingWindow::from_layer_types(size as usize, &layer_types));
     let scalar = extra.query_pre_attn_scalar.unwrap_or(256.0);
     if scalar <= 0.0 {
@@ -94,12 +119,12 @@ pub fn config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
         norm_weight_offset: true,
         embedding_multiplier: (config.hidden_size as f64).sqrt(),
         attention_scale: Some(scalar.powf(-0.5)),
-        attention_softcap: optional("attn_logit_softcapping", 50.0)?,
-        logit_softcap: optional("final_logit_softcapping", 30.0)?,
+        attention_softcap: optional("attn_logit_softcapping", defaults.softcaps.0)?,
+        logit_softcap: optional("final_logit_softcapping", defaults.softcaps.1)?,
         activation,
         sliding_window,
         ..config.deltas
     };
-    config.family = Family::Gemma2;
+    config.family = defaults.family;
     config.validated(path)
 }

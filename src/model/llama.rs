@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::decoder_config::{DecoderConfig, Deltas, Family};
+use super::decoder_config::{DecoderConfig, Deltas, Family, RopeScaling};
 use super::mlp::Activation;
 use crate::weights::WeightsError;
 
@@ -61,26 +61,7 @@ impl LlamaJson {
         }
         // rope_parameters (transformers 5) wins over the older top-level fields.
         let rope = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref());
-        let rope_theta = rope
-            .and_then(|r| r.get("rope_theta"))
-            .and_then(serde_json::Value::as_f64)
-            .or(self.rope_theta)
-            .unwrap_or(10_000.0);
-        let rope_type = rope
-            .and_then(|r| r.get("rope_type").or(r.get("type")))
-            .and_then(|t| t.as_str());
-        let rope_llama3 = match rope_type {
-            None | Some("default") => None,
-            Some("llama3") => Some(
-                serde_json::from_value(rope.cloned().unwrap_or_default())
-                    .map_err(|e| err(format!("llama3 rope scaling: {e}")))?,
-            ),
-            Some(other) => {
-                return Err(err(format!(
-                    "rope_type `{other}` is not supported (default, llama3 are)"
-                )));
-            }
-        };
+        let (rope_theta, rope_scaling) = rope_parameters(path, rope, self.rope_theta, 10_000.0)?;
         let heads = self.num_attention_heads;
         DecoderConfig {
             vocab_size: self.vocab_size,
@@ -92,7 +73,7 @@ impl LlamaJson {
             head_dim: self.head_dim.unwrap_or(self.hidden_size / heads.max(1)),
             rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
             rope_theta,
-            rope_llama3,
+            rope_scaling,
             max_position_embeddings: self.max_position_embeddings.unwrap_or(2048),
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
             qkv_bias: qkv_bias || self.attention_bias.unwrap_or(false),
@@ -108,6 +89,46 @@ impl LlamaJson {
         }
         .validated(path)
     }
+}
+
+/// RoPE's base and scaling from one `rope_parameters` (or older `rope_scaling`) object, with
+/// `theta` (top-level `rope_theta`) or else `default_theta` where it names no base.
+pub fn rope_parameters(
+    path: &Path,
+    rope: Option<&serde_json::Value>,
+    theta: Option<f64>,
+    default_theta: f64,
+) -> Result<(f64, RopeScaling), WeightsError> {
+    let err = |detail: String| WeightsError::format(path, detail);
+    let rope_theta = rope
+        .and_then(|r| r.get("rope_theta"))
+        .and_then(serde_json::Value::as_f64)
+        .or(theta)
+        .unwrap_or(default_theta);
+    let rope_type = rope
+        .and_then(|r| r.get("rope_type").or(r.get("type")))
+        .and_then(|t| t.as_str());
+    let scaling = match rope_type {
+        None | Some("default") => RopeScaling::None,
+        Some("llama3") => RopeScaling::Llama3(
+            serde_json::from_value(rope.cloned().unwrap_or_default())
+                .map_err(|e| err(format!("llama3 rope scaling: {e}")))?,
+        ),
+        Some("linear") => match rope.and_then(|r| r.get("factor")).and_then(|f| f.as_f64()) {
+            Some(factor) if factor > 0.0 => RopeScaling::Linear { factor },
+            other => {
+                return Err(err(format!(
+                    "linear rope scaling needs a positive factor (got {other:?})"
+                )));
+            }
+        },
+        Some(other) => {
+            return Err(err(format!(
+                "rope_type `{other}` is not supported (default, llama3, linear are)"
+            )));
+        }
+    };
+    Ok((rope_theta, scaling))
 }
 
 /// A Llama config.json (`text`, read from `path`).

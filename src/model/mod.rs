@@ -1,7 +1,7 @@
 //! Architectures, candle-transformers' shape: shared blocks — the frozen linear with its adapter
 //! ([`linear`], [`frozen`]), norms ([`norm`]), RoPE ([`rope`]), grouped-query attention with its
 //! KV cache ([`attention`]), the gated MLP ([`mlp`]) — and one small file per family for its
-//! config and deltas: [`llama`], [`mistral`], [`qwen2`], [`qwen3`], [`granite`], [`olmo2`], [`gemma2`] read into one [`decoder_config`] that
+//! config and deltas: [`llama`], [`mistral`], [`qwen2`], [`qwen3`], [`granite`], [`olmo2`], [`gemma2`], [`gemma3`] read into one [`decoder_config`] that
 //! the Llama-family [`decoder`] is built from; [`bert`], the encoder. Sequence classification on
 //! either ([`classifier`]), adapters on any ([`adapted`]), generation ([`generate`]).
 //! [`load`] and [`load_classifier`] build them from resolved model files.
@@ -14,6 +14,7 @@ pub mod decoder;
 pub mod decoder_config;
 pub mod frozen;
 pub mod gemma2;
+pub mod gemma3;
 pub mod generate;
 pub mod granite;
 pub mod linear;
@@ -154,10 +155,11 @@ pub fn read_decoder_config(path: &Path) -> Result<DecoderConfig, WeightsError> {
         "granite" => granite::config(path, &text),
         "olmo2" => olmo2::config(path, &text),
         "gemma2" => gemma2::config(path, &text),
+        "gemma3_text" => gemma3::config(path, &text),
         other => Err(WeightsError::format(
             path,
             format!(
-                "model_type `{other}` is not a Llama-family decoder (llama, mistral, qwen2, qwen3, granite, olmo2, gemma2)"
+                "model_type `{other}` is not a Llama-family decoder (llama, mistral, qwen2, qwen3, granite, olmo2, gemma2, gemma3_text)"
             ),
         )),
     }

@@ -1,22 +1,46 @@
 //! Rotary position embeddings as Hugging Face applies them: rotate_half over the two halves of
-//! each head (not burn's interleaved pairs — DESIGN.md §3), with optional Llama 3 scaling.
+//! each head (not burn's interleaved pairs — DESIGN.md §3), with Llama 3 or linear scaling and
+//! Gemma 3's own base for its sliding-window layers.
 //! Source: transformers `modeling_rope_utils.py` (`_compute_default_rope_parameters`,
-//! `_compute_llama3_parameters`) and `apply_rotary_pos_emb`.
+//! `_compute_llama3_parameters`, `_compute_linear_scaling_rope_parameters`) and
+//! `apply_rotary_pos_emb`.
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::decoder_config::DecoderConfig;
+use super::decoder_config::{DecoderConfig, RopeScaling};
 
-/// inv_freq[i] = 1 / θ^(2i/d), i < d/2, then Llama 3's wavelength-dependent rescaling.
+/// The inverse frequencies of the layers with full attention (and of every layer unless the
+/// sliding-window layers have their own, [`local_inverse_frequencies`]).
 pub fn inverse_frequencies(config: &DecoderConfig) -> Vec<f32> {
-    let d = config.head_dim;
+    scaled(
+        unscaled(config.rope_theta, config.head_dim),
+        config.rope_scaling,
+    )
+}
+
+/// Gemma 3's sliding-window layers: their own base, unscaled.
+pub fn local_inverse_frequencies(config: &DecoderConfig) -> Option<Vec<f32>> {
+    let theta = config.deltas.local_rope_theta?;
+    Some(unscaled(theta, config.head_dim))
+}
+
+/// inv_freq[i] = 1 / θ^(2i/d), i < d/2.
+fn unscaled(theta: f64, d: usize) -> Vec<f32> {
     // transformers computes these in float32; so do we, so tables round the same way.
-    let theta = config.rope_theta as f32;
-    let base: Vec<f32> = (0..d / 2)
+    let theta = theta as f32;
+    (0..d / 2)
         .map(|i| 1.0 / theta.powf((2 * i) as f32 / d as f32))
-        .collect();
-    let Some(s) = config.rope_llama3 else {
-        return base;
+        .collect()
+}
+
+/// Llama 3's wavelength-dependent rescaling, or every frequency divided by a linear factor.
+fn scaled(base: Vec<f32>, scaling: RopeScaling) -> Vec<f32> {
+    let s = match scaling {
+        RopeScaling::None => return base,
+        RopeScaling::Linear { factor } => {
+            return base.into_iter().map(|f| f / factor as f32).collect();
+        }
+        RopeScaling::Llama3(s) => s,
     };
     let (factor, low, high, old) = (
         s.factor as f32,

@@ -17,19 +17,22 @@ N(0, 0.2²), input_ids [2, 7] with row 1 right-padded):
                 attention scores soft-capped at 5 and logits at 3 (low, so both bind), a
                 sliding window of 4 on layer 0 (every other layer), GQA 4/2, untied head (tied, the
                 scaled embeddings make greedy repeat the last token)
+  tiny-gemma3   Gemma 3 text: Gemma 2's layers with per-head (1 + w) q/k RMSNorms, no soft caps,
+                layer 0 sliding (window 4, RoPE base 10000) and layer 1 global (RoPE base 1e6,
+                linear scaling ×4), query_pre_attn_scalar 24, GQA 4/2, untied head
 
 Each tests/fixtures/llama/<name>/ gets config.json, model.safetensors, reference.safetensors
 (input_ids, attention_mask, logits [2, 7, vocab]) and greedy.json (the 12 greedy tokens
 transformers' generate gives after three prompts).
 
 Environment: pip install torch transformers==5.23.0 safetensors accelerate (DESIGN.md §6).
-Usage: python3 tools/reference/family_fixtures.py [qwen3|granite|olmo2|mistral|llama-gelu|gemma2 ...]   (default: all)
+Usage: python3 tools/reference/family_fixtures.py [qwen3|granite|olmo2|mistral|llama-gelu|gemma2|gemma3 ...]   (default: all)
 """
 import json
 import sys
 
 import torch
-from transformers import (Gemma2Config, Gemma2ForCausalLM, GraniteConfig, GraniteForCausalLM,
+from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig, GraniteConfig, GraniteForCausalLM,
                           LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
                           Olmo2Config, Olmo2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
@@ -60,6 +63,11 @@ FAMILIES = {
         **COMMON, head_dim=16, tie_word_embeddings=False, query_pre_attn_scalar=24,
         attn_logit_softcapping=5.0, final_logit_softcapping=3.0, sliding_window=4,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
+    "gemma3": ("tiny-gemma3", Gemma3ForCausalLM, lambda: Gemma3TextConfig(
+        **COMMON, head_dim=16, tie_word_embeddings=False, query_pre_attn_scalar=24,
+        sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})),
 }
 
 

@@ -30,6 +30,7 @@ CASES = [
     ("tiny-olmo2", {"rank": 8, "targets": "all-linear"}),
     ("tiny-mistral", {"rank": 8, "targets": "all-linear"}),
     ("tiny-gemma2", {"rank": 8, "targets": "all-linear"}),
+    ("tiny-gemma3", {"rank": 8, "targets": "all-linear"}),
 ]
 
 

@@ -13,11 +13,11 @@ get_linear_schedule_with_warmup(2 warmup steps, 10 total).
 Writes tests/fixtures/lora/train/: batches.json (micro-batches: input_ids, attention_mask, labels
 with -100), init.safetensors and final.safetensors (PEFT keys, lora_A [r,in] / lora_B [out,r]),
 trajectory.json (per step: loss, grad norm before clipping, lr used).
-With a family (`qwen3`, `granite`, `olmo2`, `mistral`, `llama-gelu`, `gemma2`): the same steps on tests/fixtures/llama/tiny-<family>
+With a family (`qwen3`, `granite`, `olmo2`, `mistral`, `llama-gelu`, `gemma2`, `gemma3`): the same steps on tests/fixtures/llama/tiny-<family>
 (family_fixtures.py), into tests/fixtures/lora/train-<family>/ (init, final, trajectory; the
 batches are lora/train's).
 Environment: transformers==5.23.0 peft==0.21.2, torch per DESIGN.md §6.
-Usage: python3 tools/reference/lora_train.py [qwen3|granite|olmo2|mistral|llama-gelu|gemma2]
+Usage: python3 tools/reference/lora_train.py [qwen3|granite|olmo2|mistral|llama-gelu|gemma2|gemma3]
 """
 import sys
 import json

@@ -159,8 +159,9 @@ fn attention_forward(
             .expand([b, kv, h / kv, s, d])
             .reshape([b, h, s, d])
     };
-    let q = inputs.rope.apply(heads(q, h)).mul_scalar(attn.scale);
-    let k = repeat(inputs.rope.apply(heads(k, kv)));
+    let rope = inputs.rope_of(layer);
+    let q = rope.apply(heads(q, h)).mul_scalar(attn.scale);
+    let k = repeat(rope.apply(heads(k, kv)));
     let v = repeat(heads(v, kv));
     let mask = mask(layer, inputs, b, h, s);
     let (out, core) = attention::forward(q, k, v, mask, masked, attn.softcap);
@@ -207,12 +208,12 @@ fn attention_backward(
     let dq = qk_norm_backward(
         &attn.q_norm,
         q_rows,
-        flat(rope_backward(&inputs.rope, dq), h),
+        flat(rope_backward(inputs.rope_of(layer), dq), h),
     );
     let dk = qk_norm_backward(
         &attn.k_norm,
         k_rows,
-        flat(rope_backward(&inputs.rope, dk), kv),
+        flat(rope_backward(inputs.rope_of(layer), dk), kv),
     );
     let (dxq, q) = linear::backward_if(&attn.q_proj, q_tape, dq, need_dx);
     let (dxk, k) = linear::backward_if(&attn.k_proj, k_tape, dk, need_dx);

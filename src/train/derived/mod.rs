@@ -80,12 +80,8 @@ impl DecoderPass {
     /// Embeddings and layers → the last layer's output [b·s, hidden] (before the final norm).
     pub fn forward(model: &Decoder, batch: &Batch) -> (Tensor<2>, Self) {
         let inputs = model.layer_inputs(&batch.attention_mask);
-        // Right-padded rows that start with a real token: every query may attend some key.
-        let starts_real = batch
-            .attention_mask
-            .iter()
-            .all(|r| r.first().is_some_and(|&m| m != 0));
-        let shape = Shape::of(batch, starts_real);
+        // Every query attends some key (`causal_padding_mask`).
+        let shape = Shape::of(batch, true);
         let hidden = model.config.hidden_size;
         let lowest = model.layers.iter().position(has_adapters);
         let mut x = model
