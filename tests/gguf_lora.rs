@@ -134,6 +134,26 @@ fn gemma3_gguf_lora_equals_llama_cpp_converter_output() {
     );
 }
 
+/// Phi-3: `phi3`, the fused layers under llama.cpp's names (attn_qkv, ffn_up for gate_up_proj).
+#[test]
+fn phi3_gguf_lora_equals_llama_cpp_converter_output() {
+    let (_, ours, _) = compare_with_converter_on(
+        "tiny-phi3",
+        "peft-phi3",
+        TensorType::F32,
+        "tiny-phi3-lora.gguf",
+    );
+    assert_eq!(
+        ours.get("general.architecture"),
+        Some(&MetaValue::String("phi3".into()))
+    );
+    assert!(
+        ours.tensors
+            .iter()
+            .any(|t| t.name == "blk.0.attn_qkv.weight.lora_a")
+    );
+}
+
 #[test]
 fn gguf_lora_equals_llama_cpp_converter_output() {
     let (mut model, _, theirs) = compare_with_converter(TensorType::F32, "tiny-lora.gguf");

@@ -298,6 +298,26 @@ fn tiny_gemma3_generates_what_transformers_generates() {
     );
 }
 
+#[test]
+fn tiny_phi3_with_fused_projections_partial_rotary_and_longrope_matches_transformers() {
+    check_tiny("tiny-phi3");
+}
+
+/// Generation crosses LongRoPE's original context (8): the calls past it rotate with the long
+/// factors while the cache keeps what the short ones rotated, as transformers does.
+#[test]
+fn tiny_phi3_generates_what_transformers_generates() {
+    let config = greedy_equals_transformers("tiny-phi3");
+    let d = &config.deltas;
+    assert!(d.fused_projections);
+    assert_eq!(d.rotary_dim, Some(8));
+    let RopeScaling::LongRope(l) = &config.rope_scaling else {
+        panic!("{:?}", config.rope_scaling)
+    };
+    assert_eq!(l.original_max_position_embeddings, 8);
+    assert!((l.attention_factor - (1.0 + 16f64.ln() / 8f64.ln()).sqrt()).abs() < 1e-12);
+}
+
 /// The tiny model `name` generates transformers' 12 greedy tokens after each prompt of its
 /// greedy.json (golden: tools/reference/family_fixtures.py); its config, for further checks.
 fn greedy_equals_transformers(name: &str) -> DecoderConfig {

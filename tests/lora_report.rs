@@ -50,7 +50,7 @@ fn lora(case: &serde_json::Value) -> LoraSection {
 fn report_line_equals_peft_for_every_config() {
     let text = std::fs::read_to_string(format!("{FIXTURES}/lora/report.json")).unwrap();
     let cases: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
-    assert_eq!(cases.len(), 13);
+    assert_eq!(cases.len(), 15);
     for case in &cases {
         let config = config(case["model"].as_str().unwrap());
         let adapted = select(&config.linear_sites(), &lora(&case["lora"])).unwrap();

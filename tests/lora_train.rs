@@ -76,6 +76,14 @@ fn the_derived_step_equals_autodiff_on_gemma3() {
     derived_step_equals_autodiff_on("tiny-gemma3", r"model\.layers\.0\..*|lm_head", [5e-5, 5e-4]);
 }
 
+/// And on Phi-3, adapters in layer 0: the fused qkv_proj and gate_up_proj take their parts'
+/// gradients side by side; RoPE over half of each head, and the 8- and 9-token rows reach past
+/// LongRoPE's original context (8), so the long factors are in play.
+#[test]
+fn the_derived_step_equals_autodiff_on_phi3() {
+    derived_step_equals_autodiff_on("tiny-phi3", r"model\.layers\.0\..*|lm_head", [1e-5; 2]);
+}
+
 /// Gradients of `name` with adapters on `targets` within `tolerance[0]` of autodiff's, and the
 /// adapters after five steps with and without checkpointing within `tolerance[1]` (relative to
 /// each tensor's largest).
@@ -97,10 +105,11 @@ fn derived_step_equals_autodiff_on(name: &str, targets: &str, tolerance: [f32; 2
         tiny::named_with_adapters(name, &lora, 3),
     );
     recomputing.gradient_checkpointing = true;
+    let per_layer = plain.layers[0].linears().len();
     assert_eq!(
         plain.params_mut().len(),
-        2 * 8,
-        "one layer's seven linears and lm_head"
+        2 * (per_layer + 1),
+        "one layer's linears and lm_head"
     );
     for m in [&mut plain, &mut recomputing] {
         m.set_training(true);
@@ -744,4 +753,16 @@ fn padding_past_the_window_changes_nothing() {
     }
     let logits = tiny::values(&model.forward(&row(9).input_ids, &row(9).attention_mask));
     assert!(logits.iter().all(|v| v.is_finite()));
+}
+
+/// Golden: tools/reference/lora_train.py phi3 (peft 0.21.2 on tiny-phi3, targets qkv_proj,
+/// o_proj, gate_up_proj, down_proj — what the default targets select there): the same ten steps
+/// through the fused projections, partial rotary and LongRoPE (6-token micro-batches with the
+/// short factors, 9-token ones with the long), with and without gradient checkpointing.
+#[test]
+fn ten_steps_on_tiny_phi3_equal_peft() {
+    let (name, fixtures) = ("tiny-phi3", "lora/train-phi3");
+    tiny::assert_ten_steps_equal_peft_on(name, fixtures, &cpu(), "phi3", false);
+    let what = "phi3, gradient checkpointing";
+    tiny::assert_ten_steps_equal_peft_on(name, fixtures, &cpu(), what, true);
 }

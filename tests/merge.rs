@@ -53,11 +53,17 @@ fn merged_sharded_model_gives_the_adapted_logits() {
 /// gemma2|gemma3 merged DIR).
 #[test]
 fn merged_gemma_models_give_the_adapted_logits() {
-    merged_gives_the_adapted_logits("gemma2");
-    merged_gives_the_adapted_logits("gemma3");
+    merged_gives_the_adapted_logits("gemma2", 14);
+    merged_gives_the_adapted_logits("gemma3", 14);
 }
 
-fn merged_gives_the_adapted_logits(family: &str) {
+/// Phi-3: B·A folded into the fused qkv_proj and gate_up_proj.
+#[test]
+fn merged_phi3_gives_the_adapted_logits() {
+    merged_gives_the_adapted_logits("phi3", 8);
+}
+
+fn merged_gives_the_adapted_logits(family: &str, folded: usize) {
     let dir = Path::new(ROOT).join(format!("tests/fixtures/llama/tiny-{family}"));
     let config = lora_tune::model::read_decoder_config(&dir.join("config.json")).unwrap();
     let out = tempfile::tempdir().unwrap();
@@ -73,7 +79,7 @@ fn merged_gives_the_adapted_logits(family: &str) {
         100_000_000,
     )
     .unwrap();
-    assert_eq!(m.folded, 14);
+    assert_eq!(m.folded, folded);
     let device = select(DeviceChoice::Cpu).unwrap().device;
     let config = lora_tune::model::read_decoder_config(&merged_dir.join("config.json")).unwrap();
     let model = Decoder::load(config, HostTensors::read(&merged_dir).unwrap(), &device).unwrap();

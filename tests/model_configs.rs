@@ -75,7 +75,16 @@ fn fields_that_change_the_computation_are_refused_by_name_and_value() {
             json!({"model_type": "gemma2", "attn_logit_softcapping": -1.0}),
             "attn_logit_softcapping = -1",
         ),
-        (json!({"model_type": "phi3"}), "model_type `phi3`"),
+        (
+            json!({"model_type": "phi3", "resid_pdrop": 0.1}),
+            "resid_pdrop = 0.1",
+        ),
+        (
+            json!({"model_type": "phi3", "original_max_position_embeddings": 64, "rope_parameters": null,
+                   "rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}}),
+            "longrope short_factor: expected 8 numbers",
+        ),
+        (json!({"model_type": "phi4mm"}), "model_type `phi4mm`"),
     ];
     let mut failures = Vec::new();
     for (change, wanted) in refused {
@@ -115,7 +124,7 @@ fn gemma3_fields_are_read_with_transformers_defaults() {
         [global.map(|g| !g), global.map(|g| !g)].concat()
     );
     assert_eq!(
-        (c.rope_theta, c.rope_scaling),
+        (c.rope_theta, c.rope_scaling.clone()),
         (2e6, RopeScaling::Linear { factor: 8.0 })
     );
     assert_eq!(d.local_rope_theta, Some(20000.0));
@@ -126,6 +135,46 @@ fn gemma3_fields_are_read_with_transformers_defaults() {
     .unwrap();
     assert_eq!((c.rope_theta, c.rope_scaling), (1e6, RopeScaling::None));
     assert_eq!(c.deltas.local_rope_theta, Some(1e4));
+}
+
+#[test]
+fn phi3_fields_are_read_as_transformers_reads_them() {
+    // Phi-3.5 / Phi-4-mini's older form: `rope_scaling` of type "su" (read as longrope),
+    // top-level partial_rotary_factor and original_max_position_embeddings.
+    let short: Vec<f64> = (0..6).map(|i| 1.0 + f64::from(i)).collect();
+    let c = config_with(json!({
+        "model_type": "phi3", "partial_rotary_factor": 0.75, "sliding_window": 32, "rope_parameters": null,
+        "original_max_position_embeddings": 64, "max_position_embeddings": 256,
+        "rope_scaling": {"type": "su", "short_factor": short, "long_factor": short}
+    }))
+    .unwrap();
+    let d = &c.deltas;
+    assert!(d.fused_projections);
+    assert_eq!(d.rotary_dim, Some(12), "0.75 of head_dim 16");
+    let window = d.sliding_window.clone().unwrap();
+    assert_eq!((window.size, window.layers), (32, vec![true, true]));
+    let RopeScaling::LongRope(l) = &c.rope_scaling else {
+        panic!("{:?}", c.rope_scaling)
+    };
+    assert_eq!(l.original_max_position_embeddings, 64);
+    let want = (1.0 + 4f64.ln() / 64f64.ln()).sqrt();
+    assert!((l.attention_factor - want).abs() < 1e-12, "factor 256 / 64");
+    assert_eq!(c.gguf_architecture(), "phi3");
+    let names: Vec<String> = c
+        .linear_sites()
+        .iter()
+        .map(|s| s.name().to_string())
+        .collect();
+    assert_eq!(
+        &names[..4],
+        ["o_proj", "qkv_proj", "gate_up_proj", "down_proj"]
+    );
+    // Without scaling: plain RoPE over all of each head.
+    let plain = config_with(json!({"model_type": "phi3", "rope_parameters": null})).unwrap();
+    assert_eq!(
+        (plain.rope_scaling, plain.deltas.rotary_dim),
+        (RopeScaling::None, None)
+    );
 }
 
 #[test]

@@ -34,6 +34,11 @@ fn written_gemma3_folder_equals_what_peft_saves() {
     written_folder_equals_what_peft_saves_on("tiny-gemma3", "train-gemma3", "peft-gemma3");
 }
 
+#[test]
+fn written_phi3_folder_equals_what_peft_saves() {
+    written_folder_equals_what_peft_saves_on("tiny-phi3", "train-phi3", "peft-phi3");
+}
+
 /// The tiny model `base` with the adapters of `lora/<trained>/final.safetensors`, written, equals
 /// PEFT's folder `lora/<peft>`.
 fn written_folder_equals_what_peft_saves_on(base: &str, trained: &str, peft_dir: &str) {
@@ -133,14 +138,14 @@ fn peft_saved_folder_reads_back_to_peft_logits() {
 }
 
 #[test]
-fn peft_saved_gemma_folders_read_back_to_peft_logits() {
-    for family in ["gemma2", "gemma3"] {
+fn peft_saved_family_folders_read_back_to_peft_logits() {
+    for (family, adapted) in [("gemma2", 14), ("gemma3", 14), ("phi3", 8)] {
         let mut model = tiny::named(&format!("tiny-{family}"));
         let sites = model.config.linear_sites();
         model
             .apply_peft_folder(&sites, &lora_fixture(&format!("peft-{family}")))
             .unwrap();
-        assert_eq!(model.adapters_mut().len(), 14);
+        assert_eq!(model.adapters_mut().len(), adapted);
         let what = format!("{family} PEFT folder read back");
         tiny::assert_peft_logits_of(&model, &format!("lora/peft-{family}"), &what);
     }

@@ -70,8 +70,21 @@ pub enum TargetError {
     },
 }
 
+/// Phi-3's fused attention and MLP projections: what the default targets (the seven Llama
+/// projections) mean on a model that has them.
+const FUSED_PROJECTIONS: [&str; 4] = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"];
+
 /// The adapted layers of `sites` under `lora`, in model order.
 pub fn select(sites: &[LinearSite], lora: &LoraSection) -> Result<Vec<TargetLayer>, TargetError> {
+    // The default names every attention and MLP projection; with fused ones those are Phi-3's
+    // four (the seven Llama names would match only o_proj and down_proj there).
+    if lora.targets == Targets::default() && sites.iter().any(|s| s.name() == "qkv_proj") {
+        let fused = LoraSection {
+            targets: Targets::Modules(FUSED_PROJECTIONS.map(String::from).to_vec()),
+            ..lora.clone()
+        };
+        return select(sites, &fused);
+    }
     let regex = |p: &str, anchored: String| {
         Regex::new(&anchored).map_err(|e| TargetError::BadRegex {
             pattern: p.into(),

@@ -13,11 +13,73 @@ use super::linear::Linear;
 use super::norm::RmsNorm;
 use super::rope::RopeTables;
 
+/// Where q, k and v come from: three linear layers, or one fused `qkv_proj` (Phi-3) whose
+/// output is split [q | k | v].
+// One per layer: the unused space of the fused variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum QkvProjection {
+    Separate {
+        q_proj: Linear,
+        k_proj: Linear,
+        v_proj: Linear,
+    },
+    Fused {
+        qkv_proj: Linear,
+    },
+}
+
+impl QkvProjection {
+    /// x [.., hidden] → (q, k, v), with `widths` [q, kv] of the outputs.
+    pub fn forward(&self, x: Tensor<3>, [q, kv]: [usize; 2]) -> (Tensor<3>, Tensor<3>, Tensor<3>) {
+        match self {
+            Self::Separate {
+                q_proj,
+                k_proj,
+                v_proj,
+            } => (
+                q_proj.forward(x.clone()),
+                k_proj.forward(x.clone()),
+                v_proj.forward(x),
+            ),
+            Self::Fused { qkv_proj } => {
+                let y = qkv_proj.forward(x);
+                (
+                    y.clone().narrow(2, 0, q),
+                    y.clone().narrow(2, q, kv),
+                    y.narrow(2, q + kv, kv),
+                )
+            }
+        }
+    }
+
+    /// The linear layers with their names in the attention block, in HF module order.
+    pub fn named(&self) -> Vec<(&'static str, &Linear)> {
+        match self {
+            Self::Separate {
+                q_proj,
+                k_proj,
+                v_proj,
+            } => vec![("q_proj", q_proj), ("k_proj", k_proj), ("v_proj", v_proj)],
+            Self::Fused { qkv_proj } => vec![("qkv_proj", qkv_proj)],
+        }
+    }
+
+    pub fn named_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        match self {
+            Self::Separate {
+                q_proj,
+                k_proj,
+                v_proj,
+            } => vec![("q_proj", q_proj), ("k_proj", k_proj), ("v_proj", v_proj)],
+            Self::Fused { qkv_proj } => vec![("qkv_proj", qkv_proj)],
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Attention {
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
+    pub qkv: QkvProjection,
     pub o_proj: Linear,
     /// RMSNorm of q / k before RoPE: per head (Qwen3) or over the projection (OLMo2).
     pub qk_norm: QkNorm,
@@ -55,11 +117,12 @@ impl Attention {
             (Some(norm), QkNorm::Projection) => norm.forward(t),
             _ => t,
         };
-        let q = head_norm(self.q_proj.forward(x.clone()), &self.q_norm, h);
-        let k = head_norm(self.k_proj.forward(x.clone()), &self.k_norm, kv);
+        let (q, k, v) = self.qkv.forward(x, [h * d, kv * d]);
+        let q = head_norm(q, &self.q_norm, h);
+        let k = head_norm(k, &self.k_norm, kv);
         let q = rope.apply(heads(q, h));
         let mut k = rope.apply(heads(k, kv));
-        let mut v = heads(self.v_proj.forward(x), kv);
+        let mut v = heads(v, kv);
         if let Some(cache) = cache {
             if let Some((past_k, past_v)) = cache.kv.take() {
                 k = Tensor::cat(vec![past_k, k], 2); // [b, kv, t, d]

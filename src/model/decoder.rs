@@ -6,12 +6,14 @@
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
-use super::attention::{Attention, KvCache, LayerCache, causal_padding_mask, positions, softcap};
+use super::attention::{
+    Attention, KvCache, LayerCache, QkvProjection, causal_padding_mask, positions, softcap,
+};
 use super::decoder_config::{DecoderConfig, NormPlacement, QkNorm};
 use super::linear::{Linear, take1, take2};
-use super::mlp::Mlp;
+use super::mlp::{GateUpProjection, Mlp};
 use super::norm::RmsNorm;
-use super::rope::{RopeTables, inverse_frequencies, local_inverse_frequencies};
+use super::rope::{RopeFrequencies, RopeTables};
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
 
@@ -108,32 +110,58 @@ impl DecoderLayer {
         x + scaled(maybe_norm(&n.mlp_out, mlp))
     }
 
-    /// The layer's seven linear layers, in [`Self::linears_mut`]'s order.
-    pub fn linears(&self) -> [&Linear; 7] {
-        let (a, m) = (&self.self_attn, &self.mlp);
-        [
-            &a.q_proj,
-            &a.k_proj,
-            &a.v_proj,
-            &a.o_proj,
-            &m.gate_proj,
-            &m.up_proj,
-            &m.down_proj,
-        ]
+    /// The layer's linear layers, in [`Self::linears_mut`]'s order.
+    pub fn linears(&self) -> Vec<&Linear> {
+        self.named_linears().into_iter().map(|(_, l)| l).collect()
     }
 
-    /// The layer's seven linear layers with their paths inside it, in checkpoint order.
-    pub fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
+    /// The layer's linear layers with their paths inside it, in HF module order (Phi-3 defines
+    /// `o_proj` before `qkv_proj`): seven, or four with fused projections.
+    pub fn named_linears(&self) -> Vec<(String, &Linear)> {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        let attn = a
+            .qkv
+            .named()
+            .into_iter()
+            .map(|(n, l)| (format!("self_attn.{n}"), l));
+        let o = ("self_attn.o_proj".to_string(), &a.o_proj);
+        let mut all: Vec<(String, &Linear)> = match a.qkv {
+            QkvProjection::Fused { .. } => std::iter::once(o).chain(attn).collect(),
+            QkvProjection::Separate { .. } => attn.chain(std::iter::once(o)).collect(),
+        };
+        all.extend(
+            m.gate_up
+                .named()
+                .into_iter()
+                .map(|(n, l)| (format!("mlp.{n}"), l)),
+        );
+        all.push(("mlp.down_proj".to_string(), &m.down_proj));
+        all
+    }
+
+    /// [`Self::named_linears`], mutable.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let fused = matches!(self.self_attn.qkv, QkvProjection::Fused { .. });
         let (a, m) = (&mut self.self_attn, &mut self.mlp);
-        [
-            ("self_attn.q_proj", &mut a.q_proj),
-            ("self_attn.k_proj", &mut a.k_proj),
-            ("self_attn.v_proj", &mut a.v_proj),
-            ("self_attn.o_proj", &mut a.o_proj),
-            ("mlp.gate_proj", &mut m.gate_proj),
-            ("mlp.up_proj", &mut m.up_proj),
-            ("mlp.down_proj", &mut m.down_proj),
-        ]
+        let attn = a
+            .qkv
+            .named_mut()
+            .into_iter()
+            .map(|(n, l)| (format!("self_attn.{n}"), l));
+        let o = ("self_attn.o_proj".to_string(), &mut a.o_proj);
+        let mut all: Vec<(String, &mut Linear)> = if fused {
+            std::iter::once(o).chain(attn).collect()
+        } else {
+            attn.chain(std::iter::once(o)).collect()
+        };
+        all.extend(
+            m.gate_up
+                .named_mut()
+                .into_iter()
+                .map(|(n, l)| (format!("mlp.{n}"), l)),
+        );
+        all.push(("mlp.down_proj".to_string(), &mut m.down_proj));
+        all
     }
 }
 
@@ -162,12 +190,11 @@ impl LayerInputs {
         let device = &model.device;
         let window = model.config.deltas.sliding_window.as_ref();
         Self {
-            rope: RopeTables::new(&model.inv_freq, positions, device),
+            rope: model.rope.tables(positions, device),
             mask: causal_padding_mask(attention_mask, s, start, None, device),
             windowed_mask: window
                 .map(|w| causal_padding_mask(attention_mask, s, start, Some(w.size), device)),
-            local_rope: (model.inv_freq_local.as_ref())
-                .map(|inv_freq| RopeTables::new(inv_freq, positions, device)),
+            local_rope: (model.local_rope.as_ref()).map(|rope| rope.tables(positions, device)),
         }
     }
 
@@ -200,8 +227,9 @@ pub struct Decoder {
     /// Training recomputes each decoder layer in backward instead of keeping its activations
     /// (transformers' `gradient_checkpointing`; `train::derived`). Off by default.
     pub gradient_checkpointing: bool,
-    inv_freq: Vec<f32>,
-    inv_freq_local: Option<Vec<f32>>,
+    rope: RopeFrequencies,
+    /// The sliding-window layers' own (Gemma 3).
+    local_rope: Option<RopeFrequencies>,
     device: Device,
 }
 
@@ -272,9 +300,17 @@ impl Decoder {
                     }
                 },
                 self_attn: Attention {
-                    q_proj: attn("q_proj", q_out, c.qkv_bias, &mut w)?,
-                    k_proj: attn("k_proj", kv_out, c.qkv_bias, &mut w)?,
-                    v_proj: attn("v_proj", kv_out, c.qkv_bias, &mut w)?,
+                    qkv: if c.deltas.fused_projections {
+                        QkvProjection::Fused {
+                            qkv_proj: attn("qkv_proj", q_out + 2 * kv_out, c.qkv_bias, &mut w)?,
+                        }
+                    } else {
+                        QkvProjection::Separate {
+                            q_proj: attn("q_proj", q_out, c.qkv_bias, &mut w)?,
+                            k_proj: attn("k_proj", kv_out, c.qkv_bias, &mut w)?,
+                            v_proj: attn("v_proj", kv_out, c.qkv_bias, &mut w)?,
+                        }
+                    },
                     o_proj: attn("o_proj", hd, false, &mut w)?,
                     qk_norm: c.deltas.qk_norm,
                     q_norm: head_norm(&mut w, "q_norm", q_out)?,
@@ -289,10 +325,20 @@ impl Decoder {
                     head_dim: c.head_dim,
                 },
                 mlp: Mlp {
-                    gate_proj: mlp("gate_proj", [c.intermediate_size, hd], &mut w)?,
-                    up_proj: mlp("up_proj", [c.intermediate_size, hd], &mut w)?,
+                    gate_up: if c.deltas.fused_projections {
+                        let shape = [2 * c.intermediate_size, hd];
+                        GateUpProjection::Fused {
+                            gate_up_proj: mlp("gate_up_proj", shape, &mut w)?,
+                        }
+                    } else {
+                        GateUpProjection::Separate {
+                            gate_proj: mlp("gate_proj", [c.intermediate_size, hd], &mut w)?,
+                            up_proj: mlp("up_proj", [c.intermediate_size, hd], &mut w)?,
+                        }
+                    },
                     down_proj: mlp("down_proj", [hd, c.intermediate_size], &mut w)?,
                     activation: c.deltas.activation,
+                    width: c.intermediate_size,
                 },
                 residual_multiplier: c.deltas.residual_multiplier,
                 sliding: c
@@ -322,8 +368,7 @@ impl Decoder {
             )?)
         };
         w.finish()?;
-        let inv_freq = inverse_frequencies(c);
-        let inv_freq_local = local_inverse_frequencies(c);
+        let (rope, local_rope) = (RopeFrequencies::global(c), RopeFrequencies::local(c));
         Ok(Self {
             config,
             embed_tokens,
@@ -331,8 +376,8 @@ impl Decoder {
             norm,
             lm_head,
             gradient_checkpointing: false,
-            inv_freq,
-            inv_freq_local,
+            rope,
+            local_rope,
             device: device.clone(),
         })
     }
@@ -342,7 +387,11 @@ impl Decoder {
         let mut all = Vec::with_capacity(self.layers.len() * 7 + 1);
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let named = layer.linears_mut();
-            all.extend(named.map(|(n, l)| (format!("model.layers.{i}.{n}"), l)));
+            all.extend(
+                named
+                    .into_iter()
+                    .map(|(n, l)| (format!("model.layers.{i}.{n}"), l)),
+            );
         }
         if let Some(head) = &mut self.lm_head {
             all.push(("lm_head".to_string(), head));
@@ -438,6 +487,17 @@ impl Decoder {
                     .reshape([b, s, v])
             }
         }
+    }
+
+    /// Whether a cache of `cached` positions must be recomputed before the sequence grows to
+    /// `total`: LongRoPE switches to its long factors once the positions pass the original
+    /// context, and transformers then rotates every key again (Phi-3's
+    /// `prepare_inputs_for_generation` drops a cache that holds only short-factor keys).
+    pub fn cache_outdated(&self, cached: usize, total: usize) -> bool {
+        self.rope
+            .long
+            .as_ref()
+            .is_some_and(|(_, original)| cached <= *original && total > *original)
     }
 
     /// Feeds `ids` (one sequence) after the positions in `cache`, appending to it.

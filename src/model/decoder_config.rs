@@ -21,8 +21,18 @@ pub struct Llama3Scaling {
     pub original_max_position_embeddings: f64,
 }
 
+/// Phi-3's LongRoPE (`rope_type = "longrope"`): per-frequency divisors for positions within
+/// the original context and past it, and a factor on cos and sin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongRope {
+    pub short_factor: Vec<f64>,
+    pub long_factor: Vec<f64>,
+    pub original_max_position_embeddings: usize,
+    pub attention_factor: f64,
+}
+
 /// How RoPE's inverse frequencies are rescaled (transformers' `rope_type`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
     /// `default`.
     None,
@@ -30,6 +40,8 @@ pub enum RopeScaling {
     Llama3(Llama3Scaling),
     /// `linear`: every frequency divided by `factor` (Gemma 3's global layers).
     Linear { factor: f64 },
+    /// `longrope` (Phi-3).
+    LongRope(LongRope),
 }
 
 /// Which RMSNorm q and k pass through before RoPE.
@@ -68,6 +80,7 @@ pub enum Family {
     Olmo2,
     Gemma2,
     Gemma3,
+    Phi3,
 }
 
 impl Family {
@@ -81,6 +94,7 @@ impl Family {
             Self::Olmo2 => "olmo2",
             Self::Gemma2 => "gemma2",
             Self::Gemma3 => "gemma3",
+            Self::Phi3 => "phi3",
         }
     }
 }
@@ -112,6 +126,12 @@ pub struct Deltas {
     /// RoPE's base in the sliding-window layers where it differs from `rope_theta` (Gemma 3's
     /// `rope_parameters.sliding_attention`, unscaled).
     pub local_rope_theta: Option<f64>,
+    /// RoPE rotates only the first this many dimensions of each head
+    /// (`partial_rotary_factor` · head_dim; Phi-4-mini); None: all of them.
+    pub rotary_dim: Option<usize>,
+    /// q, k and v come from one `qkv_proj`, gate and up from one `gate_up_proj` (Phi-3): LoRA
+    /// adapts each fused linear as one, as PEFT does.
+    pub fused_projections: bool,
     /// The layers whose attention reaches back only a window of positions (Mistral's
     /// `sliding_window`, Qwen2's with `use_sliding_window`, `layer_types`).
     pub sliding_window: Option<SlidingWindow>,
@@ -157,6 +177,8 @@ impl Default for Deltas {
             norm_weight_offset: false,
             activation: Activation::Silu,
             local_rope_theta: None,
+            rotary_dim: None,
+            fused_projections: false,
             sliding_window: None,
         }
     }
@@ -292,16 +314,26 @@ impl DecoderConfig {
         );
         let mut sites = Vec::with_capacity(self.num_hidden_layers * 7 + 1);
         for layer in 0..self.num_hidden_layers {
-            let modules = [
-                ("self_attn.q_proj", h, q),
-                ("self_attn.k_proj", h, kv),
-                ("self_attn.v_proj", h, kv),
-                ("self_attn.o_proj", q, h),
-                ("mlp.gate_proj", h, ff),
-                ("mlp.up_proj", h, ff),
-                ("mlp.down_proj", ff, h),
-            ];
-            for (m, in_features, out_features) in modules {
+            // HF module order: Phi-3 defines o_proj before qkv_proj.
+            let modules: &[(&str, usize, usize)] = if self.deltas.fused_projections {
+                &[
+                    ("self_attn.o_proj", q, h),
+                    ("self_attn.qkv_proj", h, q + 2 * kv),
+                    ("mlp.gate_up_proj", h, 2 * ff),
+                    ("mlp.down_proj", ff, h),
+                ]
+            } else {
+                &[
+                    ("self_attn.q_proj", h, q),
+                    ("self_attn.k_proj", h, kv),
+                    ("self_attn.v_proj", h, kv),
+                    ("self_attn.o_proj", q, h),
+                    ("mlp.gate_proj", h, ff),
+                    ("mlp.up_proj", h, ff),
+                    ("mlp.down_proj", ff, h),
+                ]
+            };
+            for &(m, in_features, out_features) in modules {
                 let path = format!("model.layers.{layer}.{m}");
                 sites.push(LinearSite {
                     path,
@@ -371,6 +403,17 @@ impl DecoderConfig {
                 format!(
                     "{} attention heads / {} key-value heads / head_dim {} do not form grouped-query attention",
                     self.num_attention_heads, self.num_key_value_heads, self.head_dim
+                ),
+            ));
+        }
+        if let Some(r) = self.deltas.rotary_dim
+            && (r == 0 || r % 2 != 0 || r > self.head_dim)
+        {
+            return Err(WeightsError::format(
+                path,
+                format!(
+                    "partial rotary embeddings over {r} of {} head dimensions: need an even count up to head_dim",
+                    self.head_dim
                 ),
             ));
         }

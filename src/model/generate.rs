@@ -49,6 +49,7 @@ pub fn generate(
     let mut cache = KvCache::default();
     let mut rng = StdRng::seed_from_u64(sampling.seed);
     let mut logits = model.forward_cached(prompt, &mut cache);
+    let mut ids = prompt.to_vec();
     let mut out = Vec::new();
     while out.len() < max_new {
         let row = logits
@@ -62,7 +63,13 @@ pub fn generate(
         if stop.contains(&next) || out.len() == max_new {
             break;
         }
-        logits = model.forward_cached(&[next], &mut cache);
+        ids.push(next);
+        logits = if model.cache_outdated(cache.len, ids.len()) {
+            cache = KvCache::default();
+            model.forward_cached(&ids, &mut cache)
+        } else {
+            model.forward_cached(&[next], &mut cache)
+        };
     }
     Ok(out)
 }

@@ -1,5 +1,6 @@
 //! The gated feed-forward block of Llama-family decoders: down(act(gate(x)) ⊙ up(x)), SwiGLU
-//! with SiLU, GeGLU with GELU (Gemma's tanh approximation, or exact).
+//! with SiLU, GeGLU with GELU (Gemma's tanh approximation, or exact); gate and up from two
+//! linear layers or Phi-3's fused one.
 //! Source: transformers `models/llama/modeling_llama.py` (`LlamaMLP`), `activations.py`.
 
 use burn::tensor::Tensor;
@@ -51,18 +52,63 @@ pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     x.mul_scalar(0.5) * (inner.tanh() + 1.0)
 }
 
+/// Where gate and up come from: two linear layers, or one fused `gate_up_proj` (Phi-3) whose
+/// output is split [gate | up].
+// One per layer: the unused space of the fused variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum GateUpProjection {
+    Separate { gate_proj: Linear, up_proj: Linear },
+    Fused { gate_up_proj: Linear },
+}
+
+impl GateUpProjection {
+    /// x [.., hidden] → (gate, up), each `width` wide.
+    pub fn forward(&self, x: Tensor<3>, width: usize) -> (Tensor<3>, Tensor<3>) {
+        match self {
+            Self::Separate { gate_proj, up_proj } => {
+                (gate_proj.forward(x.clone()), up_proj.forward(x))
+            }
+            Self::Fused { gate_up_proj } => {
+                let y = gate_up_proj.forward(x);
+                (y.clone().narrow(2, 0, width), y.narrow(2, width, width))
+            }
+        }
+    }
+
+    /// The linear layers with their names in the MLP, in HF module order.
+    pub fn named(&self) -> Vec<(&'static str, &Linear)> {
+        match self {
+            Self::Separate { gate_proj, up_proj } => {
+                vec![("gate_proj", gate_proj), ("up_proj", up_proj)]
+            }
+            Self::Fused { gate_up_proj } => vec![("gate_up_proj", gate_up_proj)],
+        }
+    }
+
+    pub fn named_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        match self {
+            Self::Separate { gate_proj, up_proj } => {
+                vec![("gate_proj", gate_proj), ("up_proj", up_proj)]
+            }
+            Self::Fused { gate_up_proj } => vec![("gate_up_proj", gate_up_proj)],
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
+    pub gate_up: GateUpProjection,
     pub down_proj: Linear,
     pub activation: Activation,
+    /// The width of gate and up (`intermediate_size`).
+    pub width: usize,
 }
 
 impl Mlp {
     /// x: [b, s, hidden] → same; down(act(gate(x)) ⊙ up(x)).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = self.activation.apply(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let (gate, up) = self.gate_up.forward(x, self.width);
+        self.down_proj.forward(self.activation.apply(gate) * up)
     }
 }

@@ -1,7 +1,7 @@
 //! Architectures, candle-transformers' shape: shared blocks — the frozen linear with its adapter
 //! ([`linear`], [`frozen`]), norms ([`norm`]), RoPE ([`rope`]), grouped-query attention with its
 //! KV cache ([`attention`]), the gated MLP ([`mlp`]) — and one small file per family for its
-//! config and deltas: [`llama`], [`mistral`], [`qwen2`], [`qwen3`], [`granite`], [`olmo2`], [`gemma2`], [`gemma3`] read into one [`decoder_config`] that
+//! config and deltas: [`llama`], [`mistral`], [`qwen2`], [`qwen3`], [`granite`], [`olmo2`], [`gemma2`], [`gemma3`], [`phi3`] read into one [`decoder_config`] that
 //! the Llama-family [`decoder`] is built from; [`bert`], the encoder. Sequence classification on
 //! either ([`classifier`]), adapters on any ([`adapted`]), generation ([`generate`]).
 //! [`load`] and [`load_classifier`] build them from resolved model files.
@@ -23,6 +23,7 @@ pub mod mistral;
 pub mod mlp;
 pub mod norm;
 pub mod olmo2;
+pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
 pub mod rope;
@@ -156,10 +157,11 @@ pub fn read_decoder_config(path: &Path) -> Result<DecoderConfig, WeightsError> {
         "olmo2" => olmo2::config(path, &text),
         "gemma2" => gemma2::config(path, &text),
         "gemma3_text" => gemma3::config(path, &text),
+        "phi3" => phi3::config(path, &text),
         other => Err(WeightsError::format(
             path,
             format!(
-                "model_type `{other}` is not a Llama-family decoder (llama, mistral, qwen2, qwen3, granite, olmo2, gemma2, gemma3_text)"
+                "model_type `{other}` is not a Llama-family decoder (llama, mistral, qwen2, qwen3, granite, olmo2, gemma2, gemma3_text, phi3)"
             ),
         )),
     }

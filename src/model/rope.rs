@@ -1,30 +1,86 @@
 //! Rotary position embeddings as Hugging Face applies them: rotate_half over the two halves of
-//! each head (not burn's interleaved pairs — DESIGN.md §3), with Llama 3 or linear scaling and
-//! Gemma 3's own base for its sliding-window layers.
+//! each head (not burn's interleaved pairs — DESIGN.md §3), over all of a head or its first
+//! `partial_rotary_factor`, with Llama 3, linear or LongRoPE (Phi-3) scaling and Gemma 3's own
+//! base for its sliding-window layers.
 //! Source: transformers `modeling_rope_utils.py` (`_compute_default_rope_parameters`,
-//! `_compute_llama3_parameters`, `_compute_linear_scaling_rope_parameters`) and
+//! `_compute_llama3_parameters`, `_compute_linear_scaling_rope_parameters`,
+//! `_compute_longrope_parameters`, `longrope_frequency_update`) and
 //! `apply_rotary_pos_emb`.
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::decoder_config::{DecoderConfig, RopeScaling};
+use super::decoder_config::{DecoderConfig, Llama3Scaling, RopeScaling};
 
-/// The inverse frequencies of the layers with full attention (and of every layer unless the
-/// sliding-window layers have their own, [`local_inverse_frequencies`]).
-pub fn inverse_frequencies(config: &DecoderConfig) -> Vec<f32> {
-    scaled(
-        unscaled(config.rope_theta, config.head_dim),
-        config.rope_scaling,
-    )
+/// What a layer's rotary tables are built from: the inverse frequencies over the rotated part
+/// of each head (all of it, or `partial_rotary_factor` of it), LongRoPE's second set for
+/// positions past its original context, and the factor cos and sin are multiplied by.
+#[derive(Debug, Clone)]
+pub struct RopeFrequencies {
+    pub inv_freq: Vec<f32>,
+    /// LongRoPE: frequencies for a call whose positions reach `original` or beyond
+    /// (transformers' `longrope_frequency_update`: chosen per forward call by its largest
+    /// position).
+    pub long: Option<(Vec<f32>, usize)>,
+    /// Multiplies cos and sin (LongRoPE's attention factor; 1 elsewhere).
+    pub scale: f32,
 }
 
-/// Gemma 3's sliding-window layers: their own base, unscaled.
-pub fn local_inverse_frequencies(config: &DecoderConfig) -> Option<Vec<f32>> {
-    let theta = config.deltas.local_rope_theta?;
-    Some(unscaled(theta, config.head_dim))
+impl RopeFrequencies {
+    /// The layers with full attention (and every layer unless the sliding-window layers have
+    /// their own, [`Self::local`]).
+    pub fn global(config: &DecoderConfig) -> Self {
+        let d = config.deltas.rotary_dim.unwrap_or(config.head_dim);
+        let base = unscaled(config.rope_theta, d);
+        match &config.rope_scaling {
+            RopeScaling::None => Self::plain(base),
+            RopeScaling::Linear { factor } => {
+                Self::plain(base.into_iter().map(|f| f / *factor as f32).collect())
+            }
+            RopeScaling::Llama3(s) => Self::plain(llama3(base, s)),
+            RopeScaling::LongRope(l) => {
+                let with = |factors: &[f64]| {
+                    base.iter()
+                        .zip(factors)
+                        .map(|(f, e)| f / *e as f32)
+                        .collect::<Vec<f32>>()
+                };
+                Self {
+                    inv_freq: with(&l.short_factor),
+                    long: Some((with(&l.long_factor), l.original_max_position_embeddings)),
+                    scale: l.attention_factor as f32,
+                }
+            }
+        }
+    }
+
+    /// Gemma 3's sliding-window layers: their own base, unscaled.
+    pub fn local(config: &DecoderConfig) -> Option<Self> {
+        let theta = config.deltas.local_rope_theta?;
+        let d = config.deltas.rotary_dim.unwrap_or(config.head_dim);
+        Some(Self::plain(unscaled(theta, d)))
+    }
+
+    fn plain(inv_freq: Vec<f32>) -> Self {
+        Self {
+            inv_freq,
+            long: None,
+            scale: 1.0,
+        }
+    }
+
+    /// The tables for `positions` (one list per row, all of the same length).
+    pub fn tables(&self, positions: &[Vec<usize>], device: &Device) -> RopeTables {
+        let reach = positions.iter().flatten().max().map_or(0, |p| p + 1);
+        let inv_freq = match &self.long {
+            // transformers divides by the long factors once a call's positions pass `original`.
+            Some((long, original)) if reach > *original => long,
+            _ => &self.inv_freq,
+        };
+        RopeTables::new(inv_freq, self.scale, positions, device)
+    }
 }
 
-/// inv_freq[i] = 1 / θ^(2i/d), i < d/2.
+/// inv_freq[i] = 1 / θ^(2i/d), i < d/2 (d: the rotated dimensions).
 fn unscaled(theta: f64, d: usize) -> Vec<f32> {
     // transformers computes these in float32; so do we, so tables round the same way.
     let theta = theta as f32;
@@ -33,15 +89,8 @@ fn unscaled(theta: f64, d: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Llama 3's wavelength-dependent rescaling, or every frequency divided by a linear factor.
-fn scaled(base: Vec<f32>, scaling: RopeScaling) -> Vec<f32> {
-    let s = match scaling {
-        RopeScaling::None => return base,
-        RopeScaling::Linear { factor } => {
-            return base.into_iter().map(|f| f / factor as f32).collect();
-        }
-        RopeScaling::Llama3(s) => s,
-    };
+/// Llama 3's wavelength-dependent rescaling.
+fn llama3(base: Vec<f32>, s: &Llama3Scaling) -> Vec<f32> {
     let (factor, low, high, old) = (
         s.factor as f32,
         s.low_freq_factor as f32,
@@ -73,8 +122,8 @@ pub struct RopeTables {
 }
 
 impl RopeTables {
-    /// `positions`: one list per row, all of the same length.
-    pub fn new(inv_freq: &[f32], positions: &[Vec<usize>], device: &Device) -> Self {
+    /// `positions`: one list per row, all of the same length; cos and sin times `scale`.
+    pub fn new(inv_freq: &[f32], scale: f32, positions: &[Vec<usize>], device: &Device) -> Self {
         let half = inv_freq.len();
         let (b, s) = (positions.len(), positions.first().map_or(0, Vec::len));
         let mut cos = Vec::with_capacity(b * s * half * 2);
@@ -82,8 +131,8 @@ impl RopeTables {
         for &p in positions.iter().flatten() {
             let angles: Vec<f32> = inv_freq.iter().map(|f| p as f32 * f).collect();
             for _ in 0..2 {
-                cos.extend(angles.iter().map(|a| a.cos()));
-                sin.extend(angles.iter().map(|a| a.sin()));
+                cos.extend(angles.iter().map(|a| a.cos() * scale));
+                sin.extend(angles.iter().map(|a| a.sin() * scale));
             }
         }
         let shape = [b, 1, s, half * 2];
@@ -93,9 +142,20 @@ impl RopeTables {
         }
     }
 
-    /// x: [batch, heads, seq, head_dim] → same; x·cos + rotate_half(x)·sin.
+    /// The rotated dimensions of each head (the first ones; the rest pass through).
+    pub fn rotary_dim(&self) -> usize {
+        self.cos.dims()[3]
+    }
+
+    /// x: [batch, heads, seq, head_dim] → same; x·cos + rotate_half(x)·sin over the first
+    /// [`Self::rotary_dim`] dimensions, the others unchanged.
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, h, s, d] = x.dims();
+        let r = self.rotary_dim();
+        if r < d {
+            let rotated = self.apply(x.clone().narrow(3, 0, r));
+            return Tensor::cat(vec![rotated, x.narrow(3, r, d - r)], 3);
+        }
         let cos = self.cos.clone().expand([b, h, s, d]);
         let sin = self.sin.clone().expand([b, h, s, d]);
         let x1 = x.clone().narrow(3, 0, d / 2);

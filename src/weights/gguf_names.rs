@@ -97,7 +97,8 @@ pub fn hf_name(gguf: &str) -> Option<String> {
 }
 
 /// The GGUF module name of an HF decoder-layer module path
-/// (`model.layers.3.self_attn.q_proj` → `blk.3.attn_q`), as llama.cpp's converter names it.
+/// (`model.layers.3.self_attn.q_proj` → `blk.3.attn_q`), as llama.cpp's converter names it;
+/// Phi-3's fused `qkv_proj` is `attn_qkv` and its `gate_up_proj` `ffn_up`.
 pub fn gguf_module(hf_path: &str) -> Option<String> {
     let rest = hf_path.strip_prefix("model.layers.")?;
     let (layer, module) = rest.split_once('.')?;
@@ -110,6 +111,8 @@ pub fn gguf_module(hf_path: &str) -> Option<String> {
         "mlp.gate_proj" => "ffn_gate",
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
+        "self_attn.qkv_proj" => "attn_qkv",
+        "mlp.gate_up_proj" => "ffn_up",
         _ => return None,
     };
     Some(format!("blk.{layer}.{name}"))

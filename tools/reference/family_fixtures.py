@@ -20,13 +20,18 @@ N(0, 0.2²), input_ids [2, 7] with row 1 right-padded):
   tiny-gemma3   Gemma 3 text: Gemma 2's layers with per-head (1 + w) q/k RMSNorms, no soft caps,
                 layer 0 sliding (window 4, RoPE base 10000) and layer 1 global (RoPE base 1e6,
                 linear scaling ×4), query_pre_attn_scalar 24, GQA 4/2, untied head
+  tiny-phi3     Phi-3: fused qkv_proj and gate_up_proj, RoPE over half of each head
+                (partial_rotary_factor 0.5), LongRoPE with original_max_position_embeddings 8
+                (the 7-token rows use the short factors; 9-token training rows and generation
+                past position 8 the long ones, with attention factor √(1 + ln 16 / ln 8)),
+                GQA 4/2, untied head
 
 Each tests/fixtures/llama/<name>/ gets config.json, model.safetensors, reference.safetensors
 (input_ids, attention_mask, logits [2, 7, vocab]) and greedy.json (the 12 greedy tokens
 transformers' generate gives after three prompts).
 
 Environment: pip install torch transformers==5.23.0 safetensors accelerate (DESIGN.md §6).
-Usage: python3 tools/reference/family_fixtures.py [qwen3|granite|olmo2|mistral|llama-gelu|gemma2|gemma3 ...]   (default: all)
+Usage: python3 tools/reference/family_fixtures.py [qwen3|granite|olmo2|mistral|llama-gelu|gemma2|gemma3|phi3 ...]   (default: all)
 """
 import json
 import sys
@@ -34,7 +39,8 @@ import sys
 import torch
 from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig, GraniteConfig, GraniteForCausalLM,
                           LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
-                          Olmo2Config, Olmo2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+                          Olmo2Config, Olmo2ForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen3Config,
+                          Qwen3ForCausalLM)
 
 from llama_fixtures import OUT, tiny
 
@@ -68,6 +74,11 @@ FAMILIES = {
         sliding_window=4, layer_types=["sliding_attention", "full_attention"],
         rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000000.0},
                          "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})),
+    "phi3": ("tiny-phi3", Phi3ForCausalLM, lambda: Phi3Config(
+        **COMMON, tie_word_embeddings=False, original_max_position_embeddings=8, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                         "short_factor": [1.0, 1.3, 2.1, 3.7], "long_factor": [1.5, 2.9, 6.0, 11.0]})),
 }
 
 

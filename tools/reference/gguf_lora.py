@@ -9,7 +9,7 @@ PyPI (vendor/llama.cpp; 0.3.36, sha256 832db069…1a2e):
 
 Usage: python3 tools/reference/gguf_lora.py LLAMA_CPP_DIR            # writes tests/fixtures/lora/gguf/tiny-lora{,-q8_0}.gguf
        python3 tools/reference/gguf_lora.py LLAMA_CPP_DIR OURS.gguf  # gguf-py parses ours; compares with the fixture
-       python3 tools/reference/gguf_lora.py LLAMA_CPP_DIR gemma2     # tiny-gemma2 (or gemma3) with lora/peft-gemma2
+       python3 tools/reference/gguf_lora.py LLAMA_CPP_DIR gemma2     # tiny-gemma2 (gemma3, phi3) with lora/peft-gemma2
                                                                      # (peft_export.py gemma2) → tiny-gemma2-lora.gguf
 Environment: transformers==5.23.0 torch per DESIGN.md §6; gguf-py from the same llama.cpp tree.
 """
@@ -59,7 +59,7 @@ def compare(ours):
 if __name__ == "__main__":
     cpp = pathlib.Path(sys.argv[1])
     sys.path.insert(0, str(cpp / "gguf-py"))
-    if len(sys.argv) > 2 and sys.argv[2] in ("gemma2", "gemma3"):
+    if len(sys.argv) > 2 and sys.argv[2] in ("gemma2", "gemma3", "phi3"):
         convert(cpp, sys.argv[2])
     else:
         compare(sys.argv[2]) if len(sys.argv) > 2 else convert(cpp)

@@ -31,6 +31,8 @@ CASES = [
     ("tiny-mistral", {"rank": 8, "targets": "all-linear"}),
     ("tiny-gemma2", {"rank": 8, "targets": "all-linear"}),
     ("tiny-gemma3", {"rank": 8, "targets": "all-linear"}),
+    ("tiny-phi3", {"rank": 8, "targets": "all-linear"}),
+    ("tiny-phi3", {"rank": 4, "targets": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]}),
 ]
 
 

@@ -13,11 +13,11 @@ get_linear_schedule_with_warmup(2 warmup steps, 10 total).
 Writes tests/fixtures/lora/train/: batches.json (micro-batches: input_ids, attention_mask, labels
 with -100), init.safetensors and final.safetensors (PEFT keys, lora_A [r,in] / lora_B [out,r]),
 trajectory.json (per step: loss, grad norm before clipping, lr used).
-With a family (`qwen3`, `granite`, `olmo2`, `mistral`, `llama-gelu`, `gemma2`, `gemma3`): the same steps on tests/fixtures/llama/tiny-<family>
+With a family (`qwen3`, `granite`, `olmo2`, `mistral`, `llama-gelu`, `gemma2`, `gemma3`, `phi3` — its four fused projections as targets): the same steps on tests/fixtures/llama/tiny-<family>
 (family_fixtures.py), into tests/fixtures/lora/train-<family>/ (init, final, trajectory; the
 batches are lora/train's).
 Environment: transformers==5.23.0 peft==0.21.2, torch per DESIGN.md §6.
-Usage: python3 tools/reference/lora_train.py [qwen3|granite|olmo2|mistral|llama-gelu|gemma2|gemma3]
+Usage: python3 tools/reference/lora_train.py [qwen3|granite|olmo2|mistral|llama-gelu|gemma2|gemma3|phi3]
 """
 import sys
 import json
@@ -33,6 +33,9 @@ FAMILY = sys.argv[1] if len(sys.argv) > 1 else None
 OUT = ROOT / "tests" / "fixtures" / "lora" / (f"train-{FAMILY}" if FAMILY else "train")
 BASE = ROOT / "tests/fixtures/llama" / (f"tiny-{FAMILY}" if FAMILY else "tiny-llama")
 STEPS, ACCUM, MAX_NORM = 10, 2, 0.05
+# Every attention and MLP projection: Llama's seven, or Phi-3's four fused ones.
+TARGETS = (["qkv_proj", "o_proj", "gate_up_proj", "down_proj"] if FAMILY == "phi3" else
+           ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 
 def lora_state(model):
@@ -63,7 +66,7 @@ def main():
     torch.manual_seed(7)
     model = AutoModelForCausalLM.from_pretrained(BASE, attn_implementation="eager")
     config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+                        target_modules=TARGETS)
     model = get_peft_model(model, config)
     save_file(lora_state(model), OUT / "init.safetensors")
     batches = micro_batches(torch.Generator().manual_seed(11))

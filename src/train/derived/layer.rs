@@ -10,14 +10,14 @@ use super::attention::{self, AttentionCore};
 use super::linear::{self, FactorGradients, LinearTape};
 use super::ops::{activation_and_derivative, rms_norm_backward, rope_backward};
 use crate::data::batch::Batch;
-use crate::model::attention::Attention;
+use crate::model::attention::{Attention, QkvProjection};
 use crate::model::decoder::{DecoderLayer, LayerInputs, LayerNorms};
 use crate::model::decoder_config::QkNorm;
-use crate::model::mlp::Mlp;
+use crate::model::mlp::{GateUpProjection, Mlp};
 use crate::model::norm::RmsNorm;
 
 /// The adapters' gradients of a layer, in `DecoderLayer::linears_mut` order.
-pub type LayerGradients = [Option<FactorGradients>; 7];
+pub type LayerGradients = Vec<Option<FactorGradients>>;
 
 /// Rows and columns of the batch (x is [b·s, hidden]) and the score masked keys get
 /// (`attention::masked_score`).
@@ -49,7 +49,9 @@ pub struct LayerTape {
 
 #[derive(Debug, Clone)]
 struct AttentionTape {
-    projections: [LinearTape; 4],
+    /// q, k, v's projections (one when fused), then o's.
+    qkv: Vec<LinearTape>,
+    o: LinearTape,
     /// The q and k norms' inputs, rows as the norm sees them.
     qk_norm_inputs: [Option<Tensor<2>>; 2],
     /// After RoPE, k and v repeated to every query head.
@@ -58,7 +60,9 @@ struct AttentionTape {
 
 #[derive(Debug, Clone)]
 struct MlpTape {
-    projections: [LinearTape; 3],
+    /// gate's and up's projections (one when fused), then down's.
+    gate_up: Vec<LinearTape>,
+    down: LinearTape,
     gate: Tensor<2>,
     up: Tensor<2>,
 }
@@ -115,9 +119,16 @@ pub fn backward(
     let da = norm_backward(attention_out, attention_out_x, scaled(dmid.clone(), m));
     let (da, attention) = attention_backward(layer, tape.attention, da, shape, inputs, need_dx);
     let dx = da.map(|da| dmid + norm_backward(attention_in, attention_in_x, da));
-    let [q, k, v, o] = attention;
-    let [gate, up, down] = mlp;
-    (dx, [q, k, v, o, gate, up, down])
+    let (qkv, o) = attention;
+    let (gate_up, down) = mlp;
+    // `DecoderLayer::named_linears`' order: Phi-3's fused layers list o_proj first.
+    let mut grads: LayerGradients = match layer.self_attn.qkv {
+        QkvProjection::Fused { .. } => [o].into_iter().chain(qkv).collect(),
+        QkvProjection::Separate { .. } => qkv.into_iter().chain([o]).collect(),
+    };
+    grads.extend(gate_up);
+    grads.push(down);
+    (dx, grads)
 }
 
 /// x through `norm` if the layer has it, with the norm's input kept.
@@ -147,9 +158,7 @@ fn attention_forward(
 ) -> (Tensor<2>, AttentionTape) {
     let attn = &layer.self_attn;
     let (h, kv, d) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
-    let (q, q_tape) = linear::forward(&attn.q_proj, x.clone());
-    let (k, k_tape) = linear::forward(&attn.k_proj, x.clone());
-    let (v, v_tape) = linear::forward(&attn.v_proj, x);
+    let ([q, k, v], qkv_tapes) = qkv_forward(&attn.qkv, x, [h * d, kv * d]);
     let (q, q_rows) = qk_norm(attn, &attn.q_norm, q, h);
     let (k, k_rows) = qk_norm(attn, &attn.k_norm, k, kv);
     let heads = |t: Tensor<2>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2);
@@ -168,7 +177,8 @@ fn attention_forward(
     let out = out.swap_dims(1, 2).reshape([b * s, h * d]);
     let (y, o_tape) = linear::forward(&attn.o_proj, out);
     let tape = AttentionTape {
-        projections: [q_tape, k_tape, v_tape, o_tape],
+        qkv: qkv_tapes,
+        o: o_tape,
         qk_norm_inputs: [q_rows, k_rows],
         core,
     };
@@ -182,10 +192,10 @@ fn attention_backward(
     Shape { b, s, .. }: Shape,
     inputs: &LayerInputs,
     need_dx: bool,
-) -> (Option<Tensor<2>>, [Option<FactorGradients>; 4]) {
+) -> (Option<Tensor<2>>, AttentionGradients) {
     let attn = &layer.self_attn;
     let (h, kv, d) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
-    let [q_tape, k_tape, v_tape, o_tape] = tape.projections;
+    let o_tape = tape.o;
     let out = o_tape.input();
     let (dout, o) = linear::backward(&attn.o_proj, o_tape, dy);
     let heads = |t: Tensor<2>| t.reshape([b, s, h, d]).swap_dims(1, 2); // [b, h, s, d]
@@ -215,11 +225,71 @@ fn attention_backward(
         k_rows,
         flat(rope_backward(inputs.rope_of(layer), dk), kv),
     );
-    let (dxq, q) = linear::backward_if(&attn.q_proj, q_tape, dq, need_dx);
-    let (dxk, k) = linear::backward_if(&attn.k_proj, k_tape, dk, need_dx);
-    let (dxv, v) = linear::backward_if(&attn.v_proj, v_tape, flat(dv, kv), need_dx);
-    let dx = [dxq, dxk, dxv].into_iter().flatten().reduce(|a, b| a + b);
-    (dx, [q, k, v, o])
+    let (dx, qkv) = qkv_backward(&attn.qkv, tape.qkv, [dq, dk, flat(dv, kv)], need_dx);
+    (dx, (qkv, o))
+}
+
+/// The gradients of q, k and v's projections (in their order) and of o's.
+type AttentionGradients = (Vec<Option<FactorGradients>>, Option<FactorGradients>);
+
+/// q, k and v [n, width] from x [n, hidden], with their projections' tapes.
+fn qkv_forward(
+    qkv: &QkvProjection,
+    x: Tensor<2>,
+    [q, kv]: [usize; 2],
+) -> ([Tensor<2>; 3], Vec<LinearTape>) {
+    match qkv {
+        QkvProjection::Separate {
+            q_proj,
+            k_proj,
+            v_proj,
+        } => {
+            let (q, q_tape) = linear::forward(q_proj, x.clone());
+            let (k, k_tape) = linear::forward(k_proj, x.clone());
+            let (v, v_tape) = linear::forward(v_proj, x);
+            ([q, k, v], vec![q_tape, k_tape, v_tape])
+        }
+        QkvProjection::Fused { qkv_proj } => {
+            let (y, tape) = linear::forward(qkv_proj, x);
+            let parts = [
+                y.clone().narrow(1, 0, q),
+                y.clone().narrow(1, q, kv),
+                y.narrow(1, q + kv, kv),
+            ];
+            (parts, vec![tape])
+        }
+    }
+}
+
+/// dq, dk, dv [n, width] → dx (when `need_dx`) and the projections' factor gradients; a fused
+/// projection takes them side by side.
+fn qkv_backward(
+    qkv: &QkvProjection,
+    tapes: Vec<LinearTape>,
+    [dq, dk, dv]: [Tensor<2>; 3],
+    need_dx: bool,
+) -> (Option<Tensor<2>>, Vec<Option<FactorGradients>>) {
+    match qkv {
+        QkvProjection::Separate {
+            q_proj,
+            k_proj,
+            v_proj,
+        } => {
+            let [q_tape, k_tape, v_tape]: [LinearTape; 3] =
+                tapes.try_into().expect("three projection tapes");
+            let (dxq, q) = linear::backward_if(q_proj, q_tape, dq, need_dx);
+            let (dxk, k) = linear::backward_if(k_proj, k_tape, dk, need_dx);
+            let (dxv, v) = linear::backward_if(v_proj, v_tape, dv, need_dx);
+            let dx = [dxq, dxk, dxv].into_iter().flatten().reduce(|a, b| a + b);
+            (dx, vec![q, k, v])
+        }
+        QkvProjection::Fused { qkv_proj } => {
+            let tape = tapes.into_iter().next().expect("one projection tape");
+            let (dx, grads) =
+                linear::backward_if(qkv_proj, tape, Tensor::cat(vec![dq, dk, dv], 1), need_dx);
+            (dx, vec![grads])
+        }
+    }
 }
 
 /// The causal / padding / packing (and sliding-window) mask of `layer` for every head:
@@ -267,12 +337,23 @@ fn qk_norm_backward(norm: &Option<RmsNorm>, rows: Option<Tensor<2>>, dy: Tensor<
 }
 
 fn mlp_forward(mlp: &Mlp, x: Tensor<2>) -> (Tensor<2>, MlpTape) {
-    let (gate, gate_tape) = linear::forward(&mlp.gate_proj, x.clone());
-    let (up, up_tape) = linear::forward(&mlp.up_proj, x);
+    let (gate, up, gate_up) = match &mlp.gate_up {
+        GateUpProjection::Separate { gate_proj, up_proj } => {
+            let (gate, gate_tape) = linear::forward(gate_proj, x.clone());
+            let (up, up_tape) = linear::forward(up_proj, x);
+            (gate, up, vec![gate_tape, up_tape])
+        }
+        GateUpProjection::Fused { gate_up_proj } => {
+            let (y, tape) = linear::forward(gate_up_proj, x);
+            let w = mlp.width;
+            (y.clone().narrow(1, 0, w), y.narrow(1, w, w), vec![tape])
+        }
+    };
     let activated = mlp.activation.apply(gate.clone());
-    let (y, down_tape) = linear::forward(&mlp.down_proj, activated * up.clone());
+    let (y, down) = linear::forward(&mlp.down_proj, activated * up.clone());
     let tape = MlpTape {
-        projections: [gate_tape, up_tape, down_tape],
+        gate_up,
+        down,
         gate,
         up,
     };
@@ -280,18 +361,36 @@ fn mlp_forward(mlp: &Mlp, x: Tensor<2>) -> (Tensor<2>, MlpTape) {
 }
 
 /// The MLP always passes its input gradient on: below it in the layer is the attention block.
+/// → dx and the gradients of gate's and up's projections (one when fused) and of down's.
 fn mlp_backward(
     mlp: &Mlp,
     tape: MlpTape,
     dy: Tensor<2>,
-) -> (Tensor<2>, [Option<FactorGradients>; 3]) {
-    let [gate_tape, up_tape, down_tape] = tape.projections;
-    let (dhidden, down) = linear::backward(&mlp.down_proj, down_tape, dy);
+) -> (
+    Tensor<2>,
+    (Vec<Option<FactorGradients>>, Option<FactorGradients>),
+) {
+    let (dhidden, down) = linear::backward(&mlp.down_proj, tape.down, dy);
     let (activated, derivative) = activation_and_derivative(mlp.activation, tape.gate);
     let dgate = dhidden.clone() * tape.up * derivative;
     let dup = dhidden * activated;
-    let (dxg, gate) = linear::backward(&mlp.gate_proj, gate_tape, dgate);
-    let (dxu, up) = linear::backward(&mlp.up_proj, up_tape, dup);
-    let dx = dxg + dxu;
-    (dx, [gate, up, down])
+    match &mlp.gate_up {
+        GateUpProjection::Separate { gate_proj, up_proj } => {
+            let [gate_tape, up_tape]: [LinearTape; 2] =
+                tape.gate_up.try_into().expect("two projection tapes");
+            let (dxg, gate) = linear::backward(gate_proj, gate_tape, dgate);
+            let (dxu, up) = linear::backward(up_proj, up_tape, dup);
+            (dxg + dxu, (vec![gate, up], down))
+        }
+        GateUpProjection::Fused { gate_up_proj } => {
+            let gate_up_tape = tape
+                .gate_up
+                .into_iter()
+                .next()
+                .expect("one projection tape");
+            let dboth = Tensor::cat(vec![dgate, dup], 1);
+            let (dx, grads) = linear::backward(gate_up_proj, gate_up_tape, dboth);
+            (dx, (vec![grads], down))
+        }
+    }
 }

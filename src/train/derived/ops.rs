@@ -21,8 +21,14 @@ pub fn rms_norm_backward(norm: &RmsNorm, x: Tensor<2>, dy: Tensor<2>) -> Tensor<
 
 /// `RopeTables::apply` is y = x·cos + rotate_half(x)·sin with rotate_half(x) = [−x₂, x₁]; its
 /// transpose: dx = dy·cos + [g₂, −g₁] where g = dy·sin.
+/// Dimensions past the rotated ones (partial rotary) pass their gradient through.
 pub fn rope_backward(rope: &RopeTables, dy: Tensor<4>) -> Tensor<4> {
     let [b, h, s, d] = dy.dims();
+    let r = rope.rotary_dim();
+    if r < d {
+        let rotated = rope_backward(rope, dy.clone().narrow(3, 0, r));
+        return Tensor::cat(vec![rotated, dy.narrow(3, r, d - r)], 3);
+    }
     let cos = rope.cos.clone().expand([b, h, s, d]);
     let g = dy.clone() * rope.sin.clone().expand([b, h, s, d]);
     let g1 = g.clone().narrow(3, 0, d / 2);
