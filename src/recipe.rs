@@ -41,10 +41,10 @@ pub struct ModelSection {
     /// Compute dtype of the frozen base: `f32` (default), `bf16` or `f16`.
     #[serde(default)]
     pub dtype: Dtype,
-    /// Keep a GGUF base's Q4_0/Q4_1/Q8_0 linear weights in their blocks in memory and decode one
-    /// matrix per matmul (QLoRA-style): the same values as a dequantised load in ~1/5 of the
-    /// memory. Needs `train.gradient_checkpointing` (otherwise backward keeps every decoded
-    /// matrix). Default false.
+    /// Keep a GGUF base's block-quantised linear weights (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+    /// Q2_K–Q6_K) in their blocks in memory and decode one matrix per matmul (QLoRA-style): the
+    /// same values as a dequantised load in 1/5 (Q4) to 1/3 (Q5, Q6_K, Q8_0) of the memory.
+    /// Default false.
     #[serde(default)]
     pub keep_quantized: bool,
     /// `causal-lm` (default: next-token loss on the labelled tokens) or `classification`

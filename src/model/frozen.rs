@@ -6,7 +6,7 @@
 use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::dtype::Dtype;
-use crate::weights::blocks::{BLOCK, BlockMatrix};
+use crate::weights::blocks::BlockMatrix;
 use crate::weights::host::FrozenMatrix;
 
 #[derive(Debug, Clone)]
@@ -23,10 +23,12 @@ pub struct PackedBlocks {
     /// What the words, scales and offsets occupy.
     bytes: u64,
     bits: usize,
+    /// Values sharing a scale and offset (16 or 32).
+    group: usize,
     code_bias: f32,
     /// [rows, cols · bits / 32], i32 bit patterns.
     words: Tensor<2, Int>,
-    /// [rows, cols / 32, 1]
+    /// [rows, cols / group, 1]
     scales: Tensor<3>,
     offsets: Option<Tensor<3>>,
 }
@@ -77,13 +79,15 @@ impl PackedBlocks {
         let (rows, cols) = (b.rows, b.cols);
         let per_row_words = b.words.len() / rows;
         let words: Vec<i32> = b.words.iter().map(|&w| w as i32).collect();
+        let group = b.format.group();
         let floats = |v: Vec<f32>| {
-            Tensor::<3>::from_data(TensorData::new(v, [rows, cols / BLOCK, 1]), device)
+            Tensor::<3>::from_data(TensorData::new(v, [rows, cols / group, 1]), device)
         };
         Self {
             shape: [rows, cols],
             bytes: b.packed_bytes(),
             bits: b.format.bits(),
+            group,
             code_bias: b.format.code_bias(),
             words: Tensor::from_data(
                 TensorData::new(words, [rows, per_row_words]),
@@ -109,7 +113,7 @@ impl PackedBlocks {
             .collect();
         // Code k of every word is the run of columns k·W .. (k+1)·W (`weights::blocks`).
         let codes = Tensor::cat(codes, 1);
-        let blocks = [rows, cols / BLOCK, BLOCK];
+        let blocks = [rows, cols / self.group, self.group];
         let values = codes.reshape(blocks).float();
         let values = if self.code_bias == 0.0 {
             values

@@ -52,7 +52,7 @@ impl HostTensors {
         })
     }
 
-    /// As [`read`](Self::read), but a GGUF file's Q4_0/Q4_1/Q8_0 matrices stay in their blocks
+    /// As [`read`](Self::read), but a GGUF file's block-quantised matrices (every `BlockFormat`) stay in their blocks
     /// until taken: [`take_frozen`](Self::take_frozen) hands them over packed.
     pub fn read_keeping_blocks(path: &Path) -> Result<Self, WeightsError> {
         if path.extension().is_none_or(|e| e != "gguf") {

@@ -261,7 +261,7 @@ pub fn example(k: u32, len: usize) -> Encoded {
     }
 }
 
-/// The Q4_0/Q4_1/Q8_0 golden blocks (tests/fixtures/dequant, gguf-py's values) kept packed on
+/// The golden blocks of all ten formats (tests/fixtures/dequant, gguf-py's values) kept packed on
 /// `device` and decoded there give gguf-py's f32 values bit for bit, as does the host decoder.
 pub fn assert_packed_blocks_decode_like_gguf_py(device: &Device) {
     use lora_tune::model::frozen::FrozenWeight;
@@ -271,7 +271,14 @@ pub fn assert_packed_blocks_decode_like_gguf_py(device: &Device) {
     for (name, format) in [
         ("Q4_0", BlockFormat::Q4_0),
         ("Q4_1", BlockFormat::Q4_1),
+        ("Q5_0", BlockFormat::Q5_0),
+        ("Q5_1", BlockFormat::Q5_1),
         ("Q8_0", BlockFormat::Q8_0),
+        ("Q2_K", BlockFormat::Q2K),
+        ("Q3_K", BlockFormat::Q3K),
+        ("Q4_K", BlockFormat::Q4K),
+        ("Q5_K", BlockFormat::Q5K),
+        ("Q6_K", BlockFormat::Q6K),
     ] {
         let raw = std::fs::read(dir.join(format!("{name}.raw"))).unwrap();
         let want: Vec<u32> = std::fs::read(dir.join(format!("{name}.f32")))
@@ -279,7 +286,13 @@ pub fn assert_packed_blocks_decode_like_gguf_py(device: &Device) {
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
             .collect();
-        let (rows, cols) = (want.len() / 64, 64);
+        // Rows of one K-quant super-block, or of two 32-value blocks (128-value fixtures).
+        let cols = if format.ggml_block().0 == 256 {
+            256
+        } else {
+            64
+        };
+        let rows = want.len() / cols;
         let blocks = BlockMatrix::from_ggml(format, &raw, rows, cols).unwrap();
         let host = blocks.dequantize();
         let weight = FrozenWeight::new(FrozenMatrix::Blocks(blocks), device);
