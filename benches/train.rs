@@ -46,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         &device,
         lora_tune::model::BaseStorage {
             keep_quantized,
+            quantize: None,
             dense: if bf16 {
                 lora_tune::dtype::Dtype::Bf16
             } else {

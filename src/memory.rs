@@ -261,7 +261,8 @@ pub fn available_bytes() -> Option<u64> {
 }
 
 /// The base's bytes from its f32 bytes when `model.keep_quantized` packs a GGUF's block-quantised
-/// linear weights and `model.dtype` stores the other linear weights in 16 bits; plus what
+/// linear weights, `model.quantize` packs the layers' others and `model.dtype` stores the rest
+/// in 16 bits; plus what
 /// widening holds: one layer's weights in f32 (kept for that layer's backward while it is
 /// recomputed) and the largest one's codes and values. Also the load's peak for a 16-bit base
 /// (the f32 checkpoint as read plus the narrowed linears; `MemoryEstimate::loading`), else 0.
@@ -294,6 +295,20 @@ pub fn frozen_base_bytes(
         },
         _ => (0, 0),
     };
+    // `model.quantize` packs the layers' linears a GGUF does not already keep packed.
+    let layer_f32: u64 = linear
+        .iter()
+        .filter(|s| s.layer.is_some())
+        .map(|s| bytes(s))
+        .sum();
+    let (quantized_f32, quantized_packed) = match storage.quantize {
+        Some(format) => {
+            let f32_bytes = layer_f32.saturating_sub(kept_f32);
+            (f32_bytes, format.packed_bytes(f32_bytes / 4))
+        }
+        None => (0, 0),
+    };
+    let (kept_f32, kept_packed) = (kept_f32 + quantized_f32, kept_packed + quantized_packed);
     let dense_f32 = linear_f32 - kept_f32;
     let dense = match storage.dense {
         Dtype::F32 => dense_f32,

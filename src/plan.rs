@@ -11,6 +11,7 @@ use crate::recipe::{
     RecipeFile, Targets, Task, TrainSection,
 };
 use crate::source::Source;
+use crate::weights::blocks::BlockFormat;
 
 /// When training stops.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,6 +36,7 @@ pub struct Plan {
     pub sources: Vec<Source>,
     pub dtype: Dtype,
     pub keep_quantized: bool,
+    pub quantize: Option<BlockFormat>,
     pub task: Task,
     pub pooling: Pooling,
     pub lora: LoraSection,
@@ -53,6 +55,7 @@ impl Plan {
     pub fn base_storage(&self) -> BaseStorage {
         BaseStorage {
             keep_quantized: self.keep_quantized,
+            quantize: self.quantize,
             dense: self.dtype,
         }
     }
@@ -302,6 +305,11 @@ impl Plan {
                 "is for causal-LM decoders from GGUF files; drop it for a classifier",
             )?;
             check(
+                recipe.model.quantize.is_none(),
+                "model.quantize",
+                "is for causal-LM decoders; drop it for a classifier",
+            )?;
+            check(
                 export.formats.iter().all(|f| *f == ExportFormat::Peft),
                 "export.formats",
                 r#"a classifier exports "peft" only (GGUF LoRA and merged models are for causal LMs)"#,
@@ -350,6 +358,7 @@ impl Plan {
             sources,
             dtype: recipe.model.dtype,
             keep_quantized: recipe.model.keep_quantized,
+            quantize: recipe.model.quantize.map(|q| q.format()),
             task: recipe.model.task,
             pooling: recipe.model.pooling,
             lora,

@@ -10,6 +10,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::weights::blocks::BlockFormat;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -47,6 +49,13 @@ pub struct ModelSection {
     /// Default false.
     #[serde(default)]
     pub keep_quantized: bool,
+    /// Quantise the frozen decoder layers' linear weights at load into ggml blocks and decode
+    /// one matrix per matmul (QLoRA on any base, e.g. a bf16 safetensors checkpoint): `q4_0`,
+    /// `q4_1`, `q5_0`, `q5_1` or `q8_0`, rounded as llama.cpp's and gguf-py's quantisers. The
+    /// LM head stays dense; matrices a GGUF already keeps in blocks (`keep_quantized`) stay as
+    /// they are. Default: none.
+    #[serde(default)]
+    pub quantize: Option<Quantize>,
     /// `causal-lm` (default: next-token loss on the labelled tokens) or `classification`
     /// (a linear head over the labels of `data.format = "classification"` rows).
     #[serde(default)]
@@ -322,6 +331,33 @@ pub enum ExportFormat {
     Peft,
     Gguf,
     Merged,
+}
+
+/// The block formats `model.quantize` stores the frozen linears in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Quantize {
+    #[serde(rename = "q4_0")]
+    Q4_0,
+    #[serde(rename = "q4_1")]
+    Q4_1,
+    #[serde(rename = "q5_0")]
+    Q5_0,
+    #[serde(rename = "q5_1")]
+    Q5_1,
+    #[serde(rename = "q8_0")]
+    Q8_0,
+}
+
+impl Quantize {
+    pub fn format(self) -> BlockFormat {
+        match self {
+            Self::Q4_0 => BlockFormat::Q4_0,
+            Self::Q4_1 => BlockFormat::Q4_1,
+            Self::Q5_0 => BlockFormat::Q5_0,
+            Self::Q5_1 => BlockFormat::Q5_1,
+            Self::Q8_0 => BlockFormat::Q8_0,
+        }
+    }
 }
 
 /// Which linear layers get adapters.

@@ -156,3 +156,38 @@ fn real_smollm2_tensors_match_gguf_py_and_transformers() {
         );
     }
 }
+
+/// Quantise-on-load (`model.quantize`) writes gguf-py's blocks byte for byte
+/// (tools/reference/quantize_fixtures.py: normal values at three scales, an all-zero, a constant
+/// and an outlier block, rounding ties).
+#[test]
+fn quantizing_equals_gguf_py_byte_for_byte() {
+    use lora_tune::weights::blocks::BlockFormat;
+    use lora_tune::weights::quantize::quantize;
+    let dir = format!("{FIXTURES}/quantize");
+    let values: Vec<f32> = std::fs::read(format!("{dir}/input.f32"))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    for (name, format) in [
+        ("Q4_0", BlockFormat::Q4_0),
+        ("Q4_1", BlockFormat::Q4_1),
+        ("Q5_0", BlockFormat::Q5_0),
+        ("Q5_1", BlockFormat::Q5_1),
+        ("Q8_0", BlockFormat::Q8_0),
+    ] {
+        let want = std::fs::read(format!("{dir}/{name}.raw")).unwrap();
+        let got = quantize(format, &values).unwrap();
+        let (_, block_bytes) = format.ggml_block();
+        for (i, (g, w)) in got
+            .chunks(block_bytes)
+            .zip(want.chunks(block_bytes))
+            .enumerate()
+        {
+            assert_eq!(g, w, "{name} block {i}");
+        }
+        assert_eq!(got.len(), want.len(), "{name}");
+    }
+    assert!(quantize(BlockFormat::Q4K, &values).is_err());
+}

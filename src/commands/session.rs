@@ -91,8 +91,12 @@ pub fn open_model(loaded: &Loaded, memory_check: MemoryCheck) -> anyhow::Result<
                     .filter(|w| matches!(w, FrozenWeight::Blocks(_)))
                     .count();
                 let f32_bytes = |w: &&FrozenWeight| (w.dims()[0] * w.dims()[1] * 4) as u64;
+                let how = match prepared.plan.quantize {
+                    Some(format) => format!("in {format:?} blocks (model.quantize)"),
+                    None => "kept in their GGUF blocks".into(),
+                };
                 println!(
-                    "frozen base: {kept} of {} linear weights kept in their GGUF blocks, the rest stored as {:?}: {} instead of {} in f32",
+                    "frozen base: {kept} of {} linear weights {how}, the rest stored as {:?}: {} instead of {} in f32",
                     weights.len(),
                     prepared.plan.dtype,
                     memory::gb(weights.iter().map(|w| w.resident_bytes()).sum()),

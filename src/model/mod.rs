@@ -35,6 +35,7 @@ use burn::tensor::Device;
 use crate::dtype::Dtype;
 use crate::source::ModelFiles;
 use crate::weights::WeightsError;
+use crate::weights::blocks::BlockFormat;
 use crate::weights::gguf::GgufFile;
 use crate::weights::host::HostTensors;
 use crate::weights::tokenizer::ModelTokenizer;
@@ -196,6 +197,9 @@ pub fn tokenizer_of(files: &ModelFiles) -> Result<ModelTokenizer, WeightsError> 
 pub struct BaseStorage {
     /// A GGUF's block-quantised linear weights stay packed (`frozen::FrozenWeight::Blocks`).
     pub keep_quantized: bool,
+    /// The decoder layers' other linear weights are quantised into these blocks at load
+    /// (`model.quantize`).
+    pub quantize: Option<BlockFormat>,
     /// The other linear weights are stored as this.
     pub dense: Dtype,
 }
@@ -212,7 +216,9 @@ pub fn load(
     } else {
         HostTensors::read(files.path())?
     };
-    let weights = weights.storing_frozen_as(storage.dense);
+    let weights = weights
+        .storing_frozen_as(storage.dense)
+        .quantizing_frozen(storage.quantize);
     Decoder::load(config, weights, device)
 }
 

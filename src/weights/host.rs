@@ -10,10 +10,11 @@ use half::{bf16, f16};
 use safetensors::{Dtype as StDtype, SafeTensors};
 
 use super::WeightsError;
-use super::blocks::BlockMatrix;
 use super::blocks::hf_blocks;
+use super::blocks::{BlockFormat, BlockMatrix};
 use super::gguf::{GgufFile, GgufTensor};
 use super::gguf_names::hf_tensor;
+use super::quantize::quantize;
 use super::safetensors::{StFile, open_dir};
 use super::tensor::HostTensor;
 use crate::dtype::Dtype;
@@ -34,6 +35,8 @@ pub struct HostTensors {
     blocks: BTreeMap<String, BlockMatrix>,
     /// What `take_frozen` asks the model to store dense matrices as.
     storage: Dtype,
+    /// Dense layer matrices `take_frozen` quantises into blocks (`model.quantize`).
+    quantize: Option<BlockFormat>,
 }
 
 impl HostTensors {
@@ -49,6 +52,7 @@ impl HostTensors {
             tensors,
             blocks: BTreeMap::new(),
             storage: Dtype::F32,
+            quantize: None,
         })
     }
 
@@ -72,6 +76,7 @@ impl HostTensors {
             tensors,
             blocks,
             storage: Dtype::F32,
+            quantize: None,
         })
     }
 
@@ -90,10 +95,30 @@ impl HostTensors {
             Some(b) => Err(self.wrong_shape(name, &[b.rows, b.cols], &shape)),
             None => {
                 let storage = self.storage;
-                self.take(name, &shape)
-                    .map(|t| FrozenMatrix::Dense(t, storage))
+                let t = self.take(name, &shape)?;
+                match self.quantize {
+                    // The LM head stays dense, as QLoRA keeps it.
+                    Some(format) if name != "lm_head.weight" => {
+                        let fail = |e: String| {
+                            WeightsError::format(
+                                &self.origin,
+                                format!("tensor `{name}`: model.quantize = {format:?}: {e}"),
+                            )
+                        };
+                        let bytes = quantize(format, &t.values).map_err(fail)?;
+                        let blocks = BlockMatrix::from_ggml(format, &bytes, shape[0], shape[1])
+                            .map_err(fail)?;
+                        Ok(FrozenMatrix::Blocks(blocks))
+                    }
+                    _ => Ok(FrozenMatrix::Dense(t, storage)),
+                }
             }
         }
+    }
+
+    /// Dense frozen matrices other than the LM head are quantised into `format`'s blocks.
+    pub fn quantizing_frozen(self, quantize: Option<BlockFormat>) -> Self {
+        Self { quantize, ..self }
     }
 
     /// Frozen matrices `take_frozen` hands over dense are to be stored as `storage`.
@@ -156,6 +181,7 @@ impl HostTensors {
             tensors,
             blocks,
             storage: self.storage,
+            quantize: self.quantize,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod gguf_names;
 pub mod gguf_writer;
 pub mod host;
 pub mod pretokenizer;
+pub mod quantize;
 pub mod safetensors;
 pub mod tensor;
 pub mod tokenizer;
