@@ -39,6 +39,12 @@ fn check_tiny(name: &str) {
     let dir = Path::new(FIXTURES).join(name);
     let config = lora_tune::model::read_decoder_config(&dir.join("config.json")).unwrap();
     let model = Decoder::load(config, HostTensors::read(&dir).unwrap(), &cpu()).unwrap();
+    assert_reference_logits(&model, &dir, name, 1e-4);
+}
+
+/// `model`'s logits on the inputs of `dir`/reference.safetensors within `tolerance` of the
+/// logits transformers computed there.
+fn assert_reference_logits(model: &Decoder, dir: &Path, name: &str, tolerance: f32) {
     let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let ids: Vec<Vec<u32>> = ints(&st, "input_ids")
@@ -64,7 +70,7 @@ fn check_tiny(name: &str) {
         .map(|(g, w)| (g - w).abs())
         .fold(0f32, f32::max);
     eprintln!("{name}: max |Δlogit| vs transformers = {max:e}");
-    assert!(max <= 1e-4, "{name}: max |Δlogit| = {max}");
+    assert!(max <= tolerance, "{name}: max |Δlogit| = {max}");
 }
 
 #[test]
@@ -195,6 +201,24 @@ fn sharded_safetensors_load_identically() {
         to_vec(model.forward(&[vec![5, 17, 42]], &[vec![1, 1, 1]]))
     };
     assert_eq!(logits(dir.path()), logits(&src));
+}
+
+/// Llama 3.1+ GGUFs: llama.cpp's converter stores Llama 3's RoPE scaling as the
+/// `rope_freqs.weight` tensor (tools/reference/gguf_fixtures.py on tiny-llama); read and
+/// applied, the GGUF gives the HF checkpoint's transformers logits.
+#[test]
+fn tiny_llama_gguf_with_rope_freqs_matches_transformers() {
+    use lora_tune::model::BaseStorage;
+    use lora_tune::source::ModelFiles;
+    let gguf = Path::new(FIXTURES).join("tiny-llama.gguf");
+    let files = ModelFiles::Gguf(gguf);
+    let model = lora_tune::model::load(&files, &cpu(), BaseStorage::default()).unwrap();
+    let RopeScaling::FreqFactors(f) = &model.config.rope_scaling else {
+        panic!("{:?}", model.config.rope_scaling)
+    };
+    assert_eq!(f.len(), 8);
+    let dir = Path::new(FIXTURES).join("tiny-llama");
+    assert_reference_logits(&model, &dir, "tiny-llama.gguf (rope_freqs)", 1e-5);
 }
 
 #[test]

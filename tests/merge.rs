@@ -87,6 +87,31 @@ fn merged_gives_the_adapted_logits(family: &str, folded: usize) {
     tiny::assert_peft_logits_of(&model, &format!("lora/peft-{family}"), &what);
 }
 
+/// A GGUF whose RoPE scaling is `rope_freqs.weight` (Llama 3.1+) cannot be merged into an HF
+/// directory without losing the scaling: refused by name before anything is written.
+#[test]
+fn merging_onto_a_gguf_with_rope_freqs_is_refused() {
+    let gguf = Path::new(ROOT).join("tests/fixtures/llama/tiny-llama.gguf");
+    let files = ModelFiles::Gguf(gguf);
+    let config = lora_tune::model::config_of(&files).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let adapter = Path::new(ROOT).join("tests/fixtures/lora/peft");
+    let merged = out.path().join("merged");
+    let err = merge(
+        &files,
+        &config,
+        None,
+        &adapter,
+        &merged,
+        Dtype::F32,
+        1 << 30,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("rope_freqs.weight"), "{err}");
+    assert!(!merged.exists());
+}
+
 #[test]
 fn failed_merge_leaves_nothing_behind() {
     // A base missing one adapted weight: the merge streams and writes shards, then finds a fold

@@ -122,6 +122,15 @@ pub fn merge(
     dtype: Dtype,
     max_shard_bytes: u64,
 ) -> Result<Merged, MergeError> {
+    if matches!(files, ModelFiles::Gguf(_))
+        && matches!(config.rope_scaling, RopeScaling::FreqFactors(_))
+    {
+        // A config.json written from such a file would lose the scaling (transformers reads
+        // `rope_scaling` parameters, not per-frequency factors): refused, not silently dropped.
+        return Err(MergeError::Invalid(
+            "the GGUF base scales RoPE with rope_freqs.weight, which config.json cannot express; merge onto the model's HF directory (its config.json has the rope_scaling)".into(),
+        ));
+    }
     let (_, lora) = read_lora(adapter)?;
     let adapted = targets::select(&config.linear_sites(), &lora)?;
     let mut factors = HostTensors::read(&adapter.join(WEIGHTS_FILE))?;

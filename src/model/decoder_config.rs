@@ -42,6 +42,9 @@ pub enum RopeScaling {
     Linear { factor: f64 },
     /// `longrope` (Phi-3).
     LongRope(LongRope),
+    /// A GGUF's `rope_freqs.weight`: frequency i divided by factor i (how llama.cpp's converter
+    /// stores Llama 3's scaling, and how llama.cpp applies it).
+    FreqFactors(Vec<f32>),
 }
 
 /// Which RMSNorm q and k pass through before RoPE.
@@ -240,11 +243,11 @@ impl DecoderConfig {
         let hidden_size = int("embedding_length")?;
         let heads = int("attention.head_count")?;
         let has = |name: &str| file.tensors.iter().any(|t| t.name == name);
-        if has("rope_freqs.weight") {
-            // Llama 3.1+ GGUFs carry their RoPE scaling as a tensor; reading it is not done yet,
-            // and ignoring it would give subtly wrong logits.
-            return Err(err("rope_freqs.weight (Llama 3 RoPE scaling) in GGUF is not supported yet; use the model's HF directory".into()));
-        }
+        // Llama 3.1+ GGUFs carry their RoPE scaling as a tensor of per-frequency divisors.
+        let rope_scaling = match file.tensors.iter().find(|t| t.name == "rope_freqs.weight") {
+            Some(t) => RopeScaling::FreqFactors(file.dequantize(t)?),
+            None => RopeScaling::None,
+        };
         // Metadata that changes the computation and is not implemented: refused by name.
         let text = |key: &str| {
             file.get(&format!("{arch}.{key}"))
@@ -284,7 +287,7 @@ impl DecoderConfig {
             head_dim,
             rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
             rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
-            rope_scaling: RopeScaling::None,
+            rope_scaling,
             max_position_embeddings: int("context_length").unwrap_or(2048),
             tie_word_embeddings: !has("output.weight"),
             qkv_bias: has("blk.0.attn_q.bias"),
@@ -403,6 +406,19 @@ impl DecoderConfig {
                 format!(
                     "{} attention heads / {} key-value heads / head_dim {} do not form grouped-query attention",
                     self.num_attention_heads, self.num_key_value_heads, self.head_dim
+                ),
+            ));
+        }
+        let rotated = self.deltas.rotary_dim.unwrap_or(self.head_dim);
+        if let RopeScaling::FreqFactors(f) = &self.rope_scaling
+            && (f.len() != rotated / 2 || f.iter().any(|&x| !(x.is_finite() && x > 0.0)))
+        {
+            return Err(WeightsError::format(
+                path,
+                format!(
+                    "rope_freqs.weight holds {} factors; {} positive ones (half the rotated head dimensions) are needed",
+                    f.len(),
+                    rotated / 2
                 ),
             ));
         }

@@ -37,6 +37,9 @@ impl RopeFrequencies {
                 Self::plain(base.into_iter().map(|f| f / *factor as f32).collect())
             }
             RopeScaling::Llama3(s) => Self::plain(llama3(base, s)),
+            RopeScaling::FreqFactors(factors) => {
+                Self::plain(base.iter().zip(factors).map(|(f, d)| f / d).collect())
+            }
             RopeScaling::LongRope(l) => {
                 let with = |factors: &[f64]| {
                     base.iter()
