@@ -221,6 +221,24 @@ fn tiny_llama_gguf_with_rope_freqs_matches_transformers() {
     assert_reference_logits(&model, &dir, "tiny-llama.gguf (rope_freqs)", 1e-5);
 }
 
+/// A `qwen3` GGUF (tiny-qwen3 converted by llama.cpp's `convert_hf_to_gguf.py`): its metadata,
+/// `attn_q_norm` / `attn_k_norm` and unpermuted Q/K give the HF checkpoint's transformers logits.
+#[test]
+fn tiny_qwen3_gguf_matches_transformers() {
+    use lora_tune::model::BaseStorage;
+    use lora_tune::source::ModelFiles;
+    let files = ModelFiles::Gguf(Path::new(FIXTURES).join("tiny-qwen3.gguf"));
+    let model = lora_tune::model::load(&files, &cpu(), BaseStorage::default()).unwrap();
+    let c = &model.config;
+    assert_eq!(
+        (c.deltas.qk_norm, c.head_dim, c.qkv_bias),
+        (QkNorm::PerHead, 32, false)
+    );
+    assert_eq!(c.gguf_architecture(), "qwen3");
+    let dir = Path::new(FIXTURES).join("tiny-qwen3");
+    assert_reference_logits(&model, &dir, "tiny-qwen3.gguf", 1e-5);
+}
+
 #[test]
 fn tiny_qwen3_with_head_norms_and_explicit_head_dim_matches_transformers() {
     check_tiny("tiny-qwen3");

@@ -87,6 +87,39 @@ fn merged_gives_the_adapted_logits(family: &str, folded: usize) {
     tiny::assert_peft_logits_of(&model, &format!("lora/peft-{family}"), &what);
 }
 
+/// A `qwen3` GGUF base: the merged directory's config.json is a Qwen3 one (written from the
+/// GGUF's metadata) and reloads to PEFT's adapted logits (transformers:
+/// tools/reference/peft_export.py qwen3 merged DIR). The tiny GGUF has no merges, so the
+/// tokenizer written beside it is tiny-llama's.
+#[test]
+fn merged_from_a_qwen3_gguf_gives_the_adapted_logits() {
+    let files = ModelFiles::Gguf(Path::new(ROOT).join("tests/fixtures/llama/tiny-qwen3.gguf"));
+    let config = lora_tune::model::config_of(&files).unwrap();
+    let tok = lora_tune::model::tokenizer_of(&ModelFiles::Dir(tiny_dir())).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let merged_dir = out.path().join("merged");
+    let adapter = Path::new(ROOT).join("tests/fixtures/lora/peft-qwen3");
+    let m = merge(
+        &files,
+        &config,
+        Some(&tok),
+        &adapter,
+        &merged_dir,
+        Dtype::F32,
+        1 << 30,
+    )
+    .unwrap();
+    assert_eq!(m.folded, 14);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(merged_dir.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["model_type"], "qwen3");
+    let device = select(DeviceChoice::Cpu).unwrap().device;
+    let config = lora_tune::model::read_decoder_config(&merged_dir.join("config.json")).unwrap();
+    let model = Decoder::load(config, HostTensors::read(&merged_dir).unwrap(), &device).unwrap();
+    tiny::assert_peft_logits_of(&model, "lora/peft-qwen3", "merged from tiny-qwen3.gguf");
+}
+
 /// A GGUF whose RoPE scaling is `rope_freqs.weight` (Llama 3.1+) cannot be merged into an HF
 /// directory without losing the scaling: refused by name before anything is written.
 #[test]

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::dtype::Dtype;
 use crate::lora::targets::{self, TargetError};
-use crate::model::decoder_config::{DecoderConfig, RopeScaling};
+use crate::model::decoder_config::{DecoderConfig, Family, RopeScaling};
 use crate::peft::factor_key;
 use crate::peft::folder::{PeftError, WEIGHTS_FILE, read_lora};
 use crate::source::ModelFiles;
@@ -270,10 +270,15 @@ fn write_config_and_tokenizer(
         MergeError::Invalid("a GGUF base needs its tokenizer to write tokenizer.json".into())
     })?;
     let c = config;
-    let qwen = c.gguf_architecture() == "qwen2";
+    // The families a GGUF base can be (`DecoderConfig::from_gguf`).
+    let (class, model_type) = match c.family {
+        Family::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+        Family::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
+        _ => ("LlamaForCausalLM", "llama"),
+    };
     let mut value = json!({
-        "architectures": [if qwen { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
-        "model_type": if qwen { "qwen2" } else { "llama" },
+        "architectures": [class],
+        "model_type": model_type,
         "vocab_size": c.vocab_size,
         "hidden_size": c.hidden_size,
         "intermediate_size": c.intermediate_size,

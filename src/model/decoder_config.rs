@@ -209,7 +209,7 @@ pub struct DecoderConfig {
 }
 
 impl DecoderConfig {
-    /// Reads the `llama` or `qwen2` metadata of a GGUF file, as transformers maps it.
+    /// Reads the `llama`, `qwen2` or `qwen3` metadata of a GGUF file, as transformers maps it.
     pub fn from_gguf(file: &GgufFile) -> Result<Self, WeightsError> {
         let err = |detail: String| WeightsError::format(&file.path, detail);
         let arch = file
@@ -219,9 +219,10 @@ impl DecoderConfig {
         let family = match arch {
             "llama" => Family::Llama,
             "qwen2" => Family::Qwen2,
+            "qwen3" => Family::Qwen3,
             _ => {
                 return Err(err(format!(
-                    "GGUF architecture `{arch}` is not supported (llama, qwen2 are)"
+                    "GGUF architecture `{arch}` is not supported (llama, qwen2, qwen3 are)"
                 )));
             }
         };
@@ -295,6 +296,12 @@ impl DecoderConfig {
                 sliding_window: present("attention.sliding_window")
                     .filter(|&w| w > 0)
                     .map(|w| SlidingWindow::everywhere(w, int("block_count").unwrap_or(0))),
+                // Qwen3's per-head q/k RMSNorms (`attn_q_norm`, `attn_k_norm`: head_dim wide).
+                qk_norm: if has("blk.0.attn_q_norm.weight") {
+                    QkNorm::PerHead
+                } else {
+                    QkNorm::None
+                },
                 ..Deltas::default()
             },
             family,

@@ -6,14 +6,18 @@ gguf_lora.py), the reference for reading GGUF metadata and tensors the way llama
   tests/fixtures/llama/tiny-llama.gguf   tiny-llama (llama3 RoPE scaling): the converter stores
                                          the scaling as the `rope_freqs.weight` tensor, as for
                                          every Llama 3.1+ GGUF
+  tests/fixtures/llama/tiny-qwen3.gguf   tiny-qwen3 (`qwen3`: per-head q/k norms, head_dim 32),
+                                         with tiny-llama's tokenizer files
 
 The tiny byte-level tokenizer is not one the converter recognises by its pre-tokenizer hash;
-it is named `gpt-2` here (the split such a tokenizer uses), nothing else is changed.
+it is named `gpt-2` (`qwen2` for Qwen3) here, nothing else is changed.
 Environment: pip install torch transformers==5.23.0 sentencepiece numpy (DESIGN.md §6).
 Usage: python3 tools/reference/gguf_fixtures.py LLAMA_CPP_DIR
 """
 import pathlib
+import shutil
 import sys
+import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -23,13 +27,19 @@ def main():
     sys.path[:0] = [str(cpp / "gguf-py"), str(cpp)]
     import convert_hf_to_gguf
     from conversion import base
-    base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
-    for name in ("tiny-llama",):
-        out = ROOT / "tests/fixtures/llama" / f"{name}.gguf"
-        sys.argv = ["convert_hf_to_gguf.py", str(ROOT / "tests/fixtures/llama" / name),
-                    "--outtype", "f32", "--outfile", str(out)]
-        convert_hf_to_gguf.main()
-        print("wrote", out)
+    fixtures = ROOT / "tests/fixtures/llama"
+    for name, pre in (("tiny-llama", "gpt-2"), ("tiny-qwen3", "qwen2")):
+        base.TextModel.get_vocab_base_pre = lambda self, tokenizer, pre=pre: pre
+        with tempfile.TemporaryDirectory() as tmp:
+            model = pathlib.Path(tmp) / name
+            shutil.copytree(fixtures / name, model)
+            for f in ("tokenizer.json", "tokenizer_config.json"):
+                if not (model / f).exists():
+                    shutil.copy(fixtures / "tiny-llama" / f, model / f)
+            out = fixtures / f"{name}.gguf"
+            sys.argv = ["convert_hf_to_gguf.py", str(model), "--outtype", "f32", "--outfile", str(out)]
+            convert_hf_to_gguf.main()
+            print("wrote", out)
 
 
 if __name__ == "__main__":
