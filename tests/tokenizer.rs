@@ -164,8 +164,7 @@ const SEPARATOR: &str = "\n__ggml_vocab_test__\n";
 /// rebuilt from each `ggml-vocab-NAME.gguf` with its `tokenizer.ggml.pre`.
 #[test]
 fn bpe_vocabularies_split_as_llama_cpp_on_its_test_vectors() {
-    let dir = artifacts::llama_cpp_vocab_dir();
-    let names = [
+    vocabularies_split_as_llama_cpp(&[
         "gpt-2",
         "mpt",
         "llama-bpe",
@@ -177,10 +176,35 @@ fn bpe_vocabularies_split_as_llama_cpp_on_its_test_vectors() {
         "deepseek-llm",
         "deepseek-coder",
         "falcon",
-    ];
+    ]);
+}
+
+/// The same for the SentencePiece (`tokenizer.ggml.model = "llama"`) vocabularies llama.cpp
+/// ships vectors for: Llama 2's (also Mistral's) and Phi-3's.
+#[test]
+fn sentencepiece_vocabularies_split_as_llama_cpp_on_its_test_vectors() {
+    vocabularies_split_as_llama_cpp(&["llama-spm", "phi-3"]);
+    // Decoding gives the text back (the prepended space stripped), BOS added as llama.cpp does.
+    let gguf = artifacts::llama_cpp_vocab_dir().join("ggml-vocab-llama-spm.gguf");
+    let tok = ModelTokenizer::from_gguf(&GgufFile::open(&gguf).unwrap()).unwrap();
+    for text in [
+        "Hello world",
+        " Hello, world!",
+        "нещо на Български",
+        "🦙 Äpfel\n\n x",
+    ] {
+        let ids = tok.encode(text, false).unwrap();
+        assert_eq!(tok.decode(&ids, false).unwrap(), text, "{ids:?}");
+    }
+    let with_bos = tok.encode("Hello", true).unwrap();
+    assert_eq!(with_bos[0], 1, "{with_bos:?}");
+}
+
+fn vocabularies_split_as_llama_cpp(names: &[&str]) {
+    let dir = artifacts::llama_cpp_vocab_dir();
     let mut failures = Vec::new();
     let mut checked = 0;
-    for name in names {
+    for &name in names {
         let gguf = dir.join(format!("ggml-vocab-{name}.gguf"));
         let tok = match ModelTokenizer::from_gguf(&GgufFile::open(&gguf).unwrap()) {
             Ok(tok) => tok,
