@@ -239,6 +239,25 @@ fn tiny_qwen3_gguf_matches_transformers() {
     assert_reference_logits(&model, &dir, "tiny-qwen3.gguf", 1e-5);
 }
 
+/// A `phi3` GGUF (tiny-phi3 converted by llama.cpp's converter): fused attn_qkv, ffn_up holding
+/// gate and up, RoPE over 8 of 16 dimensions, LongRoPE from the factor tensors and attn_factor —
+/// the HF checkpoint's transformers logits and greedy tokens (generation passes LongRoPE's
+/// original context, 8).
+#[test]
+fn tiny_phi3_gguf_matches_transformers() {
+    use lora_tune::model::BaseStorage;
+    use lora_tune::source::ModelFiles;
+    let files = ModelFiles::Gguf(Path::new(FIXTURES).join("tiny-phi3.gguf"));
+    let model = lora_tune::model::load(&files, &cpu(), BaseStorage::default()).unwrap();
+    let c = &model.config;
+    assert!(c.deltas.fused_projections);
+    assert_eq!((c.head_dim, c.deltas.rotary_dim), (16, Some(8)));
+    assert!(matches!(c.rope_scaling, RopeScaling::LongRope(_)));
+    let dir = Path::new(FIXTURES).join("tiny-phi3");
+    assert_reference_logits(&model, &dir, "tiny-phi3.gguf", 1e-5);
+    greedy_equals_transformers_with(&model, &dir, "tiny-phi3.gguf");
+}
+
 #[test]
 fn tiny_qwen3_with_head_norms_and_explicit_head_dim_matches_transformers() {
     check_tiny("tiny-qwen3");
@@ -366,6 +385,12 @@ fn greedy_equals_transformers(name: &str) -> DecoderConfig {
     let dir = Path::new(FIXTURES).join(name);
     let config = lora_tune::model::read_decoder_config(&dir.join("config.json")).unwrap();
     let model = Decoder::load(config.clone(), HostTensors::read(&dir).unwrap(), &cpu()).unwrap();
+    greedy_equals_transformers_with(&model, &dir, name);
+    config
+}
+
+/// `model` generates the 12 greedy tokens of `dir`/greedy.json after each of its prompts.
+fn greedy_equals_transformers_with(model: &Decoder, dir: &Path, name: &str) {
     let cases: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("greedy.json")).unwrap()).unwrap();
     let sampling = Sampling {
@@ -382,8 +407,7 @@ fn greedy_equals_transformers(name: &str) -> DecoderConfig {
                 .map(|v| v.as_u64().unwrap() as u32)
                 .collect()
         };
-        let got = generate(&model, &ids("prompt"), 12, &[], sampling, |_| {}).unwrap();
+        let got = generate(model, &ids("prompt"), 12, &[], sampling, |_| {}).unwrap();
         assert_eq!(got, ids("greedy"), "{name}: prompt {:?}", ids("prompt"));
     }
-    config
 }

@@ -120,6 +120,29 @@ fn merged_from_a_qwen3_gguf_gives_the_adapted_logits() {
     tiny::assert_peft_logits_of(&model, "lora/peft-qwen3", "merged from tiny-qwen3.gguf");
 }
 
+/// A `phi3` GGUF base: no Phi-3 config.json is written from GGUF metadata yet; refused by name.
+#[test]
+fn merging_onto_a_phi3_gguf_is_refused() {
+    let files = ModelFiles::Gguf(Path::new(ROOT).join("tests/fixtures/llama/tiny-phi3.gguf"));
+    let config = lora_tune::model::config_of(&files).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let adapter = Path::new(ROOT).join("tests/fixtures/lora/peft-phi3");
+    let merged = out.path().join("merged");
+    let err = merge(
+        &files,
+        &config,
+        None,
+        &adapter,
+        &merged,
+        Dtype::F32,
+        1 << 30,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("phi3 GGUF"), "{err}");
+    assert!(!merged.exists());
+}
+
 /// A GGUF whose RoPE scaling is `rope_freqs.weight` (Llama 3.1+) cannot be merged into an HF
 /// directory without losing the scaling: refused by name before anything is written.
 #[test]

@@ -122,6 +122,11 @@ pub fn merge(
     dtype: Dtype,
     max_shard_bytes: u64,
 ) -> Result<Merged, MergeError> {
+    if matches!(files, ModelFiles::Gguf(_)) && config.family == Family::Phi3 {
+        return Err(MergeError::Invalid(
+            "writing a Phi-3 config.json from a phi3 GGUF (fused projections, LongRoPE factors) is not implemented; merge onto the model's HF directory".into(),
+        ));
+    }
     if matches!(files, ModelFiles::Gguf(_))
         && matches!(config.rope_scaling, RopeScaling::FreqFactors(_))
     {

@@ -220,9 +220,10 @@ impl DecoderConfig {
             "llama" => Family::Llama,
             "qwen2" => Family::Qwen2,
             "qwen3" => Family::Qwen3,
+            "phi3" => Family::Phi3,
             _ => {
                 return Err(err(format!(
-                    "GGUF architecture `{arch}` is not supported (llama, qwen2, qwen3 are)"
+                    "GGUF architecture `{arch}` is not supported (llama, qwen2, qwen3, phi3 are)"
                 )));
             }
         };
@@ -270,14 +271,43 @@ impl DecoderConfig {
                 "{arch}.expert_count = {experts}: mixture-of-experts layers are not implemented"
             )));
         }
-        let head_dim = present("attention.key_length")
-            .or(present("rope.dimension_count"))
-            .unwrap_or(hidden_size / heads.max(1));
-        if let Some(rotary) = present("rope.dimension_count").filter(|&r| r != head_dim) {
+        // As llama.cpp: the head width is key_length (default hidden / heads); RoPE's
+        // dimension_count may cover only part of it.
+        let head_dim = present("attention.key_length").unwrap_or(hidden_size / heads.max(1));
+        let rotary_dim = present("rope.dimension_count").filter(|&r| r != head_dim);
+        if let (Some(rotary), false) = (rotary_dim, family == Family::Phi3) {
+            // llama.cpp's converter permutes a `llama` file's Q/K rows over the whole head.
             return Err(err(format!(
-                "{arch}.rope.dimension_count = {rotary} with heads of {head_dim}: partial rotary embeddings are not implemented"
+                "{arch}.rope.dimension_count = {rotary} with heads of {head_dim}: partial rotary embeddings are implemented for phi3 files only"
             )));
         }
+        // Phi-3's LongRoPE: the factor tensors and the attention factor.
+        let factors = |name: &str| -> Result<Option<Vec<f64>>, WeightsError> {
+            match file.tensors.iter().find(|t| t.name == name) {
+                Some(t) => Ok(Some(
+                    file.dequantize(t)?.into_iter().map(f64::from).collect(),
+                )),
+                None => Ok(None),
+            }
+        };
+        let rope_scaling = match (
+            factors("rope_factors_short.weight")?,
+            factors("rope_factors_long.weight")?,
+        ) {
+            (Some(short_factor), Some(long_factor)) => RopeScaling::LongRope(LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings: present("rope.scaling.original_context_length")
+                    .ok_or_else(|| err(format!("{arch}.rope.scaling.original_context_length is missing for its LongRoPE factors")))?,
+                attention_factor: float("rope.scaling.attn_factor").unwrap_or(1.0),
+            }),
+            (None, None) => rope_scaling,
+            _ => {
+                return Err(err(
+                    "rope_factors_short.weight and rope_factors_long.weight come together".into(),
+                ));
+            }
+        };
         Ok(Self {
             vocab_size,
             hidden_size,
@@ -302,6 +332,8 @@ impl DecoderConfig {
                 } else {
                     QkNorm::None
                 },
+                fused_projections: has("blk.0.attn_qkv.weight"),
+                rotary_dim,
                 ..Deltas::default()
             },
             family,

@@ -19,7 +19,7 @@ use super::WeightsError;
 use super::ggml_type::GgmlType;
 use super::gguf::GgufFile;
 use super::gguf::GgufTensor;
-use super::gguf_names::{hf_name, permuted_with, unpermute_rows};
+use super::gguf_names::{hf_name_in, permuted_with, unpermute_rows};
 
 /// Values per K-quant super-block.
 const QK_K: usize = 256;
@@ -375,7 +375,7 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 pub fn kept_bytes(file: &GgufFile, keep: impl Fn(&str) -> bool) -> (u64, u64) {
     file.tensors
         .iter()
-        .filter(|t| t.dims.len() == 2 && hf_name(&t.name).is_some_and(|n| keep(&n)))
+        .filter(|t| t.dims.len() == 2 && hf_name_in(file, &t.name).is_some_and(|n| keep(&n)))
         .filter_map(|t| {
             let n = t.n_elements();
             BlockFormat::of(t.ggml_type).map(|f| (n * 4, f.packed_bytes(n)))
@@ -390,7 +390,7 @@ pub fn hf_blocks(
     tensor: &GgufTensor,
 ) -> Result<Option<(String, BlockMatrix)>, WeightsError> {
     let (Some(name), Some(format), &[cols, rows]) = (
-        hf_name(&tensor.name),
+        hf_name_in(file, &tensor.name),
         BlockFormat::of(tensor.ggml_type),
         tensor.dims.as_slice(),
     ) else {

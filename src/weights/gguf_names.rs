@@ -18,7 +18,7 @@ pub struct HfTensor {
 /// Dequantises `tensor` and puts it in the HF basis: HF name, PyTorch shape, and for `llama`
 /// files Q/K rows un-permuted. None for tensors HF does not store (`rope_freqs`).
 pub fn hf_tensor(file: &GgufFile, tensor: &GgufTensor) -> Result<Option<HfTensor>, WeightsError> {
-    let Some(name) = hf_name(&tensor.name) else {
+    let Some(name) = hf_name_in(file, &tensor.name) else {
         return Ok(None);
     };
     let shape: Vec<usize> = tensor.dims.iter().rev().map(|&d| d as usize).collect();
@@ -62,6 +62,17 @@ pub fn permuted_with(file: &GgufFile, tensor: &GgufTensor) -> Result<Option<usiz
     Ok(permuted_heads(&tensor.name, heads, kv_heads))
 }
 
+/// [`hf_name`] for a tensor of `file`: `phi3` files hold Phi-3's fused gate and up projection
+/// in `ffn_up`.
+pub fn hf_name_in(file: &GgufFile, gguf: &str) -> Option<String> {
+    let name = hf_name(gguf)?;
+    let arch = file.get("general.architecture").and_then(|v| v.as_str());
+    match arch {
+        Some("phi3") => Some(name.replace(".mlp.up_proj.", ".mlp.gate_up_proj.")),
+        _ => Some(name),
+    }
+}
+
 /// The HF name of a GGUF tensor, or None when the tensor has no HF counterpart (`rope_freqs`,
 /// which HF recomputes from config) or the name is not one these architectures use.
 pub fn hf_name(gguf: &str) -> Option<String> {
@@ -91,6 +102,7 @@ pub fn hf_name(gguf: &str) -> Option<String> {
         "ffn_gate" => "mlp.gate_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
+        "attn_qkv" => "self_attn.qkv_proj",
         "attn_q_norm" => "self_attn.q_norm",
         "attn_k_norm" => "self_attn.k_norm",
         _ => return None,

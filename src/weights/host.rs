@@ -299,7 +299,15 @@ fn visit_gguf_tensor(
                 values: t.values,
             },
         ))),
-        None if tensor.name == "rope_freqs.weight" => Ok(None),
+        // RoPE tables HF recomputes from config (Llama 3's factors, Phi-3's LongRoPE ones): read
+        // by `DecoderConfig::from_gguf`.
+        None if matches!(
+            tensor.name.as_str(),
+            "rope_freqs.weight" | "rope_factors_long.weight" | "rope_factors_short.weight"
+        ) =>
+        {
+            Ok(None)
+        }
         None => Err(WeightsError::format(
             &file.path,
             format!("tensor `{}` has no Llama/Qwen2 counterpart", tensor.name),

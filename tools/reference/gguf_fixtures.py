@@ -8,12 +8,17 @@ gguf_lora.py), the reference for reading GGUF metadata and tensors the way llama
                                          every Llama 3.1+ GGUF
   tests/fixtures/llama/tiny-qwen3.gguf   tiny-qwen3 (`qwen3`: per-head q/k norms, head_dim 32),
                                          with tiny-llama's tokenizer files
+  tests/fixtures/llama/tiny-phi3.gguf    tiny-phi3 (`phi3`: attn_qkv, ffn_up holding gate and up,
+                                         rope.dimension_count 8 of 16, LongRoPE factor tensors
+                                         and attn_factor), the same tokenizer files with
+                                         tokenizer_class GPT2Tokenizer (the converter's Phi-4 path)
 
 The tiny byte-level tokenizer is not one the converter recognises by its pre-tokenizer hash;
 it is named `gpt-2` (`qwen2` for Qwen3) here, nothing else is changed.
 Environment: pip install torch transformers==5.23.0 sentencepiece numpy (DESIGN.md §6).
 Usage: python3 tools/reference/gguf_fixtures.py LLAMA_CPP_DIR
 """
+import json
 import pathlib
 import shutil
 import sys
@@ -28,7 +33,7 @@ def main():
     import convert_hf_to_gguf
     from conversion import base
     fixtures = ROOT / "tests/fixtures/llama"
-    for name, pre in (("tiny-llama", "gpt-2"), ("tiny-qwen3", "qwen2")):
+    for name, pre in (("tiny-llama", "gpt-2"), ("tiny-qwen3", "qwen2"), ("tiny-phi3", "gpt-2")):
         base.TextModel.get_vocab_base_pre = lambda self, tokenizer, pre=pre: pre
         with tempfile.TemporaryDirectory() as tmp:
             model = pathlib.Path(tmp) / name
@@ -36,6 +41,10 @@ def main():
             for f in ("tokenizer.json", "tokenizer_config.json"):
                 if not (model / f).exists():
                     shutil.copy(fixtures / "tiny-llama" / f, model / f)
+            if name == "tiny-phi3":
+                config = json.loads((model / "tokenizer_config.json").read_text())
+                config["tokenizer_class"] = "GPT2Tokenizer"
+                (model / "tokenizer_config.json").write_text(json.dumps(config))
             out = fixtures / f"{name}.gguf"
             sys.argv = ["convert_hf_to_gguf.py", str(model), "--outtype", "f32", "--outfile", str(out)]
             convert_hf_to_gguf.main()
