@@ -123,37 +123,25 @@ fn merged_from_a_qwen3_gguf_gives_the_adapted_logits() {
 /// A `phi3` GGUF base: no Phi-3 config.json is written from GGUF metadata yet; refused by name.
 #[test]
 fn merging_onto_a_phi3_gguf_is_refused() {
-    let files = ModelFiles::Gguf(Path::new(ROOT).join("tests/fixtures/llama/tiny-phi3.gguf"));
-    let config = lora_tune::model::config_of(&files).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let adapter = Path::new(ROOT).join("tests/fixtures/lora/peft-phi3");
-    let merged = out.path().join("merged");
-    let err = merge(
-        &files,
-        &config,
-        None,
-        &adapter,
-        &merged,
-        Dtype::F32,
-        1 << 30,
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("phi3 GGUF"), "{err}");
-    assert!(!merged.exists());
+    assert_merge_refused("tiny-phi3.gguf", "peft-phi3", "phi3 GGUF");
 }
 
 /// A GGUF whose RoPE scaling is `rope_freqs.weight` (Llama 3.1+) cannot be merged into an HF
 /// directory without losing the scaling: refused by name before anything is written.
 #[test]
 fn merging_onto_a_gguf_with_rope_freqs_is_refused() {
-    let gguf = Path::new(ROOT).join("tests/fixtures/llama/tiny-llama.gguf");
-    let files = ModelFiles::Gguf(gguf);
+    assert_merge_refused("tiny-llama.gguf", "peft", "rope_freqs.weight");
+}
+
+/// Merging lora/`adapter` onto tests/fixtures/llama/`gguf` fails with a message containing
+/// `why`, and writes nothing.
+fn assert_merge_refused(gguf: &str, adapter: &str, why: &str) {
+    let files = ModelFiles::Gguf(Path::new(ROOT).join("tests/fixtures/llama").join(gguf));
     let config = lora_tune::model::config_of(&files).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let adapter = Path::new(ROOT).join("tests/fixtures/lora/peft");
+    let adapter = Path::new(ROOT).join("tests/fixtures/lora").join(adapter);
     let merged = out.path().join("merged");
-    let err = merge(
+    let result = merge(
         &files,
         &config,
         None,
@@ -161,10 +149,9 @@ fn merging_onto_a_gguf_with_rope_freqs_is_refused() {
         &merged,
         Dtype::F32,
         1 << 30,
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("rope_freqs.weight"), "{err}");
+    );
+    let err = result.unwrap_err().to_string();
+    assert!(err.contains(why), "{err}");
     assert!(!merged.exists());
 }
 
