@@ -258,6 +258,28 @@ fn tiny_phi3_gguf_matches_transformers() {
     greedy_equals_transformers_with(&model, &dir, "tiny-phi3.gguf");
 }
 
+/// `granite` and `olmo2` GGUFs written by llama.cpp's converter: Granite's scalars
+/// (attention.scale, embedding_scale, residual_scale, logit_scale) and Q/K un-permuted as for
+/// `llama`; OLMo2's post-block norms and projection-wide q/k norms. Each gives its HF
+/// checkpoint's transformers logits and greedy tokens.
+#[test]
+fn tiny_granite_and_olmo2_ggufs_match_transformers() {
+    use lora_tune::model::BaseStorage;
+    use lora_tune::source::ModelFiles;
+    for (name, family) in [("tiny-granite", "granite"), ("tiny-olmo2", "olmo2")] {
+        let files = ModelFiles::Gguf(Path::new(FIXTURES).join(format!("{name}.gguf")));
+        let model = lora_tune::model::load(&files, &cpu(), BaseStorage::default()).unwrap();
+        let dir = Path::new(FIXTURES).join(name);
+        let hf = lora_tune::model::read_decoder_config(&dir.join("config.json")).unwrap();
+        assert_eq!(model.config.gguf_architecture(), family);
+        assert_eq!(model.config.deltas.norms, hf.deltas.norms, "{name}");
+        assert_eq!(model.config.deltas.qk_norm, hf.deltas.qk_norm, "{name}");
+        let what = format!("{name}.gguf");
+        assert_reference_logits(&model, &dir, &what, 1e-5);
+        greedy_equals_transformers_with(&model, &dir, &what);
+    }
+}
+
 #[test]
 fn tiny_qwen3_with_head_norms_and_explicit_head_dim_matches_transformers() {
     check_tiny("tiny-qwen3");

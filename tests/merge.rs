@@ -120,10 +120,12 @@ fn merged_from_a_qwen3_gguf_gives_the_adapted_logits() {
     tiny::assert_peft_logits_of(&model, "lora/peft-qwen3", "merged from tiny-qwen3.gguf");
 }
 
-/// A `phi3` GGUF base: no Phi-3 config.json is written from GGUF metadata yet; refused by name.
+/// `phi3` and `granite` GGUF bases: no config.json of theirs is written from GGUF metadata yet;
+/// refused by name.
 #[test]
-fn merging_onto_a_phi3_gguf_is_refused() {
-    assert_merge_refused("tiny-phi3.gguf", "peft-phi3", "phi3 GGUF");
+fn merging_onto_phi3_and_granite_ggufs_is_refused() {
+    assert_merge_refused("tiny-phi3.gguf", "peft-phi3", "from a phi3 GGUF");
+    assert_merge_refused("tiny-granite.gguf", "peft", "from a granite GGUF");
 }
 
 /// A GGUF whose RoPE scaling is `rope_freqs.weight` (Llama 3.1+) cannot be merged into an HF

@@ -122,10 +122,14 @@ pub fn merge(
     dtype: Dtype,
     max_shard_bytes: u64,
 ) -> Result<Merged, MergeError> {
-    if matches!(files, ModelFiles::Gguf(_)) && config.family == Family::Phi3 {
-        return Err(MergeError::Invalid(
-            "writing a Phi-3 config.json from a phi3 GGUF (fused projections, LongRoPE factors) is not implemented; merge onto the model's HF directory".into(),
-        ));
+    // The config.json a merge onto a GGUF base writes: Llama, Qwen2 and Qwen3 ones only.
+    if matches!(files, ModelFiles::Gguf(_))
+        && !matches!(config.family, Family::Llama | Family::Qwen2 | Family::Qwen3)
+    {
+        return Err(MergeError::Invalid(format!(
+            "writing a config.json from a {} GGUF is not implemented; merge onto the model's HF directory",
+            config.gguf_architecture()
+        )));
     }
     if matches!(files, ModelFiles::Gguf(_))
         && matches!(config.rope_scaling, RopeScaling::FreqFactors(_))

@@ -221,9 +221,11 @@ impl DecoderConfig {
             "qwen2" => Family::Qwen2,
             "qwen3" => Family::Qwen3,
             "phi3" => Family::Phi3,
+            "granite" => Family::Granite,
+            "olmo2" => Family::Olmo2,
             _ => {
                 return Err(err(format!(
-                    "GGUF architecture `{arch}` is not supported (llama, qwen2, qwen3, phi3 are)"
+                    "GGUF architecture `{arch}` is not supported (llama, qwen2, qwen3, phi3, granite, olmo2 are)"
                 )));
             }
         };
@@ -326,12 +328,28 @@ impl DecoderConfig {
                 sliding_window: present("attention.sliding_window")
                     .filter(|&w| w > 0)
                     .map(|w| SlidingWindow::everywhere(w, int("block_count").unwrap_or(0))),
-                // Qwen3's per-head q/k RMSNorms (`attn_q_norm`, `attn_k_norm`: head_dim wide).
-                qk_norm: if has("blk.0.attn_q_norm.weight") {
-                    QkNorm::PerHead
-                } else {
-                    QkNorm::None
+                // q/k RMSNorms: per head (Qwen3: head_dim wide) or over the projection (OLMo2).
+                qk_norm: match file
+                    .tensors
+                    .iter()
+                    .find(|t| t.name == "blk.0.attn_q_norm.weight")
+                {
+                    Some(t) if t.n_elements() == head_dim as u64 => QkNorm::PerHead,
+                    Some(_) => QkNorm::Projection,
+                    None => QkNorm::None,
                 },
+                // OLMo2 normalises after each block: post_attention_norm / post_ffw_norm only.
+                norms: if has("blk.0.post_ffw_norm.weight") && !has("blk.0.attn_norm.weight") {
+                    NormPlacement::Post
+                } else {
+                    NormPlacement::Pre
+                },
+                // Granite's scalars, as llama.cpp's converter names them.
+                embedding_multiplier: float("embedding_scale").unwrap_or(1.0),
+                attention_scale: (family == Family::Granite)
+                    .then(|| float("attention.scale").unwrap_or(1.0)),
+                residual_multiplier: float("residual_scale").unwrap_or(1.0),
+                logits_scaling: float("logit_scale").unwrap_or(1.0),
                 fused_projections: has("blk.0.attn_qkv.weight"),
                 rotary_dim,
                 ..Deltas::default()

@@ -42,16 +42,17 @@ pub fn permuted_with(file: &GgufFile, tensor: &GgufTensor) -> Result<Option<usiz
         .get("general.architecture")
         .and_then(|v| v.as_str())
         .unwrap_or("");
-    if arch != "llama" {
+    // Granite's converter is Llama's, permutation included.
+    if !matches!(arch, "llama" | "granite") {
         return Ok(None);
     }
     let head_count = |key: &str| {
-        file.get(&format!("llama.attention.{key}"))
+        file.get(&format!("{arch}.attention.{key}"))
             .and_then(|v| v.as_u64())
             .ok_or_else(|| {
                 WeightsError::format(
                     &file.path,
-                    format!("llama.attention.{key} is missing; cannot un-permute Q/K"),
+                    format!("{arch}.attention.{key} is missing; cannot un-permute Q/K"),
                 )
             })
     };
@@ -103,6 +104,8 @@ pub fn hf_name(gguf: &str) -> Option<String> {
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
         "attn_qkv" => "self_attn.qkv_proj",
+        "post_attention_norm" => "post_attention_layernorm",
+        "post_ffw_norm" => "post_feedforward_layernorm",
         "attn_q_norm" => "self_attn.q_norm",
         "attn_k_norm" => "self_attn.k_norm",
         _ => return None,

@@ -12,6 +12,10 @@ gguf_lora.py), the reference for reading GGUF metadata and tensors the way llama
                                          rope.dimension_count 8 of 16, LongRoPE factor tensors
                                          and attn_factor), the same tokenizer files with
                                          tokenizer_class GPT2Tokenizer (the converter's Phi-4 path)
+  tests/fixtures/llama/tiny-granite.gguf `granite`: its four scalars as attention.scale,
+                                         embedding_scale, residual_scale, logit_scale
+  tests/fixtures/llama/tiny-olmo2.gguf   `olmo2`: post_attention_norm / post_ffw_norm, no pre-norms,
+                                         projection-wide attn_q_norm / attn_k_norm
 
 The tiny byte-level tokenizer is not one the converter recognises by its pre-tokenizer hash;
 it is named `gpt-2` (`qwen2` for Qwen3) here, nothing else is changed.
@@ -33,7 +37,8 @@ def main():
     import convert_hf_to_gguf
     from conversion import base
     fixtures = ROOT / "tests/fixtures/llama"
-    for name, pre in (("tiny-llama", "gpt-2"), ("tiny-qwen3", "qwen2"), ("tiny-phi3", "gpt-2")):
+    for name, pre in (("tiny-llama", "gpt-2"), ("tiny-qwen3", "qwen2"), ("tiny-phi3", "gpt-2"),
+                      ("tiny-granite", "gpt-2"), ("tiny-olmo2", "gpt-2")):
         base.TextModel.get_vocab_base_pre = lambda self, tokenizer, pre=pre: pre
         with tempfile.TemporaryDirectory() as tmp:
             model = pathlib.Path(tmp) / name
