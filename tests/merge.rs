@@ -87,45 +87,48 @@ fn merged_gives_the_adapted_logits(family: &str, folded: usize) {
     tiny::assert_peft_logits_of(&model, &format!("lora/peft-{family}"), &what);
 }
 
-/// A `qwen3` GGUF base: the merged directory's config.json is a Qwen3 one (written from the
-/// GGUF's metadata) and reloads to PEFT's adapted logits (transformers:
-/// tools/reference/peft_export.py qwen3 merged DIR). The tiny GGUF has no merges, so the
-/// tokenizer written beside it is tiny-llama's.
+/// `qwen3`, `granite` and `olmo2` GGUF bases: the merged directory's config.json is its
+/// family's (written from the GGUF's metadata: Granite's four scalars, OLMo2's model type) and
+/// reloads to PEFT's adapted logits (transformers: tools/reference/peft_export.py FAMILY merged
+/// DIR). The tiny GGUFs have no merges, so the tokenizer written beside them is tiny-llama's.
 #[test]
-fn merged_from_a_qwen3_gguf_gives_the_adapted_logits() {
-    let files = ModelFiles::Gguf(Path::new(ROOT).join("tests/fixtures/llama/tiny-qwen3.gguf"));
-    let config = lora_tune::model::config_of(&files).unwrap();
-    let tok = lora_tune::model::tokenizer_of(&ModelFiles::Dir(tiny_dir())).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let merged_dir = out.path().join("merged");
-    let adapter = Path::new(ROOT).join("tests/fixtures/lora/peft-qwen3");
-    let m = merge(
-        &files,
-        &config,
-        Some(&tok),
-        &adapter,
-        &merged_dir,
-        Dtype::F32,
-        1 << 30,
-    )
-    .unwrap();
-    assert_eq!(m.folded, 14);
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(merged_dir.join("config.json")).unwrap())
-            .unwrap();
-    assert_eq!(json["model_type"], "qwen3");
-    let device = select(DeviceChoice::Cpu).unwrap().device;
-    let config = lora_tune::model::read_decoder_config(&merged_dir.join("config.json")).unwrap();
-    let model = Decoder::load(config, HostTensors::read(&merged_dir).unwrap(), &device).unwrap();
-    tiny::assert_peft_logits_of(&model, "lora/peft-qwen3", "merged from tiny-qwen3.gguf");
+fn merged_from_family_ggufs_gives_the_adapted_logits() {
+    for family in ["qwen3", "granite", "olmo2"] {
+        let gguf = format!("tests/fixtures/llama/tiny-{family}.gguf");
+        let files = ModelFiles::Gguf(Path::new(ROOT).join(gguf));
+        let config = lora_tune::model::config_of(&files).unwrap();
+        let tok = lora_tune::model::tokenizer_of(&ModelFiles::Dir(tiny_dir())).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let merged_dir = out.path().join("merged");
+        let adapter = Path::new(ROOT).join(format!("tests/fixtures/lora/peft-{family}"));
+        let m = merge(
+            &files,
+            &config,
+            Some(&tok),
+            &adapter,
+            &merged_dir,
+            Dtype::F32,
+            1 << 30,
+        )
+        .unwrap();
+        assert_eq!(m.folded, 14);
+        let text = std::fs::read_to_string(merged_dir.join("config.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["model_type"], family);
+        let device = select(DeviceChoice::Cpu).unwrap().device;
+        let config =
+            lora_tune::model::read_decoder_config(&merged_dir.join("config.json")).unwrap();
+        let model =
+            Decoder::load(config, HostTensors::read(&merged_dir).unwrap(), &device).unwrap();
+        let what = format!("merged from tiny-{family}.gguf");
+        tiny::assert_peft_logits_of(&model, &format!("lora/peft-{family}"), &what);
+    }
 }
 
-/// `phi3` and `granite` GGUF bases: no config.json of theirs is written from GGUF metadata yet;
-/// refused by name.
+/// A `phi3` GGUF base: no Phi-3 config.json is written from GGUF metadata yet; refused by name.
 #[test]
-fn merging_onto_phi3_and_granite_ggufs_is_refused() {
+fn merging_onto_a_phi3_gguf_is_refused() {
     assert_merge_refused("tiny-phi3.gguf", "peft-phi3", "from a phi3 GGUF");
-    assert_merge_refused("tiny-granite.gguf", "peft", "from a granite GGUF");
 }
 
 /// A GGUF whose RoPE scaling is `rope_freqs.weight` (Llama 3.1+) cannot be merged into an HF

@@ -122,10 +122,9 @@ pub fn merge(
     dtype: Dtype,
     max_shard_bytes: u64,
 ) -> Result<Merged, MergeError> {
-    // The config.json a merge onto a GGUF base writes: Llama, Qwen2 and Qwen3 ones only.
-    if matches!(files, ModelFiles::Gguf(_))
-        && !matches!(config.family, Family::Llama | Family::Qwen2 | Family::Qwen3)
-    {
+    // The config.json a merge onto a GGUF base writes: not yet Phi-3's (fused projections,
+    // LongRoPE factors).
+    if matches!(files, ModelFiles::Gguf(_)) && config.family == Family::Phi3 {
         return Err(MergeError::Invalid(format!(
             "writing a config.json from a {} GGUF is not implemented; merge onto the model's HF directory",
             config.gguf_architecture()
@@ -279,10 +278,15 @@ fn write_config_and_tokenizer(
         MergeError::Invalid("a GGUF base needs its tokenizer to write tokenizer.json".into())
     })?;
     let c = config;
-    // The families a GGUF base can be (`DecoderConfig::from_gguf`).
+    // The families a GGUF base can be (`DecoderConfig::from_gguf`); a `llama` file with a
+    // window is a Mistral (LlamaConfig has none).
+    let window = c.deltas.sliding_window.as_ref();
     let (class, model_type) = match c.family {
         Family::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
         Family::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
+        Family::Granite => ("GraniteForCausalLM", "granite"),
+        Family::Olmo2 => ("Olmo2ForCausalLM", "olmo2"),
+        _ if window.is_some() => ("MistralForCausalLM", "mistral"),
         _ => ("LlamaForCausalLM", "llama"),
     };
     let mut value = json!({
@@ -306,6 +310,21 @@ fn write_config_and_tokenizer(
         "eos_token_id": tok.eos_id,
         "pad_token_id": tok.pad_id,
     });
+    if let Some(w) = window {
+        // GGUF files window every layer.
+        value["sliding_window"] = json!(w.size);
+        if matches!(c.family, Family::Qwen2 | Family::Qwen3) {
+            value["use_sliding_window"] = json!(true);
+            value["max_window_layers"] = json!(0);
+        }
+    }
+    if c.family == Family::Granite {
+        let d = &c.deltas;
+        value["embedding_multiplier"] = json!(d.embedding_multiplier);
+        value["attention_multiplier"] = json!(d.attention_scale.unwrap_or(1.0));
+        value["residual_multiplier"] = json!(d.residual_multiplier);
+        value["logits_scaling"] = json!(d.logits_scaling);
+    }
     if let RopeScaling::Llama3(s) = c.rope_scaling {
         value["rope_scaling"] = json!({
             "rope_type": "llama3",

@@ -8,10 +8,10 @@ Writes tests/fixtures/lora/peft/: adapter_config.json, adapter_model.safetensors
 With an argument DIR (a folder lora-tune exported), instead loads it with
 `PeftModel.from_pretrained` on the tiny Llama and prints the max |Δlogit| against logits.safetensors;
 with `merged DIR` (a model `lora-tune merge` wrote), loads it with `AutoModelForCausalLM` alone.
-A family first (`qwen3`, `gemma2`, `gemma3`, `phi3`: its four fused projections) does the same on tests/fixtures/llama/tiny-<family> with
+A family first (`qwen3`, `granite`, `olmo2`, `gemma2`, `gemma3`, `phi3`: its four fused projections) does the same on tests/fixtures/llama/tiny-<family> with
 lora/train-<family>/final.safetensors, into tests/fixtures/lora/peft-<family>/.
 Environment: transformers==5.23.0 peft==0.21.2, torch per DESIGN.md §6.
-Usage: python3 tools/reference/peft_export.py [qwen3|gemma2|gemma3|phi3] [DIR | merged DIR]
+Usage: python3 tools/reference/peft_export.py [qwen3|granite|olmo2|gemma2|gemma3|phi3] [DIR | merged DIR]
 """
 import json
 import pathlib
@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-FAMILY = sys.argv.pop(1) if len(sys.argv) > 1 and sys.argv[1] in ("qwen3", "gemma2", "gemma3", "phi3") else None
+FAMILY = sys.argv.pop(1) if len(sys.argv) > 1 and sys.argv[1] in ("qwen3", "granite", "olmo2", "gemma2", "gemma3", "phi3") else None
 TINY = ROOT / "tests/fixtures/llama" / (f"tiny-{FAMILY}" if FAMILY else "tiny-llama")
 OUT = ROOT / "tests/fixtures/lora" / (f"peft-{FAMILY}" if FAMILY else "peft")
 TRAINED = ROOT / "tests/fixtures/lora" / (f"train-{FAMILY}" if FAMILY else "train") / "final.safetensors"
