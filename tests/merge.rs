@@ -125,6 +125,57 @@ fn merged_from_family_ggufs_gives_the_adapted_logits() {
     }
 }
 
+/// A `llama` GGUF with a sliding window (llama.cpp's converter drops Mistral's, other writers
+/// keep it): the merged config.json is a Mistral one with the window, not a Llama one without.
+#[test]
+fn a_windowed_llama_gguf_merges_as_mistral() {
+    use lora_tune::weights::gguf::{GgufFile, MetaValue};
+    use lora_tune::weights::gguf_writer::{self, OutTensor, TensorType};
+    let src =
+        GgufFile::open(&Path::new(ROOT).join("tests/fixtures/llama/tiny-llama.gguf")).unwrap();
+    // The scalars (the tokenizer's arrays are not needed: the merge is given tiny-llama's).
+    let mut metadata: Vec<(&str, MetaValue)> = (src.metadata.iter())
+        .filter(|(_, v)| !matches!(v, MetaValue::Array(_)))
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    metadata.push(("llama.attention.sliding_window", MetaValue::U32(4)));
+    // Without rope_freqs, whose factors a config.json cannot carry (refused elsewhere).
+    let tensors: Vec<OutTensor> = (src.tensors.iter())
+        .filter(|t| t.name != "rope_freqs.weight")
+        .map(|t| OutTensor {
+            name: t.name.clone(),
+            shape: t.dims.iter().rev().map(|&d| d as usize).collect(),
+            values: src.dequantize(t).unwrap(),
+        })
+        .collect();
+    let out = tempfile::tempdir().unwrap();
+    let gguf = out.path().join("windowed.gguf");
+    gguf_writer::write(&gguf, &metadata, &tensors, TensorType::F32).unwrap();
+    let files = ModelFiles::Gguf(gguf);
+    let config = lora_tune::model::config_of(&files).unwrap();
+    let tok = lora_tune::model::tokenizer_of(&ModelFiles::Dir(tiny_dir())).unwrap();
+    let merged_dir = out.path().join("merged");
+    let adapter = Path::new(ROOT).join("tests/fixtures/lora/peft");
+    merge(
+        &files,
+        &config,
+        Some(&tok),
+        &adapter,
+        &merged_dir,
+        Dtype::F32,
+        1 << 30,
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(merged_dir.join("config.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (&json["model_type"], &json["sliding_window"]),
+        (&"mistral".into(), &4.into())
+    );
+    let merged = lora_tune::model::read_decoder_config(&merged_dir.join("config.json")).unwrap();
+    assert_eq!(merged.deltas.sliding_window, config.deltas.sliding_window);
+}
+
 /// A `phi3` GGUF base: no Phi-3 config.json is written from GGUF metadata yet; refused by name.
 #[test]
 fn merging_onto_a_phi3_gguf_is_refused() {
