@@ -163,20 +163,17 @@ fn real_smollm2_tensors_match_gguf_py_and_transformers() {
 #[test]
 fn quantizing_equals_gguf_py_byte_for_byte() {
     use lora_tune::weights::blocks::BlockFormat;
-    use lora_tune::weights::quantize::quantize;
+    use lora_tune::weights::quantize::{QUANTIZABLE, quantize};
     let dir = format!("{FIXTURES}/quantize");
     let values: Vec<f32> = std::fs::read(format!("{dir}/input.f32"))
         .unwrap()
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
-    for (name, format) in [
-        ("Q4_0", BlockFormat::Q4_0),
-        ("Q4_1", BlockFormat::Q4_1),
-        ("Q5_0", BlockFormat::Q5_0),
-        ("Q5_1", BlockFormat::Q5_1),
-        ("Q8_0", BlockFormat::Q8_0),
-    ] {
+    let quantizable = tiny::BLOCK_FORMATS
+        .iter()
+        .filter(|(_, f)| QUANTIZABLE.contains(f));
+    for &(name, format) in quantizable {
         let want = std::fs::read(format!("{dir}/{name}.raw")).unwrap();
         let got = quantize(format, &values).unwrap();
         let (_, block_bytes) = format.ggml_block();

@@ -95,22 +95,10 @@ fn merged_gives_the_adapted_logits(family: &str, folded: usize) {
 fn merged_from_family_ggufs_gives_the_adapted_logits() {
     for family in ["qwen3", "granite", "olmo2"] {
         let gguf = format!("tests/fixtures/llama/tiny-{family}.gguf");
-        let files = ModelFiles::Gguf(Path::new(ROOT).join(gguf));
-        let config = lora_tune::model::config_of(&files).unwrap();
-        let tok = lora_tune::model::tokenizer_of(&ModelFiles::Dir(tiny_dir())).unwrap();
         let out = tempfile::tempdir().unwrap();
         let merged_dir = out.path().join("merged");
-        let adapter = Path::new(ROOT).join(format!("tests/fixtures/lora/peft-{family}"));
-        let m = merge(
-            &files,
-            &config,
-            Some(&tok),
-            &adapter,
-            &merged_dir,
-            Dtype::F32,
-            1 << 30,
-        )
-        .unwrap();
+        let adapter = format!("peft-{family}");
+        let m = merge_onto_gguf(&Path::new(ROOT).join(gguf), &adapter, &merged_dir);
         assert_eq!(m.folded, 14);
         let text = std::fs::read_to_string(merged_dir.join("config.json")).unwrap();
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -151,21 +139,9 @@ fn a_windowed_llama_gguf_merges_as_mistral() {
     let out = tempfile::tempdir().unwrap();
     let gguf = out.path().join("windowed.gguf");
     gguf_writer::write(&gguf, &metadata, &tensors, TensorType::F32).unwrap();
-    let files = ModelFiles::Gguf(gguf);
-    let config = lora_tune::model::config_of(&files).unwrap();
-    let tok = lora_tune::model::tokenizer_of(&ModelFiles::Dir(tiny_dir())).unwrap();
     let merged_dir = out.path().join("merged");
-    let adapter = Path::new(ROOT).join("tests/fixtures/lora/peft");
-    merge(
-        &files,
-        &config,
-        Some(&tok),
-        &adapter,
-        &merged_dir,
-        Dtype::F32,
-        1 << 30,
-    )
-    .unwrap();
+    merge_onto_gguf(&gguf, "peft", &merged_dir);
+    let config = lora_tune::model::config_of(&ModelFiles::Gguf(gguf)).unwrap();
     let text = std::fs::read_to_string(merged_dir.join("config.json")).unwrap();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(
@@ -174,6 +150,25 @@ fn a_windowed_llama_gguf_merges_as_mistral() {
     );
     let merged = lora_tune::model::read_decoder_config(&merged_dir.join("config.json")).unwrap();
     assert_eq!(merged.deltas.sliding_window, config.deltas.sliding_window);
+}
+
+/// Merges lora/`adapter` onto the GGUF `gguf` into `out`. The tiny GGUFs have no BPE merges,
+/// so the tokenizer written beside the model is tiny-llama's.
+fn merge_onto_gguf(gguf: &Path, adapter: &str, out: &Path) -> lora_tune::export::merge::Merged {
+    let files = ModelFiles::Gguf(gguf.to_path_buf());
+    let config = lora_tune::model::config_of(&files).unwrap();
+    let tok = lora_tune::model::tokenizer_of(&ModelFiles::Dir(tiny_dir())).unwrap();
+    let adapter = Path::new(ROOT).join("tests/fixtures/lora").join(adapter);
+    merge(
+        &files,
+        &config,
+        Some(&tok),
+        &adapter,
+        out,
+        Dtype::F32,
+        1 << 30,
+    )
+    .unwrap()
 }
 
 /// A `phi3` GGUF base: no Phi-3 config.json is written from GGUF metadata yet; refused by name.

@@ -338,7 +338,6 @@ impl Decoder {
                     },
                     down_proj: mlp("down_proj", [hd, c.intermediate_size], &mut w)?,
                     activation: c.deltas.activation,
-                    width: c.intermediate_size,
                 },
                 residual_multiplier: c.deltas.residual_multiplier,
                 sliding: c

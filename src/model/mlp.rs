@@ -63,14 +63,15 @@ pub enum GateUpProjection {
 }
 
 impl GateUpProjection {
-    /// x [.., hidden] → (gate, up), each `width` wide.
-    pub fn forward(&self, x: Tensor<3>, width: usize) -> (Tensor<3>, Tensor<3>) {
+    /// x [.., hidden] → (gate, up); a fused output is split in halves.
+    pub fn forward(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
         match self {
             Self::Separate { gate_proj, up_proj } => {
                 (gate_proj.forward(x.clone()), up_proj.forward(x))
             }
             Self::Fused { gate_up_proj } => {
                 let y = gate_up_proj.forward(x);
+                let width = y.dims()[2] / 2;
                 (y.clone().narrow(2, 0, width), y.narrow(2, width, width))
             }
         }
@@ -101,14 +102,12 @@ pub struct Mlp {
     pub gate_up: GateUpProjection,
     pub down_proj: Linear,
     pub activation: Activation,
-    /// The width of gate and up (`intermediate_size`).
-    pub width: usize,
 }
 
 impl Mlp {
     /// x: [b, s, hidden] → same; down(act(gate(x)) ⊙ up(x)).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let (gate, up) = self.gate_up.forward(x, self.width);
+        let (gate, up) = self.gate_up.forward(x);
         self.down_proj.forward(self.activation.apply(gate) * up)
     }
 }

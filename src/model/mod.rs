@@ -16,6 +16,7 @@ pub mod frozen;
 pub mod gemma2;
 pub mod gemma3;
 pub mod generate;
+pub mod gguf_config;
 pub mod granite;
 pub mod linear;
 pub mod llama;

@@ -261,25 +261,31 @@ pub fn example(k: u32, len: usize) -> Encoded {
     }
 }
 
+/// Every ggml block format with its name in tests/fixtures/dequant.
+pub const BLOCK_FORMATS: [(&str, lora_tune::weights::blocks::BlockFormat); 10] = {
+    use lora_tune::weights::blocks::BlockFormat as F;
+    [
+        ("Q4_0", F::Q4_0),
+        ("Q4_1", F::Q4_1),
+        ("Q5_0", F::Q5_0),
+        ("Q5_1", F::Q5_1),
+        ("Q8_0", F::Q8_0),
+        ("Q2_K", F::Q2K),
+        ("Q3_K", F::Q3K),
+        ("Q4_K", F::Q4K),
+        ("Q5_K", F::Q5K),
+        ("Q6_K", F::Q6K),
+    ]
+};
+
 /// The golden blocks of all ten formats (tests/fixtures/dequant, gguf-py's values) kept packed on
 /// `device` and decoded there give gguf-py's f32 values bit for bit, as does the host decoder.
 pub fn assert_packed_blocks_decode_like_gguf_py(device: &Device) {
     use lora_tune::model::frozen::FrozenWeight;
-    use lora_tune::weights::blocks::{BlockFormat, BlockMatrix};
+    use lora_tune::weights::blocks::BlockMatrix;
     use lora_tune::weights::host::FrozenMatrix;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dequant");
-    for (name, format) in [
-        ("Q4_0", BlockFormat::Q4_0),
-        ("Q4_1", BlockFormat::Q4_1),
-        ("Q5_0", BlockFormat::Q5_0),
-        ("Q5_1", BlockFormat::Q5_1),
-        ("Q8_0", BlockFormat::Q8_0),
-        ("Q2_K", BlockFormat::Q2K),
-        ("Q3_K", BlockFormat::Q3K),
-        ("Q4_K", BlockFormat::Q4K),
-        ("Q5_K", BlockFormat::Q5K),
-        ("Q6_K", BlockFormat::Q6K),
-    ] {
+    for (name, format) in BLOCK_FORMATS {
         let raw = std::fs::read(dir.join(format!("{name}.raw"))).unwrap();
         let want: Vec<u32> = std::fs::read(dir.join(format!("{name}.f32")))
             .unwrap()

@@ -345,7 +345,7 @@ fn mlp_forward(mlp: &Mlp, x: Tensor<2>) -> (Tensor<2>, MlpTape) {
         }
         GateUpProjection::Fused { gate_up_proj } => {
             let (y, tape) = linear::forward(gate_up_proj, x);
-            let w = mlp.width;
+            let w = y.dims()[1] / 2;
             (y.clone().narrow(1, 0, w), y.narrow(1, w, w), vec![tape])
         }
     };

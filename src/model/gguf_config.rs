@@ -1,0 +1,162 @@
+//! A decoder's shape read from a GGUF file's `<arch>.*` metadata and RoPE tensors instead of
+//! config.json: the key names llama.cpp's converter writes per architecture, and every key that
+//! would change the computation read or refused by name.
+
+use super::decoder_config::{
+    DecoderConfig, Deltas, Family, LongRope, NormPlacement, QkNorm, RopeScaling, SlidingWindow,
+};
+use crate::weights::WeightsError;
+use crate::weights::gguf::{GgufFile, MetaValue};
+
+impl DecoderConfig {
+    /// Reads a GGUF file's `<arch>.*` metadata (llama, qwen2, qwen3, phi3, granite, olmo2), as
+    /// llama.cpp's converter writes it and transformers maps it back.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, WeightsError> {
+        let err = |detail: String| WeightsError::format(&file.path, detail);
+        let arch = file
+            .get("general.architecture")
+            .and_then(MetaValue::as_str)
+            .unwrap_or("?");
+        let family = match arch {
+            "llama" => Family::Llama,
+            "qwen2" => Family::Qwen2,
+            "qwen3" => Family::Qwen3,
+            "phi3" => Family::Phi3,
+            "granite" => Family::Granite,
+            "olmo2" => Family::Olmo2,
+            _ => {
+                return Err(err(format!(
+                    "GGUF architecture `{arch}` is not supported (llama, qwen2, qwen3, phi3, granite, olmo2 are)"
+                )));
+            }
+        };
+        let int = |key: &str| {
+            file.get(&format!("{arch}.{key}"))
+                .and_then(MetaValue::as_u64)
+                .map(|v| v as usize)
+                .ok_or_else(|| err(format!("{arch}.{key} is missing")))
+        };
+        let float = |key: &str| match file.get(&format!("{arch}.{key}")) {
+            Some(MetaValue::F32(v)) => Some(f64::from(*v)),
+            Some(MetaValue::F64(v)) => Some(*v),
+            _ => None,
+        };
+        let vocab_size = match file.get("tokenizer.ggml.tokens") {
+            Some(MetaValue::Array(tokens)) => tokens.len(),
+            _ => int("vocab_size")?,
+        };
+        let hidden_size = int("embedding_length")?;
+        let heads = int("attention.head_count")?;
+        let has = |name: &str| file.tensors.iter().any(|t| t.name == name);
+        // Llama 3.1+ GGUFs carry their RoPE scaling as a tensor of per-frequency divisors.
+        let rope_scaling = match file.tensors.iter().find(|t| t.name == "rope_freqs.weight") {
+            Some(t) => RopeScaling::FreqFactors(file.dequantize(t)?),
+            None => RopeScaling::None,
+        };
+        // Metadata that changes the computation and is not implemented: refused by name.
+        let text = |key: &str| {
+            file.get(&format!("{arch}.{key}"))
+                .and_then(MetaValue::as_str)
+        };
+        if let Some(kind) = text("rope.scaling.type").filter(|k| *k != "none") {
+            return Err(err(format!(
+                "{arch}.rope.scaling.type = {kind:?}: RoPE scaling from GGUF metadata is not implemented; use the model's HF directory"
+            )));
+        }
+        if let Some(factor) = float("rope.scaling.factor").filter(|f| *f != 0.0 && *f != 1.0) {
+            return Err(err(format!(
+                "{arch}.rope.scaling.factor = {factor}: RoPE scaling from GGUF metadata is not implemented; use the model's HF directory"
+            )));
+        }
+        let present = |key: &str| int(key).ok();
+        if let Some(experts) = present("expert_count").filter(|&n| n > 0) {
+            return Err(err(format!(
+                "{arch}.expert_count = {experts}: mixture-of-experts layers are not implemented"
+            )));
+        }
+        // As llama.cpp: the head width is key_length (default hidden / heads); RoPE's
+        // dimension_count may cover only part of it.
+        let head_dim = present("attention.key_length").unwrap_or(hidden_size / heads.max(1));
+        let rotary_dim = present("rope.dimension_count").filter(|&r| r != head_dim);
+        if let (Some(rotary), false) = (rotary_dim, family == Family::Phi3) {
+            // llama.cpp's converter permutes a `llama` file's Q/K rows over the whole head.
+            return Err(err(format!(
+                "{arch}.rope.dimension_count = {rotary} with heads of {head_dim}: partial rotary embeddings are implemented for phi3 files only"
+            )));
+        }
+        // Phi-3's LongRoPE: the factor tensors and the attention factor.
+        let factors = |name: &str| -> Result<Option<Vec<f64>>, WeightsError> {
+            match file.tensors.iter().find(|t| t.name == name) {
+                Some(t) => Ok(Some(
+                    file.dequantize(t)?.into_iter().map(f64::from).collect(),
+                )),
+                None => Ok(None),
+            }
+        };
+        let rope_scaling = match (
+            factors("rope_factors_short.weight")?,
+            factors("rope_factors_long.weight")?,
+        ) {
+            (Some(short_factor), Some(long_factor)) => RopeScaling::LongRope(LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings: present("rope.scaling.original_context_length")
+                    .ok_or_else(|| err(format!("{arch}.rope.scaling.original_context_length is missing for its LongRoPE factors")))?,
+                attention_factor: float("rope.scaling.attn_factor").unwrap_or(1.0),
+            }),
+            (None, None) => rope_scaling,
+            _ => {
+                return Err(err(
+                    "rope_factors_short.weight and rope_factors_long.weight come together".into(),
+                ));
+            }
+        };
+        Ok(Self {
+            vocab_size,
+            hidden_size,
+            intermediate_size: int("feed_forward_length")?,
+            num_hidden_layers: int("block_count")?,
+            num_attention_heads: heads,
+            num_key_value_heads: int("attention.head_count_kv").unwrap_or(heads),
+            head_dim,
+            rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
+            rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
+            rope_scaling,
+            max_position_embeddings: int("context_length").unwrap_or(2048),
+            tie_word_embeddings: !has("output.weight"),
+            qkv_bias: has("blk.0.attn_q.bias"),
+            deltas: Deltas {
+                sliding_window: present("attention.sliding_window")
+                    .filter(|&w| w > 0)
+                    .map(|w| SlidingWindow::everywhere(w, int("block_count").unwrap_or(0))),
+                // q/k RMSNorms: per head (Qwen3: head_dim wide) or over the projection (OLMo2).
+                qk_norm: match file
+                    .tensors
+                    .iter()
+                    .find(|t| t.name == "blk.0.attn_q_norm.weight")
+                {
+                    Some(t) if t.n_elements() == head_dim as u64 => QkNorm::PerHead,
+                    Some(_) => QkNorm::Projection,
+                    None => QkNorm::None,
+                },
+                // OLMo2 normalises after each block: post_attention_norm / post_ffw_norm only.
+                norms: if has("blk.0.post_ffw_norm.weight") && !has("blk.0.attn_norm.weight") {
+                    NormPlacement::Post
+                } else {
+                    NormPlacement::Pre
+                },
+                // Granite's scalars, as llama.cpp's converter names them.
+                embedding_multiplier: float("embedding_scale").unwrap_or(1.0),
+                attention_scale: (family == Family::Granite)
+                    .then(|| float("attention.scale").unwrap_or(1.0)),
+                residual_multiplier: float("residual_scale").unwrap_or(1.0),
+                logits_scaling: float("logit_scale").unwrap_or(1.0),
+                fused_projections: has("blk.0.attn_qkv.weight"),
+                rotary_dim,
+                ..Deltas::default()
+            },
+            family,
+        })
+        .and_then(|c: Self| c.validated(&file.path))
+    }
+}
