@@ -102,6 +102,7 @@ fn main() -> anyhow::Result<()> {
         betas: [0.9, 0.999],
         eps: 1e-8,
         weight_decay: 0.0,
+        loraplus_lr_ratio: None,
     });
     let mut times = Vec::new();
     for step in 0..6 {

@@ -201,6 +201,13 @@ impl Plan {
             "must be 0 or more",
         )?;
         check(
+            train
+                .loraplus_lr_ratio
+                .is_none_or(|r| r.is_finite() && r > 0.0),
+            "train.loraplus_lr_ratio",
+            "must be a positive number (LoRA+'s paper suggests 16)",
+        )?;
+        check(
             train.betas.iter().all(|b| (0.0..1.0).contains(b)),
             "train.betas",
             "both must be in [0, 1)",

@@ -181,6 +181,10 @@ pub struct TrainSection {
     pub lr: f64,
     /// AdamW weight decay. Default 0.0.
     pub weight_decay: f64,
+    /// LoRA+ (PEFT's `create_loraplus_optimizer`): the B factors, and 1-D tensors such as a
+    /// head's bias, learn at this × `lr`; biases then get no weight decay, and `weight_decay`
+    /// is PEFT's `loraplus_weight_decay`. Default: off (one learning rate).
+    pub loraplus_lr_ratio: Option<f64>,
     /// AdamW (β1, β2). Default [0.9, 0.999].
     pub betas: [f64; 2],
     /// AdamW ε. Default 1e-8 (PyTorch's; burn's own default differs).
@@ -222,6 +226,7 @@ impl Default for TrainSection {
             optimizer: Optimizer::Adamw,
             lr: 2e-4,
             weight_decay: 0.0,
+            loraplus_lr_ratio: None,
             betas: [0.9, 0.999],
             eps: 1e-8,
             schedule: Schedule::Cosine,

@@ -113,6 +113,7 @@ fn three_seq_cls_steps_equal_peft() {
         betas: [0.9, 0.999],
         eps: 1e-8,
         weight_decay: 0.01,
+        loraplus_lr_ratio: None,
     });
     for (i, want) in trajectory.iter().enumerate() {
         let got = train_step(

@@ -127,6 +127,7 @@ fn derived_step_equals_autodiff_on(name: &str, targets: &str, tolerance: [f32; 2
         betas: [0.9, 0.999],
         eps: 1e-8,
         weight_decay: 0.0,
+        loraplus_lr_ratio: None,
     };
     let (mut opt_plain, mut opt_recomputing) = (AdamW::new(adamw), AdamW::new(adamw));
     let keys: Vec<String> = plain.params_mut().into_iter().map(|(k, _)| k).collect();
@@ -240,6 +241,7 @@ fn settings(out: &Path) -> lora_tune::train::trainer::Settings {
             betas: [0.9, 0.999],
             eps: 1e-8,
             weight_decay: 0.01,
+            loraplus_lr_ratio: None,
         },
         batch_size: 3,
         grad_accum: 2,
@@ -428,6 +430,7 @@ fn smollm2_three_steps(gradient_checkpointing: bool, storage: BaseStorage, toler
         betas: [0.9, 0.999],
         eps: 1e-8,
         weight_decay: 0.01,
+        loraplus_lr_ratio: None,
     });
     for (step, want) in trajectory.iter().enumerate() {
         let stats =
@@ -648,6 +651,18 @@ fn skip_nonfinite_skips_exactly_the_poisoned_steps() {
     for r in &log.records {
         assert_eq!(r.loss.is_finite(), !poisoned.contains(&r.step), "{r:?}");
     }
+}
+
+/// Golden: tools/reference/lora_train.py loraplus (PEFT's `create_loraplus_optimizer`, ratio 16,
+/// `loraplus_weight_decay` 0.01): the B factors at 16 × lr, the A factors at lr.
+#[test]
+fn ten_loraplus_steps_equal_peft() {
+    let run = tiny::PeftRun {
+        fixtures: "lora/train-loraplus",
+        init: "lora/train",
+        loraplus_lr_ratio: Some(16.0),
+    };
+    tiny::assert_ten_steps_equal_peft_run("tiny-llama", &run, &cpu(), "LoRA+", false);
 }
 
 /// Golden: tools/reference/lora_train.py granite (peft 0.21.2 on tiny-granite): the same ten

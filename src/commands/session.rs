@@ -229,8 +229,11 @@ fn print_settings(plan: &Plan) {
         Warmup::Steps(n) => format!("{n} steps"),
         Warmup::Ratio(r) => format!("{r} of steps"),
     };
+    let loraplus = train
+        .loraplus_lr_ratio
+        .map_or(String::new(), |r| format!(" (LoRA+: B at {r}× lr)"));
     println!(
-        "train: adamw lr={} {:?} warmup={warmup} stop={stop} batch={}x{} clip={} seed={}",
+        "train: adamw lr={}{loraplus} {:?} warmup={warmup} stop={stop} batch={}x{} clip={} seed={}",
         train.lr,
         train.schedule,
         train.batch_size,

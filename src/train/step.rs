@@ -60,8 +60,7 @@ pub fn train_step(
     }
     let coef = clip_coefficient(grad_norm, max_grad_norm);
     let grads = grads.into_iter().map(|g| g.mul_scalar(coef)).collect();
-    let mut params: Vec<&mut Tensor<2>> = model.params_mut().into_iter().map(|(_, t)| t).collect();
-    optimizer.step(&mut params, grads, lr);
+    optimizer.step(model.params_mut(), grads, lr);
     Ok(StepStats {
         loss,
         grad_norm,

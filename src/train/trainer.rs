@@ -74,6 +74,7 @@ impl Settings {
                 betas: t.betas,
                 eps: t.eps,
                 weight_decay: t.weight_decay,
+                loraplus_lr_ratio: t.loraplus_lr_ratio,
             },
             batch_size,
             grad_accum,

@@ -141,12 +141,36 @@ pub fn assert_ten_steps_equal_peft_on(
     what: &str,
     gradient_checkpointing: bool,
 ) {
-    let fixtures = fixture(fixtures);
+    let run = PeftRun {
+        fixtures,
+        init: fixtures,
+        loraplus_lr_ratio: None,
+    };
+    assert_ten_steps_equal_peft_run(name, &run, device, what, gradient_checkpointing);
+}
+
+/// A PEFT training run to compare with: its fixture dir, the one holding its initial adapters,
+/// and its optimiser's LoRA+ ratio.
+pub struct PeftRun<'a> {
+    pub fixtures: &'a str,
+    pub init: &'a str,
+    pub loraplus_lr_ratio: Option<f64>,
+}
+
+/// The ten steps on the tiny model `name` against the PEFT run `run`.
+pub fn assert_ten_steps_equal_peft_run(
+    name: &str,
+    run: &PeftRun,
+    device: &Device,
+    what: &str,
+    gradient_checkpointing: bool,
+) {
+    let fixtures = fixture(run.fixtures);
     let mut model = named_on(name, device);
     let adapted = select_targets(&model.config.linear_sites(), &lora()).unwrap();
     model.attach_adapters(&adapted, &lora(), 0).unwrap();
     model
-        .load_adapter_weights(&fixtures.join("init.safetensors"))
+        .load_adapter_weights(&fixture(run.init).join("init.safetensors"))
         .unwrap();
     model.gradient_checkpointing = gradient_checkpointing;
     let base_before: Vec<Vec<f32>> = model
@@ -168,6 +192,7 @@ pub fn assert_ten_steps_equal_peft_on(
         betas: [0.9, 0.999],
         eps: 1e-8,
         weight_decay: 0.01,
+        loraplus_lr_ratio: run.loraplus_lr_ratio,
     });
     for (step, want) in trajectory.iter().enumerate() {
         let micro = &batches[step * 2..step * 2 + 2];

@@ -16,8 +16,12 @@ trajectory.json (per step: loss, grad norm before clipping, lr used).
 With a family (`qwen3`, `granite`, `olmo2`, `mistral`, `llama-gelu`, `gemma2`, `gemma3`, `phi3` — its four fused projections as targets): the same steps on tests/fixtures/llama/tiny-<family>
 (family_fixtures.py), into tests/fixtures/lora/train-<family>/ (init, final, trajectory; the
 batches are lora/train's).
+With `loraplus`: the same steps on tiny-llama with PEFT's create_loraplus_optimizer
+(loraplus_lr_ratio=16, loraplus_weight_decay=0.01: PEFT's groups override the optimizer's own
+weight_decay), into tests/fixtures/lora/train-loraplus/ (final, trajectory; the initial adapters
+are lora/train's, checked equal).
 Environment: transformers==5.23.0 peft==0.21.2, torch per DESIGN.md §6.
-Usage: python3 tools/reference/lora_train.py [qwen3|granite|olmo2|mistral|llama-gelu|gemma2|gemma3|phi3]
+Usage: python3 tools/reference/lora_train.py [qwen3|granite|olmo2|mistral|llama-gelu|gemma2|gemma3|phi3|loraplus]
 """
 import sys
 import json
@@ -25,12 +29,15 @@ import pathlib
 
 import torch
 from peft import LoraConfig, get_peft_model
-from safetensors.torch import save_file
+from peft.optimizers import create_loraplus_optimizer
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, get_linear_schedule_with_warmup
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-FAMILY = sys.argv[1] if len(sys.argv) > 1 else None
-OUT = ROOT / "tests" / "fixtures" / "lora" / (f"train-{FAMILY}" if FAMILY else "train")
+VARIANT = sys.argv[1] if len(sys.argv) > 1 else None
+LORAPLUS_RATIO = 16.0 if VARIANT == "loraplus" else None
+FAMILY = None if LORAPLUS_RATIO else VARIANT
+OUT = ROOT / "tests" / "fixtures" / "lora" / (f"train-{VARIANT}" if VARIANT else "train")
 BASE = ROOT / "tests/fixtures/llama" / (f"tiny-{FAMILY}" if FAMILY else "tiny-llama")
 STEPS, ACCUM, MAX_NORM = 10, 2, 0.05
 # Every attention and MLP projection: Llama's seven, or Phi-3's four fused ones.
@@ -68,10 +75,18 @@ def main():
     config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
                         target_modules=TARGETS)
     model = get_peft_model(model, config)
-    save_file(lora_state(model), OUT / "init.safetensors")
+    if LORAPLUS_RATIO:  # the same draw as the plain run: its init.safetensors serves
+        init = load_file(OUT.parent / "train" / "init.safetensors")
+        assert all(torch.equal(init[k], v) for k, v in lora_state(model).items())
+    else:
+        save_file(lora_state(model), OUT / "init.safetensors")
     batches = micro_batches(torch.Generator().manual_seed(11))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=5e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    if LORAPLUS_RATIO:
+        opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=5e-3, loraplus_lr_ratio=LORAPLUS_RATIO,
+                                        loraplus_weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8)
+    else:
+        opt = torch.optim.AdamW(params, lr=5e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
     sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=2, num_training_steps=STEPS)
     trajectory = []
     for step in range(STEPS):
@@ -95,7 +110,7 @@ def main():
         trajectory.append({"step": step + 1, "loss": total, "grad_norm": norm, "lr": lr, "tokens": n_tokens})
         print(trajectory[-1])
     save_file(lora_state(model), OUT / "final.safetensors")
-    if not FAMILY:  # the same micro-batches: lora/train/batches.json serves every family
+    if not VARIANT:  # the same micro-batches: lora/train/batches.json serves every family
         (OUT / "batches.json").write_text(json.dumps(batches) + "\n")
     (OUT / "trajectory.json").write_text(json.dumps(trajectory, indent=1) + "\n")
 
