@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use crate::dtype::Dtype;
 use crate::model::BaseStorage;
 use crate::recipe::{
-    DataFormat, DataSection, ExportFormat, ExportSection, LoraSection, Pooling, RecipeError,
-    RecipeFile, Targets, Task, TrainSection,
+    BestMetric, DataFormat, DataSection, ExportFormat, ExportSection, LoraSection, Pooling,
+    RecipeError, RecipeFile, Targets, Task, TrainSection,
 };
 use crate::source::Source;
 use crate::weights::blocks::BlockFormat;
@@ -242,6 +242,53 @@ impl Plan {
             "train.checkpoint_every",
             "must be at least 1",
         )?;
+        let has_eval = data.eval.is_some() || data.eval_fraction.is_some();
+        check(
+            train.early_stopping_patience != Some(0),
+            "train.early_stopping_patience",
+            "must be at least 1 (evaluations without improvement)",
+        )?;
+        if train.early_stopping_patience.is_some() {
+            check(
+                has_eval,
+                "train.early_stopping_patience",
+                "needs an eval split: set data.eval or data.eval_fraction",
+            )?;
+            check(
+                train.eval_every.is_some(),
+                "train.early_stopping_patience",
+                "needs train.eval_every: early stopping compares the evaluations made during training",
+            )?;
+        }
+        if let Some(t) = train.early_stopping_threshold {
+            check(
+                train.early_stopping_patience.is_some(),
+                "train.early_stopping_threshold",
+                "only applies with train.early_stopping_patience; set that too or drop this",
+            )?;
+            check(
+                t.is_finite() && t >= 0.0,
+                "train.early_stopping_threshold",
+                "must be 0 or more",
+            )?;
+        }
+        check(
+            !train.keep_best || has_eval,
+            "train.keep_best",
+            "needs an eval split to pick the best checkpoint: set data.eval or data.eval_fraction",
+        )?;
+        if let Some(metric) = train.metric_for_best_model {
+            check(
+                train.early_stopping_patience.is_some() || train.keep_best,
+                "train.metric_for_best_model",
+                "only applies with train.early_stopping_patience or train.keep_best; set one or drop this",
+            )?;
+            check(
+                metric == BestMetric::Loss || recipe.model.task == Task::Classification,
+                "train.metric_for_best_model",
+                r#"accuracy and macro_f1 are for model.task = "classification"; a causal LM compares "loss""#,
+            )?;
+        }
         let stop = match (train.max_steps, train.epochs) {
             (Some(_), Some(_)) => {
                 return Err(file.error(

@@ -214,6 +214,21 @@ pub struct TrainSection {
     /// Skip a step whose loss or gradient is NaN/Inf (no update; the rows are named) instead of
     /// stopping the run. Default false.
     pub skip_nonfinite: bool,
+    /// Stop when the eval metric has not improved (by more than `early_stopping_threshold`) for
+    /// this many evaluations, as transformers' `EarlyStoppingCallback`. Needs an eval split and
+    /// `eval_every`. Default: never.
+    pub early_stopping_patience: Option<u32>,
+    /// The improvement an evaluation must exceed to count. Default 0.0.
+    pub early_stopping_threshold: Option<f64>,
+    /// The eval metric early stopping and `keep_best` compare: `loss` (default), or for a
+    /// classifier `accuracy` / `macro_f1` (greater is better).
+    pub metric_for_best_model: Option<BestMetric>,
+    /// Export the checkpoint of the best evaluation instead of the last (transformers'
+    /// `load_best_model_at_end`); it is checkpointed when it happens. Default false.
+    pub keep_best: bool,
+    /// Where the step metrics go besides metrics.jsonl: `tensorboard` writes
+    /// `<out>/tensorboard/events.out.tfevents.lora-tune`. Default: none.
+    pub report_to: Vec<ReportTo>,
     /// Recompute each decoder layer in backward instead of keeping its activations: far less
     /// memory (one layer's activations plus one hidden-sized tensor per layer) for one more
     /// forward pass. Causal-LM decoders only. Default false.
@@ -241,6 +256,11 @@ impl Default for TrainSection {
             eval_every: None,
             checkpoint_every: None,
             skip_nonfinite: false,
+            early_stopping_patience: None,
+            early_stopping_threshold: None,
+            metric_for_best_model: None,
+            keep_best: false,
+            report_to: Vec::new(),
             gradient_checkpointing: false,
         }
     }
@@ -319,6 +339,23 @@ pub enum Truncation {
 pub enum Optimizer {
     #[default]
     Adamw,
+}
+
+/// A metrics sink beside metrics.jsonl.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportTo {
+    Tensorboard,
+}
+
+/// The eval metric that decides the best checkpoint and early stopping.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BestMetric {
+    #[default]
+    Loss,
+    Accuracy,
+    MacroF1,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -752,3 +752,126 @@ fn a_runs_exports_carry_the_recipes_dtype_and_equal_lora_tune_export() {
         }
     }
 }
+
+/// The training options of a recipe reach the run, on the tiny Llama (eval every step):
+/// - `loraplus_lr_ratio = 16`: Adam's first step moves every coordinate by about its learning
+///   rate, so after step 1 the largest |B| (B starts at 0) is 16 × lr, not lr;
+/// - `early_stopping_patience = 2` with a threshold no gain can pass: the run stops after its
+///   third evaluation, says so, and marks it in metrics.jsonl (the decisions themselves are
+///   transformers', `train::early_stopping`'s test);
+/// - `keep_best`: the exported adapter is the checkpoint of the lowest eval loss, byte for
+///   byte, and a `--resume` of the stopped run trains nothing and exports it again;
+/// - `report_to = ["tensorboard"]`: TensorBoard's own reader finds every metrics.jsonl scalar
+///   at its step (as f32), after the resume's rewrite too.
+#[test]
+fn training_options_reach_the_run() {
+    let tiny = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/llama/tiny-llama"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    write_ticket_rows(tmp.path(), 16);
+    let recipe = tmp.path().join("options.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "[model]\nsource = {tiny:?}\n\n[lora]\nrank = 4\n\n[data]\ntrain = \"train.jsonl\"\neval_fraction = 0.25\nmax_len = 64\n\n[train]\nmax_steps = 10\nbatch_size = 3\nlr = 1e-2\nschedule = \"constant\"\neval_every = 1\nloraplus_lr_ratio = 16\nearly_stopping_patience = 2\nearly_stopping_threshold = 10.0\nkeep_best = true\nreport_to = [\"tensorboard\"]\n\n[export]\nout_dir = \"out\"\n"
+        ),
+    )
+    .unwrap();
+    let recipe = recipe.to_str().unwrap();
+    let out = lora_tune(&[recipe, "--device", "cpu"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("(LoRA+: B at 16× lr)"), "{stdout}");
+    assert!(stdout.contains("stopped early after step 3"), "{stdout}");
+    let run = tmp.path().join("out");
+
+    let largest = |step: u64, factor: &str| -> f32 {
+        let bytes = std::fs::read(run.join(format!(
+            "checkpoints/step-{step:06}/adapter_model.safetensors"
+        )))
+        .unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        st.iter()
+            .filter(|(name, _)| name.contains(factor))
+            .flat_map(|(_, t)| {
+                t.data()
+                    .chunks(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()).abs())
+                    .collect::<Vec<_>>()
+            })
+            .fold(0.0, f32::max)
+    };
+    let b = largest(1, "lora_B");
+    assert!((b - 0.16).abs() < 1e-3, "largest |B| after one step: {b}");
+
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert_eq!(records[2]["stopped_early"], true);
+    let eval_loss = |r: &serde_json::Value| r["eval_loss"].as_f64().unwrap();
+    let best = records
+        .iter()
+        .min_by(|a, b| eval_loss(a).total_cmp(&eval_loss(b)))
+        .unwrap()["step"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(records[2]["best_step"].as_u64(), Some(best));
+    let best_adapter = run.join(format!(
+        "checkpoints/step-{best:06}/adapter_model.safetensors"
+    ));
+    let exported = || std::fs::read(run.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(exported(), std::fs::read(&best_adapter).unwrap());
+    assert!(
+        stdout.contains(&format!("at step {best}, exported from")),
+        "{stdout}"
+    );
+
+    let resumed = lora_tune(&[recipe, "--device", "cpu", "--resume", run.to_str().unwrap()]);
+    let (stdout, stderr) = text(&resumed);
+    assert_eq!(resumed.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("stopped early after step 3"), "{stdout}");
+    assert!(!stdout.contains("step 4/"), "{stdout}");
+    assert_eq!(exported(), std::fs::read(&best_adapter).unwrap());
+
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tools/reference/tensorboard_scalars.py"
+    );
+    let read = Command::new("python3")
+        .arg(script)
+        .arg(run.join("tensorboard"))
+        .env("PYTHONPATH", artifacts::tensorboard_site())
+        .output()
+        .unwrap();
+    let (json, stderr) = text(&read);
+    assert!(read.status.success(), "{stderr}");
+    let scalars: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let tags = [
+        ("train/loss", "loss"),
+        ("train/learning_rate", "lr"),
+        ("train/grad_norm", "grad_norm"),
+        ("train/tokens_per_second", "tokens_per_s"),
+        ("eval/loss", "eval_loss"),
+        ("eval/perplexity", "eval_perplexity"),
+    ];
+    assert_eq!(scalars.as_object().unwrap().len(), tags.len(), "{scalars}");
+    for (tag, key) in tags {
+        // Python's reader returns each f32 as the nearest double to its shortest decimal.
+        let got: Vec<(u64, f32)> = scalars[tag]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {tag} in {scalars}"))
+            .iter()
+            .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap() as f32))
+            .collect();
+        let want: Vec<(u64, f32)> = records
+            .iter()
+            .map(|r| (r["step"].as_u64().unwrap(), r[key].as_f64().unwrap() as f32))
+            .collect();
+        assert_eq!(got, want, "{tag}");
+    }
+}

@@ -254,6 +254,9 @@ fn settings(out: &Path) -> lora_tune::train::trainer::Settings {
         class_map: None,
         progress: false,
         skip_nonfinite: false,
+        early_stopping: None,
+        keep_best: false,
+        tensorboard: false,
     }
 }
 
@@ -646,7 +649,7 @@ fn skip_nonfinite_skips_exactly_the_poisoned_steps() {
         assert!(t.values.iter().all(|v| v.is_finite()));
     }
     // metrics.jsonl keeps the skipped steps (loss null) and reads back on resume.
-    let log = lora_tune::train::metrics::MetricsLog::open(out.path(), 6).unwrap();
+    let log = lora_tune::train::metrics::MetricsLog::open(out.path(), 6, false).unwrap();
     assert_eq!(log.records.len(), 6);
     for r in &log.records {
         assert_eq!(r.loss.is_finite(), !poisoned.contains(&r.step), "{r:?}");

@@ -58,7 +58,7 @@ pub fn run(
         &settings,
         resume,
     )?;
-    print_summary(&summary);
+    print_summary(&summary, plan);
     if summary.interrupted {
         anyhow::bail!(
             "interrupted after step {} of {}; checkpoint {}; continue with: lora-tune {} --resume {}",
@@ -72,9 +72,9 @@ pub fn run(
             plan.out_dir.display()
         );
     }
-    // The last checkpoint is a complete PEFT folder of the final adapters: every format is
-    // exported from it by the same entry point as `lora-tune export`.
-    let last = match &summary.last_checkpoint {
+    // The last checkpoint (or with keep_best the best one) is a complete PEFT folder of the
+    // adapters: every format is exported from it by the same entry point as `lora-tune export`.
+    let last = match &summary.export_from {
         Some(dir) => dir.clone(),
         None => checkpoint::find(&plan.out_dir)?, // a resumed run that was already done
     };
@@ -102,7 +102,16 @@ pub fn run(
             let before = summary.eval_before.as_ref().map_or(String::new(), |b| {
                 format!("{} before training → ", b.brief())
             });
-            format!("eval {before}{}", e.brief())
+            let best = summary
+                .best
+                .filter(|_| plan.train.keep_best)
+                .map_or(String::new(), |b| {
+                    format!(
+                        "; exported: the best evaluation, step {} ({:.4})",
+                        b.step, b.value
+                    )
+                });
+            format!("eval {before}{}{best}", e.brief())
         }),
         dir: &plan.out_dir,
     }
@@ -210,9 +219,16 @@ fn print_export(
     }
 }
 
-fn print_summary(summary: &Summary) {
+fn print_summary(summary: &Summary, plan: &Plan) {
     let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
     println!("done:  steps {}..{}", summary.first_step + 1, summary.steps);
+    if summary.stopped_early {
+        println!(
+            "       stopped early after step {}: no improvement for {} evaluations (train.early_stopping_patience)",
+            summary.steps,
+            summary.best.map_or(0, |b| b.stale_evals)
+        );
+    }
     println!(
         "       train loss {} → {}",
         f(summary.first_loss),
@@ -245,6 +261,19 @@ fn print_summary(summary: &Summary) {
     }
     if let Some(dir) = &summary.last_checkpoint {
         println!("       checkpoint {}", dir.display());
+    }
+    if let Some(best) = summary.best {
+        let metric = plan.train.metric_for_best_model.unwrap_or_default();
+        let exported = match &summary.export_from {
+            Some(dir) if plan.train.keep_best => format!(", exported from {}", dir.display()),
+            _ => String::new(),
+        };
+        println!(
+            "       best {} {:.4} at step {}{exported}",
+            metric.name(),
+            best.value,
+            best.step
+        );
     }
     println!("       metrics {}", summary.metrics.display());
     println!("       loss curve {}", summary.plot.display());

@@ -241,6 +241,19 @@ fn print_settings(plan: &Plan) {
         train.max_grad_norm,
         train.seed
     );
+    if train.early_stopping_patience.is_some() || train.keep_best {
+        let metric = train.metric_for_best_model.unwrap_or_default().name();
+        let patience = train.early_stopping_patience.map_or(String::new(), |p| {
+            let threshold = train.early_stopping_threshold.unwrap_or(0.0);
+            format!(" stop after {p} evaluations without an improvement > {threshold};")
+        });
+        let keep = if train.keep_best {
+            " export the best checkpoint"
+        } else {
+            " export the last checkpoint"
+        };
+        println!("best:  by {metric}:{patience}{keep}");
+    }
     let formats: Vec<String> = plan
         .export
         .formats

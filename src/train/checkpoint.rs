@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::early_stopping::Best;
 use super::optim::{AdamW, Moments};
 use crate::dtype::Dtype;
 use crate::model::adapted::{AdaptedModel, host};
@@ -33,6 +34,9 @@ pub struct TrainerState {
     pub train_examples: usize,
     /// Tokens processed so far (for throughput figures across resumes).
     pub tokens: u64,
+    /// The best evaluation so far and the early-stopping count (runs that compare evaluations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<Best>,
 }
 
 impl TrainerState {
@@ -94,9 +98,9 @@ pub fn save(
     config: Option<&PeftConfig>,
     class_map: Option<&peft::ClassMap>,
 ) -> Result<PathBuf, CheckpointError> {
-    let root = out.join("checkpoints");
-    std::fs::create_dir_all(&root).map_err(io(&root))?;
-    let dest = root.join(format!("step-{:06}", state.step));
+    let dest = dir_of(out, state.step);
+    let root = dest.parent().expect("under checkpoints/");
+    std::fs::create_dir_all(root).map_err(io(root))?;
     let tmp = crate::atomic::temp_path_beside(&dest);
     std::fs::create_dir(&tmp).map_err(io(&tmp))?;
     let result = (|| {
@@ -139,6 +143,11 @@ pub fn save(
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result.map(|()| dest)
+}
+
+/// The checkpoint directory of `step` in the run directory `out`.
+pub fn dir_of(out: &Path, step: u64) -> PathBuf {
+    out.join("checkpoints").join(format!("step-{step:06}"))
 }
 
 /// `dir` itself when it is a checkpoint, else the latest checkpoint of the run directory `dir`.

@@ -1,10 +1,13 @@
-//! What a run reports: one JSON object per optimiser step appended to `<out>/metrics.jsonl`, and
-//! at the end the loss curve as `<out>/loss.svg` (train loss per step, eval loss as dots).
+//! What a run reports: one JSON object per optimiser step appended to `<out>/metrics.jsonl` (and
+//! with `train.report_to = ["tensorboard"]` to a TensorBoard event file), and at the end the
+//! loss curve as `<out>/loss.svg` (train loss per step, eval loss as dots).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use super::tensorboard::EventFile;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
@@ -19,6 +22,9 @@ pub struct StepRecord {
     pub tokens: usize,
     pub tokens_per_s: f64,
     pub elapsed_s: f64,
+    /// Seconds since the Unix epoch when the step ended.
+    #[serde(default)]
+    pub wall_time: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -26,6 +32,12 @@ pub struct StepRecord {
     /// Classification runs: accuracy, macro-F1, per-class scores, confusion matrix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_classes: Option<super::classes::ClassMetrics>,
+    /// Runs that compare evaluations: the step of the best one so far (on eval steps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_step: Option<u64>,
+    /// Early stopping ended the run after this step.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped_early: bool,
 }
 
 fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
@@ -35,12 +47,15 @@ fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> 
 pub struct MetricsLog {
     pub path: PathBuf,
     pub records: Vec<StepRecord>,
+    /// The same scalars for TensorBoard (`train.report_to`).
+    pub tensorboard: Option<EventFile>,
 }
 
 impl MetricsLog {
     /// Opens `<out>/metrics.jsonl`, keeping the records of steps ≤ `resume_step` (a resumed run
-    /// rewrites the steps after its checkpoint) and dropping the rest.
-    pub fn open(out: &Path, resume_step: u64) -> std::io::Result<Self> {
+    /// rewrites the steps after its checkpoint) and dropping the rest; with `tensorboard` the
+    /// event file too.
+    pub fn open(out: &Path, resume_step: u64, tensorboard: bool) -> std::io::Result<Self> {
         let path = out.join("metrics.jsonl");
         let records: Vec<StepRecord> = if resume_step > 0 {
             std::fs::read_to_string(&path)
@@ -52,7 +67,15 @@ impl MetricsLog {
         } else {
             Vec::new()
         };
-        let log = Self { path, records };
+        let tensorboard = match tensorboard {
+            true => Some(EventFile::create(out, &records, unix_time())?),
+            false => None,
+        };
+        let log = Self {
+            path,
+            records,
+            tensorboard,
+        };
         log.rewrite()?;
         Ok(log)
     }
@@ -73,6 +96,9 @@ impl MetricsLog {
             "{}",
             serde_json::to_string(&record).expect("plain struct")
         )?;
+        if let Some(events) = &mut self.tensorboard {
+            events.append(&record)?;
+        }
         self.records.push(record);
         Ok(())
     }
@@ -165,6 +191,13 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_time() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Peak resident memory of this process so far (Linux VmHWM), in bytes.

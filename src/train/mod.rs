@@ -3,15 +3,17 @@
 //! classifiers) with autodiff as their oracle ([`autograd`]), AdamW and global-norm clipping
 //! ([`optim`]), learning-rate schedules
 //! ([`schedule`]), one optimiser step over accumulated micro-batches ([`step`]), the loop
-//! ([`trainer`]) with its checkpoints ([`checkpoint`]), metrics log ([`metrics`]), progress bar
-//! ([`progress`]) and Ctrl-C handling ([`interrupt`]); evaluation ([`evaluate`]) and
-//! classification metrics ([`classes`]). Knows the PEFT format ([`crate::peft`]), not exports.
+//! ([`trainer`]) with its checkpoints ([`checkpoint`]), metrics log ([`metrics`], [`tensorboard`]), progress bar
+//! ([`progress`]) and Ctrl-C handling ([`interrupt`]); evaluation ([`evaluate`]),
+//! classification metrics ([`classes`]), early stopping and the best checkpoint
+//! ([`early_stopping`]). Knows the PEFT format ([`crate::peft`]), not exports.
 
 pub mod autograd;
 pub mod checkpoint;
 pub mod classes;
 pub mod cross_entropy;
 pub mod derived;
+pub mod early_stopping;
 pub mod evaluate;
 pub mod interrupt;
 pub mod loss;
@@ -20,6 +22,7 @@ pub mod optim;
 pub mod progress;
 pub mod schedule;
 pub mod step;
+pub mod tensorboard;
 pub mod trainer;
 
 use burn::tensor::Tensor;

@@ -10,6 +10,7 @@ use anyhow::Context;
 
 use super::TrainError;
 use super::checkpoint::{self, TrainerState};
+use super::early_stopping::{Best, EarlyStopping};
 use super::evaluate::{Eval, evaluate};
 use super::loss::Objective;
 use super::metrics::{MetricsLog, StepRecord};
@@ -21,6 +22,7 @@ use crate::data::dataset::Dataset;
 use crate::peft::config::PeftConfig;
 use crate::peft::folder::ClassMap;
 use crate::plan::{Plan, Stop, Warmup};
+use crate::recipe::ReportTo;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -41,6 +43,12 @@ pub struct Settings {
     pub progress: bool,
     /// Skip (no update) a step whose loss or gradient is non-finite instead of stopping.
     pub skip_nonfinite: bool,
+    /// Compare the evaluations during training (early stopping, `keep_best`).
+    pub early_stopping: Option<EarlyStopping>,
+    /// Checkpoint each new best evaluation and export the best instead of the last.
+    pub keep_best: bool,
+    /// Write a TensorBoard event file beside metrics.jsonl.
+    pub tensorboard: bool,
 }
 
 impl Settings {
@@ -87,6 +95,15 @@ impl Settings {
             class_map,
             progress: true,
             skip_nonfinite: t.skip_nonfinite,
+            early_stopping: (t.early_stopping_patience.is_some() || t.keep_best).then(|| {
+                EarlyStopping {
+                    metric: t.metric_for_best_model.unwrap_or_default(),
+                    patience: t.early_stopping_patience,
+                    threshold: t.early_stopping_threshold.unwrap_or(0.0),
+                }
+            }),
+            keep_best: t.keep_best,
+            tensorboard: t.report_to.contains(&ReportTo::Tensorboard),
         }
     }
 }
@@ -96,6 +113,13 @@ pub struct Summary {
     pub first_step: u64,
     /// Stopped early on Ctrl-C / SIGTERM, after writing a checkpoint.
     pub interrupted: bool,
+    /// Stopped by early stopping (patience spent) at `steps`.
+    pub stopped_early: bool,
+    /// The best evaluation during training, where evaluations are compared.
+    pub best: Option<Best>,
+    /// What to export: the best evaluation's checkpoint with `keep_best`, else the last one
+    /// written (none when a resumed run had nothing left to do).
+    pub export_from: Option<PathBuf>,
     pub steps: u64,
     pub first_loss: Option<f64>,
     pub last_loss: Option<f64>,
@@ -146,6 +170,7 @@ pub fn train(
         grad_accum: settings.grad_accum,
         train_examples: train.examples.len(),
         tokens: 0,
+        best: None,
     };
     let mut optimizer = AdamW::new(settings.adamw);
     let resumed = match resume {
@@ -153,7 +178,7 @@ pub fn train(
         None => None,
     };
     let first_step = state.step;
-    let mut metrics = MetricsLog::open(&settings.out_dir, first_step)
+    let mut metrics = MetricsLog::open(&settings.out_dir, first_step, settings.tensorboard)
         .with_context(|| format!("writing {}/metrics.jsonl", settings.out_dir.display()))?;
     let progress = Progress::new(total, first_step, settings.progress);
     if let Some(line) = resumed {
@@ -173,7 +198,8 @@ pub fn train(
         (None, None, None, None);
     let mut run_tokens = 0u64;
     let mut skipped = Vec::new();
-    while state.step < total {
+    let mut stopped_early = (settings.early_stopping).is_some_and(|r| r.spent(state.best));
+    while state.step < total && !stopped_early {
         let step = state.step;
         let micro: Vec<_> = (0..settings.grad_accum)
             .map(|j| {
@@ -238,17 +264,37 @@ pub fn train(
             tokens: stats.tokens,
             tokens_per_s: stats.tokens as f64 / step_started.elapsed().as_secs_f64(),
             elapsed_s: started.elapsed().as_secs_f64(),
+            wall_time: super::metrics::unix_time(),
             eval_loss: None,
             eval_perplexity: None,
             eval_classes: None,
+            best_step: None,
+            stopped_early: false,
         };
         let due = |every: Option<u64>| every.is_some_and(|n| n > 0 && state.step.is_multiple_of(n));
+        let mut new_best = false;
         if let Some(eval) = eval.filter(|_| due(settings.eval_every) || state.step == total) {
             let e = evaluate(model, eval, settings.batch_size)?;
             progress.say(format!("step {}: eval {}", state.step, e.brief()));
             record.eval_loss = Some(e.loss);
             record.eval_perplexity = Some(e.perplexity);
             record.eval_classes = e.classes.clone();
+            if let Some(rule) = &settings.early_stopping {
+                let verdict = rule.observe(&mut state.best, state.step, &e);
+                new_best = verdict.new_best;
+                record.best_step = state.best.map(|b| b.step);
+                if verdict.stop {
+                    stopped_early = true;
+                    record.stopped_early = true;
+                    progress.say(format!(
+                        "step {}: stopping early, {} not improved for {} evaluations (best: step {})",
+                        state.step,
+                        rule.metric.name(),
+                        state.best.map_or(0, |b| b.stale_evals),
+                        record.best_step.unwrap_or(0)
+                    ));
+                }
+            }
             last_eval = Some(e);
         }
         let line = format!(
@@ -259,8 +305,10 @@ pub fn train(
         );
         progress.step(state.step, line);
         metrics.append(record)?;
-        let stop = super::interrupt::requested();
-        if due(settings.checkpoint_every) || state.step == total || stop {
+        let stop = super::interrupt::requested() || stopped_early;
+        // With keep_best every new best is checkpointed: it may be the one exported.
+        let best_due = new_best && settings.keep_best;
+        if due(settings.checkpoint_every) || state.step == total || stop || best_due {
             let dir = checkpoint::save(
                 &settings.out_dir,
                 model,
@@ -278,9 +326,16 @@ pub fn train(
     progress.finish();
     model.set_training(false);
     let plot = metrics.write_svg(&format!("loss — {}", settings.out_dir.display()))?;
+    let export_from = match state.best.filter(|_| settings.keep_best) {
+        Some(best) => Some(checkpoint::dir_of(&settings.out_dir, best.step)),
+        None => last_checkpoint.clone(),
+    };
     Ok(Summary {
         first_step,
-        interrupted: state.step < total,
+        interrupted: state.step < total && !stopped_early,
+        stopped_early,
+        best: state.best,
+        export_from,
         steps: state.step,
         first_loss,
         last_loss,

@@ -89,3 +89,40 @@ pub fn llama_cpp_vocab_dir() -> std::path::PathBuf {
     std::fs::rename(&tmp, &dir).unwrap();
     dir
 }
+
+/// TensorBoard's Python package, whose own reader checks our event files.
+pub const TENSORBOARD: &str = "tensorboard==2.21.0";
+
+/// A directory to put on PYTHONPATH that holds `tensorboard` and what it needs, installed once
+/// with `pip install --target` into the lora-tune cache (no system site touched).
+pub fn tensorboard_site() -> std::path::PathBuf {
+    static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONCE.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = lora_tune::source::cache_dir().join("python-tensorboard-2.21.0");
+    if dir.join("DONE").is_file() {
+        return dir;
+    }
+    let tmp = dir.with_extension(format!("partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let status = std::process::Command::new("python3")
+        .args(["-m", "pip", "install", "--no-input", "--quiet"])
+        .args([
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "off",
+            "--target",
+        ])
+        .arg(&tmp)
+        .arg(TENSORBOARD)
+        .status()
+        .expect("python3 -m pip runs");
+    assert!(
+        status.success(),
+        "pip install --target {} {TENSORBOARD} failed (PyPI reachable?)",
+        tmp.display()
+    );
+    std::fs::write(tmp.join("DONE"), "").unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).unwrap();
+    dir
+}
