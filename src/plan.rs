@@ -375,6 +375,14 @@ impl Plan {
             "must be at least 1 (1 = pad to the longest row only)",
         )?;
 
+        if recipe.lora.init.reads_base() {
+            check(
+                !recipe.model.keep_quantized && recipe.model.quantize.is_none(),
+                "lora.init",
+                "PiSSA / OLoRA take the adapter out of the base weight, which model.keep_quantized / model.quantize keep in blocks; drop those, or use kaiming / gaussian",
+            )?;
+        }
+
         // Settings that only work together: refused alone, never silently ignored.
         check(
             !recipe.lora.use_dora,

@@ -296,6 +296,27 @@ pub enum LoraInit {
     #[default]
     Kaiming,
     Gaussian,
+    /// The base weight's top-r singular vectors; the base keeps the residual.
+    Pissa,
+    /// The first r columns of the base weight's QR; the base keeps the residual.
+    Olora,
+}
+
+impl LoraInit {
+    /// PiSSA and OLoRA take the adapter out of the base weight, which keeps the residual.
+    pub fn reads_base(self) -> bool {
+        matches!(self, Self::Pissa | Self::Olora)
+    }
+
+    /// As recipes and PEFT configs spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kaiming => "kaiming",
+            Self::Gaussian => "gaussian",
+            Self::Pissa => "pissa",
+            Self::Olora => "olora",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -875,3 +875,105 @@ fn training_options_reach_the_run() {
         assert_eq!(got, want, "{tag}");
     }
 }
+
+/// `lora.init = "pissa"` and `"olora"` through the binary on the tiny Llama: the run says it
+/// exports a plain LoRA of twice the rank; the exported PEFT config says so (r 8, α 32,
+/// `init_lora_weights` true); checkpoints keep the initial adapters; and three models give the
+/// run's final eval loss: the checkpoint re-applied by `eval --adapter` (its init repeated on
+/// the base, as PEFT loads such folders), the merged export evaluated as a plain model, and the
+/// PiSSA recipe's base alone equals the kaiming recipe's base (fresh adapters hold what the
+/// residual lacks).
+#[test]
+fn pissa_and_olora_runs_export_plain_loras_with_the_runs_eval_loss() {
+    let tiny = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/llama/tiny-llama"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    write_ticket_rows(tmp.path(), 16);
+    let eval_loss = |out: &Output| -> String {
+        let (stdout, stderr) = text(out);
+        assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+        let line = stdout
+            .lines()
+            .rev()
+            .find(|l| l.contains("loss "))
+            .unwrap_or_else(|| panic!("{stdout}"));
+        let after = line.rsplit("loss ").next().unwrap();
+        after.split(',').next().unwrap().to_string()
+    };
+    let write = |name: &str, source: &str, init: &str| {
+        let path = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[model]\nsource = {source:?}\n\n[lora]\nrank = 4\ninit = {init:?}\n\n[data]\ntrain = \"train.jsonl\"\neval_fraction = 0.25\nmax_len = 64\n\n[train]\nmax_steps = 4\nbatch_size = 3\nlr = 1e-2\n\n[export]\nout_dir = \"{name}\"\nformats = [\"peft\", \"merged\"]\n"
+            ),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let kaiming = write("kaiming", tiny, "kaiming");
+    let base_loss = eval_loss(&lora_tune(&["eval", &kaiming, "--device", "cpu"]));
+    for init in ["pissa", "olora"] {
+        let recipe = write(init, tiny, init);
+        let out = lora_tune(&[&recipe, "--device", "cpu"]);
+        let (stdout, _) = text(&out);
+        assert!(
+            stdout.contains(&format!("check: lora.init = \"{init}\""))
+                && stdout.contains("plain LoRA of rank 8"),
+            "{stdout}"
+        );
+        let final_loss = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with("eval loss"))
+            .and_then(|l| l.rsplit("→ loss ").next())
+            .map(|s| s.split(',').next().unwrap().to_string())
+            .unwrap_or_else(|| panic!("{stdout}"));
+        let run = tmp.path().join(init);
+        let config: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(run.join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                &config["r"],
+                &config["lora_alpha"],
+                &config["init_lora_weights"]
+            ),
+            (
+                &serde_json::json!(8),
+                &serde_json::json!(32),
+                &serde_json::json!(true)
+            ),
+            "{config}"
+        );
+        let checkpoint = run.join("checkpoints/step-000004");
+        assert!(
+            checkpoint
+                .join("initial_adapter_model.safetensors")
+                .is_file()
+        );
+
+        let resumed = eval_loss(&lora_tune(&[
+            "eval",
+            &recipe,
+            "--device",
+            "cpu",
+            "--adapter",
+            checkpoint.to_str().unwrap(),
+        ]));
+        let merged = write(
+            &format!("{init}-merged"),
+            run.join("merged").to_str().unwrap(),
+            init,
+        );
+        let merged_loss = eval_loss(&lora_tune(&["eval", &merged, "--device", "cpu"]));
+        let base = eval_loss(&lora_tune(&["eval", &recipe, "--device", "cpu"]));
+        assert_eq!(
+            (resumed.as_str(), merged_loss.as_str(), base.as_str()),
+            (final_loss.as_str(), final_loss.as_str(), base_loss.as_str()),
+            "{init}: checkpoint, merged export and base eval losses"
+        );
+    }
+}

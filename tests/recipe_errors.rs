@@ -326,6 +326,14 @@ const CASES: &[Case] = &[
         key: "train.report_to",
         words: &["tensorboard"],
     },
+    Case {
+        what: "PiSSA on a base kept in blocks",
+        model_and_data: "[model]\nsource = \"model.gguf\"\nkeep_quantized = true\n\n[data]\ntrain = \"train.jsonl\"\n",
+        rest: "\n[lora]\ninit = \"pissa\"\n",
+        line: 9,
+        key: "lora.init",
+        words: &["keep_quantized", "kaiming"],
+    },
 ];
 
 /// Each case's error names its line, its key and what is accepted; all failures are listed.

@@ -41,8 +41,12 @@ pub fn run(recipe: &Path, adapter: Option<&Path>, device: DeviceChoice) -> anyho
             println!("adapter: {}", dir.display());
         }
         None => {
-            for (_, a) in model.adapters_mut() {
-                a.scale = 0.0; // B = 0 already; make the base-only intent explicit
+            // Fresh PiSSA / OLoRA adapters hold what the base weights lack: with them the model
+            // is the base. Other inits start with B = 0; the zero scale makes that explicit.
+            if !loaded.prepared.plan.lora.init.reads_base() {
+                for (_, a) in model.adapters_mut() {
+                    a.scale = 0.0;
+                }
             }
             println!("adapter: none (base model)");
         }

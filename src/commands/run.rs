@@ -33,6 +33,15 @@ pub fn run(
     let resume = clear_or_resume(&plan.out_dir, resume, force)?;
     let mut model = session::open_model(&loaded, memory_check)?;
     if let Some(dir) = plan.lora.init_from.as_ref().filter(|_| resume.is_none()) {
+        // PiSSA / OLoRA adapters only continue on the base their init left behind.
+        let (_, from) = crate::peft::folder::read_lora(dir)?;
+        anyhow::ensure!(
+            from.init == plan.lora.init || !(from.init.reads_base() || plan.lora.init.reads_base()),
+            "lora.init_from: {} was initialised with {} and this recipe says lora.init = \"{}\"; PiSSA / OLoRA adapters continue only with the same init (the base holds the residual)",
+            dir.display(),
+            from.init.name(),
+            plan.lora.init.name()
+        );
         model
             .load_adapter_weights(&dir.join(WEIGHTS_FILE))
             .with_context(|| format!("lora.init_from: {}", dir.display()))?;
@@ -85,6 +94,14 @@ pub fn run(
         }),
         TaskModel::Classifier(_) => None, // a classifier exports PEFT only (checked in the plan)
     };
+    if plan.lora.init.reads_base() {
+        println!(
+            "check: lora.init = \"{}\": exported as a plain LoRA of rank {} for the original base (ΔW = s·(B·A − B₀·A₀), as PEFT's path_initial_model_for_weight_conversion); checkpoints keep the {} form",
+            plan.lora.init.name(),
+            2 * plan.lora.rank,
+            plan.lora.init.name()
+        );
+    }
     if let Some(base) = &base {
         for finding in servability::check(&peft_config, &base.config) {
             println!("check: {finding}");

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::model::decoder_config::DecoderConfig;
 use crate::peft::config::PeftConfig;
+use crate::peft::conversion;
 use crate::peft::folder::{self, CLASS_MAP_FILE, CONFIG_FILE, PeftError, WEIGHTS_FILE};
 use crate::peft::full_key;
 use crate::recipe::ExportFormat;
@@ -107,6 +108,21 @@ pub enum ExportError {
 /// `out` may be replaced; every file is written atomically.
 pub fn export(request: &Request) -> Result<Exported, ExportError> {
     let (config, _) = folder::read_lora(request.adapter)?;
+    if conversion::needs_conversion(&config) {
+        // PiSSA / OLoRA: every format is written from the plain-LoRA form, which loads on the
+        // original base (a temp folder beside the output, removed after).
+        let plain = crate::atomic::temp_path_beside(request.out);
+        let exported = conversion::to_plain_lora(request.adapter, &plain)
+            .map_err(ExportError::from)
+            .and_then(|()| {
+                export(&Request {
+                    adapter: &plain,
+                    ..*request
+                })
+            });
+        let _ = std::fs::remove_dir_all(&plain);
+        return exported;
+    }
     let classifier = is_classifier(&config);
     if classifier && request.format != ExportFormat::Peft {
         return Err(ExportError::ClassifierFormat(request.adapter.into()));

@@ -34,15 +34,22 @@ impl fmt::Display for Finding {
 /// vLLM's `--max-lora-rank` choices.
 const VLLM_RANKS: [u32; 9] = [1, 8, 16, 32, 64, 128, 256, 320, 512];
 
-/// The largest rank of any adapted layer.
+/// The largest rank of any adapted layer as exported: a PiSSA / OLoRA adapter exports as a
+/// plain LoRA of twice its rank (`peft::conversion`).
 pub fn max_rank(config: &PeftConfig) -> u32 {
-    config
-        .rank_pattern
-        .values()
-        .copied()
-        .chain([config.r])
-        .max()
-        .unwrap_or(config.r)
+    let doubled = if crate::peft::conversion::needs_conversion(config) {
+        2
+    } else {
+        1
+    };
+    doubled
+        * config
+            .rank_pattern
+            .values()
+            .copied()
+            .chain([config.r])
+            .max()
+            .unwrap_or(config.r)
 }
 
 /// The smallest `--max-lora-rank` vLLM accepts for these adapters, if any.

@@ -27,6 +27,9 @@ pub struct LoraAdapter {
     /// State of the dropout mask generator; the trainer reseeds it from (seed, step, adapter)
     /// so a resumed run draws the same masks.
     pub dropout_rng: Cell<u64>,
+    /// PiSSA / OLoRA: the initial A and B, which the base weight lacks; exports subtract them
+    /// again (`peft::conversion`).
+    pub initial: Option<Box<[Tensor<2>; 2]>>,
 }
 
 impl LoraAdapter {
@@ -56,6 +59,8 @@ impl LoraAdapter {
                     .map(|_| (standard_normal(&mut rng) * std) as f32)
                     .collect()
             }
+            // Replaced from the base weight by `AdaptedModel::attach_adapters`.
+            LoraInit::Pissa | LoraInit::Olora => vec![0.0; rank * in_features],
         };
         Self {
             a: Tensor::from_data(TensorData::new(a, [rank, in_features]), device),
@@ -64,6 +69,7 @@ impl LoraAdapter {
             dropout: 0.0,
             training: false,
             dropout_rng: Cell::new(seed),
+            initial: None,
         }
     }
 

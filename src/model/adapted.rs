@@ -8,13 +8,14 @@ use std::path::Path;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::decoder::Decoder;
+use super::frozen::FrozenWeight;
 use super::linear::Linear;
 use crate::lora::adapter::{LoraAdapter, splitmix64};
 use crate::lora::targets::{self, LinearSite, TargetLayer};
 use crate::peft::config::PeftConfig;
 use crate::peft::factor_key;
 use crate::peft::folder::{self as peft_folder, PeftError};
-use crate::recipe::LoraSection;
+use crate::recipe::{LoraInit, LoraSection};
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
 use crate::weights::tensor::HostTensor;
@@ -35,6 +36,19 @@ pub enum AdapterError {
     Peft(#[from] PeftError),
     #[error(transparent)]
     Weights(#[from] WeightsError),
+    #[error(
+        "`{0}`: PiSSA / OLoRA (lora.init) take the adapter out of the base weight, which is kept in quantised blocks here; drop model.keep_quantized / model.quantize"
+    )]
+    NeedsDenseBase(String),
+    #[error(
+        "`{path}`: PiSSA / OLoRA (lora.init) need a rank no larger than the weight's smaller side ({shape:?}); lower lora.rank (or its rank_pattern) to at most {}",
+        shape[0].min(shape[1])
+    )]
+    RankTooLarge {
+        path: String,
+        rank: usize,
+        shape: [usize; 2],
+    },
 }
 
 /// A then B of each adapter among `linears` (module path, layer), under their PEFT keys.
@@ -100,7 +114,8 @@ pub trait AdaptedModel {
     }
 
     /// Adds a freshly initialised adapter to every layer in `adapted` (from `lora::targets`).
-    /// Each adapter draws its init from its own stream of `seed`.
+    /// Each adapter draws its init from its own stream of `seed`; PiSSA and OLoRA take it from
+    /// the layer's weight instead, which keeps the residual.
     fn attach_adapters(
         &mut self,
         adapted: &[TargetLayer],
@@ -124,6 +139,9 @@ pub trait AdaptedModel {
                 &device,
             );
             adapter.dropout = lora.dropout;
+            if lora.init.reads_base() {
+                slice_base(linear, &mut adapter, lora.init, &target.site.path)?;
+            }
             linear.lora = Some(adapter);
         }
         Ok(())
@@ -160,6 +178,20 @@ pub trait AdaptedModel {
         Ok(config)
     }
 
+    /// PiSSA / OLoRA: each adapter's initial A and B on the host under their PEFT keys, which a
+    /// checkpoint keeps for the export's conversion to a plain LoRA; empty for other inits.
+    fn initial_adapter_tensors(&mut self) -> Result<Vec<(String, HostTensor)>, WeightsError> {
+        let mut out = Vec::new();
+        for (path, adapter) in self.adapters_mut() {
+            if let Some(initial) = &adapter.initial {
+                for (factor, t) in ['A', 'B'].into_iter().zip(initial.iter()) {
+                    out.push((factor_key(&path, factor), host(t)?));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Every trained tensor on the host under its PEFT key, in model order.
     fn adapter_tensors(&mut self) -> Result<Vec<(String, HostTensor)>, WeightsError> {
         let mut out = Vec::new();
@@ -170,6 +202,39 @@ pub trait AdaptedModel {
         }
         Ok(out)
     }
+}
+
+/// PiSSA / OLoRA: sets `adapter`'s A and B from `linear`'s weight (module `path`) and leaves
+/// the residual there, in the weight's own dtype (as PEFT casts it back).
+fn slice_base(
+    linear: &mut Linear,
+    adapter: &mut LoraAdapter,
+    init: LoraInit,
+    path: &str,
+) -> Result<(), AdapterError> {
+    let FrozenWeight::Dense(w) = &linear.weight else {
+        return Err(AdapterError::NeedsDenseBase(path.into()));
+    };
+    let (dtype, device) = (w.dtype(), w.device());
+    let shape = [w.dims()[0], w.dims()[1]];
+    let rank = adapter.rank();
+    if rank > shape[0].min(shape[1]) {
+        return Err(AdapterError::RankTooLarge {
+            path: path.into(),
+            rank,
+            shape,
+        });
+    }
+    let values = host(&linear.weight.dense())?.values;
+    let slice = crate::lora::init::slice_of(init, &values, shape, rank, adapter.scale)
+        .expect("a base-reading init");
+    let tensor =
+        |v: Vec<f32>, dims: [usize; 2]| Tensor::<2>::from_data(TensorData::new(v, dims), &device);
+    adapter.a = tensor(slice.a, [rank, shape[1]]);
+    adapter.b = tensor(slice.b, [shape[0], rank]);
+    adapter.initial = Some(Box::new([adapter.a.clone(), adapter.b.clone()]));
+    linear.weight = FrozenWeight::Dense(tensor(slice.residual, shape).cast(dtype));
+    Ok(())
 }
 
 /// The shape a trained tensor has in a file: a head's bias, held as [1, n], is saved as [n].

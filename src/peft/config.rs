@@ -33,7 +33,7 @@ pub struct PeftConfig {
     pub fan_in_fan_out: bool,
     #[serde(default = "yes")]
     pub inference_mode: bool,
-    /// `true` (kaiming, PEFT's default) or `"gaussian"`.
+    /// `true` (kaiming, PEFT's default), `"gaussian"`, `"pissa"` or `"olora"`.
     #[serde(default = "init_default")]
     pub init_lora_weights: Value,
     #[serde(default)]
@@ -124,6 +124,8 @@ impl PeftConfig {
             init_lora_weights: match lora.init {
                 LoraInit::Kaiming => Value::Bool(true),
                 LoraInit::Gaussian => Value::from("gaussian"),
+                LoraInit::Pissa => Value::from("pissa"),
+                LoraInit::Olora => Value::from("olora"),
             },
             layers_pattern: None,
             layers_to_transform: lora.layers.as_ref().map(|l| Value::from(l.clone())),
@@ -155,6 +157,24 @@ impl PeftConfig {
 
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
         serde_json::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// How the adapters were initialised, where it matters once they are trained: PiSSA and
+    /// OLoRA left the base weight reduced by the initial adapter, which loading repeats (as PEFT
+    /// does); other inits that change the base are refused by name.
+    fn init(&self) -> Result<LoraInit, ConfigError> {
+        let name = self.init_lora_weights.as_str().unwrap_or_default();
+        match name {
+            "gaussian" => Ok(LoraInit::Gaussian),
+            "pissa" => Ok(LoraInit::Pissa),
+            "olora" => Ok(LoraInit::Olora),
+            _ if name.starts_with("pissa_niter_") || name == "loftq" || name == "corda" => {
+                Err(ConfigError::Unsupported(format!(
+                    "init_lora_weights = {name:?} (it changes the base weight in a way lora-tune does not repeat; \"pissa\" and \"olora\" are supported)"
+                )))
+            }
+            _ => Ok(LoraInit::Kaiming), // B and A are replaced by the trained values
+        }
     }
 
     /// The `[lora]` section that rebuilds these adapters, or why our adapters cannot.
@@ -233,15 +253,35 @@ impl PeftConfig {
             targets,
             layers,
             rslora: self.use_rslora,
-            init: if self.init_lora_weights == "gaussian" {
-                LoraInit::Gaussian
-            } else {
-                LoraInit::Kaiming
-            },
+            init: self.init()?,
             use_dora: false,
             rank_pattern: self.rank_pattern.clone(),
             alpha_pattern: self.alpha_pattern.clone(),
             init_from: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// PiSSA / OLoRA folders rebuild with their init (loading repeats it on the base); inits
+    /// that change the base in ways we do not repeat are refused by name.
+    #[test]
+    fn base_changing_inits_are_repeated_or_refused() {
+        let config = |init: Value| {
+            let mut c = PeftConfig::new(&LoraSection::default(), &[], "base".into(), None);
+            c.init_lora_weights = init;
+            c.lora_section().map(|l| l.init)
+        };
+        assert_eq!(config(Value::Bool(true)).unwrap(), LoraInit::Kaiming);
+        assert_eq!(config("gaussian".into()).unwrap(), LoraInit::Gaussian);
+        assert_eq!(config("pissa".into()).unwrap(), LoraInit::Pissa);
+        assert_eq!(config("olora".into()).unwrap(), LoraInit::Olora);
+        for refused in ["pissa_niter_4", "loftq", "corda"] {
+            let err = config(refused.into()).unwrap_err().to_string();
+            assert!(err.contains(refused), "{err}");
+        }
     }
 }

@@ -15,6 +15,9 @@ use crate::weights::tensor::HostTensor;
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// PiSSA / OLoRA checkpoints: the adapters as initialised (PEFT keys), which the export to a
+/// plain LoRA subtracts ([`super::conversion`]).
+pub const INITIAL_WEIGHTS_FILE: &str = "initial_adapter_model.safetensors";
 /// A classifier's labels (id2label / label2id as transformers' config.json writes them) and
 /// pooling. PEFT's own config has no place for them: it warns on and drops unknown keys.
 pub const CLASS_MAP_FILE: &str = "classifier.json";

@@ -1,9 +1,11 @@
 //! The PEFT adapter folder format, read and written in one place: the key names tensors carry
 //! (`base_model.model.<module path>.lora_A.weight`), `adapter_config.json` ([`config`]) and the
-//! folder's files ([`folder`]). Training's checkpoints and every export are this format; it
+//! folder's files ([`folder`]), and a PiSSA / OLoRA adapter's conversion to a plain LoRA
+//! ([`conversion`]). Training's checkpoints and every export are this format; it
 //! knows nothing of models or training.
 
 pub mod config;
+pub mod conversion;
 pub mod folder;
 
 /// What PEFT puts before an HF module path in every key it saves.

@@ -1,5 +1,6 @@
 //! Resumable checkpoints: `<out>/checkpoints/step-NNNNNN/` holds the adapters (PEFT keys, so any
-//! checkpoint is also an adapter), the AdamW moments and `trainer_state.json` (step, optimiser
+//! checkpoint is also an adapter; with PiSSA / OLoRA also the initial ones, for the export's
+//! conversion), the AdamW moments and `trainer_state.json` (step, optimiser
 //! step count, and the settings that fix the data order). The directory is built under a temp
 //! name and renamed into place, so a `step-*` directory is always complete. The data position
 //! and dropout RNG are functions of (seed, step), so resuming replays exactly.
@@ -14,7 +15,7 @@ use super::optim::{AdamW, Moments};
 use crate::dtype::Dtype;
 use crate::model::adapted::{AdaptedModel, host};
 use crate::peft::config::PeftConfig;
-use crate::peft::folder::{self as peft, WEIGHTS_FILE};
+use crate::peft::folder::{self as peft, INITIAL_WEIGHTS_FILE, WEIGHTS_FILE};
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
 use crate::weights::safetensors::write;
@@ -117,6 +118,15 @@ pub fn save(
         }
         if let Some(map) = class_map {
             peft::write_class_map(&tmp, map)?;
+        }
+        let initial = model.initial_adapter_tensors()?;
+        if !initial.is_empty() {
+            write(
+                &tmp.join(INITIAL_WEIGHTS_FILE),
+                &initial,
+                Dtype::F32,
+                &[("format", "pt")],
+            )?;
         }
         let mut moments = Vec::with_capacity(optimizer.moments.len() * 2);
         for ((key, _), m) in adapters.iter().zip(&optimizer.moments) {
