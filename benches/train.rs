@@ -2,8 +2,8 @@
 //! workload W1 (batch 4×256) or W2 (`-- w2`: batch 1×1024), r=8 α=16 dropout 0.05 on the seven
 //! Llama targets, AdamW lr 2e-4. One warm-up step, then 5 timed steps; prints one JSON object
 //! (tokens/s, s/step min and median, FLOP/s at 6·N_base… see below, peak RSS). Not a test.
-//! Run: cargo bench --bench train [-- w2] [chat] [ckpt [keepq|bf16]] [with-reference]; the PEFT side:
-//! tools/reference/bench_peft.py [w2]. `chat` labels only the second half of each row, as
+//! Run: cargo bench --bench train [-- w2] [chat] [ckpt [keepq|bf16]] [dora] [with-reference]; the
+//! PEFT side: tools/reference/bench_peft.py [w2] [dora]. `dora` trains DoRA adapters. `chat` labels only the second half of each row, as
 //! supervised chat data does; `ckpt` trains with gradient checkpointing (block recompute);
 //! `keepq` keeps the GGUF's Q4_1 linear weights in their blocks (`model.keep_quantized`), `bf16`
 //! stores them in bf16 (`model.dtype`).
@@ -37,6 +37,7 @@ fn main() -> anyhow::Result<()> {
     let keep_quantized = std::env::args().any(|a| a == "keepq");
     let bf16 = std::env::args().any(|a| a == "bf16");
     let with_reference = std::env::args().any(|a| a == "with-reference");
+    let dora = std::env::args().any(|a| a == "dora");
     let (rows, len) = if w2 { (1, 1024) } else { (4, 256) };
     let files = artifacts::smollm2();
     let device = select(DeviceChoice::Cpu)?.device;
@@ -58,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         rank: 8,
         alpha: 16.0,
         dropout: 0.05,
+        use_dora: dora,
         ..LoraSection::default()
     };
     let adapted = select_targets(&model.config.linear_sites(), &lora)?;
@@ -129,7 +131,7 @@ fn main() -> anyhow::Result<()> {
     // Forward + backward through the frozen base ≈ 4·N FLOPs per token (no weight gradients).
     let flops = 4.0 * base as f64 * tokens / median;
     let ours = serde_json::json!({
-            "workload": format!("{}{}", if w2 { "W2 1x1024" } else { "W1 4x256" }, if chat { ", answer half labelled" } else { "" }),
+            "workload": format!("{}{}{}", if w2 { "W2 1x1024" } else { "W1 4x256" }, if chat { ", answer half labelled" } else { "" }, if dora { " DoRA" } else { "" }),
             "gradient_checkpointing": checkpointing,
             "linear_weights_bf16": bf16,
             "model": if keep_quantized {
@@ -157,9 +159,7 @@ fn main() -> anyhow::Result<()> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/reference/bench_peft.py");
     let mut cmd = std::process::Command::new(&python);
     cmd.arg(script).arg(&gguf_dir);
-    if w2 {
-        cmd.arg("w2");
-    }
+    cmd.args(w2.then_some("w2")).args(dora.then_some("dora"));
     let out = cmd.output()?;
     anyhow::ensure!(
         out.status.success(),

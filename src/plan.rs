@@ -377,6 +377,11 @@ impl Plan {
 
         if recipe.lora.init.reads_base() {
             check(
+                !recipe.lora.use_dora,
+                "lora.use_dora",
+                "PiSSA / OLoRA with DoRA is not offered: PEFT's conversion to a plain LoRA drops the magnitudes, so the export would not be what PEFT makes; use one of the two",
+            )?;
+            check(
                 !recipe.model.keep_quantized && recipe.model.quantize.is_none(),
                 "lora.init",
                 "PiSSA / OLoRA take the adapter out of the base weight, which model.keep_quantized / model.quantize keep in blocks; drop those, or use kaiming / gaussian",
@@ -384,11 +389,13 @@ impl Plan {
         }
 
         // Settings that only work together: refused alone, never silently ignored.
-        check(
-            !recipe.lora.use_dora,
-            "lora.use_dora",
-            "DoRA is not supported yet; set it to false",
-        )?;
+        if recipe.lora.use_dora {
+            check(
+                !export.formats.contains(&ExportFormat::Gguf),
+                "export.formats",
+                r#"llama.cpp's LoRA GGUF has no DoRA magnitudes: drop "gguf" (export "merged" and convert that to GGUF instead) or set lora.use_dora = false"#,
+            )?;
+        }
         for (key, path) in [
             ("data.train", Some(&data.train)),
             ("data.eval", data.eval.as_ref()),

@@ -77,6 +77,9 @@ impl Prepared {
             }
         };
         let mut report = ParameterReport::new(&adapted, config.parameter_count());
+        if plan.lora.use_dora {
+            report = report.with_dora(&adapted);
+        }
         if let Some(labels) = &labels {
             let head = match config {
                 ModelConfig::Bert(_) => "classifier",

@@ -83,9 +83,11 @@ pub struct LoraSection {
     pub layers: Option<Vec<u32>>,
     /// Rank-stabilised scale α/√r. Default false.
     pub rslora: bool,
-    /// Init of A: `kaiming` (PEFT's default, uniform with a=√5) or `gaussian`; B starts at 0.
+    /// Init: `kaiming` (PEFT's default, A uniform with a=√5) or `gaussian`, B starting at 0; or
+    /// `pissa` / `olora`, A and B sliced from the base weight, which keeps the residual.
     pub init: LoraInit,
-    /// Weight-decomposed LoRA. Default false.
+    /// DoRA (weight-decomposed LoRA, PEFT's `use_dora`): a trained magnitude per output row
+    /// rescales W + s·B·A. Default false.
     pub use_dora: bool,
     /// Per-module rank overrides, keyed by module name or regex, as PEFT's `rank_pattern`.
     pub rank_pattern: BTreeMap<String, u32>,

@@ -977,3 +977,79 @@ fn pissa_and_olora_runs_export_plain_loras_with_the_runs_eval_loss() {
         );
     }
 }
+
+/// `lora.use_dora = true` through the binary on the tiny Llama: the servability report names
+/// the servers without DoRA, the exported folder carries a magnitude vector per adapted layer,
+/// and the merged export evaluates to the run's final eval loss; a GGUF export is refused before
+/// anything loads.
+#[test]
+fn dora_runs_export_magnitudes_and_merge_to_the_runs_eval_loss() {
+    let tiny = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/llama/tiny-llama"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    write_ticket_rows(tmp.path(), 16);
+    let write = |name: &str, source: &str, formats: &str| {
+        let path = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[model]\nsource = {source:?}\n\n[lora]\nrank = 4\nuse_dora = true\n\n[data]\ntrain = \"train.jsonl\"\neval_fraction = 0.25\nmax_len = 64\n\n[train]\nmax_steps = 4\nbatch_size = 3\nlr = 1e-2\n\n[export]\nout_dir = \"{name}\"\nformats = {formats}\n"
+            ),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let refused = lora_tune(&[&write("gguf", tiny, r#"["gguf"]"#), "--device", "cpu"]);
+    let (stdout, stderr) = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("export.formats") && stderr.contains("DoRA"),
+        "{stderr}"
+    );
+
+    let recipe = write("dora", tiny, r#"["peft", "merged"]"#);
+    // PEFT's line for DoRA on tiny-llama (r 4, the seven targets) counts the magnitudes.
+    let (plan, _) = text(&lora_tune(&["plan", &recipe]));
+    assert!(
+        plan.contains("trainable params: 8,320 || all params: 102,848 || trainable%: 8.0896"),
+        "{plan}"
+    );
+    let out = lora_tune(&[&recipe, "--device", "cpu"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    for server in ["vLLM", "llama.cpp", "TGI/LoRAX"] {
+        let named = |l: &&str| l.starts_with("check: ") && l.contains(server) && l.contains("DoRA");
+        assert!(stdout.lines().any(|l| named(&l)), "{server}: {stdout}");
+    }
+    let final_loss = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("eval loss"))
+        .and_then(|l| l.rsplit("→ loss ").next())
+        .map(|s| s.split(',').next().unwrap().to_string())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let run = tmp.path().join("dora");
+    let bytes = std::fs::read(run.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let magnitudes: Vec<_> = st
+        .iter()
+        .filter(|(name, _)| name.ends_with(".lora_magnitude_vector"))
+        .map(|(_, t)| t.shape().to_vec())
+        .collect();
+    assert_eq!(magnitudes.len(), 14);
+    assert!(magnitudes.iter().all(|s| s.len() == 1), "{magnitudes:?}");
+
+    let merged = write(
+        "merged",
+        run.join("merged").to_str().unwrap(),
+        r#"["peft"]"#,
+    );
+    let eval = lora_tune(&["eval", &merged, "--device", "cpu"]);
+    let (stdout, stderr) = text(&eval);
+    assert_eq!(eval.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("eval split: loss {final_loss},")),
+        "merged model vs the run's {final_loss}: {stdout}"
+    );
+}

@@ -53,7 +53,12 @@ fn ten_steps_with_gradient_checkpointing_equal_peft() {
 /// and the head's cross-entropy in chunks — step after step of AdamW.
 #[test]
 fn the_derived_step_equals_autodiff() {
-    derived_step_equals_autodiff_on("tiny-llama", r"model\.layers\.1\..*|lm_head", [1e-5; 2]);
+    derived_step_equals_autodiff_on(
+        "tiny-llama",
+        r"model\.layers\.1\..*|lm_head",
+        [1e-5; 2],
+        false,
+    );
 }
 
 /// The same on Gemma 2 with adapters in layer 0, whose attention has the sliding window (4, so
@@ -61,7 +66,12 @@ fn the_derived_step_equals_autodiff() {
 /// sandwich norms and GeGLU.
 #[test]
 fn the_derived_step_equals_autodiff_on_gemma2() {
-    derived_step_equals_autodiff_on("tiny-gemma2", r"model\.layers\.0\..*|lm_head", [1e-5; 2]);
+    derived_step_equals_autodiff_on(
+        "tiny-gemma2",
+        r"model\.layers\.0\..*|lm_head",
+        [1e-5; 2],
+        false,
+    );
 }
 
 /// And on Gemma 3, adapters in its local layer 0: the backward passes through the global
@@ -73,7 +83,12 @@ fn the_derived_step_equals_autodiff_on_gemma2() {
 /// in the adapters after five steps.
 #[test]
 fn the_derived_step_equals_autodiff_on_gemma3() {
-    derived_step_equals_autodiff_on("tiny-gemma3", r"model\.layers\.0\..*|lm_head", [5e-5, 5e-4]);
+    derived_step_equals_autodiff_on(
+        "tiny-gemma3",
+        r"model\.layers\.0\..*|lm_head",
+        [5e-5, 5e-4],
+        false,
+    );
 }
 
 /// And on Phi-3, adapters in layer 0: the fused qkv_proj and gate_up_proj take their parts'
@@ -81,13 +96,31 @@ fn the_derived_step_equals_autodiff_on_gemma3() {
 /// LongRoPE's original context (8), so the long factors are in play.
 #[test]
 fn the_derived_step_equals_autodiff_on_phi3() {
-    derived_step_equals_autodiff_on("tiny-phi3", r"model\.layers\.0\..*|lm_head", [1e-5; 2]);
+    derived_step_equals_autodiff_on(
+        "tiny-phi3",
+        r"model\.layers\.0\..*|lm_head",
+        [1e-5; 2],
+        false,
+    );
 }
 
-/// Gradients of `name` with adapters on `targets` within `tolerance[0]` of autodiff's, and the
-/// adapters after five steps with and without checkpointing within `tolerance[1]` (relative to
-/// each tensor's largest).
-fn derived_step_equals_autodiff_on(name: &str, targets: &str, tolerance: [f32; 2]) {
+/// And with DoRA: the magnitude's gradient, c·dy into A and B, and the dropped input's base
+/// path ((c − 1)·dy)·W ⊙ mask — with dropout on, on Llama and on Phi-3's fused projections.
+#[test]
+fn the_derived_dora_step_equals_autodiff() {
+    derived_step_equals_autodiff_on(
+        "tiny-llama",
+        r"model\.layers\.1\..*|lm_head",
+        [1e-5; 2],
+        true,
+    );
+    derived_step_equals_autodiff_on("tiny-phi3", r"model\.layers\.0\..*", [1e-5; 2], true);
+}
+
+/// Gradients of `name` with adapters on `targets` (DoRA with `use_dora`) within `tolerance[0]`
+/// of autodiff's, and the adapters after five steps with and without checkpointing within
+/// `tolerance[1]` (relative to each tensor's largest).
+fn derived_step_equals_autodiff_on(name: &str, targets: &str, tolerance: [f32; 2], use_dora: bool) {
     use lora_tune::recipe::Targets;
     use lora_tune::train::autograd::{sum, whole_graph_gradients};
     use lora_tune::train::derived::loss_and_gradients_chunked;
@@ -98,6 +131,7 @@ fn derived_step_equals_autodiff_on(name: &str, targets: &str, tolerance: [f32; 2
         alpha: 8.0,
         dropout: 0.2,
         targets: Targets::Regex(targets.into()),
+        use_dora,
         ..LoraSection::default()
     };
     let (mut plain, mut recomputing) = (
@@ -106,10 +140,12 @@ fn derived_step_equals_autodiff_on(name: &str, targets: &str, tolerance: [f32; 2
     );
     recomputing.gradient_checkpointing = true;
     let per_layer = plain.layers[0].linears().len();
+    let per_adapter = if use_dora { 3 } else { 2 };
+    let adapted = per_layer + usize::from(targets.contains("lm_head"));
     assert_eq!(
         plain.params_mut().len(),
-        2 * (per_layer + 1),
-        "one layer's linears and lm_head"
+        per_adapter * adapted,
+        "one layer's linears (and lm_head)"
     );
     for m in [&mut plain, &mut recomputing] {
         m.set_training(true);
@@ -664,8 +700,57 @@ fn ten_loraplus_steps_equal_peft() {
         fixtures: "lora/train-loraplus",
         init: "lora/train",
         loraplus_lr_ratio: Some(16.0),
+        use_dora: false,
     };
     tiny::assert_ten_steps_equal_peft_run("tiny-llama", &run, &cpu(), "LoRA+", false);
+}
+
+/// Golden: tools/reference/lora_train.py dora (PEFT with `use_dora=True`): the same ten steps
+/// with each layer's magnitude vector trained beside A and B, by the hand-derived step, with and
+/// without gradient checkpointing; the magnitudes start as PEFT's (‖W‖ per row) and end equal.
+#[test]
+fn ten_dora_steps_equal_peft() {
+    for checkpointing in [false, true] {
+        let run = tiny::PeftRun {
+            fixtures: "lora/train-dora",
+            init: "lora/train-dora",
+            loraplus_lr_ratio: None,
+            use_dora: true,
+        };
+        let what = if checkpointing {
+            "DoRA, gradient checkpointing"
+        } else {
+            "DoRA"
+        };
+        tiny::assert_ten_steps_equal_peft_run("tiny-llama", &run, &cpu(), what, checkpointing);
+    }
+}
+
+/// The DoRA magnitudes lora-tune initialises are PEFT's: ‖W‖ of each output row.
+#[test]
+fn dora_magnitudes_start_as_peft_s() {
+    let lora = LoraSection {
+        use_dora: true,
+        ..tiny::lora()
+    };
+    let mut model = tiny::named("tiny-llama");
+    let adapted = select_targets(&model.config.linear_sites(), &lora).unwrap();
+    model.attach_adapters(&adapted, &lora, 0).unwrap();
+    let mut want = HostTensors::read(&tiny::fixture("lora/train-dora/init.safetensors")).unwrap();
+    let mut magnitudes = 0;
+    let mut worst = 0.0f32;
+    for (key, t) in model.adapter_tensors().unwrap() {
+        let w = want.take(&key, &t.shape).unwrap();
+        if key.ends_with("lora_magnitude_vector") {
+            magnitudes += 1;
+            for (a, b) in t.values.iter().zip(&w.values) {
+                worst = worst.max((a - b).abs() / b.abs());
+            }
+        }
+    }
+    assert_eq!(magnitudes, 14);
+    eprintln!("DoRA initial magnitudes within {worst:e} of PEFT's");
+    assert!(worst < 1e-6, "{worst}");
 }
 
 /// Golden: tools/reference/lora_train.py granite (peft 0.21.2 on tiny-granite): the same ten

@@ -11,6 +11,7 @@ use std::path::Path;
 use lora_tune::device::{DeviceChoice, select};
 use lora_tune::dtype::Dtype;
 use lora_tune::export::merge::merge;
+use lora_tune::model::adapted::AdaptedModel;
 use lora_tune::model::decoder::Decoder;
 use lora_tune::source::ModelFiles;
 use lora_tune::weights::host::HostTensors;
@@ -46,6 +47,43 @@ fn merged_sharded_model_gives_the_adapted_logits() {
     let config = lora_tune::model::read_decoder_config(&merged_dir.join("config.json")).unwrap();
     let model = Decoder::load(config, HostTensors::read(&merged_dir).unwrap(), &device).unwrap();
     tiny::assert_peft_logits(&model, "merged tiny model");
+}
+
+/// DoRA (PEFT's ten trained steps, tools/reference/lora_train.py dora): each row of W + s·B·A
+/// rescaled to its magnitude, as PEFT's merge_and_unload, reloads to PEFT's adapted logits; and
+/// the same folder applied unmerged gives them too.
+#[test]
+fn merged_dora_model_gives_the_adapted_logits() {
+    let config = lora_tune::model::read_decoder_config(&tiny_dir().join("config.json")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let merged_dir = out.path().join("merged");
+    let adapter = Path::new(ROOT).join("tests/fixtures/lora/train-dora/peft");
+    let files = ModelFiles::Dir(tiny_dir());
+    let m = merge(
+        &files,
+        &config,
+        None,
+        &adapter,
+        &merged_dir,
+        Dtype::F32,
+        u64::MAX,
+    )
+    .unwrap();
+    assert_eq!(m.folded, 14);
+    let device = select(DeviceChoice::Cpu).unwrap().device;
+    let merged_config =
+        lora_tune::model::read_decoder_config(&merged_dir.join("config.json")).unwrap();
+    let model = Decoder::load(
+        merged_config,
+        HostTensors::read(&merged_dir).unwrap(),
+        &device,
+    );
+    tiny::assert_peft_logits_of(&model.unwrap(), "lora/train-dora", "merged DoRA model");
+
+    let mut unmerged = tiny::named("tiny-llama");
+    let sites = unmerged.config.linear_sites();
+    unmerged.apply_peft_folder(&sites, &adapter).unwrap();
+    tiny::assert_peft_logits_of(&unmerged, "lora/train-dora", "PEFT's DoRA folder applied");
 }
 
 /// Gemma 2 and 3: the (1 + w) norms are copied as stored (the offset is the loader's), so the

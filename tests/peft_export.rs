@@ -155,7 +155,6 @@ fn peft_saved_family_folders_read_back_to_peft_logits() {
 fn configs_we_cannot_represent_are_refused() {
     let text = std::fs::read_to_string(lora_fixture("peft/adapter_config.json")).unwrap();
     for (from, to, want) in [
-        ("\"use_dora\": false", "\"use_dora\": true", "DoRA"),
         ("\"bias\": \"none\"", "\"bias\": \"all\"", "bias"),
         (
             "\"modules_to_save\": null",

@@ -215,12 +215,12 @@ const CASES: &[Case] = &[
         words: &["twice"],
     },
     Case {
-        what: "DoRA (not honoured yet)",
+        what: "DoRA exported as a GGUF LoRA",
         model_and_data: BASE,
-        rest: "\n[lora]\nuse_dora = true\n",
-        line: 8,
-        key: "lora.use_dora",
-        words: &["DoRA is not supported yet"],
+        rest: "\n[lora]\nuse_dora = true\n\n[export]\nformats = [\"peft\", \"gguf\"]\n",
+        line: 11,
+        key: "export.formats",
+        words: &["DoRA", "merged"],
     },
     Case {
         what: "a classifier on a 16-bit base",

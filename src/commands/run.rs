@@ -10,7 +10,6 @@ use super::session::{self, indent};
 use crate::device::DeviceChoice;
 use crate::export::card::ModelCard;
 use crate::export::{self, Base, Exported, Request, servability};
-use crate::lora::targets::TargetLayer;
 use crate::memory::MemoryCheck;
 use crate::model::TaskModel;
 use crate::model::adapted::AdaptedModel;
@@ -111,7 +110,7 @@ pub fn run(
         name: &plan.name,
         recipe: &plan.recipe_path,
         data: &plan.data.train,
-        trainable: prepared.adapted.iter().map(TargetLayer::parameters).sum(),
+        trainable: prepared.report.trainable,
         steps: summary.steps,
         first_loss: summary.first_loss,
         last_loss: summary.last_loss,

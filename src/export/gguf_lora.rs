@@ -35,6 +35,11 @@ pub enum GgufLoraError {
 
 /// Why these adapters cannot be a llama.cpp LoRA, if they cannot.
 pub fn unsupported(config: &PeftConfig) -> Option<String> {
+    if config.use_dora {
+        return Some(
+            "DoRA: a llama.cpp LoRA has no magnitude vectors; export the merged model and convert that instead".into(),
+        );
+    }
     if !config.alpha_pattern.is_empty() {
         return Some(
             "alpha_pattern: llama.cpp applies one alpha to every layer of an adapter".into(),

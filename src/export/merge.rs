@@ -15,8 +15,8 @@ use serde_json::json;
 use crate::dtype::Dtype;
 use crate::lora::targets::{self, TargetError};
 use crate::model::decoder_config::{DecoderConfig, Family, RopeScaling};
-use crate::peft::factor_key;
 use crate::peft::folder::{PeftError, WEIGHTS_FILE, read_lora};
+use crate::peft::{factor_key, magnitude_key};
 use crate::source::ModelFiles;
 use crate::weights::WeightsError;
 use crate::weights::host::{HostTensors, for_each_tensor};
@@ -48,11 +48,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MergeError + '_ {
     }
 }
 
-/// One adapter, ready to fold: s, B [out, r], A [r, in].
+/// One adapter, ready to fold: s, B [out, r], A [r, in], and DoRA's magnitude m [out].
 struct Fold {
     scale: f32,
     a: HostTensor,
     b: HostTensor,
+    magnitude: Option<HostTensor>,
 }
 
 /// What was written.
@@ -64,7 +65,8 @@ pub struct Merged {
     pub bytes: u64,
 }
 
-/// W += s·B·A in place; W [out, in] row-major.
+/// W += s·B·A in place; W [out, in] row-major. DoRA (PEFT's merge): then each row times
+/// m / ‖row‖, the norm taken in f64 of the f32 sum.
 fn fold(w: &mut HostTensor, f: &Fold) -> Result<(), String> {
     let (out, inp, r) = (f.b.shape[0], f.a.shape[1], f.a.shape[0]);
     if w.shape != [out, inp] || f.b.shape[1] != r {
@@ -81,6 +83,15 @@ fn fold(w: &mut HostTensor, f: &Fold) -> Result<(), String> {
             for (x, a) in row.iter_mut().zip(a_row) {
                 *x += coef * a;
             }
+        }
+        if let Some(m) = &f.magnitude {
+            let norm = row
+                .iter()
+                .map(|&x| f64::from(x).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let factor = (f64::from(m.values[o]) / norm) as f32;
+            row.iter_mut().for_each(|x| *x *= factor);
         }
     }
     Ok(())
@@ -148,10 +159,15 @@ pub fn merge(
         let take = |t: &mut HostTensors, f: char, shape: [usize; 2]| {
             t.take(&factor_key(&site.path, f), &shape)
         };
+        let magnitude = match lora.use_dora {
+            true => Some(factors.take(&magnitude_key(&site.path), &[site.out_features])?),
+            false => None,
+        };
         let fold = Fold {
             scale: a.scale(lora.rslora) as f32,
             a: take(&mut factors, 'A', [r, site.in_features])?,
             b: take(&mut factors, 'B', [site.out_features, r])?,
+            magnitude,
         };
         folds.insert(format!("{}.weight", site.path), fold);
     }

@@ -105,10 +105,24 @@ pub fn check_adapter(config: &PeftConfig) -> Vec<Finding> {
         Some(_) => {}
     }
     if config.use_dora {
+        // PEFT and transformers load DoRA; the servers' LoRA paths apply A and B only.
+        let merged = "serve the merged export (export.formats = [\"merged\"]) instead";
         add(
             Level::Error,
             "vLLM",
-            "DoRA adapters are not supported".into(),
+            format!(
+                "DoRA adapters are not supported (its loader rejects lora_magnitude_vector, vllm#6983): {merged}"
+            ),
+        );
+        add(
+            Level::Error,
+            "llama.cpp",
+            format!("a GGUF LoRA carries no DoRA magnitudes: {merged}"),
+        );
+        add(
+            Level::Warning,
+            "TGI/LoRAX",
+            format!("no DoRA support is known (their kernels apply A and B only): {merged}"),
         );
     }
     if config.bias != "none" {
@@ -239,10 +253,16 @@ mod tests {
         c.alpha_pattern.insert("q_proj".into(), 32.0);
         c.target_modules = serde_json::json!(["q_proj", "lm_head"]);
         let errors: Vec<String> = check(&c, &base()).iter().map(ToString::to_string).collect();
-        assert_eq!(errors.len(), 5, "{errors:#?}");
-        assert!(
-            errors.iter().all(|e| e.starts_with("error: ")),
+        assert_eq!(errors.len(), 7, "{errors:#?}");
+        assert_eq!(
+            errors.iter().filter(|e| e.starts_with("error: ")).count(),
+            6,
             "{errors:#?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("DoRA") && e.contains("TGI/LoRAX"))
         );
         assert!(errors.iter().any(|e| e.contains("tied embeddings")));
     }

@@ -30,6 +30,9 @@ pub struct LoraAdapter {
     /// PiSSA / OLoRA: the initial A and B, which the base weight lacks; exports subtract them
     /// again (`peft::conversion`).
     pub initial: Option<Box<[Tensor<2>; 2]>>,
+    /// DoRA: the trained magnitude m [1, out] (PEFT's `lora_magnitude_vector`), which rescales
+    /// each output row of the adapted weight W + s·B·A to m / ‖W + s·B·A‖.
+    pub magnitude: Option<Tensor<2>>,
 }
 
 impl LoraAdapter {
@@ -70,6 +73,7 @@ impl LoraAdapter {
             training: false,
             dropout_rng: Cell::new(seed),
             initial: None,
+            magnitude: None,
         }
     }
 
@@ -84,16 +88,52 @@ impl LoraAdapter {
             .then(|| dropout_mask(self.dropout, x.dims(), &self.dropout_rng, &x.device()))
     }
 
-    /// x: [n, in] → the adapter's contribution [n, out].
-    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let x = match self.dropout_mask(&x) {
-            Some(mask) => x * mask,
+    /// x: [n, in] → the adapter's contribution [n, out] to the base output `base` = x·Wᵀ
+    /// (without bias; `w` is W [out, in]).
+    ///
+    /// DoRA (PEFT's `DoraLinearLayer.forward`): with c = m / ‖W + s·B·A‖ per output row, the norm
+    /// detached as the paper and PEFT do, the contribution is (c − 1)·(drop(x)·Wᵀ) +
+    /// c·s·drop(x)·Aᵀ·Bᵀ, so the layer computes c·(W + s·B·A) on the dropped input plus W on the
+    /// rest; without dropout drop(x)·Wᵀ is `base` itself.
+    pub fn forward(
+        &self,
+        x: Tensor<2>,
+        w: impl FnOnce() -> Tensor<2>,
+        base: Tensor<2>,
+    ) -> Tensor<2> {
+        let mask = self.dropout_mask(&x);
+        let x = match &mask {
+            Some(mask) => x * mask.clone(),
             None => x,
         };
         // The scale multiplies the r-wide intermediate, not the out-wide result.
-        x.matmul(self.a.clone().transpose())
+        let lora = x
+            .clone()
+            .matmul(self.a.clone().transpose())
             .mul_scalar(self.scale)
-            .matmul(self.b.clone().transpose())
+            .matmul(self.b.clone().transpose());
+        let Some(m) = &self.magnitude else {
+            return lora;
+        };
+        let w = w();
+        let [n, out] = base.dims();
+        let c = (m.clone() / self.dora_norm(w.clone()).detach()).expand([n, out]);
+        let base = match mask {
+            Some(_) => x.matmul(w.transpose()),
+            None => base,
+        };
+        (c.clone() - 1.0) * base + c * lora
+    }
+
+    /// DoRA: ‖W + s·B·A‖ of each output row, [1, out] (PEFT's `get_weight_norm`).
+    pub fn dora_norm(&self, w: Tensor<2>) -> Tensor<2> {
+        let out = w.dims()[0];
+        let delta = self.b.clone().matmul(self.a.clone()).mul_scalar(self.scale);
+        (w + delta)
+            .powi_scalar(2)
+            .sum_dim(1)
+            .sqrt()
+            .reshape([1, out])
     }
 }
 

@@ -33,6 +33,19 @@ impl ParameterReport {
         }
     }
 
+    /// Adds DoRA's magnitude vectors: one trained value per output row of each adapted layer,
+    /// counted with its module as PEFT counts `lora_magnitude_vector`.
+    pub fn with_dora(mut self, adapted: &[TargetLayer]) -> Self {
+        for a in adapted {
+            let out = a.site.out_features as u64;
+            self.trainable += out;
+            if let Some(e) = self.by_module.get_mut(a.site.name()) {
+                e.1 += out;
+            }
+        }
+        self
+    }
+
     /// Adds a classification head trained in full (PEFT's `modules_to_save`): its parameters are
     /// trainable, and PEFT's wrapper keeps the original head beside the trained copy, so the
     /// same count is frozen too — as PEFT's line counts it.

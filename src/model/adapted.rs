@@ -13,8 +13,8 @@ use super::linear::Linear;
 use crate::lora::adapter::{LoraAdapter, splitmix64};
 use crate::lora::targets::{self, LinearSite, TargetLayer};
 use crate::peft::config::PeftConfig;
-use crate::peft::factor_key;
 use crate::peft::folder::{self as peft_folder, PeftError};
+use crate::peft::{MAGNITUDE, factor_key, magnitude_key};
 use crate::recipe::{LoraInit, LoraSection};
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
@@ -51,7 +51,8 @@ pub enum AdapterError {
     },
 }
 
-/// A then B of each adapter among `linears` (module path, layer), under their PEFT keys.
+/// A then B (then DoRA's magnitude) of each adapter among `linears` (module path, layer), under
+/// their PEFT keys.
 pub fn adapter_factors<'a>(
     linears: impl IntoIterator<Item = (String, &'a mut Linear)>,
 ) -> Vec<(String, &'a mut Tensor<2>)> {
@@ -60,6 +61,9 @@ pub fn adapter_factors<'a>(
         if let Some(a) = l.lora.as_mut() {
             out.push((factor_key(&path, 'A'), &mut a.a));
             out.push((factor_key(&path, 'B'), &mut a.b));
+            if let Some(m) = a.magnitude.as_mut() {
+                out.push((magnitude_key(&path), m));
+            }
         }
     }
     out
@@ -141,6 +145,10 @@ pub trait AdaptedModel {
             adapter.dropout = lora.dropout;
             if lora.init.reads_base() {
                 slice_base(linear, &mut adapter, lora.init, &target.site.path)?;
+            }
+            if lora.use_dora {
+                // PEFT's DoRA init: m = ‖W + s·B·A‖ per output row, so the layer starts as W.
+                adapter.magnitude = Some(adapter.dora_norm(linear.weight.dense()));
             }
             linear.lora = Some(adapter);
         }
@@ -237,9 +245,10 @@ fn slice_base(
     Ok(())
 }
 
-/// The shape a trained tensor has in a file: a head's bias, held as [1, n], is saved as [n].
+/// The shape a trained tensor has in a file: a head's bias and DoRA's magnitude, held as
+/// [1, n], are saved as [n].
 pub fn saved_shape(key: &str, dims: [usize; 2]) -> Vec<usize> {
-    if key.ends_with(".bias") {
+    if key.ends_with(".bias") || key.ends_with(MAGNITUDE) {
         vec![dims[0] * dims[1]]
     } else {
         dims.to_vec()

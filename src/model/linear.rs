@@ -44,12 +44,12 @@ impl Linear {
         let [out, inp] = self.weight.dims();
         let x = x.reshape([b * s, inp]);
         let y = x.clone().matmul(self.weight.dense().transpose()); // [b·s, out]
-        let y = match &self.bias {
-            Some(bias) => y + bias.clone().reshape([1, out]).expand([b * s, out]),
+        let y = match &self.lora {
+            Some(lora) => y.clone() + lora.forward(x, || self.weight.dense(), y),
             None => y,
         };
-        let y = match &self.lora {
-            Some(lora) => y + lora.forward(x),
+        let y = match &self.bias {
+            Some(bias) => y + bias.clone().reshape([1, out]).expand([b * s, out]),
             None => y,
         };
         y.reshape([b, s, out])

@@ -138,7 +138,7 @@ impl PeftConfig {
             revision,
             target_modules,
             task_type: Some("CAUSAL_LM".into()),
-            use_dora: false,
+            use_dora: lora.use_dora,
             use_rslora: lora.rslora,
         }
     }
@@ -183,9 +183,6 @@ impl PeftConfig {
         let invalid = |what: &str| ConfigError::Invalid(what.to_string());
         if self.peft_type != "LORA" {
             return refuse(&format!("peft_type {:?}", self.peft_type));
-        }
-        if self.use_dora {
-            return refuse("use_dora = true (DoRA)");
         }
         if self.bias != "none" {
             return refuse(&format!("bias = {:?}", self.bias));
@@ -254,7 +251,7 @@ impl PeftConfig {
             layers,
             rslora: self.use_rslora,
             init: self.init()?,
-            use_dora: false,
+            use_dora: self.use_dora,
             rank_pattern: self.rank_pattern.clone(),
             alpha_pattern: self.alpha_pattern.clone(),
             init_from: None,

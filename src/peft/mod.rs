@@ -16,6 +16,14 @@ pub fn factor_key(path: &str, factor: char) -> String {
     format!("{KEY_PREFIX}{path}.lora_{factor}.weight")
 }
 
+/// The suffix of DoRA's magnitude vector's key.
+pub const MAGNITUDE: &str = ".lora_magnitude_vector";
+
+/// PEFT's key for DoRA's magnitude vector [out] of the adapter on the module at `path`.
+pub fn magnitude_key(path: &str) -> String {
+    format!("{KEY_PREFIX}{path}{MAGNITUDE}")
+}
+
 /// PEFT's key for a tensor saved in full (`modules_to_save`, e.g. a classifier head's
 /// `weight` / `bias`) of the module at `path`.
 pub fn full_key(path: &str, tensor: &str) -> String {

@@ -27,8 +27,8 @@ pub struct ParamGroup {
 
 impl AdamWConfig {
     /// The group of the parameter saved under PEFT key `key`. Without LoRA+ every parameter is
-    /// alike. With it, PEFT's groups: `lora_B` factors and 1-D tensors (a head's bias, held as
-    /// [1, n] here) at ratio × lr; biases without weight decay (PEFT's `groupB_no_decay`); the
+    /// alike. With it, PEFT's groups: `lora_B` factors and 1-D tensors (a head's bias, DoRA's
+    /// magnitude, held as [1, n] here) at ratio × lr; biases without weight decay (PEFT's `groupB_no_decay`); the
     /// rest (A factors, a head's weight) at lr. `weight_decay` plays PEFT's
     /// `loraplus_weight_decay`.
     pub fn group(&self, key: &str) -> ParamGroup {
@@ -39,7 +39,8 @@ impl AdamWConfig {
             };
         };
         let bias = key.ends_with(".bias");
-        let b_side = bias || key.contains(".lora_B.");
+        let one_dimensional = bias || key.ends_with(crate::peft::MAGNITUDE);
+        let b_side = one_dimensional || key.contains(".lora_B.");
         ParamGroup {
             lr_scale: if b_side { ratio } else { 1.0 },
             weight_decay: if bias { 0.0 } else { self.weight_decay },

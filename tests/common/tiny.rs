@@ -145,16 +145,18 @@ pub fn assert_ten_steps_equal_peft_on(
         fixtures,
         init: fixtures,
         loraplus_lr_ratio: None,
+        use_dora: false,
     };
     assert_ten_steps_equal_peft_run(name, &run, device, what, gradient_checkpointing);
 }
 
 /// A PEFT training run to compare with: its fixture dir, the one holding its initial adapters,
-/// and its optimiser's LoRA+ ratio.
+/// its optimiser's LoRA+ ratio and whether it trains DoRA.
 pub struct PeftRun<'a> {
     pub fixtures: &'a str,
     pub init: &'a str,
     pub loraplus_lr_ratio: Option<f64>,
+    pub use_dora: bool,
 }
 
 /// The ten steps on the tiny model `name` against the PEFT run `run`.
@@ -167,8 +169,12 @@ pub fn assert_ten_steps_equal_peft_run(
 ) {
     let fixtures = fixture(run.fixtures);
     let mut model = named_on(name, device);
-    let adapted = select_targets(&model.config.linear_sites(), &lora()).unwrap();
-    model.attach_adapters(&adapted, &lora(), 0).unwrap();
+    let lora = LoraSection {
+        use_dora: run.use_dora,
+        ..lora()
+    };
+    let adapted = select_targets(&model.config.linear_sites(), &lora).unwrap();
+    model.attach_adapters(&adapted, &lora, 0).unwrap();
     model
         .load_adapter_weights(&fixture(run.init).join("init.safetensors"))
         .unwrap();

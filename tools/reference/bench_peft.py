@@ -2,8 +2,9 @@
 """PEFT + PyTorch on the same workload as benches/train.rs: SmolLM2-135M-Instruct (the same GGUF,
 dequantised to f32 by transformers), LoRA r=8 α=16 dropout 0.05 on the 7 Llama targets, AdamW
 lr 2e-4, W1 = batch 4×256 (or W2 = 1×1024 with argument `w2`), the same token ids, every position
-labelled, 2 threads. One warm-up step, 5 timed; prints one JSON object.
-Usage: python3 tools/reference/bench_peft.py DIR_WITH_SMOLLM2_GGUF [w2]
+labelled, 2 threads; `dora` trains DoRA (use_dora=True). One warm-up step, 5 timed; prints one
+JSON object.
+Usage: python3 tools/reference/bench_peft.py DIR_WITH_SMOLLM2_GGUF [w2] [dora]
 """
 import json
 import resource
@@ -15,13 +16,13 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 
-def main(gguf_dir, w2):
+def main(gguf_dir, w2, dora):
     torch.set_num_threads(2)
     rows, length = (1, 1024) if w2 else (4, 256)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
                                                  dtype=torch.float32, attn_implementation="eager")
     base = sum(p.numel() for p in model.parameters())
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=[
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, use_dora=dora, target_modules=[
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     model.train()
     ids = torch.tensor([[(r * 7919 + j * 104729) % 49000 + 100 for j in range(length)] for r in range(rows)])
@@ -43,7 +44,7 @@ def main(gguf_dir, w2):
     median = times[len(times) // 2]
     tokens = rows * length
     print(json.dumps({
-        "workload": "W2 1x1024" if w2 else "W1 4x256",
+        "workload": ("W2 1x1024" if w2 else "W1 4x256") + (" DoRA" if dora else ""),
         "impl": f"peft {__import__('peft').__version__} transformers {__import__('transformers').__version__} torch {torch.__version__}",
         "threads": torch.get_num_threads(),
         "s_per_step_min": times[0], "s_per_step_median": median, "tokens_per_s": tokens / median,
@@ -53,4 +54,4 @@ def main(gguf_dir, w2):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], len(sys.argv) > 2 and sys.argv[2] == "w2")
+    main(sys.argv[1], "w2" in sys.argv[2:], "dora" in sys.argv[2:])

@@ -20,8 +20,12 @@ With `loraplus`: the same steps on tiny-llama with PEFT's create_loraplus_optimi
 (loraplus_lr_ratio=16, loraplus_weight_decay=0.01: PEFT's groups override the optimizer's own
 weight_decay), into tests/fixtures/lora/train-loraplus/ (final, trajectory; the initial adapters
 are lora/train's, checked equal).
+With `dora`: the same steps on tiny-llama with LoraConfig(use_dora=True) — A, B and each layer's
+lora_magnitude_vector trained — into tests/fixtures/lora/train-dora/ (init with the magnitudes,
+final, trajectory), plus the trained adapter as save_pretrained writes it (peft/) and its logits on
+the first micro-batch (logits.safetensors; merge_and_unload's model checked equal).
 Environment: transformers==5.23.0 peft==0.21.2, torch per DESIGN.md §6.
-Usage: python3 tools/reference/lora_train.py [qwen3|granite|olmo2|mistral|llama-gelu|gemma2|gemma3|phi3|loraplus]
+Usage: python3 tools/reference/lora_train.py [qwen3|granite|olmo2|mistral|llama-gelu|gemma2|gemma3|phi3|loraplus|dora]
 """
 import sys
 import json
@@ -36,7 +40,8 @@ from transformers import AutoModelForCausalLM, get_linear_schedule_with_warmup
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 VARIANT = sys.argv[1] if len(sys.argv) > 1 else None
 LORAPLUS_RATIO = 16.0 if VARIANT == "loraplus" else None
-FAMILY = None if LORAPLUS_RATIO else VARIANT
+DORA = VARIANT == "dora"
+FAMILY = None if LORAPLUS_RATIO or DORA else VARIANT
 OUT = ROOT / "tests" / "fixtures" / "lora" / (f"train-{VARIANT}" if VARIANT else "train")
 BASE = ROOT / "tests/fixtures/llama" / (f"tiny-{FAMILY}" if FAMILY else "tiny-llama")
 STEPS, ACCUM, MAX_NORM = 10, 2, 0.05
@@ -46,8 +51,11 @@ TARGETS = (["qkv_proj", "o_proj", "gate_up_proj", "down_proj"] if FAMILY == "phi
 
 
 def lora_state(model):
-    return {k.replace(".default", ""): v.detach().clone().contiguous()
-            for k, v in model.named_parameters() if "lora_" in k}
+    """Trained tensors under the keys save_pretrained writes (a magnitude drops `.weight`)."""
+    def key(k):
+        k = k.replace(".default", "")
+        return k.removesuffix(".weight") if "lora_magnitude_vector" in k else k
+    return {key(k): v.detach().clone().contiguous() for k, v in model.named_parameters() if "lora_" in k}
 
 
 def micro_batches(gen):
@@ -73,7 +81,7 @@ def main():
     torch.manual_seed(7)
     model = AutoModelForCausalLM.from_pretrained(BASE, attn_implementation="eager")
     config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                        target_modules=TARGETS)
+                        target_modules=TARGETS, use_dora=DORA)
     model = get_peft_model(model, config)
     if LORAPLUS_RATIO:  # the same draw as the plain run: its init.safetensors serves
         init = load_file(OUT.parent / "train" / "init.safetensors")
@@ -110,6 +118,15 @@ def main():
         trajectory.append({"step": step + 1, "loss": total, "grad_norm": norm, "lr": lr, "tokens": n_tokens})
         print(trajectory[-1])
     save_file(lora_state(model), OUT / "final.safetensors")
+    if DORA:
+        ids, mask, _ = (torch.tensor(batches[0][k]) for k in ("input_ids", "attention_mask", "labels"))
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            model.save_pretrained(OUT / "peft")
+            (OUT / "peft" / "README.md").unlink()
+            merged = model.merge_and_unload()(input_ids=ids, attention_mask=mask).logits
+        print("merge_and_unload vs adapted logits:", float((merged - logits).abs().max()))
+        save_file({"logits": logits.contiguous()}, OUT / "logits.safetensors")
     if not VARIANT:  # the same micro-batches: lora/train/batches.json serves every family
         (OUT / "batches.json").write_text(json.dumps(batches) + "\n")
     (OUT / "trajectory.json").write_text(json.dumps(trajectory, indent=1) + "\n")

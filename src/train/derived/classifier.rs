@@ -114,7 +114,7 @@ fn bert_step(
         }
     }
     let factors = per_layer.into_iter().rev().flatten().chain([pooler_grads]);
-    let mut grads: Vec<Tensor<2>> = factors.flatten().flat_map(|(a, b)| [a, b]).collect();
+    let mut grads: Vec<Tensor<2>> = factors.flatten().flatten().collect();
     grads.extend(head_grads);
     Ok((loss, grads))
 }
@@ -151,11 +151,7 @@ fn decoder_step(
     };
     let dx = rms_norm_backward(&decoder.norm, x, dnormed);
     let factors = pass.backward(decoder, dx);
-    let mut grads: Vec<Tensor<2>> = factors
-        .into_iter()
-        .flatten()
-        .flat_map(|(a, b)| [a, b])
-        .collect();
+    let mut grads: Vec<Tensor<2>> = factors.into_iter().flatten().flatten().collect();
     grads.extend(head_grads);
     Ok((loss, grads))
 }

@@ -68,10 +68,7 @@ pub fn backward(
         let dnormed = match (&model.lm_head, tape) {
             (Some(head), Some(tape)) => {
                 let (dnormed, grads) = linear::backward(head, tape, dlogits);
-                pass.adapter = match (pass.adapter, grads) {
-                    (Some((a, b)), Some((da, db))) => Some((a + da, b + db)),
-                    (kept, new) => kept.or(new),
-                };
+                pass.adapter = linear::add(pass.adapter, grads);
                 dnormed
             }
             _ => dlogits.matmul(model.embed_tokens.clone()),

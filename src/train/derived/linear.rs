@@ -2,6 +2,11 @@
 //! backward written out: the base gets no gradient (it is frozen), so backward is the input
 //! gradient dy·W plus, for the adapter with u = s·drop(x)·Aᵀ kept from the forward,
 //! dB = dyᵀ·u, dA = (s·dy·B)ᵀ·drop(x) and its share of the input gradient (s·dy·B)·A ⊙ mask.
+//!
+//! DoRA (`LoraAdapter::forward`): y = x·Wᵀ + (c − 1)·(drop(x)·Wᵀ) + c·(u·Bᵀ) with
+//! c = m / n and the row norms n = ‖W + s·B·A‖ held constant (detached). With g = c·dy the
+//! adapter's gradients are LoRA's on g; dm = Σ_rows dy·(drop(x)·Wᵀ + u·Bᵀ) / n; and the input
+//! gradient gains ((c − 1)·dy)·W ⊙ mask (without dropout: g·W in place of dy·W).
 
 use burn::tensor::Tensor;
 
@@ -21,23 +26,35 @@ struct AdapterTape {
     u: Tensor<2>,
     /// The inverted-dropout mask [n, in], when dropout was drawn.
     mask: Option<Tensor<2>>,
+    /// DoRA's row norms n [1, out] and scales c = m / n [1, out].
+    dora: Option<[Tensor<2>; 2]>,
 }
 
-/// dA [r, in] and dB [out, r] of one adapter.
-pub type FactorGradients = (Tensor<2>, Tensor<2>);
+/// The gradients of one adapter's trained tensors, in `AdaptedModel::params_mut` order: dA
+/// [r, in], dB [out, r], and with DoRA dm [1, out].
+pub type FactorGradients = Vec<Tensor<2>>;
 
-/// x [n, in] → x·Wᵀ + b (+ s·drop(x)·Aᵀ·Bᵀ) [n, out], drawing the adapter's dropout mask as
-/// `LoraAdapter::forward` does (same stream, same shape), so both paths see the same masks.
+/// Sums two adapters' gradient lists (chunks of one layer), either of which may be absent.
+pub fn add(a: Option<FactorGradients>, b: Option<FactorGradients>) -> Option<FactorGradients> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.into_iter().zip(b).map(|(a, b)| a + b).collect()),
+        (kept, new) => kept.or(new),
+    }
+}
+
+/// x [n, in] → x·Wᵀ + b (+ the adapter's contribution) [n, out], drawing the adapter's dropout
+/// mask as `LoraAdapter::forward` does (same stream, same shape), so both paths see the same
+/// masks.
 pub fn forward(linear: &Linear, x: Tensor<2>) -> (Tensor<2>, LinearTape) {
     let [n, _] = x.dims();
     let out = linear.weight.dims()[0];
-    let y = x.clone().matmul(linear.weight.dense().transpose());
-    let y = match &linear.bias {
+    let with_bias = |y: Tensor<2>| match &linear.bias {
         Some(bias) => y + bias.clone().reshape([1, out]).expand([n, out]),
         None => y,
     };
+    let base = x.clone().matmul(linear.weight.dense().transpose());
     let Some(lora) = &linear.lora else {
-        return (y, LinearTape { x, adapter: None });
+        return (with_bias(base), LinearTape { x, adapter: None });
     };
     let mask = lora.dropout_mask(&x);
     let dropped = match &mask {
@@ -45,65 +62,97 @@ pub fn forward(linear: &Linear, x: Tensor<2>) -> (Tensor<2>, LinearTape) {
         None => x.clone(),
     };
     let u = dropped
+        .clone()
         .matmul(lora.a.clone().transpose())
         .mul_scalar(lora.scale);
-    let y = y + u.clone().matmul(lora.b.clone().transpose());
-    let adapter = Some(AdapterTape { u, mask });
-    (y, LinearTape { x, adapter })
+    let lora_out = u.clone().matmul(lora.b.clone().transpose());
+    let (y, dora) = match &lora.magnitude {
+        None => (base + lora_out, None),
+        Some(m) => {
+            let norm = lora.dora_norm(linear.weight.dense());
+            let c = m.clone() / norm.clone();
+            let wide = c.clone().expand([n, out]);
+            let base_dropped = match &mask {
+                Some(_) => dropped.matmul(linear.weight.dense().transpose()),
+                None => base.clone(),
+            };
+            // Summed in `LoraAdapter::forward`'s order, so a recomputed pass rounds alike.
+            let y = base + ((wide.clone() - 1.0) * base_dropped + wide * lora_out);
+            (y, Some([norm, c]))
+        }
+    };
+    let adapter = Some(AdapterTape { u, mask, dora });
+    (with_bias(y), LinearTape { x, adapter })
 }
 
-/// dy [n, out] → the input gradient [n, in] and the adapter's factor gradients.
+/// dy [n, out] → the input gradient [n, in] and the adapter's gradients.
 pub fn backward(
     linear: &Linear,
     tape: LinearTape,
     dy: Tensor<2>,
 ) -> (Tensor<2>, Option<FactorGradients>) {
-    let dx = dy.clone().matmul(linear.weight.dense());
-    let (through, grads) = adapter_backward(linear, tape, dy, true);
-    (through.map_or(dx.clone(), |t| dx + t), grads)
+    let (dx, grads) = backward_of(linear, tape, dy, true);
+    (dx.expect("asked for"), grads)
 }
 
-/// [`backward`] when `need_dx`, else only the factor gradients (the lowest adapted layer needs
-/// no input gradient).
+/// [`backward`] when `need_dx`, else only the adapter's gradients (the lowest adapted layer
+/// needs no input gradient).
 pub fn backward_if(
     linear: &Linear,
     tape: LinearTape,
     dy: Tensor<2>,
     need_dx: bool,
 ) -> (Option<Tensor<2>>, Option<FactorGradients>) {
-    if need_dx {
-        let (dx, grads) = backward(linear, tape, dy);
-        (Some(dx), grads)
-    } else {
-        (None, adapter_backward(linear, tape, dy, false).1)
-    }
+    backward_of(linear, tape, dy, need_dx)
 }
 
-/// The adapter's factor gradients and, when `with_dx`, its share of the input gradient.
-fn adapter_backward(
+fn backward_of(
     linear: &Linear,
     tape: LinearTape,
     dy: Tensor<2>,
     with_dx: bool,
 ) -> (Option<Tensor<2>>, Option<FactorGradients>) {
+    let w = || linear.weight.dense();
     let (Some(lora), Some(adapter)) = (&linear.lora, tape.adapter) else {
-        return (None, None);
+        return (with_dx.then(|| dy.matmul(w())), None);
     };
-    let db = dy.clone().transpose().matmul(adapter.u);
-    let du = dy.matmul(lora.b.clone()).mul_scalar(lora.scale); // [n, r]
+    let [n, out] = dy.dims();
     let dropped = match &adapter.mask {
         Some(m) => tape.x * m.clone(),
         None => tape.x,
     };
+    // DoRA: the adapter sees c·dy; m its own gradient; the base path its share.
+    let (g, dm, base_dx) = match &adapter.dora {
+        None => (dy.clone(), None, with_dx.then(|| dy.matmul(w()))),
+        Some([norm, c]) => {
+            let wide = c.clone().expand([n, out]);
+            let g = dy.clone() * wide.clone();
+            let v = dropped.clone().matmul(w().transpose())
+                + adapter.u.clone().matmul(lora.b.clone().transpose());
+            let dm = (dy.clone() * v).sum_dim(0) / norm.clone();
+            let base_dx = with_dx.then(|| match &adapter.mask {
+                None => g.clone().matmul(w()),
+                Some(mask) => {
+                    let dropped_path = ((wide - 1.0) * dy.clone()).matmul(w()) * mask.clone();
+                    dy.matmul(w()) + dropped_path
+                }
+            });
+            (g, Some(dm), base_dx)
+        }
+    };
+    let db = g.clone().transpose().matmul(adapter.u);
+    let du = g.matmul(lora.b.clone()).mul_scalar(lora.scale); // [n, r]
     let da = du.clone().transpose().matmul(dropped);
-    let dx = with_dx.then(|| {
+    let dx = base_dx.map(|base| {
         let through = du.matmul(lora.a.clone());
-        match adapter.mask {
+        base + match adapter.mask {
             Some(m) => through * m,
             None => through,
         }
     });
-    (dx, Some((da, db)))
+    let mut grads = vec![da, db];
+    grads.extend(dm);
+    (dx, Some(grads))
 }
 
 impl LinearTape {

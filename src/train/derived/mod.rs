@@ -62,7 +62,7 @@ pub fn loss_and_gradients_chunked(
         .backward(model, head.dx)
         .into_iter()
         .chain([head.adapter]);
-    let grads = factors.flatten().flat_map(|(a, b)| [a, b]).collect();
+    let grads = factors.flatten().flatten().collect();
     Ok(Some((head.loss, grads)))
 }
 
