@@ -903,15 +903,8 @@ fn pissa_and_olora_runs_export_plain_loras_with_the_runs_eval_loss() {
         after.split(',').next().unwrap().to_string()
     };
     let write = |name: &str, source: &str, init: &str| {
-        let path = tmp.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &path,
-            format!(
-                "[model]\nsource = {source:?}\n\n[lora]\nrank = 4\ninit = {init:?}\n\n[data]\ntrain = \"train.jsonl\"\neval_fraction = 0.25\nmax_len = 64\n\n[train]\nmax_steps = 4\nbatch_size = 3\nlr = 1e-2\n\n[export]\nout_dir = \"{name}\"\nformats = [\"peft\", \"merged\"]\n"
-            ),
-        )
-        .unwrap();
-        path.to_str().unwrap().to_string()
+        let lora = format!("init = {init:?}");
+        short_run_recipe(tmp.path(), name, source, &lora, r#"["peft", "merged"]"#)
     };
     let kaiming = write("kaiming", tiny, "kaiming");
     let base_loss = eval_loss(&lora_tune(&["eval", &kaiming, "--device", "cpu"]));
@@ -924,12 +917,7 @@ fn pissa_and_olora_runs_export_plain_loras_with_the_runs_eval_loss() {
                 && stdout.contains("plain LoRA of rank 8"),
             "{stdout}"
         );
-        let final_loss = stdout
-            .lines()
-            .find(|l| l.trim_start().starts_with("eval loss"))
-            .and_then(|l| l.rsplit("→ loss ").next())
-            .map(|s| s.split(',').next().unwrap().to_string())
-            .unwrap_or_else(|| panic!("{stdout}"));
+        let final_loss = final_eval_loss(&stdout);
         let run = tmp.path().join(init);
         let config: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(run.join("adapter_config.json")).unwrap(),
@@ -991,15 +979,7 @@ fn dora_runs_export_magnitudes_and_merge_to_the_runs_eval_loss() {
     let tmp = tempfile::tempdir().unwrap();
     write_ticket_rows(tmp.path(), 16);
     let write = |name: &str, source: &str, formats: &str| {
-        let path = tmp.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &path,
-            format!(
-                "[model]\nsource = {source:?}\n\n[lora]\nrank = 4\nuse_dora = true\n\n[data]\ntrain = \"train.jsonl\"\neval_fraction = 0.25\nmax_len = 64\n\n[train]\nmax_steps = 4\nbatch_size = 3\nlr = 1e-2\n\n[export]\nout_dir = \"{name}\"\nformats = {formats}\n"
-            ),
-        )
-        .unwrap();
-        path.to_str().unwrap().to_string()
+        short_run_recipe(tmp.path(), name, source, "use_dora = true", formats)
     };
     let refused = lora_tune(&[&write("gguf", tiny, r#"["gguf"]"#), "--device", "cpu"]);
     let (stdout, stderr) = text(&refused);
@@ -1023,12 +1003,7 @@ fn dora_runs_export_magnitudes_and_merge_to_the_runs_eval_loss() {
         let named = |l: &&str| l.starts_with("check: ") && l.contains(server) && l.contains("DoRA");
         assert!(stdout.lines().any(|l| named(&l)), "{server}: {stdout}");
     }
-    let final_loss = stdout
-        .lines()
-        .find(|l| l.trim_start().starts_with("eval loss"))
-        .and_then(|l| l.rsplit("→ loss ").next())
-        .map(|s| s.split(',').next().unwrap().to_string())
-        .unwrap_or_else(|| panic!("{stdout}"));
+    let final_loss = final_eval_loss(&stdout);
     let run = tmp.path().join("dora");
     let bytes = std::fs::read(run.join("adapter_model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -1052,4 +1027,30 @@ fn dora_runs_export_magnitudes_and_merge_to_the_runs_eval_loss() {
         stdout.contains(&format!("eval split: loss {final_loss},")),
         "merged model vs the run's {final_loss}: {stdout}"
     );
+}
+
+/// `dir/name.toml`: four steps of 3 rows of `write_ticket_rows(dir, 16)` (a quarter held out for
+/// eval) on `source` at rank 4 with the extra `[lora]` line `lora`, exporting `formats` into
+/// `dir/name`; its path.
+fn short_run_recipe(dir: &Path, name: &str, source: &str, lora: &str, formats: &str) -> String {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[model]\nsource = {source:?}\n\n[lora]\nrank = 4\n{lora}\n\n[data]\ntrain = \"train.jsonl\"\neval_fraction = 0.25\nmax_len = 64\n\n[train]\nmax_steps = 4\nbatch_size = 3\nlr = 1e-2\n\n[export]\nout_dir = \"{name}\"\nformats = {formats}\n"
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// The final eval loss a run's summary prints ("eval loss A, perplexity … → loss B, …"), as
+/// printed.
+fn final_eval_loss(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("eval loss"))
+        .and_then(|l| l.rsplit("→ loss ").next())
+        .map(|s| s.split(',').next().unwrap().to_string())
+        .unwrap_or_else(|| panic!("{stdout}"))
 }

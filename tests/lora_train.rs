@@ -961,18 +961,7 @@ fn pissa_and_olora_init_train_and_convert_as_peft() {
         // PEFT's ten steps from our own init.
         let trajectory: Vec<serde_json::Value> = tiny::json(&fixtures.join("trajectory.json"));
         let batches = tiny::train_batches();
-        let schedule = LrSchedule {
-            kind: Schedule::Linear,
-            peak: 5e-3,
-            warmup_steps: 2,
-            total_steps: 10,
-        };
-        let mut optimizer = AdamW::new(AdamWConfig {
-            betas: [0.9, 0.999],
-            eps: 1e-8,
-            weight_decay: 0.01,
-            loraplus_lr_ratio: None,
-        });
+        let (schedule, mut optimizer) = tiny::reference_optimiser(None);
         for (step, want) in trajectory.iter().enumerate() {
             let micro = &batches[step * 2..step * 2 + 2];
             let stats = train_step(

@@ -188,18 +188,7 @@ pub fn assert_ten_steps_equal_peft_run(
 
     let batches = train_batches();
     let trajectory: Vec<serde_json::Value> = json(&fixtures.join("trajectory.json"));
-    let schedule = LrSchedule {
-        kind: Schedule::Linear,
-        peak: 5e-3,
-        warmup_steps: 2,
-        total_steps: 10,
-    };
-    let mut optimizer = AdamW::new(AdamWConfig {
-        betas: [0.9, 0.999],
-        eps: 1e-8,
-        weight_decay: 0.01,
-        loraplus_lr_ratio: run.loraplus_lr_ratio,
-    });
+    let (schedule, mut optimizer) = reference_optimiser(run.loraplus_lr_ratio);
     for (step, want) in trajectory.iter().enumerate() {
         let micro = &batches[step * 2..step * 2 + 2];
         let lr = schedule.lr(step as u64);
@@ -265,6 +254,24 @@ pub fn assert_ten_steps_equal_peft_run(
         embed_before == values(&model.embed_tokens),
         "the embedding changed"
     );
+}
+
+/// tools/reference/lora_train.py's schedule (linear, peak 5e-3, 2 warmup steps of 10) and
+/// AdamW (weight decay 0.01), with PEFT's LoRA+ groups at `loraplus_lr_ratio`.
+pub fn reference_optimiser(loraplus_lr_ratio: Option<f64>) -> (LrSchedule, AdamW) {
+    let schedule = LrSchedule {
+        kind: Schedule::Linear,
+        peak: 5e-3,
+        warmup_steps: 2,
+        total_steps: 10,
+    };
+    let adamw = AdamW::new(AdamWConfig {
+        betas: [0.9, 0.999],
+        eps: 1e-8,
+        weight_decay: 0.01,
+        loraplus_lr_ratio,
+    });
+    (schedule, adamw)
 }
 
 pub fn values<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
