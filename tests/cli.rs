@@ -936,6 +936,12 @@ fn pissa_and_olora_runs_export_plain_loras_with_the_runs_eval_loss() {
             ),
             "{config}"
         );
+        let card = std::fs::read_to_string(run.join("README.md")).unwrap();
+        assert!(
+            card.contains("r = 8, alpha = 32")
+                && card.contains(&format!("initialised with \"{init}\" at rank 4")),
+            "{card}"
+        );
         let checkpoint = run.join("checkpoints/step-000004");
         assert!(
             checkpoint

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use super::servability::vllm_command;
 use crate::peft::config::PeftConfig;
+use crate::peft::conversion;
 use crate::peft::folder::CLASS_MAP_FILE;
 
 pub const FILE: &str = "README.md";
@@ -26,6 +27,18 @@ pub struct ModelCard<'a> {
 
 impl ModelCard<'_> {
     pub fn render(&self, config: &PeftConfig) -> String {
+        // PiSSA / OLoRA: the card describes the plain LoRA the folder holds after export.
+        let (plain, init_note) = match conversion::needs_conversion(config) {
+            true => (
+                Some(conversion::plain_config(config)),
+                format!(
+                    "- initialised with {} at rank {}; exported as this plain LoRA for the original base\n",
+                    config.init_lora_weights, config.r
+                ),
+            ),
+            false => (None, String::new()),
+        };
+        let config = plain.as_ref().unwrap_or(config);
         let base = config.base_model_name_or_path.as_deref().unwrap_or("?");
         let classifier = super::is_classifier(config);
         let auto = if classifier {
@@ -40,6 +53,7 @@ impl ModelCard<'_> {
              LoRA adapter for `{base}`, trained by lora-tune {version} with the recipe `{recipe}` on \
              `{data}`.\n\n\
              - r = {r}, alpha = {alpha}{rs}, dropout {dropout}, targets: {targets}; {trainable} trainable parameters\n\
+             {init_note}\
              - {steps} optimiser steps; train loss {first} → {last}; {eval}\n\n\
              ## Use\n\n\
              ```python\n{pre}from peft import {auto}\nmodel = {auto}.from_pretrained(\"{dir}\"{args})\n```\n\n\

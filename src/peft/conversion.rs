@@ -20,7 +20,7 @@ pub fn to_plain_lora(from: &Path, to: &Path) -> Result<(), PeftError> {
         path: from.into(),
         detail,
     };
-    let mut config = folder::read_config(from)?;
+    let config = folder::read_config(from)?;
     if config.use_rslora && (!config.rank_pattern.is_empty() || !config.alpha_pattern.is_empty()) {
         return Err(invalid(
             "a PiSSA / OLoRA adapter with rsLoRA and rank_pattern / alpha_pattern cannot be converted to a plain LoRA (PEFT refuses it too)".into(),
@@ -67,19 +67,29 @@ pub fn to_plain_lora(from: &Path, to: &Path) -> Result<(), PeftError> {
             "{INITIAL_WEIGHTS_FILE} has `{key}`, which the adapter lacks"
         )));
     }
-    let root2 = std::f64::consts::SQRT_2;
-    let alpha_factor = if config.use_rslora { root2 } else { 2.0 };
-    config.init_lora_weights = serde_json::Value::Bool(true);
-    config.r *= 2;
-    config.lora_alpha *= alpha_factor;
-    config.rank_pattern.values_mut().for_each(|r| *r *= 2);
-    config.alpha_pattern.values_mut().for_each(|a| *a *= 2.0);
-    folder::write(to, &converted, Dtype::F32, &config, None)?;
+    folder::write(to, &converted, Dtype::F32, &plain_config(&config), None)?;
     let class_map = from.join(CLASS_MAP_FILE);
     if class_map.is_file() {
         folder::write_class_map(to, &folder::read_class_map(from)?)?;
     }
     Ok(())
+}
+
+/// The config of the plain LoRA a PiSSA / OLoRA adapter converts to: r and α doubled (α·√2
+/// with rsLoRA), the patterns likewise, `init_lora_weights = true`.
+pub fn plain_config(config: &PeftConfig) -> PeftConfig {
+    let mut plain = config.clone();
+    let alpha_factor = if config.use_rslora {
+        std::f64::consts::SQRT_2
+    } else {
+        2.0
+    };
+    plain.init_lora_weights = serde_json::Value::Bool(true);
+    plain.r *= 2;
+    plain.lora_alpha *= alpha_factor;
+    plain.rank_pattern.values_mut().for_each(|r| *r *= 2);
+    plain.alpha_pattern.values_mut().for_each(|a| *a *= 2.0);
+    plain
 }
 
 /// [A; A₀]: [2r, in].
