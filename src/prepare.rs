@@ -172,8 +172,13 @@ impl Prepared {
             checkpointing: t.gradient_checkpointing,
             dropout: self.plan.lora.dropout > 0.0,
         };
-        let trainable = self.adapted.iter().map(TargetLayer::parameters).sum();
+        // A and B (and DoRA's magnitudes): PEFT's trainable count, a decoder having no head.
+        let trainable = self.report.trainable;
         let mut estimate = MemoryEstimate::training(config, trainable, shape);
+        if self.plan.lora.init.reads_base() {
+            // PiSSA / OLoRA keep the initial A and B for the export's conversion.
+            estimate.adapters += trainable * 4;
+        }
         (estimate.weights, estimate.loading) = memory::frozen_base_bytes(
             self.plan.base_storage(),
             &self.model.files,
