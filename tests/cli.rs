@@ -957,6 +957,26 @@ fn pissa_and_olora_runs_export_plain_loras_with_the_runs_eval_loss() {
             "--adapter",
             checkpoint.to_str().unwrap(),
         ]));
+        // The exported folder is a rank-8 plain LoRA: the PiSSA recipe's eval refuses it by field.
+        let plain = tmp.path().join(format!("{init}-plain"));
+        std::fs::create_dir(&plain).unwrap();
+        for file in ["adapter_config.json", "adapter_model.safetensors"] {
+            std::fs::copy(run.join(file), plain.join(file)).unwrap();
+        }
+        let refused = lora_tune(&[
+            "eval",
+            &recipe,
+            "--device",
+            "cpu",
+            "--adapter",
+            plain.to_str().unwrap(),
+        ]);
+        let (_, stderr) = text(&refused);
+        assert_eq!(refused.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("has r = 8 where the recipe's [lora] gives 4"),
+            "{stderr}"
+        );
         let merged = write(
             &format!("{init}-merged"),
             run.join("merged").to_str().unwrap(),

@@ -9,9 +9,12 @@ use super::session::{self, indent};
 use crate::device::DeviceChoice;
 use crate::memory::MemoryCheck;
 use crate::model::adapted::AdaptedModel;
-use crate::peft::folder::{WEIGHTS_FILE, read_class_map};
+use crate::peft::config::PeftConfig;
+use crate::peft::conversion::needs_conversion;
+use crate::peft::folder::{WEIGHTS_FILE, read_class_map, read_config};
 use crate::train::checkpoint;
 use crate::train::evaluate::evaluate;
+use serde_json::json;
 
 pub fn run(recipe: &Path, adapter: Option<&Path>, device: DeviceChoice) -> anyhow::Result<()> {
     let loaded = session::load(recipe, Some(device))?;
@@ -35,6 +38,7 @@ pub fn run(recipe: &Path, adapter: Option<&Path>, device: DeviceChoice) -> anyho
                     labels.join(", ")
                 );
             }
+            same_adapters(&loaded.prepared.peft_config(), &dir)?;
             model
                 .load_adapter_weights(&dir.join(WEIGHTS_FILE))
                 .with_context(|| format!("--adapter {}", dir.display()))?;
@@ -58,4 +62,54 @@ pub fn run(recipe: &Path, adapter: Option<&Path>, device: DeviceChoice) -> anyho
         print!("{}", indent(&classes.render()));
     }
     Ok(())
+}
+
+/// `eval` puts the recipe's adapters on the model and loads the folder's tensors into them:
+/// refuses a folder whose config says they differ, naming the field.
+fn same_adapters(recipe: &PeftConfig, dir: &Path) -> anyhow::Result<()> {
+    let folder = read_config(dir).with_context(|| format!("--adapter {}", dir.display()))?;
+    let reads_base = |c: &PeftConfig| needs_conversion(c);
+    let fields = [
+        ("r", json!(recipe.r), json!(folder.r)),
+        (
+            "lora_alpha",
+            json!(recipe.lora_alpha),
+            json!(folder.lora_alpha),
+        ),
+        (
+            "target_modules",
+            names(&recipe.target_modules),
+            names(&folder.target_modules),
+        ),
+        (
+            "rank_pattern",
+            json!(recipe.rank_pattern),
+            json!(folder.rank_pattern),
+        ),
+        ("use_dora", json!(recipe.use_dora), json!(folder.use_dora)),
+        (
+            "init (PiSSA / OLoRA)",
+            json!(reads_base(recipe)),
+            json!(reads_base(&folder)),
+        ),
+    ];
+    match fields.iter().find(|(_, a, b)| a != b) {
+        None => Ok(()),
+        Some((what, ours, theirs)) => anyhow::bail!(
+            "--adapter {}: its adapter_config.json has {what} = {theirs} where the recipe's [lora] gives {ours}; eval loads the tensors into the recipe's adapters, so evaluate with the recipe it was trained with (an exported PiSSA / OLoRA folder is a plain LoRA of twice the rank)",
+            dir.display()
+        ),
+    }
+}
+
+/// `target_modules` as a sorted list (PEFT saves its set in any order), or the regex string.
+fn names(targets: &serde_json::Value) -> serde_json::Value {
+    match targets.as_array() {
+        Some(list) => {
+            let mut names: Vec<String> = list.iter().map(ToString::to_string).collect();
+            names.sort();
+            json!(names)
+        }
+        None => targets.clone(),
+    }
 }
