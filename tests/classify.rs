@@ -319,3 +319,82 @@ fn minilm_routes_tickets_after_a_few_steps() {
     assert!(after < before - 0.5, "eval loss {before} → {after}\n{run}");
     assert!(accuracy > 0.5, "accuracy {accuracy}\n{run}");
 }
+
+/// A classifier's training options through the binary on the tiny BERT: `keep_best` by
+/// macro-F1 (greater is better) exports the checkpoint of the first evaluation with the highest
+/// macro-F1, byte for byte; metrics.jsonl marks it; and the TensorBoard file carries the
+/// classifier's eval/accuracy and eval/macro_f1 at every evaluation, as TensorBoard's reader
+/// reads them. LoRA+ trains the head's bias on the B side.
+#[test]
+fn tiny_bert_keeps_its_best_macro_f1_and_reports_to_tensorboard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("train.jsonl"), rows(48, 0)).unwrap();
+    std::fs::write(dir.join("eval.jsonl"), rows(12, 100)).unwrap();
+    let options = "eval_every = 10\nmetric_for_best_model = \"macro_f1\"\nkeep_best = true\nreport_to = [\"tensorboard\"]\nloraplus_lr_ratio = 4\n";
+    std::fs::write(dir.join("b.toml"), recipe(TINY_BERT, "b", 60, options)).unwrap();
+    let run = stdout(&lora_tune(dir, &["b.toml"]));
+    assert!(run.contains("best eval macro-F1"), "{run}");
+    let out = dir.join("b");
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let evals: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r.get("eval_classes").is_some())
+        .collect();
+    assert_eq!(evals.len(), 6);
+    let f1 = |r: &serde_json::Value| r["eval_classes"]["macro_f1"].as_f64().unwrap();
+    let mut best = evals[0];
+    for r in &evals {
+        if f1(r) > f1(best) {
+            best = r;
+        }
+    }
+    let best_step = best["step"].as_u64().unwrap();
+    assert_eq!(
+        evals[5]["best_step"].as_u64(),
+        Some(best_step),
+        "{records:?}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("adapter_model.safetensors")).unwrap(),
+        std::fs::read(out.join(format!(
+            "checkpoints/step-{best_step:06}/adapter_model.safetensors"
+        )))
+        .unwrap()
+    );
+
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tools/reference/tensorboard_scalars.py"
+    );
+    let read = std::process::Command::new("python3")
+        .arg(script)
+        .arg(out.join("tensorboard"))
+        .env("PYTHONPATH", artifacts::tensorboard_site())
+        .output()
+        .unwrap();
+    let scalars: serde_json::Value = serde_json::from_slice(&read.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&read.stderr)));
+    for (tag, key) in [("eval/accuracy", "accuracy"), ("eval/macro_f1", "macro_f1")] {
+        let got: Vec<(u64, f32)> = scalars[tag]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {tag} in {scalars}"))
+            .iter()
+            .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap() as f32))
+            .collect();
+        let want: Vec<(u64, f32)> = evals
+            .iter()
+            .map(|r| {
+                (
+                    r["step"].as_u64().unwrap(),
+                    r["eval_classes"][key].as_f64().unwrap() as f32,
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "{tag}");
+    }
+}
