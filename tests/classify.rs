@@ -354,6 +354,9 @@ fn tiny_bert_keeps_its_best_macro_f1_and_reports_to_tensorboard() {
         }
     }
     let best_step = best["step"].as_u64().unwrap();
+    // Seeded: macro-F1 peaks at step 40 (0.7389) while the loss still falls to step 60, so the
+    // export differs from the last checkpoint.
+    assert_ne!(best_step, 60, "{records:?}");
     assert_eq!(
         evals[5]["best_step"].as_u64(),
         Some(best_step),
