@@ -104,6 +104,19 @@ fn ten_training_steps_with_gradient_checkpointing_equal_peft_on_wgpu() {
     tiny::assert_ten_steps_equal_peft(&device, "wgpu, gradient checkpointing", true);
 }
 
+/// DoRA's ten PEFT steps (row norms, the magnitude's gradient) on wgpu too.
+#[test]
+fn ten_dora_steps_equal_peft_on_wgpu() {
+    let Some(device) = wgpu() else { return };
+    let run = tiny::PeftRun {
+        fixtures: "lora/train-dora",
+        init: "lora/train-dora",
+        loraplus_lr_ratio: None,
+        use_dora: true,
+    };
+    tiny::assert_ten_steps_equal_peft_run("tiny-llama", &run, &device, "wgpu, DoRA", false);
+}
+
 /// The hand-derived BERT classifier step (encoder, pooler, head; erf, LayerNorm, padded
 /// attention) gives flex's loss and gradients on wgpu.
 #[test]
