@@ -125,19 +125,20 @@ fn merged_gives_the_adapted_logits(family: &str, folded: usize) {
     tiny::assert_peft_logits_of(&model, &format!("lora/peft-{family}"), &what);
 }
 
-/// `qwen3`, `granite` and `olmo2` GGUF bases: the merged directory's config.json is its
-/// family's (written from the GGUF's metadata: Granite's four scalars, OLMo2's model type) and
+/// `qwen3`, `granite`, `olmo2` and `phi3` GGUF bases: the merged directory's config.json is its
+/// family's (written from the GGUF's metadata: Granite's four scalars, OLMo2's model type,
+/// Phi-3's fused projections, rotated share of each head and LongRoPE factors) and
 /// reloads to PEFT's adapted logits (transformers: tools/reference/peft_export.py FAMILY merged
 /// DIR). The tiny GGUFs have no merges, so the tokenizer written beside them is tiny-llama's.
 #[test]
 fn merged_from_family_ggufs_gives_the_adapted_logits() {
-    for family in ["qwen3", "granite", "olmo2"] {
+    for (family, folded) in [("qwen3", 14), ("granite", 14), ("olmo2", 14), ("phi3", 8)] {
         let gguf = format!("tests/fixtures/llama/tiny-{family}.gguf");
         let out = tempfile::tempdir().unwrap();
         let merged_dir = out.path().join("merged");
         let adapter = format!("peft-{family}");
         let m = merge_onto_gguf(&Path::new(ROOT).join(gguf), &adapter, &merged_dir);
-        assert_eq!(m.folded, 14);
+        assert_eq!(m.folded, folded);
         let text = std::fs::read_to_string(merged_dir.join("config.json")).unwrap();
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(json["model_type"], family);
@@ -209,14 +210,6 @@ fn merge_onto_gguf(gguf: &Path, adapter: &str, out: &Path) -> lora_tune::export:
     .unwrap()
 }
 
-/// A `phi3` GGUF base: no Phi-3 config.json is written from GGUF metadata yet; refused by name.
-#[test]
-fn merging_onto_a_phi3_gguf_is_refused() {
-    assert_merge_refused("tiny-phi3.gguf", "peft-phi3", "from a phi3 GGUF");
-}
-
-/// A GGUF whose RoPE scaling is `rope_freqs.weight` (Llama 3.1+) cannot be merged into an HF
-/// directory without losing the scaling: refused by name before anything is written.
 #[test]
 fn merging_onto_a_gguf_with_rope_freqs_is_refused() {
     assert_merge_refused("tiny-llama.gguf", "peft", "rope_freqs.weight");

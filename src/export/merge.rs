@@ -133,14 +133,6 @@ pub fn merge(
     dtype: Dtype,
     max_shard_bytes: u64,
 ) -> Result<Merged, MergeError> {
-    // The config.json a merge onto a GGUF base writes: not yet Phi-3's (fused projections,
-    // LongRoPE factors).
-    if matches!(files, ModelFiles::Gguf(_)) && config.family == Family::Phi3 {
-        return Err(MergeError::Invalid(format!(
-            "writing a config.json from a {} GGUF is not implemented; merge onto the model's HF directory",
-            config.gguf_architecture()
-        )));
-    }
     if matches!(files, ModelFiles::Gguf(_))
         && matches!(config.rope_scaling, RopeScaling::FreqFactors(_))
     {
@@ -302,6 +294,7 @@ fn write_config_and_tokenizer(
         Family::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
         Family::Granite => ("GraniteForCausalLM", "granite"),
         Family::Olmo2 => ("Olmo2ForCausalLM", "olmo2"),
+        Family::Phi3 => ("Phi3ForCausalLM", "phi3"),
         _ if window.is_some() => ("MistralForCausalLM", "mistral"),
         _ => ("LlamaForCausalLM", "llama"),
     };
@@ -340,6 +333,28 @@ fn write_config_and_tokenizer(
         value["attention_multiplier"] = json!(d.attention_scale.unwrap_or(1.0));
         value["residual_multiplier"] = json!(d.residual_multiplier);
         value["logits_scaling"] = json!(d.logits_scaling);
+    }
+    if c.family == Family::Phi3 {
+        // Phi3Config: the fused projections are its layout; the rotated share of each head;
+        // LongRoPE's factors with the GGUF's attention factor written out (transformers would
+        // otherwise derive it from the context lengths).
+        value["attention_dropout"] = json!(0.0);
+        value["resid_pdrop"] = json!(0.0);
+        value["embd_pdrop"] = json!(0.0);
+        if let Some(rotary) = c.deltas.rotary_dim {
+            value["partial_rotary_factor"] = json!(rotary as f64 / c.head_dim as f64);
+        }
+        if let RopeScaling::LongRope(l) = &c.rope_scaling {
+            value["original_max_position_embeddings"] = json!(l.original_max_position_embeddings);
+            value["rope_scaling"] = json!({
+                "rope_type": "longrope",
+                "type": "longrope",
+                "short_factor": l.short_factor,
+                "long_factor": l.long_factor,
+                "factor": c.max_position_embeddings as f64 / l.original_max_position_embeddings as f64,
+                "attention_factor": l.attention_factor,
+            });
+        }
     }
     if let RopeScaling::Llama3(s) = c.rope_scaling {
         value["rope_scaling"] = json!({
