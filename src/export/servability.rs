@@ -122,7 +122,9 @@ pub fn check_adapter(config: &PeftConfig) -> Vec<Finding> {
         add(
             Level::Warning,
             "TGI/LoRAX",
-            format!("no DoRA path (LoRAX: lorax#304 is open; their kernels apply A and B only): {merged}"),
+            format!(
+                "no DoRA path (LoRAX: lorax#304 is open; their kernels apply A and B only): {merged}"
+            ),
         );
     }
     if config.bias != "none" {
