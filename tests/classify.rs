@@ -370,25 +370,11 @@ fn tiny_bert_keeps_its_best_macro_f1_and_reports_to_tensorboard() {
         .unwrap()
     );
 
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tools/reference/tensorboard_scalars.py"
-    );
-    let read = std::process::Command::new("python3")
-        .arg(script)
-        .arg(out.join("tensorboard"))
-        .env("PYTHONPATH", artifacts::tensorboard_site())
-        .output()
-        .unwrap();
-    let scalars: serde_json::Value = serde_json::from_slice(&read.stdout)
-        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&read.stderr)));
+    let scalars = artifacts::tensorboard_scalars(&out.join("tensorboard"));
     for (tag, key) in [("eval/accuracy", "accuracy"), ("eval/macro_f1", "macro_f1")] {
-        let got: Vec<(u64, f32)> = scalars[tag]
-            .as_array()
-            .unwrap_or_else(|| panic!("no {tag} in {scalars}"))
-            .iter()
-            .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap() as f32))
-            .collect();
+        let got = scalars
+            .get(tag)
+            .unwrap_or_else(|| panic!("no {tag} in {scalars:?}"));
         let want: Vec<(u64, f32)> = evals
             .iter()
             .map(|r| {
@@ -398,6 +384,6 @@ fn tiny_bert_keeps_its_best_macro_f1_and_reports_to_tensorboard() {
                 )
             })
             .collect();
-        assert_eq!(got, want, "{tag}");
+        assert_eq!(got, &want, "{tag}");
     }
 }

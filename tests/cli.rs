@@ -838,19 +838,7 @@ fn training_options_reach_the_run() {
     assert!(!stdout.contains("step 4/"), "{stdout}");
     assert_eq!(exported(), std::fs::read(&best_adapter).unwrap());
 
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tools/reference/tensorboard_scalars.py"
-    );
-    let read = Command::new("python3")
-        .arg(script)
-        .arg(run.join("tensorboard"))
-        .env("PYTHONPATH", artifacts::tensorboard_site())
-        .output()
-        .unwrap();
-    let (json, stderr) = text(&read);
-    assert!(read.status.success(), "{stderr}");
-    let scalars: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let scalars = artifacts::tensorboard_scalars(&run.join("tensorboard"));
     let tags = [
         ("train/loss", "loss"),
         ("train/learning_rate", "lr"),
@@ -859,20 +847,14 @@ fn training_options_reach_the_run() {
         ("eval/loss", "eval_loss"),
         ("eval/perplexity", "eval_perplexity"),
     ];
-    assert_eq!(scalars.as_object().unwrap().len(), tags.len(), "{scalars}");
+    assert_eq!(scalars.len(), tags.len(), "{scalars:?}");
     for (tag, key) in tags {
-        // Python's reader returns each f32 as the nearest double to its shortest decimal.
-        let got: Vec<(u64, f32)> = scalars[tag]
-            .as_array()
-            .unwrap_or_else(|| panic!("no {tag} in {scalars}"))
-            .iter()
-            .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap() as f32))
-            .collect();
+        let got = &scalars[tag];
         let want: Vec<(u64, f32)> = records
             .iter()
             .map(|r| (r["step"].as_u64().unwrap(), r[key].as_f64().unwrap() as f32))
             .collect();
-        assert_eq!(got, want, "{tag}");
+        assert_eq!(got, &want, "{tag}");
     }
 }
 

@@ -208,11 +208,7 @@ fn sharded_safetensors_load_identically() {
 /// applied, the GGUF gives the HF checkpoint's transformers logits.
 #[test]
 fn tiny_llama_gguf_with_rope_freqs_matches_transformers() {
-    use lora_tune::model::BaseStorage;
-    use lora_tune::source::ModelFiles;
-    let gguf = Path::new(FIXTURES).join("tiny-llama.gguf");
-    let files = ModelFiles::Gguf(gguf);
-    let model = lora_tune::model::load(&files, &cpu(), BaseStorage::default()).unwrap();
+    let model = tiny_gguf("tiny-llama");
     let RopeScaling::FreqFactors(f) = &model.config.rope_scaling else {
         panic!("{:?}", model.config.rope_scaling)
     };
@@ -225,10 +221,7 @@ fn tiny_llama_gguf_with_rope_freqs_matches_transformers() {
 /// `attn_q_norm` / `attn_k_norm` and unpermuted Q/K give the HF checkpoint's transformers logits.
 #[test]
 fn tiny_qwen3_gguf_matches_transformers() {
-    use lora_tune::model::BaseStorage;
-    use lora_tune::source::ModelFiles;
-    let files = ModelFiles::Gguf(Path::new(FIXTURES).join("tiny-qwen3.gguf"));
-    let model = lora_tune::model::load(&files, &cpu(), BaseStorage::default()).unwrap();
+    let model = tiny_gguf("tiny-qwen3");
     let c = &model.config;
     assert_eq!(
         (c.deltas.qk_norm, c.head_dim, c.qkv_bias),
@@ -245,10 +238,7 @@ fn tiny_qwen3_gguf_matches_transformers() {
 /// original context, 8).
 #[test]
 fn tiny_phi3_gguf_matches_transformers() {
-    use lora_tune::model::BaseStorage;
-    use lora_tune::source::ModelFiles;
-    let files = ModelFiles::Gguf(Path::new(FIXTURES).join("tiny-phi3.gguf"));
-    let model = lora_tune::model::load(&files, &cpu(), BaseStorage::default()).unwrap();
+    let model = tiny_gguf("tiny-phi3");
     let c = &model.config;
     assert!(c.deltas.fused_projections);
     assert_eq!((c.head_dim, c.deltas.rotary_dim), (16, Some(8)));
@@ -264,11 +254,8 @@ fn tiny_phi3_gguf_matches_transformers() {
 /// checkpoint's transformers logits and greedy tokens.
 #[test]
 fn tiny_granite_and_olmo2_ggufs_match_transformers() {
-    use lora_tune::model::BaseStorage;
-    use lora_tune::source::ModelFiles;
     for (name, family) in [("tiny-granite", "granite"), ("tiny-olmo2", "olmo2")] {
-        let files = ModelFiles::Gguf(Path::new(FIXTURES).join(format!("{name}.gguf")));
-        let model = lora_tune::model::load(&files, &cpu(), BaseStorage::default()).unwrap();
+        let model = tiny_gguf(name);
         let dir = Path::new(FIXTURES).join(name);
         let hf = lora_tune::model::read_decoder_config(&dir.join("config.json")).unwrap();
         assert_eq!(model.config.gguf_architecture(), family);
@@ -432,4 +419,12 @@ fn greedy_equals_transformers_with(model: &Decoder, dir: &Path, name: &str) {
         let got = generate(model, &ids("prompt"), 12, &[], sampling, |_| {}).unwrap();
         assert_eq!(got, ids("greedy"), "{name}: prompt {:?}", ids("prompt"));
     }
+}
+
+/// tests/fixtures/llama/`name`.gguf (written by llama.cpp's converter), loaded on the CPU.
+fn tiny_gguf(name: &str) -> Decoder {
+    let files =
+        lora_tune::source::ModelFiles::Gguf(Path::new(FIXTURES).join(format!("{name}.gguf")));
+    let storage = lora_tune::model::BaseStorage::default();
+    lora_tune::model::load(&files, &cpu(), storage).unwrap()
 }

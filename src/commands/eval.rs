@@ -68,7 +68,6 @@ pub fn run(recipe: &Path, adapter: Option<&Path>, device: DeviceChoice) -> anyho
 /// refuses a folder whose config says they differ, naming the field.
 fn same_adapters(recipe: &PeftConfig, dir: &Path) -> anyhow::Result<()> {
     let folder = read_config(dir).with_context(|| format!("--adapter {}", dir.display()))?;
-    let reads_base = |c: &PeftConfig| needs_conversion(c);
     let fields = [
         ("r", json!(recipe.r), json!(folder.r)),
         (
@@ -89,8 +88,8 @@ fn same_adapters(recipe: &PeftConfig, dir: &Path) -> anyhow::Result<()> {
         ("use_dora", json!(recipe.use_dora), json!(folder.use_dora)),
         (
             "init (PiSSA / OLoRA)",
-            json!(reads_base(recipe)),
-            json!(reads_base(&folder)),
+            json!(needs_conversion(recipe)),
+            json!(needs_conversion(&folder)),
         ),
     ];
     match fields.iter().find(|(_, a, b)| a != b) {

@@ -89,18 +89,13 @@ impl LoraAdapter {
     }
 
     /// x: [n, in] → the adapter's contribution [n, out] to the base output `base` = x·Wᵀ
-    /// (without bias; `w` is W [out, in]).
+    /// (without bias; `w` is W [out, in], decoded once by the caller).
     ///
     /// DoRA (PEFT's `DoraLinearLayer.forward`): with c = m / ‖W + s·B·A‖ per output row, the norm
     /// detached as the paper and PEFT do, the contribution is (c − 1)·(drop(x)·Wᵀ) +
     /// c·s·drop(x)·Aᵀ·Bᵀ, so the layer computes c·(W + s·B·A) on the dropped input plus W on the
     /// rest; without dropout drop(x)·Wᵀ is `base` itself.
-    pub fn forward(
-        &self,
-        x: Tensor<2>,
-        w: impl FnOnce() -> Tensor<2>,
-        base: Tensor<2>,
-    ) -> Tensor<2> {
+    pub fn forward(&self, x: Tensor<2>, w: &Tensor<2>, base: Tensor<2>) -> Tensor<2> {
         let mask = self.dropout_mask(&x);
         let x = match &mask {
             Some(mask) => x * mask.clone(),
@@ -115,11 +110,10 @@ impl LoraAdapter {
         let Some(m) = &self.magnitude else {
             return lora;
         };
-        let w = w();
         let [n, out] = base.dims();
         let c = (m.clone() / self.dora_norm(w.clone()).detach()).expand([n, out]);
         let base = match mask {
-            Some(_) => x.matmul(w.transpose()),
+            Some(_) => x.matmul(w.clone().transpose()),
             None => base,
         };
         (c.clone() - 1.0) * base + c * lora

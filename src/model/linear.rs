@@ -43,9 +43,11 @@ impl Linear {
         let [b, s, _] = x.dims();
         let [out, inp] = self.weight.dims();
         let x = x.reshape([b * s, inp]);
-        let y = x.clone().matmul(self.weight.dense().transpose()); // [b·s, out]
+        // Decoded once: a kept-quantised weight would otherwise decode again for DoRA.
+        let w = self.weight.dense();
+        let y = x.clone().matmul(w.clone().transpose()); // [b·s, out]
         let y = match &self.lora {
-            Some(lora) => y.clone() + lora.forward(x, || self.weight.dense(), y),
+            Some(lora) => y.clone() + lora.forward(x, &w, y),
             None => y,
         };
         let y = match &self.bias {

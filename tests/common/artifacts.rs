@@ -126,3 +126,34 @@ pub fn tensorboard_site() -> std::path::PathBuf {
     std::fs::rename(&tmp, &dir).unwrap();
     dir
 }
+
+/// Every scalar TensorBoard's own reader (`EventAccumulator`, through
+/// tools/reference/tensorboard_scalars.py) finds under `logdir`: tag → (step, value). Values
+/// as f32, what the file holds: Python returns each as the double nearest its shortest decimal.
+pub fn tensorboard_scalars(logdir: &Path) -> std::collections::BTreeMap<String, Vec<(u64, f32)>> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tools/reference/tensorboard_scalars.py"
+    );
+    let read = std::process::Command::new("python3")
+        .arg(script)
+        .arg(logdir)
+        .env("PYTHONPATH", tensorboard_site())
+        .output()
+        .expect("python3 runs");
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let json: std::collections::BTreeMap<String, Vec<(u64, f64)>> =
+        serde_json::from_slice(&read.stdout).unwrap();
+    json.into_iter()
+        .map(|(tag, points)| {
+            (
+                tag,
+                points.into_iter().map(|(s, v)| (s, v as f32)).collect(),
+            )
+        })
+        .collect()
+}

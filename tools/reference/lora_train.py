@@ -76,25 +76,10 @@ def micro_batches(gen):
     return out
 
 
-def main():
-    OUT.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(7)
-    model = AutoModelForCausalLM.from_pretrained(BASE, attn_implementation="eager")
-    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                        target_modules=TARGETS, use_dora=DORA)
-    model = get_peft_model(model, config)
-    if LORAPLUS_RATIO:  # the same draw as the plain run: its init.safetensors serves
-        init = load_file(OUT.parent / "train" / "init.safetensors")
-        assert all(torch.equal(init[k], v) for k, v in lora_state(model).items())
-    else:
-        save_file(lora_state(model), OUT / "init.safetensors")
-    batches = micro_batches(torch.Generator().manual_seed(11))
-    params = [p for p in model.parameters() if p.requires_grad]
-    if LORAPLUS_RATIO:
-        opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=5e-3, loraplus_lr_ratio=LORAPLUS_RATIO,
-                                        loraplus_weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8)
-    else:
-        opt = torch.optim.AdamW(params, lr=5e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+def train_steps(model, params, opt, batches, label=""):
+    """The ten steps: STEPS optimiser steps of ACCUM micro-batches each, the loss of a micro-batch
+    the sum of token cross-entropies over the step's labelled tokens, clipping at MAX_NORM, a
+    linear schedule with 2 warmup steps on `opt`. Returns the trajectory (loss, grad norm, lr)."""
     sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=2, num_training_steps=STEPS)
     trajectory = []
     for step in range(STEPS):
@@ -116,7 +101,30 @@ def main():
         sched.step()
         opt.zero_grad()
         trajectory.append({"step": step + 1, "loss": total, "grad_norm": norm, "lr": lr, "tokens": n_tokens})
-        print(trajectory[-1])
+        print(label, trajectory[-1])
+    return trajectory
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(7)
+    model = AutoModelForCausalLM.from_pretrained(BASE, attn_implementation="eager")
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                        target_modules=TARGETS, use_dora=DORA)
+    model = get_peft_model(model, config)
+    if LORAPLUS_RATIO:  # the same draw as the plain run: its init.safetensors serves
+        init = load_file(OUT.parent / "train" / "init.safetensors")
+        assert all(torch.equal(init[k], v) for k, v in lora_state(model).items())
+    else:
+        save_file(lora_state(model), OUT / "init.safetensors")
+    batches = micro_batches(torch.Generator().manual_seed(11))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if LORAPLUS_RATIO:
+        opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=5e-3, loraplus_lr_ratio=LORAPLUS_RATIO,
+                                        loraplus_weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8)
+    else:
+        opt = torch.optim.AdamW(params, lr=5e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    trajectory = train_steps(model, params, opt, batches)
     save_file(lora_state(model), OUT / "final.safetensors")
     if DORA:
         ids, mask, _ = (torch.tensor(batches[0][k]) for k in ("input_ids", "attention_mask", "labels"))

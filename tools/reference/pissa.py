@@ -25,13 +25,15 @@ import tempfile
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, get_linear_schedule_with_warmup
+from transformers import AutoModelForCausalLM
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from lora_train import train_steps  # noqa: E402  (the same ten steps)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BASE = ROOT / "tests/fixtures/llama/tiny-llama"
 FIXTURES = ROOT / "tests/fixtures/lora"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-STEPS, ACCUM, MAX_NORM = 10, 2, 0.05
 
 
 def lora_state(model):
@@ -76,27 +78,7 @@ def build(init):
         batches = json.loads((FIXTURES / "train" / "batches.json").read_text())
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=5e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
-        sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=2, num_training_steps=STEPS)
-        trajectory = []
-        for step in range(STEPS):
-            group = batches[step * ACCUM:(step + 1) * ACCUM]
-            n_tokens = sum(int((torch.tensor(b["labels"])[:, 1:] != -100).sum()) for b in group)
-            total = 0.0
-            for b in group:
-                ids, mask, labels = tensors(b)
-                logits = model(input_ids=ids, attention_mask=mask).logits
-                loss = torch.nn.functional.cross_entropy(
-                    logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                    ignore_index=-100, reduction="sum") / n_tokens
-                loss.backward()
-                total += float(loss)
-            lr = sched.get_last_lr()[0]
-            norm = float(torch.nn.utils.clip_grad_norm_(params, MAX_NORM))
-            opt.step()
-            sched.step()
-            opt.zero_grad()
-            trajectory.append({"step": step + 1, "loss": total, "grad_norm": norm, "lr": lr, "tokens": n_tokens})
-            print(init, trajectory[-1])
+        trajectory = train_steps(model, params, opt, batches, init)
         (out / "trajectory.json").write_text(json.dumps(trajectory, indent=1) + "\n")
 
         ids, mask, _ = tensors(batches[0])

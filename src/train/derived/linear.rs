@@ -52,7 +52,8 @@ pub fn forward(linear: &Linear, x: Tensor<2>) -> (Tensor<2>, LinearTape) {
         Some(bias) => y + bias.clone().reshape([1, out]).expand([n, out]),
         None => y,
     };
-    let base = x.clone().matmul(linear.weight.dense().transpose());
+    let w = linear.weight.dense(); // decoded once for every use below
+    let base = x.clone().matmul(w.clone().transpose());
     let Some(lora) = &linear.lora else {
         return (with_bias(base), LinearTape { x, adapter: None });
     };
@@ -69,11 +70,11 @@ pub fn forward(linear: &Linear, x: Tensor<2>) -> (Tensor<2>, LinearTape) {
     let (y, dora) = match &lora.magnitude {
         None => (base + lora_out, None),
         Some(m) => {
-            let norm = lora.dora_norm(linear.weight.dense());
+            let norm = lora.dora_norm(w.clone());
             let c = m.clone() / norm.clone();
             let wide = c.clone().expand([n, out]);
             let base_dropped = match &mask {
-                Some(_) => dropped.matmul(linear.weight.dense().transpose()),
+                Some(_) => dropped.matmul(w.transpose()),
                 None => base.clone(),
             };
             // Summed in `LoraAdapter::forward`'s order, so a recomputed pass rounds alike.
@@ -91,7 +92,7 @@ pub fn backward(
     tape: LinearTape,
     dy: Tensor<2>,
 ) -> (Tensor<2>, Option<FactorGradients>) {
-    let (dx, grads) = backward_of(linear, tape, dy, true);
+    let (dx, grads) = backward_if(linear, tape, dy, true);
     (dx.expect("asked for"), grads)
 }
 
@@ -101,21 +102,14 @@ pub fn backward_if(
     linear: &Linear,
     tape: LinearTape,
     dy: Tensor<2>,
-    need_dx: bool,
-) -> (Option<Tensor<2>>, Option<FactorGradients>) {
-    backward_of(linear, tape, dy, need_dx)
-}
-
-fn backward_of(
-    linear: &Linear,
-    tape: LinearTape,
-    dy: Tensor<2>,
     with_dx: bool,
 ) -> (Option<Tensor<2>>, Option<FactorGradients>) {
-    let w = || linear.weight.dense();
     let (Some(lora), Some(adapter)) = (&linear.lora, tape.adapter) else {
-        return (with_dx.then(|| dy.matmul(w())), None);
+        return (with_dx.then(|| dy.matmul(linear.weight.dense())), None);
     };
+    // Decoded once, and only when something multiplies by it.
+    let w = (with_dx || adapter.dora.is_some()).then(|| linear.weight.dense());
+    let w = || w.clone().expect("decoded above");
     let [n, out] = dy.dims();
     let dropped = match &adapter.mask {
         Some(m) => tape.x * m.clone(),
