@@ -372,7 +372,7 @@ pub enum ReportTo {
 }
 
 /// The eval metric that decides the best checkpoint and early stopping.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BestMetric {
     #[default]

@@ -370,6 +370,19 @@ fn tiny_bert_keeps_its_best_macro_f1_and_reports_to_tensorboard() {
         .unwrap()
     );
 
+    // A resume that would compare its evaluations by another metric is refused, naming it.
+    let by_accuracy = options.replace("\"macro_f1\"", "\"accuracy\"");
+    std::fs::write(dir.join("c.toml"), recipe(TINY_BERT, "b", 60, &by_accuracy)).unwrap();
+    let refused = lora_tune(dir, &["c.toml", "--resume", "b"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "chosen by eval macro-F1 and train.metric_for_best_model now says eval accuracy"
+        ),
+        "{stderr}"
+    );
+
     let scalars = artifacts::tensorboard_scalars(&out.join("tensorboard"));
     for (tag, key) in [("eval/accuracy", "accuracy"), ("eval/macro_f1", "macro_f1")] {
         let got = scalars

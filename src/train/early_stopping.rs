@@ -23,6 +23,9 @@ pub struct EarlyStopping {
 /// run continues the same decision.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Best {
+    /// What `value` measures (a resume with another metric is refused).
+    #[serde(default)]
+    pub metric: BestMetric,
     /// The optimiser step of the best evaluation.
     pub step: u64,
     pub value: f64,
@@ -40,6 +43,30 @@ pub struct Verdict {
 }
 
 impl EarlyStopping {
+    /// Why a run resumed with this rule cannot continue from `best` (the checkpoint's), if it
+    /// cannot: another metric chose it, or `keep_best` finds no checkpoint of it under `out`.
+    pub fn cannot_continue(
+        &self,
+        best: Best,
+        keep_best: bool,
+        out: &std::path::Path,
+    ) -> Option<String> {
+        if best.metric != self.metric {
+            return Some(format!(
+                "its best evaluation was chosen by {} and train.metric_for_best_model now says {}; resume with the same metric",
+                best.metric.name(),
+                self.metric.name()
+            ));
+        }
+        let kept = super::checkpoint::dir_of(out, best.step).is_dir();
+        (keep_best && !kept).then(|| {
+            format!(
+                "train.keep_best: the best evaluation (step {}) has no checkpoint, as the run began without keep_best; resume without it or start again",
+                best.step
+            )
+        })
+    }
+
     /// Patience was already spent at `best` (a resumed run that had stopped early).
     pub fn spent(&self, best: Option<Best>) -> bool {
         let stale = best.map_or(0, |b| b.stale_evals);
@@ -63,6 +90,7 @@ impl EarlyStopping {
         *best = Some(match *best {
             Some(b) if !new_best => Best { stale_evals, ..b },
             _ => Best {
+                metric: self.metric,
                 step,
                 value,
                 stale_evals,

@@ -177,6 +177,11 @@ pub fn train(
         Some(dir) => Some(resume_from(dir, model, &mut optimizer, &mut state)?),
         None => None,
     };
+    if let (Some(rule), Some(best), Some(dir)) = (&settings.early_stopping, state.best, resume)
+        && let Some(why) = rule.cannot_continue(best, settings.keep_best, &settings.out_dir)
+    {
+        anyhow::bail!("cannot resume from {}: {why}", dir.display());
+    }
     let first_step = state.step;
     let mut metrics = MetricsLog::open(&settings.out_dir, first_step, settings.tensorboard)
         .with_context(|| format!("writing {}/metrics.jsonl", settings.out_dir.display()))?;
