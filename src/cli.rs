@@ -51,7 +51,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Dry run: validate the recipe, resolve the model, report parameters and memory.
-    Plan { recipe: PathBuf },
+    Plan {
+        recipe: PathBuf,
+        /// Show how a data-parallel job of N ranks (`mpirun -np N`) splits each step; under
+        /// mpirun the job's size is used.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        ranks: Option<u32>,
+    },
     /// Write a trained adapter in another format.
     Export {
         /// A PEFT adapter folder, a checkpoint, or a run directory (its latest checkpoint).

@@ -19,8 +19,9 @@ pub enum DeviceChoice {
     Vulkan,
     /// wgpu pinned to Metal.
     Metal,
-    /// CUDA device by index.
-    Cuda(usize),
+    /// CUDA device by index; `cuda` without one: the local rank's GPU in a data-parallel job
+    /// (one rank per GPU), else GPU 0.
+    Cuda(Option<usize>),
 }
 
 pub const DEVICE_HELP: &str = "auto, cpu, wgpu, vulkan, metal, cuda or cuda:N";
@@ -53,9 +54,11 @@ impl FromStr for DeviceChoice {
             "wgpu" | "gpu" => Self::Wgpu,
             "vulkan" => Self::Vulkan,
             "metal" => Self::Metal,
-            "cuda" => Self::Cuda(0),
+            "cuda" => Self::Cuda(None),
             _ => match lower.strip_prefix("cuda:") {
-                Some(n) => Self::Cuda(n.parse().map_err(|_| DeviceError::BadIndex(s.into()))?),
+                Some(n) => Self::Cuda(Some(
+                    n.parse().map_err(|_| DeviceError::BadIndex(s.into()))?,
+                )),
                 None => return Err(DeviceError::Unknown(s.into())),
             },
         })
@@ -70,7 +73,8 @@ impl fmt::Display for DeviceChoice {
             Self::Wgpu => f.write_str("wgpu"),
             Self::Vulkan => f.write_str("vulkan"),
             Self::Metal => f.write_str("metal"),
-            Self::Cuda(n) => write!(f, "cuda:{n}"),
+            Self::Cuda(None) => f.write_str("cuda"),
+            Self::Cuda(Some(n)) => write!(f, "cuda:{n}"),
         }
     }
 }
@@ -93,7 +97,7 @@ pub fn select(choice: DeviceChoice) -> Result<Selected, DeviceError> {
         DeviceChoice::Wgpu => wgpu_default(),
         DeviceChoice::Vulkan => pinned_vulkan(),
         DeviceChoice::Metal => pinned_metal(),
-        DeviceChoice::Cuda(n) => cuda(n),
+        DeviceChoice::Cuda(n) => cuda(n.unwrap_or(crate::distributed::ranks().local_rank)),
     }
 }
 
@@ -200,11 +204,24 @@ fn wgpu_default() -> Result<Selected, DeviceError> {
     use std::sync::OnceLock;
     static STARTED: OnceLock<Result<(Device, String), String>> = OnceLock::new();
     let started = STARTED.get_or_init(|| {
-        let (api, adapter) = wgpu_api(&software_or_gpu_adapters())?;
-        let device = Device::wgpu_options()
-            .graphics_api(api)
-            .init()
-            .map_err(|e| e.to_string())?;
+        let adapters = software_or_gpu_adapters();
+        let local = crate::distributed::ranks();
+        let options: Result<_, String> =
+            match rank_gpu(&adapters, local.local_rank, local.local_size) {
+                // One rank per GPU: this rank's discrete GPU on its graphics API.
+                Some((api, index, adapter)) => Ok((
+                    Device::wgpu_options()
+                        .graphics_api(api)
+                        .device_kind(burn::tensor::DeviceKind::DiscreteGpu(index)),
+                    adapter,
+                )),
+                None => {
+                    let (api, adapter) = wgpu_api(&adapters)?;
+                    Ok((Device::wgpu_options().graphics_api(api), adapter))
+                }
+            };
+        let (options, adapter) = options?;
+        let device = options.init().map_err(|e| e.to_string())?;
         Ok((device, adapter))
     });
     match started {
@@ -216,6 +233,50 @@ fn wgpu_default() -> Result<Selected, DeviceError> {
         }),
         Err(e) => Err(DeviceError::WgpuInit(e.clone())),
     }
+}
+
+/// In a job with several ranks on this machine, the discrete GPU of local rank `local_rank`
+/// (GPU `local_rank % count` among the discrete adapters of the first one's API): the API, the
+/// index burn's `DiscreteGpu` takes and the adapter's description. None for one rank per
+/// machine or without a discrete GPU (wgpu's own choice then).
+#[cfg(feature = "wgpu")]
+fn rank_gpu(
+    adapters: &[burn::tensor::wgpu::wgpu::AdapterInfo],
+    local_rank: usize,
+    local_size: usize,
+) -> Option<(burn::tensor::wgpu::WgpuBackend, usize, String)> {
+    use burn::tensor::wgpu::WgpuBackend;
+    use burn::tensor::wgpu::wgpu::{Backend, DeviceType};
+    if local_size < 2 {
+        return None;
+    }
+    let discrete =
+        |a: &&burn::tensor::wgpu::wgpu::AdapterInfo| a.device_type == DeviceType::DiscreteGpu;
+    let backend = adapters.iter().find(discrete)?.backend;
+    let api = match backend {
+        Backend::Vulkan => WgpuBackend::Vulkan,
+        Backend::Metal => WgpuBackend::Metal,
+        Backend::Dx12 => WgpuBackend::Dx12,
+        Backend::Gl => WgpuBackend::Gl,
+        _ => return None,
+    };
+    let same_api: Vec<_> = adapters
+        .iter()
+        .filter(discrete)
+        .filter(|a| a.backend == backend)
+        .collect();
+    let index = local_rank % same_api.len();
+    let a = same_api[index];
+    Some((
+        api,
+        index,
+        format!(
+            "{:?}: {}, GPU {index} of {} for local rank {local_rank}",
+            a.backend,
+            a.name,
+            same_api.len()
+        ),
+    ))
 }
 
 /// The graphics API to start wgpu on, and the adapter that implies. A real GPU: wgpu's own
@@ -329,8 +390,8 @@ mod tests {
             ("wgpu", DeviceChoice::Wgpu),
             ("vulkan", DeviceChoice::Vulkan),
             ("metal", DeviceChoice::Metal),
-            ("cuda", DeviceChoice::Cuda(0)),
-            ("cuda:3", DeviceChoice::Cuda(3)),
+            ("cuda", DeviceChoice::Cuda(None)),
+            ("cuda:3", DeviceChoice::Cuda(Some(3))),
         ];
         for (text, want) in cases {
             assert_eq!(text.parse::<DeviceChoice>().unwrap(), want, "{text}");
@@ -359,7 +420,7 @@ mod tests {
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn backend_not_built_says_which_feature_to_enable() {
-        let err = select(DeviceChoice::Cuda(0)).err().unwrap().to_string();
+        let err = select(DeviceChoice::Cuda(None)).err().unwrap().to_string();
         assert!(err.contains("--features cuda"), "{err}");
     }
 

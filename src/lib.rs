@@ -5,6 +5,8 @@
 //! - [`atomic`]: every file we write goes through `write_atomic` (temp file + fsync + rename).
 //! - [`dtype`]: the float types a user picks (base storage, exports), one type for all.
 //! - [`recipe`]: the TOML recipe as written, with errors that name file, line and key.
+//! - [`distributed`]: which rank of an `mpirun` job this process is, and the collectives (sums,
+//!   a barrier) data-parallel training needs; a job of one without a launcher.
 //! - [`device`]: `--device auto|cpu|wgpu|…` → a burn `Device`, saying why.
 //! - [`source`]: a model reference (path, `hf://`, `pip://`) → local files, sha256-verified.
 //! - [`weights`]: checkpoint files (safetensors, GGUF) → named host tensors, GGUF blocks and
@@ -27,6 +29,7 @@ pub mod cli;
 pub mod commands;
 pub mod data;
 pub mod device;
+pub mod distributed;
 pub mod dtype;
 pub mod export;
 pub mod lora;

@@ -3,18 +3,35 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use lora_tune::{cli::Cli, commands};
+use lora_tune::{cli::Cli, commands, distributed};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match commands::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err}");
-            for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            ExitCode::FAILURE
+    // Under mpirun: join the job (finalised when `job` drops, after the command).
+    let (job, result) = match distributed::join() {
+        Ok(job) => {
+            let result = commands::run(cli);
+            (Some(job), result)
         }
+        Err(err) => (None, Err(err)),
+    };
+    let Err(err) = result else {
+        if let Some(job) = job {
+            job.finish();
+        }
+        return ExitCode::SUCCESS;
+    };
+    let ranks = distributed::ranks();
+    if ranks.is_parallel() {
+        eprint!("rank {} of {}: ", ranks.rank, ranks.size);
+    }
+    eprintln!("error: {err}");
+    for cause in err.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    match job {
+        // The other ranks may be waiting for this one in a collective: end the job.
+        Some(job) if ranks.is_parallel() => job.abort(1),
+        _ => ExitCode::FAILURE,
     }
 }

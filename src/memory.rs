@@ -208,7 +208,13 @@ impl MemoryCheck {
     fn limit(self) -> Option<(u64, &'static str)> {
         match self {
             Self::Off => None,
-            Self::Available => available_bytes().map(|b| (b, "are available")),
+            // Ranks of a data-parallel job on this machine each load a copy of the model.
+            Self::Available => match crate::distributed::ranks().local_size as u64 {
+                1 => available_bytes().map(|b| (b, "are available")),
+                n => {
+                    available_bytes().map(|b| (b / n, "are available to each rank on this machine"))
+                }
+            },
             Self::Budget(b) => Some((b, "are allowed (--max-memory)")),
         }
     }

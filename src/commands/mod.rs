@@ -17,9 +17,20 @@ use crate::memory::MemoryCheck;
 use crate::recipe::ExportFormat;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let ranks = crate::distributed::ranks();
+    anyhow::ensure!(
+        !ranks.is_parallel()
+            || cli.command.is_none()
+            || matches!(cli.command, Some(Command::Plan { .. })),
+        "under mpirun ({} ranks) lora-tune trains (`mpirun -np N lora-tune RECIPE`) and plans; run the other commands without mpirun",
+        ranks.size
+    );
     match cli.command {
         Some(Command::Inspect { model }) => inspect::run(&model),
-        Some(Command::Plan { recipe }) => plan::run(&recipe),
+        Some(Command::Plan { recipe, ranks }) => plan::run(
+            &recipe,
+            ranks.map_or(crate::distributed::ranks().size, |n| n as usize),
+        ),
         Some(Command::Export {
             adapter,
             format,

@@ -8,6 +8,7 @@ use anyhow::Context;
 
 use super::session::{self, indent};
 use crate::device::DeviceChoice;
+use crate::distributed;
 use crate::export::card::ModelCard;
 use crate::export::{self, Base, Exported, Request, servability};
 use crate::memory::MemoryCheck;
@@ -27,9 +28,11 @@ pub fn run(
     force: bool,
     memory_check: MemoryCheck,
 ) -> anyhow::Result<()> {
-    let loaded = session::load(recipe, Some(device))?;
+    // Under mpirun rank 0 fetches the model and clears an old run first; the others follow.
+    let ranks = distributed::ranks();
+    let loaded = distributed::leader_first(|| session::load(recipe, Some(device)))?;
     let plan = &loaded.prepared.plan;
-    let resume = clear_or_resume(&plan.out_dir, resume, force)?;
+    let resume = distributed::leader_first(|| clear_or_resume(&plan.out_dir, resume, force))?;
     let mut model = session::open_model(&loaded, memory_check)?;
     if let Some(dir) = plan.lora.init_from.as_ref().filter(|_| resume.is_none()) {
         // PiSSA / OLoRA adapters only continue on the base their init left behind.
@@ -58,7 +61,15 @@ pub fn run(
         settings.schedule.warmup_steps,
         plan.out_dir.display()
     );
+    if ranks.is_parallel() {
+        println!("       {}", session::data_parallel_line(plan, ranks.size));
+    }
     crate::train::interrupt::install();
+    crate::train::interrupt::set_resume_command(format!(
+        "lora-tune {} --resume {}",
+        plan.recipe_path.display(),
+        plan.out_dir.display()
+    ));
     let summary = train(
         &mut model,
         &loaded.train,
@@ -66,6 +77,9 @@ pub fn run(
         &settings,
         resume,
     )?;
+    if !ranks.leads() {
+        return Ok(()); // rank 0 reports the run and exports it
+    }
     print_summary(&summary, plan);
     if summary.interrupted {
         anyhow::bail!(

@@ -70,9 +70,13 @@ pub fn open_model(loaded: &Loaded, memory_check: MemoryCheck) -> anyhow::Result<
         Some(selected) => selected.clone(),
         None => device::select(DeviceChoice::Cpu)?,
     };
-    if let (true, Some((estimate, shape))) =
-        (selected.on_cpu, prepared.memory_estimate(&loaded.train))
-    {
+    // In a data-parallel job rank 0 checks for every rank on its machine (they load at once).
+    let leads = crate::distributed::ranks().leads();
+    if let (true, true, Some((estimate, shape))) = (
+        selected.on_cpu,
+        leads,
+        prepared.memory_estimate(&loaded.train),
+    ) {
         memory_check.refuse_over(&estimate, shape)?;
     }
     let started = Instant::now();
@@ -261,4 +265,27 @@ fn print_settings(plan: &Plan) {
         .map(|f| format!("{f:?}").to_lowercase())
         .collect();
     println!("export: {} → {}", formats.join(","), plan.out_dir.display());
+}
+
+/// How a data-parallel job of `ranks` splits each optimiser step (one line for `plan` and runs).
+pub fn data_parallel_line(plan: &crate::plan::Plan, ranks: usize) -> String {
+    let (batch, accum) = (
+        plan.train.batch_size as usize,
+        plan.train.grad_accum as usize,
+    );
+    let per_rank = accum.div_ceil(ranks);
+    let idle = if accum < ranks {
+        format!(
+            "; {} of the {ranks} ranks idle each step: raise train.grad_accum to {ranks} or a multiple of it (and lower train.batch_size to keep the global batch)",
+            ranks - accum
+        )
+    } else if !accum.is_multiple_of(ranks) {
+        format!("; uneven: raise train.grad_accum to a multiple of {ranks} for balanced ranks")
+    } else {
+        String::new()
+    };
+    format!(
+        "data-parallel over {ranks} ranks: each step's {accum} micro-batches of {batch} go round-robin, up to {per_rank}x{batch} sequences per rank, {} per step in all (the single-process batch){idle}",
+        batch * accum
+    )
 }

@@ -1,11 +1,14 @@
 //! Evaluation: the mean loss over every target of a dataset (labelled tokens, or one class per
 //! row), dropout off and no autodiff; for a classifier each row's prediction and the class
-//! metrics.
+//! metrics. In a data-parallel job the batches are split round-robin across the ranks and the
+//! sums (loss, targets, a classifier's confusion counts) reduced, so every rank holds the job's
+//! evaluation.
 
 use super::classes::ClassMetrics;
 use super::loss::Objective;
 use super::{TrainError, scalar};
 use crate::data::dataset::Dataset;
+use crate::distributed::{self, Ranks};
 use crate::model::adapted::host;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -30,18 +33,38 @@ impl Eval {
 }
 
 /// Mean loss over every target of `data` (labelled tokens, or rows for a classifier, whose
-/// predictions are scored too), dropout off, no autodiff.
+/// predictions are scored too), dropout off, no autodiff; shared by the ranks of a job.
 pub fn evaluate(
     model: &mut impl Objective,
     data: &Dataset,
     batch_size: usize,
 ) -> Result<Eval, TrainError> {
-    let (sum, targets, predictions) = score(model, data, batch_size)?;
+    let ranks = distributed::ranks();
+    let (sum, targets, predictions) = score_share(model, data, batch_size, ranks)?;
+    let mut pairs: Vec<(u32, u32)> = predictions.iter().map(|p| (p.gold, p.predicted)).collect();
+    let (mut sum, mut targets) = (sum, targets);
+    if ranks.is_parallel() {
+        // [loss sum, targets, confusion counts row-major]: exact in f64 up to 2^53 rows.
+        let n = model.labels().map_or(0, <[String]>::len);
+        let mut sums = vec![0.0; 2 + n * n];
+        sums[0] = sum;
+        sums[1] = targets as f64;
+        for &(gold, predicted) in &pairs {
+            sums[2 + gold as usize * n + predicted as usize] += 1.0;
+        }
+        distributed::sum_f64(&mut sums);
+        (sum, targets) = (sums[0], sums[1] as usize);
+        pairs = (0..n * n)
+            .flat_map(|k| {
+                let pair = ((k / n) as u32, (k % n) as u32);
+                std::iter::repeat_n(pair, sums[2 + k] as usize)
+            })
+            .collect();
+    }
     let loss = sum / targets.max(1) as f64;
-    let classes = model.labels().map(|labels| {
-        let pairs: Vec<(u32, u32)> = predictions.iter().map(|p| (p.gold, p.predicted)).collect();
-        ClassMetrics::new(labels, &pairs)
-    });
+    let classes = model
+        .labels()
+        .map(|labels| ClassMetrics::new(labels, &pairs));
     Ok(Eval {
         loss,
         perplexity: loss.exp(),
@@ -63,9 +86,20 @@ pub fn score(
     data: &Dataset,
     batch_size: usize,
 ) -> Result<(f64, usize, Vec<Prediction>), TrainError> {
+    score_share(model, data, batch_size, Ranks::SOLO)
+}
+
+/// [`score`] over the batches `ranks` gives this process.
+fn score_share(
+    model: &mut impl Objective,
+    data: &Dataset,
+    batch_size: usize,
+    ranks: Ranks,
+) -> Result<(f64, usize, Vec<Prediction>), TrainError> {
     model.set_training(false);
     let (mut sum, mut targets, mut predictions) = (0.0, 0usize, Vec::new());
-    for batch in data.in_order(batch_size) {
+    let batches = data.in_order(batch_size).into_iter().enumerate();
+    for (_, batch) in batches.filter(|(i, _)| ranks.owns(*i)) {
         match model.class_logits(&batch) {
             Some(logits) => {
                 let logits = host(&logits).map_err(|e| TrainError::Readback(e.to_string()))?;

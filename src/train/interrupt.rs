@@ -1,9 +1,33 @@
 //! Ctrl-C / SIGTERM during training: the first one asks the loop to finish its step and write a
 //! checkpoint (so `--resume` continues exactly), a second one ends the process at once.
+//! Under mpirun a signal usually means the launcher is ending the job (a rank died, or mpirun
+//! itself was interrupted) and kills the ranks moments later, so rank 0 says at once which
+//! checkpoint a resume would start from.
 
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::distributed;
+
 static REQUESTED: AtomicBool = AtomicBool::new(false);
+static LAST_CHECKPOINT: Mutex<Option<PathBuf>> = Mutex::new(None);
+static RESUME_COMMAND: Mutex<String> = Mutex::new(String::new());
+
+/// How to continue this run (`lora-tune RECIPE --resume OUT`), for the message a signal prints
+/// under mpirun.
+pub fn set_resume_command(command: String) {
+    if let Ok(mut c) = RESUME_COMMAND.lock() {
+        *c = command;
+    }
+}
+
+/// Records the newest complete checkpoint, for the message a signal prints.
+pub fn note_checkpoint(dir: &Path) {
+    if let Ok(mut last) = LAST_CHECKPOINT.lock() {
+        *last = Some(dir.to_path_buf());
+    }
+}
 
 /// Installs the handler (once per process; later calls are no-ops).
 pub fn install() {
@@ -15,9 +39,19 @@ pub fn install() {
                 eprintln!("\nstopping now, without a checkpoint");
                 std::process::exit(130);
             }
-            eprintln!(
-                "\nstop requested: finishing this step and writing a checkpoint (again to quit at once)"
-            );
+            let ranks = distributed::ranks();
+            if !ranks.is_parallel() {
+                eprintln!(
+                    "\nstop requested: finishing this step and writing a checkpoint (again to quit at once)"
+                );
+            } else if ranks.leads() {
+                let last = LAST_CHECKPOINT.lock().ok().and_then(|l| l.clone());
+                let last = last.map_or("none yet".into(), |d| d.display().to_string());
+                let resume = RESUME_COMMAND.lock().map(|c| c.clone()).unwrap_or_default();
+                eprintln!(
+                    "\nrank 0: stop requested (a signal: under mpirun a rank ended, mpirun names it below, or the job is being stopped); finishing this step with a checkpoint if every rank is still there; last complete checkpoint: {last}; continue with: mpirun -np N {resume}"
+                );
+            }
         });
     });
 }

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::tensorboard::EventFile;
 
+/// The per-step metrics file in a run's output folder.
+pub const FILE: &str = "metrics.jsonl";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
     pub step: u64,
@@ -56,7 +59,7 @@ impl MetricsLog {
     /// rewrites the steps after its checkpoint) and dropping the rest; with `tensorboard` the
     /// event file too.
     pub fn open(out: &Path, resume_step: u64, tensorboard: bool) -> std::io::Result<Self> {
-        let path = out.join("metrics.jsonl");
+        let path = out.join(FILE);
         let records: Vec<StepRecord> = if resume_step > 0 {
             std::fs::read_to_string(&path)
                 .unwrap_or_default()

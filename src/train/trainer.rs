@@ -2,6 +2,8 @@
 //! `grad_accum` of them, eval every N steps and at the end, checkpoints every N steps and at the
 //! end, metrics per step, an indicatif bar. Resuming loads a checkpoint and continues at its
 //! step with the same batches, learning rates and dropout draws as the uninterrupted run.
+//! In a data-parallel job every rank runs this loop in lockstep on its share of each step
+//! (`step::Share`); rank 0 alone prints and writes metrics and checkpoints.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -17,8 +19,9 @@ use super::metrics::{MetricsLog, StepRecord};
 use super::optim::{AdamW, AdamWConfig};
 use super::progress::Progress;
 use super::schedule::LrSchedule;
-use super::step::{StepStats, train_step};
+use super::step::{Share, StepStats, train_step_share};
 use crate::data::dataset::Dataset;
+use crate::distributed;
 use crate::peft::config::PeftConfig;
 use crate::peft::folder::ClassMap;
 use crate::plan::{Plan, Stop, Warmup};
@@ -156,11 +159,15 @@ pub fn train(
     settings: &Settings,
     resume: Option<&Path>,
 ) -> anyhow::Result<Summary> {
+    let ranks = distributed::ranks();
+    let leads = ranks.leads();
     std::fs::create_dir_all(&settings.out_dir)
         .with_context(|| format!("creating {}", settings.out_dir.display()))?;
-    // What a killed run was writing (checkpoint dirs, adapter files) is garbage now.
-    crate::atomic::remove_stale_temps(&settings.out_dir);
-    crate::atomic::remove_stale_temps(&settings.out_dir.join("checkpoints"));
+    if leads {
+        // What a killed run was writing (checkpoint dirs, adapter files) is garbage now.
+        crate::atomic::remove_stale_temps(&settings.out_dir);
+        crate::atomic::remove_stale_temps(&settings.out_dir.join("checkpoints"));
+    }
     let total = settings.schedule.total_steps;
     let mut state = TrainerState {
         step: 0,
@@ -183,9 +190,11 @@ pub fn train(
         anyhow::bail!("cannot resume from {}: {why}", dir.display());
     }
     let first_step = state.step;
-    let mut metrics = MetricsLog::open(&settings.out_dir, first_step, settings.tensorboard)
+    let mut metrics = leads
+        .then(|| MetricsLog::open(&settings.out_dir, first_step, settings.tensorboard))
+        .transpose()
         .with_context(|| format!("writing {}/metrics.jsonl", settings.out_dir.display()))?;
-    let progress = Progress::new(total, first_step, settings.progress);
+    let progress = Progress::new(total, first_step, settings.progress && leads);
     if let Some(line) = resumed {
         progress.always(line);
     }
@@ -212,12 +221,23 @@ pub fn train(
                 train.micro_batch(index, settings.batch_size, settings.seed)
             })
             .collect();
-        // Dropout draws depend on (seed, step) only, so a resumed run repeats them.
-        model.seed_dropout(crate::model::adapted::stream_seed(settings.seed, step));
+        // Dropout draws depend on (seed, step, micro-batch) only, so a resumed run repeats them
+        // and a micro-batch draws the same masks on whichever rank computes it.
+        let share = Share {
+            ranks,
+            dropout_seed: Some(crate::model::adapted::stream_seed(settings.seed, step)),
+        };
         let lr = settings.schedule.lr(step);
         let step_started = Instant::now();
         let rows = || step_rows(train, settings, step);
-        let stats = match train_step(model, &micro, &mut optimizer, lr, settings.max_grad_norm) {
+        let stats = match train_step_share(
+            model,
+            &micro,
+            share,
+            &mut optimizer,
+            lr,
+            settings.max_grad_norm,
+        ) {
             Ok(stats) => stats,
             Err(TrainError::NonFinite { loss, grad_norm }) if settings.skip_nonfinite => {
                 // No update was applied: the adapters and optimiser are as before the step.
@@ -309,20 +329,15 @@ pub fn train(
             run_tokens as f64 / started.elapsed().as_secs_f64()
         );
         progress.step(state.step, line);
-        metrics.append(record)?;
-        let stop = super::interrupt::requested() || stopped_early;
+        if let Some(metrics) = &mut metrics {
+            metrics.append(record)?;
+        }
+        // Every rank stops at the same step, whichever of them was signalled.
+        let stop = distributed::any(super::interrupt::requested()) || stopped_early;
         // With keep_best every new best is checkpointed: it may be the one exported.
         let best_due = new_best && settings.keep_best;
         if due(settings.checkpoint_every) || state.step == total || stop || best_due {
-            let dir = checkpoint::save(
-                &settings.out_dir,
-                model,
-                &optimizer,
-                &state,
-                settings.peft_config.as_ref(),
-                settings.class_map.as_ref(),
-            )?;
-            last_checkpoint = Some(dir);
+            last_checkpoint = Some(save_checkpoint(model, &optimizer, &state, settings)?);
         }
         if stop {
             break;
@@ -330,7 +345,11 @@ pub fn train(
     }
     progress.finish();
     model.set_training(false);
-    let plot = metrics.write_svg(&format!("loss — {}", settings.out_dir.display()))?;
+    let title = format!("loss — {}", settings.out_dir.display());
+    let plot = match &metrics {
+        Some(metrics) => metrics.write_svg(&title)?,
+        None => settings.out_dir.join("loss.svg"),
+    };
     let export_from = match state.best.filter(|_| settings.keep_best) {
         Some(best) => Some(checkpoint::dir_of(&settings.out_dir, best.step)),
         None => last_checkpoint.clone(),
@@ -350,9 +369,56 @@ pub fn train(
         seconds: started.elapsed().as_secs_f64(),
         last_checkpoint,
         skipped,
-        metrics: metrics.path,
+        metrics: settings.out_dir.join(super::metrics::FILE),
         plot,
     })
+}
+
+/// Rank 0 writes the checkpoint of `state`, once every rank has shown it holds the same
+/// adapters (replicated updates of identical sums stay identical; this proves it); its folder.
+fn save_checkpoint(
+    model: &mut impl Objective,
+    optimizer: &AdamW,
+    state: &TrainerState,
+    settings: &Settings,
+) -> anyhow::Result<PathBuf> {
+    let ranks = distributed::ranks();
+    if ranks.is_parallel() {
+        let fingerprint = adapter_fingerprint(model)?;
+        anyhow::ensure!(
+            distributed::agree(fingerprint),
+            "step {}: the ranks' adapters differ (rank {} holds fingerprint {fingerprint:016x}); the MPI library's sums are not identical on every rank, so this job cannot continue; the last checkpoint is intact",
+            state.step,
+            ranks.rank
+        );
+    }
+    let dir = if ranks.leads() {
+        checkpoint::save(
+            &settings.out_dir,
+            model,
+            optimizer,
+            state,
+            settings.peft_config.as_ref(),
+            settings.class_map.as_ref(),
+        )?
+    } else {
+        checkpoint::dir_of(&settings.out_dir, state.step)
+    };
+    super::interrupt::note_checkpoint(&dir);
+    Ok(dir)
+}
+
+/// FNV-1a over the bits of every trained tensor.
+fn adapter_fingerprint(model: &mut impl Objective) -> anyhow::Result<u64> {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for (_, t) in model.params_mut() {
+        for v in crate::model::adapted::host(t)?.values {
+            for b in v.to_bits().to_le_bytes() {
+                hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+    }
+    Ok(hash)
 }
 
 /// Loads the checkpoint `dir` names into `model` and `optimizer` and makes it `state`, refusing
