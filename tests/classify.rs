@@ -13,23 +13,6 @@ use std::process::Output;
 
 const TINY_BERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bert/tiny-bert");
 
-/// Three departments, each with its own vocabulary; eval rows reuse the words in new orders.
-fn rows(n: usize, offset: usize) -> String {
-    let topics = [
-        ("billing", ["refund", "charge", "invoice", "paid twice"]),
-        ("account", ["password", "login", "reset", "locked out"]),
-        ("shipping", ["parcel", "courier", "delivery", "tracking"]),
-    ];
-    (0..n)
-        .map(|i| {
-            let k = i + offset;
-            let (label, words) = topics[k % 3];
-            let text = format!("{} {k} {}", words[k % 4], words[(k / 3 + 1) % 4]);
-            format!("{{\"text\": \"{text}\", \"label\": \"{label}\"}}\n")
-        })
-        .collect()
-}
-
 fn recipe(source: &str, out: &str, steps: u32, extra_train: &str) -> String {
     format!(
         "[model]\nsource = \"{source}\"\ntask = \"classification\"\npooling = \"mean\"\n\n\
@@ -74,8 +57,8 @@ fn figure(text: &str, line_has: &str, key: &str) -> f64 {
 fn tiny_bert_trains_exports_resumes_and_predicts() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    std::fs::write(dir.join("train.jsonl"), rows(48, 0)).unwrap();
-    std::fs::write(dir.join("eval.jsonl"), rows(12, 100)).unwrap();
+    std::fs::write(dir.join("train.jsonl"), common::department_rows(48, 0)).unwrap();
+    std::fs::write(dir.join("eval.jsonl"), common::department_rows(12, 100)).unwrap();
     std::fs::write(
         dir.join("a.toml"),
         recipe(TINY_BERT, "a", 120, "checkpoint_every = 60\n"),
@@ -221,7 +204,7 @@ fn tiny_bert_trains_exports_resumes_and_predicts() {
     // An adapter trained on other labels is refused by `eval`, naming both sets.
     std::fs::write(
         dir.join("train.jsonl"),
-        rows(48, 0).replace("shipping", "logistics"),
+        common::department_rows(48, 0).replace("shipping", "logistics"),
     )
     .unwrap();
     let other = lora_tune(dir, &["eval", "a.toml", "--adapter", "a"]);
@@ -237,7 +220,7 @@ fn tiny_bert_trains_exports_resumes_and_predicts() {
 fn classification_settings_that_cannot_work_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    std::fs::write(dir.join("train.jsonl"), rows(6, 0)).unwrap();
+    std::fs::write(dir.join("train.jsonl"), common::department_rows(6, 0)).unwrap();
     std::fs::write(
         dir.join("eval.jsonl"),
         "{\"text\": \"parcel\", \"label\": \"legal\"}\n",
@@ -329,8 +312,8 @@ fn minilm_routes_tickets_after_a_few_steps() {
 fn tiny_bert_keeps_its_best_macro_f1_and_reports_to_tensorboard() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    std::fs::write(dir.join("train.jsonl"), rows(48, 0)).unwrap();
-    std::fs::write(dir.join("eval.jsonl"), rows(12, 100)).unwrap();
+    std::fs::write(dir.join("train.jsonl"), common::department_rows(48, 0)).unwrap();
+    std::fs::write(dir.join("eval.jsonl"), common::department_rows(12, 100)).unwrap();
     let options = "eval_every = 10\nmetric_for_best_model = \"macro_f1\"\nkeep_best = true\nreport_to = [\"tensorboard\"]\nloraplus_lr_ratio = 4\n";
     std::fs::write(dir.join("b.toml"), recipe(TINY_BERT, "b", 60, options)).unwrap();
     let run = stdout(&lora_tune(dir, &["b.toml"]));

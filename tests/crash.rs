@@ -21,14 +21,7 @@ const STEPS: u64 = 40;
 
 /// A recipe for `STEPS` checkpointed steps on the tiny model, writing to `<dir>/<name>`.
 fn recipe(dir: &Path, name: &str) -> PathBuf {
-    let rows: Vec<String> = (0..24)
-        .map(|i| {
-            serde_json::json!({
-                "text": format!("Ticket {i}: the invoice for order {} was charged {} times.", i * 37 % 101, i % 3 + 2)
-            })
-            .to_string()
-        })
-        .collect();
+    let rows = common::ticket_rows(24);
     std::fs::write(dir.join("train.jsonl"), rows.join("\n")).unwrap();
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(
@@ -60,18 +53,6 @@ fn signal(child: &Child, sig: &str) {
         .unwrap()
         .success();
     assert!(ok, "kill {sig} failed");
-}
-
-/// Names in `dir` that are temp files or directories (`.NAME.tmp-PID-N`).
-fn temps(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with('.') && n.contains(".tmp-"))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Polls until `ready` holds, then sends `sig` and waits for the run; fails if the run ends
@@ -167,9 +148,9 @@ fn killed_at_several_moments_then_resumed_equals_the_uninterrupted_run() {
         if let Some(status) = child.try_wait().unwrap() {
             panic!("the run ended ({status}) without a checkpoint caught mid-write");
         }
-        if !temps(&checkpoints).is_empty() {
+        if !common::temps(&checkpoints).is_empty() {
             signal(&child, "-STOP");
-            let seen = temps(&checkpoints);
+            let seen = common::temps(&checkpoints);
             if !seen.is_empty() {
                 signal(&child, "-KILL");
                 killed(child.wait().unwrap());
@@ -182,14 +163,14 @@ fn killed_at_several_moments_then_resumed_equals_the_uninterrupted_run() {
     let at = latest_step(&run);
     assert!(at < STEPS, "caught at step {at}");
     // The half-written directory is left, and ignored: the latest complete checkpoint wins.
-    assert_eq!(temps(&checkpoints), half_written);
+    assert_eq!(common::temps(&checkpoints), half_written);
 
     // 3. Mid-run, ten steps further on.
     killed(kill_when(start(&cut, Some(&run)), || {
         latest_step(&run) >= (at + 10).min(STEPS - 10)
     }));
     // The resume removed the half-written directory (this kill may have left one of its own).
-    let left = temps(&checkpoints);
+    let left = common::temps(&checkpoints);
     assert!(
         half_written.iter().all(|t| !left.contains(t)),
         "{left:?} still holds {half_written:?}"
@@ -221,7 +202,7 @@ fn killed_at_several_moments_then_resumed_equals_the_uninterrupted_run() {
     let (got, want) = (steps(&run), steps(&tmp.path().join("whole")));
     assert_eq!(got.len() as u64, STEPS);
     assert_eq!(got, want, "losses differ from the uninterrupted run");
-    assert!(temps(&run).is_empty() && temps(&checkpoints).is_empty());
+    assert!(common::temps(&run).is_empty() && common::temps(&checkpoints).is_empty());
 }
 
 /// A merge that hits a write error (file size limit, as a full disk would) fails with the path
@@ -260,14 +241,18 @@ fn a_merge_that_fails_or_dies_mid_write_leaves_no_partial_output() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("File too large"), "{stderr}");
     assert!(!merged.exists(), "partial output after a failed merge");
-    assert!(temps(tmp.path()).is_empty(), "{:?}", temps(tmp.path()));
+    assert!(
+        common::temps(tmp.path()).is_empty(),
+        "{:?}",
+        common::temps(tmp.path())
+    );
 
     // SIGXFSZ's default: the process dies mid-write.
     let out = merge("ulimit -f 100;");
     assert_eq!(out.status.signal(), Some(25), "{out:?}"); // SIGXFSZ
     assert!(!merged.exists(), "partial output after a killed merge");
     assert_eq!(
-        temps(tmp.path()).len(),
+        common::temps(tmp.path()).len(),
         1,
         "the killed merge's temp directory"
     );
@@ -279,5 +264,9 @@ fn a_merge_that_fails_or_dies_mid_write_leaves_no_partial_output() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(merged.join("model.safetensors").is_file());
-    assert!(temps(tmp.path()).is_empty(), "{:?}", temps(tmp.path()));
+    assert!(
+        common::temps(tmp.path()).is_empty(),
+        "{:?}",
+        common::temps(tmp.path())
+    );
 }

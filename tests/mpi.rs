@@ -71,14 +71,7 @@ fn train(dir: &Path, recipe: &str, ranks: usize, resume: Option<&str>) -> String
 
 /// 25 ticket rows: with batch 2 an epoch ends on a micro-batch of one.
 fn write_data(dir: &Path) {
-    let rows: Vec<String> = (0..25)
-        .map(|i| {
-            serde_json::json!({
-                "text": format!("Ticket {i}: the invoice for order {} was charged {} times.", i * 37 % 101, i % 3 + 2)
-            })
-            .to_string()
-        })
-        .collect();
+    let rows = common::ticket_rows(25);
     std::fs::write(dir.join("train.jsonl"), rows.join("\n")).unwrap();
     std::fs::write(dir.join("eval.jsonl"), rows[..7].join("\n")).unwrap();
 }
@@ -205,24 +198,9 @@ fn two_and_four_ranks_train_the_tiny_llama_like_one_process() {
 fn two_ranks_train_and_evaluate_the_tiny_bert_classifier_like_one_process() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let rows = |n: usize, offset: usize| -> String {
-        let topics = [
-            ("billing", ["refund", "charge", "invoice", "paid twice"]),
-            ("account", ["password", "login", "reset", "locked out"]),
-            ("shipping", ["parcel", "courier", "delivery", "tracking"]),
-        ];
-        (0..n)
-            .map(|i| {
-                let k = i + offset;
-                let (label, words) = topics[k % 3];
-                let text = format!("{} {k} {}", words[k % 4], words[(k / 3 + 1) % 4]);
-                format!("{{\"text\": \"{text}\", \"label\": \"{label}\"}}\n")
-            })
-            .collect()
-    };
-    std::fs::write(dir.join("train.jsonl"), rows(30, 0)).unwrap();
+    std::fs::write(dir.join("train.jsonl"), common::department_rows(30, 0)).unwrap();
     // 11 eval rows in batches of 4: three batches, the ranks score 2 and 1 of them.
-    std::fs::write(dir.join("eval.jsonl"), rows(11, 100)).unwrap();
+    std::fs::write(dir.join("eval.jsonl"), common::department_rows(11, 100)).unwrap();
     for (name, ranks) in [("one", 1), ("two", 2)] {
         let text = format!(
             "[model]\nsource = \"{TINY_BERT}\"\ntask = \"classification\"\n\n\
@@ -251,18 +229,6 @@ fn rank_pid(recipe: &str, rank: usize) -> Option<u32> {
         let has = |bytes: &[u8], s: &str| bytes.split(|&b| b == 0).any(|part| part == s.as_bytes());
         (has(&cmdline, recipe) && has(&environ, &want)).then_some(pid)
     })
-}
-
-/// Names in `dir` that are temp files or directories (`.NAME.tmp-PID-N`).
-fn temps(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with('.') && n.contains(".tmp-"))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]
@@ -323,7 +289,12 @@ fn a_killed_rank_ends_the_job_and_a_resume_on_three_ranks_finishes_the_run() {
     let stdout = train(dir, &recipe, 3, Some("killed"));
     assert!(stdout.contains("resume: "), "{stdout}");
     for d in [dir.join("killed"), dir.join("killed/checkpoints")] {
-        assert!(temps(&d).is_empty(), "{}: {:?}", d.display(), temps(&d));
+        assert!(
+            common::temps(&d).is_empty(),
+            "{}: {:?}",
+            d.display(),
+            common::temps(&d)
+        );
     }
     let (a, b) = (dir.join("whole"), dir.join("killed"));
     // 200 steps of Adam: the gradient norm, a sum of squares of near-zero entries, drifts most.

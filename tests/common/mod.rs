@@ -75,3 +75,45 @@ pub fn text(out: &Output) -> (String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// `n` JSONL text rows of invoice tickets (distinct numbers per row), joined by newlines.
+pub fn ticket_rows(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "text": format!("Ticket {i}: the invoice for order {} was charged {} times.", i * 37 % 101, i % 3 + 2)
+            })
+            .to_string()
+        })
+        .collect()
+}
+
+/// `n` classification rows from three departments, each with its own vocabulary; rows from
+/// `offset` reuse the words in new orders (an eval split).
+pub fn department_rows(n: usize, offset: usize) -> String {
+    let topics = [
+        ("billing", ["refund", "charge", "invoice", "paid twice"]),
+        ("account", ["password", "login", "reset", "locked out"]),
+        ("shipping", ["parcel", "courier", "delivery", "tracking"]),
+    ];
+    (0..n)
+        .map(|i| {
+            let k = i + offset;
+            let (label, words) = topics[k % 3];
+            let text = format!("{} {k} {}", words[k % 4], words[(k / 3 + 1) % 4]);
+            format!("{{\"text\": \"{text}\", \"label\": \"{label}\"}}\n")
+        })
+        .collect()
+}
+
+/// Names in `dir` that are temp files or directories (`.NAME.tmp-PID-N`).
+pub fn temps(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('.') && n.contains(".tmp-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
