@@ -267,6 +267,39 @@ fn tiny_granite_and_olmo2_ggufs_match_transformers() {
     }
 }
 
+/// `gemma2` and `gemma3` GGUFs written by llama.cpp's converter
+/// (tools/reference/gemma_gguf_fixtures.py): llama.cpp's reading of them — norms stored as
+/// 1 + w, scores scaled by head_dim^-½ (the file has no query_pre_attn_scalar), Gemma 2's
+/// dropped lm_head (tied), the window on every 2nd / all but every 6th layer, Gemma 3's local
+/// RoPE base and linear scaling on its global layer — gives the logits and greedy tokens of the
+/// transformers twin, which the script checked against llama.cpp's own logits (≤ 9.4e-4, ggml's
+/// approximate GELU).
+#[test]
+fn tiny_gemma_ggufs_give_what_llama_cpp_computes() {
+    use lora_tune::model::decoder_config::NormPlacement;
+    for (name, family, tied, windowed) in [
+        ("tiny-gemma2", "gemma2", true, vec![true, false]),
+        (
+            "tiny-gemma3-6l",
+            "gemma3",
+            false,
+            vec![true, true, true, true, true, false],
+        ),
+    ] {
+        let model = tiny_gguf(name);
+        let c = &model.config;
+        assert_eq!(c.gguf_architecture(), family);
+        assert_eq!(c.tie_word_embeddings, tied, "{name}");
+        assert_eq!(c.deltas.norms, NormPlacement::Sandwich);
+        let window = c.deltas.sliding_window.as_ref().unwrap();
+        assert_eq!((window.size, &window.layers), (4, &windowed), "{name}");
+        let dir = Path::new(FIXTURES).join(format!("{name}-gguf"));
+        let what = format!("{name}.gguf");
+        assert_reference_logits(&model, &dir, &what, 1e-5);
+        greedy_equals_transformers_with(&model, &dir, &what);
+    }
+}
+
 #[test]
 fn tiny_qwen3_with_head_norms_and_explicit_head_dim_matches_transformers() {
     check_tiny("tiny-qwen3");

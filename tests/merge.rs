@@ -152,6 +152,59 @@ fn merged_from_family_ggufs_gives_the_adapted_logits() {
     }
 }
 
+/// `gemma2` and `gemma3` GGUF bases (tools/reference/gemma_gguf_fixtures.py): the merged
+/// config.json says what llama.cpp computes from the file — `query_pre_attn_scalar` = head_dim,
+/// the window per layer as `layer_types`, Gemma 3's RoPE per layer kind, Gemma 2's tied head —
+/// and the merged model gives PEFT's logits on the GGUF's transformers twin (by hand,
+/// `gemma_gguf_fixtures.py merged DIR2 DIR3` loads both in transformers).
+#[test]
+fn merged_from_gemma_ggufs_gives_the_adapted_logits() {
+    let cases = [
+        (
+            "tiny-gemma2",
+            "peft-gemma2",
+            "peft-gemma2-gguf",
+            "gemma2",
+            14,
+        ),
+        (
+            "tiny-gemma3-6l",
+            "peft-gemma3-6l",
+            "peft-gemma3-6l",
+            "gemma3_text",
+            42,
+        ),
+    ];
+    for (gguf, adapter, logits, model_type, folded) in cases {
+        let out = tempfile::tempdir().unwrap();
+        let merged_dir = out.path().join("merged");
+        let path = Path::new(ROOT).join(format!("tests/fixtures/llama/{gguf}.gguf"));
+        let m = merge_onto_gguf(&path, adapter, &merged_dir);
+        assert_eq!(m.folded, folded);
+        let text = std::fs::read_to_string(merged_dir.join("config.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["model_type"], model_type);
+        assert_eq!(json["query_pre_attn_scalar"], 16);
+        let from_gguf = lora_tune::model::config_of(&ModelFiles::Gguf(path)).unwrap();
+        let config =
+            lora_tune::model::read_decoder_config(&merged_dir.join("config.json")).unwrap();
+        assert_eq!(
+            config.deltas.sliding_window,
+            from_gguf.deltas.sliding_window
+        );
+        assert_eq!(config.rope_scaling, from_gguf.rope_scaling);
+        assert_eq!(
+            config.deltas.local_rope_theta,
+            from_gguf.deltas.local_rope_theta
+        );
+        let device = select(DeviceChoice::Cpu).unwrap().device;
+        let model =
+            Decoder::load(config, HostTensors::read(&merged_dir).unwrap(), &device).unwrap();
+        let what = format!("merged from {gguf}.gguf");
+        tiny::assert_peft_logits_of(&model, &format!("lora/{logits}"), &what);
+    }
+}
+
 /// A `llama` GGUF with a sliding window (llama.cpp's converter drops Mistral's, other writers
 /// keep it): the merged config.json is a Mistral one with the window, not a Llama one without.
 #[test]

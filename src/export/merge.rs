@@ -142,6 +142,14 @@ pub fn merge(
             "the GGUF base scales RoPE with rope_freqs.weight, which config.json cannot express; merge onto the model's HF directory (its config.json has the rope_scaling)".into(),
         ));
     }
+    let local = config.deltas.local_rope_theta;
+    if config.family == Family::Gemma2 && local.is_some_and(|t| t != config.rope_theta) {
+        // Gemma2Config has one RoPE base for every layer.
+        return Err(MergeError::Invalid(format!(
+            "the gemma2 GGUF base gives its window layers their own RoPE base ({}), which a Gemma 2 config.json cannot express; merge onto the model's HF directory",
+            local.unwrap_or_default()
+        )));
+    }
     let (_, lora) = read_lora(adapter)?;
     let adapted = targets::select(&config.linear_sites(), &lora)?;
     let mut factors = HostTensors::read(&adapter.join(WEIGHTS_FILE))?;
@@ -255,6 +263,51 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), MergeError> 
         .map_err(io(path))
 }
 
+/// A Gemma config.json's own fields, for what llama.cpp computes from a `gemma2` / `gemma3`
+/// file: the activation, the score scale as `query_pre_attn_scalar`, the soft caps, the window
+/// per layer as `layer_types`, and Gemma 3's RoPE per layer kind.
+fn gemma_fields(value: &mut serde_json::Value, c: &DecoderConfig) {
+    let d = &c.deltas;
+    value["hidden_act"] = json!("gelu_pytorch_tanh");
+    value["hidden_activation"] = json!("gelu_pytorch_tanh");
+    if let Some(scale) = d.attention_scale {
+        // scale = scalar^-½; Gemma's configs type it as a whole number (every real size is).
+        let scalar = 1.0 / (scale * scale);
+        let rounded = scalar.round();
+        value["query_pre_attn_scalar"] = if (scalar - rounded).abs() < 1e-6 {
+            json!(rounded as u64)
+        } else {
+            json!(scalar)
+        };
+    }
+    value["attn_logit_softcapping"] = json!(d.attention_softcap);
+    value["final_logit_softcapping"] = json!(d.logit_softcap);
+    let layer_types: Vec<&str> = (0..c.num_hidden_layers)
+        .map(|i| match &d.sliding_window {
+            Some(w) if w.layers[i] => "sliding_attention",
+            _ => "full_attention",
+        })
+        .collect();
+    value["layer_types"] = json!(layer_types);
+    value["sliding_window"] = json!(d.sliding_window.as_ref().map(|w| w.size));
+    if c.family == Family::Gemma3 {
+        let full = match c.rope_scaling {
+            RopeScaling::Linear { factor } => {
+                json!({"rope_type": "linear", "factor": factor, "rope_theta": c.rope_theta})
+            }
+            _ => json!({"rope_type": "default", "rope_theta": c.rope_theta}),
+        };
+        let local = d.local_rope_theta.unwrap_or(c.rope_theta);
+        value["rope_parameters"] = json!({
+            "full_attention": full,
+            "sliding_attention": {"rope_type": "default", "rope_theta": local},
+        });
+        if let Some(o) = value.as_object_mut() {
+            o.remove("rope_theta");
+        }
+    }
+}
+
 /// config.json and the tokenizer: copied from an HF base (dtype updated), rebuilt for a GGUF one.
 fn write_config_and_tokenizer(
     files: &ModelFiles,
@@ -295,6 +348,8 @@ fn write_config_and_tokenizer(
         Family::Granite => ("GraniteForCausalLM", "granite"),
         Family::Olmo2 => ("Olmo2ForCausalLM", "olmo2"),
         Family::Phi3 => ("Phi3ForCausalLM", "phi3"),
+        Family::Gemma2 => ("Gemma2ForCausalLM", "gemma2"),
+        Family::Gemma3 => ("Gemma3ForCausalLM", "gemma3_text"),
         _ if window.is_some() => ("MistralForCausalLM", "mistral"),
         _ => ("LlamaForCausalLM", "llama"),
     };
@@ -319,8 +374,11 @@ fn write_config_and_tokenizer(
         "eos_token_id": tok.eos_id,
         "pad_token_id": tok.pad_id,
     });
-    if let Some(w) = window {
-        // GGUF files window every layer.
+    let gemma = matches!(c.family, Family::Gemma2 | Family::Gemma3);
+    if gemma {
+        gemma_fields(&mut value, c);
+    } else if let Some(w) = window {
+        // Other GGUF files window every layer.
         value["sliding_window"] = json!(w.size);
         if matches!(c.family, Family::Qwen2 | Family::Qwen3) {
             value["use_sliding_window"] = json!(true);

@@ -5,12 +5,13 @@
 use super::decoder_config::{
     DecoderConfig, Deltas, Family, LongRope, NormPlacement, QkNorm, RopeScaling, SlidingWindow,
 };
+use super::mlp::Activation;
 use crate::weights::WeightsError;
 use crate::weights::gguf::{GgufFile, MetaValue};
 
 impl DecoderConfig {
-    /// Reads a GGUF file's `<arch>.*` metadata (llama, qwen2, qwen3, phi3, granite, olmo2), as
-    /// llama.cpp's converter writes it and transformers maps it back.
+    /// Reads a GGUF file's `<arch>.*` metadata (llama, qwen2, qwen3, phi3, granite, olmo2,
+    /// gemma2, gemma3), as llama.cpp's converter writes it and llama.cpp reads it.
     pub fn from_gguf(file: &GgufFile) -> Result<Self, WeightsError> {
         let err = |detail: String| WeightsError::format(&file.path, detail);
         let arch = file
@@ -24,9 +25,11 @@ impl DecoderConfig {
             "phi3" => Family::Phi3,
             "granite" => Family::Granite,
             "olmo2" => Family::Olmo2,
+            "gemma2" => Family::Gemma2,
+            "gemma3" => Family::Gemma3,
             _ => {
                 return Err(err(format!(
-                    "GGUF architecture `{arch}` is not supported (llama, qwen2, qwen3, phi3, granite, olmo2 are)"
+                    "GGUF architecture `{arch}` is not supported (llama, qwen2, qwen3, phi3, granite, olmo2, gemma2, gemma3 are)"
                 )));
             }
         };
@@ -58,16 +61,24 @@ impl DecoderConfig {
             file.get(&format!("{arch}.{key}"))
                 .and_then(MetaValue::as_str)
         };
-        if let Some(kind) = text("rope.scaling.type").filter(|k| *k != "none") {
-            return Err(err(format!(
-                "{arch}.rope.scaling.type = {kind:?}: RoPE scaling from GGUF metadata is not implemented; use the model's HF directory"
-            )));
-        }
-        if let Some(factor) = float("rope.scaling.factor").filter(|f| *f != 0.0 && *f != 1.0) {
-            return Err(err(format!(
-                "{arch}.rope.scaling.factor = {factor}: RoPE scaling from GGUF metadata is not implemented; use the model's HF directory"
-            )));
-        }
+        let kind = text("rope.scaling.type").filter(|k| *k != "none");
+        let factor = float("rope.scaling.factor").filter(|f| *f != 0.0 && *f != 1.0);
+        // Gemma 3's global layers: linear scaling (llama.cpp leaves its window layers unscaled).
+        let gemma3_linear = family == Family::Gemma3 && kind.is_none_or(|k| k == "linear");
+        let rope_scaling = match (kind, factor) {
+            (_, Some(factor)) if gemma3_linear => RopeScaling::Linear { factor },
+            (Some(kind), _) if !gemma3_linear => {
+                return Err(err(format!(
+                    "{arch}.rope.scaling.type = {kind:?}: RoPE scaling from GGUF metadata is implemented for gemma3 (linear) only; use the model's HF directory"
+                )));
+            }
+            (_, Some(factor)) => {
+                return Err(err(format!(
+                    "{arch}.rope.scaling.factor = {factor}: RoPE scaling from GGUF metadata is implemented for gemma3 (linear) only; use the model's HF directory"
+                )));
+            }
+            _ => rope_scaling,
+        };
         let present = |key: &str| int(key).ok();
         if let Some(experts) = present("expert_count").filter(|&n| n > 0) {
             return Err(err(format!(
@@ -111,7 +122,44 @@ impl DecoderConfig {
                 ));
             }
         };
-        Ok(Self {
+        let layers = int("block_count")?;
+        let gemma = matches!(family, Family::Gemma2 | Family::Gemma3);
+        let sliding_window = if gemma {
+            gemma_window(file, arch, family, layers)?
+        } else {
+            present("attention.sliding_window")
+                .filter(|&w| w > 0)
+                .map(|w| SlidingWindow::everywhere(w, layers))
+        };
+        let gemma_deltas = |d: Deltas| -> Deltas {
+            // As llama.cpp: scores scaled by head_dim^-½, or (hidden / heads)^-½ for the 27B
+            // models (46 Gemma 2 / 62 Gemma 3 layers) — what each size's query_pre_attn_scalar is.
+            let big = layers == if family == Family::Gemma2 { 46 } else { 62 };
+            let scaled_dim = if big { hidden_size / heads } else { head_dim };
+            let positive = |v: Option<f64>| v.filter(|&c| c > 0.0);
+            Deltas {
+                norms: NormPlacement::Sandwich,
+                // The converter stores 1 + w; `gguf_names` takes the one off again.
+                norm_weight_offset: true,
+                embedding_multiplier: (hidden_size as f64).sqrt(),
+                attention_scale: Some((scaled_dim as f64).powf(-0.5)),
+                // llama.cpp's defaults where the keys are absent: Gemma 2 caps at 50 and 30.
+                attention_softcap: (family == Family::Gemma2)
+                    .then(|| float("attn_logit_softcapping").unwrap_or(50.0))
+                    .and_then(|c| positive(Some(c))),
+                logit_softcap: positive(
+                    float("final_logit_softcapping").or((family == Family::Gemma2).then_some(30.0)),
+                ),
+                activation: Activation::GeluTanh,
+                // Window layers' RoPE base: Gemma 3's own (10⁴ by default), Gemma 2's the global.
+                local_rope_theta: match family {
+                    Family::Gemma3 => Some(float("rope.freq_base_swa").unwrap_or(10_000.0)),
+                    _ => float("rope.freq_base_swa"),
+                },
+                ..d
+            }
+        };
+        let config = Self {
             vocab_size,
             hidden_size,
             intermediate_size: int("feed_forward_length")?,
@@ -126,9 +174,7 @@ impl DecoderConfig {
             tie_word_embeddings: !has("output.weight"),
             qkv_bias: has("blk.0.attn_q.bias"),
             deltas: Deltas {
-                sliding_window: present("attention.sliding_window")
-                    .filter(|&w| w > 0)
-                    .map(|w| SlidingWindow::everywhere(w, int("block_count").unwrap_or(0))),
+                sliding_window,
                 // q/k RMSNorms: per head (Qwen3: head_dim wide) or over the projection (OLMo2).
                 qk_norm: match file
                     .tensors
@@ -156,7 +202,73 @@ impl DecoderConfig {
                 ..Deltas::default()
             },
             family,
-        })
-        .and_then(|c: Self| c.validated(&file.path))
+        };
+        let config = if gemma {
+            Self {
+                deltas: gemma_deltas(config.deltas),
+                ..config
+            }
+        } else {
+            config
+        };
+        config.validated(&file.path)
     }
+}
+
+/// A Gemma file's window as llama.cpp reads it: `attention.sliding_window` (Gemma 2: 4096 when
+/// absent; Gemma 3: no window when absent or 0) on the layers `attention.sliding_window_pattern`
+/// names — a per-layer array, or every n-th layer global (n = 2 for Gemma 2, 6 for Gemma 3 when
+/// absent; the converters write neither).
+fn gemma_window(
+    file: &GgufFile,
+    arch: &str,
+    family: Family,
+    layers: usize,
+) -> Result<Option<SlidingWindow>, WeightsError> {
+    let key = |k: &str| file.get(&format!("{arch}.{k}"));
+    let size = match key("attention.sliding_window").and_then(MetaValue::as_u64) {
+        Some(0) => return Ok(None),
+        Some(size) => size as usize,
+        None if family == Family::Gemma2 => 4096,
+        None => return Ok(None),
+    };
+    let pattern = key("attention.sliding_window_pattern");
+    let windowed: Vec<bool> = match pattern {
+        Some(MetaValue::Array(flags)) => {
+            let flags: Option<Vec<bool>> = flags
+                .iter()
+                .map(|f| match f {
+                    MetaValue::Bool(b) => Some(*b),
+                    other => other.as_u64().map(|v| v != 0),
+                })
+                .collect();
+            match flags {
+                Some(f) if f.len() == layers => f,
+                _ => {
+                    return Err(WeightsError::format(
+                        &file.path,
+                        format!("{arch}.attention.sliding_window_pattern: expected {layers} flags"),
+                    ));
+                }
+            }
+        }
+        other => {
+            let default = if family == Family::Gemma2 { 2 } else { 6 };
+            let n = match other {
+                Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| {
+                    WeightsError::format(
+                        &file.path,
+                        format!("{arch}.attention.sliding_window_pattern: expected a count"),
+                    )
+                })?,
+                None => default,
+            };
+            // llama_hparams::set_swa_pattern: 0 windows every layer.
+            (0..layers).map(|il| n == 0 || il % n < n - 1).collect()
+        }
+    };
+    Ok(windowed.contains(&true).then_some(SlidingWindow {
+        size,
+        layers: windowed,
+    }))
 }

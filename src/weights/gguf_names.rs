@@ -1,4 +1,5 @@
-//! GGUF ↔ Hugging Face tensor names for the `llama` and `qwen2` architectures, and the row
+//! GGUF ↔ Hugging Face tensor names as llama.cpp's converter writes them per architecture (Phi-3's
+//! fused `ffn_up`, Gemma's `ffn_norm` before the MLP and norms stored as 1 + w), and the row
 //! permutation llama.cpp's converter applies to `llama` Q/K weights (it reorders each head's rows
 //! for interleaved RoPE; HF checkpoints use rotate_half). Loading un-permutes, so the model and
 //! its adapters live in the HF basis; the GGUF LoRA exporter permutes back.
@@ -15,14 +16,18 @@ pub struct HfTensor {
     pub values: Vec<f32>,
 }
 
-/// Dequantises `tensor` and puts it in the HF basis: HF name, PyTorch shape, and for `llama`
-/// files Q/K rows un-permuted. None for tensors HF does not store (`rope_freqs`).
+/// Dequantises `tensor` and puts it in the HF basis: HF name, PyTorch shape, for `llama` files
+/// Q/K rows un-permuted, for Gemma files the norms' 1 + w back to w (exact: s − 1 has no
+/// rounding for s in [½, 2]). None for tensors HF does not store (`rope_freqs`).
 pub fn hf_tensor(file: &GgufFile, tensor: &GgufTensor) -> Result<Option<HfTensor>, WeightsError> {
     let Some(name) = hf_name_in(file, &tensor.name) else {
         return Ok(None);
     };
     let shape: Vec<usize> = tensor.dims.iter().rev().map(|&d| d as usize).collect();
     let mut values = file.dequantize(tensor)?;
+    if is_gemma(file) && tensor.name.ends_with("norm.weight") {
+        values.iter_mut().for_each(|v| *v -= 1.0);
+    }
     if let Some(h) = permuted_with(file, tensor)? {
         let cols = shape[1..].iter().product();
         values = unpermute_rows(&values, shape[0], cols, h).map_err(|e| {
@@ -63,13 +68,22 @@ pub fn permuted_with(file: &GgufFile, tensor: &GgufTensor) -> Result<Option<usiz
     Ok(permuted_heads(&tensor.name, heads, kv_heads))
 }
 
+/// Gemma 2 and 3 files: sandwich norms, stored as 1 + w.
+fn is_gemma(file: &GgufFile) -> bool {
+    let arch = file.get("general.architecture").and_then(|v| v.as_str());
+    matches!(arch, Some("gemma2" | "gemma3"))
+}
+
 /// [`hf_name`] for a tensor of `file`: `phi3` files hold Phi-3's fused gate and up projection
-/// in `ffn_up`.
+/// in `ffn_up`; in Gemma files `ffn_norm` is the norm before the MLP.
 pub fn hf_name_in(file: &GgufFile, gguf: &str) -> Option<String> {
     let name = hf_name(gguf)?;
     let arch = file.get("general.architecture").and_then(|v| v.as_str());
     match arch {
         Some("phi3") => Some(name.replace(".mlp.up_proj.", ".mlp.gate_up_proj.")),
+        Some("gemma2" | "gemma3") if gguf.contains(".ffn_norm.") => {
+            Some(name.replace(".post_attention_layernorm.", ".pre_feedforward_layernorm."))
+        }
         _ => Some(name),
     }
 }
