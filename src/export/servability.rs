@@ -175,13 +175,28 @@ pub fn check(config: &PeftConfig, base: &DecoderConfig) -> Vec<Finding> {
             message,
         })
     };
+    // Which architectures load LoRA adapters, read from the servers' model switches: TGI's
+    // `models/__init__.py` (flash models whose linears are multi-adapter layers; Mistral files
+    // are `llama` here) and LoRAX's `lorax_server/models/__init__.py` (its flash models).
     let arch = base.gguf_architecture();
-    if !matches!(arch, "llama" | "qwen2") {
-        add(
-            Level::Error,
-            "TGI/LoRAX",
-            format!("architecture {arch} has no LoRA support there"),
-        );
+    let servers: [(&'static str, &[&str]); 2] = [
+        (
+            "TGI",
+            &["llama", "qwen2", "gemma2", "gemma3", "phi3", "granite"],
+        ),
+        ("LoRAX", &["llama", "qwen2", "gemma2", "phi3", "granite"]),
+    ];
+    for (server, archs) in servers {
+        if !archs.contains(&arch) {
+            add(
+                Level::Error,
+                server,
+                format!(
+                    "architecture {arch} has no LoRA support there (it has for {})",
+                    archs.join(", ")
+                ),
+            );
+        }
     }
     let targets_head = match &config.target_modules {
         serde_json::Value::Array(names) => names.iter().any(|n| n == "lm_head"),
@@ -267,5 +282,18 @@ mod tests {
                 .any(|e| e.contains("DoRA") && e.contains("TGI/LoRAX"))
         );
         assert!(errors.iter().any(|e| e.contains("tied embeddings")));
+    }
+
+    #[test]
+    fn architectures_each_server_loads_adapters_for() {
+        let servers = |family| -> Vec<&'static str> {
+            let base = DecoderConfig { family, ..base() };
+            check(&config(8), &base).iter().map(|f| f.server).collect()
+        };
+        assert!(servers(Family::Gemma2).is_empty());
+        assert_eq!(servers(Family::Gemma3), ["LoRAX"]);
+        assert_eq!(servers(Family::Qwen3), ["TGI", "LoRAX"]);
+        assert_eq!(servers(Family::Olmo2), ["TGI", "LoRAX"]);
+        assert!(servers(Family::Phi3).is_empty() && servers(Family::Granite).is_empty());
     }
 }
