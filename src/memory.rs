@@ -34,6 +34,7 @@ use crate::model::decoder_config::{DecoderConfig, NormPlacement};
 use crate::source::ModelFiles;
 use crate::weights::blocks;
 use crate::weights::gguf::GgufFile;
+use crate::weights::quantize::for_rows_of;
 
 /// Scored positions per head pass (`train::derived::head`): 256 rows of SmolLM2's 49,152-word
 /// vocabulary are 50 MB per buffer, where a whole 4×256 batch's would be 200 MB. Here because
@@ -309,8 +310,16 @@ pub fn frozen_base_bytes(
         .sum();
     let (quantized_f32, quantized_packed) = match storage.quantize {
         Some(format) => {
+            // Each linear in its format (llama.cpp's fallback where rows are not whole
+            // super-blocks), scaled down by what a GGUF already keeps packed.
+            let packed: u64 = linear
+                .iter()
+                .filter(|s| s.layer.is_some())
+                .map(|s| for_rows_of(format, s.in_features).packed_bytes(bytes(s) / 4))
+                .sum();
             let f32_bytes = layer_f32.saturating_sub(kept_f32);
-            (f32_bytes, format.packed_bytes(f32_bytes / 4))
+            let share = f32_bytes as f64 / layer_f32.max(1) as f64;
+            (f32_bytes, (packed as f64 * share) as u64)
         }
         None => (0, 0),
     };

@@ -411,6 +411,8 @@ pub enum Quantize {
     Q5_1,
     #[serde(rename = "q8_0")]
     Q8_0,
+    #[serde(rename = "q4_k")]
+    Q4K,
 }
 
 impl Quantize {
@@ -421,6 +423,7 @@ impl Quantize {
             Self::Q5_0 => BlockFormat::Q5_0,
             Self::Q5_1 => BlockFormat::Q5_1,
             Self::Q8_0 => BlockFormat::Q8_0,
+            Self::Q4K => BlockFormat::Q4K,
         }
     }
 }

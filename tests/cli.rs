@@ -297,7 +297,8 @@ fn quickstart_trains_exports_and_changes_the_answers() {
     // `model.quantize`: the same 40 steps over layer linears quantised at load. To Q8_0 every
     // step's loss and the final evaluation stay within 2 % of the f32 base's; to Q4_0 — a
     // second 4-bit rounding of this already-Q4_1 model — within 10 % and 5 % (measured: 8.2 %
-    // at worst, final eval 2.8 % above).
+    // at worst, final eval 2.8 % above); to Q4_K — ggml's quantiser, with llama.cpp's Q5_0
+    // fallback for the 576-wide rows — within 5 % and 2 % (measured: 3.8 %, 0.2 %).
     let final_eval = |out: &str| {
         let line = out
             .lines()
@@ -312,7 +313,12 @@ fn quickstart_trains_exports_and_changes_the_answers() {
         metrics.lines().map(|l| loss(l).unwrap()).collect()
     };
     let (base, eval_base) = (losses(&run), final_eval(&stdout));
-    for (name, steps_within, eval_within) in [("q8_0", 0.02, 0.02), ("q4_0", 0.10, 0.05)] {
+    let formats = [
+        ("q8_0", 0.02, 0.02),
+        ("q4_0", 0.10, 0.05),
+        ("q4_k", 0.05, 0.02),
+    ];
+    for (name, steps_within, eval_within) in formats {
         let quantized = std::fs::read_to_string(&recipe)
             .unwrap()
             .replace("[lora]", &format!("quantize = \"{name}\"\n\n[lora]"))
@@ -326,11 +332,13 @@ fn quickstart_trains_exports_and_changes_the_answers() {
         let out = lora_tune(&[q_recipe.to_str().unwrap(), "--device", "cpu"]);
         let (q_stdout, stderr) = text(&out);
         assert_eq!(out.status.code(), Some(0), "{q_stdout}{stderr}");
-        let format = name.to_uppercase();
+        let banner = match name {
+            // Only down_proj's rows (1536) are whole 256-value super-blocks.
+            "q4_k" => "in blocks (model.quantize): 30 in Q4K, 180 in Q5_0".to_string(),
+            _ => format!("in {} blocks (model.quantize)", name.to_uppercase()),
+        };
         assert!(
-            q_stdout.contains(&format!(
-                "frozen base: 210 of 210 linear weights in {format} blocks (model.quantize)"
-            )),
+            q_stdout.contains(&format!("frozen base: 210 of 210 linear weights {banner}")),
             "{q_stdout}"
         );
         let q = losses(&tmp.path().join(format!("adapters/quickstart-{name}")));

@@ -13,6 +13,7 @@ use crate::model::frozen::FrozenWeight;
 use crate::plan::{Plan, Stop, Warmup};
 use crate::prepare::Prepared;
 use crate::recipe::Targets;
+use crate::weights::quantize;
 
 /// A recipe prepared, its device started and its data encoded for that device.
 pub struct Loaded {
@@ -96,7 +97,28 @@ pub fn open_model(loaded: &Loaded, memory_check: MemoryCheck) -> anyhow::Result<
                     .count();
                 let f32_bytes = |w: &&FrozenWeight| (w.dims()[0] * w.dims()[1] * 4) as u64;
                 let how = match prepared.plan.quantize {
-                    Some(format) => format!("in {format:?} blocks (model.quantize)"),
+                    Some(format) => {
+                        // Rows that are not whole super-blocks take llama.cpp's fallback.
+                        let fallback = weights
+                            .iter()
+                            .filter(|w| matches!(w, FrozenWeight::Blocks(_)))
+                            .map(|w| quantize::for_rows_of(format, w.dims()[1]))
+                            .filter(|&f| f != format)
+                            .count();
+                        match fallback {
+                            0 => format!("in {format:?} blocks (model.quantize)"),
+                            n => format!(
+                                "in blocks (model.quantize): {} in {format:?}, {n} in {:?} (rows of {} values are not whole 256-value super-blocks: llama.cpp's quantiser falls back the same way)",
+                                kept - n,
+                                quantize::for_rows_of(format, 1),
+                                weights
+                                    .iter()
+                                    .map(|w| w.dims()[1])
+                                    .find(|&c| quantize::for_rows_of(format, c) != format)
+                                    .unwrap_or(0)
+                            ),
+                        }
+                    }
                     None => "kept in their GGUF blocks".into(),
                 };
                 println!(

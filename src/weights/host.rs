@@ -14,7 +14,7 @@ use super::blocks::hf_blocks;
 use super::blocks::{BlockFormat, BlockMatrix};
 use super::gguf::{GgufFile, GgufTensor};
 use super::gguf_names::hf_tensor;
-use super::quantize::quantize;
+use super::quantize::{for_rows_of, quantize};
 use super::safetensors::{StFile, open_dir};
 use super::tensor::HostTensor;
 use crate::dtype::Dtype;
@@ -105,6 +105,7 @@ impl HostTensors {
                                 format!("tensor `{name}`: model.quantize = {format:?}: {e}"),
                             )
                         };
+                        let format = for_rows_of(format, shape[1]);
                         let bytes = quantize(format, &t.values).map_err(fail)?;
                         let blocks = BlockMatrix::from_ggml(format, &bytes, shape[0], shape[1])
                             .map_err(fail)?;

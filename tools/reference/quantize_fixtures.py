@@ -6,10 +6,17 @@ Writes tests/fixtures/dequant/quantize/:
   input.f32      512 little-endian f32 values (16 blocks of 32): normal values at three scales,
                  one all-zero block, one constant block, one with a lone outlier, ties at .5
   <TYPE>.raw     gguf.quants.quantize(input, TYPE) for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
+  input_k.f32    3072 values (12 super-blocks of 256): normal values at three scales, all
+                 zeros, a constant, lone outliers, all positive, all negative, groups at
+                 different scales within one super-block, a ramp, a group of zeros among others
+  Q4_K.raw       ggml's own quantize_row_q4_K_ref(input_k) — what llama.cpp's quantiser runs
+                 without an importance matrix — called through ctypes in the libggml-base.so
+                 that llama-cpp-python 0.3.36 ships (gguf-py has no K-quant quantiser)
 
-Environment: pip install numpy gguf==0.19.0.
+Environment: pip install numpy gguf==0.19.0 llama-cpp-python==0.3.36.
 Usage: python3 tools/reference/quantize_fixtures.py
 """
+import ctypes
 import pathlib
 
 import numpy as np
@@ -35,6 +42,35 @@ def main():
         raw = quantize(values, T[name])
         raw.tofile(OUT / f"{name}.raw")
         print(name, raw.shape)
+    k_quants(rng)
+
+
+def k_quants(rng):
+    import llama_cpp
+    lib = ctypes.CDLL(str(pathlib.Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+    blocks = [rng.standard_normal(256).astype(np.float32) * s for s in (0.02, 1.0, 40.0)]
+    blocks.append(np.zeros(256, np.float32))
+    blocks.append(np.full(256, -0.37, np.float32))
+    outliers = rng.standard_normal(256).astype(np.float32) * 0.01
+    outliers[[3, 100, 201]] = [-3.0, 2.5, 7.0]
+    blocks.append(outliers)
+    blocks.append(np.abs(rng.standard_normal(256)).astype(np.float32) + 0.5)   # min > 0
+    blocks.append(-np.abs(rng.standard_normal(256)).astype(np.float32) - 0.5)  # max < 0
+    mixed = rng.standard_normal(256).astype(np.float32)
+    mixed *= np.repeat(np.float32([1e-3, 1e-2, 0.1, 1, 10, 100, 0.5, 3]), 32)
+    blocks.append(mixed)
+    blocks.append(np.linspace(-1, 1, 256, dtype=np.float32))
+    zero_group = rng.standard_normal(256).astype(np.float32)
+    zero_group[64:96] = 0
+    blocks.append(zero_group)
+    blocks.append(rng.standard_normal(256).astype(np.float32) * np.float32(1e-4))
+    values = np.ascontiguousarray(np.concatenate(blocks), dtype="<f4")
+    values.tofile(OUT / "input_k.f32")
+    out = np.zeros(len(values) // 256 * 144, np.uint8)
+    lib.quantize_row_q4_K_ref(values.ctypes.data_as(ctypes.c_void_p),
+                              out.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(len(values)))
+    out.tofile(OUT / "Q4_K.raw")
+    print("Q4_K", out.shape)
 
 
 if __name__ == "__main__":
