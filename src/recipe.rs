@@ -413,6 +413,10 @@ pub enum Quantize {
     Q8_0,
     #[serde(rename = "q4_k")]
     Q4K,
+    #[serde(rename = "q5_k")]
+    Q5K,
+    #[serde(rename = "q6_k")]
+    Q6K,
 }
 
 impl Quantize {
@@ -424,6 +428,8 @@ impl Quantize {
             Self::Q5_1 => BlockFormat::Q5_1,
             Self::Q8_0 => BlockFormat::Q8_0,
             Self::Q4K => BlockFormat::Q4K,
+            Self::Q5K => BlockFormat::Q5K,
+            Self::Q6K => BlockFormat::Q6K,
         }
     }
 }

@@ -1,10 +1,10 @@
 //! f32 values → ggml blocks (`model.quantize`: quantise-on-load), bit for bit as gguf-py's
 //! `quantize_blocks` for Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 (the reference ggml-quants.c rounding:
 //! the scale from the block's extreme, codes by truncating x/d + ½ or rounding half away from
-//! zero, scales stored as f16), and Q4_K bit for bit as ggml's own `quantize_row_q4_K_ref` (what
-//! llama.cpp's quantiser runs without an importance matrix: per 32-value group a weighted search
-//! for scale and min, then 6-bit scales and mins under f16 super-scales). The result is what
-//! [`super::blocks::BlockMatrix::from_ggml`] reads.
+//! zero, scales stored as f16), and Q4_K, Q5_K and Q6_K bit for bit as ggml's own
+//! `quantize_row_q{4,5,6}_K_ref` (what llama.cpp's quantiser runs without an importance matrix:
+//! per group a weighted search for the scale (and min), then 6- or 8-bit group scales under f16
+//! super-scales). The result is what [`super::blocks::BlockMatrix::from_ggml`] reads.
 
 use half::f16;
 
@@ -16,13 +16,15 @@ const BLOCK: usize = 32;
 const QK_K: usize = 256;
 
 /// The formats [`quantize`] writes.
-pub const QUANTIZABLE: [BlockFormat; 6] = [
+pub const QUANTIZABLE: [BlockFormat; 8] = [
     BlockFormat::Q4_0,
     BlockFormat::Q4_1,
     BlockFormat::Q5_0,
     BlockFormat::Q5_1,
     BlockFormat::Q8_0,
     BlockFormat::Q4K,
+    BlockFormat::Q5K,
+    BlockFormat::Q6K,
 ];
 
 /// `values` (whole blocks, row-major) as `format`'s ggml blocks.
@@ -44,7 +46,9 @@ pub fn quantize(format: BlockFormat, values: &[f32]) -> Result<Vec<u8>, String> 
             BlockFormat::Q4_0 => signed(x, 4, &mut out),
             BlockFormat::Q5_0 => signed(x, 5, &mut out),
             BlockFormat::Q4_1 => with_min(x, 4, &mut out),
-            BlockFormat::Q4K => q4_k(x, &mut out),
+            BlockFormat::Q4K => k_with_min(x, 4, &mut out),
+            BlockFormat::Q5K => k_with_min(x, 5, &mut out),
+            BlockFormat::Q6K => q6_k(x, &mut out),
             _ => with_min(x, 5, &mut out),
         }
     }
@@ -52,10 +56,16 @@ pub fn quantize(format: BlockFormat, values: &[f32]) -> Result<Vec<u8>, String> 
 }
 
 /// The format llama.cpp's quantiser uses instead of `format` for rows of `cols` values that
-/// are not whole super-blocks (its `tensor_type_fallback`: Q4_K → Q5_0); `format` otherwise.
+/// are not whole super-blocks (its `tensor_type_fallback`: Q4_K → Q5_0, Q5_K → Q5_1,
+/// Q6_K → Q8_0); `format` otherwise.
 pub fn for_rows_of(format: BlockFormat, cols: usize) -> BlockFormat {
+    if cols.is_multiple_of(QK_K) {
+        return format;
+    }
     match format {
-        BlockFormat::Q4K if !cols.is_multiple_of(QK_K) => BlockFormat::Q5_0,
+        BlockFormat::Q4K => BlockFormat::Q5_0,
+        BlockFormat::Q5K => BlockFormat::Q5_1,
+        BlockFormat::Q6K => BlockFormat::Q8_0,
         _ => format,
     }
 }
@@ -136,10 +146,14 @@ fn nearest_int(v: f32) -> i32 {
     (bits & 0x007F_FFFF) - 0x0040_0000
 }
 
-/// One 256-value Q4_K super-block, as `quantize_row_q4_K_ref`: for each 32-value group the
-/// (scale, min) of [`qkx2`] under weights av|x| + |x|; the groups' scales and mins as 6-bit
-/// multiples of f16 super-scales; then every code again against the stored scales.
-fn q4_k(x: &[f32], out: &mut Vec<u8>) {
+/// One 256-value Q4_K / Q5_K super-block (`bits` 4 / 5), as `quantize_row_q{4,5}_K_ref`: for
+/// each 32-value group the (scale, min) of [`qkx2`] under weights av|x| + |x|; the groups'
+/// scales and mins as 6-bit multiples of f16 super-scales; then every code again against the
+/// stored scales. Q5_K's fifth bits go to `qh` ahead of the nibbles.
+fn k_with_min(x: &[f32], bits: u32, out: &mut Vec<u8>) {
+    let top = (1i32 << bits) - 1;
+    // Q4_K searches 21 scales from nmax − 1, Q5_K 16 from nmax − ½ (ggml's arguments).
+    let search = if bits == 4 { (-1.0, 20) } else { (-0.5, 15) };
     let mut codes = [0u8; QK_K];
     let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
     let (mut max_scale, mut max_min) = (0f32, 0f32);
@@ -151,7 +165,7 @@ fn q4_k(x: &[f32], out: &mut Vec<u8>) {
         }
         let av_x = (sum_x2 / 32.0).sqrt();
         let weights: Vec<f32> = g.iter().map(|v| av_x + v.abs()).collect();
-        let (scale, min) = qkx2(g, &weights, &mut codes[32 * j..32 * j + 32]);
+        let (scale, min) = qkx2(g, &weights, top, search, &mut codes[32 * j..32 * j + 32]);
         (scales[j], mins[j]) = (scale, min);
         max_scale = max_scale.max(scale);
         max_min = max_min.max(min);
@@ -193,23 +207,150 @@ fn q4_k(x: &[f32], out: &mut Vec<u8>) {
         }
         let dm = dmin.to_f32() * f32::from(m);
         for i in 0..32 {
-            codes[32 * j + i] = nearest_int((x[32 * j + i] + dm) / d).clamp(0, 15) as u8;
+            codes[32 * j + i] = nearest_int((x[32 * j + i] + dm) / d).clamp(0, top) as u8;
         }
     }
     out.extend(d.to_le_bytes());
     out.extend(dmin.to_le_bytes());
     out.extend(packed);
+    if bits == 5 {
+        // Bit 4 of element n + j (n a multiple of 64) at bit 2·(n/64) of qh[j], of element
+        // n + 32 + j at the bit above.
+        let mut qh = [0u8; 32];
+        for (k, n) in (0..QK_K).step_by(64).enumerate() {
+            for j in 0..32 {
+                qh[j] |=
+                    ((codes[n + j] >> 4) << (2 * k)) | ((codes[n + j + 32] >> 4) << (2 * k + 1));
+            }
+        }
+        out.extend(qh);
+    }
     for j in (0..QK_K).step_by(64) {
-        out.extend((0..32).map(|l| codes[j + l] | (codes[j + l + 32] << 4)));
+        out.extend((0..32).map(|l| (codes[j + l] & 0xF) | ((codes[j + l + 32] & 0xF) << 4)));
     }
 }
 
-/// ggml's `make_qkx2_quants(32, 15, x, weights, L, &min, Laux, -1, 0.1, 20, false)`: codes
-/// 0..=15 in `codes` and (scale, −min) minimising the weighted squared error, trying 21 scales
-/// around (max − min) / 15 and refitting scale and min by least squares for each.
-fn qkx2(x: &[f32], weights: &[f32], codes: &mut [u8]) -> (f32, f32) {
-    const NMAX: f32 = 15.0;
-    let (rmin, rdelta, nstep) = (-1f32, 0.1f32, 20);
+/// One 256-value Q6_K super-block, as `quantize_row_q6_K_ref`: per 16-value group the scale of
+/// [`qx`] (codes −32..31), the group scales as signed 8-bit multiples of an f16 super-scale,
+/// then every code again against the stored scales; low nibbles in `ql`, high 2 bits in `qh`,
+/// then the scales and the super-scale.
+fn q6_k(x: &[f32], out: &mut Vec<u8>) {
+    let mut codes = [0u8; QK_K];
+    let mut scales = [0f32; QK_K / 16];
+    let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
+    for ib in 0..QK_K / 16 {
+        let scale = qx(&x[16 * ib..16 * ib + 16], &mut codes[16 * ib..16 * ib + 16]);
+        scales[ib] = scale;
+        if scale.abs() > max_abs_scale {
+            max_abs_scale = scale.abs();
+            max_scale = scale;
+        }
+    }
+    if max_abs_scale < 1e-15 {
+        out.extend([0u8; 210]);
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    let d = f16::from_f32(1.0 / iscale);
+    let small: Vec<i8> = scales
+        .iter()
+        .map(|&s| nearest_int(iscale * s).min(127) as i8)
+        .collect();
+    for j in 0..QK_K / 16 {
+        let d = d.to_f32() * f32::from(small[j]);
+        if d == 0.0 {
+            continue;
+        }
+        for i in 0..16 {
+            codes[16 * j + i] = (nearest_int(x[16 * j + i] / d).clamp(-32, 31) + 32) as u8;
+        }
+    }
+    let (mut ql, mut qh) = (Vec::with_capacity(128), Vec::with_capacity(64));
+    for j in (0..QK_K).step_by(128) {
+        let c = |o: usize, l: usize| codes[j + l + o];
+        let low: Vec<u8> = (0..32)
+            .map(|l| (c(0, l) & 0xF) | ((c(64, l) & 0xF) << 4))
+            .collect();
+        let high: Vec<u8> = (0..32)
+            .map(|l| (c(32, l) & 0xF) | ((c(96, l) & 0xF) << 4))
+            .collect();
+        ql.extend(low);
+        ql.extend(high);
+        qh.extend((0..32).map(|l| {
+            (c(0, l) >> 4)
+                | ((c(32, l) >> 4) << 2)
+                | ((c(64, l) >> 4) << 4)
+                | ((c(96, l) >> 4) << 6)
+        }));
+    }
+    out.extend(ql);
+    out.extend(qh);
+    out.extend(small.iter().map(|&s| s as u8));
+    out.extend(d.to_le_bytes());
+}
+
+/// ggml's `make_qx_quants(16, 32, x, L, 1, NULL)`: codes l + 32 for l in −32..31 and the scale
+/// maximising Σw·x·l / √Σw·l² under weights x², over 19 trial scales around −32 / (the value of
+/// largest magnitude).
+fn qx(x: &[f32], codes: &mut [u8]) -> f32 {
+    const NMAX: i32 = 32;
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < 1e-15 {
+        codes.fill(0);
+        return 0.0;
+    }
+    let level = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-NMAX, NMAX - 1);
+    let sums = |iscale: f32| {
+        let (mut sumlx, mut suml2) = (0f32, 0f32);
+        for &v in x {
+            let l = level(iscale, v) as f32;
+            let w = v * v;
+            sumlx += w * v * l;
+            suml2 += w * l * l;
+        }
+        (sumlx, suml2)
+    };
+    let iscale = -(NMAX as f32) / max;
+    for (c, &v) in codes.iter_mut().zip(x) {
+        *c = (level(iscale, v) + NMAX) as u8;
+    }
+    let (sumlx, suml2) = sums(iscale);
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in (-9..=9).filter(|&i| i != 0) {
+        let iscale = -(NMAX as f32 + 0.1 * is as f32) / max;
+        let (sumlx, suml2) = sums(iscale);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            for (c, &v) in codes.iter_mut().zip(x) {
+                *c = (level(iscale, v) + NMAX) as u8;
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// ggml's `make_qkx2_quants(32, nmax, x, weights, L, &min, Laux, rmin, 0.1, nstep, false)`:
+/// codes 0..=nmax in `codes` and (scale, −min) minimising the weighted squared error, trying
+/// nstep + 1 scales from (max − min) / (nmax + rmin) and refitting scale and min by least
+/// squares for each.
+fn qkx2(
+    x: &[f32],
+    weights: &[f32],
+    nmax: i32,
+    (rmin, nstep): (f32, i32),
+    codes: &mut [u8],
+) -> (f32, f32) {
+    let top = nmax;
+    let nmax = nmax as f32;
+    let rdelta = 0.1f32;
     let n = x.len();
     let (mut min, mut max) = (x[0], x[0]);
     let mut sum_w = weights[0];
@@ -228,21 +369,21 @@ fn qkx2(x: &[f32], weights: &[f32], codes: &mut [u8]) -> (f32, f32) {
         codes.fill(0);
         return (0.0, -min);
     }
-    let mut iscale = NMAX / (max - min);
+    let mut iscale = nmax / (max - min);
     let mut scale = 1.0 / iscale;
     let mut best_error = 0f32;
     for i in 0..n {
-        let l = nearest_int(iscale * (x[i] - min)).clamp(0, 15);
+        let l = nearest_int(iscale * (x[i] - min)).clamp(0, top);
         codes[i] = l as u8;
         let diff = scale * l as f32 + min - x[i];
         best_error += weights[i] * (diff * diff);
     }
     let mut aux = [0u8; 32];
     for is in 0..=nstep {
-        iscale = (rmin + rdelta * is as f32 + NMAX) / (max - min);
+        iscale = (rmin + rdelta * is as f32 + nmax) / (max - min);
         let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
         for i in 0..n {
-            let l = nearest_int(iscale * (x[i] - min)).clamp(0, 15);
+            let l = nearest_int(iscale * (x[i] - min)).clamp(0, top);
             aux[i] = l as u8;
             let (w, l) = (weights[i], l as f32);
             sum_l += w * l;
@@ -281,6 +422,9 @@ mod tests {
     fn rows_that_are_not_whole_super_blocks_fall_back_as_llama_cpp() {
         assert_eq!(for_rows_of(BlockFormat::Q4K, 1536), BlockFormat::Q4K);
         assert_eq!(for_rows_of(BlockFormat::Q4K, 576), BlockFormat::Q5_0);
+        assert_eq!(for_rows_of(BlockFormat::Q5K, 576), BlockFormat::Q5_1);
+        assert_eq!(for_rows_of(BlockFormat::Q6K, 576), BlockFormat::Q8_0);
+        assert_eq!(for_rows_of(BlockFormat::Q6K, 512), BlockFormat::Q6K);
         assert_eq!(for_rows_of(BlockFormat::Q4_0, 576), BlockFormat::Q4_0);
         assert_eq!(nearest_int(2.5), 2);
         assert_eq!(nearest_int(3.5), 4);

@@ -9,9 +9,11 @@ Writes tests/fixtures/dequant/quantize/:
   input_k.f32    3072 values (12 super-blocks of 256): normal values at three scales, all
                  zeros, a constant, lone outliers, all positive, all negative, groups at
                  different scales within one super-block, a ramp, a group of zeros among others
-  Q4_K.raw       ggml's own quantize_row_q4_K_ref(input_k) — what llama.cpp's quantiser runs
-                 without an importance matrix — called through ctypes in the libggml-base.so
-                 that llama-cpp-python 0.3.36 ships (gguf-py has no K-quant quantiser)
+  Q4_K.raw, Q5_K.raw, Q6_K.raw
+                 ggml's own quantize_row_q{4,5,6}_K_ref(input_k) — what llama.cpp's quantiser
+                 runs without an importance matrix — called through ctypes in the
+                 libggml-base.so that llama-cpp-python 0.3.36 ships (gguf-py has no K-quant
+                 quantiser)
 
 Environment: pip install numpy gguf==0.19.0 llama-cpp-python==0.3.36.
 Usage: python3 tools/reference/quantize_fixtures.py
@@ -66,11 +68,13 @@ def k_quants(rng):
     blocks.append(rng.standard_normal(256).astype(np.float32) * np.float32(1e-4))
     values = np.ascontiguousarray(np.concatenate(blocks), dtype="<f4")
     values.tofile(OUT / "input_k.f32")
-    out = np.zeros(len(values) // 256 * 144, np.uint8)
-    lib.quantize_row_q4_K_ref(values.ctypes.data_as(ctypes.c_void_p),
-                              out.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(len(values)))
-    out.tofile(OUT / "Q4_K.raw")
-    print("Q4_K", out.shape)
+    for name, block_bytes in (("Q4_K", 144), ("Q5_K", 176), ("Q6_K", 210)):
+        out = np.zeros(len(values) // 256 * block_bytes, np.uint8)
+        quantize_row = getattr(lib, f"quantize_row_{name.lower().replace('_k', '_K')}_ref")
+        quantize_row(values.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p),
+                     ctypes.c_int64(len(values)))
+        out.tofile(OUT / f"{name}.raw")
+        print(name, out.shape)
 
 
 if __name__ == "__main__":
