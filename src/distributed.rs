@@ -48,6 +48,19 @@ impl Ranks {
 }
 
 static RANKS: OnceLock<Ranks> = OnceLock::new();
+/// Set once this rank has made its last collective call (training is over on every rank).
+static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// This rank takes part in no more collectives: an error from here on (rank 0's export, or
+/// its report of an interrupted run) ends the job by finalising, not by aborting it.
+pub fn done_communicating() {
+    DONE.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether other ranks may still be waiting for this one in a collective.
+pub fn communicating() -> bool {
+    !DONE.load(std::sync::atomic::Ordering::SeqCst)
+}
 
 /// This process's place in the job ([`Ranks::SOLO`] unless [`join`] joined an MPI job).
 pub fn ranks() -> Ranks {

@@ -31,7 +31,11 @@ fn main() -> ExitCode {
     }
     match job {
         // The other ranks may be waiting for this one in a collective: end the job.
-        Some(job) if ranks.is_parallel() => job.abort(1),
-        _ => ExitCode::FAILURE,
+        Some(job) if ranks.is_parallel() && distributed::communicating() => job.abort(1),
+        Some(job) => {
+            job.finish();
+            ExitCode::FAILURE
+        }
+        None => ExitCode::FAILURE,
     }
 }

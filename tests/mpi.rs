@@ -5,7 +5,8 @@
 //! idle, packing, dropout, an epoch's short last micro-batch and sharded evaluation, on the tiny
 //! Llama and the tiny BERT classifier (whose confusion counts are reduced); a rank killed
 //! mid-run ends the job with a message naming the rank and the last checkpoint, and a resume
-//! with a different number of ranks ends at the uninterrupted run's adapter.
+//! with a different number of ranks ends at the uninterrupted run's adapter; SIGUSR1 to mpirun
+//! stops every rank at the same step with a checkpoint, which one process then finishes.
 //!
 //! Needs `mpirun` on PATH (Debian: openmpi-bin) and the binary built with `--features mpi`,
 //! which the README's test command does; without them this file fails and says so.
@@ -390,4 +391,53 @@ fn two_ranks_train_the_quickstart_on_smollm2_like_one_process() {
     let gap = adapter_gap(&one, &two);
     println!("SmolLM2, 2 ranks: losses {worst:.1e}, adapters {gap:.1e}");
     assert!(gap <= 1e-6, "adapters differ by {gap:.1e}");
+}
+
+#[test]
+fn sigusr1_stops_the_job_with_a_checkpoint_that_one_process_finishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_data(dir);
+    let keys = "max_steps = 300\ngrad_accum = 2\ncheckpoint_every = 1000";
+    let whole = llama_recipe(dir, "whole", keys);
+    train(dir, &whole, 1, None);
+    let recipe = llama_recipe(dir, "stopped", keys);
+    let job = mpirun(dir, 2)
+        .args([recipe.as_str(), "--device", "cpu"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let logged = || {
+        std::fs::read_to_string(dir.join("stopped/metrics.jsonl")).map_or(0, |t| t.lines().count())
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while logged() < 5 {
+        assert!(Instant::now() < deadline, "no step 5 after 120 s");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    // mpirun forwards SIGUSR1 to every rank.
+    let sent = Command::new("kill")
+        .args(["-USR1", &job.id().to_string()])
+        .status();
+    assert!(sent.unwrap().success());
+    let out = job.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("interrupted after step")
+            && stderr.contains("continue with: mpirun -np N lora-tune"),
+        "{stderr}"
+    );
+    let steps = logged();
+    assert!(steps < 300, "the run finished before the signal");
+    let checkpoint = dir.join(format!("stopped/checkpoints/step-{steps:06}"));
+    assert!(
+        checkpoint.join("trainer_state.json").exists(),
+        "{}",
+        checkpoint.display()
+    );
+    train(dir, &recipe, 1, Some("stopped"));
+    let gap = adapter_gap(&dir.join("whole"), &dir.join("stopped"));
+    assert!(gap <= 1e-6, "resumed adapters differ by {gap:.1e}");
 }

@@ -77,19 +77,26 @@ pub fn run(
         &settings,
         resume,
     )?;
+    // Every rank left the loop at the same step: no collective follows.
+    distributed::done_communicating();
     if !ranks.leads() {
         return Ok(()); // rank 0 reports the run and exports it
     }
     print_summary(&summary, plan);
     if summary.interrupted {
         anyhow::bail!(
-            "interrupted after step {} of {}; checkpoint {}; continue with: lora-tune {} --resume {}",
+            "interrupted after step {} of {}; checkpoint {}; continue with: {}lora-tune {} --resume {}",
             summary.steps,
             settings.schedule.total_steps,
             summary
                 .last_checkpoint
                 .as_ref()
                 .map_or("none".into(), |d| d.display().to_string()),
+            if ranks.is_parallel() {
+                "mpirun -np N ".to_string()
+            } else {
+                String::new()
+            },
             plan.recipe_path.display(),
             plan.out_dir.display()
         );

@@ -2,7 +2,8 @@
 //! checkpoint (so `--resume` continues exactly), a second one ends the process at once.
 //! Under mpirun a signal usually means the launcher is ending the job (a rank died, or mpirun
 //! itself was interrupted) and kills the ranks moments later, so rank 0 says at once which
-//! checkpoint a resume would start from.
+//! checkpoint a resume would start from. The graceful stop of a job is SIGUSR1 to mpirun, which
+//! forwards it to every rank: they finish the step together and rank 0 writes the checkpoint.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -53,7 +54,23 @@ pub fn install() {
                 );
             }
         });
+        #[cfg(feature = "mpi")]
+        graceful_stop_on_sigusr1();
     });
+}
+
+/// SIGUSR1 (which mpirun forwards to every rank) asks for the graceful stop; the handler only
+/// sets the flag, the one thing a signal handler may safely do.
+#[cfg(feature = "mpi")]
+fn graceful_stop_on_sigusr1() {
+    extern "C" fn on_sigusr1(_: libc::c_int) {
+        REQUESTED.store(true, Ordering::SeqCst);
+    }
+    let handler = on_sigusr1 as extern "C" fn(libc::c_int);
+    // SAFETY: installs an async-signal-safe handler (one atomic store) for SIGUSR1.
+    unsafe {
+        libc::signal(libc::SIGUSR1, handler as libc::sighandler_t);
+    }
 }
 
 /// Whether a stop was asked for.
