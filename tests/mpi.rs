@@ -220,6 +220,16 @@ fn two_ranks_train_and_evaluate_the_tiny_bert_classifier_like_one_process() {
     assert!(gap <= 1e-6, "adapters (and head) differ by {gap:.1e}");
 }
 
+/// `mpirun -np 2 lora-tune RECIPE` in the background, stderr captured.
+fn start_job(dir: &Path, recipe: &str) -> std::process::Child {
+    mpirun(dir, 2)
+        .args([recipe, "--device", "cpu"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// The process of rank `rank` running `recipe` (Open MPI puts the rank in its environment).
 fn rank_pid(recipe: &str, rank: usize) -> Option<u32> {
     let want = format!("OMPI_COMM_WORLD_RANK={rank}");
@@ -242,12 +252,7 @@ fn a_killed_rank_ends_the_job_and_a_resume_on_three_ranks_finishes_the_run() {
     train(dir, &whole, 1, None);
 
     let recipe = llama_recipe(dir, "killed", keys);
-    let mut job = mpirun(dir, 2)
-        .args([recipe.as_str(), "--device", "cpu"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut job = start_job(dir, &recipe);
     let checkpoint = |step: u64| dir.join(format!("killed/checkpoints/step-{step:06}"));
     let deadline = Instant::now() + Duration::from_secs(120);
     while !checkpoint(5).exists() {
@@ -402,12 +407,7 @@ fn sigusr1_stops_the_job_with_a_checkpoint_that_one_process_finishes() {
     let whole = llama_recipe(dir, "whole", keys);
     train(dir, &whole, 1, None);
     let recipe = llama_recipe(dir, "stopped", keys);
-    let job = mpirun(dir, 2)
-        .args([recipe.as_str(), "--device", "cpu"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let job = start_job(dir, &recipe);
     let logged = || {
         std::fs::read_to_string(dir.join("stopped/metrics.jsonl")).map_or(0, |t| t.lines().count())
     };

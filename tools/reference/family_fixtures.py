@@ -82,18 +82,24 @@ FAMILIES = {
 }
 
 
+def greedy(model):
+    """12 greedy tokens after each of PROMPTS, as greedy.json holds them."""
+    out = []
+    for ids in PROMPTS:
+        with torch.no_grad():
+            new = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                                 pad_token_id=0, eos_token_id=None)
+        out.append({"prompt": ids, "greedy": new[0, len(ids):].tolist()})
+    return out
+
+
 def main():
     for family in sys.argv[1:] or list(FAMILIES):
         name, model_cls, config = FAMILIES[family]
         model = tiny(name, model_cls, config())
-        greedy = []
-        for ids in PROMPTS:
-            with torch.no_grad():
-                out = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
-                                     pad_token_id=0, eos_token_id=None)
-            greedy.append({"prompt": ids, "greedy": out[0, len(ids):].tolist()})
-        (OUT / name / "greedy.json").write_text(json.dumps(greedy) + "\n")
-        print(name, greedy)
+        cases = greedy(model)
+        (OUT / name / "greedy.json").write_text(json.dumps(cases) + "\n")
+        print(name, cases)
 
 
 if __name__ == "__main__":

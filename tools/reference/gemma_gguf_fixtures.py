@@ -47,7 +47,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
 
-from family_fixtures import COMMON, PROMPTS
+from family_fixtures import COMMON, greedy
 from llama_fixtures import INPUT_IDS, MASK
 from peft_export import batch
 
@@ -133,13 +133,7 @@ def write_twin(model, twin_dir):
         logits = model(input_ids=INPUT_IDS, attention_mask=MASK).logits
     save_file({"input_ids": INPUT_IDS.to(torch.int64), "attention_mask": MASK.to(torch.int64),
                "logits": logits.contiguous()}, twin_dir / "reference.safetensors")
-    greedy = []
-    for ids in PROMPTS:
-        with torch.no_grad():
-            out = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
-                                 pad_token_id=0, eos_token_id=None)
-        greedy.append({"prompt": ids, "greedy": out[0, len(ids):].tolist()})
-    (twin_dir / "greedy.json").write_text(json.dumps(greedy) + "\n")
+    (twin_dir / "greedy.json").write_text(json.dumps(greedy(model)) + "\n")
     return logits
 
 
