@@ -67,17 +67,14 @@ pub fn ranks() -> Ranks {
     RANKS.get().copied().unwrap_or(Ranks::SOLO)
 }
 
-/// The job size a launcher announced in the environment (Open MPI, MPICH/Hydra, Slurm's PMI),
-/// None when no launcher started this process.
+/// The job size a launcher announced in the environment — Open MPI's mpirun, MPICH's Hydra or
+/// Slurm's PMI-2 (`*_SIZE`), or a PMIx launch such as `srun --mpi=pmix` (`PMIX_RANK`, the size
+/// in `SLURM_NTASKS`) — None when no launcher started this process.
 pub fn launched_size() -> Option<usize> {
-    [
-        "OMPI_COMM_WORLD_SIZE",
-        "PMI_SIZE",
-        "PMIX_SIZE",
-        "MPI_LOCALNRANKS",
-    ]
-    .iter()
-    .find_map(|k| std::env::var(k).ok()?.parse().ok())
+    let var = |k: &str| std::env::var(k).ok()?.parse::<usize>().ok();
+    var("OMPI_COMM_WORLD_SIZE")
+        .or_else(|| var("PMI_SIZE"))
+        .or_else(|| var("PMIX_RANK").map(|_| var("SLURM_NTASKS").unwrap_or(0)))
 }
 
 /// Held by `main` for the whole run: dropping it finalises MPI (a rank that exits without
@@ -213,7 +210,7 @@ mod backend {
 
     pub fn join(size: usize) -> anyhow::Result<Membership> {
         anyhow::bail!(
-            "started by an MPI launcher as one of {size} ranks, but this binary was built without MPI; rebuild with `cargo build --release --features mpi` (needs Open MPI: apt install libopenmpi-dev openmpi-bin libclang-dev), or run it without mpirun"
+            "started by an MPI launcher (a job of {size} ranks), but this binary was built without MPI; rebuild with `cargo build --release --features mpi` (needs Open MPI: apt install libopenmpi-dev openmpi-bin libclang-dev), or run it without mpirun"
         )
     }
 
