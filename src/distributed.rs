@@ -274,19 +274,25 @@ pub fn barrier() {
     }
 }
 
-/// `f` on rank 0 first and on the others after it (rank 0 fills the shared model cache, the
-/// rest read it instead of downloading the same files at once). A failure on rank 0 ends the
-/// job: mpirun stops the ranks still waiting.
-pub fn leader_first<T>(f: impl FnOnce() -> T) -> T {
+/// `f` on rank 0 first and on the others after it (rank 0 fills the shared model cache and
+/// clears an old run, the rest read what it left instead of racing it). When `f` fails on rank
+/// 0 the others do not repeat it: they return [`LeaderFailed`], which `main` does not print.
+pub fn leader_first<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
     if ranks().leads() {
         let out = f();
-        barrier();
+        any(out.is_err()); // the others wait here for rank 0's outcome
         out
+    } else if any(false) {
+        Err(LeaderFailed.into())
     } else {
-        barrier();
         f()
     }
 }
+
+/// Rank 0 failed before this rank started the same work; rank 0's message says why.
+#[derive(Debug, thiserror::Error)]
+#[error("rank 0 stopped the job (its message says why)")]
+pub struct LeaderFailed;
 
 #[cfg(test)]
 mod tests {

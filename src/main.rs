@@ -22,13 +22,23 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     };
     let ranks = distributed::ranks();
+    if err.downcast_ref::<distributed::LeaderFailed>().is_some() {
+        // Rank 0 printed the reason and is ending the job.
+        if let Some(job) = job {
+            job.finish();
+        }
+        return ExitCode::FAILURE;
+    }
+    // One write, so the ranks' messages do not interleave.
+    let mut text = String::new();
     if ranks.is_parallel() {
-        eprint!("rank {} of {}: ", ranks.rank, ranks.size);
+        text += &format!("rank {} of {}: ", ranks.rank, ranks.size);
     }
-    eprintln!("error: {err}");
+    text += &format!("error: {err}\n");
     for cause in err.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
+        text += &format!("  caused by: {cause}\n");
     }
+    eprint!("{text}");
     match job {
         // The other ranks may be waiting for this one in a collective: end the job.
         Some(job) if ranks.is_parallel() && distributed::communicating() => job.abort(1),

@@ -323,7 +323,7 @@ fn a_killed_rank_ends_the_job_and_a_resume_on_three_ranks_finishes_the_run() {
 }
 
 #[test]
-fn plan_shows_the_split_and_other_commands_refuse_mpirun() {
+fn plan_shows_the_split_other_commands_refuse_mpirun_and_rank_0_errors_are_said_once() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     write_data(dir);
@@ -350,6 +350,21 @@ fn plan_shows_the_split_and_other_commands_refuse_mpirun() {
         stderr.contains("run the other commands without mpirun"),
         "{stderr}"
     );
+    // An error on rank 0 before training (an earlier run in the folder) is said once: the other
+    // ranks do not repeat the work that failed.
+    train(dir, &recipe, 2, None);
+    let out = mpirun(dir, 2)
+        .args([&recipe, "--device", "cpu"])
+        .output()
+        .unwrap();
+    let (_, stderr) = common::text(&out);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr.matches("already holds an earlier run").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("rank 0 of 2: error:"), "{stderr}");
 }
 
 #[test]
