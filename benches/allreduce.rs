@@ -113,7 +113,7 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    job.finish();
+    drop(job); // finalises MPI
     Ok(())
 }
 

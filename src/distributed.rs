@@ -85,12 +85,6 @@ pub struct Membership {
 }
 
 impl Membership {
-    /// Leaves the job after a successful run (finalises MPI).
-    pub fn finish(self) {
-        #[cfg(feature = "mpi")]
-        drop(self._universe);
-    }
-
     /// Ends the whole job after an error on this rank. Finalising instead would wait for ranks
     /// blocked in the step's all-reduce; mpirun then stops every rank and exits non-zero.
     pub fn abort(self, code: i32) -> ! {
@@ -171,24 +165,22 @@ mod backend {
         SimpleCommunicator::world()
     }
 
-    pub fn sum_f32(values: &mut [f32]) {
+    /// `values` reduced elementwise by `op` across the job, in place.
+    fn all_reduce<T: Equivalence + Clone>(values: &mut [T], op: SystemOperation) {
         let send = values.to_vec();
-        world().all_reduce_into(&send[..], values, SystemOperation::sum());
+        world().all_reduce_into(&send[..], values, op);
+    }
+
+    pub fn sum_f32(values: &mut [f32]) {
+        all_reduce(values, SystemOperation::sum());
     }
 
     pub fn sum_f64(values: &mut [f64]) {
-        let send = values.to_vec();
-        world().all_reduce_into(&send[..], values, SystemOperation::sum());
+        all_reduce(values, SystemOperation::sum());
     }
 
     pub fn max_u64(values: &mut [u64]) {
-        let send = values.to_vec();
-        world().all_reduce_into(&send[..], values, SystemOperation::max());
-    }
-
-    pub fn min_u64(values: &mut [u64]) {
-        let send = values.to_vec();
-        world().all_reduce_into(&send[..], values, SystemOperation::min());
+        all_reduce(values, SystemOperation::max());
     }
 
     pub fn broadcast_f32(values: &mut [f32]) {
@@ -218,7 +210,6 @@ mod backend {
     pub fn sum_f32(_: &mut [f32]) {}
     pub fn sum_f64(_: &mut [f64]) {}
     pub fn max_u64(_: &mut [u64]) {}
-    pub fn min_u64(_: &mut [u64]) {}
     pub fn broadcast_f32(_: &mut [f32]) {}
     pub fn barrier() {}
     pub fn abort(code: i32) -> ! {
@@ -254,10 +245,10 @@ pub fn agree(value: u64) -> bool {
     if !ranks().is_parallel() {
         return true;
     }
-    let (mut max, mut min) = ([value], [value]);
-    backend::max_u64(&mut max);
-    backend::min_u64(&mut min);
-    max == min
+    // max(v) and max(!v) = !min(v) in one reduction.
+    let mut v = [value, !value];
+    backend::max_u64(&mut v);
+    v[0] == !v[1]
 }
 
 /// Rank 0's `values` on every rank.

@@ -7,7 +7,7 @@ use lora_tune::{cli::Cli, commands, distributed};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Under mpirun: join the job (finalised when `job` drops, after the command).
+    // Under mpirun: join the job (MPI is finalised when `job` drops at the end of main).
     let (job, result) = match distributed::join() {
         Ok(job) => {
             let result = commands::run(cli);
@@ -16,36 +16,28 @@ fn main() -> ExitCode {
         Err(err) => (None, Err(err)),
     };
     let Err(err) = result else {
-        if let Some(job) = job {
-            job.finish();
-        }
         return ExitCode::SUCCESS;
     };
     let ranks = distributed::ranks();
-    if err.downcast_ref::<distributed::LeaderFailed>().is_some() {
-        // Rank 0 printed the reason and is ending the job.
-        if let Some(job) = job {
-            job.finish();
+    // LeaderFailed: rank 0 printed the reason and is ending the job.
+    let leader_failed = err.downcast_ref::<distributed::LeaderFailed>().is_some();
+    if !leader_failed {
+        // One write, so the ranks' messages do not interleave.
+        let mut text = String::new();
+        if ranks.is_parallel() {
+            text += &format!("rank {} of {}: ", ranks.rank, ranks.size);
         }
-        return ExitCode::FAILURE;
+        text += &format!("error: {err}\n");
+        for cause in err.chain().skip(1) {
+            text += &format!("  caused by: {cause}\n");
+        }
+        eprint!("{text}");
     }
-    // One write, so the ranks' messages do not interleave.
-    let mut text = String::new();
-    if ranks.is_parallel() {
-        text += &format!("rank {} of {}: ", ranks.rank, ranks.size);
-    }
-    text += &format!("error: {err}\n");
-    for cause in err.chain().skip(1) {
-        text += &format!("  caused by: {cause}\n");
-    }
-    eprint!("{text}");
     match job {
         // The other ranks may be waiting for this one in a collective: end the job.
-        Some(job) if ranks.is_parallel() && distributed::communicating() => job.abort(1),
-        Some(job) => {
-            job.finish();
-            ExitCode::FAILURE
+        Some(job) if ranks.is_parallel() && distributed::communicating() && !leader_failed => {
+            job.abort(1)
         }
-        None => ExitCode::FAILURE,
+        _ => ExitCode::FAILURE,
     }
 }

@@ -65,11 +65,17 @@ pub fn run(
         println!("       {}", session::data_parallel_line(plan, ranks.size));
     }
     crate::train::interrupt::install();
-    crate::train::interrupt::set_resume_command(format!(
-        "lora-tune {} --resume {}",
+    let launcher = if ranks.is_parallel() {
+        "mpirun -np N "
+    } else {
+        ""
+    };
+    let resume_command = format!(
+        "{launcher}lora-tune {} --resume {}",
         plan.recipe_path.display(),
         plan.out_dir.display()
-    ));
+    );
+    crate::train::interrupt::set_resume_command(resume_command.clone());
     let summary = train(
         &mut model,
         &loaded.train,
@@ -85,20 +91,13 @@ pub fn run(
     print_summary(&summary, plan);
     if summary.interrupted {
         anyhow::bail!(
-            "interrupted after step {} of {}; checkpoint {}; continue with: {}lora-tune {} --resume {}",
+            "interrupted after step {} of {}; checkpoint {}; continue with: {resume_command}",
             summary.steps,
             settings.schedule.total_steps,
             summary
                 .last_checkpoint
                 .as_ref()
                 .map_or("none".into(), |d| d.display().to_string()),
-            if ranks.is_parallel() {
-                "mpirun -np N ".to_string()
-            } else {
-                String::new()
-            },
-            plan.recipe_path.display(),
-            plan.out_dir.display()
         );
     }
     // The last checkpoint (or with keep_best the best one) is a complete PEFT folder of the

@@ -99,23 +99,19 @@ pub fn open_model(loaded: &Loaded, memory_check: MemoryCheck) -> anyhow::Result<
                 let how = match prepared.plan.quantize {
                     Some(format) => {
                         // Rows that are not whole super-blocks take llama.cpp's fallback.
-                        let fallback = weights
+                        let fallback_cols: Vec<usize> = weights
                             .iter()
                             .filter(|w| matches!(w, FrozenWeight::Blocks(_)))
-                            .map(|w| quantize::for_rows_of(format, w.dims()[1]))
-                            .filter(|&f| f != format)
-                            .count();
-                        match fallback {
-                            0 => format!("in {format:?} blocks (model.quantize)"),
-                            n => format!(
-                                "in blocks (model.quantize): {} in {format:?}, {n} in {:?} (rows of {} values are not whole 256-value super-blocks: llama.cpp's quantiser falls back the same way)",
-                                kept - n,
-                                quantize::for_rows_of(format, 1),
-                                weights
-                                    .iter()
-                                    .map(|w| w.dims()[1])
-                                    .find(|&c| quantize::for_rows_of(format, c) != format)
-                                    .unwrap_or(0)
+                            .map(|w| w.dims()[1])
+                            .filter(|&cols| quantize::for_rows_of(format, cols) != format)
+                            .collect();
+                        match fallback_cols.first() {
+                            None => format!("in {format:?} blocks (model.quantize)"),
+                            Some(&cols) => format!(
+                                "in blocks (model.quantize): {} in {format:?}, {} in {:?} (rows of {cols} values are not whole 256-value super-blocks: llama.cpp's quantiser falls back the same way)",
+                                kept - fallback_cols.len(),
+                                fallback_cols.len(),
+                                quantize::for_rows_of(format, cols),
                             ),
                         }
                     }

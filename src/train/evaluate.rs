@@ -40,9 +40,8 @@ pub fn evaluate(
     batch_size: usize,
 ) -> Result<Eval, TrainError> {
     let ranks = distributed::ranks();
-    let (sum, targets, predictions) = score_share(model, data, batch_size, ranks)?;
+    let (mut sum, mut targets, predictions) = score_share(model, data, batch_size, ranks)?;
     let mut pairs: Vec<(u32, u32)> = predictions.iter().map(|p| (p.gold, p.predicted)).collect();
-    let (mut sum, mut targets) = (sum, targets);
     if ranks.is_parallel() {
         // [loss sum, targets, confusion counts row-major]: exact in f64 up to 2^53 rows.
         let n = model.labels().map_or(0, <[String]>::len);

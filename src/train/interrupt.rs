@@ -15,8 +15,8 @@ static REQUESTED: AtomicBool = AtomicBool::new(false);
 static LAST_CHECKPOINT: Mutex<Option<PathBuf>> = Mutex::new(None);
 static RESUME_COMMAND: Mutex<String> = Mutex::new(String::new());
 
-/// How to continue this run (`lora-tune RECIPE --resume OUT`), for the message a signal prints
-/// under mpirun.
+/// How to continue this run (`mpirun -np N lora-tune RECIPE --resume OUT`), for the message a
+/// signal prints under mpirun.
 pub fn set_resume_command(command: String) {
     if let Ok(mut c) = RESUME_COMMAND.lock() {
         *c = command;
@@ -50,7 +50,7 @@ pub fn install() {
                 let last = last.map_or("none yet".into(), |d| d.display().to_string());
                 let resume = RESUME_COMMAND.lock().map(|c| c.clone()).unwrap_or_default();
                 eprintln!(
-                    "\nrank 0: stop requested (a signal: under mpirun a rank ended, mpirun names it below, or the job is being stopped); finishing this step with a checkpoint if every rank is still there; last complete checkpoint: {last}; continue with: mpirun -np N {resume}"
+                    "\nrank 0: stop requested (a signal: under mpirun a rank ended, mpirun names it below, or the job is being stopped); finishing this step with a checkpoint if every rank is still there; last complete checkpoint: {last}; continue with: {resume}"
                 );
             }
         });

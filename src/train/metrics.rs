@@ -11,6 +11,8 @@ use super::tensorboard::EventFile;
 
 /// The per-step metrics file in a run's output folder.
 pub const FILE: &str = "metrics.jsonl";
+/// The loss curve beside it.
+pub const PLOT: &str = "loss.svg";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
@@ -108,7 +110,7 @@ impl MetricsLog {
 
     /// Writes the loss curve next to the metrics.
     pub fn write_svg(&self, title: &str) -> std::io::Result<PathBuf> {
-        let path = self.path.with_file_name("loss.svg");
+        let path = self.path.with_file_name(PLOT);
         let svg = loss_svg(&self.records, title);
         crate::atomic::write_atomic(&path, |f| f.write_all(svg.as_bytes()))?;
         Ok(path)

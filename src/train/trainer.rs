@@ -348,7 +348,7 @@ pub fn train(
     let title = format!("loss — {}", settings.out_dir.display());
     let plot = match &metrics {
         Some(metrics) => metrics.write_svg(&title)?,
-        None => settings.out_dir.join("loss.svg"),
+        None => settings.out_dir.join(super::metrics::PLOT),
     };
     let export_from = match state.best.filter(|_| settings.keep_best) {
         Some(best) => Some(checkpoint::dir_of(&settings.out_dir, best.step)),

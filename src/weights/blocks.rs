@@ -231,7 +231,7 @@ impl BlockFormat {
 }
 
 /// The 8 six-bit (scale, min) pairs packed in 12 bytes by Q4_K and Q5_K.
-fn k_scale_min(packed: &[u8]) -> ([u8; 8], [u8; 8]) {
+pub(crate) fn k_scale_min(packed: &[u8]) -> ([u8; 8], [u8; 8]) {
     let (d, m, md) = (&packed[0..4], &packed[4..8], &packed[8..12]);
     let mut sc = [0u8; 8];
     let mut mn = [0u8; 8];

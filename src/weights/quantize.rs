@@ -192,20 +192,13 @@ fn k_with_min(x: &[f32], bits: u32, out: &mut Vec<u8>) {
     }
     let d = f16::from_f32(max_scale / 63.0);
     let dmin = f16::from_f32(max_min / 63.0);
+    let (sc, m) = super::blocks::k_scale_min(&packed);
     for j in 0..QK_K / 32 {
-        let (sc, m) = if j < 4 {
-            (packed[j] & 63, packed[j + 4] & 63)
-        } else {
-            (
-                (packed[j + 4] & 0xF) | ((packed[j - 4] >> 6) << 4),
-                (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4),
-            )
-        };
-        let d = d.to_f32() * f32::from(sc);
+        let d = d.to_f32() * f32::from(sc[j]);
         if d == 0.0 {
             continue;
         }
-        let dm = dmin.to_f32() * f32::from(m);
+        let dm = dmin.to_f32() * f32::from(m[j]);
         for i in 0..32 {
             codes[32 * j + i] = nearest_int((x[32 * j + i] + dm) / d).clamp(0, top) as u8;
         }
