@@ -230,6 +230,19 @@ fn start_job(dir: &Path, recipe: &str) -> std::process::Child {
         .unwrap()
 }
 
+/// Polls until `ready` holds, failing if `job` ends first or 120 s pass.
+fn wait_for(job: &mut std::process::Child, what: &str, ready: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ready() {
+        assert!(
+            job.try_wait().unwrap().is_none(),
+            "the job ended before {what}"
+        );
+        assert!(Instant::now() < deadline, "no {what} after 120 s");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 /// The process of rank `rank` running `recipe` (Open MPI puts the rank in its environment).
 fn rank_pid(recipe: &str, rank: usize) -> Option<u32> {
     let want = format!("OMPI_COMM_WORLD_RANK={rank}");
@@ -254,12 +267,7 @@ fn a_killed_rank_ends_the_job_and_a_resume_on_three_ranks_finishes_the_run() {
     let recipe = llama_recipe(dir, "killed", keys);
     let mut job = start_job(dir, &recipe);
     let checkpoint = |step: u64| dir.join(format!("killed/checkpoints/step-{step:06}"));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !checkpoint(5).exists() {
-        assert!(job.try_wait().unwrap().is_none(), "the job ended early");
-        assert!(Instant::now() < deadline, "no checkpoint 5 after 120 s");
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    wait_for(&mut job, "checkpoint 5", || checkpoint(5).exists());
     let pid = rank_pid(&recipe, 1).expect("rank 1's process");
     let killed = Command::new("kill")
         .args(["-KILL", &pid.to_string()])
@@ -422,15 +430,11 @@ fn sigusr1_stops_the_job_with_a_checkpoint_that_one_process_finishes() {
     let whole = llama_recipe(dir, "whole", keys);
     train(dir, &whole, 1, None);
     let recipe = llama_recipe(dir, "stopped", keys);
-    let job = start_job(dir, &recipe);
+    let mut job = start_job(dir, &recipe);
     let logged = || {
         std::fs::read_to_string(dir.join("stopped/metrics.jsonl")).map_or(0, |t| t.lines().count())
     };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while logged() < 5 {
-        assert!(Instant::now() < deadline, "no step 5 after 120 s");
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    wait_for(&mut job, "step 5", || logged() >= 5);
     // mpirun forwards SIGUSR1 to every rank.
     let sent = Command::new("kill")
         .args(["-USR1", &job.id().to_string()])
