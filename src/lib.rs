@@ -8,6 +8,7 @@
 //! - [`distributed`]: which rank of an `mpirun` job this process is, and the collectives (sums,
 //!   a barrier) data-parallel training needs; a job of one without a launcher.
 //! - [`device`]: `--device auto|cpu|wgpu|…` → a burn `Device`, saying why.
+//! - [`kernels`]: our own flex kernels where the backend is slow, each beside its generic oracle.
 //! - [`source`]: a model reference (path, `hf://`, `pip://`) → local files, sha256-verified.
 //! - [`weights`]: checkpoint files (safetensors, GGUF) → named host tensors, GGUF blocks and
 //!   names, tokenizers; the safetensors and GGUF writers.
@@ -32,6 +33,7 @@ pub mod device;
 pub mod distributed;
 pub mod dtype;
 pub mod export;
+pub mod kernels;
 pub mod lora;
 pub mod memory;
 pub mod model;

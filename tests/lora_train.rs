@@ -50,13 +50,16 @@ fn ten_steps_with_gradient_checkpointing_equal_peft() {
 /// autodiff's losses and gradients (`whole_graph_gradients`, the oracle) — with LoRA dropout
 /// (each adapter's mask stream is rewound for the recompute), a packed row, padding,
 /// accumulation, a layer without adapters below one with them, an adapter on the untied LM head,
-/// and the head's cross-entropy in chunks — step after step of AdamW.
+/// and the head's cross-entropy in chunks — step after step of AdamW. The adapters after five
+/// steps with and without checkpointing agree within 5e-5: the checkpointed first pass runs the
+/// no-gradient attention and SwiGLU kernels (`kernels`), whose rounding differs from the taped
+/// forward's by ≈1e-7, and AdamW moves a coordinate by about lr whatever its gradient's size.
 #[test]
 fn the_derived_step_equals_autodiff() {
     derived_step_equals_autodiff_on(
         "tiny-llama",
         r"model\.layers\.1\..*|lm_head",
-        [1e-5; 2],
+        [1e-5, 5e-5],
         false,
     );
 }
@@ -111,10 +114,10 @@ fn the_derived_dora_step_equals_autodiff() {
     derived_step_equals_autodiff_on(
         "tiny-llama",
         r"model\.layers\.1\..*|lm_head",
-        [1e-5; 2],
+        [1e-5, 5e-5],
         true,
     );
-    derived_step_equals_autodiff_on("tiny-phi3", r"model\.layers\.0\..*", [1e-5; 2], true);
+    derived_step_equals_autodiff_on("tiny-phi3", r"model\.layers\.0\..*", [1e-5, 5e-5], true);
 }
 
 /// Gradients of `name` with adapters on `targets` (DoRA with `use_dora`) within `tolerance[0]`

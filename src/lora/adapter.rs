@@ -81,11 +81,31 @@ impl LoraAdapter {
         self.a.dims()[0]
     }
 
+    /// Training with dropout: each forward draws a mask.
+    fn draws_dropout(&self) -> bool {
+        self.training && self.dropout > 0.0
+    }
+
     /// The next dropout mask for an input shaped like `x` (advancing the stream), or None when
     /// not training or without dropout.
     pub fn dropout_mask(&self, x: &Tensor<2>) -> Option<Tensor<2>> {
-        (self.training && self.dropout > 0.0)
+        self.draws_dropout()
             .then(|| dropout_mask(self.dropout, x.dims(), &self.dropout_rng, &x.device()))
+    }
+
+    /// W + s·B·A, for a forward over `rows` inputs where one product with it costs less than the
+    /// adapter's own path (out·in·r multiply-adds against rows·(in + out)·r, thin products and a
+    /// pass over the output): evaluation's long batches. None under autodiff, with a dropout mask
+    /// to draw, or for DoRA, whose path this is not.
+    pub fn merged_for(&self, rows: usize, w: &Tensor<2>) -> Option<Tensor<2>> {
+        let [out, inp] = w.dims();
+        let cheaper = rows * (inp + out) > inp * out;
+        let own_path = self.magnitude.is_some()
+            || self.draws_dropout()
+            || self.a.is_autodiff()
+            || self.b.is_autodiff();
+        (cheaper && !own_path)
+            .then(|| w.clone() + self.b.clone().matmul(self.a.clone()).mul_scalar(self.scale))
     }
 
     /// x: [n, in] → the adapter's contribution [n, out] to the base output `base` = x·Wᵀ

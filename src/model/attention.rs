@@ -12,6 +12,7 @@ use super::decoder_config::QkNorm;
 use super::linear::Linear;
 use super::norm::RmsNorm;
 use super::rope::RopeTables;
+use crate::kernels;
 
 /// Where q, k and v come from: three linear layers, or one fused `qkv_proj` (Phi-3) whose
 /// output is split [q | k | v].
@@ -131,15 +132,22 @@ impl Attention {
             cache.kv = Some((k.clone(), v.clone()));
         }
         let t = k.dims()[2];
+        // Without a gradient, on flex: our kernel, which reads grouped heads in place.
+        let fast = match q.is_autodiff() {
+            false => kernels::attention(&q, &k, &v, mask, self.scale, self.softcap),
+            true => None,
+        };
         // repeat_kv: query head i reads key/value head i / (h / kv), as HF orders them.
         let repeat = |x: Tensor<4>| {
             x.unsqueeze_dim::<5>(2)
                 .expand([b, kv, h / kv, t, d])
                 .reshape([b, h, t, d])
         };
-        let (k, v) = (repeat(k), repeat(v));
-        let mask = mask.clone().expand([b, h, s, t]);
-        let out = if q.is_autodiff() {
+        let out = if let Some(out) = fast {
+            out
+        } else if q.is_autodiff() {
+            let (k, v) = (repeat(k), repeat(v));
+            let mask = mask.clone().expand([b, h, s, t]);
             // Under autodiff, as transformers' eager path: the [b, h, s, t] scores are kept for
             // backward (burn's fused attention has no backward of its own). The scale is
             // applied to q, t/d times smaller than the scores (exact for power-of-two d).
@@ -150,9 +158,10 @@ impl Attention {
             };
             softmax(scores.mask_fill(mask, f32::MIN), 3).matmul(v)
         } else {
-            // No gradient (evaluation, generation, the first pass of gradient checkpointing):
-            // the backend's fused attention, tiled over keys for long rows (flex) — no S×S
-            // buffers.
+            let (k, v) = (repeat(k), repeat(v));
+            let mask = mask.clone().expand([b, h, s, t]);
+            // No gradient on another backend (evaluation, generation, the first pass of
+            // gradient checkpointing): the backend's fused attention — no S×S buffers.
             let options = AttentionModuleOptions {
                 scale: Some(self.scale),
                 softcap: self.softcap,

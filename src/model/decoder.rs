@@ -14,6 +14,7 @@ use super::linear::{Linear, take1, take2};
 use super::mlp::{GateUpProjection, Mlp};
 use super::norm::RmsNorm;
 use super::rope::{RopeFrequencies, RopeTables};
+use crate::kernels::matmul_nt;
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
 
@@ -481,9 +482,7 @@ impl Decoder {
             None => {
                 let [b, s, hd] = x.dims();
                 let v = self.config.vocab_size;
-                x.reshape([b * s, hd])
-                    .matmul(self.embed_tokens.clone().transpose())
-                    .reshape([b, s, v])
+                matmul_nt(x.reshape([b * s, hd]), self.embed_tokens.clone()).reshape([b, s, v])
             }
         }
     }

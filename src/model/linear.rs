@@ -5,6 +5,7 @@
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::frozen::FrozenWeight;
+use crate::kernels::matmul_nt;
 use crate::lora::adapter::LoraAdapter;
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
@@ -45,10 +46,15 @@ impl Linear {
         let x = x.reshape([b * s, inp]);
         // Decoded once: a kept-quantised weight would otherwise decode again for DoRA.
         let w = self.weight.dense();
-        let y = x.clone().matmul(w.clone().transpose()); // [b·s, out]
         let y = match &self.lora {
-            Some(lora) => y.clone() + lora.forward(x, &w, y),
-            None => y,
+            Some(lora) => match lora.merged_for(b * s, &w) {
+                Some(merged) => matmul_nt(x, merged),
+                None => {
+                    let y = matmul_nt(x.clone(), w.clone()); // [b·s, out]
+                    y.clone() + lora.forward(x, &w, y)
+                }
+            },
+            None => matmul_nt(x, w),
         };
         let y = match &self.bias {
             Some(bias) => y + bias.clone().reshape([1, out]).expand([b * s, out]),

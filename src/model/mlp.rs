@@ -7,6 +7,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu, silu};
 
 use super::linear::Linear;
+use crate::kernels;
 
 /// The gate's activation, by its transformers name (`hidden_act`, `hidden_activation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,15 @@ impl Activation {
             Self::GeluTanh => gelu_tanh(x),
             Self::Gelu => gelu(x),
         }
+    }
+
+    /// act(gate) ⊙ up: SwiGLU in one pass on flex (`kernels::silu_gate`).
+    pub fn gated<const D: usize>(self, gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+        let fused = match self {
+            Self::Silu => kernels::silu_gate(&gate, &up),
+            _ => None,
+        };
+        fused.unwrap_or_else(|| self.apply(gate) * up)
     }
 }
 
@@ -108,6 +118,6 @@ impl Mlp {
     /// x: [b, s, hidden] → same; down(act(gate(x)) ⊙ up(x)).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let (gate, up) = self.gate_up.forward(x);
-        self.down_proj.forward(self.activation.apply(gate) * up)
+        self.down_proj.forward(self.activation.gated(gate, up))
     }
 }

@@ -3,9 +3,10 @@
 //! tokens of the whole optimiser step.
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::data::batch::{Batch, IGNORE};
+use crate::kernels;
 use crate::model::decoder::Decoder;
 
 /// Σ −log p(labels[t+1] | ids[..=t]) over the labelled positions of `batch` → [1]; None when
@@ -21,6 +22,9 @@ pub fn next_token_nll_sum(model: &Decoder, batch: &Batch) -> Option<Tensor<1>> {
 
 /// Σ −log softmax(logits)[target] over the rows of logits [n, vocab] → [1].
 pub fn nll_sum(logits: Tensor<2>, targets: Vec<i64>) -> Tensor<1> {
+    if let Some(rows) = kernels::nll_rows(&logits, &targets) {
+        return sum_on(&rows, &logits.device());
+    }
     let n = targets.len();
     let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &logits.device());
     log_softmax(logits, 1).gather(1, targets).sum().neg()
@@ -43,8 +47,12 @@ pub fn scored_positions(labels: &[Vec<i64>]) -> (Vec<i64>, Vec<i64>) {
 /// [`nll_sum`] and its gradient with respect to the logits, softmax(logits) − onehot(targets),
 /// from one exponential pass (the hand-derived step's head).
 pub fn nll_sum_and_gradient(logits: Tensor<2>, targets: Vec<i64>) -> (Tensor<1>, Tensor<2>) {
-    let [n, v] = logits.dims();
     let device = logits.device();
+    let logits = match kernels::nll_and_gradient(logits, &targets) {
+        Ok((rows, gradient)) => return (sum_on(&rows, &device), gradient),
+        Err(logits) => *logits,
+    };
+    let [n, v] = logits.dims();
     let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);
     let shifted = logits.clone() - logits.max_dim(1).expand([n, v]);
     let exp = shifted.clone().exp();
@@ -54,4 +62,10 @@ pub fn nll_sum_and_gradient(logits: Tensor<2>, targets: Vec<i64>) -> (Tensor<1>,
     let minus_one = Tensor::full([n, 1], -1.0, &device);
     let gradient = probs.scatter(1, targets, minus_one, IndexingUpdateOp::Add);
     (nll.sum(), gradient)
+}
+
+/// Σ rows (in f64) as a [1] tensor on `device`.
+fn sum_on(rows: &[f32], device: &Device) -> Tensor<1> {
+    let total = rows.iter().map(|&r| f64::from(r)).sum::<f64>() as f32;
+    Tensor::from_data(TensorData::new(vec![total], [1]), device)
 }

@@ -10,10 +10,11 @@ use super::attention::{self, AttentionCore};
 use super::linear::{self, FactorGradients, LinearTape};
 use super::ops::{activation_and_derivative, rms_norm_backward, rope_backward};
 use crate::data::batch::Batch;
+use crate::kernels;
 use crate::model::attention::{Attention, QkvProjection};
 use crate::model::decoder::{DecoderLayer, LayerInputs, LayerNorms};
 use crate::model::decoder_config::QkNorm;
-use crate::model::mlp::{GateUpProjection, Mlp};
+use crate::model::mlp::{Activation, GateUpProjection, Mlp};
 use crate::model::norm::RmsNorm;
 
 /// The adapters' gradients of a layer, in `DecoderLayer::linears_mut` order.
@@ -349,8 +350,10 @@ fn mlp_forward(mlp: &Mlp, x: Tensor<2>) -> (Tensor<2>, MlpTape) {
             (y.clone().narrow(1, 0, w), y.narrow(1, w, w), vec![tape])
         }
     };
-    let activated = mlp.activation.apply(gate.clone());
-    let (y, down) = linear::forward(&mlp.down_proj, activated * up.clone());
+    let (y, down) = linear::forward(
+        &mlp.down_proj,
+        mlp.activation.gated(gate.clone(), up.clone()),
+    );
     let tape = MlpTape {
         gate_up,
         down,
@@ -371,9 +374,14 @@ fn mlp_backward(
     (Vec<Option<FactorGradients>>, Option<FactorGradients>),
 ) {
     let (dhidden, down) = linear::backward(&mlp.down_proj, tape.down, dy);
-    let (activated, derivative) = activation_and_derivative(mlp.activation, tape.gate);
-    let dgate = dhidden.clone() * tape.up * derivative;
-    let dup = dhidden * activated;
+    let fused = match mlp.activation {
+        Activation::Silu => kernels::silu_gate_backward(&tape.gate, &tape.up, &dhidden),
+        _ => None,
+    };
+    let (dgate, dup) = fused.unwrap_or_else(|| {
+        let (activated, derivative) = activation_and_derivative(mlp.activation, tape.gate);
+        (dhidden.clone() * tape.up * derivative, dhidden * activated)
+    });
     match &mlp.gate_up {
         GateUpProjection::Separate { gate_proj, up_proj } => {
             let [gate_tape, up_tape]: [LinearTape; 2] =
