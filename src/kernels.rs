@@ -6,6 +6,8 @@
 //! - [`matmul_nt`]: x·Wᵀ for a few rows (the decode step's one token): flex's gemm runs a product
 //!   under 192³ multiply-adds on one thread, and a decode step is a chain of such matrix-vector
 //!   products whose cost is reading W once — so the rows of W are split across the threads.
+//! - [`add_matmul_nt`]: y + u·Bᵀ written into y (a LoRA output added to its base): flex would
+//!   give u·Bᵀ its own [n, out] buffer — fresh pages — and add them in another pass.
 //! - [`attention`]: softmax attention without a gradient (evaluation, generation). flex's fused
 //!   attention scores every key of every query with a scalar loop and libm `expf`; this one
 //!   multiplies blocks of 64 queries by only the keys the mask lets them reach (half the keys
@@ -28,6 +30,17 @@ pub fn matmul_nt(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
         return y;
     }
     x.matmul(w.transpose())
+}
+
+/// y + u·bᵀ: y [n, out], u [n, r], b [out, r]; on flex accumulated into y's own buffer when
+/// nothing else holds it.
+pub fn add_matmul_nt(y: Tensor<2>, u: &Tensor<2>, b: &Tensor<2>) -> Tensor<2> {
+    #[cfg(feature = "flex")]
+    let y = match flex::add_matmul_nt(y, u, b) {
+        Ok(sum) => return sum,
+        Err(y) => *y,
+    };
+    y + u.clone().matmul(b.clone().transpose())
 }
 
 /// softmax(q·kᵀ·scale (soft-capped), masked)·v per head: q [b, h, s, d]; k, v [b, kv, t, d] with
@@ -134,6 +147,60 @@ mod flex {
             (0..m * n).map(|e| yt[(e % n) * m + e / n]).collect()
         };
         Some(Tensor::from_data(TensorData::new(y, [m, n]), &x.device()))
+    }
+
+    /// Whether `t` is an f32 tensor on flex (not autodiff).
+    fn on_flex<const D: usize>(t: &Tensor<D>) -> bool {
+        t.dtype() == DType::F32 && t.clone().try_into_primitive::<Flex>().is_ok()
+    }
+
+    pub fn add_matmul_nt(
+        y: Tensor<2>,
+        u: &Tensor<2>,
+        b: &Tensor<2>,
+    ) -> Result<Tensor<2>, Box<Tensor<2>>> {
+        let ([n, out], [un, r], [bo, br]) = (y.dims(), u.dims(), b.dims());
+        if un != n || bo != out || br != r || !on_flex(&y) {
+            return Err(Box::new(y));
+        }
+        let (Some(up), Some(bp)) = (flex_f32(u), flex_f32(b)) else {
+            return Err(Box::new(y));
+        };
+        let (us, bs) = (
+            up.as_slice::<f32>().expect("f32"),
+            bp.as_slice::<f32>().expect("f32"),
+        );
+        let device = y.device();
+        // Moved out without a copy when this handle is y's only one.
+        let data = y.try_into_primitive::<Flex>().expect("checked").into_data();
+        let mut ys: Vec<f32> = data.try_into_vec().expect("f32 checked");
+        if n * out * r > 0 {
+            // SAFETY: ys holds n×out, us n×r and bs out×r values at the strides given.
+            unsafe {
+                gemm::gemm(
+                    n,
+                    out,
+                    r,
+                    ys.as_mut_ptr(),
+                    1,
+                    out as isize,
+                    true,
+                    us.as_ptr(),
+                    1,
+                    r as isize,
+                    bs.as_ptr(),
+                    r as isize,
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(0),
+                );
+            }
+        }
+        Ok(Tensor::from_data(TensorData::new(ys, [n, out]), &device))
     }
 
     /// Queries per block of [`attention`]: their scores, [64, keys in reach], stay in cache.
@@ -382,8 +449,7 @@ mod flex {
         targets: &[i64],
     ) -> Result<(Vec<f32>, Tensor<2>), Box<Tensor<2>>> {
         let dims @ [n, v] = logits.dims();
-        let on_flex = logits.clone().try_into_primitive::<Flex>().is_ok();
-        if !on_flex || logits.dtype() != DType::F32 || !targets_fit(dims, targets) {
+        if !on_flex(&logits) || !targets_fit(dims, targets) {
             return Err(Box::new(logits));
         }
         let device = logits.device();

@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
 
+use crate::kernels::add_matmul_nt;
 use crate::recipe::LoraInit;
 
 #[derive(Debug, Clone)]
@@ -93,23 +94,8 @@ impl LoraAdapter {
             .then(|| dropout_mask(self.dropout, x.dims(), &self.dropout_rng, &x.device()))
     }
 
-    /// W + s·B·A, for a forward over `rows` inputs where one product with it costs less than the
-    /// adapter's own path (out·in·r multiply-adds against rows·(in + out)·r, thin products and a
-    /// pass over the output): evaluation's long batches. None under autodiff, with a dropout mask
-    /// to draw, or for DoRA, whose path this is not.
-    pub fn merged_for(&self, rows: usize, w: &Tensor<2>) -> Option<Tensor<2>> {
-        let [out, inp] = w.dims();
-        let cheaper = rows * (inp + out) > inp * out;
-        let own_path = self.magnitude.is_some()
-            || self.draws_dropout()
-            || self.a.is_autodiff()
-            || self.b.is_autodiff();
-        (cheaper && !own_path)
-            .then(|| w.clone() + self.b.clone().matmul(self.a.clone()).mul_scalar(self.scale))
-    }
-
-    /// x: [n, in] → the adapter's contribution [n, out] to the base output `base` = x·Wᵀ
-    /// (without bias; `w` is W [out, in], decoded once by the caller).
+    /// x: [n, in], `base` = x·Wᵀ [n, out] (without bias; `w` is W [out, in], decoded once by
+    /// the caller) → the adapted output base + s·drop(x)·Aᵀ·Bᵀ.
     ///
     /// DoRA (PEFT's `DoraLinearLayer.forward`): with c = m / ‖W + s·B·A‖ per output row, the norm
     /// detached as the paper and PEFT do, the contribution is (c − 1)·(drop(x)·Wᵀ) +
@@ -122,21 +108,21 @@ impl LoraAdapter {
             None => x,
         };
         // The scale multiplies the r-wide intermediate, not the out-wide result.
-        let lora = x
+        let u = x
             .clone()
             .matmul(self.a.clone().transpose())
-            .mul_scalar(self.scale)
-            .matmul(self.b.clone().transpose());
+            .mul_scalar(self.scale);
         let Some(m) = &self.magnitude else {
-            return lora;
+            return add_matmul_nt(base, &u, &self.b);
         };
+        let lora = u.matmul(self.b.clone().transpose());
         let [n, out] = base.dims();
         let c = (m.clone() / self.dora_norm(w.clone()).detach()).expand([n, out]);
-        let base = match mask {
+        let base_dropped = match mask {
             Some(_) => x.matmul(w.clone().transpose()),
-            None => base,
+            None => base.clone(),
         };
-        (c.clone() - 1.0) * base + c * lora
+        base + ((c.clone() - 1.0) * base_dropped + c * lora)
     }
 
     /// DoRA: ‖W + s·B·A‖ of each output row, [1, out] (PEFT's `get_weight_norm`).

@@ -46,15 +46,10 @@ impl Linear {
         let x = x.reshape([b * s, inp]);
         // Decoded once: a kept-quantised weight would otherwise decode again for DoRA.
         let w = self.weight.dense();
+        let y = matmul_nt(x.clone(), w.clone()); // [b·s, out]
         let y = match &self.lora {
-            Some(lora) => match lora.merged_for(b * s, &w) {
-                Some(merged) => matmul_nt(x, merged),
-                None => {
-                    let y = matmul_nt(x.clone(), w.clone()); // [b·s, out]
-                    y.clone() + lora.forward(x, &w, y)
-                }
-            },
-            None => matmul_nt(x, w),
+            Some(lora) => lora.forward(x, &w, y),
+            None => y,
         };
         let y = match &self.bias {
             Some(bias) => y + bias.clone().reshape([1, out]).expand([b * s, out]),

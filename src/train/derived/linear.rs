@@ -10,6 +10,7 @@
 
 use burn::tensor::Tensor;
 
+use crate::kernels::add_matmul_nt;
 use crate::model::linear::Linear;
 
 /// What a linear layer's backward needs from its forward.
@@ -66,10 +67,10 @@ pub fn forward(linear: &Linear, x: Tensor<2>) -> (Tensor<2>, LinearTape) {
         .clone()
         .matmul(lora.a.clone().transpose())
         .mul_scalar(lora.scale);
-    let lora_out = u.clone().matmul(lora.b.clone().transpose());
     let (y, dora) = match &lora.magnitude {
-        None => (base + lora_out, None),
+        None => (add_matmul_nt(base, &u, &lora.b), None),
         Some(m) => {
+            let lora_out = u.clone().matmul(lora.b.clone().transpose());
             let norm = lora.dora_norm(w.clone());
             let c = m.clone() / norm.clone();
             let wide = c.clone().expand([n, out]);
