@@ -1,6 +1,6 @@
 //! Our own CPU kernels on the flex backend, each beside the generic tensor ops that are its oracle
 //! and its path on every other backend. A kernel reaches flex's buffers through burn's extension
-//! API (`Tensor::try_into_primitive::<Flex>` / `from_primitive`); a tensor on another backend, or
+//! API (`Tensor::try_into_primitive::<Flex>`, results wrapped by `from_data`); a tensor on another backend, or
 //! under autodiff, takes the generic path. Knows no model.
 //!
 //! - [`matmul_nt`]: x·Wᵀ for a few rows (the decode step's one token): flex's gemm runs a product
@@ -119,23 +119,35 @@ mod flex {
     /// outweigh a task's scheduling.
     const ROWS_PER_TASK: usize = 64;
 
-    /// None unless both operands are f32 on flex (not autodiff); x may be any layout, w must be
-    /// contiguous (a weight always is).
+    /// Whether `t` is an f32 tensor on flex (not autodiff).
+    fn on_flex<const D: usize>(t: &Tensor<D>) -> bool {
+        t.dtype() == DType::F32 && t.clone().try_into_primitive::<Flex>().is_ok()
+    }
+
+    /// `t`'s flex tensor, contiguous (copied only where it is not), if it is f32 on flex.
+    fn flex_f32<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
+        let p = contiguous(t.clone().try_into_primitive::<Flex>().ok()?);
+        p.as_slice::<f32>()?;
+        Some(p)
+    }
+
+    fn contiguous(p: FlexTensor) -> FlexTensor {
+        if p.is_contiguous() {
+            p
+        } else {
+            p.to_contiguous()
+        }
+    }
+
+    /// None unless both operands are f32 on flex (not autodiff).
     pub fn matmul_nt(x: &Tensor<2>, w: &Tensor<2>) -> Option<Tensor<2>> {
         let [m, k] = x.dims();
         let [n, _] = w.dims();
         if k == 0 || n == 0 {
             return None;
         }
-        let wp = w.clone().try_into_primitive::<Flex>().ok()?;
-        let ws = wp.as_slice::<f32>()?;
-        let xp = x.clone().try_into_primitive::<Flex>().ok()?;
-        let xp = if xp.is_contiguous() {
-            xp
-        } else {
-            xp.to_contiguous()
-        };
-        let xs = xp.as_slice::<f32>()?;
+        let (xp, wp) = (flex_f32(x)?, flex_f32(w)?);
+        let (xs, ws) = (xp.as_slice::<f32>()?, wp.as_slice::<f32>()?);
         // [n, m]: each task owns whole rows of W and their m outputs.
         let mut yt = vec![0.0f32; n * m];
         yt.par_chunks_mut(ROWS_PER_TASK * m)
@@ -147,11 +159,6 @@ mod flex {
             (0..m * n).map(|e| yt[(e % n) * m + e / n]).collect()
         };
         Some(Tensor::from_data(TensorData::new(y, [m, n]), &x.device()))
-    }
-
-    /// Whether `t` is an f32 tensor on flex (not autodiff).
-    fn on_flex<const D: usize>(t: &Tensor<D>) -> bool {
-        t.dtype() == DType::F32 && t.clone().try_into_primitive::<Flex>().is_ok()
     }
 
     pub fn add_matmul_nt(
@@ -206,17 +213,6 @@ mod flex {
     /// Queries per block of [`attention`]: their scores, [64, keys in reach], stay in cache.
     const QUERY_BLOCK: usize = 64;
 
-    fn flex_f32<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
-        let p = t.clone().try_into_primitive::<Flex>().ok()?;
-        let p = if p.is_contiguous() {
-            p
-        } else {
-            p.to_contiguous()
-        };
-        p.as_slice::<f32>()?;
-        Some(p)
-    }
-
     pub fn attention(
         q: &Tensor<4>,
         k: &Tensor<4>,
@@ -236,12 +232,7 @@ mod flex {
             kp.as_slice::<f32>()?,
             vp.as_slice::<f32>()?,
         );
-        let mp = mask.clone().try_into_primitive::<Flex>().ok()?;
-        let mp = if mp.is_contiguous() {
-            mp
-        } else {
-            mp.to_contiguous()
-        };
+        let mp = contiguous(mask.clone().try_into_primitive::<Flex>().ok()?);
         let (start, end) = mp.layout().contiguous_offsets()?;
         let masked = mp.storage::<u8>().get(start..end)?;
         // Per batch row and query block, the keys any of its queries may attend: [first, end).

@@ -220,14 +220,20 @@ fn two_ranks_train_and_evaluate_the_tiny_bert_classifier_like_one_process() {
     assert!(gap <= 1e-6, "adapters (and head) differ by {gap:.1e}");
 }
 
-/// `mpirun -np 2 lora-tune RECIPE` in the background, stderr captured.
-fn start_job(dir: &Path, recipe: &str) -> std::process::Child {
-    mpirun(dir, 2)
-        .args([recipe, "--device", "cpu"])
+/// The reference run of `keys`, trained by one process into `whole/`; then the same run as
+/// `name`, started as `mpirun -np 2 lora-tune RECIPE` in the background (stderr captured).
+/// → (that recipe, the job)
+fn reference_then_job(dir: &Path, keys: &str, name: &str) -> (String, std::process::Child) {
+    write_data(dir);
+    train(dir, &llama_recipe(dir, "whole", keys), 1, None);
+    let recipe = llama_recipe(dir, name, keys);
+    let job = mpirun(dir, 2)
+        .args([&recipe, "--device", "cpu"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    (recipe, job)
 }
 
 /// Polls until `ready` holds, failing if `job` ends first or 120 s pass.
@@ -259,13 +265,8 @@ fn rank_pid(recipe: &str, rank: usize) -> Option<u32> {
 fn a_killed_rank_ends_the_job_and_a_resume_on_three_ranks_finishes_the_run() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    write_data(dir);
     let keys = "max_steps = 200\ngrad_accum = 2\neval_every = 50\ncheckpoint_every = 1";
-    let whole = llama_recipe(dir, "whole", keys);
-    train(dir, &whole, 1, None);
-
-    let recipe = llama_recipe(dir, "killed", keys);
-    let mut job = start_job(dir, &recipe);
+    let (recipe, mut job) = reference_then_job(dir, keys, "killed");
     let checkpoint = |step: u64| dir.join(format!("killed/checkpoints/step-{step:06}"));
     wait_for(&mut job, "checkpoint 5", || checkpoint(5).exists());
     let pid = rank_pid(&recipe, 1).expect("rank 1's process");
@@ -425,12 +426,8 @@ fn two_ranks_train_the_quickstart_on_smollm2_like_one_process() {
 fn sigusr1_stops_the_job_with_a_checkpoint_that_one_process_finishes() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    write_data(dir);
     let keys = "max_steps = 300\ngrad_accum = 2\ncheckpoint_every = 1000";
-    let whole = llama_recipe(dir, "whole", keys);
-    train(dir, &whole, 1, None);
-    let recipe = llama_recipe(dir, "stopped", keys);
-    let mut job = start_job(dir, &recipe);
+    let (recipe, mut job) = reference_then_job(dir, keys, "stopped");
     let logged = || {
         std::fs::read_to_string(dir.join("stopped/metrics.jsonl")).map_or(0, |t| t.lines().count())
     };

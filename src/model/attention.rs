@@ -131,23 +131,35 @@ impl Attention {
             }
             cache.kv = Some((k.clone(), v.clone()));
         }
-        let t = k.dims()[2];
         // Without a gradient, on flex: our kernel, which reads grouped heads in place.
         let fast = match q.is_autodiff() {
             false => kernels::attention(&q, &k, &v, mask, self.scale, self.softcap),
             true => None,
         };
+        let out = fast.unwrap_or_else(|| self.attention_generic(q, k, v, mask)); // [b, h, s, d]
+        self.o_proj
+            .forward(out.swap_dims(1, 2).reshape([b, s, h * d]))
+    }
+
+    /// Attention by burn's ops: q [b, h, s, d], k and v [b, kv, t, d] → [b, h, s, d].
+    fn attention_generic(
+        &self,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        mask: &Tensor<4, Bool>,
+    ) -> Tensor<4> {
+        let [b, h, s, d] = q.dims();
+        let [_, kv, t, _] = k.dims();
         // repeat_kv: query head i reads key/value head i / (h / kv), as HF orders them.
         let repeat = |x: Tensor<4>| {
             x.unsqueeze_dim::<5>(2)
                 .expand([b, kv, h / kv, t, d])
                 .reshape([b, h, t, d])
         };
-        let out = if let Some(out) = fast {
-            out
-        } else if q.is_autodiff() {
-            let (k, v) = (repeat(k), repeat(v));
-            let mask = mask.clone().expand([b, h, s, t]);
+        let (k, v) = (repeat(k), repeat(v));
+        let mask = mask.clone().expand([b, h, s, t]);
+        if q.is_autodiff() {
             // Under autodiff, as transformers' eager path: the [b, h, s, t] scores are kept for
             // backward (burn's fused attention has no backward of its own). The scale is
             // applied to q, t/d times smaller than the scores (exact for power-of-two d).
@@ -158,19 +170,15 @@ impl Attention {
             };
             softmax(scores.mask_fill(mask, f32::MIN), 3).matmul(v)
         } else {
-            let (k, v) = (repeat(k), repeat(v));
-            let mask = mask.clone().expand([b, h, s, t]);
             // No gradient on another backend (evaluation, generation, the first pass of
-            // gradient checkpointing): the backend's fused attention — no S×S buffers.
+            // gradient checkpointing): its fused attention — no S×S buffers.
             let options = AttentionModuleOptions {
                 scale: Some(self.scale),
                 softcap: self.softcap,
                 ..Default::default()
             };
             attention(q, k, v, Some(mask), None, options)
-        }; // [b, h, s, d]
-        self.o_proj
-            .forward(out.swap_dims(1, 2).reshape([b, s, h * d]))
+        }
     }
 }
 
