@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
 
-use crate::kernels::add_matmul_nt;
+use crate::kernels::{add_matmul_nt, matmul_nt};
 use crate::recipe::LoraInit;
 
 #[derive(Debug, Clone)]
@@ -108,18 +108,15 @@ impl LoraAdapter {
             None => x,
         };
         // The scale multiplies the r-wide intermediate, not the out-wide result.
-        let u = x
-            .clone()
-            .matmul(self.a.clone().transpose())
-            .mul_scalar(self.scale);
+        let u = matmul_nt(x.clone(), self.a.clone()).mul_scalar(self.scale);
         let Some(m) = &self.magnitude else {
             return add_matmul_nt(base, &u, &self.b);
         };
-        let lora = u.matmul(self.b.clone().transpose());
+        let lora = matmul_nt(u, self.b.clone());
         let [n, out] = base.dims();
         let c = (m.clone() / self.dora_norm(w.clone()).detach()).expand([n, out]);
         let base_dropped = match mask {
-            Some(_) => x.matmul(w.clone().transpose()),
+            Some(_) => matmul_nt(x, w.clone()),
             None => base.clone(),
         };
         base + ((c.clone() - 1.0) * base_dropped + c * lora)

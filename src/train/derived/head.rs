@@ -6,6 +6,7 @@ use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::linear::{self, FactorGradients};
 use super::ops::{rms_norm_backward, softcap_derivative};
+use crate::kernels::{matmul, matmul_nt};
 use crate::model::attention::softcap;
 use crate::model::decoder::Decoder;
 use crate::train::cross_entropy::nll_sum_and_gradient;
@@ -44,7 +45,7 @@ pub fn backward(
                 let (logits, tape) = linear::forward(head, normed);
                 (logits, Some(tape))
             }
-            None => (normed.matmul(model.embed_tokens.clone().transpose()), None),
+            None => (matmul_nt(normed, model.embed_tokens.clone()), None),
         };
         let logits = if scaling == 1.0 {
             logits
@@ -71,7 +72,7 @@ pub fn backward(
                 pass.adapter = linear::add(pass.adapter, grads);
                 dnormed
             }
-            _ => dlogits.matmul(model.embed_tokens.clone()),
+            _ => matmul(dlogits, model.embed_tokens.clone()),
         };
         let drows = rms_norm_backward(&model.norm, rows, dnormed);
         pass.dx = pass.dx.select_assign(0, at, drows, IndexingUpdateOp::Add);

@@ -10,7 +10,7 @@
 
 use burn::tensor::Tensor;
 
-use crate::kernels::add_matmul_nt;
+use crate::kernels::{add_matmul_nt, matmul, matmul_nt};
 use crate::model::linear::Linear;
 
 /// What a linear layer's backward needs from its forward.
@@ -54,7 +54,7 @@ pub fn forward(linear: &Linear, x: Tensor<2>) -> (Tensor<2>, LinearTape) {
         None => y,
     };
     let w = linear.weight.dense(); // decoded once for every use below
-    let base = x.clone().matmul(w.clone().transpose());
+    let base = matmul_nt(x.clone(), w.clone());
     let Some(lora) = &linear.lora else {
         return (with_bias(base), LinearTape { x, adapter: None });
     };
@@ -63,19 +63,16 @@ pub fn forward(linear: &Linear, x: Tensor<2>) -> (Tensor<2>, LinearTape) {
         Some(m) => x.clone() * m.clone(),
         None => x.clone(),
     };
-    let u = dropped
-        .clone()
-        .matmul(lora.a.clone().transpose())
-        .mul_scalar(lora.scale);
+    let u = matmul_nt(dropped.clone(), lora.a.clone()).mul_scalar(lora.scale);
     let (y, dora) = match &lora.magnitude {
         None => (add_matmul_nt(base, &u, &lora.b), None),
         Some(m) => {
-            let lora_out = u.clone().matmul(lora.b.clone().transpose());
+            let lora_out = matmul_nt(u.clone(), lora.b.clone());
             let norm = lora.dora_norm(w.clone());
             let c = m.clone() / norm.clone();
             let wide = c.clone().expand([n, out]);
             let base_dropped = match &mask {
-                Some(_) => dropped.matmul(w.transpose()),
+                Some(_) => matmul_nt(dropped, w),
                 None => base.clone(),
             };
             // Summed in `LoraAdapter::forward`'s order, so a recomputed pass rounds alike.
@@ -106,7 +103,7 @@ pub fn backward_if(
     with_dx: bool,
 ) -> (Option<Tensor<2>>, Option<FactorGradients>) {
     let (Some(lora), Some(adapter)) = (&linear.lora, tape.adapter) else {
-        return (with_dx.then(|| dy.matmul(linear.weight.dense())), None);
+        return (with_dx.then(|| matmul(dy, linear.weight.dense())), None);
     };
     // Decoded once, and only when something multiplies by it.
     let w = (with_dx || adapter.dora.is_some()).then(|| linear.weight.dense());
@@ -118,28 +115,27 @@ pub fn backward_if(
     };
     // DoRA: the adapter sees c·dy; m its own gradient; the base path its share.
     let (g, dm, base_dx) = match &adapter.dora {
-        None => (dy.clone(), None, with_dx.then(|| dy.matmul(w()))),
+        None => (dy.clone(), None, with_dx.then(|| matmul(dy, w()))),
         Some([norm, c]) => {
             let wide = c.clone().expand([n, out]);
             let g = dy.clone() * wide.clone();
-            let v = dropped.clone().matmul(w().transpose())
-                + adapter.u.clone().matmul(lora.b.clone().transpose());
+            let v = matmul_nt(dropped.clone(), w()) + matmul_nt(adapter.u.clone(), lora.b.clone());
             let dm = (dy.clone() * v).sum_dim(0) / norm.clone();
             let base_dx = with_dx.then(|| match &adapter.mask {
-                None => g.clone().matmul(w()),
+                None => matmul(g.clone(), w()),
                 Some(mask) => {
-                    let dropped_path = ((wide - 1.0) * dy.clone()).matmul(w()) * mask.clone();
-                    dy.matmul(w()) + dropped_path
+                    let dropped_path = matmul((wide - 1.0) * dy.clone(), w()) * mask.clone();
+                    matmul(dy, w()) + dropped_path
                 }
             });
             (g, Some(dm), base_dx)
         }
     };
-    let db = g.clone().transpose().matmul(adapter.u);
-    let du = g.matmul(lora.b.clone()).mul_scalar(lora.scale); // [n, r]
-    let da = du.clone().transpose().matmul(dropped);
+    let db = matmul(g.clone().transpose(), adapter.u);
+    let du = matmul(g, lora.b.clone()).mul_scalar(lora.scale); // [n, r]
+    let da = matmul(du.clone().transpose(), dropped);
     let dx = base_dx.map(|base| {
-        let through = du.matmul(lora.a.clone());
+        let through = matmul(du, lora.a.clone());
         base + match adapter.mask {
             Some(m) => through * m,
             None => through,
