@@ -1,6 +1,7 @@
 //! SmolLM2-135M-Instruct (the pinned GGUF) on the CPU backend: load time, forward (prefill)
-//! tokens/s, evaluation tokens/s (W1's 4×256 batch through the model with r=8 adapters on the
-//! seven Llama targets, no gradient) and KV-cache decode tokens/s, printed as one JSON object.
+//! tokens/s, evaluation tokens/s (the loss of W1's 4×256 batch, every next token labelled, through
+//! the model with r=8 adapters on the seven Llama targets, no gradient, as `lora-tune eval` and
+//! a run's evaluation compute it) and KV-cache decode tokens/s, printed as one JSON object.
 //! Not a test. Run: cargo bench --bench forward; the PyTorch side:
 //! tools/reference/bench_forward.py GGUF_DIR.
 
@@ -10,13 +11,16 @@ mod artifacts;
 use std::time::Instant;
 
 use burn::tensor::Tensor;
+use lora_tune::data::batch::Batch;
 use lora_tune::device::{DeviceChoice, select};
 use lora_tune::lora::targets::select as select_targets;
 use lora_tune::model::adapted::AdaptedModel;
 use lora_tune::model::generate::{Sampling, generate};
 use lora_tune::recipe::LoraSection;
+use lora_tune::train::loss::Objective;
 
 fn main() -> anyhow::Result<()> {
+    lora_tune::allocator::keep_freed_pages(); // as the binary does
     let files = artifacts::smollm2();
     let device = select(DeviceChoice::Cpu)?.device;
 
@@ -66,10 +70,21 @@ fn main() -> anyhow::Result<()> {
                 .collect()
         })
         .collect();
+    // Every next token labelled, as evaluation of a plain-text set scores it.
+    let batch = Batch {
+        labels: rows
+            .iter()
+            .map(|r| r.iter().map(|&t| i64::from(t)).collect())
+            .collect(),
+        attention_mask: vec![vec![1; 256]; 4],
+        input_ids: rows,
+        classes: Vec::new(),
+    };
+    adapted.set_training(false);
     let mut eval_times = Vec::new();
     for run in 0..4 {
         let t = Instant::now();
-        let _ = adapted.forward(&rows, &vec![vec![1; 256]; 4]).into_data();
+        let _ = adapted.loss_sum(&batch).expect("labelled").into_data();
         if run > 0 {
             eval_times.push(t.elapsed().as_secs_f64());
         }

@@ -29,6 +29,7 @@ use lora_tune::train::optim::{AdamW, AdamWConfig};
 use lora_tune::train::step::train_step;
 
 fn main() -> anyhow::Result<()> {
+    lora_tune::allocator::keep_freed_pages(); // as the binary does
     let w2 = std::env::args().any(|a| a == "w2");
     // `chat`: like supervised chat data, only the second half of each row (the answer) is
     // labelled; the loss computes logits at labelled positions only.

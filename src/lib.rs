@@ -2,6 +2,7 @@
 //!
 //! Modules in dependency order: each uses only modules above it, and no two files import each
 //! other (see ../shared/DESIGN.md §2).
+//! - [`allocator`]: freed buffers keep their pages (glibc's malloc tunables), set first in `main`.
 //! - [`atomic`]: every file we write goes through `write_atomic` (temp file + fsync + rename).
 //! - [`dtype`]: the float types a user picks (base storage, exports), one type for all.
 //! - [`recipe`]: the TOML recipe as written, with errors that name file, line and key.
@@ -25,6 +26,7 @@
 //!   and merged model a run or `lora-tune export` writes, through one entry point.
 //! - [`cli`] and [`commands`]: clap definitions and one file per subcommand (wiring only).
 
+pub mod allocator;
 pub mod atomic;
 pub mod cli;
 pub mod commands;

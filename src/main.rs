@@ -6,6 +6,7 @@ use clap::Parser;
 use lora_tune::{cli::Cli, commands, distributed};
 
 fn main() -> ExitCode {
+    lora_tune::allocator::keep_freed_pages();
     let cli = Cli::parse();
     // Under mpirun: join the job (MPI is finalised when `job` drops at the end of main).
     let (job, result) = match distributed::join() {

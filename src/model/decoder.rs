@@ -411,15 +411,10 @@ impl Decoder {
         self.head(self.hidden(ids, attention_mask))
     }
 
-    /// Logits at the flat positions `at` (row · s + column) only → [at.len(), vocab]. The loss
-    /// needs them where a label follows; skipping the rest saves the head's matmul and the
-    /// vocabulary-sized buffers autodiff keeps for them.
-    pub fn logits_at(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u8>], at: &[i64]) -> Tensor<2> {
-        self.head_at(self.hidden(ids, attention_mask), at)
-    }
-
-    /// The head at flat positions `at` of final-norm hidden states x [b, s, hidden] →
-    /// [at.len(), vocab].
+    /// The head at flat positions `at` (row · s + column) of final-norm hidden states
+    /// x [b, s, hidden] → [at.len(), vocab]. The loss needs logits only where a label follows;
+    /// skipping the rest saves the head's matmul and the vocabulary-sized buffers autodiff keeps
+    /// for them.
     pub fn head_at(&self, x: Tensor<3>, at: &[i64]) -> Tensor<2> {
         let [b, s, hd] = x.dims();
         let at_ =

@@ -7,6 +7,7 @@ use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::data::batch::{Batch, IGNORE};
 use crate::kernels;
+use crate::memory::LOGIT_CHUNK;
 use crate::model::decoder::Decoder;
 
 /// Σ −log p(labels[t+1] | ids[..=t]) over the labelled positions of `batch` → [1]; None when
@@ -16,8 +17,13 @@ pub fn next_token_nll_sum(model: &Decoder, batch: &Batch) -> Option<Tensor<1>> {
     if at.is_empty() {
         return None;
     }
-    let logits = model.logits_at(&batch.input_ids, &batch.attention_mask, &at);
-    Some(nll_sum(logits, targets))
+    let hidden = model.hidden(&batch.input_ids, &batch.attention_mask);
+    // A chunk of positions at a time, as the training step's head: one [chunk, vocab] buffer
+    // instead of a batch-sized one (200 MB for a 4×256 batch of SmolLM2).
+    at.chunks(LOGIT_CHUNK)
+        .zip(targets.chunks(LOGIT_CHUNK))
+        .map(|(at, targets)| nll_sum(model.head_at(hidden.clone(), at), targets.to_vec()))
+        .reduce(|total, chunk| total + chunk)
 }
 
 /// Σ −log softmax(logits)[target] over the rows of logits [n, vocab] → [1].

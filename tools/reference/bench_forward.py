@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """transformers + PEFT (PyTorch, 2 threads) on benches/forward.rs's workloads, SmolLM2-135M-Instruct
 (the same GGUF, dequantised to f32): forward 1×256 tokens of the same text (no gradient),
-evaluation of W1's 4×256 token ids through PEFT LoRA r=8 α=16 on the seven Llama targets (no
-gradient), and `generate` of 64 greedy tokens with the KV cache after the text's first 16 tokens.
+the evaluation loss of W1's 4×256 token ids (every next token labelled) through PEFT LoRA r=8
+α=16 on the seven Llama targets (no gradient), and `generate` of 64 greedy tokens with the KV cache after the text's first 16 tokens.
 Prints one JSON object. Usage: python3 tools/reference/bench_forward.py DIR_WITH_SMOLLM2_GGUF
 """
 import json
@@ -43,7 +43,8 @@ def main(gguf_dir):
         peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=[
             "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])).eval()
         rows = torch.tensor([[(r * 7919 + j * 104729) % 49000 + 100 for j in range(256)] for r in range(4)])
-        eval_s = median_time(lambda: peft(input_ids=rows), 3)
+        # The evaluation loss, every next token labelled, as Trainer.evaluate computes it.
+        eval_s = median_time(lambda: peft(input_ids=rows, labels=rows).loss, 3)
     print(json.dumps({
         "impl": f"peft {__import__('peft').__version__} transformers {__import__('transformers').__version__} torch {torch.__version__}",
         "threads": torch.get_num_threads(),
