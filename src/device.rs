@@ -4,7 +4,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
+
+use crate::dtype::{ComputeDtype, Dtype};
 
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +43,10 @@ pub enum DeviceError {
     },
     #[error("could not start the wgpu device: {0}. Try `--device cpu`")]
     WgpuInit(String),
+    #[error(
+        "model.compute_dtype = \"{dtype}\": {device} has no general {dtype} arithmetic (its backend reports storage or conversion only); use \"f32\" or \"auto\""
+    )]
+    NoHalfArithmetic { device: String, dtype: &'static str },
 }
 
 impl FromStr for DeviceChoice {
@@ -87,6 +93,51 @@ pub struct Selected {
     /// Computes in host memory (flex), where `plan`'s memory estimate applies.
     pub on_cpu: bool,
     pub why: String,
+}
+
+/// `model.compute_dtype` on `selected`: the dtype the frozen base's products run in, and why.
+/// `auto` takes bf16 where the backend reports general bf16 arithmetic (burn's
+/// `supports_dtype`: CUDA, Metal; Vulkan's bf16 is conversion-only) and f32 on the CPU, where
+/// flex converts every half-precision product to f32 and back. Asked for explicitly, bf16 runs
+/// on the CPU too (slower; for tests) and is refused where the device has no bf16 arithmetic.
+pub fn compute_dtype(
+    selected: &Selected,
+    choice: ComputeDtype,
+) -> Result<(Dtype, String), DeviceError> {
+    let has = |dtype: FloatDType| selected.on_cpu || selected.device.supports_dtype(dtype);
+    let (dtype, name, floating) = match choice {
+        ComputeDtype::F32 => return Ok((Dtype::F32, "asked for".into())),
+        ComputeDtype::Auto if selected.on_cpu => {
+            let why = "the CPU backend converts half-precision products to f32 and back";
+            return Ok((Dtype::F32, why.into()));
+        }
+        ComputeDtype::Auto if !selected.device.supports_dtype(FloatDType::BF16) => {
+            return Ok((
+                Dtype::F32,
+                format!("{} has no general bf16 arithmetic", selected.name),
+            ));
+        }
+        ComputeDtype::Auto => {
+            return Ok((
+                Dtype::Bf16,
+                format!("{} has bf16 arithmetic", selected.name),
+            ));
+        }
+        ComputeDtype::Bf16 => (Dtype::Bf16, "bf16", FloatDType::BF16),
+        ComputeDtype::F16 => (Dtype::F16, "f16", FloatDType::F16),
+    };
+    if !has(floating) {
+        return Err(DeviceError::NoHalfArithmetic {
+            device: selected.name.clone(),
+            dtype: name,
+        });
+    }
+    let why = if selected.on_cpu {
+        "asked for; slower than f32 on the CPU, where every product is converted"
+    } else {
+        "asked for"
+    };
+    Ok((dtype, why.into()))
 }
 
 /// Starts the device the user asked for; `Auto` probes wgpu adapters first.
@@ -430,5 +481,20 @@ mod tests {
         let selected = select(DeviceChoice::Cpu).unwrap();
         assert_eq!(selected.name, "cpu (flex)");
         assert!(selected.why.contains("--device cpu"));
+    }
+
+    #[test]
+    fn the_cpu_computes_in_f32_unless_bf16_is_asked_for() {
+        let cpu = select(DeviceChoice::Cpu).unwrap();
+        let (auto, why) = compute_dtype(&cpu, ComputeDtype::Auto).unwrap();
+        assert_eq!(auto, Dtype::F32);
+        assert!(why.contains("converts"), "{why}");
+        let (bf16, why) = compute_dtype(&cpu, ComputeDtype::Bf16).unwrap();
+        assert_eq!(bf16, Dtype::Bf16);
+        assert!(why.contains("slower"), "{why}");
+        assert_eq!(
+            compute_dtype(&cpu, ComputeDtype::F32).unwrap().0,
+            Dtype::F32
+        );
     }
 }

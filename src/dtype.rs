@@ -1,5 +1,6 @@
-//! The float types a user chooses: how a frozen base is stored (`model.dtype`) and what an
-//! export's tensors are written in (`export.dtype`, `--dtype`). One type for the recipe, the CLI
+//! The float types a user chooses: how a frozen base is stored (`model.dtype`), what its products
+//! compute in (`model.compute_dtype`) and what an export's tensors are written in
+//! (`export.dtype`, `--dtype`). One type for the recipe, the CLI
 //! and the writers; a file format that tags dtypes its own way maps from this one
 //! (safetensors' `BF16`, transformers' `torch_dtype`, GGUF's ggml type ids).
 
@@ -15,6 +16,15 @@ pub enum Dtype {
 }
 
 impl Dtype {
+    /// The name a recipe spells it with.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        }
+    }
+
     /// transformers' `torch_dtype` name, as config.json writes it.
     pub fn torch_name(self) -> &'static str {
         match self {
@@ -23,4 +33,18 @@ impl Dtype {
             Self::F16 => "float16",
         }
     }
+}
+
+/// What the frozen base's matrix products compute in (`model.compute_dtype`); the device decides
+/// `auto` (`device::compute_dtype`). Norms, softmax, RoPE, the loss, the adapters, their
+/// gradients and AdamW's moments stay f32 — torch autocast's split.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDtype {
+    /// bf16 where the device has general bf16 arithmetic, else f32.
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+    F16,
 }

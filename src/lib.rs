@@ -4,7 +4,7 @@
 //! other (see ../shared/DESIGN.md §2).
 //! - [`allocator`]: freed buffers keep their pages (glibc's malloc tunables), set first in `main`.
 //! - [`atomic`]: every file we write goes through `write_atomic` (temp file + fsync + rename).
-//! - [`dtype`]: the float types a user picks (base storage, exports), one type for all.
+//! - [`dtype`]: the float types a user picks (base storage, products, exports), one type for all.
 //! - [`recipe`]: the TOML recipe as written, with errors that name file, line and key.
 //! - [`distributed`]: which rank of an `mpirun` job this process is, and the collectives (sums,
 //!   a barrier) data-parallel training needs; a job of one without a launcher.

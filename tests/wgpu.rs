@@ -177,3 +177,57 @@ fn worst_relative(wgpu: &[Vec<f32>], flex: &[Vec<f32>]) -> f32 {
     }
     worst
 }
+
+/// `model.compute_dtype` on wgpu follows what the adapter reports: llvmpipe's GL backend has no
+/// bf16 arithmetic (WGSL has no bf16), so `auto` computes in f32 and `bf16` is refused with the
+/// reason; on an adapter that reports bf16 arithmetic, both take bf16.
+#[test]
+fn compute_dtype_on_wgpu_follows_the_adapter() {
+    use burn::tensor::FloatDType;
+    use lora_tune::dtype::{ComputeDtype, Dtype};
+    if wgpu().is_none() {
+        return;
+    }
+    let selected = select(DeviceChoice::Wgpu).unwrap();
+    let has_bf16 = selected.device.supports_dtype(FloatDType::BF16);
+    eprintln!("{}: general bf16 arithmetic {has_bf16}", selected.name);
+    let (auto, why) = lora_tune::device::compute_dtype(&selected, ComputeDtype::Auto).unwrap();
+    let asked = lora_tune::device::compute_dtype(&selected, ComputeDtype::Bf16);
+    if has_bf16 {
+        assert_eq!(auto, Dtype::Bf16, "{why}");
+        assert_eq!(asked.unwrap().0, Dtype::Bf16);
+    } else {
+        assert_eq!(auto, Dtype::F32);
+        assert!(why.contains("no general bf16"), "{why}");
+        let err = asked.unwrap_err().to_string();
+        assert!(
+            err.contains("model.compute_dtype") && err.contains("f32"),
+            "{err}"
+        );
+    }
+}
+
+/// A run on wgpu end to end through the binary: what `auto` picked for the products and why,
+/// and the device memory the allocator holds at the end (GPU backends report their pools;
+/// flex prints no such line).
+#[test]
+fn a_run_on_wgpu_says_its_compute_dtype_and_device_memory() {
+    if wgpu().is_none() {
+        return;
+    }
+    let recipe = "[model]\nsource = \"model\"\n\n[data]\ntrain = \"train.jsonl\"\nmax_len = 32\n\n[train]\nmax_steps = 2\nbatch_size = 2\n\n[export]\nout_dir = \"out\"\n";
+    let tmp = common::tiny_workdir(recipe);
+    let out = common::run(tmp.path(), &["recipe.toml", "--device", "wgpu"]);
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("compute: frozen products in f32 (") && stdout.contains("no general bf16"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("device memory: "), "{stdout}");
+    let tmp = common::tiny_workdir(recipe);
+    let cpu = common::run(tmp.path(), &["recipe.toml", "--device", "cpu"]);
+    let (stdout, stderr) = common::text(&cpu);
+    assert_eq!(cpu.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(!stdout.contains("device memory: "), "{stdout}");
+}

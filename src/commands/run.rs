@@ -89,6 +89,18 @@ pub fn run(
         return Ok(()); // rank 0 reports the run and exports it
     }
     print_summary(&summary, plan);
+    // GPU backends report their allocator's pools (flex does not): what the run holds there.
+    if let Some(usage) = loaded
+        .device
+        .as_ref()
+        .and_then(|d| d.device.memory_pool_usage())
+    {
+        println!(
+            "       device memory: {} reserved by the allocator at the end, {} in use",
+            crate::memory::gb(usage.bytes_reserved),
+            crate::memory::gb(usage.bytes_in_use),
+        );
+    }
     if summary.interrupted {
         anyhow::bail!(
             "interrupted after step {} of {}; checkpoint {}; continue with: {resume_command}",

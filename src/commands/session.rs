@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::data::dataset::{DataStats, Dataset};
 use crate::device::{self, DeviceChoice, Selected};
+use crate::dtype::{ComputeDtype, Dtype};
 use crate::lora::report::thousands;
 use crate::memory::{self, MemoryCheck};
 use crate::model::TaskModel;
@@ -80,12 +81,21 @@ pub fn open_model(loaded: &Loaded, memory_check: MemoryCheck) -> anyhow::Result<
     ) {
         memory_check.refuse_over(&estimate, shape)?;
     }
+    let (compute, why) = match prepared.labels {
+        Some(_) => (
+            Dtype::F32,
+            "a classifier computes in f32 so far".to_string(),
+        ),
+        None => device::compute_dtype(&selected, prepared.plan.compute_dtype)?,
+    };
+    println!("compute: frozen products in {} ({why})", compute.name());
     let started = Instant::now();
     let mut model = prepared.load_model(&selected.device)?;
     let seconds = started.elapsed().as_secs_f64();
     match &mut model {
         TaskModel::Lm(lm) => {
-            if prepared.plan.base_storage() != Default::default() {
+            lm.compute_in(compute);
+            if prepared.plan.base_storage() != Default::default() || compute != Dtype::F32 {
                 let weights: Vec<&FrozenWeight> = lm
                     .linears_mut()
                     .into_iter()
@@ -117,10 +127,20 @@ pub fn open_model(loaded: &Loaded, memory_check: MemoryCheck) -> anyhow::Result<
                     }
                     None => "kept in their GGUF blocks".into(),
                 };
+                // `compute_in` stores dense weights in a half compute dtype.
+                let stored = match compute {
+                    Dtype::F32 => prepared.plan.dtype.name(),
+                    half => half.name(),
+                };
+                let held = match kept {
+                    0 => format!("{} linear weights stored as {stored}", weights.len()),
+                    _ => format!(
+                        "{kept} of {} linear weights {how}, the rest stored as {stored}",
+                        weights.len()
+                    ),
+                };
                 println!(
-                    "frozen base: {kept} of {} linear weights {how}, the rest stored as {:?}: {} instead of {} in f32",
-                    weights.len(),
-                    prepared.plan.dtype,
+                    "frozen base: {held}: {} instead of {} in f32",
                     memory::gb(weights.iter().map(|w| w.resident_bytes()).sum()),
                     memory::gb(weights.iter().map(f32_bytes).sum()),
                 );
@@ -160,12 +180,21 @@ fn print_prepared(prepared: &Prepared) {
         model.source.reference,
         model.files.path().display()
     );
+    let products = match plan.compute_dtype {
+        ComputeDtype::Auto => "products in bf16 where the device has bf16 arithmetic, else f32",
+        ComputeDtype::F32 => "products in f32",
+        // Refused by `Plan::resolve` until loss scaling exists.
+        ComputeDtype::F16 => "products in f16",
+        ComputeDtype::Bf16 => {
+            "products in bf16 (on the CPU slower than f32: every product is converted)"
+        }
+    };
     println!(
-        "       {}, {} tensors, {} parameters, compute dtype {:?}",
+        "       {}, {} tensors, {} parameters; linear weights stored as {}, {products}",
         inventory.format,
         inventory.tensors.len(),
         thousands(inventory.parameters()),
-        plan.dtype
+        plan.base_storage().dense.name(),
     );
     print_settings(plan);
     println!("       {}", prepared.config.describe());

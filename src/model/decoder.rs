@@ -10,11 +10,12 @@ use super::attention::{
     Attention, KvCache, LayerCache, QkvProjection, causal_padding_mask, positions, softcap,
 };
 use super::decoder_config::{DecoderConfig, NormPlacement, QkNorm};
+use super::frozen::{float_dtype, frozen_product_nt};
 use super::linear::{Linear, take1, take2};
 use super::mlp::{GateUpProjection, Mlp};
 use super::norm::RmsNorm;
 use super::rope::{RopeFrequencies, RopeTables};
-use crate::kernels::matmul_nt;
+use crate::dtype::Dtype;
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
 
@@ -228,6 +229,9 @@ pub struct Decoder {
     /// Training recomputes each decoder layer in backward instead of keeping its activations
     /// (transformers' `gradient_checkpointing`; `train::derived`). Off by default.
     pub gradient_checkpointing: bool,
+    /// What the tied head's product computes in ([`Self::compute_in`]); the linears carry
+    /// their own.
+    pub compute: Dtype,
     rope: RopeFrequencies,
     /// The sliding-window layers' own (Gemma 3).
     local_rope: Option<RopeFrequencies>,
@@ -376,10 +380,29 @@ impl Decoder {
             norm,
             lm_head,
             gradient_checkpointing: false,
+            compute: Dtype::F32,
             rope,
             local_rope,
             device: device.clone(),
         })
+    }
+
+    /// Runs every frozen product in `dtype` (`model.compute_dtype`): the linears' dense weights
+    /// are stored in it (kept-quantised ones decode per product); the tied head casts the
+    /// embedding per product, whose lookup stays f32. f32 leaves the weights as stored.
+    pub fn compute_in(&mut self, dtype: Dtype) {
+        self.compute = dtype;
+        for (_, linear) in self.linears_mut() {
+            linear.compute = dtype;
+            if dtype != Dtype::F32 {
+                linear.weight.store_as(dtype);
+            }
+        }
+    }
+
+    /// The tied head's matrix (the embedding, [vocab, hidden]) in the head's compute dtype.
+    pub fn tied_head_weight(&self) -> Tensor<2> {
+        self.embed_tokens.clone().cast(float_dtype(self.compute))
     }
 
     /// Every linear layer with its HF module path, in the order of `LlamaConfig::linear_sites`.
@@ -477,7 +500,8 @@ impl Decoder {
             None => {
                 let [b, s, hd] = x.dims();
                 let v = self.config.vocab_size;
-                matmul_nt(x.reshape([b * s, hd]), self.embed_tokens.clone()).reshape([b, s, v])
+                let w = self.tied_head_weight();
+                frozen_product_nt(x.reshape([b * s, hd]), w, self.compute).reshape([b, s, v])
             }
         }
     }

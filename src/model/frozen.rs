@@ -1,4 +1,5 @@
-//! A frozen weight matrix on the device: f32, bf16/f16 widened to f32 per use (`model.dtype`),
+//! A frozen weight matrix on the device: f32, bf16/f16 widened to f32 per use (`model.dtype`) or
+//! multiplied in its own type (`model.compute_dtype`, [`frozen_product`]),
 //! or a GGUF matrix kept in its blocks and decoded per use (`model.keep_quantized`, QLoRA-style). Decoding runs the same f32 operations as the
 //! host-side dequantiser, so a kept matrix multiplies with exactly the values an f32 load holds.
 //! Only integer shifts, masks and elementwise float ops are used, so every backend runs it.
@@ -6,6 +7,7 @@
 use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::dtype::Dtype;
+use crate::kernels;
 use crate::weights::blocks::BlockMatrix;
 use crate::weights::host::FrozenMatrix;
 
@@ -38,12 +40,8 @@ impl FrozenWeight {
         match matrix {
             FrozenMatrix::Dense(t, storage) => {
                 let shape = [t.shape[0], t.shape[1]];
-                let w = Tensor::from_data(TensorData::new(t.values, shape), device);
-                Self::Dense(match storage {
-                    Dtype::F32 => w,
-                    Dtype::Bf16 => w.cast(FloatDType::BF16),
-                    Dtype::F16 => w.cast(FloatDType::F16),
-                })
+                let w: Tensor<2> = Tensor::from_data(TensorData::new(t.values, shape), device);
+                Self::Dense(w.cast(float_dtype(storage))) // a no-op on f32
             }
             FrozenMatrix::Blocks(b) => Self::Blocks(PackedBlocks::new(b, device)),
         }
@@ -65,12 +63,57 @@ impl FrozenWeight {
         }
     }
 
+    /// The matrix in `compute`'s dtype: f32 as [`Self::dense`] gives it, or bf16/f16 (a weight
+    /// already stored so is used as it is).
+    pub fn in_dtype(&self, compute: Dtype) -> Tensor<2> {
+        match (self, compute) {
+            (_, Dtype::F32) => self.dense(),
+            (Self::Dense(w), half) => w.clone().cast(float_dtype(half)),
+            (Self::Blocks(b), half) => b.decode().cast(float_dtype(half)),
+        }
+    }
+
+    /// Stores a dense weight as `dtype` (a kept-quantised one stays in its blocks).
+    pub fn store_as(&mut self, dtype: Dtype) {
+        if let Self::Dense(w) = self {
+            *w = w.clone().cast(float_dtype(dtype));
+        }
+    }
+
     /// Bytes the weight occupies on the device.
     pub fn resident_bytes(&self) -> u64 {
         match self {
             Self::Dense(w) => (w.shape().num_elements() * w.dtype().size()) as u64,
             Self::Blocks(b) => b.bytes,
         }
+    }
+}
+
+/// burn's float type for `dtype`.
+pub fn float_dtype(dtype: Dtype) -> FloatDType {
+    match dtype {
+        Dtype::F32 => FloatDType::F32,
+        Dtype::Bf16 => FloatDType::BF16,
+        Dtype::F16 => FloatDType::F16,
+    }
+}
+
+/// x·w of a frozen matrix w in `compute` (w already in that dtype, x f32) → f32. f32 through
+/// [`kernels::matmul`]; bf16/f16 as tensor cores and torch autocast compute it: both operands
+/// in the half type, products summed in f32, the result rounded to the half type — then
+/// widened, so everything after the product (adapters, norms, the loss) stays f32.
+pub fn frozen_product(x: Tensor<2>, w: Tensor<2>, compute: Dtype) -> Tensor<2> {
+    match compute {
+        Dtype::F32 => kernels::matmul(x, w),
+        half => x.cast(float_dtype(half)).matmul(w).cast(FloatDType::F32),
+    }
+}
+
+/// x·wᵀ, as [`frozen_product`] (f32 through [`kernels::matmul_nt`]).
+pub fn frozen_product_nt(x: Tensor<2>, w: Tensor<2>, compute: Dtype) -> Tensor<2> {
+    match compute {
+        Dtype::F32 => kernels::matmul_nt(x, w),
+        half => frozen_product(x, w.transpose(), half),
     }
 }
 

@@ -4,8 +4,8 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::frozen::FrozenWeight;
-use crate::kernels::matmul_nt;
+use super::frozen::{FrozenWeight, frozen_product_nt};
+use crate::dtype::Dtype;
 use crate::lora::adapter::LoraAdapter;
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
@@ -18,6 +18,8 @@ pub struct Linear {
     /// [out]
     pub bias: Option<Tensor<1>>,
     pub lora: Option<LoraAdapter>,
+    /// What the product with `weight` computes in (`model.compute_dtype`); f32 at load.
+    pub compute: Dtype,
 }
 
 impl Linear {
@@ -36,6 +38,7 @@ impl Linear {
                 None
             },
             lora: None,
+            compute: Dtype::F32,
         })
     }
 
@@ -45,8 +48,8 @@ impl Linear {
         let [out, inp] = self.weight.dims();
         let x = x.reshape([b * s, inp]);
         // Decoded once: a kept-quantised weight would otherwise decode again for DoRA.
-        let w = self.weight.dense();
-        let y = matmul_nt(x.clone(), w.clone()); // [b·s, out]
+        let w = self.weight.in_dtype(self.compute);
+        let y = frozen_product_nt(x.clone(), w.clone(), self.compute); // [b·s, out]
         let y = match &self.lora {
             Some(lora) => lora.forward(x, &w, y),
             None => y,

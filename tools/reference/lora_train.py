@@ -20,12 +20,17 @@ With `loraplus`: the same steps on tiny-llama with PEFT's create_loraplus_optimi
 (loraplus_lr_ratio=16, loraplus_weight_decay=0.01: PEFT's groups override the optimizer's own
 weight_decay), into tests/fixtures/lora/train-loraplus/ (final, trajectory; the initial adapters
 are lora/train's, checked equal).
+With `bf16`: the same steps on tiny-llama with every forward under
+torch.autocast("cpu", dtype=torch.bfloat16) — PEFT users' mixed precision: each linear's input
+and weight (the adapters' too) rounded to bf16, products accumulated in f32 and rounded to bf16,
+the loss in f32 — into tests/fixtures/lora/train-bf16/ (final, trajectory; the initial adapters
+are lora/train's, checked equal).
 With `dora`: the same steps on tiny-llama with LoraConfig(use_dora=True) — A, B and each layer's
 lora_magnitude_vector trained — into tests/fixtures/lora/train-dora/ (init with the magnitudes,
 final, trajectory), plus the trained adapter as save_pretrained writes it (peft/) and its logits on
 the first micro-batch (logits.safetensors; merge_and_unload's model checked equal).
 Environment: transformers==5.23.0 peft==0.21.2, torch per DESIGN.md §6.
-Usage: python3 tools/reference/lora_train.py [qwen3|granite|olmo2|mistral|llama-gelu|gemma2|gemma3|phi3|loraplus|dora]
+Usage: python3 tools/reference/lora_train.py [qwen3|granite|olmo2|mistral|llama-gelu|gemma2|gemma3|phi3|loraplus|dora|bf16]
 """
 import sys
 import json
@@ -41,7 +46,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 VARIANT = sys.argv[1] if len(sys.argv) > 1 else None
 LORAPLUS_RATIO = 16.0 if VARIANT == "loraplus" else None
 DORA = VARIANT == "dora"
-FAMILY = None if LORAPLUS_RATIO or DORA else VARIANT
+AUTOCAST = VARIANT == "bf16"
+FAMILY = None if LORAPLUS_RATIO or DORA or AUTOCAST else VARIANT
 OUT = ROOT / "tests" / "fixtures" / "lora" / (f"train-{VARIANT}" if VARIANT else "train")
 BASE = ROOT / "tests/fixtures/llama" / (f"tiny-{FAMILY}" if FAMILY else "tiny-llama")
 STEPS, ACCUM, MAX_NORM = 10, 2, 0.05
@@ -88,7 +94,9 @@ def train_steps(model, params, opt, batches, label=""):
         total = 0.0
         for b in group:
             ids, mask, labels = (torch.tensor(b[k]) for k in ("input_ids", "attention_mask", "labels"))
-            logits = model(input_ids=ids, attention_mask=mask).logits
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=AUTOCAST):
+                logits = model(input_ids=ids, attention_mask=mask).logits
+            logits = logits.float()  # as transformers' loss does: bf16 logits, an f32 loss
             # next-token prediction: position t predicts label t+1
             loss = torch.nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
@@ -112,7 +120,7 @@ def main():
     config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
                         target_modules=TARGETS, use_dora=DORA)
     model = get_peft_model(model, config)
-    if LORAPLUS_RATIO:  # the same draw as the plain run: its init.safetensors serves
+    if LORAPLUS_RATIO or AUTOCAST:  # the same draw as the plain run: its init serves
         init = load_file(OUT.parent / "train" / "init.safetensors")
         assert all(torch.equal(init[k], v) for k, v in lora_state(model).items())
     else:

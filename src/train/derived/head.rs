@@ -6,9 +6,9 @@ use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::linear::{self, FactorGradients};
 use super::ops::{rms_norm_backward, softcap_derivative};
-use crate::kernels::{matmul, matmul_nt};
 use crate::model::attention::softcap;
 use crate::model::decoder::Decoder;
+use crate::model::frozen::{frozen_product, frozen_product_nt};
 use crate::train::cross_entropy::nll_sum_and_gradient;
 use crate::train::{TrainError, scalar};
 
@@ -45,7 +45,10 @@ pub fn backward(
                 let (logits, tape) = linear::forward(head, normed);
                 (logits, Some(tape))
             }
-            None => (matmul_nt(normed, model.embed_tokens.clone()), None),
+            None => (
+                frozen_product_nt(normed, model.tied_head_weight(), model.compute),
+                None,
+            ),
         };
         let logits = if scaling == 1.0 {
             logits
@@ -72,7 +75,7 @@ pub fn backward(
                 pass.adapter = linear::add(pass.adapter, grads);
                 dnormed
             }
-            _ => matmul(dlogits, model.embed_tokens.clone()),
+            _ => frozen_product(dlogits, model.tied_head_weight(), model.compute),
         };
         let drows = rms_norm_backward(&model.norm, rows, dnormed);
         pass.dx = pass.dx.select_assign(0, at, drows, IndexingUpdateOp::Add);

@@ -11,6 +11,7 @@
 use burn::tensor::Tensor;
 
 use crate::kernels::{add_matmul_nt, matmul, matmul_nt};
+use crate::model::frozen::{frozen_product, frozen_product_nt};
 use crate::model::linear::Linear;
 
 /// What a linear layer's backward needs from its forward.
@@ -53,8 +54,8 @@ pub fn forward(linear: &Linear, x: Tensor<2>) -> (Tensor<2>, LinearTape) {
         Some(bias) => y + bias.clone().reshape([1, out]).expand([n, out]),
         None => y,
     };
-    let w = linear.weight.dense(); // decoded once for every use below
-    let base = matmul_nt(x.clone(), w.clone());
+    let w = linear.weight.in_dtype(linear.compute); // decoded once for every use below
+    let base = frozen_product_nt(x.clone(), w.clone(), linear.compute);
     let Some(lora) = &linear.lora else {
         return (with_bias(base), LinearTape { x, adapter: None });
     };
@@ -103,10 +104,14 @@ pub fn backward_if(
     with_dx: bool,
 ) -> (Option<Tensor<2>>, Option<FactorGradients>) {
     let (Some(lora), Some(adapter)) = (&linear.lora, tape.adapter) else {
-        return (with_dx.then(|| matmul(dy, linear.weight.dense())), None);
+        let w = || linear.weight.in_dtype(linear.compute);
+        return (
+            with_dx.then(|| frozen_product(dy, w(), linear.compute)),
+            None,
+        );
     };
     // Decoded once, and only when something multiplies by it.
-    let w = (with_dx || adapter.dora.is_some()).then(|| linear.weight.dense());
+    let w = (with_dx || adapter.dora.is_some()).then(|| linear.weight.in_dtype(linear.compute));
     let w = || w.clone().expect("decoded above");
     let [n, out] = dy.dims();
     let dropped = match &adapter.mask {
@@ -115,7 +120,11 @@ pub fn backward_if(
     };
     // DoRA: the adapter sees c·dy; m its own gradient; the base path its share.
     let (g, dm, base_dx) = match &adapter.dora {
-        None => (dy.clone(), None, with_dx.then(|| matmul(dy, w()))),
+        None => (
+            dy.clone(),
+            None,
+            with_dx.then(|| frozen_product(dy, w(), linear.compute)),
+        ),
         Some([norm, c]) => {
             let wide = c.clone().expand([n, out]);
             let g = dy.clone() * wide.clone();
