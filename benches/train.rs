@@ -2,7 +2,9 @@
 //! workload W1 (batch 4×256) or W2 (`-- w2`: batch 1×1024), r=8 α=16 dropout 0.05 on the seven
 //! Llama targets, AdamW lr 2e-4. One warm-up step, then 5 timed steps; prints one JSON object
 //! (tokens/s, s/step min and median, FLOP/s at 6·N_base… see below, peak RSS). Not a test.
-//! Run: cargo bench --bench train [-- w2] [chat] [ckpt [keepq|bf16]] [dora] [with-reference]; the
+//! Run: cargo bench --bench train [-- w2] [chat] [ckpt [keepq|bf16]] [dora] [with-reference]
+//! [model=HF_DIR] [device=cpu|wgpu|vulkan|cuda] [compute=f32|bf16] [quantize=q4_0|…] (the last
+//! four for the GPU kit, benches/gpu/kit.sh); the
 //! PEFT side: tools/reference/bench_peft.py [w2] [dora]. `dora` trains DoRA adapters. `chat` labels only the second half of each row, as
 //! supervised chat data does; `ckpt` trains with gradient checkpointing (block recompute);
 //! `keepq` keeps the GGUF's Q4_1 linear weights in their blocks (`model.keep_quantized`), `bf16`
@@ -20,10 +22,11 @@ use std::time::Instant;
 use burn::tensor::{Device, Distribution, Tensor};
 
 use lora_tune::data::batch::Batch;
-use lora_tune::device::{DeviceChoice, select};
+use lora_tune::device::{DeviceChoice, compute_dtype, select};
+use lora_tune::dtype::{ComputeDtype, Dtype};
 use lora_tune::lora::targets::select as select_targets;
 use lora_tune::model::adapted::AdaptedModel;
-use lora_tune::recipe::LoraSection;
+use lora_tune::recipe::{LoraSection, Quantize};
 use lora_tune::train::metrics::peak_rss_bytes;
 use lora_tune::train::optim::{AdamW, AdamWConfig};
 use lora_tune::train::step::train_step;
@@ -39,23 +42,46 @@ fn main() -> anyhow::Result<()> {
     let bf16 = std::env::args().any(|a| a == "bf16");
     let with_reference = std::env::args().any(|a| a == "with-reference");
     let dora = std::env::args().any(|a| a == "dora");
+    // The GPU kit's settings (benches/gpu/kit.sh): another model directory, device, product
+    // dtype, and a base quantised at load.
+    let setting = |key: &str| {
+        std::env::args().find_map(|a| a.strip_prefix(&format!("{key}=")).map(str::to_owned))
+    };
     let (rows, len) = if w2 { (1, 1024) } else { (4, 256) };
-    let files = artifacts::smollm2();
-    let device = select(DeviceChoice::Cpu)?.device;
+    let files = match setting("model") {
+        Some(dir) => artifacts::fetch(&dir, None),
+        None => artifacts::smollm2(),
+    };
+    let choice: DeviceChoice = setting("device").as_deref().unwrap_or("cpu").parse()?;
+    let selected = select(choice)?;
+    let device = selected.device.clone();
+    // As a run resolves `model.compute_dtype`: bf16 is refused where the device has none.
+    let compute = match setting("compute").as_deref() {
+        None | Some("f32") => ComputeDtype::F32,
+        Some("bf16") => ComputeDtype::Bf16,
+        Some("auto") => ComputeDtype::Auto,
+        Some(other) => anyhow::bail!("compute={other}: f32, bf16 or auto"),
+    };
+    let (compute, _) = compute_dtype(&selected, compute)?;
+    let quantize = match setting("quantize") {
+        Some(q) => Some(serde_json::from_value::<Quantize>(serde_json::json!(q))?.format()),
+        None => None,
+    };
     let peak = sgemm_gflops(&device);
     let mut model = lora_tune::model::load(
         &files,
         &device,
         lora_tune::model::BaseStorage {
             keep_quantized,
-            quantize: None,
-            dense: if bf16 {
-                lora_tune::dtype::Dtype::Bf16
+            quantize,
+            dense: if bf16 || compute == Dtype::Bf16 {
+                Dtype::Bf16
             } else {
-                lora_tune::dtype::Dtype::F32
+                Dtype::F32
             },
         },
     )?;
+    model.compute_in(compute);
     let lora = LoraSection {
         rank: 8,
         alpha: 16.0,
@@ -81,6 +107,10 @@ fn main() -> anyhow::Result<()> {
                 .collect()
         })
         .collect();
+    anyhow::ensure!(
+        model.config.vocab_size >= 49_100,
+        "the bench's token ids need a vocabulary of at least 49,100 (SmolLM2's 49,152)"
+    );
     let batch = Batch {
         labels: ids
             .iter()
@@ -135,12 +165,15 @@ fn main() -> anyhow::Result<()> {
             "workload": format!("{}{}{}", if w2 { "W2 1x1024" } else { "W1 4x256" }, if chat { ", answer half labelled" } else { "" }, if dora { " DoRA" } else { "" }),
             "gradient_checkpointing": checkpointing,
             "linear_weights_bf16": bf16,
-            "model": if keep_quantized {
-                "SmolLM2-135M-Instruct Q4_1 GGUF (linears kept in Q4_1 blocks, decoded per matmul)"
-            } else {
-                "SmolLM2-135M-Instruct Q4_1 GGUF (dequantised to f32)"
+            "model": match setting("model") {
+                Some(dir) => dir,
+                None if keep_quantized => "SmolLM2-135M-Instruct Q4_1 GGUF (linears kept in Q4_1 blocks, decoded per matmul)".into(),
+                None => "SmolLM2-135M-Instruct Q4_1 GGUF (dequantised to f32)".into(),
             },
-            "device": "cpu (flex)",
+            "device": selected.name,
+            "compute": compute.name(),
+            "quantize": setting("quantize"),
+            "base_params": base,
             "trainable_params": trainable,
             "tokens_per_step": tokens,
             "s_per_step_min": times[0],
@@ -150,6 +183,8 @@ fn main() -> anyhow::Result<()> {
             "sgemm_gflop_per_s_1024": peak,
             "utilisation": flops / 1e9 / peak,
             "peak_rss_gb": peak_rss_bytes().map(|b| b as f64 / 1e9),
+            // GPU backends: what their allocator holds after the steps (none on flex).
+            "device_memory_reserved_gb": device.memory_pool_usage().map(|u| u.bytes_reserved as f64 / 1e9),
     });
     if !with_reference {
         println!("{ours}");
@@ -161,6 +196,7 @@ fn main() -> anyhow::Result<()> {
     let mut cmd = std::process::Command::new(&python);
     cmd.arg(script).arg(&gguf_dir);
     cmd.args(w2.then_some("w2")).args(dora.then_some("dora"));
+    cmd.args(setting("model").map(|dir| format!("model={dir}")));
     let out = cmd.output()?;
     anyhow::ensure!(
         out.status.success(),

@@ -4,7 +4,11 @@ dequantised to f32 by transformers), LoRA r=8 α=16 dropout 0.05 on the 7 Llama 
 lr 2e-4, W1 = batch 4×256 (or W2 = 1×1024 with argument `w2`), the same token ids, every position
 labelled, 2 threads; `dora` trains DoRA (use_dora=True). One warm-up step, 5 timed; prints one
 JSON object.
-Usage: python3 tools/reference/bench_peft.py DIR_WITH_SMOLLM2_GGUF [w2] [dora]
+For the GPU kit (benches/gpu/kit.sh): `model=HF_DIR` trains that checkpoint instead of the GGUF,
+`device=cuda` runs on the GPU (peak GPU memory reported) and `autocast=bf16` under
+torch.autocast(bf16), as PEFT users train on a GPU.
+Usage: python3 tools/reference/bench_peft.py DIR_WITH_SMOLLM2_GGUF [w2] [dora] [model=HF_DIR]
+       [device=cuda] [autocast=bf16]
 """
 import json
 import resource
@@ -16,27 +20,39 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 
-def main(gguf_dir, w2, dora):
+def main(gguf_dir, w2, dora, settings):
     torch.set_num_threads(2)
     rows, length = (1, 1024) if w2 else (4, 256)
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-                                                 dtype=torch.float32, attn_implementation="eager")
+    device = settings.get("device", "cpu")
+    autocast = settings.get("autocast") == "bf16"
+    if "model" in settings:
+        model = AutoModelForCausalLM.from_pretrained(settings["model"], dtype=torch.float32,
+                                                     attn_implementation="eager")
+    else:
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+                                                     dtype=torch.float32, attn_implementation="eager")
+    model.to(device)
     base = sum(p.numel() for p in model.parameters())
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, use_dora=dora, target_modules=[
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     model.train()
-    ids = torch.tensor([[(r * 7919 + j * 104729) % 49000 + 100 for j in range(length)] for r in range(rows)])
+    ids = torch.tensor([[(r * 7919 + j * 104729) % 49000 + 100 for j in range(length)] for r in range(rows)],
+                       device=device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     times = []
     for step in range(6):
         t = time.perf_counter()
-        logits = model(input_ids=ids).logits
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(input_ids=ids).logits
+        logits = logits.float()
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad()
+        if device == "cuda":
+            torch.cuda.synchronize()
         if step > 0:
             times.append(time.perf_counter() - t)
         print(f"step {step}: loss {loss.item():.4f} in {time.perf_counter() - t:.2f} s", file=sys.stderr)
@@ -45,6 +61,9 @@ def main(gguf_dir, w2, dora):
     tokens = rows * length
     print(json.dumps({
         "workload": ("W2 1x1024" if w2 else "W1 4x256") + (" DoRA" if dora else ""),
+        "model": settings.get("model", "SmolLM2-135M-Instruct Q4_1 GGUF"), "device": device,
+        "autocast": "bf16" if autocast else None,
+        "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None,
         "impl": f"peft {__import__('peft').__version__} transformers {__import__('transformers').__version__} torch {torch.__version__}",
         "threads": torch.get_num_threads(),
         "s_per_step_min": times[0], "s_per_step_median": median, "tokens_per_s": tokens / median,
@@ -54,4 +73,5 @@ def main(gguf_dir, w2, dora):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], "w2" in sys.argv[2:], "dora" in sys.argv[2:])
+    settings = dict(a.split("=", 1) for a in sys.argv[2:] if "=" in a)
+    main(sys.argv[1], "w2" in sys.argv[2:], "dora" in sys.argv[2:], settings)
