@@ -373,10 +373,25 @@ fn wgpu_default() -> Result<Selected, DeviceError> {
 
 #[cfg(feature = "vulkan")]
 fn pinned_vulkan() -> Result<Selected, DeviceError> {
-    let device = Device::vulkan(burn::tensor::DeviceKind::DefaultDevice);
+    // Without a Vulkan adapter cubecl panics at the first kernel: look for one first.
+    #[cfg(feature = "wgpu")]
+    let name = {
+        use burn::tensor::wgpu::wgpu::Backend;
+        let adapters = software_or_gpu_adapters();
+        match adapters.iter().find(|a| a.backend == Backend::Vulkan) {
+            Some(adapter) => format!("vulkan ({})", adapter.name),
+            None => {
+                return Err(DeviceError::WgpuInit(
+                    "no Vulkan adapter: install the GPU's Vulkan driver (`vulkaninfo --summary` should list it), or use --device wgpu".into(),
+                ));
+            }
+        }
+    };
+    #[cfg(not(feature = "wgpu"))]
+    let name = "vulkan".to_string();
     Ok(Selected {
-        device,
-        name: "vulkan".into(),
+        device: Device::vulkan(burn::tensor::DeviceKind::DefaultDevice),
+        name,
         on_cpu: false,
         why: "asked for with --device vulkan".into(),
     })
