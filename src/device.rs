@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::{Device, FloatDType};
+use burn::tensor::Device;
 
 use crate::dtype::{ComputeDtype, Dtype};
 
@@ -104,14 +104,14 @@ pub fn compute_dtype(
     selected: &Selected,
     choice: ComputeDtype,
 ) -> Result<(Dtype, String), DeviceError> {
-    let has = |dtype: FloatDType| selected.on_cpu || selected.device.supports_dtype(dtype);
-    let (dtype, name, floating) = match choice {
+    let has = |dtype: Dtype| selected.on_cpu || selected.device.supports_dtype(dtype.float());
+    let dtype = match choice {
         ComputeDtype::F32 => return Ok((Dtype::F32, "asked for".into())),
         ComputeDtype::Auto if selected.on_cpu => {
             let why = "the CPU backend converts half-precision products to f32 and back";
             return Ok((Dtype::F32, why.into()));
         }
-        ComputeDtype::Auto if !selected.device.supports_dtype(FloatDType::BF16) => {
+        ComputeDtype::Auto if !has(Dtype::Bf16) => {
             return Ok((
                 Dtype::F32,
                 format!("{} has no general bf16 arithmetic", selected.name),
@@ -123,13 +123,13 @@ pub fn compute_dtype(
                 format!("{} has bf16 arithmetic", selected.name),
             ));
         }
-        ComputeDtype::Bf16 => (Dtype::Bf16, "bf16", FloatDType::BF16),
-        ComputeDtype::F16 => (Dtype::F16, "f16", FloatDType::F16),
+        ComputeDtype::Bf16 => Dtype::Bf16,
+        ComputeDtype::F16 => Dtype::F16,
     };
-    if !has(floating) {
+    if !has(dtype) {
         return Err(DeviceError::NoHalfArithmetic {
             device: selected.name.clone(),
-            dtype: name,
+            dtype: dtype.name(),
         });
     }
     let why = if selected.on_cpu {

@@ -4,6 +4,7 @@
 //! and the writers; a file format that tags dtypes its own way maps from this one
 //! (safetensors' `BF16`, transformers' `torch_dtype`, GGUF's ggml type ids).
 
+use burn::tensor::FloatDType;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -22,6 +23,15 @@ impl Dtype {
             Self::F32 => "f32",
             Self::Bf16 => "bf16",
             Self::F16 => "f16",
+        }
+    }
+
+    /// burn's float type for it.
+    pub fn float(self) -> FloatDType {
+        match self {
+            Self::F32 => FloatDType::F32,
+            Self::Bf16 => FloatDType::BF16,
+            Self::F16 => FloatDType::F16,
         }
     }
 

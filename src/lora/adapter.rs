@@ -82,15 +82,10 @@ impl LoraAdapter {
         self.a.dims()[0]
     }
 
-    /// Training with dropout: each forward draws a mask.
-    fn draws_dropout(&self) -> bool {
-        self.training && self.dropout > 0.0
-    }
-
     /// The next dropout mask for an input shaped like `x` (advancing the stream), or None when
     /// not training or without dropout.
     pub fn dropout_mask(&self, x: &Tensor<2>) -> Option<Tensor<2>> {
-        self.draws_dropout()
+        (self.training && self.dropout > 0.0)
             .then(|| dropout_mask(self.dropout, x.dims(), &self.dropout_rng, &x.device()))
     }
 

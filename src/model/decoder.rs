@@ -10,7 +10,7 @@ use super::attention::{
     Attention, KvCache, LayerCache, QkvProjection, causal_padding_mask, positions, softcap,
 };
 use super::decoder_config::{DecoderConfig, NormPlacement, QkNorm};
-use super::frozen::{float_dtype, frozen_product_nt};
+use super::frozen::frozen_product_nt;
 use super::linear::{Linear, take1, take2};
 use super::mlp::{GateUpProjection, Mlp};
 use super::norm::RmsNorm;
@@ -402,7 +402,7 @@ impl Decoder {
 
     /// The tied head's matrix (the embedding, [vocab, hidden]) in the head's compute dtype.
     pub fn tied_head_weight(&self) -> Tensor<2> {
-        self.embed_tokens.clone().cast(float_dtype(self.compute))
+        self.embed_tokens.clone().cast(self.compute.float())
     }
 
     /// Every linear layer with its HF module path, in the order of `LlamaConfig::linear_sites`.

@@ -41,7 +41,7 @@ impl FrozenWeight {
             FrozenMatrix::Dense(t, storage) => {
                 let shape = [t.shape[0], t.shape[1]];
                 let w: Tensor<2> = Tensor::from_data(TensorData::new(t.values, shape), device);
-                Self::Dense(w.cast(float_dtype(storage))) // a no-op on f32
+                Self::Dense(w.cast(storage.float())) // a no-op on f32
             }
             FrozenMatrix::Blocks(b) => Self::Blocks(PackedBlocks::new(b, device)),
         }
@@ -57,26 +57,22 @@ impl FrozenWeight {
 
     /// The f32 matrix: the tensor itself, or one decoded for this use (freed after it).
     pub fn dense(&self) -> Tensor<2> {
-        match self {
-            Self::Dense(w) => w.clone().cast(FloatDType::F32), // a no-op on f32
-            Self::Blocks(b) => b.decode(),
-        }
+        self.in_dtype(Dtype::F32)
     }
 
-    /// The matrix in `compute`'s dtype: f32 as [`Self::dense`] gives it, or bf16/f16 (a weight
-    /// already stored so is used as it is).
+    /// The matrix in `compute`'s dtype (a cast is a no-op where it is stored so; blocks decode
+    /// to f32 first).
     pub fn in_dtype(&self, compute: Dtype) -> Tensor<2> {
-        match (self, compute) {
-            (_, Dtype::F32) => self.dense(),
-            (Self::Dense(w), half) => w.clone().cast(float_dtype(half)),
-            (Self::Blocks(b), half) => b.decode().cast(float_dtype(half)),
+        match self {
+            Self::Dense(w) => w.clone().cast(compute.float()),
+            Self::Blocks(b) => b.decode().cast(compute.float()),
         }
     }
 
     /// Stores a dense weight as `dtype` (a kept-quantised one stays in its blocks).
     pub fn store_as(&mut self, dtype: Dtype) {
         if let Self::Dense(w) = self {
-            *w = w.clone().cast(float_dtype(dtype));
+            *w = w.clone().cast(dtype.float());
         }
     }
 
@@ -89,15 +85,6 @@ impl FrozenWeight {
     }
 }
 
-/// burn's float type for `dtype`.
-pub fn float_dtype(dtype: Dtype) -> FloatDType {
-    match dtype {
-        Dtype::F32 => FloatDType::F32,
-        Dtype::Bf16 => FloatDType::BF16,
-        Dtype::F16 => FloatDType::F16,
-    }
-}
-
 /// x·w of a frozen matrix w in `compute` (w already in that dtype, x f32) → f32. f32 through
 /// [`kernels::matmul`]; bf16/f16 as tensor cores and torch autocast compute it: both operands
 /// in the half type, products summed in f32, the result rounded to the half type — then
@@ -105,7 +92,7 @@ pub fn float_dtype(dtype: Dtype) -> FloatDType {
 pub fn frozen_product(x: Tensor<2>, w: Tensor<2>, compute: Dtype) -> Tensor<2> {
     match compute {
         Dtype::F32 => kernels::matmul(x, w),
-        half => x.cast(float_dtype(half)).matmul(w).cast(FloatDType::F32),
+        half => x.cast(half.float()).matmul(w).cast(FloatDType::F32),
     }
 }
 

@@ -104,11 +104,9 @@ pub fn backward_if(
     with_dx: bool,
 ) -> (Option<Tensor<2>>, Option<FactorGradients>) {
     let (Some(lora), Some(adapter)) = (&linear.lora, tape.adapter) else {
-        let w = || linear.weight.in_dtype(linear.compute);
-        return (
-            with_dx.then(|| frozen_product(dy, w(), linear.compute)),
-            None,
-        );
+        let dx = with_dx
+            .then(|| frozen_product(dy, linear.weight.in_dtype(linear.compute), linear.compute));
+        return (dx, None);
     };
     // Decoded once, and only when something multiplies by it.
     let w = (with_dx || adapter.dora.is_some()).then(|| linear.weight.in_dtype(linear.compute));
