@@ -47,7 +47,8 @@ impl Dtype {
 
 /// What the frozen base's matrix products compute in (`model.compute_dtype`); the device decides
 /// `auto` (`device::compute_dtype`). Norms, softmax, RoPE, the loss, the adapters, their
-/// gradients and AdamW's moments stay f32 — torch autocast's split.
+/// gradients and AdamW's moments stay f32 — torch autocast's split. f16 trains with dynamic
+/// loss scaling (`train::loss_scale`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ComputeDtype {
@@ -57,4 +58,15 @@ pub enum ComputeDtype {
     F32,
     Bf16,
     F16,
+}
+
+impl ComputeDtype {
+    /// The half type asked for explicitly; None for f32 and `auto` (the device decides).
+    pub fn half(self) -> Option<Dtype> {
+        match self {
+            Self::Bf16 => Some(Dtype::Bf16),
+            Self::F16 => Some(Dtype::F16),
+            Self::Auto | Self::F32 => None,
+        }
+    }
 }

@@ -24,6 +24,10 @@
 //!
 //! `model.keep_quantized` changes only the weights term, which [`frozen_base_bytes`] computes from
 //! the GGUF header (packed bytes, plus one layer decoded to f32 while it is recomputed).
+//!
+//! On a GPU the same terms predict device memory, less the host's: no load peak, and half-precision
+//! products multiply the stored weights without widening them ([`BaseBytes::weights`]); `plan`
+//! prints it per products dtype. Not yet checked against a GPU's allocator.
 
 use std::collections::HashSet;
 
@@ -267,20 +271,59 @@ pub fn available_bytes() -> Option<u64> {
     Some(available)
 }
 
+/// What the frozen base occupies ([`frozen_base_bytes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseBytes {
+    /// As stored: packed blocks, 16-bit or f32 matrices, the rest f32.
+    pub stored: u64,
+    /// What widening a weight for its product holds: one layer's weights in f32 (kept for
+    /// that layer's backward while it is recomputed) and the largest one's codes and values.
+    /// A GPU multiplying half-precision weights in their own type widens none (only blocks).
+    pub widening: u64,
+    /// Blocks among the stored weights: they decode for every product, whatever its type.
+    pub blocks: bool,
+    /// The load's host-side peak for a 16-bit base (the f32 checkpoint as read plus the
+    /// narrowed linears; `MemoryEstimate::loading`), else 0.
+    pub loading: u64,
+}
+
+impl BaseBytes {
+    /// The weights term on the CPU (flex widens every product that is not f32 by f32), or on
+    /// a GPU computing in `products`.
+    pub fn weights(&self, on_cpu: bool, products: Dtype) -> u64 {
+        let widens = on_cpu || products == Dtype::F32 || self.blocks;
+        self.stored + if widens { self.widening } else { 0 }
+    }
+}
+
+/// Flex multiplies half-precision operands by widening both to f32: the tied head casts the
+/// [vocab, hidden] embedding to the half type and flex widens that copy again (≈ 170 MB on
+/// SmolLM2-135M), besides the widened layers [`BaseBytes::widening`] counts.
+pub fn tied_head_widening(config: &DecoderConfig, products: Dtype) -> u64 {
+    match products {
+        Dtype::F32 => 0,
+        _ if !config.tie_word_embeddings => 0,
+        _ => (config.vocab_size * config.hidden_size) as u64 * (2 + F32),
+    }
+}
+
 /// The base's bytes from its f32 bytes when `model.keep_quantized` packs a GGUF's block-quantised
-/// linear weights, `model.quantize` packs the layers' others and `model.dtype` stores the rest
-/// in 16 bits; plus what
-/// widening holds: one layer's weights in f32 (kept for that layer's backward while it is
-/// recomputed) and the largest one's codes and values. Also the load's peak for a 16-bit base
-/// (the f32 checkpoint as read plus the narrowed linears; `MemoryEstimate::loading`), else 0.
+/// linear weights, `model.quantize` packs the layers' others and `model.dtype` (or half
+/// products) stores the rest in 16 bits.
 pub fn frozen_base_bytes(
     storage: BaseStorage,
     files: &ModelFiles,
     config: &DecoderConfig,
     f32_bytes: u64,
-) -> (u64, u64) {
+) -> BaseBytes {
+    let unchanged = BaseBytes {
+        stored: f32_bytes,
+        widening: 0,
+        blocks: false,
+        loading: 0,
+    };
     if storage == BaseStorage::default() {
-        return (f32_bytes, 0);
+        return unchanged;
     }
     let sites = config.linear_sites();
     let bytes = |s: &LinearSite| (s.in_features * s.out_features * 4) as u64;
@@ -330,15 +373,17 @@ pub fn frozen_base_bytes(
         Dtype::Bf16 | Dtype::F16 => dense_f32 / 2,
     };
     if dense == dense_f32 && kept_f32 == 0 {
-        return (f32_bytes, 0); // nothing is stored differently
+        return unchanged; // nothing is stored differently
     }
     let one_layer: u64 = sites.iter().filter(|s| s.layer == Some(0)).map(bytes).sum();
     let largest = linear.iter().map(|s| bytes(s)).max().unwrap_or(0);
-    let weights = f32_bytes - linear_f32 + kept_packed + dense + one_layer + 2 * largest;
-    let loading = if storage.dense == Dtype::F32 {
-        0
-    } else {
-        f32_bytes + dense
-    };
-    (weights, loading)
+    BaseBytes {
+        stored: f32_bytes - linear_f32 + kept_packed + dense,
+        widening: one_layer + 2 * largest,
+        blocks: kept_f32 > 0,
+        loading: match storage.dense {
+            Dtype::F32 => 0,
+            _ => f32_bytes + dense,
+        },
+    }
 }

@@ -58,11 +58,8 @@ impl Plan {
         BaseStorage {
             keep_quantized: self.keep_quantized,
             quantize: self.quantize,
-            // Products in bf16 take their weights in bf16, stored so from the load on.
-            dense: match self.compute_dtype {
-                ComputeDtype::Bf16 => Dtype::Bf16,
-                _ => self.dtype,
-            },
+            // Products in a half type take their weights in it, stored so from the load on.
+            dense: self.compute_dtype.half().unwrap_or(self.dtype),
         }
     }
 
@@ -338,28 +335,21 @@ impl Plan {
         )?;
 
         let compute = recipe.model.compute_dtype;
-        check(
-            compute != ComputeDtype::F16,
-            "model.compute_dtype",
-            r#"= "f16" needs dynamic loss scaling, which is not built yet; use "bf16" (the same tensor-core speed, f32's range) or "f32""#,
-        )?;
-        if compute == ComputeDtype::Bf16 {
-            check(
-                recipe.model.task == Task::CausalLm,
-                "model.compute_dtype",
-                r#"= "bf16" is built for causal-LM decoders so far; use "f32" or "auto" (f32 for a classifier)"#,
-            )?;
+        if let Some(half) = compute.half() {
             check(
                 !recipe.lora.use_dora,
                 "model.compute_dtype",
-                r#"= "bf16" with lora.use_dora is not built yet (DoRA's weight norm needs f32 weights); use "f32""#,
-            )?;
-            check(
-                recipe.model.dtype != Dtype::F16,
-                "model.dtype",
-                r#"= "f16" with compute_dtype = "bf16" would round the weights twice; store them as "bf16" or "f32""#,
+                &format!(
+                    r#"= "{}" with lora.use_dora is not built yet (DoRA's weight norm needs f32 weights); use "f32""#,
+                    half.name()
+                ),
             )?;
         }
+        check(
+            !(compute == ComputeDtype::Bf16 && recipe.model.dtype == Dtype::F16),
+            "model.dtype",
+            r#"= "f16" with compute_dtype = "bf16" would round the weights twice; store them as "bf16" or "f32""#,
+        )?;
 
         if recipe.model.task == Task::Classification {
             check(

@@ -14,9 +14,11 @@ use burn::tensor::Device;
 use crate::data::dataset::{Dataset, in_eval_split};
 use crate::data::encode::Encoder;
 use crate::data::template;
+use crate::dtype::Dtype;
 use crate::lora::report::ParameterReport;
 use crate::lora::targets::{self, TargetLayer};
 use crate::memory::{self, BatchShape, MemoryEstimate};
+use crate::model::BaseStorage;
 use crate::model::adapted::AdaptedModel;
 use crate::model::{ModelConfig, TaskModel};
 use crate::peft::config::PeftConfig;
@@ -159,7 +161,14 @@ impl Prepared {
 
     /// Predicted peak memory of training on `train` (its largest micro-batch); None for an
     /// encoder, whose memory the formula was not fitted to.
-    pub fn memory_estimate(&self, train: &Dataset) -> Option<(MemoryEstimate, BatchShape)> {
+    /// Host memory of the run on the CPU (`on_cpu`, the load's peak and flex's widening
+    /// included) or device memory on a GPU, with the frozen products in `products`.
+    pub fn memory_estimate(
+        &self,
+        train: &Dataset,
+        on_cpu: bool,
+        products: Dtype,
+    ) -> Option<(MemoryEstimate, BatchShape)> {
         let ModelConfig::Decoder(config) = &self.config else {
             return None;
         };
@@ -179,23 +188,39 @@ impl Prepared {
             // PiSSA / OLoRA keep the initial A and B for the export's conversion.
             estimate.adapters += trainable * 4;
         }
-        (estimate.weights, estimate.loading) = memory::frozen_base_bytes(
-            self.plan.base_storage(),
-            &self.model.files,
-            config,
-            estimate.weights,
-        );
+        let storage = self.base_storage(products);
+        let base = memory::frozen_base_bytes(storage, &self.model.files, config, estimate.weights);
+        estimate.weights = base.weights(on_cpu, products);
+        if on_cpu {
+            estimate.weights += memory::tied_head_widening(config, products);
+            estimate.loading = base.loading;
+        }
         Some((estimate, shape))
     }
 
+    /// How the base is held with the frozen products in `products`: the plan's storage, the
+    /// dense matrices in the products' half type where they compute in one (narrowed as they
+    /// load, so a device never holds the f32 base).
+    pub fn base_storage(&self, products: Dtype) -> BaseStorage {
+        let planned = self.plan.base_storage();
+        BaseStorage {
+            dense: match products {
+                Dtype::F32 => planned.dense,
+                half => half,
+            },
+            ..planned
+        }
+    }
+
     /// Loads the model the recipe trains onto `device` (a causal LM, or a classifier with a
-    /// fresh head over the data's classes) and puts fresh adapters on the chosen layers.
-    pub fn load_model(&self, device: &Device) -> anyhow::Result<TaskModel> {
+    /// fresh head over the data's classes) with its frozen products in `products`, and puts
+    /// fresh adapters on the chosen layers.
+    pub fn load_model(&self, device: &Device, products: Dtype) -> anyhow::Result<TaskModel> {
         let (plan, files) = (&self.plan, &self.model.files);
         let load = || -> Result<TaskModel, crate::model::LoadError> {
             Ok(match &self.labels {
                 None => {
-                    let mut lm = crate::model::load(files, device, plan.base_storage())?;
+                    let mut lm = crate::model::load(files, device, self.base_storage(products))?;
                     lm.gradient_checkpointing = plan.train.gradient_checkpointing;
                     TaskModel::Lm(lm)
                 }

@@ -60,6 +60,16 @@ fn classifier(file: &str) -> SequenceClassifier {
     model
 }
 
+/// The reference script's optimiser: AdamW at PEFT's defaults with weight decay 0.01.
+fn reference_adamw() -> AdamW {
+    AdamW::new(AdamWConfig {
+        betas: [0.9, 0.999],
+        eps: 1e-8,
+        weight_decay: 0.01,
+        loraplus_lr_ratio: None,
+    })
+}
+
 fn batch() -> Batch {
     tiny::seq_cls_batch()
 }
@@ -109,12 +119,7 @@ fn three_seq_cls_steps_equal_peft() {
     let b = batch();
     let mut model = classifier("init.safetensors");
     model.set_training(true);
-    let mut optimizer = AdamW::new(AdamWConfig {
-        betas: [0.9, 0.999],
-        eps: 1e-8,
-        weight_decay: 0.01,
-        loraplus_lr_ratio: None,
-    });
+    let mut optimizer = reference_adamw();
     for (i, want) in trajectory.iter().enumerate() {
         let got = train_step(
             &mut model,
@@ -170,6 +175,87 @@ fn three_seq_cls_steps_equal_peft() {
         &reference("seq_cls/logits_final.safetensors", "logits"),
     );
     assert!(d < 1e-5, "trained logits: max |Δ| {d}");
+}
+
+/// `model.compute_dtype` on a classifier: the encoder's frozen products in bf16 (and f16, with
+/// its loss scaling), the adapters, the head and the loss f32. Golden: the three PEFT steps
+/// under `torch.autocast(bfloat16)` with the adapters and head in f32 (seq_cls-bf16). bf16
+/// compute must follow their losses within 1e-2 (issue #22's bound) and its gradient norms must
+/// leave f32 compute's, or the half path was not taken. Closer than f32 compute it is not here:
+/// on this tiny encoder autocast's bf16 attention products (ours stay f32) move the step as
+/// much as the linears' rounding, in another direction — after Adam's first, sign-like steps
+/// the trained tensors are 1.5e-2 from PEFT's either way; the decoder test
+/// (`lora_train.rs`) is the one that pins bf16 products to autocast's. f16's finer mantissa
+/// stays within 1e-2 of the f32 steps, its loss scale never overflowing.
+#[test]
+fn three_seq_cls_steps_in_half_compute_follow_peft_under_autocast() {
+    use lora_tune::dtype::Dtype;
+    use lora_tune::train::loss_scale::LossScale;
+    use lora_tune::train::step::{Share, StepStats, train_step_share};
+    #[derive(serde::Deserialize)]
+    struct Step {
+        loss: f64,
+    }
+    let run = |compute: Dtype, fixture: &str| -> (Vec<StepStats>, f64, f64) {
+        let b = batch();
+        let mut model = classifier("init.safetensors");
+        model.compute_in(compute);
+        model.set_training(true);
+        let mut optimizer = reference_adamw();
+        let mut scale = (compute == Dtype::F16).then(LossScale::default);
+        let trajectory: Vec<Step> =
+            tiny::json(&bert_fixture(&format!("{fixture}/trajectory.json")));
+        let steps: Vec<StepStats> = (0..trajectory.len())
+            .map(|_| {
+                let micro = std::slice::from_ref(&b);
+                let scale = scale.as_mut();
+                train_step_share(
+                    &mut model,
+                    micro,
+                    Share::ALL,
+                    &mut optimizer,
+                    1e-2,
+                    1.0,
+                    scale,
+                )
+                .unwrap()
+            })
+            .collect();
+        let loss_gap = steps
+            .iter()
+            .zip(&trajectory)
+            .map(|(g, w)| (g.loss - w.loss).abs() / w.loss.abs())
+            .fold(0.0, f64::max);
+        let want = bert_fixture(&format!("{fixture}/final.safetensors"));
+        (steps, loss_gap, tiny::relative_distance(&mut model, &want))
+    };
+    let (bf16_steps, bf16_loss_gap, bf16_gap) = run(Dtype::Bf16, "seq_cls-bf16");
+    let (f32_steps, f32_loss_gap, f32_gap) = run(Dtype::F32, "seq_cls-bf16");
+    let (f16_steps, f16_loss_gap, f16_gap) = run(Dtype::F16, "seq_cls");
+    eprintln!(
+        "against PEFT under bf16 autocast: bf16 compute losses {bf16_loss_gap:e}, trained tensors \
+         {bf16_gap:e} (relative Frobenius); f32 compute {f32_loss_gap:e}, {f32_gap:e}. f16 \
+         compute against PEFT in f32: {f16_loss_gap:e}, {f16_gap:e}"
+    );
+    assert!(
+        bf16_loss_gap <= 1e-2 && bf16_gap <= 2e-2,
+        "{bf16_loss_gap} {bf16_gap}"
+    );
+    let norm_gap =
+        (bf16_steps[0].grad_norm - f32_steps[0].grad_norm).abs() / f32_steps[0].grad_norm;
+    assert!(
+        norm_gap > 1e-5,
+        "bf16 and f32 gradients alike ({norm_gap:e}): no bf16 products?"
+    );
+    assert!(
+        f16_loss_gap <= 1e-2 && f16_gap <= 1e-2,
+        "{f16_loss_gap} {f16_gap}"
+    );
+    assert!(
+        f16_steps
+            .iter()
+            .all(|s| s.loss_scale == Some(65536.0) && !s.overflowed)
+    );
 }
 
 #[test]
@@ -415,15 +501,18 @@ fn assert_derived_step_equals_autodiff(
     batch: &Batch,
     what: &str,
 ) -> Vec<String> {
-    use lora_tune::train::autograd::whole_graph_gradients;
+    use lora_tune::train::autograd::{Seed, whole_graph_gradients};
     use lora_tune::train::loss::Objective;
     let keys: Vec<String> = model.params_mut().into_iter().map(|(k, _)| k).collect();
     model.seed_dropout(9);
-    let (want_loss, want) = whole_graph_gradients(model, |m| m.loss_sum(batch), 3)
+    let (want_loss, want) = whole_graph_gradients(model, |m| m.loss_sum(batch), Seed::mean_over(3))
         .unwrap()
         .unwrap();
     model.seed_dropout(9);
-    let (loss, got) = model.loss_and_gradients(batch, 3).unwrap().unwrap();
+    let (loss, got) = model
+        .loss_and_gradients(batch, Seed::mean_over(3))
+        .unwrap()
+        .unwrap();
     assert!(
         (loss - want_loss).abs() <= 1e-6 * want_loss.abs(),
         "{what}: loss {loss} vs autodiff {want_loss}"

@@ -125,7 +125,7 @@ fn the_derived_dora_step_equals_autodiff() {
 /// `tolerance[1]` (relative to each tensor's largest).
 fn derived_step_equals_autodiff_on(name: &str, targets: &str, tolerance: [f32; 2], use_dora: bool) {
     use lora_tune::recipe::Targets;
-    use lora_tune::train::autograd::{sum, whole_graph_gradients};
+    use lora_tune::train::autograd::{Seed, sum, whole_graph_gradients};
     use lora_tune::train::derived::loss_and_gradients_chunked;
     use lora_tune::train::loss::Objective;
     use lora_tune::train::step::accumulate_gradients;
@@ -176,7 +176,7 @@ fn derived_step_equals_autodiff_on(name: &str, targets: &str, tolerance: [f32; 2
             batches[batches.len() - 1].clone(),
         ];
         let seed = 100 + step;
-        let denominator = micro.iter().map(Batch::loss_tokens).sum();
+        let denominator = Seed::mean_over(micro.iter().map(Batch::loss_tokens).sum());
         plain.seed_dropout(seed);
         let mut want = (0.0, Vec::new());
         for batch in &micro {
@@ -296,6 +296,7 @@ fn settings(out: &Path) -> lora_tune::train::trainer::Settings {
         early_stopping: None,
         keep_best: false,
         tensorboard: false,
+        loss_scale: Default::default(),
     }
 }
 
@@ -326,9 +327,56 @@ fn losses(out: &Path) -> Vec<(u64, f64, Option<f64>)> {
 
 #[test]
 fn resume_from_a_checkpoint_continues_exactly() {
+    resume_continues_exactly(Dtype::F32, &settings);
+}
+
+/// f16 products with loss scaling: the scale starts so high that the first steps overflow and
+/// are skipped. A resume that restarted the scale would skip again after the checkpoint. From
+/// 2^26 every step before the checkpoint is skipped: it holds no AdamW moments yet.
+#[test]
+fn resume_with_f16_products_continues_the_loss_scale_exactly() {
+    use lora_tune::train::loss_scale::LossScale;
+    for (start, skipped_before_checkpoint) in [(22, 1..=2), (26, 3..=3)] {
+        let scaled = |out: &Path| lora_tune::train::trainer::Settings {
+            loss_scale: LossScale::starting_at(2f64.powi(start)),
+            ..settings(out)
+        };
+        let (summary, metrics) = resume_continues_exactly(Dtype::F16, &scaled);
+        let scale = summary.loss_scale.expect("f16 products scale the loss");
+        let overflowed: Vec<u64> = metrics
+            .iter()
+            .filter(|r| r["overflowed"] == true)
+            .map(|r| r["step"].as_u64().unwrap())
+            .collect();
+        eprintln!(
+            "from 2^{start}: overflowed at steps {overflowed:?}, scale at the end {}",
+            scale.scale
+        );
+        let before = overflowed.iter().filter(|&&s| s <= 3).count();
+        assert!(
+            skipped_before_checkpoint.contains(&before),
+            "{overflowed:?}"
+        );
+        assert_eq!(scale.skipped, overflowed.len() as u64);
+        assert_eq!(scale.scale, 2f64.powi(start - overflowed.len() as i32));
+    }
+}
+
+/// Trains 6 steps, then again from the whole run's step-3 checkpoint in a fresh model with
+/// products in `compute`: the same losses, evaluations and adapters, bit for bit. The resumed
+/// run's summary and metrics records.
+fn resume_continues_exactly(
+    compute: Dtype,
+    settings: &dyn Fn(&Path) -> lora_tune::train::trainer::Settings,
+) -> (lora_tune::train::trainer::Summary, Vec<serde_json::Value>) {
     use lora_tune::train::trainer::train;
     let data = synthetic_dataset();
     let (whole, resumed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let fresh_model = || {
+        let mut model = fresh_model();
+        model.compute_in(compute);
+        model
+    };
 
     let mut model = fresh_model();
     let summary = train(
@@ -377,6 +425,9 @@ fn resume_from_a_checkpoint_continues_exactly() {
         assert_eq!(a.values, b.values, "{k} differs after resume");
     }
     assert!(stopped.join("loss.svg").is_file());
+    let metrics = std::fs::read_to_string(whole.path().join("metrics.jsonl")).unwrap();
+    let records = metrics.lines().map(|l| serde_json::from_str(l).unwrap());
+    (summary, records.collect())
 }
 
 #[test]
@@ -838,6 +889,7 @@ fn ten_steps_on_tiny_gemma3_equal_peft() {
 /// real tokens' loss and gradients are those of the unpadded row (tiny Gemma 2, window 4).
 #[test]
 fn padding_past_the_window_changes_nothing() {
+    use lora_tune::train::autograd::Seed;
     use lora_tune::train::derived::loss_and_gradients;
     let mut model = tiny::named_with_adapters("tiny-gemma2", &tiny::lora(), 5);
     tiny::nonzero_b(&mut model);
@@ -847,8 +899,12 @@ fn padding_past_the_window_changes_nothing() {
         labels: vec![[vec![-100, 19, 3], vec![-100; pad]].concat()],
         classes: Vec::new(),
     };
-    let (want_loss, want) = loss_and_gradients(&model, &row(0), 2).unwrap().unwrap();
-    let (loss, got) = loss_and_gradients(&model, &row(9), 2).unwrap().unwrap();
+    let (want_loss, want) = loss_and_gradients(&model, &row(0), Seed::mean_over(2))
+        .unwrap()
+        .unwrap();
+    let (loss, got) = loss_and_gradients(&model, &row(9), Seed::mean_over(2))
+        .unwrap()
+        .unwrap();
     assert!(
         loss.is_finite() && rel(loss, want_loss) < 1e-6,
         "{loss} vs {want_loss}"
@@ -996,6 +1052,7 @@ fn pissa_and_olora_init_train_and_convert_as_peft() {
             train_examples: 20,
             tokens: 0,
             best: None,
+            loss_scale: None,
         };
         let ckpt = checkpoint::save(
             out.path(),
@@ -1077,50 +1134,10 @@ fn pissa_and_olora_init_train_and_convert_as_peft() {
 /// losses and in the final adapters — or the bf16 path would not be what is compared.
 #[test]
 fn ten_steps_in_bf16_compute_follow_peft_under_autocast() {
-    let fixtures = Path::new(ROOT).join("tests/fixtures/lora/train-bf16");
-    let trajectory: Vec<serde_json::Value> = tiny::json(&fixtures.join("trajectory.json"));
-    let want_losses: Vec<f64> = trajectory
-        .iter()
-        .map(|t| t["loss"].as_f64().unwrap())
-        .collect();
-    let run = |compute: Dtype| {
-        let mut model = tiny::named_on("tiny-llama", &cpu());
-        let lora = tiny::lora();
-        let adapted = select_targets(&model.config.linear_sites(), &lora).unwrap();
-        model.attach_adapters(&adapted, &lora, 0).unwrap();
-        let init = Path::new(ROOT).join("tests/fixtures/lora/train/init.safetensors");
-        model.load_adapter_weights(&init).unwrap();
-        model.compute_in(compute);
-        let batches = tiny::train_batches();
-        let (schedule, mut optimizer) = tiny::reference_optimiser(None);
-        let losses: Vec<f64> = (0..want_losses.len())
-            .map(|step| {
-                let micro = &batches[step * 2..step * 2 + 2];
-                let lr = schedule.lr(step as u64);
-                train_step(&mut model, micro, &mut optimizer, lr, 0.05)
-                    .unwrap()
-                    .loss
-            })
-            .collect();
-        let mut want = HostTensors::read(&fixtures.join("final.safetensors")).unwrap();
-        let (mut num, mut den) = (0.0f64, 0.0f64);
-        for (key, t) in model.adapter_tensors().unwrap() {
-            let w = want.take(&key, &t.shape).unwrap();
-            for (a, b) in t.values.iter().zip(&w.values) {
-                num += f64::from(a - b).powi(2);
-                den += f64::from(*b).powi(2);
-            }
-        }
-        want.finish().unwrap();
-        let loss_gap = losses
-            .iter()
-            .zip(&want_losses)
-            .map(|(g, w)| rel(*g, *w))
-            .fold(0.0, f64::max);
-        (losses, loss_gap, (num / den).sqrt())
-    };
-    let (losses, bf16_loss_gap, bf16_adapter_gap) = run(Dtype::Bf16);
-    let (_, f32_loss_gap, f32_adapter_gap) = run(Dtype::F32);
+    let fixture = "tests/fixtures/lora/train-bf16";
+    let (steps, bf16_loss_gap, bf16_adapter_gap) = follow_autocast(fixture, Dtype::Bf16, None);
+    let (_, f32_loss_gap, f32_adapter_gap) = follow_autocast(fixture, Dtype::F32, None);
+    let losses: Vec<f64> = steps.iter().map(|s| s.loss).collect();
     eprintln!(
         "against PEFT under autocast: bf16 compute losses {bf16_loss_gap:e}, adapters \
          {bf16_adapter_gap:e} (relative Frobenius); f32 compute {f32_loss_gap:e}, \
@@ -1135,4 +1152,83 @@ fn ten_steps_in_bf16_compute_follow_peft_under_autocast() {
         bf16_adapter_gap < f32_adapter_gap,
         "{bf16_adapter_gap} vs {f32_adapter_gap}"
     );
+}
+
+/// `model.compute_dtype = "f16"`: products in f16 with dynamic loss scaling. Golden:
+/// tools/reference/lora_train.py f16, PEFT under `torch.autocast("cpu", float16)` with
+/// torch.amp.GradScaler from a scale of 2^22, where steps 1 and 2 overflow and are skipped,
+/// and its adapters outside autocast (f32, as ours: stock autocast runs them in f16).
+/// The run must scale and skip at the same steps, and follow the losses within 1e-2; its final
+/// adapters must be closer to the fixture's than an f32 run's, which skips nothing.
+#[test]
+fn ten_steps_in_f16_compute_scale_and_skip_as_torch_grad_scaler() {
+    use lora_tune::train::loss_scale::LossScale;
+    let fixture = "tests/fixtures/lora/train-f16";
+    let trajectory: Vec<serde_json::Value> =
+        tiny::json(&Path::new(ROOT).join(fixture).join("trajectory.json"));
+    let first = trajectory[0]["loss_scale"].as_f64().unwrap();
+    let (steps, f16_loss_gap, f16_adapter_gap) =
+        follow_autocast(fixture, Dtype::F16, Some(LossScale::starting_at(first)));
+    let (_, f32_loss_gap, f32_adapter_gap) = follow_autocast(fixture, Dtype::F32, None);
+    eprintln!(
+        "against PEFT under f16 autocast + GradScaler: f16 compute losses {f16_loss_gap:e}, \
+         adapters {f16_adapter_gap:e}; f32 compute {f32_loss_gap:e}, {f32_adapter_gap:e}"
+    );
+    for (got, want) in steps.iter().zip(&trajectory) {
+        let step = &want["step"];
+        assert_eq!(
+            got.loss_scale,
+            want["loss_scale"].as_f64(),
+            "step {step}: scale"
+        );
+        assert_eq!(
+            Some(got.overflowed),
+            want["skipped"].as_bool(),
+            "step {step}"
+        );
+    }
+    assert!(steps.iter().filter(|s| s.overflowed).count() == 2);
+    assert!(f16_loss_gap <= 1e-2, "{f16_loss_gap}");
+    assert!(
+        f16_adapter_gap < f32_adapter_gap,
+        "{f16_adapter_gap} vs {f32_adapter_gap}"
+    );
+}
+
+/// Ten steps of tiny-llama from lora/train's initial adapters with products in `compute` (and
+/// `loss_scale` where given), against the PEFT trajectory and final adapters in `fixture`: each
+/// step's stats, the largest relative loss difference, and the final adapters' relative
+/// Frobenius distance.
+fn follow_autocast(
+    fixture: &str,
+    compute: Dtype,
+    mut loss_scale: Option<lora_tune::train::loss_scale::LossScale>,
+) -> (Vec<lora_tune::train::step::StepStats>, f64, f64) {
+    use lora_tune::train::step::{Share, train_step_share};
+    let fixtures = Path::new(ROOT).join(fixture);
+    let trajectory: Vec<serde_json::Value> = tiny::json(&fixtures.join("trajectory.json"));
+    let mut model = tiny::named_on("tiny-llama", &cpu());
+    let lora = tiny::lora();
+    let adapted = select_targets(&model.config.linear_sites(), &lora).unwrap();
+    model.attach_adapters(&adapted, &lora, 0).unwrap();
+    let init = Path::new(ROOT).join("tests/fixtures/lora/train/init.safetensors");
+    model.load_adapter_weights(&init).unwrap();
+    model.compute_in(compute);
+    let batches = tiny::train_batches();
+    let (schedule, mut optimizer) = tiny::reference_optimiser(None);
+    let steps: Vec<_> = (0..trajectory.len())
+        .map(|step| {
+            let micro = &batches[step * 2..step * 2 + 2];
+            let lr = schedule.lr(step as u64);
+            let (share, scale) = (Share::ALL, loss_scale.as_mut());
+            train_step_share(&mut model, micro, share, &mut optimizer, lr, 0.05, scale).unwrap()
+        })
+        .collect();
+    let distance = tiny::relative_distance(&mut model, &fixtures.join("final.safetensors"));
+    let loss_gap = steps
+        .iter()
+        .zip(&trajectory)
+        .map(|(g, w)| rel(g.loss, w["loss"].as_f64().unwrap()))
+        .fold(0.0, f64::max);
+    (steps, loss_gap, distance)
 }

@@ -231,20 +231,12 @@ const CASES: &[Case] = &[
         words: &["causal-LM decoders"],
     },
     Case {
-        what: "f16 products without loss scaling",
+        what: "DoRA computing in f16",
         model_and_data: "[model]\nsource = \"model.gguf\"\ncompute_dtype = \"f16\"\n\n[data]\ntrain = \"train.jsonl\"\n",
-        rest: "",
+        rest: "\n[lora]\nuse_dora = true\n",
         line: 3,
         key: "model.compute_dtype",
-        words: &["loss scaling", "bf16"],
-    },
-    Case {
-        what: "a classifier computing in bf16",
-        model_and_data: "[model]\nsource = \"model\"\ntask = \"classification\"\ncompute_dtype = \"bf16\"\n\n[data]\ntrain = \"train.jsonl\"\nformat = \"classification\"\n",
-        rest: "",
-        line: 4,
-        key: "model.compute_dtype",
-        words: &["causal-LM decoders"],
+        words: &["DoRA", "f32"],
     },
     Case {
         what: "DoRA computing in bf16",
@@ -399,6 +391,26 @@ fn kept_blocks_and_16_bit_bases_are_accepted_with_or_without_checkpointing() {
             let plan =
                 Plan::resolve(&RecipeFile::load(&f.path()).unwrap(), Path::new("/work")).unwrap();
             assert_eq!(plan.keep_quantized, model.starts_with("keep"), "{model}");
+        }
+    }
+}
+
+/// Half-precision products on decoders and classifiers: the dense base is stored in the
+/// products' type from the load on.
+#[test]
+fn half_products_are_accepted_and_store_the_base_in_their_type() {
+    use lora_tune::dtype::Dtype;
+    let classifier = "task = \"classification\"\n";
+    for (task, format) in [("", ""), (classifier, "format = \"classification\"\n")] {
+        for (compute, stored) in [("bf16", Dtype::Bf16), ("f16", Dtype::F16)] {
+            let f = Fixture::new();
+            let ok = format!(
+                "[model]\nsource = \"model\"\n{task}compute_dtype = \"{compute}\"\n\n[data]\ntrain = \"train.jsonl\"\n{format}"
+            );
+            std::fs::write(f.path(), ok).unwrap();
+            let plan = Plan::resolve(&RecipeFile::load(&f.path()).unwrap(), Path::new("/work"))
+                .unwrap_or_else(|e| panic!("{task}{compute}: {e}"));
+            assert_eq!(plan.base_storage().dense, stored, "{task}{compute}");
         }
     }
 }

@@ -183,28 +183,68 @@ fn worst_relative(wgpu: &[Vec<f32>], flex: &[Vec<f32>]) -> f32 {
 /// reason; on an adapter that reports bf16 arithmetic, both take bf16.
 #[test]
 fn compute_dtype_on_wgpu_follows_the_adapter() {
-    use burn::tensor::FloatDType;
     use lora_tune::dtype::{ComputeDtype, Dtype};
-    if wgpu().is_none() {
-        return;
-    }
+    let Some(device) = wgpu() else { return };
     let selected = select(DeviceChoice::Wgpu).unwrap();
-    let has_bf16 = selected.device.supports_dtype(FloatDType::BF16);
-    eprintln!("{}: general bf16 arithmetic {has_bf16}", selected.name);
-    let (auto, why) = lora_tune::device::compute_dtype(&selected, ComputeDtype::Auto).unwrap();
-    let asked = lora_tune::device::compute_dtype(&selected, ComputeDtype::Bf16);
-    if has_bf16 {
-        assert_eq!(auto, Dtype::Bf16, "{why}");
-        assert_eq!(asked.unwrap().0, Dtype::Bf16);
-    } else {
-        assert_eq!(auto, Dtype::F32);
-        assert!(why.contains("no general bf16"), "{why}");
-        let err = asked.unwrap_err().to_string();
-        assert!(
-            err.contains("model.compute_dtype") && err.contains("f32"),
-            "{err}"
-        );
+    for (choice, dtype) in [
+        (ComputeDtype::Bf16, Dtype::Bf16),
+        (ComputeDtype::F16, Dtype::F16),
+    ] {
+        let has = selected.device.supports_dtype(dtype.float());
+        let (auto, why) = lora_tune::device::compute_dtype(&selected, ComputeDtype::Auto).unwrap();
+        let asked = lora_tune::device::compute_dtype(&selected, choice);
+        if dtype == Dtype::Bf16 {
+            assert_eq!(auto, if has { Dtype::Bf16 } else { Dtype::F32 }, "{why}");
+        }
+        if has {
+            eprintln!(
+                "{}: general {} arithmetic: training with it",
+                selected.name,
+                dtype.name()
+            );
+            assert_eq!(asked.unwrap().0, dtype);
+            assert_half_gradients_follow_flex(&device, dtype);
+        } else {
+            // llvmpipe's GL adapter has neither SHADER_F16 nor bf16 arithmetic.
+            let err = asked.unwrap_err().to_string();
+            eprintln!(
+                "{}: no general {} arithmetic, refused: {err}",
+                selected.name,
+                dtype.name()
+            );
+            assert!(
+                err.contains("model.compute_dtype")
+                    && err.contains(dtype.name())
+                    && err.contains("f32"),
+                "{err}"
+            );
+        }
     }
+}
+
+/// Gradients of one micro-batch with products in `dtype` on `device` against flex's in the
+/// same dtype: the same rounding, so close; f32 compute's differ by more.
+fn assert_half_gradients_follow_flex(device: &Device, dtype: lora_tune::dtype::Dtype) {
+    let batch = tiny::train_batches().remove(0);
+    let grads = |device: &Device, dtype| {
+        let mut model = tiny::adapted_on(&tiny::fixture("lora/train/final.safetensors"), device);
+        model.compute_in(dtype);
+        let (_, grads) = accumulate_gradients(&mut model, std::slice::from_ref(&batch)).unwrap();
+        grads
+            .iter()
+            .map(|g: &Tensor<2>| host(g).unwrap().values)
+            .collect::<Vec<_>>()
+    };
+    let flex = &select(DeviceChoice::Cpu).unwrap().device;
+    let want = grads(flex, dtype);
+    let got = grads(device, dtype);
+    let f32_gap = worst_relative(&grads(flex, lora_tune::dtype::Dtype::F32), &want);
+    let gap = worst_relative(&got, &want);
+    eprintln!(
+        "{}: wgpu vs flex {gap:e}; f32 vs {0} {f32_gap:e}",
+        dtype.name()
+    );
+    assert!(gap < f32_gap, "{gap} vs {f32_gap}");
 }
 
 /// A run on wgpu end to end through the binary: what `auto` picked for the products and why,

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use super::session;
+use crate::dtype::{ComputeDtype, Dtype};
 use crate::memory;
 
 /// `ranks`: the data-parallel job to describe (1: a single process).
@@ -15,7 +16,11 @@ pub fn run(recipe: &Path, ranks: usize) -> anyhow::Result<()> {
             session::data_parallel_line(&loaded.prepared.plan, ranks)
         );
     }
-    let Some((estimate, shape)) = loaded.prepared.memory_estimate(&loaded.train) else {
+    let prepared = &loaded.prepared;
+    // On the CPU `auto` products are f32 (`device::compute_dtype`).
+    let cpu_products = prepared.plan.compute_dtype.half().unwrap_or(Dtype::F32);
+    let Some((estimate, shape)) = prepared.memory_estimate(&loaded.train, true, cpu_products)
+    else {
         println!(
             "memory: not predicted for BERT encoders yet (the formula is fitted to Llama-family decoders)"
         );
@@ -35,5 +40,27 @@ pub fn run(recipe: &Path, ranks: usize) -> anyhow::Result<()> {
         };
         println!("        {} available now: {verdict}", memory::gb(available));
     }
+    // A GPU's `auto` takes bf16 where the backend has bf16 arithmetic (CUDA, Metal), f32 on
+    // wgpu/Vulkan; an explicit dtype is what it says.
+    let gpu = match prepared.plan.compute_dtype.half() {
+        Some(half) => vec![(half, "")],
+        None if prepared.plan.compute_dtype == ComputeDtype::F32 => vec![(Dtype::F32, "")],
+        None => vec![
+            (Dtype::Bf16, " (auto on CUDA, Metal)"),
+            (Dtype::F32, " (auto on wgpu, Vulkan)"),
+        ],
+    };
+    for (products, which) in gpu {
+        if let Some((estimate, shape)) = prepared.memory_estimate(&loaded.train, false, products) {
+            println!(
+                "        on a GPU with {} products{which}: device memory ≈ {}",
+                products.name(),
+                estimate.render(shape)
+            );
+        }
+    }
+    println!(
+        "        (the GPU figures are the same formula without the host's load and widening terms; not yet checked on a GPU)"
+    );
     Ok(())
 }

@@ -307,6 +307,12 @@ fn print_summary(summary: &Summary, plan: &Plan) {
             steps.join(", ")
         );
     }
+    if let Some(s) = summary.loss_scale {
+        println!(
+            "       f16 loss scale {} at the end; {} step(s) skipped for overflowed gradients (see metrics.jsonl's `overflowed`)",
+            s.scale, s.skipped
+        );
+    }
     if let Some(dir) = &summary.last_checkpoint {
         println!("       checkpoint {}", dir.display());
     }

@@ -10,6 +10,7 @@ use crate::dtype::{ComputeDtype, Dtype};
 use crate::lora::report::thousands;
 use crate::memory::{self, MemoryCheck};
 use crate::model::TaskModel;
+use crate::model::adapted::AdaptedModel;
 use crate::model::frozen::FrozenWeight;
 use crate::plan::{Plan, Stop, Warmup};
 use crate::prepare::Prepared;
@@ -72,29 +73,30 @@ pub fn open_model(loaded: &Loaded, memory_check: MemoryCheck) -> anyhow::Result<
         Some(selected) => selected.clone(),
         None => device::select(DeviceChoice::Cpu)?,
     };
+    let (compute, why) = device::compute_dtype(&selected, prepared.plan.compute_dtype)?;
     // In a data-parallel job rank 0 checks for every rank on its machine (they load at once).
     let leads = crate::distributed::ranks().leads();
     if let (true, true, Some((estimate, shape))) = (
         selected.on_cpu,
         leads,
-        prepared.memory_estimate(&loaded.train),
+        prepared.memory_estimate(&loaded.train, true, compute),
     ) {
         memory_check.refuse_over(&estimate, shape)?;
     }
-    let (compute, why) = match prepared.labels {
-        Some(_) => (
-            Dtype::F32,
-            "a classifier computes in f32 so far".to_string(),
-        ),
-        None => device::compute_dtype(&selected, prepared.plan.compute_dtype)?,
+    let scaling = match compute {
+        Dtype::F16 => "; the loss is scaled dynamically (f16's range)",
+        _ => "",
     };
-    println!("compute: frozen products in {} ({why})", compute.name());
+    println!(
+        "compute: frozen products in {} ({why}){scaling}",
+        compute.name()
+    );
     let started = Instant::now();
-    let mut model = prepared.load_model(&selected.device)?;
+    let mut model = prepared.load_model(&selected.device, compute)?;
     let seconds = started.elapsed().as_secs_f64();
+    model.compute_in(compute);
     match &mut model {
         TaskModel::Lm(lm) => {
-            lm.compute_in(compute);
             if prepared.plan.base_storage() != Default::default() || compute != Dtype::F32 {
                 let weights: Vec<&FrozenWeight> = lm
                     .linears_mut()
@@ -183,8 +185,9 @@ fn print_prepared(prepared: &Prepared) {
     let products = match plan.compute_dtype {
         ComputeDtype::Auto => "products in bf16 where the device has bf16 arithmetic, else f32",
         ComputeDtype::F32 => "products in f32",
-        // Refused by `Plan::resolve` until loss scaling exists.
-        ComputeDtype::F16 => "products in f16",
+        ComputeDtype::F16 => {
+            "products in f16 with dynamic loss scaling (on the CPU slower than f32: every product is converted)"
+        }
         ComputeDtype::Bf16 => {
             "products in bf16 (on the CPU slower than f32: every product is converted)"
         }

@@ -10,6 +10,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use super::decoder::Decoder;
 use super::frozen::FrozenWeight;
 use super::linear::Linear;
+use crate::dtype::Dtype;
 use crate::lora::adapter::{LoraAdapter, splitmix64};
 use crate::lora::targets::{self, LinearSite, TargetLayer};
 use crate::peft::config::PeftConfig;
@@ -91,6 +92,20 @@ pub trait AdaptedModel {
         for (_, a) in self.adapters_mut() {
             a.training = training;
         }
+    }
+
+    /// Runs every frozen product in `dtype` (`model.compute_dtype`, `Linear::compute_in`).
+    fn compute_in(&mut self, dtype: Dtype) {
+        let (linears, _) = self.parts_mut();
+        for (_, linear) in linears {
+            linear.compute_in(dtype);
+        }
+    }
+
+    /// What the frozen products compute in (every linear alike); f32 without linears.
+    fn compute_dtype(&mut self) -> Dtype {
+        let (linears, _) = self.parts_mut();
+        linears.first().map_or(Dtype::F32, |(_, l)| l.compute)
     }
 
     /// Reseeds every dropout mask stream from `seed` (the trainer passes one per step).
@@ -262,6 +277,15 @@ impl AdaptedModel for Decoder {
 
     fn parts_mut(&mut self) -> Parts<'_> {
         (self.linears_mut(), Vec::new())
+    }
+
+    /// The linears' products, and the tied head's (its embedding cast per product; the
+    /// lookup stays f32).
+    fn compute_in(&mut self, dtype: Dtype) {
+        self.compute = dtype;
+        for (_, linear) in self.linears_mut() {
+            linear.compute_in(dtype);
+        }
     }
 }
 

@@ -229,7 +229,7 @@ pub struct Decoder {
     /// Training recomputes each decoder layer in backward instead of keeping its activations
     /// (transformers' `gradient_checkpointing`; `train::derived`). Off by default.
     pub gradient_checkpointing: bool,
-    /// What the tied head's product computes in ([`Self::compute_in`]); the linears carry
+    /// What the tied head's product computes in (`AdaptedModel::compute_in`); the linears carry
     /// their own.
     pub compute: Dtype,
     rope: RopeFrequencies,
@@ -385,19 +385,6 @@ impl Decoder {
             local_rope,
             device: device.clone(),
         })
-    }
-
-    /// Runs every frozen product in `dtype` (`model.compute_dtype`): the linears' dense weights
-    /// are stored in it (kept-quantised ones decode per product); the tied head casts the
-    /// embedding per product, whose lookup stays f32. f32 leaves the weights as stored.
-    pub fn compute_in(&mut self, dtype: Dtype) {
-        self.compute = dtype;
-        for (_, linear) in self.linears_mut() {
-            linear.compute = dtype;
-            if dtype != Dtype::F32 {
-                linear.weight.store_as(dtype);
-            }
-        }
     }
 
     /// The tied head's matrix (the embedding, [vocab, hidden]) in the head's compute dtype.

@@ -42,6 +42,15 @@ impl Linear {
         })
     }
 
+    /// Runs the frozen product in `dtype` (`model.compute_dtype`): a dense weight is stored in
+    /// it, a kept-quantised one decodes per product; f32 leaves the weight as stored.
+    pub fn compute_in(&mut self, dtype: Dtype) {
+        self.compute = dtype;
+        if dtype != Dtype::F32 {
+            self.weight.store_as(dtype);
+        }
+    }
+
     /// x: [batch, seq, in] → [batch, seq, out]; y = x·Wᵀ + b (+ the adapter's s·(x·Aᵀ)·Bᵀ).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, s, _] = x.dims();

@@ -282,4 +282,11 @@ impl adapted::AdaptedModel for TaskModel {
             Self::Classifier(m) => m.seed_dropout(seed),
         }
     }
+
+    fn compute_in(&mut self, dtype: Dtype) {
+        match self {
+            Self::Lm(m) => m.compute_in(dtype),
+            Self::Classifier(m) => m.compute_in(dtype),
+        }
+    }
 }

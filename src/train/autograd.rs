@@ -12,6 +12,37 @@ use crate::model::adapted::AdaptedModel;
 /// (`AdaptedModel::params_mut` order: A then B per adapter, then a classifier's head).
 pub type Gradients = (f64, Vec<Tensor<2>>);
 
+/// Where a micro-batch's backward starts: its loss sum divided by the scored targets of the
+/// whole step, and the gradient multiplied by the loss scale (f16 products' dynamic loss
+/// scaling, `train::loss_scale`; 1 otherwise). The returned loss is never scaled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Seed {
+    pub denominator: usize,
+    pub loss_scale: f64,
+}
+
+impl Seed {
+    /// The loss sum over `denominator` targets, unscaled.
+    pub fn mean_over(denominator: usize) -> Self {
+        Self {
+            denominator,
+            loss_scale: 1.0,
+        }
+    }
+
+    /// The gradient `d` of a loss sum (already divided by `divisor`, a logit scaling, where
+    /// the caller has one) → the gradient backward starts from. The scale is a power of two:
+    /// multiplying by it after the division changes no bits but the exponent.
+    pub fn gradient<const D: usize>(&self, d: Tensor<D>, divisor: f64) -> Tensor<D> {
+        let d = d.div_scalar(self.denominator as f64 * divisor);
+        if self.loss_scale == 1.0 {
+            d
+        } else {
+            d.mul_scalar(self.loss_scale)
+        }
+    }
+}
+
 /// Elementwise sums of two gradient lists; an empty list is zero.
 pub fn sum(a: Vec<Tensor<2>>, b: Vec<Tensor<2>>) -> Vec<Tensor<2>> {
     if a.is_empty() {
@@ -20,21 +51,24 @@ pub fn sum(a: Vec<Tensor<2>>, b: Vec<Tensor<2>>) -> Vec<Tensor<2>> {
     a.into_iter().zip(b).map(|(a, b)| a + b).collect()
 }
 
-/// `loss(model) / denominator` and its gradient for every trained tensor, by one backward pass
+/// `loss(model) / seed.denominator` and its gradient (times `seed.loss_scale`) for every trained tensor, by one backward pass
 /// through the whole graph (`Objective::loss_and_gradients`' plain path): every trained tensor
 /// becomes an autodiff leaf for the pass, and a plain tensor again after it. None when `loss`
 /// scores nothing.
 pub fn whole_graph_gradients<M: AdaptedModel + ?Sized>(
     model: &mut M,
     loss: impl FnOnce(&M) -> Option<Tensor<1>>,
-    denominator: usize,
+    seed: Seed,
 ) -> Result<Option<Gradients>, TrainError> {
     track(model.params_mut());
     let result = match loss(model) {
         None => Ok(None),
         Some(loss) => {
-            let loss = loss.div_scalar(denominator as f64);
-            let grads = loss.backward();
+            let loss = loss.div_scalar(seed.denominator as f64);
+            let grads = match seed.loss_scale {
+                1.0 => loss.backward(),
+                scale => loss.clone().mul_scalar(scale).backward(),
+            };
             gradients_of(model.params_mut(), &grads)
                 .and_then(|g| Ok(Some((scalar(loss.inner())?, g))))
         }

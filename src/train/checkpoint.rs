@@ -1,7 +1,7 @@
 //! Resumable checkpoints: `<out>/checkpoints/step-NNNNNN/` holds the adapters (PEFT keys, so any
 //! checkpoint is also an adapter; with PiSSA / OLoRA also the initial ones, for the export's
 //! conversion), the AdamW moments and `trainer_state.json` (step, optimiser
-//! step count, and the settings that fix the data order). The directory is built under a temp
+//! step count, f16's loss scale, and the settings that fix the data order). The directory is built under a temp
 //! name and renamed into place, so a `step-*` directory is always complete. The data position
 //! and dropout RNG are functions of (seed, step), so resuming replays exactly.
 
@@ -11,6 +11,7 @@ use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::early_stopping::Best;
+use super::loss_scale::LossScale;
 use super::optim::{AdamW, Moments};
 use crate::dtype::Dtype;
 use crate::model::adapted::{AdaptedModel, host};
@@ -38,6 +39,9 @@ pub struct TrainerState {
     /// The best evaluation so far and the early-stopping count (runs that compare evaluations).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best: Option<Best>,
+    /// f16 products' loss scale, so a resumed run scales and skips as the uninterrupted one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<LossScale>,
 }
 
 impl TrainerState {
@@ -202,6 +206,19 @@ pub fn load(
         })?;
     model.load_adapter_weights(&dir.join(WEIGHTS_FILE))?;
     let opt_path = dir.join(OPTIMIZER_FILE);
+    let steps = crate::weights::safetensors::StFile::open(&opt_path)?
+        .metadata
+        .get("adamw_steps")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| CheckpointError::Invalid {
+            path: opt_path.clone(),
+            detail: "metadata `adamw_steps` is missing".into(),
+        })?;
+    if steps == 0 {
+        // No update yet (every step so far skipped): AdamW has no moments to restore.
+        *optimizer = AdamW::new(optimizer.config);
+        return Ok(state);
+    }
     let mut moments = HostTensors::read(&opt_path)?;
     let device = model.device().clone();
     let mut restored = Vec::new();
@@ -218,13 +235,6 @@ pub fn load(
     }
     moments.finish()?;
     optimizer.moments = restored;
-    optimizer.steps = crate::weights::safetensors::StFile::open(&opt_path)?
-        .metadata
-        .get("adamw_steps")
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| CheckpointError::Invalid {
-            path: opt_path.clone(),
-            detail: "metadata `adamw_steps` is missing".into(),
-        })?;
+    optimizer.steps = steps;
     Ok(state)
 }

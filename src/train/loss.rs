@@ -7,7 +7,7 @@
 use burn::tensor::Tensor;
 
 use super::TrainError;
-use super::autograd::{Gradients, whole_graph_gradients};
+use super::autograd::{Gradients, Seed, whole_graph_gradients};
 use super::cross_entropy::{next_token_nll_sum, nll_sum};
 use crate::data::batch::Batch;
 use crate::model::TaskModel;
@@ -21,16 +21,16 @@ pub trait Objective: AdaptedModel {
     /// Σ loss over `batch`'s targets → [1]; None when nothing in it is scored.
     fn loss_sum(&self, batch: &Batch) -> Option<Tensor<1>>;
 
-    /// `loss_sum(batch) / denominator` and its gradient for every trained tensor
+    /// `loss_sum(batch) / seed.denominator` and its gradient (times `seed.loss_scale`) for every trained tensor
     /// (`params_mut` order); None when nothing in `batch` is scored. One autodiff backward
     /// through the whole graph unless the model derives its step by hand (a decoder:
     /// `train::derived`, with or without `gradient_checkpointing`).
     fn loss_and_gradients(
         &mut self,
         batch: &Batch,
-        denominator: usize,
+        seed: Seed,
     ) -> Result<Option<Gradients>, TrainError> {
-        whole_graph_gradients(self, |m| m.loss_sum(batch), denominator)
+        whole_graph_gradients(self, |m| m.loss_sum(batch), seed)
     }
 
     /// Class logits [rows, labels] for a classifier (evaluation metrics); None for an LM.
@@ -52,9 +52,9 @@ impl Objective for Decoder {
     fn loss_and_gradients(
         &mut self,
         batch: &Batch,
-        denominator: usize,
+        seed: Seed,
     ) -> Result<Option<Gradients>, TrainError> {
-        super::derived::loss_and_gradients(self, batch, denominator)
+        super::derived::loss_and_gradients(self, batch, seed)
     }
 }
 
@@ -74,13 +74,13 @@ impl Objective for SequenceClassifier {
     fn loss_and_gradients(
         &mut self,
         batch: &Batch,
-        denominator: usize,
+        seed: Seed,
     ) -> Result<Option<Gradients>, TrainError> {
         match &self.body {
             Body::Decoder(d) if d.lm_head.as_ref().is_some_and(|h| h.lora.is_some()) => {
-                whole_graph_gradients(self, |m| m.loss_sum(batch), denominator)
+                whole_graph_gradients(self, |m| m.loss_sum(batch), seed)
             }
-            _ => super::derived::classifier::loss_and_gradients(self, batch, denominator),
+            _ => super::derived::classifier::loss_and_gradients(self, batch, seed),
         }
     }
 
@@ -104,11 +104,11 @@ impl Objective for TaskModel {
     fn loss_and_gradients(
         &mut self,
         batch: &Batch,
-        denominator: usize,
+        seed: Seed,
     ) -> Result<Option<Gradients>, TrainError> {
         match self {
-            Self::Lm(m) => m.loss_and_gradients(batch, denominator),
-            Self::Classifier(m) => m.loss_and_gradients(batch, denominator),
+            Self::Lm(m) => m.loss_and_gradients(batch, seed),
+            Self::Classifier(m) => m.loss_and_gradients(batch, seed),
         }
     }
 

@@ -27,6 +27,12 @@ pub struct StepRecord {
     pub tokens: usize,
     pub tokens_per_s: f64,
     pub elapsed_s: f64,
+    /// f16 products: the loss scale the step's gradients were computed at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    /// f16 products: the gradients overflowed at that scale and the step applied no update.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overflowed: bool,
     /// Seconds since the Unix epoch when the step ended.
     #[serde(default)]
     pub wall_time: f64,

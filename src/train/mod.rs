@@ -2,7 +2,8 @@
 //! derived by hand ([`derived`]: causal LMs with or without gradient checkpointing,
 //! classifiers) with autodiff as their oracle ([`autograd`]), AdamW and global-norm clipping
 //! ([`optim`]), learning-rate schedules
-//! ([`schedule`]), one optimiser step over accumulated micro-batches ([`step`]), the loop
+//! ([`schedule`]), one optimiser step over accumulated micro-batches ([`step`]) with f16
+//! products' dynamic loss scaling ([`loss_scale`]), the loop
 //! ([`trainer`]) with its checkpoints ([`checkpoint`]), metrics log ([`metrics`], [`tensorboard`]), progress bar
 //! ([`progress`]) and Ctrl-C handling ([`interrupt`]); evaluation ([`evaluate`]),
 //! classification metrics ([`classes`]), early stopping and the best checkpoint
@@ -17,6 +18,7 @@ pub mod early_stopping;
 pub mod evaluate;
 pub mod interrupt;
 pub mod loss;
+pub mod loss_scale;
 pub mod metrics;
 pub mod optim;
 pub mod progress;
@@ -39,6 +41,10 @@ pub enum TrainError {
         "non-finite values: loss {loss}, gradient norm {grad_norm}; lower train.lr, keep train.max_grad_norm finite, or set train.skip_nonfinite = true to skip such steps"
     )]
     NonFinite { loss: f64, grad_norm: f64 },
+    #[error(
+        "the loss is {loss} with f16 products: a value in the forward exceeded f16's range (±65504), which no loss scale can fix; use model.compute_dtype = \"bf16\" (the same tensor-core speed, f32's range) or \"f32\", or set train.skip_nonfinite = true to skip such steps"
+    )]
+    HalfOverflow { loss: f64, grad_norm: f64 },
     #[error("reading a value back from the device: {0}")]
     Readback(String),
 }

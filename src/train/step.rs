@@ -9,8 +9,9 @@
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::TrainError;
-use super::autograd::{Gradients, sum};
+use super::autograd::{Gradients, Seed, sum};
 use super::loss::Objective;
+use super::loss_scale::LossScale;
 use super::optim::{AdamW, clip_coefficient, global_norm};
 use crate::data::batch::Batch;
 use crate::distributed::{self, Ranks};
@@ -44,6 +45,10 @@ pub struct StepStats {
     pub loss_tokens: usize,
     /// Unpadded tokens processed.
     pub tokens: usize,
+    /// f16 loss scaling: the scale this step's gradients were computed at, and whether they
+    /// overflowed (the step then applied no update).
+    pub loss_scale: Option<f64>,
+    pub overflowed: bool,
 }
 
 /// Accumulated loss and gradients of a step's micro-batches.
@@ -51,21 +56,27 @@ pub fn accumulate_gradients(
     model: &mut impl Objective,
     micro_batches: &[Batch],
 ) -> Result<Gradients, TrainError> {
-    accumulate_share(model, micro_batches, Share::ALL)
+    accumulate_share(model, micro_batches, Share::ALL, 1.0)
 }
 
 /// The loss and gradient sums of `share`'s micro-batches, normalised by the labelled tokens of
-/// all of them (every rank counts those itself: each builds the whole step's batches); then,
-/// in a job of several ranks, summed across the job.
+/// all of them (every rank counts those itself: each builds the whole step's batches) and
+/// multiplied by `loss_scale` (1 unless f16); then, in a job of several ranks, summed across
+/// the job.
 pub fn accumulate_share(
     model: &mut impl Objective,
     micro_batches: &[Batch],
     share: Share,
+    loss_scale: f64,
 ) -> Result<Gradients, TrainError> {
     let loss_tokens: usize = micro_batches.iter().map(Batch::loss_tokens).sum();
     if loss_tokens == 0 {
         return Err(TrainError::NoLossTokens);
     }
+    let seed = Seed {
+        denominator: loss_tokens,
+        loss_scale,
+    };
     let mut total = 0.0;
     let mut sums: Vec<Tensor<2>> = Vec::new();
     for (j, batch) in micro_batches.iter().enumerate() {
@@ -75,7 +86,7 @@ pub fn accumulate_share(
         if let Some(seed) = share.dropout_seed {
             model.seed_dropout(stream_seed(seed, j as u64));
         }
-        let Some((loss, grads)) = model.loss_and_gradients(batch, loss_tokens)? else {
+        let Some((loss, grads)) = model.loss_and_gradients(batch, seed)? else {
             continue; // nothing labelled here: no loss, no gradient
         };
         total += loss;
@@ -141,10 +152,13 @@ pub fn train_step(
         optimizer,
         lr,
         max_grad_norm,
+        None,
     )
 }
 
-/// [`train_step`] computing `share`'s micro-batches (the trainer's entry point).
+/// [`train_step`] computing `share`'s micro-batches (the trainer's entry point), under
+/// `loss_scale` where the products are f16: gradients scaled, unscaled before clipping, the
+/// step skipped (no update) when they overflowed, and the scale updated either way.
 pub fn train_step_share(
     model: &mut impl Objective,
     micro_batches: &[Batch],
@@ -152,19 +166,42 @@ pub fn train_step_share(
     optimizer: &mut AdamW,
     lr: f64,
     max_grad_norm: f64,
+    loss_scale: Option<&mut LossScale>,
 ) -> Result<StepStats, TrainError> {
-    let (loss, grads) = accumulate_share(model, micro_batches, share)?;
+    let scale = loss_scale.as_ref().map(|s| s.scale);
+    let (loss, grads) = accumulate_share(model, micro_batches, share, scale.unwrap_or(1.0))?;
+    let grads: Vec<Tensor<2>> = match scale {
+        Some(s) if s != 1.0 => grads.into_iter().map(|g| g.mul_scalar(1.0 / s)).collect(),
+        _ => grads,
+    };
     let grad_norm = global_norm(&grads)?;
-    if !loss.is_finite() || !grad_norm.is_finite() {
+    let mut stats = StepStats {
+        loss,
+        grad_norm,
+        loss_tokens: micro_batches.iter().map(Batch::loss_tokens).sum(),
+        tokens: micro_batches.iter().map(Batch::real_tokens).sum(),
+        loss_scale: scale,
+        overflowed: false,
+    };
+    if !loss.is_finite() {
+        // The forward itself overflowed: no loss scale fixes that.
+        return Err(match scale {
+            Some(_) => TrainError::HalfOverflow { loss, grad_norm },
+            None => TrainError::NonFinite { loss, grad_norm },
+        });
+    }
+    if let Some(loss_scale) = loss_scale {
+        loss_scale.update(grad_norm.is_finite());
+        if !grad_norm.is_finite() {
+            stats.overflowed = true;
+            return Ok(stats);
+        }
+    }
+    if !grad_norm.is_finite() {
         return Err(TrainError::NonFinite { loss, grad_norm });
     }
     let coef = clip_coefficient(grad_norm, max_grad_norm);
     let grads = grads.into_iter().map(|g| g.mul_scalar(coef)).collect();
     optimizer.step(model.params_mut(), grads, lr);
-    Ok(StepStats {
-        loss,
-        grad_norm,
-        loss_tokens: micro_batches.iter().map(Batch::loss_tokens).sum(),
-        tokens: micro_batches.iter().map(Batch::real_tokens).sum(),
-    })
+    Ok(stats)
 }

@@ -15,6 +15,7 @@ use super::checkpoint::{self, TrainerState};
 use super::early_stopping::{Best, EarlyStopping};
 use super::evaluate::{Eval, evaluate};
 use super::loss::Objective;
+use super::loss_scale::LossScale;
 use super::metrics::{MetricsLog, StepRecord};
 use super::optim::{AdamW, AdamWConfig};
 use super::progress::Progress;
@@ -22,6 +23,7 @@ use super::schedule::LrSchedule;
 use super::step::{Share, StepStats, train_step_share};
 use crate::data::dataset::Dataset;
 use crate::distributed;
+use crate::dtype::Dtype;
 use crate::peft::config::PeftConfig;
 use crate::peft::folder::ClassMap;
 use crate::plan::{Plan, Stop, Warmup};
@@ -52,6 +54,9 @@ pub struct Settings {
     pub keep_best: bool,
     /// Write a TensorBoard event file beside metrics.jsonl.
     pub tensorboard: bool,
+    /// Where f16 products' loss scaling starts (torch's `GradScaler` default); unused unless
+    /// the model's products are f16.
+    pub loss_scale: LossScale,
 }
 
 impl Settings {
@@ -107,6 +112,7 @@ impl Settings {
             }),
             keep_best: t.keep_best,
             tensorboard: t.report_to.contains(&ReportTo::Tensorboard),
+            loss_scale: LossScale::default(),
         }
     }
 }
@@ -134,6 +140,9 @@ pub struct Summary {
     pub last_checkpoint: Option<PathBuf>,
     /// Steps skipped for non-finite values (`skip_nonfinite`), with their rows.
     pub skipped: Vec<SkippedStep>,
+    /// f16 products: the loss scale at the end, and the steps skipped for overflowed gradients
+    /// over the whole run (resumes included).
+    pub loss_scale: Option<LossScale>,
     pub metrics: PathBuf,
     pub plot: PathBuf,
 }
@@ -178,11 +187,17 @@ pub fn train(
         train_examples: train.examples.len(),
         tokens: 0,
         best: None,
+        loss_scale: None,
     };
     let mut optimizer = AdamW::new(settings.adamw);
     let resumed = match resume {
         Some(dir) => Some(resume_from(dir, model, &mut optimizer, &mut state)?),
         None => None,
+    };
+    // f16 products scale the loss: from the checkpoint's scale, or from the start.
+    state.loss_scale = match model.compute_dtype() {
+        Dtype::F16 => Some(state.loss_scale.unwrap_or(settings.loss_scale)),
+        _ => None,
     };
     if let (Some(rule), Some(best), Some(dir)) = (&settings.early_stopping, state.best, resume)
         && let Some(why) = rule.cannot_continue(best, settings.keep_best, &settings.out_dir)
@@ -237,9 +252,24 @@ pub fn train(
             &mut optimizer,
             lr,
             settings.max_grad_norm,
+            state.loss_scale.as_mut(),
         ) {
-            Ok(stats) => stats,
-            Err(TrainError::NonFinite { loss, grad_norm }) if settings.skip_nonfinite => {
+            Ok(stats) => {
+                if stats.overflowed {
+                    // torch's GradScaler skips such a step too; the scale halved for the next.
+                    progress.always(format!(
+                        "step {}: skipped, f16 gradients overflowed at loss scale {}; now {}",
+                        step + 1,
+                        stats.loss_scale.unwrap_or(1.0),
+                        state.loss_scale.map_or(1.0, |s| s.scale),
+                    ));
+                }
+                stats
+            }
+            Err(
+                TrainError::NonFinite { loss, grad_norm }
+                | TrainError::HalfOverflow { loss, grad_norm },
+            ) if settings.skip_nonfinite => {
                 // No update was applied: the adapters and optimiser are as before the step.
                 let rows = rows();
                 let rows_text = rows.join(", ");
@@ -256,6 +286,8 @@ pub fn train(
                     grad_norm,
                     loss_tokens: 0,
                     tokens: 0,
+                    loss_scale: state.loss_scale.map(|s| s.scale),
+                    overflowed: false,
                 }
             }
             Err(e) => {
@@ -287,6 +319,8 @@ pub fn train(
             lr,
             grad_norm: stats.grad_norm,
             tokens: stats.tokens,
+            loss_scale: stats.loss_scale,
+            overflowed: stats.overflowed,
             tokens_per_s: stats.tokens as f64 / step_started.elapsed().as_secs_f64(),
             elapsed_s: started.elapsed().as_secs_f64(),
             wall_time: super::metrics::unix_time(),
@@ -369,6 +403,7 @@ pub fn train(
         seconds: started.elapsed().as_secs_f64(),
         last_checkpoint,
         skipped,
+        loss_scale: state.loss_scale,
         metrics: settings.out_dir.join(super::metrics::FILE),
         plot,
     })

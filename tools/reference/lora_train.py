@@ -25,18 +25,26 @@ torch.autocast("cpu", dtype=torch.bfloat16) — PEFT users' mixed precision: eac
 and weight (the adapters' too) rounded to bf16, products accumulated in f32 and rounded to bf16,
 the loss in f32 — into tests/fixtures/lora/train-bf16/ (final, trajectory; the initial adapters
 are lora/train's, checked equal).
+With `f16`: the same under torch.autocast("cpu", dtype=torch.float16) with torch's AMP recipe
+(torch.amp.GradScaler: the loss scaled before backward, the gradients unscaled before clipping, a
+step with inf/NaN gradients skipped and the scale halved, doubled after 2000 good steps), from a
+scale of 2**22 so the first steps overflow, and with the adapters outside autocast (f32, as
+lora-tune keeps them; see autocast_split.py) — into tests/fixtures/lora/train-f16/ (final,
+trajectory with each step's loss scale and whether it was skipped).
 With `dora`: the same steps on tiny-llama with LoraConfig(use_dora=True) — A, B and each layer's
 lora_magnitude_vector trained — into tests/fixtures/lora/train-dora/ (init with the magnitudes,
 final, trajectory), plus the trained adapter as save_pretrained writes it (peft/) and its logits on
 the first micro-batch (logits.safetensors; merge_and_unload's model checked equal).
 Environment: transformers==5.23.0 peft==0.21.2, torch per DESIGN.md §6.
-Usage: python3 tools/reference/lora_train.py [qwen3|granite|olmo2|mistral|llama-gelu|gemma2|gemma3|phi3|loraplus|dora|bf16]
+Usage: python3 tools/reference/lora_train.py [qwen3|granite|olmo2|mistral|llama-gelu|gemma2|gemma3|phi3|loraplus|dora|bf16|f16]
 """
+import math
 import sys
 import json
 import pathlib
 
 import torch
+from autocast_split import keep_trained_linears_in_f32
 from peft import LoraConfig, get_peft_model
 from peft.optimizers import create_loraplus_optimizer
 from safetensors.torch import load_file, save_file
@@ -46,7 +54,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 VARIANT = sys.argv[1] if len(sys.argv) > 1 else None
 LORAPLUS_RATIO = 16.0 if VARIANT == "loraplus" else None
 DORA = VARIANT == "dora"
-AUTOCAST = VARIANT == "bf16"
+AUTOCAST = {"bf16": torch.bfloat16, "f16": torch.float16}.get(VARIANT)
+# f16: torch.amp.GradScaler's dynamic loss scaling, from a scale high enough that the first
+# steps overflow f16 and are skipped (the default 2**16 never overflows on this tiny model).
+F16_INIT_SCALE = 2.0**22
 FAMILY = None if LORAPLUS_RATIO or DORA or AUTOCAST else VARIANT
 OUT = ROOT / "tests" / "fixtures" / "lora" / (f"train-{VARIANT}" if VARIANT else "train")
 BASE = ROOT / "tests/fixtures/llama" / (f"tiny-{FAMILY}" if FAMILY else "tiny-llama")
@@ -87,6 +98,7 @@ def train_steps(model, params, opt, batches, label=""):
     the sum of token cross-entropies over the step's labelled tokens, clipping at MAX_NORM, a
     linear schedule with 2 warmup steps on `opt`. Returns the trajectory (loss, grad norm, lr)."""
     sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=2, num_training_steps=STEPS)
+    scaler = torch.amp.GradScaler("cpu", init_scale=F16_INIT_SCALE) if AUTOCAST == torch.float16 else None
     trajectory = []
     for step in range(STEPS):
         group = batches[step * ACCUM:(step + 1) * ACCUM]
@@ -94,21 +106,32 @@ def train_steps(model, params, opt, batches, label=""):
         total = 0.0
         for b in group:
             ids, mask, labels = (torch.tensor(b[k]) for k in ("input_ids", "attention_mask", "labels"))
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=AUTOCAST):
+            with torch.autocast("cpu", dtype=AUTOCAST or torch.bfloat16, enabled=AUTOCAST is not None):
                 logits = model(input_ids=ids, attention_mask=mask).logits
             logits = logits.float()  # as transformers' loss does: bf16 logits, an f32 loss
             # next-token prediction: position t predicts label t+1
             loss = torch.nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                 ignore_index=-100, reduction="sum") / n_tokens
-            loss.backward()
+            (scaler.scale(loss) if scaler else loss).backward()
             total += float(loss)
         lr = sched.get_last_lr()[0]
-        norm = float(torch.nn.utils.clip_grad_norm_(params, MAX_NORM))
-        opt.step()
+        record = {}
+        if scaler:  # torch's AMP recipe: unscale, clip, step (skipped on inf/NaN), update
+            scale = scaler.get_scale()
+            scaler.unscale_(opt)
+            norm = float(torch.nn.utils.clip_grad_norm_(params, MAX_NORM))
+            scaler.step(opt)
+            scaler.update()
+            record = {"loss_scale": scale, "skipped": scaler.get_scale() < scale}
+        else:
+            norm = float(torch.nn.utils.clip_grad_norm_(params, MAX_NORM))
+            opt.step()
         sched.step()
         opt.zero_grad()
-        trajectory.append({"step": step + 1, "loss": total, "grad_norm": norm, "lr": lr, "tokens": n_tokens})
+        norm = norm if math.isfinite(norm) else None  # JSON has no NaN: a skipped step's is null
+        trajectory.append({"step": step + 1, "loss": total, "grad_norm": norm, "lr": lr, "tokens": n_tokens,
+                           **record})
         print(label, trajectory[-1])
     return trajectory
 
@@ -125,6 +148,8 @@ def main():
         assert all(torch.equal(init[k], v) for k, v in lora_state(model).items())
     else:
         save_file(lora_state(model), OUT / "init.safetensors")
+    if AUTOCAST == torch.float16:
+        keep_trained_linears_in_f32(model)
     batches = micro_batches(torch.Generator().manual_seed(11))
     params = [p for p in model.parameters() if p.requires_grad]
     if LORAPLUS_RATIO:

@@ -18,27 +18,25 @@ use crate::model::classifier::{
 };
 use crate::model::decoder::Decoder;
 use crate::recipe::Pooling;
-use crate::train::autograd::Gradients;
+use crate::train::autograd::{Gradients, Seed};
 use crate::train::cross_entropy::nll_sum_and_gradient;
 use crate::train::{TrainError, scalar};
 
-/// `Objective::loss_and_gradients` for a sequence classifier: Σ cross-entropy / `denominator`
+/// `Objective::loss_and_gradients` for a sequence classifier: Σ cross-entropy / `seed.denominator`
 /// and the gradient of every trained tensor in `AdaptedModel::params_mut` order (A then B per
 /// adapter, the pooler's included, then the head's weight and bias); None when `batch` has no
 /// classes.
 pub fn loss_and_gradients(
     model: &SequenceClassifier,
     batch: &Batch,
-    denominator: usize,
+    seed: Seed,
 ) -> Result<Option<Gradients>, TrainError> {
     if batch.classes.is_empty() {
         return Ok(None);
     }
     match &model.body {
-        Body::Bert(bert) => bert_step(bert, &model.head, model.pooling, batch, denominator),
-        Body::Decoder(decoder) => {
-            decoder_step(decoder, &model.head, model.pooling, batch, denominator)
-        }
+        Body::Bert(bert) => bert_step(bert, &model.head, model.pooling, batch, seed),
+        Body::Decoder(decoder) => decoder_step(decoder, &model.head, model.pooling, batch, seed),
     }
     .map(Some)
 }
@@ -48,7 +46,7 @@ fn bert_step(
     head: &ClassHead,
     pooling: Pooling,
     batch: &Batch,
-    denominator: usize,
+    seed: Seed,
 ) -> Result<Gradients, TrainError> {
     // Only padding keys are masked: a row with one real token lets every query attend it.
     let real = batch
@@ -84,7 +82,7 @@ fn bert_step(
         }
         _ => (mean_pool(x.reshape([b, s, h]), &batch.attention_mask), None),
     };
-    let (loss, dpooled, head_grads) = head_backward(head, pooled.clone(), batch, denominator)?;
+    let (loss, dpooled, head_grads) = head_backward(head, pooled.clone(), batch, seed)?;
 
     // Back through the pooling to the last hidden states.
     let (dhidden, pooler_grads) = match (pooler_tape, &bert.pooler) {
@@ -126,7 +124,7 @@ fn decoder_step(
     head: &ClassHead,
     pooling: Pooling,
     batch: &Batch,
-    denominator: usize,
+    seed: Seed,
 ) -> Result<Gradients, TrainError> {
     let (b, s) = (
         batch.input_ids.len(),
@@ -141,7 +139,7 @@ fn decoder_step(
         Pooling::Cls => normed.select(0, lasts.clone()),
         Pooling::Mean => mean_pool(normed.reshape([b, s, h]), &batch.attention_mask),
     };
-    let (loss, dpooled, head_grads) = head_backward(head, pooled, batch, denominator)?;
+    let (loss, dpooled, head_grads) = head_backward(head, pooled, batch, seed)?;
     let dnormed = match pooling {
         Pooling::Cls => {
             let zeros = Tensor::zeros([b * s, h], &device);
@@ -157,12 +155,12 @@ fn decoder_step(
 }
 
 /// logits = drop(pooled)·Wᵀ + b and the cross-entropy over the rows' classes → Σ loss /
-/// `denominator`, the gradient of `pooled`, and the head's weight (and bias) gradients.
+/// `seed.denominator`, the gradient of `pooled`, and the head's weight (and bias) gradients.
 fn head_backward(
     head: &ClassHead,
     pooled: Tensor<2>,
     batch: &Batch,
-    denominator: usize,
+    seed: Seed,
 ) -> Result<(f64, Tensor<2>, Vec<Tensor<2>>), TrainError> {
     let mask = head.dropout_mask(&pooled);
     let dropped = match &mask {
@@ -176,8 +174,8 @@ fn head_backward(
     };
     let classes = batch.classes.iter().map(|&c| i64::from(c)).collect();
     let (nll, dlogits) = nll_sum_and_gradient(logits, classes);
-    let loss = scalar(nll.div_scalar(denominator as f64))?;
-    let dlogits = dlogits.div_scalar(denominator as f64);
+    let loss = scalar(nll.div_scalar(seed.denominator as f64))?;
+    let dlogits = seed.gradient(dlogits, 1.0);
     let mut grads = vec![dlogits.clone().transpose().matmul(dropped)];
     if head.bias.is_some() {
         grads.push(dlogits.clone().sum_dim(0));

@@ -9,10 +9,11 @@ use super::ops::{rms_norm_backward, softcap_derivative};
 use crate::model::attention::softcap;
 use crate::model::decoder::Decoder;
 use crate::model::frozen::{frozen_product, frozen_product_nt};
+use crate::train::autograd::Seed;
 use crate::train::cross_entropy::nll_sum_and_gradient;
 use crate::train::{TrainError, scalar};
 
-/// What the head gives back: Σ loss / denominator, the gradient of the last layer's output
+/// What the head gives back: Σ loss / seed.denominator, the gradient of the last layer's output
 /// x [b·s, hidden] (zero where nothing is scored), and the LM head adapter's gradients.
 pub struct HeadPass {
     pub loss: f64,
@@ -26,7 +27,7 @@ pub fn backward(
     x: &Tensor<2>,
     at: &[i64],
     targets: &[i64],
-    denominator: usize,
+    seed: Seed,
     chunk: usize,
 ) -> Result<HeadPass, TrainError> {
     let device = x.device();
@@ -63,12 +64,12 @@ pub fn backward(
             None => (logits, None),
         };
         let (nll, dlogits) = nll_sum_and_gradient(logits, targets.to_vec());
-        pass.loss += scalar(nll.div_scalar(denominator as f64))?;
+        pass.loss += scalar(nll.div_scalar(seed.denominator as f64))?;
         let dlogits = match cap_slope {
             Some(slope) => dlogits * slope,
             None => dlogits,
         };
-        let dlogits = dlogits.div_scalar(denominator as f64 * scaling);
+        let dlogits = seed.gradient(dlogits, scaling);
         let dnormed = match (&model.lm_head, tape) {
             (Some(head), Some(tape)) => {
                 let (dnormed, grads) = linear::backward(head, tape, dlogits);

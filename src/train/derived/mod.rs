@@ -21,20 +21,20 @@ use burn::tensor::Tensor;
 use self::layer::{LayerTape, Shape};
 use self::linear::FactorGradients;
 use super::TrainError;
-use super::autograd::Gradients;
+use super::autograd::{Gradients, Seed};
 use super::cross_entropy::scored_positions;
 use crate::data::batch::Batch;
 use crate::memory::LOGIT_CHUNK;
 use crate::model::decoder::{Decoder, DecoderLayer, LayerInputs};
 
-/// `Objective::loss_and_gradients` for a decoder: `loss / denominator` and the gradient of every
+/// `Objective::loss_and_gradients` for a decoder: `loss / seed.denominator` and the gradient of every
 /// trained tensor in `AdaptedModel::params_mut` order; None when nothing in `batch` is scored.
 pub fn loss_and_gradients(
     model: &Decoder,
     batch: &Batch,
-    denominator: usize,
+    seed: Seed,
 ) -> Result<Option<Gradients>, TrainError> {
-    loss_and_gradients_chunked(model, batch, denominator, LOGIT_CHUNK)
+    loss_and_gradients_chunked(model, batch, seed, LOGIT_CHUNK)
 }
 
 /// What the forward leaves for a layer's backward.
@@ -49,7 +49,7 @@ enum Kept {
 pub fn loss_and_gradients_chunked(
     model: &Decoder,
     batch: &Batch,
-    denominator: usize,
+    seed: Seed,
     logit_chunk: usize,
 ) -> Result<Option<Gradients>, TrainError> {
     let (at, targets) = scored_positions(&batch.labels);
@@ -57,7 +57,7 @@ pub fn loss_and_gradients_chunked(
         return Ok(None);
     }
     let (x, pass) = DecoderPass::forward(model, batch);
-    let head = head::backward(model, &x, &at, &targets, denominator, logit_chunk)?;
+    let head = head::backward(model, &x, &at, &targets, seed, logit_chunk)?;
     let factors = pass
         .backward(model, head.dx)
         .into_iter()
