@@ -44,9 +44,13 @@ pub enum DeviceError {
     #[error("could not start the wgpu device: {0}. Try `--device cpu`")]
     WgpuInit(String),
     #[error(
-        "model.compute_dtype = \"{dtype}\": {device} has no general {dtype} arithmetic (its backend reports storage or conversion only); use \"f32\" or \"auto\""
+        "model.compute_dtype = \"{dtype}\": {device} has no general {dtype} arithmetic ({why}); use \"f32\" or \"auto\""
     )]
-    NoHalfArithmetic { device: String, dtype: &'static str },
+    NoHalfArithmetic {
+        device: String,
+        dtype: &'static str,
+        why: &'static str,
+    },
 }
 
 impl FromStr for DeviceChoice {
@@ -130,6 +134,12 @@ pub fn compute_dtype(
         return Err(DeviceError::NoHalfArithmetic {
             device: selected.name.clone(),
             dtype: dtype.name(),
+            why: match dtype {
+                Dtype::F16 => {
+                    "its adapter lacks f16 shaders: wgpu's SHADER_F16, Vulkan's shaderFloat16"
+                }
+                _ => "its backend reports storage or conversion only",
+            },
         });
     }
     let why = if selected.on_cpu {

@@ -335,16 +335,6 @@ impl Plan {
         )?;
 
         let compute = recipe.model.compute_dtype;
-        if let Some(half) = compute.half() {
-            check(
-                !recipe.lora.use_dora,
-                "model.compute_dtype",
-                &format!(
-                    r#"= "{}" with lora.use_dora is not built yet (DoRA's weight norm needs f32 weights); use "f32""#,
-                    half.name()
-                ),
-            )?;
-        }
         check(
             !(compute == ComputeDtype::Bf16 && recipe.model.dtype == Dtype::F16),
             "model.dtype",

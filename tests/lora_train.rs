@@ -120,10 +120,32 @@ fn the_derived_dora_step_equals_autodiff() {
     derived_step_equals_autodiff_on("tiny-phi3", r"model\.layers\.0\..*", [1e-5, 5e-5], true);
 }
 
+/// The same with bf16 products (DoRA's base-path products included): autodiff differentiates
+/// through the same bf16 products, so only f32 summation orders differ — amplified where a
+/// value lands on the other side of a bf16 rounding boundary.
+#[test]
+fn the_derived_step_equals_autodiff_in_bf16_products() {
+    for use_dora in [false, true] {
+        let targets = r"model\.layers\.1\..*|lm_head";
+        derived_step_equals_autodiff_in("tiny-llama", targets, [1e-2, 2e-2], use_dora, Dtype::Bf16);
+    }
+}
+
 /// Gradients of `name` with adapters on `targets` (DoRA with `use_dora`) within `tolerance[0]`
 /// of autodiff's, and the adapters after five steps with and without checkpointing within
 /// `tolerance[1]` (relative to each tensor's largest).
 fn derived_step_equals_autodiff_on(name: &str, targets: &str, tolerance: [f32; 2], use_dora: bool) {
+    derived_step_equals_autodiff_in(name, targets, tolerance, use_dora, Dtype::F32);
+}
+
+/// [`derived_step_equals_autodiff_on`] with the frozen products in `compute`.
+fn derived_step_equals_autodiff_in(
+    name: &str,
+    targets: &str,
+    tolerance: [f32; 2],
+    use_dora: bool,
+    compute: Dtype,
+) {
     use lora_tune::recipe::Targets;
     use lora_tune::train::autograd::{Seed, sum, whole_graph_gradients};
     use lora_tune::train::derived::loss_and_gradients_chunked;
@@ -142,6 +164,8 @@ fn derived_step_equals_autodiff_on(name: &str, targets: &str, tolerance: [f32; 2
         tiny::named_with_adapters(name, &lora, 3),
     );
     recomputing.gradient_checkpointing = true;
+    plain.compute_in(compute);
+    recomputing.compute_in(compute);
     let per_layer = plain.layers[0].linears().len();
     let per_adapter = if use_dora { 3 } else { 2 };
     let adapted = per_layer + usize::from(targets.contains("lm_head"));
@@ -1135,8 +1159,9 @@ fn pissa_and_olora_init_train_and_convert_as_peft() {
 #[test]
 fn ten_steps_in_bf16_compute_follow_peft_under_autocast() {
     let fixture = "tests/fixtures/lora/train-bf16";
-    let (steps, bf16_loss_gap, bf16_adapter_gap) = follow_autocast(fixture, Dtype::Bf16, None);
-    let (_, f32_loss_gap, f32_adapter_gap) = follow_autocast(fixture, Dtype::F32, None);
+    let (steps, bf16_loss_gap, bf16_adapter_gap) =
+        follow_autocast(fixture, Dtype::Bf16, None, false);
+    let (_, f32_loss_gap, f32_adapter_gap) = follow_autocast(fixture, Dtype::F32, None, false);
     let losses: Vec<f64> = steps.iter().map(|s| s.loss).collect();
     eprintln!(
         "against PEFT under autocast: bf16 compute losses {bf16_loss_gap:e}, adapters \
@@ -1154,6 +1179,26 @@ fn ten_steps_in_bf16_compute_follow_peft_under_autocast() {
     );
 }
 
+/// DoRA with bf16 products: the base path's products (the dropped input's, the input gradient's)
+/// in bf16, the weight norm and the magnitude's gradient in f32. Golden:
+/// tools/reference/lora_train.py dora-bf16, PEFT's DoRA steps under `torch.autocast(bf16)`.
+#[test]
+fn ten_dora_steps_in_bf16_compute_follow_peft_under_autocast() {
+    let fixture = "tests/fixtures/lora/train-dora-bf16";
+    let (_, bf16_loss_gap, bf16_gap) = follow_autocast(fixture, Dtype::Bf16, None, true);
+    let (_, f32_loss_gap, f32_gap) = follow_autocast(fixture, Dtype::F32, None, true);
+    eprintln!(
+        "DoRA against PEFT under autocast: bf16 compute losses {bf16_loss_gap:e}, adapters \
+         {bf16_gap:e}; f32 compute {f32_loss_gap:e}, {f32_gap:e}"
+    );
+    assert!(bf16_loss_gap <= 1e-2, "{bf16_loss_gap}");
+    assert!(
+        bf16_loss_gap < f32_loss_gap,
+        "{bf16_loss_gap} vs {f32_loss_gap}"
+    );
+    assert!(bf16_gap < f32_gap, "{bf16_gap} vs {f32_gap}");
+}
+
 /// `model.compute_dtype = "f16"`: products in f16 with dynamic loss scaling. Golden:
 /// tools/reference/lora_train.py f16, PEFT under `torch.autocast("cpu", float16)` with
 /// torch.amp.GradScaler from a scale of 2^22, where steps 1 and 2 overflow and are skipped,
@@ -1167,9 +1212,13 @@ fn ten_steps_in_f16_compute_scale_and_skip_as_torch_grad_scaler() {
     let trajectory: Vec<serde_json::Value> =
         tiny::json(&Path::new(ROOT).join(fixture).join("trajectory.json"));
     let first = trajectory[0]["loss_scale"].as_f64().unwrap();
-    let (steps, f16_loss_gap, f16_adapter_gap) =
-        follow_autocast(fixture, Dtype::F16, Some(LossScale::starting_at(first)));
-    let (_, f32_loss_gap, f32_adapter_gap) = follow_autocast(fixture, Dtype::F32, None);
+    let (steps, f16_loss_gap, f16_adapter_gap) = follow_autocast(
+        fixture,
+        Dtype::F16,
+        Some(LossScale::starting_at(first)),
+        false,
+    );
+    let (_, f32_loss_gap, f32_adapter_gap) = follow_autocast(fixture, Dtype::F32, None, false);
     eprintln!(
         "against PEFT under f16 autocast + GradScaler: f16 compute losses {f16_loss_gap:e}, \
          adapters {f16_adapter_gap:e}; f32 compute {f32_loss_gap:e}, {f32_adapter_gap:e}"
@@ -1195,23 +1244,28 @@ fn ten_steps_in_f16_compute_scale_and_skip_as_torch_grad_scaler() {
     );
 }
 
-/// Ten steps of tiny-llama from lora/train's initial adapters with products in `compute` (and
-/// `loss_scale` where given), against the PEFT trajectory and final adapters in `fixture`: each
-/// step's stats, the largest relative loss difference, and the final adapters' relative
-/// Frobenius distance.
+/// Ten steps of tiny-llama from lora/train's initial adapters (lora/train-dora's with
+/// `use_dora`) with products in `compute` (and `loss_scale` where given), against the PEFT
+/// trajectory and final adapters in `fixture`: each step's stats, the largest relative loss
+/// difference, and the final adapters' relative Frobenius distance.
 fn follow_autocast(
     fixture: &str,
     compute: Dtype,
     mut loss_scale: Option<lora_tune::train::loss_scale::LossScale>,
+    use_dora: bool,
 ) -> (Vec<lora_tune::train::step::StepStats>, f64, f64) {
     use lora_tune::train::step::{Share, train_step_share};
     let fixtures = Path::new(ROOT).join(fixture);
     let trajectory: Vec<serde_json::Value> = tiny::json(&fixtures.join("trajectory.json"));
     let mut model = tiny::named_on("tiny-llama", &cpu());
-    let lora = tiny::lora();
+    let lora = LoraSection {
+        use_dora,
+        ..tiny::lora()
+    };
     let adapted = select_targets(&model.config.linear_sites(), &lora).unwrap();
     model.attach_adapters(&adapted, &lora, 0).unwrap();
-    let init = Path::new(ROOT).join("tests/fixtures/lora/train/init.safetensors");
+    let init = if use_dora { "train-dora" } else { "train" };
+    let init = Path::new(ROOT).join(format!("tests/fixtures/lora/{init}/init.safetensors"));
     model.load_adapter_weights(&init).unwrap();
     model.compute_in(compute);
     let batches = tiny::train_batches();

@@ -231,22 +231,6 @@ const CASES: &[Case] = &[
         words: &["causal-LM decoders"],
     },
     Case {
-        what: "DoRA computing in f16",
-        model_and_data: "[model]\nsource = \"model.gguf\"\ncompute_dtype = \"f16\"\n\n[data]\ntrain = \"train.jsonl\"\n",
-        rest: "\n[lora]\nuse_dora = true\n",
-        line: 3,
-        key: "model.compute_dtype",
-        words: &["DoRA", "f32"],
-    },
-    Case {
-        what: "DoRA computing in bf16",
-        model_and_data: "[model]\nsource = \"model.gguf\"\ncompute_dtype = \"bf16\"\n\n[data]\ntrain = \"train.jsonl\"\n",
-        rest: "\n[lora]\nuse_dora = true\n",
-        line: 3,
-        key: "model.compute_dtype",
-        words: &["DoRA", "f32"],
-    },
-    Case {
         what: "an f16 base computing in bf16",
         model_and_data: "[model]\nsource = \"model.gguf\"\ndtype = \"f16\"\ncompute_dtype = \"bf16\"\n\n[data]\ntrain = \"train.jsonl\"\n",
         rest: "",

@@ -5,7 +5,7 @@
 
 use std::cell::Cell;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
@@ -90,13 +90,20 @@ impl LoraAdapter {
     }
 
     /// x: [n, in], `base` = x·Wᵀ [n, out] (without bias; `w` is W [out, in], decoded once by
-    /// the caller) → the adapted output base + s·drop(x)·Aᵀ·Bᵀ.
+    /// the caller, and `frozen` multiplies by Wᵀ as the base's product does — in its compute
+    /// dtype) → the adapted output base + s·drop(x)·Aᵀ·Bᵀ.
     ///
     /// DoRA (PEFT's `DoraLinearLayer.forward`): with c = m / ‖W + s·B·A‖ per output row, the norm
     /// detached as the paper and PEFT do, the contribution is (c − 1)·(drop(x)·Wᵀ) +
     /// c·s·drop(x)·Aᵀ·Bᵀ, so the layer computes c·(W + s·B·A) on the dropped input plus W on the
     /// rest; without dropout drop(x)·Wᵀ is `base` itself.
-    pub fn forward(&self, x: Tensor<2>, w: &Tensor<2>, base: Tensor<2>) -> Tensor<2> {
+    pub fn forward(
+        &self,
+        x: Tensor<2>,
+        w: &Tensor<2>,
+        base: Tensor<2>,
+        frozen: impl FnOnce(Tensor<2>) -> Tensor<2>,
+    ) -> Tensor<2> {
         let mask = self.dropout_mask(&x);
         let x = match &mask {
             Some(mask) => x * mask.clone(),
@@ -111,17 +118,18 @@ impl LoraAdapter {
         let [n, out] = base.dims();
         let c = (m.clone() / self.dora_norm(w.clone()).detach()).expand([n, out]);
         let base_dropped = match mask {
-            Some(_) => matmul_nt(x, w.clone()),
+            Some(_) => frozen(x),
             None => base.clone(),
         };
         base + ((c.clone() - 1.0) * base_dropped + c * lora)
     }
 
-    /// DoRA: ‖W + s·B·A‖ of each output row, [1, out] (PEFT's `get_weight_norm`).
+    /// DoRA: ‖W + s·B·A‖ of each output row, [1, out] (PEFT's `get_weight_norm`), in f32
+    /// whatever W's dtype (autocast computes norms in f32 too).
     pub fn dora_norm(&self, w: Tensor<2>) -> Tensor<2> {
         let out = w.dims()[0];
         let delta = self.b.clone().matmul(self.a.clone()).mul_scalar(self.scale);
-        (w + delta)
+        (w.cast(FloatDType::F32) + delta)
             .powi_scalar(2)
             .sum_dim(1)
             .sqrt()

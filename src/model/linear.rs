@@ -60,7 +60,10 @@ impl Linear {
         let w = self.weight.in_dtype(self.compute);
         let y = frozen_product_nt(x.clone(), w.clone(), self.compute); // [b·s, out]
         let y = match &self.lora {
-            Some(lora) => lora.forward(x, &w, y),
+            Some(lora) => {
+                let frozen = |x| frozen_product_nt(x, w.clone(), self.compute);
+                lora.forward(x, &w, y, frozen)
+            }
             None => y,
         };
         let y = match &self.bias {

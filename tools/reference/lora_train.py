@@ -31,12 +31,14 @@ step with inf/NaN gradients skipped and the scale halved, doubled after 2000 goo
 scale of 2**22 so the first steps overflow, and with the adapters outside autocast (f32, as
 lora-tune keeps them; see autocast_split.py) — into tests/fixtures/lora/train-f16/ (final,
 trajectory with each step's loss scale and whether it was skipped).
+With `dora-bf16`: the `dora` steps under torch.autocast("cpu", dtype=torch.bfloat16) (final,
+trajectory; the initial adapters and magnitudes are lora/train-dora's, checked equal).
 With `dora`: the same steps on tiny-llama with LoraConfig(use_dora=True) — A, B and each layer's
 lora_magnitude_vector trained — into tests/fixtures/lora/train-dora/ (init with the magnitudes,
 final, trajectory), plus the trained adapter as save_pretrained writes it (peft/) and its logits on
 the first micro-batch (logits.safetensors; merge_and_unload's model checked equal).
 Environment: transformers==5.23.0 peft==0.21.2, torch per DESIGN.md §6.
-Usage: python3 tools/reference/lora_train.py [qwen3|granite|olmo2|mistral|llama-gelu|gemma2|gemma3|phi3|loraplus|dora|bf16|f16]
+Usage: python3 tools/reference/lora_train.py [qwen3|granite|olmo2|mistral|llama-gelu|gemma2|gemma3|phi3|loraplus|dora|dora-bf16|bf16|f16]
 """
 import math
 import sys
@@ -53,8 +55,8 @@ from transformers import AutoModelForCausalLM, get_linear_schedule_with_warmup
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 VARIANT = sys.argv[1] if len(sys.argv) > 1 else None
 LORAPLUS_RATIO = 16.0 if VARIANT == "loraplus" else None
-DORA = VARIANT == "dora"
-AUTOCAST = {"bf16": torch.bfloat16, "f16": torch.float16}.get(VARIANT)
+DORA = VARIANT in ("dora", "dora-bf16")
+AUTOCAST = {"bf16": torch.bfloat16, "f16": torch.float16, "dora-bf16": torch.bfloat16}.get(VARIANT)
 # f16: torch.amp.GradScaler's dynamic loss scaling, from a scale high enough that the first
 # steps overflow f16 and are skipped (the default 2**16 never overflows on this tiny model).
 F16_INIT_SCALE = 2.0**22
@@ -144,7 +146,7 @@ def main():
                         target_modules=TARGETS, use_dora=DORA)
     model = get_peft_model(model, config)
     if LORAPLUS_RATIO or AUTOCAST:  # the same draw as the plain run: its init serves
-        init = load_file(OUT.parent / "train" / "init.safetensors")
+        init = load_file(OUT.parent / ("train-dora" if DORA else "train") / "init.safetensors")
         assert all(torch.equal(init[k], v) for k, v in lora_state(model).items())
     else:
         save_file(lora_state(model), OUT / "init.safetensors")
@@ -159,7 +161,7 @@ def main():
         opt = torch.optim.AdamW(params, lr=5e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
     trajectory = train_steps(model, params, opt, batches)
     save_file(lora_state(model), OUT / "final.safetensors")
-    if DORA:
+    if VARIANT == "dora":
         ids, mask, _ = (torch.tensor(batches[0][k]) for k in ("input_ids", "attention_mask", "labels"))
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask).logits

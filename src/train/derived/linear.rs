@@ -73,7 +73,7 @@ pub fn forward(linear: &Linear, x: Tensor<2>) -> (Tensor<2>, LinearTape) {
             let c = m.clone() / norm.clone();
             let wide = c.clone().expand([n, out]);
             let base_dropped = match &mask {
-                Some(_) => matmul_nt(dropped, w),
+                Some(_) => frozen_product_nt(dropped, w, linear.compute),
                 None => base.clone(),
             };
             // Summed in `LoraAdapter::forward`'s order, so a recomputed pass rounds alike.
@@ -126,13 +126,15 @@ pub fn backward_if(
         Some([norm, c]) => {
             let wide = c.clone().expand([n, out]);
             let g = dy.clone() * wide.clone();
-            let v = matmul_nt(dropped.clone(), w()) + matmul_nt(adapter.u.clone(), lora.b.clone());
+            let compute = linear.compute;
+            let v = frozen_product_nt(dropped.clone(), w(), compute)
+                + matmul_nt(adapter.u.clone(), lora.b.clone());
             let dm = (dy.clone() * v).sum_dim(0) / norm.clone();
             let base_dx = with_dx.then(|| match &adapter.mask {
-                None => matmul(g.clone(), w()),
+                None => frozen_product(g.clone(), w(), compute),
                 Some(mask) => {
-                    let dropped_path = matmul((wide - 1.0) * dy.clone(), w()) * mask.clone();
-                    matmul(dy, w()) + dropped_path
+                    let dropped = frozen_product((wide - 1.0) * dy.clone(), w(), compute);
+                    frozen_product(dy, w(), compute) + dropped * mask.clone()
                 }
             });
             (g, Some(dm), base_dx)
