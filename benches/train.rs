@@ -3,7 +3,7 @@
 //! Llama targets, AdamW lr 2e-4. One warm-up step, then 5 timed steps; prints one JSON object
 //! (tokens/s, s/step min and median, FLOP/s at 6·N_base… see below, peak RSS). Not a test.
 //! Run: cargo bench --bench train [-- w2] [chat] [ckpt [keepq|bf16]] [dora] [with-reference]
-//! [model=HF_DIR] [device=cpu|wgpu|vulkan|cuda] [compute=f32|bf16] [quantize=q4_0|…] (the last
+//! [model=HF_DIR] [device=cpu|wgpu|vulkan|cuda] [compute=f32|bf16|f16] [quantize=q4_0|…] (the last
 //! four for the GPU kit, benches/gpu/kit.sh); the
 //! PEFT side: tools/reference/bench_peft.py [w2] [dora]. `dora` trains DoRA adapters. `chat` labels only the second half of each row, as
 //! supervised chat data does; `ckpt` trains with gradient checkpointing (block recompute);
@@ -29,7 +29,8 @@ use lora_tune::model::adapted::AdaptedModel;
 use lora_tune::recipe::{LoraSection, Quantize};
 use lora_tune::train::metrics::peak_rss_bytes;
 use lora_tune::train::optim::{AdamW, AdamWConfig};
-use lora_tune::train::step::train_step;
+use lora_tune::train::loss_scale::LossScale;
+use lora_tune::train::step::{Share, train_step_share};
 
 fn main() -> anyhow::Result<()> {
     lora_tune::allocator::keep_freed_pages(); // as the binary does
@@ -59,8 +60,9 @@ fn main() -> anyhow::Result<()> {
     let compute = match setting("compute").as_deref() {
         None | Some("f32") => ComputeDtype::F32,
         Some("bf16") => ComputeDtype::Bf16,
+        Some("f16") => ComputeDtype::F16,
         Some("auto") => ComputeDtype::Auto,
-        Some(other) => anyhow::bail!("compute={other}: f32, bf16 or auto"),
+        Some(other) => anyhow::bail!("compute={other}: f32, bf16, f16 or auto"),
     };
     let (compute, _) = compute_dtype(&selected, compute)?;
     let quantize = match setting("quantize") {
@@ -74,10 +76,10 @@ fn main() -> anyhow::Result<()> {
         lora_tune::model::BaseStorage {
             keep_quantized,
             quantize,
-            dense: if bf16 || compute == Dtype::Bf16 {
-                Dtype::Bf16
-            } else {
-                Dtype::F32
+            // Half products take their weights in their own type, as a run loads them.
+            dense: match compute {
+                Dtype::F32 if bf16 => Dtype::Bf16,
+                dtype => dtype,
             },
         },
     )?;
@@ -137,15 +139,19 @@ fn main() -> anyhow::Result<()> {
         weight_decay: 0.0,
         loraplus_lr_ratio: None,
     });
+    // f16 products train with the loss scaling a run does (its check and unscaling included).
+    let mut loss_scale = (compute == Dtype::F16).then(LossScale::default);
     let mut times = Vec::new();
     for step in 0..6 {
         let t = Instant::now();
-        let stats = train_step(
+        let stats = train_step_share(
             &mut model,
             std::slice::from_ref(&batch),
+            Share::ALL,
             &mut optimizer,
             2e-4,
             1.0,
+            loss_scale.as_mut(),
         )?;
         if step > 0 {
             times.push(t.elapsed().as_secs_f64());
@@ -172,6 +178,7 @@ fn main() -> anyhow::Result<()> {
             },
             "device": selected.name,
             "compute": compute.name(),
+            "loss_scale": loss_scale.map(|s| s.scale),
             "quantize": setting("quantize"),
             "base_params": base,
             "trainable_params": trainable,

@@ -2,8 +2,9 @@
 # The GPU benchmark kit (issue #22): lora-tune's training bench (benches/train.rs) against
 # PEFT + torch on the same shapes and token ids, on random-weight checkpoints with the real
 # shapes of SmolLM2-135M, -360M and -1.7B (benches/gpu/make_models.py), W1 (4×256) and W2
-# (1×1024), in f32, with bf16 products (model.compute_dtype) and with a base quantised to Q4_0
-# at load. PEFT runs once per model and workload: on a GPU under torch.autocast(bf16), as PEFT
+# (1×1024), in f32, with bf16 or f16 products (model.compute_dtype; f16 with its loss scaling —
+# on Vulkan, where bf16 is conversion-only, f16 is the half type shaders have) and with a base
+# quantised to Q4_0 at load. PEFT runs once per model and workload: on a GPU under torch.autocast(bf16), as PEFT
 # users train there; on the CPU in f32 on 2 threads, as BENCHMARKS.md's CPU figures.
 #
 #   benches/gpu/kit.sh build [vulkan]
@@ -11,13 +12,13 @@
 #       `vulkan` also `--features vulkan`, burn's SPIR-V compiler), strips it and packs it into
 #       benches/gpu/carry/ (ignored by git). Carry that folder to the GPU machine.
 #   benches/gpu/kit.sh run [--device cpu|gpu] [--models a,b] [--workloads w1,w2]
-#                          [--modes f32,bf16,q4_0] [--out DIR]
+#                          [--modes f32,bf16,f16,q4_0] [--out DIR]
 #       Where it is measured: unpacks the builds, writes the checkpoints (transformers, into
 #       $KIT_MODELS, default /tmp/lora-tune-kit-models), runs every model × workload × mode ×
 #       build (gpu: the default build on `wgpu`, the vulkan build on `vulkan`; cpu: the default
 #       build on `cpu`) and PEFT, and writes one JSON line per run to OUT/kit.jsonl (default
 #       benches/gpu/out) and the ratios to OUT/summary.json. A mode the device refuses (bf16
-#       without bf16 arithmetic) is recorded with its reason, not skipped silently.
+#       or f16 without that arithmetic) is recorded with its reason, not skipped silently.
 #
 # The same commands run on the CPU (`--device cpu`), which is how the kit is exercised without a
 # GPU. Needs python3 with torch, transformers and peft, and xz.
@@ -50,7 +51,7 @@ for line in sys.stdin:
 
 run() {
     local device=gpu models=smollm2-135m,smollm2-360m,smollm2-1.7b workloads=w1,w2
-    local modes=f32,bf16,q4_0 out=$kit/out
+    local modes=f32,bf16,f16,q4_0 out=$kit/out
     while [ $# -gt 0 ]; do
         case $1 in
             --device) device=$2 ;; --models) models=$2 ;; --workloads) workloads=$2 ;;
@@ -91,6 +92,7 @@ run() {
                 for mode in ${modes//,/ }; do
                     local settings=(compute=f32)
                     [ "$mode" = bf16 ] && settings=(compute=bf16)
+                    [ "$mode" = f16 ] && settings=(compute=f16)
                     [ "$mode" = q4_0 ] && settings=(compute=f32 quantize=q4_0)
                     echo "kit: lora-tune ($build build) $m $w $mode on $dev" >&2
                     local result
