@@ -27,9 +27,9 @@ use lora_tune::dtype::{ComputeDtype, Dtype};
 use lora_tune::lora::targets::select as select_targets;
 use lora_tune::model::adapted::AdaptedModel;
 use lora_tune::recipe::{LoraSection, Quantize};
+use lora_tune::train::loss_scale::LossScale;
 use lora_tune::train::metrics::peak_rss_bytes;
 use lora_tune::train::optim::{AdamW, AdamWConfig};
-use lora_tune::train::loss_scale::LossScale;
 use lora_tune::train::step::{Share, train_step_share};
 
 fn main() -> anyhow::Result<()> {

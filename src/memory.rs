@@ -387,3 +387,39 @@ pub fn frozen_base_bytes(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_gpu_multiplying_half_weights_in_their_type_skips_the_widening() {
+        let dense = BaseBytes {
+            stored: 100,
+            widening: 10,
+            blocks: false,
+            loading: 0,
+        };
+        assert_eq!(
+            dense.weights(true, Dtype::Bf16),
+            110,
+            "flex widens every half product"
+        );
+        assert_eq!(
+            dense.weights(false, Dtype::F32),
+            110,
+            "a half base widened for f32 products"
+        );
+        assert_eq!(dense.weights(false, Dtype::Bf16), 100);
+        assert_eq!(dense.weights(false, Dtype::F16), 100);
+        let blocks = BaseBytes {
+            blocks: true,
+            ..dense
+        };
+        assert_eq!(
+            blocks.weights(false, Dtype::Bf16),
+            110,
+            "blocks decode per product"
+        );
+    }
+}

@@ -649,6 +649,38 @@ fn keep_quantized_and_bf16_bases_train_alike_on_smaller_planned_bases() {
         )
         .unwrap();
         let recipe = recipe.to_str().unwrap();
+        let (plan, _) = text(&lora_tune(&["plan", recipe]));
+        // The device memory of a GPU run: per products dtype the recipe allows; half products
+        // multiply the stored weights, so no widening is counted.
+        let gpu: Vec<&str> = plan
+            .lines()
+            .filter(|l| l.contains("on a GPU with"))
+            .collect();
+        let gpu_weights: Vec<&str> = gpu
+            .iter()
+            .map(|l| {
+                l.split("(weights ")
+                    .nth(1)
+                    .unwrap()
+                    .split(',')
+                    .next()
+                    .unwrap()
+            })
+            .collect();
+        match compute {
+            "auto" => assert!(
+                gpu.len() == 2 && gpu[0].contains("bf16 products (auto on CUDA, Metal)"),
+                "{plan}"
+            ),
+            half => assert!(
+                gpu.len() == 1 && gpu[0].contains(&format!("with {half} products:")),
+                "{plan}"
+            ),
+        }
+        if !keep {
+            // A dense base under half products: the f32 embedding + the linears in 16 bits.
+            assert_eq!(gpu_weights[0], "325.7 MB", "{plan}");
+        }
         let line = planned_memory(recipe);
         // "… (weights 549.5 MB, …"
         let w = line.split("(weights ").nth(1).unwrap();
