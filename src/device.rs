@@ -116,9 +116,14 @@ pub fn compute_dtype(
             return Ok((Dtype::F32, why.into()));
         }
         ComputeDtype::Auto if !has(Dtype::Bf16) => {
+            // f16 needs loss scaling, which can skip steps: only on request (Vulkan's case).
+            let f16 = match has(Dtype::F16) {
+                true => r#"; it has f16 arithmetic, which model.compute_dtype = "f16" uses"#,
+                false => "",
+            };
             return Ok((
                 Dtype::F32,
-                format!("{} has no general bf16 arithmetic", selected.name),
+                format!("{} has no general bf16 arithmetic{f16}", selected.name),
             ));
         }
         ComputeDtype::Auto => {
