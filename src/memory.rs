@@ -10,11 +10,13 @@
 //! The buffer counts are those of the hand-derived step's tape (`train::derived::layer`), per
 //! token and layer: 8 hidden-sized f32 buffers (the layer's input and the residual after
 //! attention, the two norms' outputs, q after RoPE, k and v repeated to every head, the
-//! attention output) and 3 MLP-sized ones (gate, up, the product), plus with LoRA dropout one
-//! mask per adapter input (6 hidden-sized: q, k, v, o, gate, up; 1 MLP-sized: down); one
-//! score-sized buffer per layer and head (the softmax); and 4 vocabulary-sized ones per scored
-//! position of the head's chunk (logits, their exp, the probabilities, the gradient). On
-//! SmolLM2-135M on the flex backend they predict the peak RSS within 1 % from 1x128 to 4x512
+//! attention output) and 3 MLP-sized ones (gate, up, the product) — LoRA dropout masks are not
+//! kept, backward draws them again from their stream state; one
+//! score-sized buffer per layer and head (the softmax); and per scored position of the head's
+//! chunk 2 vocabulary-sized ones on flex (the logits with the cross-entropy's gradient written
+//! over them, `kernels::nll_and_gradient`, and the scaled gradient), 4 with the generic ops a
+//! GPU runs (the logits, their exp, the probabilities, the gradient). On SmolLM2-135M on the
+//! flex backend they predict the peak RSS within −2.5 % … 0 % from 1x128 to 4x512
 //! (`benches/memory.sh`, BENCHMARKS.md).
 //!
 //! With gradient checkpointing backward keeps each layer's input (one hidden-sized buffer per
@@ -48,13 +50,11 @@ pub const LOGIT_CHUNK: usize = 256;
 const F32: u64 = 4;
 const HIDDEN_BUFFERS: u64 = 8;
 const MLP_BUFFERS: u64 = 3;
-/// Dropout masks: q, k, v, o, gate and up read hidden-sized inputs, down an MLP-sized one.
-const DROPOUT_HIDDEN_BUFFERS: u64 = 6;
-const DROPOUT_MLP_BUFFERS: u64 = 1;
 const SCORE_BUFFERS: u64 = 1;
 /// A layer's backward also holds the softmax's two gradients (dP, dS) for a moment.
 const BACKWARD_SCORE_BUFFERS: u64 = 2;
-const LOGIT_BUFFERS: u64 = 4;
+const FLEX_LOGIT_BUFFERS: u64 = 2;
+const GENERIC_LOGIT_BUFFERS: u64 = 4;
 /// Adapter parameters, their gradients, AdamW's two moments.
 const ADAPTER_COPIES: u64 = 4;
 
@@ -86,27 +86,33 @@ pub struct BatchShape {
     pub scored: usize,
     /// `train.gradient_checkpointing`: only one layer's activations are alive at a time.
     pub checkpointing: bool,
-    /// LoRA dropout is on: each adapter keeps its mask for backward.
-    pub dropout: bool,
 }
 
 impl MemoryEstimate {
-    /// Training `trainable` adapter parameters on `config` with micro-batches up to `shape`.
-    pub fn training(config: &DecoderConfig, trainable: u64, shape: BatchShape) -> Self {
+    /// Training `trainable` adapter parameters on `config` with micro-batches up to `shape`, on
+    /// the CPU (flex) or with a GPU backend's generic ops.
+    pub fn training(
+        config: &DecoderConfig,
+        trainable: u64,
+        shape: BatchShape,
+        on_cpu: bool,
+    ) -> Self {
         let (b, s) = (shape.batch as u64, shape.seq as u64);
         let tokens = b * s;
         let layers = config.num_hidden_layers as u64;
-        let masks = u64::from(shape.dropout);
         // Two of the hidden-sized buffers are norm inputs; Gemma's sandwich norms keep four.
         let sandwich = u64::from(config.deltas.norms == NormPlacement::Sandwich);
-        let per_token_layer = (HIDDEN_BUFFERS + 2 * sandwich + masks * DROPOUT_HIDDEN_BUFFERS)
-            * config.hidden_size as u64
-            + (MLP_BUFFERS + masks * DROPOUT_MLP_BUFFERS) * config.intermediate_size as u64;
+        let per_token_layer = (HIDDEN_BUFFERS + 2 * sandwich) * config.hidden_size as u64
+            + MLP_BUFFERS * config.intermediate_size as u64;
         let score = b * config.num_attention_heads as u64 * s * s;
         // A soft cap keeps its slope at every score beside the probabilities.
         let softcap = u64::from(config.deltas.attention_softcap.is_some());
         let one_layer = (tokens * per_token_layer + (SCORE_BUFFERS + softcap) * score) * F32;
-        let logits = |scored: usize| LOGIT_BUFFERS * scored as u64 * config.vocab_size as u64 * F32;
+        let logit_buffers = match on_cpu {
+            true => FLEX_LOGIT_BUFFERS,
+            false => GENERIC_LOGIT_BUFFERS,
+        };
+        let logits = |scored: usize| logit_buffers * scored as u64 * config.vocab_size as u64 * F32;
         let (weights, adapters) = (
             config.parameter_count() * F32,
             ADAPTER_COPIES * trainable * F32,
@@ -288,22 +294,27 @@ pub struct BaseBytes {
 }
 
 impl BaseBytes {
-    /// The weights term on the CPU (flex widens every product that is not f32 by f32), or on
-    /// a GPU computing in `products`.
+    /// The weights term with the products in `products`, on the CPU (flex) or a GPU. Weights
+    /// widen for f32 products of a narrower base, for blocks always, and on flex for bf16
+    /// products too (flex converts them to f32; it multiplies f16 natively through gemm).
     pub fn weights(&self, on_cpu: bool, products: Dtype) -> u64 {
-        let widens = on_cpu || products == Dtype::F32 || self.blocks;
+        let widens = products == Dtype::F32 || self.blocks || on_cpu && products == Dtype::Bf16;
         self.stored + if widens { self.widening } else { 0 }
     }
 }
 
-/// Flex multiplies half-precision operands by widening both to f32: the tied head casts the
-/// [vocab, hidden] embedding to the half type and flex widens that copy again (≈ 170 MB on
-/// SmolLM2-135M), besides the widened layers [`BaseBytes::widening`] counts.
-pub fn tied_head_widening(config: &DecoderConfig, products: Dtype) -> u64 {
+/// What the tied head's half products hold on flex beside the f32 logits of a chunk of
+/// `scored` positions: the [vocab, hidden] embedding cast to the half type and the product's
+/// own output — for bf16 also both widened to f32 (flex multiplies bf16 by converting to f32
+/// and back; f16 natively). ≈ 245 MB for bf16 and 82 MB for f16 on SmolLM2-135M.
+pub fn tied_head_widening(config: &DecoderConfig, products: Dtype, scored: usize) -> u64 {
+    let table = (config.vocab_size * config.hidden_size) as u64;
+    let logits = (scored.min(LOGIT_CHUNK) * config.vocab_size) as u64;
     match products {
-        Dtype::F32 => 0,
         _ if !config.tie_word_embeddings => 0,
-        _ => (config.vocab_size * config.hidden_size) as u64 * (2 + F32),
+        Dtype::F32 => 0,
+        Dtype::Bf16 => (table + logits) * (2 + F32),
+        Dtype::F16 => (table + logits) * 2,
     }
 }
 
@@ -403,7 +414,12 @@ mod tests {
         assert_eq!(
             dense.weights(true, Dtype::Bf16),
             110,
-            "flex widens every half product"
+            "flex widens bf16 products"
+        );
+        assert_eq!(
+            dense.weights(true, Dtype::F16),
+            100,
+            "gemm multiplies f16 natively"
         );
         assert_eq!(
             dense.weights(false, Dtype::F32),

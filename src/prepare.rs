@@ -179,11 +179,10 @@ impl Prepared {
             seq: train.longest_padded(),
             scored: train.most_loss_tokens(batch),
             checkpointing: t.gradient_checkpointing,
-            dropout: self.plan.lora.dropout > 0.0,
         };
         // A and B (and DoRA's magnitudes): PEFT's trainable count, a decoder having no head.
         let trainable = self.report.trainable;
-        let mut estimate = MemoryEstimate::training(config, trainable, shape);
+        let mut estimate = MemoryEstimate::training(config, trainable, shape, on_cpu);
         if self.plan.lora.init.reads_base() {
             // PiSSA / OLoRA keep the initial A and B for the export's conversion.
             estimate.adapters += trainable * 4;
@@ -192,7 +191,7 @@ impl Prepared {
         let base = memory::frozen_base_bytes(storage, &self.model.files, config, estimate.weights);
         estimate.weights = base.weights(on_cpu, products);
         if on_cpu {
-            estimate.weights += memory::tied_head_widening(config, products);
+            estimate.weights += memory::tied_head_widening(config, products, shape.scored);
             estimate.loading = base.loading;
         }
         Some((estimate, shape))

@@ -747,10 +747,14 @@ fn keep_quantized_and_bf16_bases_train_alike_on_smaller_planned_bases() {
     assert!((318.0..330.0).contains(&saved(1)), "{weights:?}");
     assert!((185.0..197.0).contains(&saved(2)), "{weights:?}");
     // bf16 products store the same bytes; on the CPU flex also widens the tied head's bf16
-    // copy of the embedding: 49,152 × 576 × 6 bytes.
+    // copy of the embedding (49,152 × 576 × 6 bytes: 169.9 MB) and its product's output.
+    // f16 products widen no weights (gemm multiplies f16 natively): the layers' widening
+    // (one layer in f32 and the largest matrix twice, 21.3 MB) goes, and the head's copies
+    // are 2 bytes a value.
     let widened = weights[3] - weights[2];
-    assert!((169.0..171.0).contains(&widened), "{weights:?}");
-    assert_eq!(weights[3], weights[4], "f16 products plan as bf16's");
+    assert!((170.0..185.0).contains(&widened), "{weights:?}");
+    let f16_saves = weights[3] - weights[4];
+    assert!((134.0..150.0).contains(&f16_saves), "{weights:?}");
 }
 
 /// Regression: a run's `[export] formats = ["merged"]` wrote f32 whatever `export.dtype` said.

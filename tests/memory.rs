@@ -20,22 +20,25 @@ fn the_estimate_counts_weights_adapters_activations_and_logits() {
         seq: 64,
         scored: 100,
         checkpointing: false,
-        dropout: true,
     };
-    let e = MemoryEstimate::training(&config, 7_424, shape);
+    let e = MemoryEstimate::training(&config, 7_424, shape, true);
     assert_eq!(e.weights, 94_528 * 4);
     assert_eq!(e.adapters, 4 * 7_424 * 4); // parameters, gradients, two AdamW moments
-    // Per layer: T = 128 tokens × ((8 + 6 dropout masks)·64 + (3 + 1)·96) floats, plus one
-    // score buffer of 2·4·64·64.
+    // Per layer: T = 128 tokens × (8·64 + 3·96) floats, plus one score buffer of 2·4·64·64.
+    // Dropout masks are drawn again in backward, not kept.
     assert_eq!(
         e.activations,
-        2 * (128 * (14 * 64 + 4 * 96) + 2 * 4 * 64 * 64) * 4
+        2 * (128 * (8 * 64 + 3 * 96) + 2 * 4 * 64 * 64) * 4
     );
-    // Logits only where a label follows: 100 of the 128 positions.
-    assert_eq!(e.logits, 4 * 100 * 256 * 4);
-    assert_eq!(e.total(), 2_479_360);
+    // Logits only where a label follows: 100 of the 128 positions; on flex 2 vocabulary-sized
+    // buffers per position (the gradient written over the logits, then scaled), 4 with a GPU's
+    // generic ops.
+    assert_eq!(e.logits, 2 * 100 * 256 * 4);
+    let on_gpu = MemoryEstimate::training(&config, 7_424, shape, false);
+    assert_eq!(on_gpu.logits, 4 * 100 * 256 * 4);
+    assert_eq!(e.total(), 1_783_040);
     assert!(
-        e.render(shape).starts_with("2.5 MB (weights 0.4 MB"),
+        e.render(shape).starts_with("1.8 MB (weights 0.4 MB"),
         "{}",
         e.render(shape)
     );
@@ -49,10 +52,9 @@ fn the_estimate_counts_weights_adapters_activations_and_logits() {
             seq: 128,
             scored: 200,
             checkpointing: false,
-            dropout: false,
         },
+        true,
     );
-    // Without dropout no masks: 8 hidden-sized and 3 MLP-sized buffers per token.
     assert_eq!(
         long.activations,
         2 * (256 * (8 * 64 + 3 * 96) + 2 * 4 * 128 * 128) * 4
@@ -65,8 +67,9 @@ fn the_estimate_counts_weights_adapters_activations_and_logits() {
             scored: 1000,
             ..shape
         },
+        true,
     );
-    assert_eq!(many.logits, 4 * 256 * 256 * 4);
+    assert_eq!(many.logits, 2 * 256 * 256 * 4);
 
     // Gradient checkpointing keeps each layer's input (T hidden-sized floats per layer), then
     // holds the logits or one layer's recomputed activations, never both.
@@ -74,10 +77,10 @@ fn the_estimate_counts_weights_adapters_activations_and_logits() {
         checkpointing: true,
         ..shape
     };
-    let checkpointed = MemoryEstimate::training(&config, 7_424, recomputing);
+    let checkpointed = MemoryEstimate::training(&config, 7_424, recomputing, true);
     assert_eq!(checkpointed.activations, 2 * 128 * 64 * 4);
     // The tape plus the softmax backward's two score-sized gradients.
-    let one_layer = (128 * (14 * 64 + 4 * 96) + 3 * 2 * 4 * 64 * 64) * 4;
+    let one_layer = (128 * (8 * 64 + 3 * 96) + 3 * 2 * 4 * 64 * 64) * 4;
     assert_eq!(checkpointed.recomputed_layer, one_layer);
     assert_eq!(checkpointed.logits, e.logits); // 100 labelled positions: one chunk
     assert_eq!(
@@ -89,8 +92,8 @@ fn the_estimate_counts_weights_adapters_activations_and_logits() {
         scored: 1000,
         ..recomputing
     };
-    let chunked = MemoryEstimate::training(&config, 7_424, many);
-    assert_eq!(chunked.logits, 4 * 256 * 256 * 4);
+    let chunked = MemoryEstimate::training(&config, 7_424, many, true);
+    assert_eq!(chunked.logits, 2 * 256 * 256 * 4);
     assert!(
         checkpointed
             .render(recomputing)

@@ -89,6 +89,12 @@ impl LoraAdapter {
             .then(|| dropout_mask(self.dropout, x.dims(), &self.dropout_rng, &x.device()))
     }
 
+    /// The mask [`Self::dropout_mask`] drew of `shape` from the stream state `stream` (read
+    /// before that draw), drawn again; the adapter's own stream does not move.
+    pub fn redraw_mask(&self, stream: u64, shape: [usize; 2], device: &Device) -> Tensor<2> {
+        dropout_mask(self.dropout, shape, &Cell::new(stream), device)
+    }
+
     /// x: [n, in], `base` = x·Wᵀ [n, out] (without bias; `w` is W [out, in], decoded once by
     /// the caller, and `frozen` multiplies by Wᵀ as the base's product does — in its compute
     /// dtype) → the adapted output base + s·drop(x)·Aᵀ·Bᵀ.

@@ -26,8 +26,10 @@ pub struct LinearTape {
 struct AdapterTape {
     /// s·drop(x)·Aᵀ [n, r].
     u: Tensor<2>,
-    /// The inverted-dropout mask [n, in], when dropout was drawn.
-    mask: Option<Tensor<2>>,
+    /// The dropout stream's state before the mask was drawn, when it was: backward draws the
+    /// same mask again instead of keeping [n, in] floats per adapter — a third of a layer's
+    /// tape with dropout on.
+    mask_stream: Option<u64>,
     /// DoRA's row norms n [1, out] and scales c = m / n [1, out].
     dora: Option<[Tensor<2>; 2]>,
 }
@@ -59,7 +61,9 @@ pub fn forward(linear: &Linear, x: Tensor<2>) -> (Tensor<2>, LinearTape) {
     let Some(lora) = &linear.lora else {
         return (with_bias(base), LinearTape { x, adapter: None });
     };
+    let stream = lora.dropout_rng.get();
     let mask = lora.dropout_mask(&x);
+    let mask_stream = mask.as_ref().map(|_| stream);
     let dropped = match &mask {
         Some(m) => x.clone() * m.clone(),
         None => x.clone(),
@@ -81,7 +85,11 @@ pub fn forward(linear: &Linear, x: Tensor<2>) -> (Tensor<2>, LinearTape) {
             (y, Some([norm, c]))
         }
     };
-    let adapter = Some(AdapterTape { u, mask, dora });
+    let adapter = Some(AdapterTape {
+        u,
+        mask_stream,
+        dora,
+    });
     (with_bias(y), LinearTape { x, adapter })
 }
 
@@ -112,7 +120,8 @@ pub fn backward_if(
     let w = (with_dx || adapter.dora.is_some()).then(|| linear.weight.in_dtype(linear.compute));
     let w = || w.clone().expect("decoded above");
     let [n, out] = dy.dims();
-    let dropped = match &adapter.mask {
+    let mask = (adapter.mask_stream).map(|s| lora.redraw_mask(s, tape.x.dims(), &tape.x.device()));
+    let dropped = match &mask {
         Some(m) => tape.x * m.clone(),
         None => tape.x,
     };
@@ -130,7 +139,7 @@ pub fn backward_if(
             let v = frozen_product_nt(dropped.clone(), w(), compute)
                 + matmul_nt(adapter.u.clone(), lora.b.clone());
             let dm = (dy.clone() * v).sum_dim(0) / norm.clone();
-            let base_dx = with_dx.then(|| match &adapter.mask {
+            let base_dx = with_dx.then(|| match &mask {
                 None => frozen_product(g.clone(), w(), compute),
                 Some(mask) => {
                     let dropped = frozen_product((wide - 1.0) * dy.clone(), w(), compute);
@@ -145,7 +154,7 @@ pub fn backward_if(
     let da = matmul(du.clone().transpose(), dropped);
     let dx = base_dx.map(|base| {
         let through = matmul(du, lora.a.clone());
-        base + match adapter.mask {
+        base + match mask {
             Some(m) => through * m,
             None => through,
         }
