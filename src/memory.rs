@@ -16,7 +16,7 @@
 //! chunk 2 vocabulary-sized ones on flex (the logits with the cross-entropy's gradient written
 //! over them, `kernels::nll_and_gradient`, and the scaled gradient), 4 with the generic ops a
 //! GPU runs (the logits, their exp, the probabilities, the gradient). On SmolLM2-135M on the
-//! flex backend they predict the peak RSS within −2.5 % … 0 % from 1x128 to 4x512
+//! flex backend they predict the peak RSS within −3 % … 0 % from 1x128 to 4x512
 //! (`benches/memory.sh`, BENCHMARKS.md).
 //!
 //! With gradient checkpointing backward keeps each layer's input (one hidden-sized buffer per
@@ -404,7 +404,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_gpu_multiplying_half_weights_in_their_type_skips_the_widening() {
+    fn weights_widen_only_where_a_product_converts_them() {
         let dense = BaseBytes {
             stored: 100,
             widening: 10,

@@ -159,10 +159,10 @@ impl Prepared {
         })
     }
 
-    /// Predicted peak memory of training on `train` (its largest micro-batch); None for an
-    /// encoder, whose memory the formula was not fitted to.
-    /// Host memory of the run on the CPU (`on_cpu`, the load's peak and flex's widening
-    /// included) or device memory on a GPU, with the frozen products in `products`.
+    /// Predicted peak memory of training on `train` (its largest micro-batch) with the frozen
+    /// products in `products`: host memory on the CPU (`on_cpu`: the load's peak and flex's
+    /// widening included), else device memory on a GPU. None for an encoder, whose memory the
+    /// formula was not fitted to.
     pub fn memory_estimate(
         &self,
         train: &Dataset,

@@ -97,7 +97,8 @@ pub fn open_model(loaded: &Loaded, memory_check: MemoryCheck) -> anyhow::Result<
     model.compute_in(compute);
     match &mut model {
         TaskModel::Lm(lm) => {
-            if prepared.plan.base_storage() != Default::default() || compute != Dtype::F32 {
+            let storage = prepared.base_storage(compute);
+            if storage != Default::default() {
                 let weights: Vec<&FrozenWeight> = lm
                     .linears_mut()
                     .into_iter()
@@ -129,11 +130,7 @@ pub fn open_model(loaded: &Loaded, memory_check: MemoryCheck) -> anyhow::Result<
                     }
                     None => "kept in their GGUF blocks".into(),
                 };
-                // `compute_in` stores dense weights in a half compute dtype.
-                let stored = match compute {
-                    Dtype::F32 => prepared.plan.dtype.name(),
-                    half => half.name(),
-                };
+                let stored = storage.dense.name();
                 let held = match kept {
                     0 => format!("{} linear weights stored as {stored}", weights.len()),
                     _ => format!(

@@ -190,15 +190,19 @@ pub fn train_step_share(
             None => TrainError::NonFinite { loss, grad_norm },
         });
     }
-    if let Some(loss_scale) = loss_scale {
-        loss_scale.update(grad_norm.is_finite());
-        if !grad_norm.is_finite() {
-            stats.overflowed = true;
-            return Ok(stats);
+    match loss_scale {
+        // Overflowed scaled gradients: no update, a smaller scale next step (torch's skip).
+        Some(loss_scale) => {
+            loss_scale.update(grad_norm.is_finite());
+            stats.overflowed = !grad_norm.is_finite();
+            if stats.overflowed {
+                return Ok(stats);
+            }
         }
-    }
-    if !grad_norm.is_finite() {
-        return Err(TrainError::NonFinite { loss, grad_norm });
+        None if !grad_norm.is_finite() => {
+            return Err(TrainError::NonFinite { loss, grad_norm });
+        }
+        None => {}
     }
     let coef = clip_coefficient(grad_norm, max_grad_norm);
     let grads = grads.into_iter().map(|g| g.mul_scalar(coef)).collect();
