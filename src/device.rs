@@ -97,12 +97,16 @@ pub struct Selected {
     /// Computes in host memory (flex), where `plan`'s memory estimate applies.
     pub on_cpu: bool,
     pub why: String,
+    /// Where cubecl keeps this adapter's autotune results (`cache::use_autotune_dir`); None on
+    /// the CPU or where the user's own cubecl.toml decides.
+    pub autotune: Option<std::path::PathBuf>,
 }
 
 /// `model.compute_dtype` on `selected`: the dtype the frozen base's products run in, and why.
 /// `auto` takes bf16 where the backend reports general bf16 arithmetic (burn's
-/// `supports_dtype`: CUDA, Metal; Vulkan's bf16 is conversion-only) and f32 on the CPU, where
-/// flex converts every half-precision product to f32 and back. Asked for explicitly, bf16 runs
+/// `supports_dtype`: CUDA, Metal), else f16 where the adapter has f16 tensor cores (Vulkan, whose
+/// bf16 is conversion-only), else f32 — always f32 on the CPU, where flex converts every
+/// half-precision product to f32 and back. Asked for explicitly, bf16 runs
 /// on the CPU too (slower; for tests) and is refused where the device has no bf16 arithmetic.
 pub fn compute_dtype(
     selected: &Selected,
@@ -116,15 +120,26 @@ pub fn compute_dtype(
             return Ok((Dtype::F32, why.into()));
         }
         ComputeDtype::Auto if !has(Dtype::Bf16) => {
-            // f16 needs loss scaling, which can skip steps: only on request (Vulkan's case).
-            let f16 = match has(Dtype::F16) {
-                true => r#"; it has f16 arithmetic, which model.compute_dtype = "f16" uses"#,
-                false => "",
-            };
-            return Ok((
-                Dtype::F32,
-                format!("{} has no general bf16 arithmetic{f16}", selected.name),
-            ));
+            // Vulkan's case: bf16 is conversion-only and f32 products have no tensor cores (no
+            // tf32 in SPIR-V), so f16 with loss scaling is the only way onto them.
+            let name = &selected.name;
+            return Ok(
+                match (has(Dtype::F16), f16_tensor_cores(&selected.device)) {
+                    (true, true) => (
+                        Dtype::F16,
+                        format!(
+                            "{name} has f16 tensor cores (cooperative matrices) and no general bf16 arithmetic; f16 products with dynamic loss scaling"
+                        ),
+                    ),
+                    (true, false) => (
+                        Dtype::F32,
+                        format!(
+                            r#"{name} has no general bf16 arithmetic and no f16 tensor cores; model.compute_dtype = "f16" runs its f16 arithmetic on request"#
+                        ),
+                    ),
+                    (false, _) => (Dtype::F32, format!("{name} has no general bf16 arithmetic")),
+                },
+            );
         }
         ComputeDtype::Auto => {
             return Ok((
@@ -153,6 +168,25 @@ pub fn compute_dtype(
         "asked for"
     };
     Ok((dtype, why.into()))
+}
+
+/// Whether a cubecl device multiplies f16 matrices on tensor cores (cooperative matrices with
+/// f16 operands), as Vulkan's `VK_KHR_cooperative_matrix` reports on NVIDIA, AMD and Intel GPUs.
+#[cfg(feature = "cube")]
+pub fn f16_tensor_cores(device: &Device) -> bool {
+    use burn_cubecl::cubecl::ir::{ElemType, FloatKind};
+    let burn::backend::DispatchDevice::Cube(cube) = device.as_dispatch() else {
+        return false;
+    };
+    let f16 = ElemType::Float(FloatKind::F16);
+    let client = cube.client();
+    let cmma = &client.properties().features.matmul.cmma;
+    cmma.iter().any(|c| c.a_type == f16 && c.b_type == f16)
+}
+
+#[cfg(not(feature = "cube"))]
+pub fn f16_tensor_cores(_device: &Device) -> bool {
+    false
 }
 
 /// Starts the device the user asked for; `Auto` probes wgpu adapters first.
@@ -188,6 +222,7 @@ fn flex(why: String) -> Result<Selected, DeviceError> {
         name: "cpu (flex)".into(),
         on_cpu: true,
         why,
+        autotune: None,
     })
 }
 
@@ -268,34 +303,38 @@ fn pollster_block_on<F: std::future::Future>(fut: F) -> F::Output {
 #[cfg(feature = "wgpu")]
 fn wgpu_default() -> Result<Selected, DeviceError> {
     use std::sync::OnceLock;
-    static STARTED: OnceLock<Result<(Device, String), String>> = OnceLock::new();
+    type Started = (Device, String, Option<std::path::PathBuf>);
+    static STARTED: OnceLock<Result<Started, String>> = OnceLock::new();
     let started = STARTED.get_or_init(|| {
         let adapters = software_or_gpu_adapters();
         let local = crate::distributed::ranks();
         let options: Result<_, String> =
             match rank_gpu(&adapters, local.local_rank, local.local_size) {
                 // One rank per GPU: this rank's discrete GPU on its graphics API.
-                Some((api, index, adapter)) => Ok((
+                Some((api, index, adapter, key)) => Ok((
                     Device::wgpu_options()
                         .graphics_api(api)
                         .device_kind(burn::tensor::DeviceKind::DiscreteGpu(index)),
                     adapter,
+                    key,
                 )),
                 None => {
-                    let (api, adapter) = wgpu_api(&adapters)?;
-                    Ok((Device::wgpu_options().graphics_api(api), adapter))
+                    let (api, adapter, key) = wgpu_api(&adapters)?;
+                    Ok((Device::wgpu_options().graphics_api(api), adapter, key))
                 }
             };
-        let (options, adapter) = options?;
+        let (options, adapter, key) = options?;
+        let autotune = crate::cache::use_autotune_dir(&key);
         let device = options.init().map_err(|e| e.to_string())?;
-        Ok((device, adapter))
+        Ok((device, adapter, autotune))
     });
     match started {
-        Ok((device, adapter)) => Ok(Selected {
+        Ok((device, adapter, autotune)) => Ok(Selected {
             device: device.clone(),
             name: format!("wgpu ({adapter})"),
             on_cpu: false,
             why: "asked for with --device wgpu".into(),
+            autotune: autotune.clone(),
         }),
         Err(e) => Err(DeviceError::WgpuInit(e.clone())),
     }
@@ -303,14 +342,14 @@ fn wgpu_default() -> Result<Selected, DeviceError> {
 
 /// In a job with several ranks on this machine, the discrete GPU of local rank `local_rank`
 /// (GPU `local_rank % count` among the discrete adapters of the first one's API): the API, the
-/// index burn's `DiscreteGpu` takes and the adapter's description. None for one rank per
-/// machine or without a discrete GPU (wgpu's own choice then).
+/// index burn's `DiscreteGpu` takes, the adapter's description and its [`adapter_key`]. None for
+/// one rank per machine or without a discrete GPU (wgpu's own choice then).
 #[cfg(feature = "wgpu")]
 fn rank_gpu(
     adapters: &[burn::tensor::wgpu::wgpu::AdapterInfo],
     local_rank: usize,
     local_size: usize,
-) -> Option<(burn::tensor::wgpu::WgpuBackend, usize, String)> {
+) -> Option<(burn::tensor::wgpu::WgpuBackend, usize, String, String)> {
     use burn::tensor::wgpu::WgpuBackend;
     use burn::tensor::wgpu::wgpu::{Backend, DeviceType};
     if local_size < 2 {
@@ -342,17 +381,26 @@ fn rank_gpu(
             a.name,
             same_api.len()
         ),
+        adapter_key(a),
     ))
 }
 
-/// The graphics API to start wgpu on, and the adapter that implies. A real GPU: wgpu's own
+/// What an adapter's autotune results are kept under: its graphics API, name, driver and driver
+/// version — a kernel's fastest variant is a property of all four.
+#[cfg(feature = "wgpu")]
+fn adapter_key(a: &burn::tensor::wgpu::wgpu::AdapterInfo) -> String {
+    format!("{:?}-{}-{}-{}", a.backend, a.name, a.driver, a.driver_info)
+}
+
+/// The graphics API to start wgpu on, and the adapter that implies (described, and its
+/// [`adapter_key`]). A real GPU: wgpu's own
 /// choice. Software only: llvmpipe through GL, the path CI tests, ahead of Mesa's lavapipe
 /// (software Vulkan), which has been reported to crash compiling cubecl kernels (issue #8; not
 /// reproduced with burn 0.22.1 on Mesa 22.3.6) — lavapipe is used only when it is all there is.
 #[cfg(feature = "wgpu")]
 fn wgpu_api(
     adapters: &[burn::tensor::wgpu::wgpu::AdapterInfo],
-) -> Result<(burn::tensor::wgpu::WgpuBackend, String), String> {
+) -> Result<(burn::tensor::wgpu::WgpuBackend, String, String), String> {
     use burn::tensor::wgpu::WgpuBackend;
     use burn::tensor::wgpu::wgpu::{Backend, DeviceType};
     let describe =
@@ -364,13 +412,13 @@ fn wgpu_api(
         )
     };
     if let Some(gpu) = adapters.iter().find(real) {
-        return Ok((WgpuBackend::Auto, describe(gpu)));
+        return Ok((WgpuBackend::Auto, describe(gpu), adapter_key(gpu)));
     }
     if let Some(gl) = adapters.iter().find(|a| a.backend == Backend::Gl) {
-        return Ok((WgpuBackend::Gl, describe(gl)));
+        return Ok((WgpuBackend::Gl, describe(gl), adapter_key(gl)));
     }
     match adapters.first() {
-        Some(other) => Ok((WgpuBackend::Auto, describe(other))),
+        Some(other) => Ok((WgpuBackend::Auto, describe(other), adapter_key(other))),
         None => Err(
             "wgpu found no graphics adapter (no GPU driver; for a software one install Mesa's EGL/GL: libegl1 libegl-mesa0 libgl1-mesa-dri)"
                 .into(),
@@ -390,11 +438,11 @@ fn wgpu_default() -> Result<Selected, DeviceError> {
 fn pinned_vulkan() -> Result<Selected, DeviceError> {
     // Without a Vulkan adapter cubecl panics at the first kernel: look for one first.
     #[cfg(feature = "wgpu")]
-    let name = {
+    let (name, key) = {
         use burn::tensor::wgpu::wgpu::Backend;
         let adapters = software_or_gpu_adapters();
         match adapters.iter().find(|a| a.backend == Backend::Vulkan) {
-            Some(adapter) => format!("vulkan ({})", adapter.name),
+            Some(adapter) => (format!("vulkan ({})", adapter.name), adapter_key(adapter)),
             None => {
                 return Err(DeviceError::WgpuInit(
                     "no Vulkan adapter: install the GPU's Vulkan driver (`vulkaninfo --summary` should list it), or use --device wgpu".into(),
@@ -403,12 +451,14 @@ fn pinned_vulkan() -> Result<Selected, DeviceError> {
         }
     };
     #[cfg(not(feature = "wgpu"))]
-    let name = "vulkan".to_string();
+    let (name, key) = ("vulkan".to_string(), "vulkan".to_string());
+    let autotune = crate::cache::use_autotune_dir(&key);
     Ok(Selected {
         device: Device::vulkan(burn::tensor::DeviceKind::DefaultDevice),
         name,
         on_cpu: false,
         why: "asked for with --device vulkan".into(),
+        autotune,
     })
 }
 
@@ -422,12 +472,14 @@ fn pinned_vulkan() -> Result<Selected, DeviceError> {
 
 #[cfg(feature = "metal")]
 fn pinned_metal() -> Result<Selected, DeviceError> {
+    let autotune = crate::cache::use_autotune_dir("metal");
     let device = Device::metal(burn::tensor::DeviceKind::DefaultDevice);
     Ok(Selected {
         device,
         name: "metal".into(),
         on_cpu: false,
         why: "asked for with --device metal".into(),
+        autotune,
     })
 }
 
@@ -441,12 +493,14 @@ fn pinned_metal() -> Result<Selected, DeviceError> {
 
 #[cfg(feature = "cuda")]
 fn cuda(index: usize) -> Result<Selected, DeviceError> {
+    let autotune = crate::cache::use_autotune_dir(&format!("cuda-{index}"));
     let device = Device::cuda(index);
     Ok(Selected {
         device,
         name: format!("cuda:{index}"),
         on_cpu: false,
         why: "asked for with --device".into(),
+        autotune,
     })
 }
 

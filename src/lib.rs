@@ -4,12 +4,17 @@
 //! other (see ../shared/DESIGN.md §2).
 //! - [`allocator`]: freed buffers keep their pages (glibc's malloc tunables), set first in `main`.
 //! - [`atomic`]: every file we write goes through `write_atomic` (temp file + fsync + rename).
+//! - [`cache`]: the tool's cache directory, and cubecl's autotune results kept there per GPU
+//!   adapter and driver.
 //! - [`dtype`]: the float types a user picks (base storage, products, exports), one type for all.
 //! - [`recipe`]: the TOML recipe as written, with errors that name file, line and key.
 //! - [`distributed`]: which rank of an `mpirun` job this process is, and the collectives (sums,
 //!   a barrier) data-parallel training needs; a job of one without a launcher.
 //! - [`device`]: `--device auto|cpu|wgpu|…` → a burn `Device`, saying why.
-//! - [`kernels`]: our own flex kernels where the backend is slow, each beside its generic oracle.
+//! - [`transfer`]: every host ↔ device copy, counted in a ledger (a GPU step moves its batch
+//!   and a few scalars).
+//! - [`kernels`]: our own kernels where a backend is slow or a step would leave the device, one
+//!   file per backend family (flex, cube), each beside its generic oracle.
 //! - [`source`]: a model reference (path, `hf://`, `pip://`) → local files, sha256-verified.
 //! - [`weights`]: checkpoint files (safetensors, GGUF) → named host tensors, GGUF blocks and
 //!   names, tokenizers; the safetensors and GGUF writers.
@@ -28,6 +33,7 @@
 
 pub mod allocator;
 pub mod atomic;
+pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod data;
@@ -45,4 +51,5 @@ pub mod prepare;
 pub mod recipe;
 pub mod source;
 pub mod train;
+pub mod transfer;
 pub mod weights;

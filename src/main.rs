@@ -7,6 +7,9 @@ use lora_tune::{cli::Cli, commands, distributed};
 
 fn main() -> ExitCode {
     lora_tune::allocator::keep_freed_pages();
+    // A failure in any thread (a backend's device thread included) ends the process with the
+    // device, what failed and the last checkpoint, instead of leaving it waiting.
+    lora_tune::train::interrupt::end_process_on_panic();
     let cli = Cli::parse();
     // Under mpirun: join the job (MPI is finalised when `job` drops at the end of main).
     let (job, result) = match distributed::join() {

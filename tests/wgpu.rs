@@ -22,6 +22,7 @@ use lora_tune::model::adapted::host;
 use lora_tune::train::step::accumulate_gradients;
 
 fn wgpu() -> Option<Device> {
+    common::device_panics_end_the_process();
     if std::env::var_os("LORA_TUNE_SKIP_WGPU").is_some() {
         eprintln!("wgpu tests skipped: LORA_TUNE_SKIP_WGPU is set");
         return None;
@@ -179,8 +180,9 @@ fn worst_relative(wgpu: &[Vec<f32>], flex: &[Vec<f32>]) -> f32 {
 }
 
 /// `model.compute_dtype` on wgpu follows what the adapter reports: llvmpipe's GL backend has no
-/// bf16 arithmetic (WGSL has no bf16), so `auto` computes in f32 and `bf16` is refused with the
-/// reason; on an adapter that reports bf16 arithmetic, both take bf16.
+/// bf16 arithmetic (WGSL has no bf16) and no f16 tensor cores, so `auto` computes in f32 and
+/// `bf16` is refused with the reason; on an adapter that reports bf16 arithmetic, both take bf16,
+/// and on one with only f16 tensor cores (Vulkan) `auto` takes f16.
 #[test]
 fn compute_dtype_on_wgpu_follows_the_adapter() {
     use lora_tune::dtype::{ComputeDtype, Dtype};
@@ -194,7 +196,14 @@ fn compute_dtype_on_wgpu_follows_the_adapter() {
         let (auto, why) = lora_tune::device::compute_dtype(&selected, ComputeDtype::Auto).unwrap();
         let asked = lora_tune::device::compute_dtype(&selected, choice);
         if dtype == Dtype::Bf16 {
-            assert_eq!(auto, if has { Dtype::Bf16 } else { Dtype::F32 }, "{why}");
+            let f16_cores = selected.device.supports_dtype(Dtype::F16.float())
+                && lora_tune::device::f16_tensor_cores(&selected.device);
+            let want = match (has, f16_cores) {
+                (true, _) => Dtype::Bf16,
+                (false, true) => Dtype::F16,
+                (false, false) => Dtype::F32,
+            };
+            assert_eq!(auto, want, "{why}");
         }
         if has {
             eprintln!(
@@ -270,4 +279,156 @@ fn a_run_on_wgpu_says_its_compute_dtype_and_device_memory() {
     let (stdout, stderr) = common::text(&cpu);
     assert_eq!(cpu.status.code(), Some(0), "{stdout}{stderr}");
     assert!(!stdout.contains("device memory: "), "{stdout}");
+}
+
+/// Dropout on the device (the cubecl kernel, 64-bit splitmix64 in 32-bit halves) gives the
+/// bits flex's host draw gives: odd and even element counts, a stream whose low half carries
+/// into the high one, and several rates. Without this every PEFT-parity fixture with dropout
+/// would hold on one backend only.
+#[test]
+fn device_dropout_equals_the_host_draw_bit_for_bit() {
+    use lora_tune::kernels::{DropoutMask, dropout};
+    let Some(device) = wgpu() else { return };
+    let flex = Device::flex();
+    for (shape, p, stream) in [
+        ([37, 101], 0.1, 12345u64),
+        ([64, 576], 0.05, 0xFFFF_FFF0_FFFF_FFF0),
+        ([3, 5], 0.5, u64::MAX - 3),
+        ([128, 1536], 0.3, 0x0123_4567_89AB_CDEF),
+    ] {
+        let n = shape[0] * shape[1];
+        let values: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() - 0.1).collect();
+        let x = |d: &Device| {
+            Tensor::<2>::from_data(burn::tensor::TensorData::new(values.clone(), shape), d)
+        };
+        let mask = DropoutMask { p, stream };
+        let want = tiny::values(&dropout(x(&flex), mask));
+        let got = tiny::values(&dropout(x(&device), mask));
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&got),
+            bits(&want),
+            "{shape:?} p={p} stream={stream:#x}"
+        );
+        let dropped = want.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
+        assert!(
+            (dropped - p).abs() < 0.05 + 2.0 / (n as f64).sqrt(),
+            "{dropped} vs {p}"
+        );
+    }
+}
+
+/// A failure in another thread of a training run (what wgpu's device thread did on llvmpipe,
+/// after which the run waited for good) ends the process at once, with the device, what failed
+/// and the last complete checkpoint, and a resume continues from it.
+#[test]
+fn a_failed_device_thread_ends_the_run_naming_the_last_checkpoint() {
+    if wgpu().is_none() {
+        return;
+    }
+    let recipe = "[model]\nsource = \"model\"\n\n[data]\ntrain = \"train.jsonl\"\nmax_len = 32\n\n[train]\nmax_steps = 4\nbatch_size = 2\ncheckpoint_every = 1\n\n[export]\nout_dir = \"out\"\n";
+    let tmp = common::tiny_workdir(recipe);
+    let mut child = common::lora_tune(tmp.path())
+        .args(["recipe.toml", "--device", "wgpu"])
+        .env("LORA_TUNE_INJECT_FAILURE", "2")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed().as_secs() > 300 {
+            child.kill().unwrap();
+            panic!("the run did not end after its device thread failed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(status.code(), Some(101), "{stdout}{stderr}");
+    let checkpoint = tmp.path().join("out/checkpoints/step-000002");
+    for part in [
+        "error: ",
+        "the device thread failed",
+        "injected failure after step 2",
+        "last complete checkpoint: ",
+        "checkpoints/step-000002;",
+        "recipe.toml --resume ",
+    ] {
+        assert!(stderr.contains(part), "missing {part:?} in:\n{stderr}");
+    }
+    assert!(checkpoint.join("adapter_model.safetensors").is_file());
+    let resumed = common::run(
+        tmp.path(),
+        &["recipe.toml", "--device", "wgpu", "--resume", "out"],
+    );
+    let (stdout, stderr) = common::text(&resumed);
+    assert_eq!(resumed.status.code(), Some(0), "{stdout}{stderr}");
+}
+
+/// The transfer ledger over one W1-shaped training step on wgpu (2 packed rows of 128 tokens,
+/// dropout on every adapter, the derived step, AdamW): up go the batch's O(tokens) integers
+/// (ids, labels, positions, example numbers), down come a few scalars (the loss, the gradient
+/// norm). Before the step stayed on the device, each adapter's dropout mask ([tokens, in] f32),
+/// the rotary tables ([tokens, head_dim] f32, twice) and the [b, s, s] attention mask went up
+/// every step: each alone is past the bound asserted here.
+#[test]
+fn a_training_step_on_wgpu_moves_its_batch_and_a_few_scalars() {
+    use lora_tune::model::adapted::AdaptedModel;
+    use lora_tune::train::step::train_step;
+    use lora_tune::transfer::ledger;
+    let Some(device) = wgpu() else { return };
+    let lora = lora_tune::recipe::LoraSection {
+        dropout: 0.1,
+        ..tiny::lora()
+    };
+    let mut model = tiny::with_adapters_on(&lora, 7, &device);
+    model.set_training(true);
+    let (b, s) = (2usize, 128usize);
+    let row = |r: usize| {
+        let (first, second) = (tiny::example(r as u32, 64), tiny::example(9 + r as u32, 64));
+        let ids = [first.ids, second.ids].concat();
+        let labels = [first.labels, second.labels].concat();
+        let examples = [vec![1u8; 64], vec![2u8; 64]].concat();
+        (ids, labels, examples)
+    };
+    let rows: Vec<_> = (0..b).map(row).collect();
+    let batch = lora_tune::data::batch::Batch {
+        input_ids: rows.iter().map(|r| r.0.clone()).collect(),
+        labels: rows.iter().map(|r| r.1.clone()).collect(),
+        attention_mask: rows.iter().map(|r| r.2.clone()).collect(),
+        classes: Vec::new(),
+    };
+    let (_, mut optimizer) = tiny::reference_optimiser(None);
+    let micro = std::slice::from_ref(&batch);
+    // The first step builds what later steps reuse (the rotary table, AdamW's moments).
+    train_step(&mut model, micro, &mut optimizer, 1e-3, 1.0).unwrap();
+    let before = ledger();
+    let stats = train_step(&mut model, micro, &mut optimizer, 1e-3, 1.0).unwrap();
+    let moved = ledger() - before;
+    let tokens = (b * s) as u64;
+    let hidden = model.config.hidden_size as u64;
+    eprintln!(
+        "one step of {tokens} tokens (loss {:.4}): {} uploads, {} bytes ({:.1} per token); {} downloads, {} bytes; tokens × hidden × 4 = {} bytes",
+        stats.loss,
+        moved.uploads,
+        moved.uploaded_bytes,
+        moved.uploaded_bytes as f64 / tokens as f64,
+        moved.downloads,
+        moved.downloaded_bytes,
+        tokens * hidden * 4
+    );
+    assert!(moved.uploads > 0, "the batch itself must go up");
+    assert!(
+        moved.uploaded_bytes <= 64 * tokens + 4096,
+        "{} bytes up for {tokens} tokens",
+        moved.uploaded_bytes
+    );
+    assert!(
+        moved.downloads <= 8 && moved.downloaded_bytes <= 256,
+        "{moved:?}"
+    );
 }

@@ -76,6 +76,8 @@ pub fn run(
         plan.out_dir.display()
     );
     crate::train::interrupt::set_resume_command(resume_command.clone());
+    let autotune = loaded.device.as_ref().and_then(|d| d.autotune.clone());
+    let tuned_before = autotune.as_deref().map_or(0, crate::cache::decisions);
     let summary = train(
         &mut model,
         &loaded.train,
@@ -100,6 +102,15 @@ pub fn run(
             crate::memory::gb(usage.bytes_reserved),
             crate::memory::gb(usage.bytes_in_use),
         );
+    }
+    if let Some(dir) = &autotune {
+        match crate::cache::decisions(dir).saturating_sub(tuned_before) {
+            0 => println!("       autotune: no kernel was tuned; every choice came from the cache"),
+            n => println!(
+                "       autotune: {n} kernel choices tuned in this run, kept for the next in {}",
+                dir.display()
+            ),
+        }
     }
     if summary.interrupted {
         anyhow::bail!(

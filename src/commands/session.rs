@@ -37,6 +37,14 @@ pub fn load(recipe: &Path, device: Option<DeviceChoice>) -> anyhow::Result<Loade
     let device = device.map(device::select).transpose()?;
     if let Some(selected) = &device {
         println!("device: {} ({})", selected.name, selected.why);
+        crate::train::interrupt::note_device(&selected.name);
+        if let Some(dir) = &selected.autotune {
+            println!(
+                "autotune: kernel choices kept in {} ({} so far); a shape seen before is not tuned again",
+                dir.display(),
+                crate::cache::decisions(dir)
+            );
+        }
     }
     let bucket = (prepared.plan.data).bucket(device.as_ref().is_none_or(|d| d.on_cpu));
     for data in std::iter::once(&mut train).chain(eval.as_mut()) {

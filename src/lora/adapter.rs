@@ -8,10 +8,10 @@ use std::cell::Cell;
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use rayon::prelude::*;
 
-use crate::kernels::{add_matmul_nt, matmul_nt};
+use crate::kernels::{self, DropoutMask, add_matmul_nt, matmul_nt};
 use crate::recipe::LoraInit;
+use crate::transfer;
 
 #[derive(Debug, Clone)]
 pub struct LoraAdapter {
@@ -67,7 +67,7 @@ impl LoraAdapter {
             LoraInit::Pissa | LoraInit::Olora => vec![0.0; rank * in_features],
         };
         Self {
-            a: Tensor::from_data(TensorData::new(a, [rank, in_features]), device),
+            a: transfer::upload(TensorData::new(a, [rank, in_features]), device),
             b: Tensor::zeros([out_features, rank], device),
             scale,
             dropout: 0.0,
@@ -83,16 +83,11 @@ impl LoraAdapter {
     }
 
     /// The next dropout mask for an input shaped like `x` (advancing the stream), or None when
-    /// not training or without dropout.
-    pub fn dropout_mask(&self, x: &Tensor<2>) -> Option<Tensor<2>> {
+    /// not training or without dropout. A mask is a stream position, not a tensor: applying it
+    /// again (backward) gives the same elements on every backend.
+    pub fn dropout_mask(&self, x: &Tensor<2>) -> Option<DropoutMask> {
         (self.training && self.dropout > 0.0)
-            .then(|| dropout_mask(self.dropout, x.dims(), &self.dropout_rng, &x.device()))
-    }
-
-    /// The mask [`Self::dropout_mask`] drew of `shape` from the stream state `stream` (read
-    /// before that draw), drawn again; the adapter's own stream does not move.
-    pub fn redraw_mask(&self, stream: u64, shape: [usize; 2], device: &Device) -> Tensor<2> {
-        dropout_mask(self.dropout, shape, &Cell::new(stream), device)
+            .then(|| DropoutMask::draw(self.dropout, x.dims(), &self.dropout_rng))
     }
 
     /// x: [n, in], `base` = x·Wᵀ [n, out] (without bias; `w` is W [out, in], decoded once by
@@ -111,8 +106,8 @@ impl LoraAdapter {
         frozen: impl FnOnce(Tensor<2>) -> Tensor<2>,
     ) -> Tensor<2> {
         let mask = self.dropout_mask(&x);
-        let x = match &mask {
-            Some(mask) => x * mask.clone(),
+        let x = match mask {
+            Some(mask) => kernels::dropout(x, mask),
             None => x,
         };
         // The scale multiplies the r-wide intermediate, not the out-wide result.
@@ -143,81 +138,9 @@ impl LoraAdapter {
     }
 }
 
-/// Inverted-dropout mask: 0 with probability p, else 1/(1−p). Drawn on the host with
-/// splitmix64 from `rng` (32 bits per element): burn's own `random` runs ChaCha per element on
-/// one thread and was 13% of a SmolLM2 training step. splitmix64's state advances by a constant
-/// per draw, so draw k is a function of k alone and the mask fills in parallel chunks with
-/// exactly the values one sequential stream would give.
-pub fn dropout_mask(p: f64, shape: [usize; 2], rng: &Cell<u64>, device: &Device) -> Tensor<2> {
-    const PAIRS: usize = 8192; // draws per parallel chunk
-    let threshold = (p * 4_294_967_296.0) as u64; // P(r < threshold) = p
-    let keep = 1.0 - threshold as f64 / 4_294_967_296.0;
-    let kept = (1.0 / keep) as f32;
-    let n = shape[0] * shape[1];
-    let start = rng.get();
-    let mut values = vec![0.0f32; n];
-    values
-        .par_chunks_mut(2 * PAIRS)
-        .enumerate()
-        .for_each(|(chunk, values)| {
-            let mut state = start.wrapping_add(((chunk * PAIRS) as u64).wrapping_mul(GOLDEN_GAMMA));
-            for pair in values.chunks_mut(2) {
-                let r = splitmix64(&mut state);
-                for (v, half) in pair.iter_mut().zip([r & 0xFFFF_FFFF, r >> 32]) {
-                    *v = if half < threshold { 0.0 } else { kept };
-                }
-            }
-        });
-    rng.set(start.wrapping_add((n.div_ceil(2) as u64).wrapping_mul(GOLDEN_GAMMA)));
-    Tensor::from_data(TensorData::new(values, shape), device)
-}
-
-/// splitmix64's state increment.
-const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// splitmix64: advances `state` and returns the next 64 random bits.
-pub fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(GOLDEN_GAMMA);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// Box–Muller: one N(0, 1) draw from two uniforms.
 pub fn standard_normal(rng: &mut StdRng) -> f64 {
     let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]: ln stays finite
     let u2: f64 = rng.random();
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The parallel chunks give what one sequential splitmix64 stream gives, and leave the
-    /// stream where it would be (an odd count crosses a chunk boundary mid-pair).
-    #[test]
-    fn parallel_dropout_masks_equal_one_sequential_stream() {
-        let device = burn::tensor::Device::default();
-        let (p, shape) = (0.3, [37, 1001]);
-        let rng = Cell::new(12345);
-        let got = dropout_mask(p, shape, &rng, &device);
-        let got: Vec<f32> = got.into_data().try_to_vec::<f32>().unwrap();
-        let threshold = (p * 4_294_967_296.0) as u64;
-        let kept = (1.0 / (1.0 - threshold as f64 / 4_294_967_296.0)) as f32;
-        let mut state = 12345u64;
-        let mut want = Vec::new();
-        while want.len() < shape[0] * shape[1] {
-            let r = splitmix64(&mut state);
-            for half in [r & 0xFFFF_FFFF, r >> 32] {
-                want.push(if half < threshold { 0.0 } else { kept });
-            }
-        }
-        want.truncate(shape[0] * shape[1]);
-        assert_eq!(got, want);
-        assert_eq!(rng.get(), state);
-        let dropped = got.iter().filter(|&&v| v == 0.0).count() as f64 / got.len() as f64;
-        assert!((dropped - p).abs() < 0.01, "{dropped}");
-    }
 }

@@ -11,15 +11,18 @@ use super::decoder::Decoder;
 use super::frozen::FrozenWeight;
 use super::linear::Linear;
 use crate::dtype::Dtype;
-use crate::lora::adapter::{LoraAdapter, splitmix64};
+use crate::kernels::splitmix64;
+use crate::lora::adapter::LoraAdapter;
 use crate::lora::targets::{self, LinearSite, TargetLayer};
 use crate::peft::config::PeftConfig;
 use crate::peft::folder::{self as peft_folder, PeftError};
 use crate::peft::{MAGNITUDE, factor_key, magnitude_key};
 use crate::recipe::{LoraInit, LoraSection};
+use crate::transfer;
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
 use crate::weights::tensor::HostTensor;
+use burn::tensor::Float;
 
 /// Why adapters could not be put on a model.
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +181,7 @@ pub trait AdaptedModel {
         for (key, t) in self.params_mut() {
             let dims = t.dims();
             let h = tensors.take(&key, &saved_shape(&key, dims))?;
-            *t = Tensor::from_data(TensorData::new(h.values, dims), &device);
+            *t = transfer::upload(TensorData::new(h.values, dims), &device);
         }
         tensors.finish()
     }
@@ -251,8 +254,9 @@ fn slice_base(
     let values = host(&linear.weight.dense())?.values;
     let slice = crate::lora::init::slice_of(init, &values, shape, rank, adapter.scale)
         .expect("a base-reading init");
-    let tensor =
-        |v: Vec<f32>, dims: [usize; 2]| Tensor::<2>::from_data(TensorData::new(v, dims), &device);
+    let tensor = |v: Vec<f32>, dims: [usize; 2]| {
+        transfer::upload::<2, Float>(TensorData::new(v, dims), &device)
+    };
     adapter.a = tensor(slice.a, [rank, shape[1]]);
     adapter.b = tensor(slice.b, [shape[0], rank]);
     adapter.initial = Some(Box::new([adapter.a.clone(), adapter.b.clone()]));
@@ -294,11 +298,8 @@ pub fn host<const D: usize>(t: &Tensor<D>) -> Result<HostTensor, WeightsError> {
     let shape = t.dims().to_vec();
     let fail =
         |e: String| WeightsError::format(Path::new("<device>"), format!("reading back: {e}"));
-    let values = t
-        .clone()
-        .inner()
-        .try_into_data()
-        .map_err(|e| fail(format!("{e:?}")))?
+    let values = transfer::download(t.clone().inner())
+        .map_err(fail)?
         .try_into_vec::<f32>()
         .map_err(|e| fail(format!("{e:?}")))?;
     Ok(HostTensor { shape, values })

@@ -6,13 +6,14 @@
 use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::decoder_config::QkNorm;
 use super::linear::Linear;
 use super::norm::RmsNorm;
 use super::rope::RopeTables;
 use crate::kernels;
+use crate::transfer;
 
 /// Where q, k and v come from: three linear layers, or one fused `qkv_proj` (Phi-3) whose
 /// output is split [q | k | v].
@@ -171,9 +172,17 @@ impl Attention {
             softmax(scores.mask_fill(mask, f32::MIN), 3).matmul(v)
         } else {
             // No gradient on another backend (evaluation, generation, the first pass of
-            // gradient checkpointing): its fused attention — no S×S buffers.
+            // gradient checkpointing): its fused attention. burn-cubecl reaches cubek's flash
+            // kernels (no S×S buffers) only with `scale: None`, its 1/√d, and no soft cap: a
+            // family's own scale is moved onto q instead; Gemma 2's soft cap keeps the
+            // materialised fallback.
+            let default = 1.0 / (d as f64).sqrt();
+            let q = match (self.scale - default).abs() <= f64::EPSILON * default {
+                true => q,
+                false => q.mul_scalar(self.scale / default),
+            };
             let options = AttentionModuleOptions {
-                scale: Some(self.scale),
+                scale: None,
                 softcap: self.softcap,
                 ..Default::default()
             };
@@ -201,10 +210,100 @@ pub struct KvCache {
     pub len: usize,
 }
 
-/// [b, 1, s, start + s]: new query i (at position start + i) may not attend key j when
-/// j > start + i, key j is padding, key j belongs to another packed example, or (with a sliding
-/// `window`) j ≤ start + i − window. Every query sees at least one key.
-pub fn causal_padding_mask(
+/// What a batch's attention mask is made of, on the device: each token's example number (the
+/// attention mask as the data gives it: 0 padding, 1, 2, … packed examples) and the positions —
+/// O(tokens) integers, uploaded once. Any block of the mask is built from them when it is
+/// needed: the whole of it for the materialised paths ([`Self::full`], built once), one query
+/// tile at a time for the tiled training attention, so that no [s, t] buffer need exist.
+///
+/// The mask, [b, 1, s, start + s]: new query i (at position start + i) may not attend key j
+/// when j > start + i, key j is padding, key j belongs to another packed example, or (with a
+/// sliding `window`) j ≤ start + i − window. A padding query attends the real keys in reach, or
+/// itself where there is none, as transformers' mask lets it. Every query sees at least one
+/// key. [`causal_padding_mask_on_host`] is its oracle.
+#[derive(Debug, Clone)]
+pub struct MaskSource {
+    /// [b, t]: each key's example number.
+    examples: Tensor<2, Int>,
+    /// [t]: 0..t.
+    keys: Tensor<1, Int>,
+    /// Positions already cached (generation); the new queries are start..t.
+    start: usize,
+    window: Option<usize>,
+    full: std::sync::OnceLock<Tensor<4, Bool>>,
+}
+
+impl MaskSource {
+    pub fn new(
+        attention_mask: &[Vec<u8>],
+        s: usize,
+        start: usize,
+        window: Option<usize>,
+        device: &Device,
+    ) -> Self {
+        let (b, t) = (attention_mask.len(), start + s);
+        let examples: Vec<i32> = (attention_mask.iter())
+            .flat_map(|row| (0..t).map(|j| i32::from(row.get(j).copied().unwrap_or(0))))
+            .collect();
+        Self {
+            examples: transfer::upload(TensorData::new(examples, [b, t]), device),
+            keys: transfer::upload(TensorData::new((0..t as i32).collect(), [t]), device),
+            start,
+            window,
+            full: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The whole mask [b, 1, s, t], built on first use and kept.
+    pub fn full(&self) -> Tensor<4, Bool> {
+        let [_, t] = self.examples.dims();
+        let s = t - self.start;
+        self.full.get_or_init(|| self.block(0, s, t)).clone()
+    }
+
+    /// Query rows `first..first + rows` (of the s new ones) against keys `0..keys`:
+    /// [b, 1, rows, keys].
+    pub fn block(&self, first: usize, rows: usize, keys: usize) -> Tensor<4, Bool> {
+        let [b, _] = self.examples.dims();
+        let shape = [b, rows, keys];
+        let at = self.start + first;
+        let q = self
+            .keys
+            .clone()
+            .narrow(0, at, rows)
+            .reshape([1, rows, 1])
+            .expand(shape);
+        let k = self
+            .keys
+            .clone()
+            .narrow(0, 0, keys)
+            .reshape([1, 1, keys])
+            .expand(shape);
+        let own = (self.examples.clone().narrow(1, at, rows))
+            .reshape([b, rows, 1])
+            .expand(shape);
+        let key = (self.examples.clone().narrow(1, 0, keys))
+            .reshape([b, 1, keys])
+            .expand(shape);
+        let causal = k.clone().lower_equal(q.clone());
+        let reaches = match self.window {
+            Some(w) => causal.bool_and((q.clone() - k.clone()).lower_elem(w as i32)),
+            None => causal,
+        };
+        let own_real = own.clone().not_equal_elem(0);
+        let real_in_reach = reaches.clone().bool_and(key.clone().not_equal_elem(0));
+        // A padding query attends every real key in reach, or itself where there is none.
+        let alone = real_in_reach.clone().any_dim(2).bool_not().expand(shape);
+        let padding_sees = real_in_reach.bool_or(alone.bool_and(k.equal(q)));
+        let real_sees = reaches.bool_and(own.equal(key));
+        let sees = (own_real.clone().bool_and(real_sees))
+            .bool_or(own_real.bool_not().bool_and(padding_sees));
+        sees.bool_not().reshape([b, 1, rows, keys])
+    }
+}
+
+/// [`MaskSource`]'s mask drawn up on the host, element by element: its oracle.
+pub fn causal_padding_mask_on_host(
     attention_mask: &[Vec<u8>],
     s: usize,
     start: usize,
@@ -236,7 +335,7 @@ pub fn causal_padding_mask(
             }));
         }
     }
-    Tensor::from_data(TensorData::new(masked, [b, 1, s, t]), device)
+    transfer::upload(TensorData::new(masked, [b, 1, s, t]), device)
 }
 
 /// Each token's position: counted from the start of its example (a change of example number
@@ -251,4 +350,47 @@ pub fn positions(attention_mask: &[u8]) -> Vec<usize> {
         out.push(j - start);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The device-built mask equals the host-drawn one, and each block of it the same part of
+    /// the whole: left and right padding, packed examples, a row of padding alone, sliding
+    /// windows, and a cached prefix (generation's `start`).
+    #[test]
+    fn the_device_mask_equals_the_host_mask() {
+        let device = Device::flex();
+        let rows: Vec<Vec<u8>> = vec![
+            vec![0, 0, 1, 1, 1, 1, 1, 1, 1],
+            vec![1, 1, 1, 2, 2, 2, 3, 3, 0],
+            vec![1, 1, 1, 1, 0, 0, 0, 0, 0],
+            vec![0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ];
+        for window in [None, Some(1), Some(3), Some(20)] {
+            for start in [0, 2, 8] {
+                let s = 9 - start;
+                let bits = |m: Tensor<4, Bool>| m.into_data().try_to_vec::<bool>().unwrap();
+                let want = bits(causal_padding_mask_on_host(
+                    &rows, s, start, window, &device,
+                ));
+                let source = MaskSource::new(&rows, s, start, window, &device);
+                assert_eq!(
+                    bits(source.full()),
+                    want,
+                    "window {window:?}, start {start}"
+                );
+                // A block is the same part of the whole.
+                let (first, n, keys) = (s / 3, s - s / 3, start + s - 1);
+                let whole = source.full().narrow(2, first, n).narrow(3, 0, keys);
+                let block = source.block(first, n, keys);
+                assert_eq!(
+                    bits(block),
+                    bits(whole),
+                    "block, window {window:?}, start {start}"
+                );
+            }
+        }
+    }
 }

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use super::linear::{Linear, take1, take2};
 use super::norm::LayerNorm;
 use crate::lora::targets::LinearSite;
+use crate::transfer;
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
 
@@ -325,7 +326,7 @@ impl Bert {
         let (b, s) = (ids.len(), ids.first().map_or(0, Vec::len));
         let h = self.config.hidden_size;
         let flat: Vec<i64> = ids.iter().flatten().map(|&t| i64::from(t)).collect();
-        let flat = Tensor::<1, Int>::from_data(TensorData::new(flat, [b * s]), &self.device);
+        let flat = transfer::upload::<1, Int>(TensorData::new(flat, [b * s]), &self.device);
         let words = self
             .word_embeddings
             .clone()
@@ -352,7 +353,7 @@ impl Bert {
             attention_mask.first().map_or(0, Vec::len),
         );
         let padding: Vec<bool> = attention_mask.iter().flatten().map(|&m| m == 0).collect();
-        Tensor::from_data(TensorData::new(padding, [b, 1, 1, s]), &self.device)
+        transfer::upload(TensorData::new(padding, [b, 1, 1, s]), &self.device)
     }
 
     /// The pooler's output: tanh(dense(h[:, 0])), [b, h]. None without pooler weights.

@@ -14,9 +14,11 @@ use rand::rngs::StdRng;
 use super::adapted::{AdaptedModel, Parts, stream_seed};
 use super::bert::Bert;
 use super::decoder::Decoder;
-use crate::lora::adapter::{dropout_mask, standard_normal};
+use crate::kernels::{self, DropoutMask};
+use crate::lora::adapter::standard_normal;
 use crate::peft::full_key;
 use crate::recipe::Pooling;
+use crate::transfer;
 
 /// Why a classifier cannot be built on a body.
 #[derive(Debug, thiserror::Error)]
@@ -54,15 +56,9 @@ pub struct ClassHead {
 impl ClassHead {
     /// The next dropout mask for pooled vectors shaped like `pooled` (advancing the stream), or
     /// None when not training or without dropout.
-    pub fn dropout_mask(&self, pooled: &Tensor<2>) -> Option<Tensor<2>> {
-        (self.training && self.dropout > 0.0).then(|| {
-            dropout_mask(
-                self.dropout,
-                pooled.dims(),
-                &self.dropout_rng,
-                &pooled.device(),
-            )
-        })
+    pub fn dropout_mask(&self, pooled: &Tensor<2>) -> Option<DropoutMask> {
+        (self.training && self.dropout > 0.0)
+            .then(|| DropoutMask::draw(self.dropout, pooled.dims(), &self.dropout_rng))
     }
 }
 
@@ -119,7 +115,7 @@ impl SequenceClassifier {
         Ok(Self {
             head: ClassHead {
                 name,
-                weight: Tensor::from_data(TensorData::new(w, [n, hidden]), &device),
+                weight: transfer::upload(TensorData::new(w, [n, hidden]), &device),
                 bias: bias.then(|| Tensor::zeros([1, n], &device)),
                 dropout,
                 training: false,
@@ -151,7 +147,7 @@ impl SequenceClassifier {
         };
         let h = &self.head;
         let pooled = match h.dropout_mask(&pooled) {
-            Some(mask) => pooled * mask,
+            Some(mask) => kernels::dropout(pooled, mask),
             None => pooled,
         };
         let logits = pooled.matmul(h.weight.clone().transpose()); // [b, labels]
@@ -192,7 +188,7 @@ pub fn mean_weights(attention_mask: &[Vec<u8>], device: &Device) -> Tensor<3> {
             row.iter().map(move |&m| if m != 0 { 1.0 / n } else { 0.0 })
         })
         .collect();
-    Tensor::from_data(TensorData::new(weights, [b, 1, s]), device)
+    transfer::upload(TensorData::new(weights, [b, 1, s]), device)
 }
 
 /// Each row's hidden state at its last real token: [b, s, h] → [b, h].
@@ -211,7 +207,7 @@ pub fn last_tokens(attention_mask: &[Vec<u8>], device: &Device) -> Tensor<1, Int
         .map(|(r, row)| (r * s + row.iter().rposition(|&m| m != 0).unwrap_or(0)) as i64)
         .collect();
     let n = at.len();
-    Tensor::from_data(TensorData::new(at, [n]), device)
+    transfer::upload(TensorData::new(at, [n]), device)
 }
 
 impl AdaptedModel for SequenceClassifier {

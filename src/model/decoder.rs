@@ -4,10 +4,10 @@
 //! query attention with HF rotate_half RoPE; causal + padding mask; tied or separate LM head.
 //! Source: transformers `models/llama/modeling_llama.py` (eager attention path).
 
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::attention::{
-    Attention, KvCache, LayerCache, QkvProjection, causal_padding_mask, positions, softcap,
+    Attention, KvCache, LayerCache, MaskSource, QkvProjection, positions, softcap,
 };
 use super::decoder_config::{DecoderConfig, NormPlacement, QkNorm};
 use super::frozen::frozen_product_nt;
@@ -16,6 +16,7 @@ use super::mlp::{GateUpProjection, Mlp};
 use super::norm::RmsNorm;
 use super::rope::{RopeFrequencies, RopeTables};
 use crate::dtype::Dtype;
+use crate::transfer;
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
 
@@ -106,7 +107,7 @@ impl DecoderLayer {
         };
         let n = &self.norms;
         let attn_in = maybe_norm(&n.attention_in, x.clone());
-        let attn = self.self_attn.forward(attn_in, rope, mask, cache);
+        let attn = self.self_attn.forward(attn_in, rope, &mask.full(), cache);
         let x = x + scaled(maybe_norm(&n.attention_out, attn));
         let mlp = self.mlp.forward(maybe_norm(&n.mlp_in, x.clone()));
         x + scaled(maybe_norm(&n.mlp_out, mlp))
@@ -171,16 +172,16 @@ impl DecoderLayer {
 #[derive(Debug, Clone)]
 pub struct LayerInputs {
     pub rope: RopeTables,
-    /// Causal, padding and packing: [b, 1, s, t].
-    pub mask: Tensor<4, Bool>,
+    /// Causal, padding and packing, [b, 1, s, t] (built on the device, as a whole or by block).
+    pub mask: MaskSource,
     /// The same with the sliding window's limit, for the layers that have one.
-    pub windowed_mask: Option<Tensor<4, Bool>>,
+    pub windowed_mask: Option<MaskSource>,
     /// The sliding-window layers' own rotary tables (Gemma 3).
     pub local_rope: Option<RopeTables>,
 }
 
 impl LayerInputs {
-    /// `mask` and `window` as [`causal_padding_mask`] takes them (`start` positions already
+    /// `mask` and `window` as [`MaskSource::new`] takes them (`start` positions already
     /// cached), with the rotary tables of `positions`.
     fn new(
         model: &Decoder,
@@ -193,9 +194,9 @@ impl LayerInputs {
         let window = model.config.deltas.sliding_window.as_ref();
         Self {
             rope: model.rope.tables(positions, device),
-            mask: causal_padding_mask(attention_mask, s, start, None, device),
+            mask: MaskSource::new(attention_mask, s, start, None, device),
             windowed_mask: window
-                .map(|w| causal_padding_mask(attention_mask, s, start, Some(w.size), device)),
+                .map(|w| MaskSource::new(attention_mask, s, start, Some(w.size), device)),
             local_rope: (model.local_rope.as_ref()).map(|rope| rope.tables(positions, device)),
         }
     }
@@ -209,7 +210,7 @@ impl LayerInputs {
     }
 
     /// The mask `layer` attends through.
-    pub fn mask_of(&self, layer: &DecoderLayer) -> &Tensor<4, Bool> {
+    pub fn mask_of(&self, layer: &DecoderLayer) -> &MaskSource {
         match (&self.windowed_mask, layer.sliding) {
             (Some(windowed), true) => windowed,
             _ => &self.mask,
@@ -428,7 +429,7 @@ impl Decoder {
     pub fn head_at(&self, x: Tensor<3>, at: &[i64]) -> Tensor<2> {
         let [b, s, hd] = x.dims();
         let at_ =
-            Tensor::<1, Int>::from_data(TensorData::new(at.to_vec(), [at.len()]), &self.device);
+            transfer::upload::<1, Int>(TensorData::new(at.to_vec(), [at.len()]), &self.device);
         let x = x
             .reshape([b * s, hd])
             .select(0, at_)
@@ -455,7 +456,7 @@ impl Decoder {
     pub fn embed(&self, ids: &[Vec<u32>]) -> Tensor<3> {
         let (b, s) = (ids.len(), ids.first().map_or(0, Vec::len));
         let flat: Vec<i64> = ids.iter().flatten().map(|&t| i64::from(t)).collect();
-        let flat = Tensor::<1, Int>::from_data(TensorData::new(flat, [b * s]), &self.device);
+        let flat = transfer::upload::<1, Int>(TensorData::new(flat, [b * s]), &self.device);
         let x = self
             .embed_tokens
             .clone()

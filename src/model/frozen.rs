@@ -8,8 +8,10 @@ use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::dtype::Dtype;
 use crate::kernels;
+use crate::transfer;
 use crate::weights::blocks::BlockMatrix;
 use crate::weights::host::FrozenMatrix;
+use burn::tensor::Float;
 
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // a burn tensor handle is 640 bytes; one per linear layer
@@ -40,7 +42,7 @@ impl FrozenWeight {
         match matrix {
             FrozenMatrix::Dense(t, storage) => {
                 let shape = [t.shape[0], t.shape[1]];
-                let w: Tensor<2> = Tensor::from_data(TensorData::new(t.values, shape), device);
+                let w: Tensor<2> = transfer::upload(TensorData::new(t.values, shape), device);
                 Self::Dense(w.cast(storage.float())) // a no-op on f32
             }
             FrozenMatrix::Blocks(b) => Self::Blocks(PackedBlocks::new(b, device)),
@@ -111,7 +113,7 @@ impl PackedBlocks {
         let words: Vec<i32> = b.words.iter().map(|&w| w as i32).collect();
         let group = b.format.group();
         let floats = |v: Vec<f32>| {
-            Tensor::<3>::from_data(TensorData::new(v, [rows, cols / group, 1]), device)
+            transfer::upload::<3, Float>(TensorData::new(v, [rows, cols / group, 1]), device)
         };
         Self {
             shape: [rows, cols],
@@ -119,7 +121,7 @@ impl PackedBlocks {
             bits: b.format.bits(),
             group,
             code_bias: b.format.code_bias(),
-            words: Tensor::from_data(
+            words: transfer::upload(
                 TensorData::new(words, [rows, per_row_words]),
                 (device, DType::I32),
             ),

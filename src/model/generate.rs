@@ -52,9 +52,8 @@ pub fn generate(
     let mut ids = prompt.to_vec();
     let mut out = Vec::new();
     while out.len() < max_new {
-        let row = logits
-            .try_into_data()
-            .map_err(|e| GenerateError::Readback(format!("{e:?}")))?
+        let row = crate::transfer::download(logits)
+            .map_err(GenerateError::Readback)?
             .try_into_vec::<f32>()
             .map_err(|e| GenerateError::Readback(format!("{e:?}")))?;
         let next = choose(&row, sampling, &mut rng);

@@ -7,6 +7,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use super::frozen::{FrozenWeight, frozen_product_nt};
 use crate::dtype::Dtype;
 use crate::lora::adapter::LoraAdapter;
+use crate::transfer;
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
 
@@ -81,7 +82,7 @@ pub fn take2(
     device: &Device,
 ) -> Result<Tensor<2>, WeightsError> {
     let t = w.take(name, &shape)?;
-    Ok(Tensor::from_data(TensorData::new(t.values, shape), device))
+    Ok(transfer::upload(TensorData::new(t.values, shape), device))
 }
 
 pub fn take1(
@@ -91,5 +92,5 @@ pub fn take1(
     device: &Device,
 ) -> Result<Tensor<1>, WeightsError> {
     let t = w.take(name, &[len])?;
-    Ok(Tensor::from_data(TensorData::new(t.values, [len]), device))
+    Ok(transfer::upload(TensorData::new(t.values, [len]), device))
 }

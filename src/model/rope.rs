@@ -7,9 +7,12 @@
 //! `_compute_longrope_parameters`, `longrope_frequency_update`) and
 //! `apply_rotary_pos_emb`.
 
-use burn::tensor::{Device, Tensor, TensorData};
+use std::sync::{Arc, Mutex};
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::decoder_config::{DecoderConfig, Llama3Scaling, RopeScaling};
+use crate::transfer;
 
 /// What a layer's rotary tables are built from: the inverse frequencies over the rotated part
 /// of each head (all of it, or `partial_rotary_factor` of it), LongRoPE's second set for
@@ -23,6 +26,18 @@ pub struct RopeFrequencies {
     pub long: Option<(Vec<f32>, usize)>,
     /// Multiplies cos and sin (LongRoPE's attention factor; 1 elsewhere).
     pub scale: f32,
+    /// cos and sin of every position up to a bound, on the device: a batch's tables are rows
+    /// gathered by its positions, so a step uploads O(tokens) position ids, not its tables.
+    table: Arc<Mutex<Option<DeviceTable>>>,
+}
+
+/// [`RopeTables`] of positions 0..n as [n, rotary dims], for `long` or short frequencies.
+#[derive(Debug)]
+struct DeviceTable {
+    long: bool,
+    rows: usize,
+    cos: Tensor<2>,
+    sin: Tensor<2>,
 }
 
 impl RopeFrequencies {
@@ -51,6 +66,7 @@ impl RopeFrequencies {
                     inv_freq: with(&l.short_factor),
                     long: Some((with(&l.long_factor), l.original_max_position_embeddings)),
                     scale: l.attention_factor as f32,
+                    table: Arc::default(),
                 }
             }
         }
@@ -68,18 +84,43 @@ impl RopeFrequencies {
             inv_freq,
             long: None,
             scale: 1.0,
+            table: Arc::default(),
         }
     }
 
-    /// The tables for `positions` (one list per row, all of the same length).
+    /// The tables for `positions` (one list per row, all of the same length): rows of the
+    /// device table (computed on the host once, exactly as [`RopeTables::new`] computes them,
+    /// and grown to the next power of two when a position passes it).
     pub fn tables(&self, positions: &[Vec<usize>], device: &Device) -> RopeTables {
         let reach = positions.iter().flatten().max().map_or(0, |p| p + 1);
-        let inv_freq = match &self.long {
+        let (inv_freq, long) = match &self.long {
             // transformers divides by the long factors once a call's positions pass `original`.
-            Some((long, original)) if reach > *original => long,
-            _ => &self.inv_freq,
+            Some((long, original)) if reach > *original => (long, true),
+            _ => (&self.inv_freq, false),
         };
-        RopeTables::new(inv_freq, self.scale, positions, device)
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let fits = |t: &DeviceTable| t.long == long && t.rows >= reach && t.cos.device() == *device;
+        if !table.as_ref().is_some_and(fits) {
+            let rows = reach.next_power_of_two().max(256);
+            let all = RopeTables::new(inv_freq, self.scale, &[(0..rows).collect()], device);
+            let d = all.rotary_dim();
+            *table = Some(DeviceTable {
+                long,
+                rows,
+                cos: all.cos.reshape([rows, d]),
+                sin: all.sin.reshape([rows, d]),
+            });
+        }
+        let table = table.as_ref().expect("filled above");
+        let (b, s) = (positions.len(), positions.first().map_or(0, Vec::len));
+        let at: Vec<i32> = positions.iter().flatten().map(|&p| p as i32).collect();
+        let at = transfer::upload::<1, Int>(TensorData::new(at, [b * s]), device);
+        let d = table.cos.dims()[1];
+        let rows = |t: &Tensor<2>| t.clone().select(0, at.clone()).reshape([b, 1, s, d]);
+        RopeTables {
+            cos: rows(&table.cos),
+            sin: rows(&table.sin),
+        }
     }
 }
 
@@ -140,8 +181,8 @@ impl RopeTables {
         }
         let shape = [b, 1, s, half * 2];
         Self {
-            cos: Tensor::from_data(TensorData::new(cos, shape), device),
-            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+            cos: transfer::upload(TensorData::new(cos, shape), device),
+            sin: transfer::upload(TensorData::new(sin, shape), device),
         }
     }
 

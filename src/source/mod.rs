@@ -249,17 +249,9 @@ impl Source {
     }
 }
 
-/// Where fetched models are kept: `$LORA_TUNE_CACHE`, else `$XDG_CACHE_HOME/lora-tune`, else
-/// `~/.cache/lora-tune`.
+/// Where fetched models are kept: the tool's cache directory ([`crate::cache::dir`]).
 pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("LORA_TUNE_CACHE") {
-        return dir.into();
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    base.join("lora-tune")
+    crate::cache::dir()
 }
 
 /// How sources are fetched: where the cache is, and the bar that shows progress.

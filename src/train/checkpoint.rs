@@ -17,6 +17,7 @@ use crate::dtype::Dtype;
 use crate::model::adapted::{AdaptedModel, host};
 use crate::peft::config::PeftConfig;
 use crate::peft::folder::{self as peft, INITIAL_WEIGHTS_FILE, WEIGHTS_FILE};
+use crate::transfer;
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
 use crate::weights::safetensors::write;
@@ -226,7 +227,7 @@ pub fn load(
         let shape = t.dims();
         let mut take = |suffix: &str| -> Result<Tensor<2>, WeightsError> {
             let h = moments.take(&format!("{key}.{suffix}"), &shape)?;
-            Ok(Tensor::from_data(TensorData::new(h.values, shape), &device))
+            Ok(transfer::upload(TensorData::new(h.values, shape), &device))
         };
         restored.push(Moments {
             exp_avg: take("exp_avg")?,

@@ -9,6 +9,7 @@ use crate::data::batch::{Batch, IGNORE};
 use crate::kernels;
 use crate::memory::LOGIT_CHUNK;
 use crate::model::decoder::Decoder;
+use crate::transfer;
 
 /// Σ −log p(labels[t+1] | ids[..=t]) over the labelled positions of `batch` → [1]; None when
 /// nothing in it is labelled.
@@ -32,7 +33,7 @@ pub fn nll_sum(logits: Tensor<2>, targets: Vec<i64>) -> Tensor<1> {
         return sum_on(&rows, &logits.device());
     }
     let n = targets.len();
-    let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &logits.device());
+    let targets = transfer::upload::<2, Int>(TensorData::new(targets, [n, 1]), &logits.device());
     log_softmax(logits, 1).gather(1, targets).sum().neg()
 }
 
@@ -59,7 +60,7 @@ pub fn nll_sum_and_gradient(logits: Tensor<2>, targets: Vec<i64>) -> (Tensor<1>,
         Err(logits) => *logits,
     };
     let [n, v] = logits.dims();
-    let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);
+    let targets = transfer::upload::<2, Int>(TensorData::new(targets, [n, 1]), &device);
     let shifted = logits.clone() - logits.max_dim(1).expand([n, v]);
     let exp = shifted.clone().exp();
     let total = exp.clone().sum_dim(1); // [n, 1]
@@ -73,5 +74,5 @@ pub fn nll_sum_and_gradient(logits: Tensor<2>, targets: Vec<i64>) -> (Tensor<1>,
 /// Σ rows (in f64) as a [1] tensor on `device`.
 fn sum_on(rows: &[f32], device: &Device) -> Tensor<1> {
     let total = rows.iter().map(|&r| f64::from(r)).sum::<f64>() as f32;
-    Tensor::from_data(TensorData::new(vec![total], [1]), device)
+    transfer::upload(TensorData::new(vec![total], [1]), device)
 }

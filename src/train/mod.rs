@@ -51,7 +51,7 @@ pub enum TrainError {
 
 /// Reads a one-element tensor.
 pub fn scalar(t: Tensor<1>) -> Result<f64, TrainError> {
-    t.try_into_scalar::<f32>()
+    crate::transfer::scalar::<f32, 1>(t)
         .map(f64::from)
-        .map_err(|e| TrainError::Readback(format!("{e:?}")))
+        .map_err(TrainError::Readback)
 }

@@ -16,6 +16,7 @@ use super::optim::{AdamW, clip_coefficient, global_norm};
 use crate::data::batch::Batch;
 use crate::distributed::{self, Ranks};
 use crate::model::adapted::{host, stream_seed};
+use crate::transfer;
 
 /// Which of a step's micro-batches this process computes, and how their dropout is drawn.
 #[derive(Debug, Clone, Copy)]
@@ -131,7 +132,7 @@ pub fn all_reduce(
             let n = shape[0] * shape[1];
             let values = flat[offset..offset + n].to_vec();
             offset += n;
-            Tensor::from_data(TensorData::new(values, shape), device)
+            transfer::upload(TensorData::new(values, shape), device)
         })
         .collect();
     Ok((loss[0], grads))

@@ -376,6 +376,7 @@ pub fn train(
         if stop {
             break;
         }
+        super::interrupt::inject_failure_after(state.step);
     }
     progress.finish();
     model.set_training(false);

@@ -48,6 +48,27 @@ pub fn tiny_workdir(recipe: &str) -> tempfile::TempDir {
     tmp
 }
 
+/// A panic in a backend's own thread (wgpu's GL context lock on llvmpipe, a lost device) ends
+/// the test process at once instead of leaving the test waiting on that thread for good, as the
+/// binary does (`interrupt::end_process_on_panic`); a test thread's own panic (an assertion)
+/// still fails just that test. Test threads are named after their test; cubecl's and wgpu's
+/// are unnamed or `DS…`.
+pub fn device_panics_end_the_process() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let thread = std::thread::current();
+            let backend = thread.name().is_none_or(|n| n.starts_with("DS"));
+            default(info);
+            if backend {
+                eprintln!("a backend thread panicked: ending the test process");
+                std::process::exit(101);
+            }
+        }));
+    });
+}
+
 /// The flex CPU device.
 pub fn cpu() -> Device {
     select(DeviceChoice::Cpu).unwrap().device

@@ -12,6 +12,7 @@ use super::layer::Shape;
 use super::linear;
 use super::ops::rms_norm_backward;
 use crate::data::batch::Batch;
+use crate::kernels;
 use crate::model::bert::Bert;
 use crate::model::classifier::{
     Body, ClassHead, SequenceClassifier, last_tokens, mean_pool, mean_weights,
@@ -21,6 +22,7 @@ use crate::recipe::Pooling;
 use crate::train::autograd::{Gradients, Seed};
 use crate::train::cross_entropy::nll_sum_and_gradient;
 use crate::train::{TrainError, scalar};
+use crate::transfer;
 
 /// `Objective::loss_and_gradients` for a sequence classifier: Σ cross-entropy / `seed.denominator`
 /// and the gradient of every trained tensor in `AdaptedModel::params_mut` order (A then B per
@@ -74,7 +76,7 @@ fn bert_step(
 
     // Pooling: the pooler on each row's first token, or the mean over its real tokens.
     let firsts: Vec<i64> = (0..b).map(|r| (r * s) as i64).collect();
-    let firsts = Tensor::<1, Int>::from_data(TensorData::new(firsts, [b]), &device);
+    let firsts = transfer::upload::<1, Int>(TensorData::new(firsts, [b]), &device);
     let (pooled, pooler_tape) = match (pooling, &bert.pooler) {
         (Pooling::Cls, Some(pooler)) => {
             let (dense, tape) = linear::forward(pooler, x.clone().select(0, firsts.clone()));
@@ -164,7 +166,7 @@ fn head_backward(
 ) -> Result<(f64, Tensor<2>, Vec<Tensor<2>>), TrainError> {
     let mask = head.dropout_mask(&pooled);
     let dropped = match &mask {
-        Some(m) => pooled * m.clone(),
+        Some(m) => kernels::dropout(pooled, *m),
         None => pooled,
     };
     let logits = dropped.clone().matmul(head.weight.clone().transpose());
@@ -182,7 +184,7 @@ fn head_backward(
     }
     let dpooled = dlogits.matmul(head.weight.clone());
     let dpooled = match mask {
-        Some(m) => dpooled * m,
+        Some(m) => kernels::dropout(dpooled, m),
         None => dpooled,
     };
     Ok((loss, dpooled, grads))

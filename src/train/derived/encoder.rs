@@ -5,7 +5,7 @@
 
 use burn::tensor::{Bool, Tensor};
 
-use super::attention::{self, AttentionCore};
+use super::attention::{self, AttentionCore, Mask};
 use super::layer::Shape;
 use super::linear::{self, FactorGradients, LinearTape};
 use super::ops::{gelu_and_cdf, gelu_derivative, layer_norm_backward};
@@ -40,9 +40,8 @@ pub fn forward(
     let (k, k_tape) = linear::forward(&layer.key, x.clone());
     let (v, v_tape) = linear::forward(&layer.value, x.clone());
     let scale = 1.0 / (d as f64).sqrt();
-    let mask = padding.clone().expand([b, n, s, s]);
     let (q, k, v) = (heads(q).mul_scalar(scale), heads(k), heads(v));
-    let (context, core) = attention::forward(q, k, v, mask, masked, None);
+    let (context, core) = attention::forward(q, k, v, Mask::Whole(padding), masked, None, false);
     let context = context.swap_dims(1, 2).reshape([b * s, h]);
     let (attended, ao_tape) = linear::forward(&layer.attention_output, context);
     let first = attended + x;
@@ -84,7 +83,7 @@ pub fn backward(
     let (dcontext, attention_output) =
         linear::backward(&layer.attention_output, ao_tape, dfirst.clone());
     let heads = |t: Tensor<2>| t.reshape([b, s, n, d]).swap_dims(1, 2);
-    let mask = padding.clone().expand([b, n, s, s]);
+    let mask = Mask::Whole(padding);
     let (dq, dk, dv) = attention::backward(tape.core, heads(dcontext), heads(context), mask);
     let flat = |t: Tensor<4>| t.swap_dims(1, 2).reshape([b * s, h]);
     let dq = dq.mul_scalar(1.0 / (d as f64).sqrt());

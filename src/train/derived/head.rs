@@ -12,6 +12,7 @@ use crate::model::frozen::{frozen_product, frozen_product_nt};
 use crate::train::autograd::Seed;
 use crate::train::cross_entropy::nll_sum_and_gradient;
 use crate::train::{TrainError, scalar};
+use crate::transfer;
 
 /// What the head gives back: Σ loss / seed.denominator, the gradient of the last layer's output
 /// x [b·s, hidden] (zero where nothing is scored), and the LM head adapter's gradients.
@@ -38,7 +39,7 @@ pub fn backward(
         adapter: None,
     };
     for (at, targets) in at.chunks(chunk).zip(targets.chunks(chunk)) {
-        let at = Tensor::<1, Int>::from_data(TensorData::new(at.to_vec(), [at.len()]), &device);
+        let at = transfer::upload::<1, Int>(TensorData::new(at.to_vec(), [at.len()]), &device);
         let rows = x.clone().select(0, at.clone());
         let normed = model.norm.forward_rows(rows.clone());
         let (logits, tape) = match &model.lm_head {

@@ -4,9 +4,9 @@
 //! (SwiGLU, GeGLU), norms before and/or after each block and the residuals. Every linear layer goes through [`super::linear`].
 //! Source of the forward it inverts: `model::decoder`, `model::attention`, `model::mlp`.
 
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::Tensor;
 
-use super::attention::{self, AttentionCore};
+use super::attention::{self, AttentionCore, Mask};
 use super::linear::{self, FactorGradients, LinearTape};
 use super::ops::{activation_and_derivative, rms_norm_backward, rope_backward};
 use crate::data::batch::Batch;
@@ -173,8 +173,8 @@ fn attention_forward(
     let q = rope.apply(heads(q, h)).mul_scalar(attn.scale);
     let k = repeat(rope.apply(heads(k, kv)));
     let v = repeat(heads(v, kv));
-    let mask = mask(layer, inputs, b, h, s);
-    let (out, core) = attention::forward(q, k, v, mask, masked, attn.softcap);
+    let mask = Mask::Source(inputs.mask_of(layer));
+    let (out, core) = attention::forward(q, k, v, mask, masked, attn.softcap, true);
     let out = out.swap_dims(1, 2).reshape([b * s, h * d]);
     let (y, o_tape) = linear::forward(&attn.o_proj, out);
     let tape = AttentionTape {
@@ -204,7 +204,7 @@ fn attention_backward(
         tape.core,
         heads(dout),
         heads(out),
-        mask(layer, inputs, b, h, s),
+        Mask::Source(inputs.mask_of(layer)),
     );
     let dq = dq.mul_scalar(attn.scale);
     // Each key/value head's gradient is the sum over the query heads that read it.
@@ -291,18 +291,6 @@ fn qkv_backward(
             (dx, vec![grads])
         }
     }
-}
-
-/// The causal / padding / packing (and sliding-window) mask of `layer` for every head:
-/// [b, h, s, s].
-fn mask(
-    layer: &DecoderLayer,
-    inputs: &LayerInputs,
-    b: usize,
-    h: usize,
-    s: usize,
-) -> Tensor<4, Bool> {
-    inputs.mask_of(layer).clone().expand([b, h, s, s])
 }
 
 /// q or k [n, heads·d] through its RMSNorm (per head or over the projection) → same, and the

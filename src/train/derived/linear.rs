@@ -10,7 +10,7 @@
 
 use burn::tensor::Tensor;
 
-use crate::kernels::{add_matmul_nt, matmul, matmul_nt};
+use crate::kernels::{self, DropoutMask, add_matmul_nt, matmul, matmul_nt};
 use crate::model::frozen::{frozen_product, frozen_product_nt};
 use crate::model::linear::Linear;
 
@@ -26,10 +26,10 @@ pub struct LinearTape {
 struct AdapterTape {
     /// s·drop(x)·Aᵀ [n, r].
     u: Tensor<2>,
-    /// The dropout stream's state before the mask was drawn, when it was: backward draws the
-    /// same mask again instead of keeping [n, in] floats per adapter — a third of a layer's
-    /// tape with dropout on.
-    mask_stream: Option<u64>,
+    /// The dropout mask, when one was drawn: a stream position, so backward applies the same
+    /// mask again instead of keeping [n, in] floats per adapter — a third of a layer's tape with
+    /// dropout on.
+    mask: Option<DropoutMask>,
     /// DoRA's row norms n [1, out] and scales c = m / n [1, out].
     dora: Option<[Tensor<2>; 2]>,
 }
@@ -61,11 +61,9 @@ pub fn forward(linear: &Linear, x: Tensor<2>) -> (Tensor<2>, LinearTape) {
     let Some(lora) = &linear.lora else {
         return (with_bias(base), LinearTape { x, adapter: None });
     };
-    let stream = lora.dropout_rng.get();
     let mask = lora.dropout_mask(&x);
-    let mask_stream = mask.as_ref().map(|_| stream);
-    let dropped = match &mask {
-        Some(m) => x.clone() * m.clone(),
+    let dropped = match mask {
+        Some(m) => kernels::dropout(x.clone(), m),
         None => x.clone(),
     };
     let u = matmul_nt(dropped.clone(), lora.a.clone()).mul_scalar(lora.scale);
@@ -85,11 +83,7 @@ pub fn forward(linear: &Linear, x: Tensor<2>) -> (Tensor<2>, LinearTape) {
             (y, Some([norm, c]))
         }
     };
-    let adapter = Some(AdapterTape {
-        u,
-        mask_stream,
-        dora,
-    });
+    let adapter = Some(AdapterTape { u, mask, dora });
     (with_bias(y), LinearTape { x, adapter })
 }
 
@@ -120,9 +114,9 @@ pub fn backward_if(
     let w = (with_dx || adapter.dora.is_some()).then(|| linear.weight.in_dtype(linear.compute));
     let w = || w.clone().expect("decoded above");
     let [n, out] = dy.dims();
-    let mask = (adapter.mask_stream).map(|s| lora.redraw_mask(s, tape.x.dims(), &tape.x.device()));
-    let dropped = match &mask {
-        Some(m) => tape.x * m.clone(),
+    let mask = adapter.mask;
+    let dropped = match mask {
+        Some(m) => kernels::dropout(tape.x, m),
         None => tape.x,
     };
     // DoRA: the adapter sees c·dy; m its own gradient; the base path its share.
@@ -139,11 +133,11 @@ pub fn backward_if(
             let v = frozen_product_nt(dropped.clone(), w(), compute)
                 + matmul_nt(adapter.u.clone(), lora.b.clone());
             let dm = (dy.clone() * v).sum_dim(0) / norm.clone();
-            let base_dx = with_dx.then(|| match &mask {
+            let base_dx = with_dx.then(|| match mask {
                 None => frozen_product(g.clone(), w(), compute),
                 Some(mask) => {
                     let dropped = frozen_product((wide - 1.0) * dy.clone(), w(), compute);
-                    frozen_product(dy, w(), compute) + dropped * mask.clone()
+                    frozen_product(dy, w(), compute) + kernels::dropout(dropped, mask)
                 }
             });
             (g, Some(dm), base_dx)
@@ -155,7 +149,7 @@ pub fn backward_if(
     let dx = base_dx.map(|base| {
         let through = matmul(du, lora.a.clone());
         base + match mask {
-            Some(m) => through * m,
+            Some(m) => kernels::dropout(through, m),
             None => through,
         }
     });
