@@ -3,8 +3,8 @@
 //! Llama targets, AdamW lr 2e-4. One warm-up step, then 5 timed steps; prints one JSON object
 //! (tokens/s, s/step min and median, FLOP/s at 6·N_base… see below, peak RSS). Not a test.
 //! Run: cargo bench --bench train [-- w2] [chat] [ckpt [keepq|bf16]] [dora] [with-reference]
-//! [model=HF_DIR] [device=cpu|wgpu|vulkan|cuda] [compute=f32|bf16|f16] [quantize=q4_0|…] (the last
-//! four for the GPU kit, benches/gpu/kit.sh); the
+//! [model=HF_DIR] [device=cpu|wgpu|vulkan|cuda] [compute=f32|bf16|f16|auto] [quantize=q4_0|…]
+//! [dropout=P] (the last five for the GPU benchmark, benches/gpu/run.sh); the
 //! PEFT side: tools/reference/bench_peft.py [w2] [dora]. `dora` trains DoRA adapters. `chat` labels only the second half of each row, as
 //! supervised chat data does; `ckpt` trains with gradient checkpointing (block recompute);
 //! `keepq` keeps the GGUF's Q4_1 linear weights in their blocks (`model.keep_quantized`), `bf16`
@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
     let bf16 = std::env::args().any(|a| a == "bf16");
     let with_reference = std::env::args().any(|a| a == "with-reference");
     let dora = std::env::args().any(|a| a == "dora");
-    // The GPU kit's settings (benches/gpu/kit.sh): another model directory, device, product
+    // The GPU benchmark's settings (benches/gpu/run.sh): another model directory, device, product
     // dtype, and a base quantised at load.
     let setting = |key: &str| {
         std::env::args().find_map(|a| a.strip_prefix(&format!("{key}=")).map(str::to_owned))
@@ -84,10 +84,15 @@ fn main() -> anyhow::Result<()> {
         },
     )?;
     model.compute_in(compute);
+    // dropout=0 exposes what dropout still costs (benches/gpu/run.sh).
+    let dropout = match setting("dropout") {
+        Some(p) => p.parse()?,
+        None => 0.05,
+    };
     let lora = LoraSection {
         rank: 8,
         alpha: 16.0,
-        dropout: 0.05,
+        dropout,
         use_dora: dora,
         ..LoraSection::default()
     };
@@ -179,6 +184,7 @@ fn main() -> anyhow::Result<()> {
             "device": selected.name,
             "compute": compute.name(),
             "loss_scale": loss_scale.map(|s| s.scale),
+            "lora_dropout": dropout,
             "quantize": setting("quantize"),
             "base_params": base,
             "trainable_params": trainable,

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Random-weight Llama checkpoints with the real shapes of the SmolLM2 family, written by
-transformers where the GPU kit runs (benches/gpu/kit.sh): the timing of a training step does not
+transformers where the GPU benchmark runs (benches/gpu/run.sh), initialised on the GPU when there
+is one: the timing of a training step does not
 depend on the weights' values, and the real files are too large to carry to the GPU machine. All
 three share SmolLM2's 49,152-token vocabulary, so the benches' token ids fit every one.
 
@@ -37,8 +38,9 @@ def main(out, names):
         config = LlamaConfig(vocab_size=49152, max_position_embeddings=8192, rms_norm_eps=1e-5,
                              tie_word_embeddings=True, hidden_act="silu", **SHAPES[name])
         torch.manual_seed(0)
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
-        model.save_pretrained(target, safe_serialization=True)
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = LlamaForCausalLM(config).to(torch.bfloat16)
+        model.save_pretrained(target)  # safetensors (transformers 5 has no other format)
         params = sum(p.numel() for p in model.parameters())
         print(f"{name}: {target} ({params / 1e6:.0f} M parameters)")
 

@@ -4,11 +4,13 @@ dequantised to f32 by transformers), LoRA r=8 α=16 dropout 0.05 on the 7 Llama 
 lr 2e-4, W1 = batch 4×256 (or W2 = 1×1024 with argument `w2`), the same token ids, every position
 labelled, 2 threads; `dora` trains DoRA (use_dora=True). One warm-up step, 5 timed; prints one
 JSON object.
-For the GPU kit (benches/gpu/kit.sh): `model=HF_DIR` trains that checkpoint instead of the GGUF,
-`device=cuda` runs on the GPU (peak GPU memory reported) and `autocast=bf16` under
-torch.autocast(bf16), as PEFT users train on a GPU.
+For the GPU benchmark (benches/gpu/run.sh): `model=HF_DIR` trains that checkpoint instead of the
+GGUF, `device=cuda` runs on the GPU (peak GPU memory allocated and reserved reported),
+`autocast=bf16` under torch.autocast(bf16), `weights=bf16` loads the base in bf16 and `attn=sdpa`
+takes torch's fused attention — together, as PEFT users train on a GPU (PEFT keeps the adapters
+in f32: `autocast_adapter_dtype`).
 Usage: python3 tools/reference/bench_peft.py DIR_WITH_SMOLLM2_GGUF [w2] [dora] [model=HF_DIR]
-       [device=cuda] [autocast=bf16]
+       [device=cuda] [autocast=bf16] [weights=bf16] [attn=sdpa]
 """
 import json
 import resource
@@ -25,9 +27,11 @@ def main(gguf_dir, w2, dora, settings):
     rows, length = (1, 1024) if w2 else (4, 256)
     device = settings.get("device", "cpu")
     autocast = settings.get("autocast") == "bf16"
+    weights = torch.bfloat16 if settings.get("weights") == "bf16" else torch.float32
+    attn = settings.get("attn", "eager")
     if "model" in settings:
-        model = AutoModelForCausalLM.from_pretrained(settings["model"], dtype=torch.float32,
-                                                     attn_implementation="eager")
+        model = AutoModelForCausalLM.from_pretrained(settings["model"], dtype=weights,
+                                                     attn_implementation=attn)
     else:
         model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
                                                      dtype=torch.float32, attn_implementation="eager")
@@ -62,8 +66,9 @@ def main(gguf_dir, w2, dora, settings):
     print(json.dumps({
         "workload": ("W2 1x1024" if w2 else "W1 4x256") + (" DoRA" if dora else ""),
         "model": settings.get("model", "SmolLM2-135M-Instruct Q4_1 GGUF"), "device": device,
-        "autocast": "bf16" if autocast else None,
+        "autocast": "bf16" if autocast else None, "weights": str(weights), "attn": attn,
         "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None,
+        "peak_gpu_memory_reserved_gb": torch.cuda.max_memory_reserved() / 1e9 if device == "cuda" else None,
         "impl": f"peft {__import__('peft').__version__} transformers {__import__('transformers').__version__} torch {torch.__version__}",
         "threads": torch.get_num_threads(),
         "s_per_step_min": times[0], "s_per_step_median": median, "tokens_per_s": tokens / median,
