@@ -135,7 +135,7 @@ mod splitmix {
         let (hi, lo) = mul64(hi, lo, MIX2_HI, MIX2_LO);
         let (hi, lo) = xor_shifted(hi, lo, 31u32);
         // Even elements take the draw's low 32 bits, odd ones its high 32, as the host draw does.
-        let half = if i % 2 == 0 { lo } else { hi };
+        let half = if i % 2 == 1 { hi } else { lo };
         let factor = if half < threshold { 0.0f32 } else { kept };
         output[i] = input[i] * F::cast_from(factor);
     }
