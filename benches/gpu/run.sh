@@ -82,7 +82,9 @@ job() {
     say "$name (timeout ${limit} s): $*"
     local start rc
     start=$(date +%s.%N)
-    timeout -k 5 "$limit" "$@" > "$work/stdout" 2> "$work/stderr"
+    # A fresh shell runs the job, so that `timeout` can end it: peft and bench are functions.
+    timeout -k 5 "$limit" bash -c "$(declare -f peft bench); \"\$@\"" job "$@" \
+        > "$work/stdout" 2> "$work/stderr"
     rc=$?
     python3 - "$name" "$rc" "$start" "$work/stdout" "$work/stderr" >> "$results" <<'PY'
 import json, sys, time
@@ -113,6 +115,7 @@ bench() { # bench BUILD MODEL SETTINGS...
     (cd "$root" && "$bin" "model=$work/models/$model" "$@")
 }
 
+export root work peft_device
 big=${models[0]}
 job "peft-w1-$big" 120 peft "$big"
 job "ours-f16-w1-$big" 150 bench "$ours" "$big" "device=$ours" compute=f16
