@@ -9,7 +9,7 @@
 # stores the linear weights in bf16.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-bin=$root/target/release/lora-tune
+bin=${BIN:-$root/target/release/lora-tune} # BIN: another build, for an A/B
 [ -x "$bin" ] || (cd "$root" && cargo build --release)
 shapes=("$@")
 [ ${#shapes[@]} -gt 0 ] || shapes=(1:128 2:256 4:256 1:512 2:512 1:1024 4:512)

@@ -356,6 +356,14 @@ pub fn frozen_base_bytes(
         },
         _ => (0, 0),
     };
+    // The embedding (and so a tied head) stays in its blocks too; it is no linear site.
+    let (embedding_f32, embedding_packed) = match files {
+        ModelFiles::Gguf(path) if storage.keep_quantized => match GgufFile::open(path) {
+            Ok(file) => blocks::kept_bytes(&file, |name| name == "model.embed_tokens.weight"),
+            Err(_) => (0, 0),
+        },
+        _ => (0, 0),
+    };
     // `model.quantize` packs the layers' linears a GGUF does not already keep packed.
     let layer_f32: u64 = linear
         .iter()
@@ -383,15 +391,22 @@ pub fn frozen_base_bytes(
         Dtype::F32 => dense_f32,
         Dtype::Bf16 | Dtype::F16 => dense_f32 / 2,
     };
-    if dense == dense_f32 && kept_f32 == 0 {
+    if dense == dense_f32 && kept_f32 == 0 && embedding_f32 == 0 {
         return unchanged; // nothing is stored differently
     }
     let one_layer: u64 = sites.iter().filter(|s| s.layer == Some(0)).map(bytes).sum();
-    let largest = linear.iter().map(|s| bytes(s)).max().unwrap_or(0);
+    // Blocks decode for a product at most `DECODED_VALUES` at a time; a kept embedding used as
+    // the head holds two such chunks' decoding on top (measured on SmolLM2's Q8_0 one).
+    let chunk = 4 * crate::model::frozen::DECODED_VALUES as u64;
+    let largest = (linear.iter().map(|s| bytes(s)).max().unwrap_or(0)).min(chunk);
+    let tied_decoding = match config.tie_word_embeddings {
+        true => 2 * embedding_f32.min(chunk),
+        false => 0,
+    };
     BaseBytes {
-        stored: f32_bytes - linear_f32 + kept_packed + dense,
-        widening: one_layer + 2 * largest,
-        blocks: kept_f32 > 0,
+        stored: f32_bytes - linear_f32 + kept_packed + dense - embedding_f32 + embedding_packed,
+        widening: one_layer + 2 * largest + tied_decoding,
+        blocks: kept_f32 + embedding_f32 > 0,
         loading: match storage.dense {
             Dtype::F32 => 0,
             _ => f32_bytes + dense,

@@ -720,9 +720,15 @@ fn keep_quantized_and_bf16_bases_train_alike_on_smaller_planned_bases() {
         assert_eq!(run.len(), 2);
         losses.push(run);
     }
-    assert_eq!(
-        losses[0], losses[1],
-        "the kept blocks decode to the same weights"
+    // The kept blocks decode to the same weights: the first loss is equal bit for bit; the
+    // second within 1e-6, as the tied head in blocks sums its input gradient chunk by chunk.
+    assert_eq!(losses[0][0], losses[1][0], "the kept blocks decode alike");
+    let relative = (losses[0][1] - losses[1][1]).abs() / losses[0][1];
+    assert!(
+        relative <= 1e-6,
+        "second losses {:?} vs {:?}",
+        losses[0],
+        losses[1]
     );
     for half in [2, 3, 4] {
         // f16's first step made no update: only its first loss compares.
@@ -742,9 +748,11 @@ fn keep_quantized_and_bf16_bases_train_alike_on_smaller_planned_bases() {
         "bf16 products compute as the widened base's"
     );
     // 106.2 M linear values: 424.7 MB in f32, 79.6 MB as Q4_1 blocks, 212.3 MB in bf16;
-    // widening holds one layer in f32 (14.2 MB) and the largest matrix twice (7.1 MB).
+    // widening holds one layer in f32 (14.2 MB) and the largest matrix twice (7.1 MB). Kept,
+    // the Q8_0 embedding is 31.9 MB instead of 113.2, and the tied head decodes two chunks of
+    // 2²² values (33.6 MB).
     let saved = |i: usize| weights[0] - weights[i];
-    assert!((318.0..330.0).contains(&saved(1)), "{weights:?}");
+    assert!((365.0..378.0).contains(&saved(1)), "{weights:?}");
     assert!((185.0..197.0).contains(&saved(2)), "{weights:?}");
     // bf16 products store the same bytes; on the CPU flex also widens the tied head's bf16
     // copy of the embedding (49,152 × 576 × 6 bytes: 169.9 MB) and its product's output.

@@ -8,6 +8,8 @@
 
 mod common;
 
+use lora_tune::model::frozen::FrozenWeight;
+
 use common::{artifacts, cpu, tiny};
 
 use std::path::Path;
@@ -518,7 +520,6 @@ fn smollm2_three_steps_on_a_bf16_base_stay_within_1e_2_of_peft_f32() {
 fn smollm2_three_steps(gradient_checkpointing: bool, storage: BaseStorage, tolerance: f64) {
     let keep_quantized = storage.keep_quantized;
     use burn::tensor::TensorData;
-    use lora_tune::model::frozen::FrozenWeight;
     let fixtures = Path::new(ROOT).join("tests/fixtures/lora/smollm2");
     let mut model = lora_tune::model::load(&artifacts::smollm2(), &cpu(), storage).unwrap();
     let kept = model
@@ -655,7 +656,10 @@ fn only_adapters_receive_gradients() {
         }
     }
     assert_eq!(adapters, 2 * 7);
-    assert!(model.embed_tokens.grad(&grads).is_none());
+    let lora_tune::model::frozen::FrozenWeight::Dense(embedding) = &model.embed_tokens else {
+        panic!("an f32 checkpoint's embedding is dense");
+    };
+    assert!(embedding.grad(&grads).is_none());
     for layer in &model.layers {
         for norm in layer.norms.all() {
             assert!(norm.weight.grad(&grads).is_none());
@@ -672,7 +676,7 @@ fn a_non_finite_step_names_its_rows() {
     let out = tempfile::tempdir().unwrap();
     let mut model = fresh_model();
     // Poison the embedding: every logit, so the first step's loss, becomes NaN.
-    model.embed_tokens = model.embed_tokens.clone().mul_scalar(f32::NAN);
+    model.embed_tokens = FrozenWeight::Dense(model.embed_tokens.dense().mul_scalar(f32::NAN));
     let mut data = synthetic_dataset();
     data.sources = (1..=data.examples.len())
         .map(|line| format!("synthetic.jsonl:{line}"))
@@ -701,11 +705,13 @@ fn skip_nonfinite_skips_exactly_the_poisoned_steps() {
         .map(|i| if i / hidden == 255 { f32::NAN } else { 1.0 })
         .collect();
     let device = model.device().clone();
-    model.embed_tokens = model.embed_tokens.clone()
-        * Tensor::<2>::from_data(
-            burn::tensor::TensorData::new(mask, [vocab, hidden]),
-            &device,
-        );
+    model.embed_tokens = FrozenWeight::Dense(
+        model.embed_tokens.dense()
+            * Tensor::<2>::from_data(
+                burn::tensor::TensorData::new(mask, [vocab, hidden]),
+                &device,
+            ),
+    );
     let mut data = synthetic_dataset();
     data.examples[7].ids[3] = 255;
     data.sources = (1..=data.examples.len())

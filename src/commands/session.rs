@@ -151,6 +151,23 @@ pub fn open_model(loaded: &Loaded, memory_check: MemoryCheck) -> anyhow::Result<
                     memory::gb(weights.iter().map(|w| w.resident_bytes()).sum()),
                     memory::gb(weights.iter().map(f32_bytes).sum()),
                 );
+                if let FrozenWeight::Blocks(_) = &lm.embed_tokens {
+                    println!(
+                        "embedding{}: kept in its GGUF blocks, rows decoded per lookup{}: {} instead of {} in f32",
+                        if lm.lm_head.is_none() {
+                            " and tied head"
+                        } else {
+                            ""
+                        },
+                        if lm.lm_head.is_none() {
+                            " and chunk by chunk for the head"
+                        } else {
+                            ""
+                        },
+                        memory::gb(lm.embed_tokens.resident_bytes()),
+                        memory::gb(f32_bytes(&&lm.embed_tokens)),
+                    );
+                }
             }
             let c = &lm.config;
             println!(

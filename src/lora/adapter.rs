@@ -105,16 +105,15 @@ impl LoraAdapter {
         base: Tensor<2>,
         frozen: impl FnOnce(Tensor<2>) -> Tensor<2>,
     ) -> Tensor<2> {
+        let Some(m) = &self.magnitude else {
+            return self.add_low_rank(x, base);
+        };
         let mask = self.dropout_mask(&x);
         let x = match mask {
             Some(mask) => kernels::dropout(x, mask),
             None => x,
         };
-        // The scale multiplies the r-wide intermediate, not the out-wide result.
         let u = matmul_nt(x.clone(), self.a.clone()).mul_scalar(self.scale);
-        let Some(m) = &self.magnitude else {
-            return add_matmul_nt(base, &u, &self.b);
-        };
         let lora = matmul_nt(u, self.b.clone());
         let [n, out] = base.dims();
         let c = (m.clone() / self.dora_norm(w.clone()).detach()).expand([n, out]);
@@ -123,6 +122,17 @@ impl LoraAdapter {
             None => base.clone(),
         };
         base + ((c.clone() - 1.0) * base_dropped + c * lora)
+    }
+
+    /// LoRA without DoRA: base + s·(drop(x)·Aᵀ)·Bᵀ, which needs no W.
+    pub fn add_low_rank(&self, x: Tensor<2>, base: Tensor<2>) -> Tensor<2> {
+        let x = match self.dropout_mask(&x) {
+            Some(mask) => kernels::dropout(x, mask),
+            None => x,
+        };
+        // The scale multiplies the r-wide intermediate, not the out-wide result.
+        let u = matmul_nt(x, self.a.clone()).mul_scalar(self.scale);
+        add_matmul_nt(base, &u, &self.b)
     }
 
     /// DoRA: ‖W + s·B·A‖ of each output row, [1, out] (PEFT's `get_weight_norm`), in f32

@@ -10,8 +10,8 @@ use super::attention::{
     Attention, KvCache, LayerCache, MaskSource, QkvProjection, positions, softcap,
 };
 use super::decoder_config::{DecoderConfig, NormPlacement, QkNorm};
-use super::frozen::frozen_product_nt;
-use super::linear::{Linear, take1, take2};
+use super::frozen::FrozenWeight;
+use super::linear::{Linear, take1};
 use super::mlp::{GateUpProjection, Mlp};
 use super::norm::RmsNorm;
 use super::rope::{RopeFrequencies, RopeTables};
@@ -221,8 +221,9 @@ impl LayerInputs {
 #[derive(Debug, Clone)]
 pub struct Decoder {
     pub config: DecoderConfig,
-    /// [vocab, hidden]
-    pub embed_tokens: Tensor<2>,
+    /// [vocab, hidden]: f32, or a GGUF's blocks (`model.keep_quantized`), which the lookup
+    /// decodes row by row and the tied head chunk by chunk.
+    pub embed_tokens: FrozenWeight,
     pub layers: Vec<DecoderLayer>,
     pub norm: RmsNorm,
     /// None when tied: logits = h·Eᵀ.
@@ -353,12 +354,10 @@ impl Decoder {
                     .is_some_and(|w| w.layers[i]),
             });
         }
-        let embed_tokens = take2(
-            &mut w,
-            "model.embed_tokens.weight",
-            [c.vocab_size, hd],
+        let embed_tokens = FrozenWeight::new(
+            w.take_embedding("model.embed_tokens.weight", [c.vocab_size, hd])?,
             device,
-        )?;
+        );
         let norm = norm(&mut w, "model.norm")?;
         let lm_head = if c.tie_word_embeddings {
             w.ignore("lm_head.weight"); // some tied checkpoints store the copy anyway
@@ -386,11 +385,6 @@ impl Decoder {
             local_rope,
             device: device.clone(),
         })
-    }
-
-    /// The tied head's matrix (the embedding, [vocab, hidden]) in the head's compute dtype.
-    pub fn tied_head_weight(&self) -> Tensor<2> {
-        self.embed_tokens.clone().cast(self.compute.float())
     }
 
     /// Every linear layer with its HF module path, in the order of `LlamaConfig::linear_sites`.
@@ -457,11 +451,7 @@ impl Decoder {
         let (b, s) = (ids.len(), ids.first().map_or(0, Vec::len));
         let flat: Vec<i64> = ids.iter().flatten().map(|&t| i64::from(t)).collect();
         let flat = transfer::upload::<1, Int>(TensorData::new(flat, [b * s]), &self.device);
-        let x = self
-            .embed_tokens
-            .clone()
-            .select(0, flat)
-            .reshape([b, s, self.config.hidden_size]);
+        let x = (self.embed_tokens.rows(flat)).reshape([b, s, self.config.hidden_size]);
         match self.config.deltas.embedding_multiplier {
             1.0 => x,
             m => x.mul_scalar(m),
@@ -488,8 +478,8 @@ impl Decoder {
             None => {
                 let [b, s, hd] = x.dims();
                 let v = self.config.vocab_size;
-                let w = self.tied_head_weight();
-                frozen_product_nt(x.reshape([b * s, hd]), w, self.compute).reshape([b, s, v])
+                let x = x.reshape([b * s, hd]);
+                (self.embed_tokens.product_nt(x, self.compute)).reshape([b, s, v])
             }
         }
     }

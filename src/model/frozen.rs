@@ -87,6 +87,83 @@ impl FrozenWeight {
     }
 }
 
+/// Values a kept-quantised matrix decodes at once in its products: 2²⁴ (64 MB of f32). A larger
+/// one (a 152k-token embedding used as the head, or the head itself) is multiplied in chunks of
+/// rows decoded one at a time, so no f32 copy of it exists.
+pub const DECODED_VALUES: usize = 1 << 22;
+
+impl FrozenWeight {
+    /// The row ranges (first, count) the products decode one at a time, `values` at most: one
+    /// for a dense matrix.
+    fn chunks(&self, values: usize) -> Vec<(usize, usize)> {
+        let [rows, cols] = self.dims();
+        let per = match self {
+            Self::Dense(_) => rows,
+            Self::Blocks(_) => (values / cols.max(1)).clamp(1, rows.max(1)),
+        };
+        (0..rows)
+            .step_by(per.max(1))
+            .map(|r| (r, per.min(rows - r)))
+            .collect()
+    }
+
+    /// Rows `first..first + count` in `compute`'s dtype, decoded from blocks if kept so.
+    fn row_chunk(&self, first: usize, count: usize, compute: Dtype) -> Tensor<2> {
+        match self {
+            Self::Dense(w) => w.clone().narrow(0, first, count).cast(compute.float()),
+            Self::Blocks(b) => b.decode_rows(first, count).cast(compute.float()),
+        }
+    }
+
+    /// x·Wᵀ [n, out] of x [n, in], in `compute` ([`frozen_product_nt`]); blocks decode a chunk
+    /// of rows at a time (each output column is its own row's product).
+    pub fn product_nt(&self, x: Tensor<2>, compute: Dtype) -> Tensor<2> {
+        self.product_nt_decoding(x, compute, DECODED_VALUES)
+    }
+
+    /// [`product_nt`](Self::product_nt) decoding at most `values` at a time.
+    pub fn product_nt_decoding(&self, x: Tensor<2>, compute: Dtype, values: usize) -> Tensor<2> {
+        let chunks = self.chunks(values);
+        if chunks.len() == 1 {
+            return frozen_product_nt(x, self.in_dtype(compute), compute);
+        }
+        let parts = chunks.into_iter().map(|(first, count)| {
+            frozen_product_nt(x.clone(), self.row_chunk(first, count, compute), compute)
+        });
+        Tensor::cat(parts.collect(), 1)
+    }
+
+    /// dy·W [n, in] of dy [n, out], in `compute` ([`frozen_product`]); blocks decode a chunk of
+    /// rows at a time and the chunks' products are summed.
+    pub fn product(&self, dy: Tensor<2>, compute: Dtype) -> Tensor<2> {
+        self.product_decoding(dy, compute, DECODED_VALUES)
+    }
+
+    /// [`product`](Self::product) decoding at most `values` at a time.
+    pub fn product_decoding(&self, dy: Tensor<2>, compute: Dtype, values: usize) -> Tensor<2> {
+        let chunks = self.chunks(values);
+        if chunks.len() == 1 {
+            return frozen_product(dy, self.in_dtype(compute), compute);
+        }
+        (chunks.into_iter())
+            .map(|(first, count)| {
+                let dy = dy.clone().narrow(1, first, count);
+                frozen_product(dy, self.row_chunk(first, count, compute), compute)
+            })
+            .reduce(|a, b| a + b)
+            .expect("a matrix has rows")
+    }
+
+    /// Rows `ids` [n] of the f32 matrix, [n, in]: an embedding lookup, which for blocks
+    /// decodes only those rows.
+    pub fn rows(&self, ids: Tensor<1, Int>) -> Tensor<2> {
+        match self {
+            Self::Dense(w) => w.clone().select(0, ids).cast(FloatDType::F32),
+            Self::Blocks(b) => b.decode_selected(ids),
+        }
+    }
+}
+
 /// x·w of a frozen matrix w in `compute` (w already in that dtype, x f32) → f32. f32 through
 /// [`kernels::matmul`]; bf16/f16 as tensor cores and torch autocast compute it: both operands
 /// in the half type, products summed in f32, the result rounded to the half type — then
@@ -130,14 +207,52 @@ impl PackedBlocks {
         }
     }
 
-    /// (code + bias)·d (+ m), code k of each word at bits k·bits.
+    /// The whole matrix in f32.
     fn decode(&self) -> Tensor<2> {
-        let [rows, cols] = self.shape;
+        self.decode_parts(
+            self.words.clone(),
+            self.scales.clone(),
+            self.offsets.clone(),
+        )
+    }
+
+    /// Rows `first..first + count` in f32.
+    fn decode_rows(&self, first: usize, count: usize) -> Tensor<2> {
+        let rows = |t: Tensor<3>| t.narrow(0, first, count);
+        let words = self.words.clone().narrow(0, first, count);
+        self.decode_parts(
+            words,
+            rows(self.scales.clone()),
+            self.offsets.clone().map(rows),
+        )
+    }
+
+    /// Rows `ids` in f32.
+    fn decode_selected(&self, ids: Tensor<1, Int>) -> Tensor<2> {
+        let rows = |t: Tensor<3>| t.select(0, ids.clone());
+        let words = self.words.clone().select(0, ids.clone());
+        self.decode_parts(
+            words,
+            rows(self.scales.clone()),
+            self.offsets.clone().map(rows),
+        )
+    }
+
+    /// (code + bias)·d (+ m) of some rows' words, scales and offsets, code k of each word at
+    /// bits k·bits; every row decodes alone, so a subset of rows decodes to the same values.
+    fn decode_parts(
+        &self,
+        words: Tensor<2, Int>,
+        scales: Tensor<3>,
+        offsets: Option<Tensor<3>>,
+    ) -> Tensor<2> {
+        let [rows, _] = words.dims();
+        let cols = self.shape[1];
         let per_word = 32 / self.bits;
         let mask = (1i32 << self.bits) - 1;
         let codes: Vec<Tensor<2, Int>> = (0..per_word)
             .map(|k| {
-                self.words
+                words
                     .clone()
                     .bitwise_right_shift_scalar((k * self.bits) as i32)
                     .bitwise_and_scalar(mask)
@@ -152,9 +267,9 @@ impl PackedBlocks {
         } else {
             values.add_scalar(self.code_bias)
         };
-        let values = values * self.scales.clone().expand(blocks);
-        let values = match &self.offsets {
-            Some(m) => values + m.clone().expand(blocks),
+        let values = values * scales.expand(blocks);
+        let values = match offsets {
+            Some(m) => values + m.expand(blocks),
             None => values,
         };
         values.reshape([rows, cols])

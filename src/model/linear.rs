@@ -57,15 +57,17 @@ impl Linear {
         let [b, s, _] = x.dims();
         let [out, inp] = self.weight.dims();
         let x = x.reshape([b * s, inp]);
-        // Decoded once: a kept-quantised weight would otherwise decode again for DoRA.
-        let w = self.weight.in_dtype(self.compute);
-        let y = frozen_product_nt(x.clone(), w.clone(), self.compute); // [b·s, out]
         let y = match &self.lora {
-            Some(lora) => {
+            // DoRA reads W again: decoded once for both.
+            Some(lora) if lora.magnitude.is_some() => {
+                let w = self.weight.in_dtype(self.compute);
+                let y = frozen_product_nt(x.clone(), w.clone(), self.compute); // [b·s, out]
                 let frozen = |x| frozen_product_nt(x, w.clone(), self.compute);
                 lora.forward(x, &w, y, frozen)
             }
-            None => y,
+            // LoRA needs no W: x·Wᵀ decodes a large kept-quantised matrix chunk by chunk.
+            Some(lora) => lora.add_low_rank(x.clone(), self.weight.product_nt(x, self.compute)),
+            None => self.weight.product_nt(x, self.compute),
         };
         let y = match &self.bias {
             Some(bias) => y + bias.clone().reshape([1, out]).expand([b * s, out]),

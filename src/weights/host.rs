@@ -117,6 +117,20 @@ impl HostTensors {
         }
     }
 
+    /// A token embedding: kept in its blocks when it was read so (`model.keep_quantized`), else
+    /// f32 — `model.dtype` and `model.quantize` are for the linear layers.
+    pub fn take_embedding(
+        &mut self,
+        name: &str,
+        shape: [usize; 2],
+    ) -> Result<FrozenMatrix, WeightsError> {
+        match self.blocks.remove(name) {
+            Some(b) if [b.rows, b.cols] == shape => Ok(FrozenMatrix::Blocks(b)),
+            Some(b) => Err(self.wrong_shape(name, &[b.rows, b.cols], &shape)),
+            None => Ok(FrozenMatrix::Dense(self.take(name, &shape)?, Dtype::F32)),
+        }
+    }
+
     /// Dense frozen matrices other than the LM head are quantised into `format`'s blocks.
     pub fn quantizing_frozen(self, quantize: Option<BlockFormat>) -> Self {
         Self { quantize, ..self }

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use lora_tune::data::batch::{Batch, IGNORE};
 use lora_tune::data::encode::Encoded;
 use lora_tune::device::{DeviceChoice, select};
@@ -200,7 +200,7 @@ pub fn assert_ten_steps_equal_peft_run(
         .iter()
         .map(|(_, l)| values(&l.weight.dense()))
         .collect();
-    let embed_before = values(&model.embed_tokens);
+    let embed_before = values(&model.embed_tokens.dense());
 
     let batches = train_batches();
     let trajectory: Vec<serde_json::Value> = json(&fixtures.join("trajectory.json"));
@@ -267,7 +267,7 @@ pub fn assert_ten_steps_equal_peft_run(
         .collect();
     assert!(base_before == base_after, "a frozen base weight changed");
     assert!(
-        embed_before == values(&model.embed_tokens),
+        embed_before == values(&model.embed_tokens.dense()),
         "the embedding changed"
     );
 }
@@ -364,6 +364,44 @@ pub fn assert_packed_blocks_decode_like_gguf_py(device: &Device) {
                 decoded[i].to_bits(),
                 *w,
                 "{name}[{i}] decoded on the device"
+            );
+        }
+        // An embedding lookup decodes only the rows asked for (any order, repeats).
+        let ids: Vec<i64> = (0..rows as i64).rev().chain([0, 0]).collect();
+        let picked = Tensor::<1, Int>::from_data(TensorData::new(ids.clone(), [ids.len()]), device);
+        let picked = weight.rows(picked).into_data().try_to_vec::<f32>().unwrap();
+        for (k, &row) in ids.iter().enumerate() {
+            let (got, want) = (
+                &picked[k * cols..][..cols],
+                &want[row as usize * cols..][..cols],
+            );
+            assert!(
+                got.iter().zip(want).all(|(g, w)| g.to_bits() == *w),
+                "{name}: row {row} looked up"
+            );
+        }
+        // Products decoding one row at a time equal the whole matrix's.
+        let dense = weight.dense();
+        let x = Tensor::<2>::random([3, cols], Distribution::Normal(0.0, 1.0), device);
+        let dy = Tensor::<2>::random([3, rows], Distribution::Normal(0.0, 1.0), device);
+        let f32_ = lora_tune::dtype::Dtype::F32;
+        for (what, got, want) in [
+            (
+                "x·Wᵀ",
+                weight.product_nt_decoding(x.clone(), f32_, cols),
+                x.matmul(dense.clone().transpose()),
+            ),
+            (
+                "dy·W",
+                weight.product_decoding(dy.clone(), f32_, cols),
+                dy.matmul(dense),
+            ),
+        ] {
+            let worst: f32 = (got - want.clone()).abs().max().into_scalar();
+            let scale: f32 = want.abs().max().into_scalar();
+            assert!(
+                worst <= 1e-6 * scale,
+                "{name}: {what} by rows off by {worst} of {scale}"
             );
         }
     }

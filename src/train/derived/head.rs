@@ -8,7 +8,6 @@ use super::linear::{self, FactorGradients};
 use super::ops::{rms_norm_backward, softcap_derivative};
 use crate::model::attention::softcap;
 use crate::model::decoder::Decoder;
-use crate::model::frozen::{frozen_product, frozen_product_nt};
 use crate::train::autograd::Seed;
 use crate::train::cross_entropy::nll_sum_and_gradient;
 use crate::train::{TrainError, scalar};
@@ -47,10 +46,7 @@ pub fn backward(
                 let (logits, tape) = linear::forward(head, normed);
                 (logits, Some(tape))
             }
-            None => (
-                frozen_product_nt(normed, model.tied_head_weight(), model.compute),
-                None,
-            ),
+            None => (model.embed_tokens.product_nt(normed, model.compute), None),
         };
         let logits = if scaling == 1.0 {
             logits
@@ -77,7 +73,7 @@ pub fn backward(
                 pass.adapter = linear::add(pass.adapter, grads);
                 dnormed
             }
-            _ => frozen_product(dlogits, model.tied_head_weight(), model.compute),
+            _ => model.embed_tokens.product(dlogits, model.compute),
         };
         let drows = rms_norm_backward(&model.norm, rows, dnormed);
         pass.dx = pass.dx.select_assign(0, at, drows, IndexingUpdateOp::Add);

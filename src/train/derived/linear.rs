@@ -56,8 +56,14 @@ pub fn forward(linear: &Linear, x: Tensor<2>) -> (Tensor<2>, LinearTape) {
         Some(bias) => y + bias.clone().reshape([1, out]).expand([n, out]),
         None => y,
     };
-    let w = linear.weight.in_dtype(linear.compute); // decoded once for every use below
-    let base = frozen_product_nt(x.clone(), w.clone(), linear.compute);
+    // DoRA multiplies by W up to three times: decoded once for them all. Otherwise the one
+    // product decodes it (a large kept-quantised matrix a chunk of rows at a time).
+    let dora = linear.lora.as_ref().is_some_and(|l| l.magnitude.is_some());
+    let w = dora.then(|| linear.weight.in_dtype(linear.compute));
+    let base = match &w {
+        Some(w) => frozen_product_nt(x.clone(), w.clone(), linear.compute),
+        None => linear.weight.product_nt(x.clone(), linear.compute),
+    };
     let Some(lora) = &linear.lora else {
         return (with_bias(base), LinearTape { x, adapter: None });
     };
@@ -71,6 +77,7 @@ pub fn forward(linear: &Linear, x: Tensor<2>) -> (Tensor<2>, LinearTape) {
         None => (add_matmul_nt(base, &u, &lora.b), None),
         Some(m) => {
             let lora_out = matmul_nt(u.clone(), lora.b.clone());
+            let w = w.expect("decoded for DoRA above");
             let norm = lora.dora_norm(w.clone());
             let c = m.clone() / norm.clone();
             let wide = c.clone().expand([n, out]);
@@ -106,12 +113,14 @@ pub fn backward_if(
     with_dx: bool,
 ) -> (Option<Tensor<2>>, Option<FactorGradients>) {
     let (Some(lora), Some(adapter)) = (&linear.lora, tape.adapter) else {
-        let dx = with_dx
-            .then(|| frozen_product(dy, linear.weight.in_dtype(linear.compute), linear.compute));
+        let dx = with_dx.then(|| linear.weight.product(dy, linear.compute));
         return (dx, None);
     };
-    // Decoded once, and only when something multiplies by it.
-    let w = (with_dx || adapter.dora.is_some()).then(|| linear.weight.in_dtype(linear.compute));
+    // DoRA's products share one decoding; LoRA's one product decodes as it goes.
+    let w = adapter
+        .dora
+        .is_some()
+        .then(|| linear.weight.in_dtype(linear.compute));
     let w = || w.clone().expect("decoded above");
     let [n, out] = dy.dims();
     let mask = adapter.mask;
@@ -124,7 +133,7 @@ pub fn backward_if(
         None => (
             dy.clone(),
             None,
-            with_dx.then(|| frozen_product(dy, w(), linear.compute)),
+            with_dx.then(|| linear.weight.product(dy, linear.compute)),
         ),
         Some([norm, c]) => {
             let wide = c.clone().expand([n, out]);
