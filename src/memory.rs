@@ -10,8 +10,9 @@
 //! The buffer counts are those of the hand-derived step's tape (`train::derived::layer`), per
 //! token and layer: 8 hidden-sized f32 buffers (the layer's input and the residual after
 //! attention, the two norms' outputs, q after RoPE, k and v repeated to every head, the
-//! attention output) and 3 MLP-sized ones (gate, up, the product) — LoRA dropout masks are not
-//! kept, backward draws them again from their stream state; one
+//! attention output) and 2 MLP-sized ones (gate and up; down's input act(gate)·up is
+//! recomputed from them in backward) — LoRA dropout masks are not kept, backward draws them
+//! again from their stream state; one
 //! score-sized buffer per layer and head (the softmax); and per scored position of the head's
 //! chunk 2 vocabulary-sized ones on flex (the logits with the cross-entropy's gradient written
 //! over them, `kernels::nll_and_gradient`, and the scaled gradient), 4 with the generic ops a
@@ -49,7 +50,7 @@ pub const LOGIT_CHUNK: usize = 256;
 
 const F32: u64 = 4;
 const HIDDEN_BUFFERS: u64 = 8;
-const MLP_BUFFERS: u64 = 3;
+const MLP_BUFFERS: u64 = 2;
 const SCORE_BUFFERS: u64 = 1;
 /// A layer's backward also holds the softmax's two gradients (dP, dS) for a moment.
 const BACKWARD_SCORE_BUFFERS: u64 = 2;

@@ -19,6 +19,8 @@ pub type EncoderGradients = [Option<FactorGradients>; 6];
 pub struct EncoderTape {
     projections: [LinearTape; 6],
     core: AttentionCore,
+    /// The attention's output [b·s, h] (the attention-output projection's input).
+    context: Tensor<2>,
     /// The two LayerNorms' inputs (attention output + x, feed-forward output + its input).
     norm_inputs: [Tensor<2>; 2],
     /// The intermediate projection's output, before GELU, and Φ of it.
@@ -43,7 +45,7 @@ pub fn forward(
     let (q, k, v) = (heads(q).mul_scalar(scale), heads(k), heads(v));
     let (context, core) = attention::forward(q, k, v, Mask::Whole(padding), masked, None, false);
     let context = context.swap_dims(1, 2).reshape([b * s, h]);
-    let (attended, ao_tape) = linear::forward(&layer.attention_output, context);
+    let (attended, ao_tape) = linear::forward(&layer.attention_output, context.clone());
     let first = attended + x;
     let a = layer.attention_norm.forward_rows(first.clone());
     let (intermediate, i_tape) = linear::forward(&layer.intermediate, a.clone());
@@ -54,6 +56,7 @@ pub fn forward(
     let tape = EncoderTape {
         projections: [q_tape, k_tape, v_tape, ao_tape, i_tape, o_tape],
         core,
+        context,
         norm_inputs: [first, second],
         intermediate,
         cdf,
@@ -79,7 +82,7 @@ pub fn backward(
     let dintermediate = dactivated * gelu_derivative(tape.intermediate, tape.cdf);
     let (da, intermediate) = linear::backward(&layer.intermediate, i_tape, dintermediate);
     let dfirst = layer_norm_backward(&layer.attention_norm, first, da + dsecond);
-    let context = ao_tape.input();
+    let context = tape.context;
     let (dcontext, attention_output) =
         linear::backward(&layer.attention_output, ao_tape, dfirst.clone());
     let heads = |t: Tensor<2>| t.reshape([b, s, n, d]).swap_dims(1, 2);

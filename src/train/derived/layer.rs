@@ -53,6 +53,8 @@ struct AttentionTape {
     /// q, k, v's projections (one when fused), then o's.
     qkv: Vec<LinearTape>,
     o: LinearTape,
+    /// The attention's output [b·s, h·d] (o's input).
+    out: Tensor<2>,
     /// The q and k norms' inputs, rows as the norm sees them.
     qk_norm_inputs: [Option<Tensor<2>>; 2],
     /// After RoPE, k and v repeated to every query head.
@@ -176,10 +178,11 @@ fn attention_forward(
     let mask = Mask::Source(inputs.mask_of(layer));
     let (out, core) = attention::forward(q, k, v, mask, masked, attn.softcap, true);
     let out = out.swap_dims(1, 2).reshape([b * s, h * d]);
-    let (y, o_tape) = linear::forward(&attn.o_proj, out);
+    let (y, o_tape) = linear::forward(&attn.o_proj, out.clone());
     let tape = AttentionTape {
         qkv: qkv_tapes,
         o: o_tape,
+        out,
         qk_norm_inputs: [q_rows, k_rows],
         core,
     };
@@ -196,9 +199,8 @@ fn attention_backward(
 ) -> (Option<Tensor<2>>, AttentionGradients) {
     let attn = &layer.self_attn;
     let (h, kv, d) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
-    let o_tape = tape.o;
-    let out = o_tape.input();
-    let (dout, o) = linear::backward(&attn.o_proj, o_tape, dy);
+    let out = tape.out;
+    let (dout, o) = linear::backward(&attn.o_proj, tape.o, dy);
     let heads = |t: Tensor<2>| t.reshape([b, s, h, d]).swap_dims(1, 2); // [b, h, s, d]
     let (dq, dk, dv) = attention::backward(
         tape.core,
@@ -338,10 +340,13 @@ fn mlp_forward(mlp: &Mlp, x: Tensor<2>) -> (Tensor<2>, MlpTape) {
             (y.clone().narrow(1, 0, w), y.narrow(1, w, w), vec![tape])
         }
     };
+    // down's input act(gate)·up is recomputed from gate and up (kept for the activation's
+    // backward anyway) rather than kept: one intermediate-sized buffer per token less.
     let (y, down) = linear::forward(
         &mlp.down_proj,
         mlp.activation.gated(gate.clone(), up.clone()),
     );
+    let down = down.forget_input();
     let tape = MlpTape {
         gate_up,
         down,
@@ -361,7 +366,14 @@ fn mlp_backward(
     Tensor<2>,
     (Vec<Option<FactorGradients>>, Option<FactorGradients>),
 ) {
-    let (dhidden, down) = linear::backward(&mlp.down_proj, tape.down, dy);
+    let down = match tape.down.needs_input() {
+        true => {
+            let act = mlp.activation.gated(tape.gate.clone(), tape.up.clone());
+            tape.down.with_input(act)
+        }
+        false => tape.down,
+    };
+    let (dhidden, down) = linear::backward(&mlp.down_proj, down, dy);
     let fused = match mlp.activation {
         Activation::Silu => kernels::silu_gate_backward(&tape.gate, &tape.up, &dhidden),
         _ => None,

@@ -17,8 +17,10 @@ use crate::model::linear::Linear;
 /// What a linear layer's backward needs from its forward.
 #[derive(Debug, Clone)]
 pub struct LinearTape {
-    /// The input [n, in] (a handle shared with the other layers reading it).
-    x: Tensor<2>,
+    /// The input [n, in] (a handle shared with the other layers reading it), kept only where
+    /// an adapter's gradients need it: a frozen layer's input gradient is dy·W alone. None
+    /// also where the caller recomputes it for backward ([`LinearTape::forget_input`]).
+    x: Option<Tensor<2>>,
     adapter: Option<AdapterTape>,
 }
 
@@ -65,7 +67,11 @@ pub fn forward(linear: &Linear, x: Tensor<2>) -> (Tensor<2>, LinearTape) {
         None => linear.weight.product_nt(x.clone(), linear.compute),
     };
     let Some(lora) = &linear.lora else {
-        return (with_bias(base), LinearTape { x, adapter: None });
+        let tape = LinearTape {
+            x: None,
+            adapter: None,
+        };
+        return (with_bias(base), tape);
     };
     let mask = lora.dropout_mask(&x);
     let dropped = match mask {
@@ -91,7 +97,13 @@ pub fn forward(linear: &Linear, x: Tensor<2>) -> (Tensor<2>, LinearTape) {
         }
     };
     let adapter = Some(AdapterTape { u, mask, dora });
-    (with_bias(y), LinearTape { x, adapter })
+    (
+        with_bias(y),
+        LinearTape {
+            x: Some(x),
+            adapter,
+        },
+    )
 }
 
 /// dy [n, out] → the input gradient [n, in] and the adapter's gradients.
@@ -124,9 +136,10 @@ pub fn backward_if(
     let w = || w.clone().expect("decoded above");
     let [n, out] = dy.dims();
     let mask = adapter.mask;
+    let x = tape.x.expect("an adapted layer's tape holds its input");
     let dropped = match mask {
-        Some(m) => kernels::dropout(tape.x, m),
-        None => tape.x,
+        Some(m) => kernels::dropout(x, m),
+        None => x,
     };
     // DoRA: the adapter sees c·dy; m its own gradient; the base path its share.
     let (g, dm, base_dx) = match &adapter.dora {
@@ -168,8 +181,19 @@ pub fn backward_if(
 }
 
 impl LinearTape {
-    /// The layer's input [n, in].
-    pub fn input(&self) -> Tensor<2> {
-        self.x.clone()
+    /// The tape without the layer's input, for a caller that recomputes it more cheaply than
+    /// it keeps it; [`with_input`](Self::with_input) gives it back before backward.
+    pub fn forget_input(self) -> Self {
+        Self { x: None, ..self }
+    }
+
+    /// Whether backward needs the input back ([`with_input`](Self::with_input)).
+    pub fn needs_input(&self) -> bool {
+        self.adapter.is_some()
+    }
+
+    /// The tape with its input [n, in] given back.
+    pub fn with_input(self, x: Tensor<2>) -> Self {
+        Self { x: Some(x), ..self }
     }
 }
