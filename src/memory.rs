@@ -8,9 +8,9 @@
 //!        tokens T = B·S (hidden- and MLP-sized) and with B·H·S² (attention scores), then the
 //!        logits over the vocabulary at one chunk of labelled positions.
 //! The buffer counts are those of the hand-derived step's tape (`train::derived::layer`), per
-//! token and layer: 8 hidden-sized f32 buffers (the layer's input and the residual after
-//! attention, the two norms' outputs, q after RoPE, k and v repeated to every head, the
-//! attention output) and 2 MLP-sized ones (gate and up; down's input act(gate)·up is
+//! token and layer: 6 hidden-sized f32 buffers (the layer's input and the residual after
+//! attention, the two norms' outputs, q after RoPE, the attention output), k and v after RoPE
+//! once per key/value head (not repeated to every query head) and 2 MLP-sized ones (gate and up; down's input act(gate)·up is
 //! recomputed from them in backward) — LoRA dropout masks are not kept, backward draws them
 //! again from their stream state; one
 //! score-sized buffer per layer and head (the softmax); and per scored position of the head's
@@ -49,7 +49,7 @@ use crate::weights::quantize::for_rows_of;
 pub const LOGIT_CHUNK: usize = 256;
 
 const F32: u64 = 4;
-const HIDDEN_BUFFERS: u64 = 8;
+const HIDDEN_BUFFERS: u64 = 6;
 const MLP_BUFFERS: u64 = 2;
 const SCORE_BUFFERS: u64 = 1;
 /// A layer's backward also holds the softmax's two gradients (dP, dS) for a moment.
@@ -103,7 +103,10 @@ impl MemoryEstimate {
         let layers = config.num_hidden_layers as u64;
         // Two of the hidden-sized buffers are norm inputs; Gemma's sandwich norms keep four.
         let sandwich = u64::from(config.deltas.norms == NormPlacement::Sandwich);
+        // k and v after RoPE, once per key/value head.
+        let kv = (2 * config.num_key_value_heads * config.head_dim) as u64;
         let per_token_layer = (HIDDEN_BUFFERS + 2 * sandwich) * config.hidden_size as u64
+            + kv
             + MLP_BUFFERS * config.intermediate_size as u64;
         let score = b * config.num_attention_heads as u64 * s * s;
         // A soft cap keeps its slope at every score beside the probabilities.

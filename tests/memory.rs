@@ -24,11 +24,13 @@ fn the_estimate_counts_weights_adapters_activations_and_logits() {
     let e = MemoryEstimate::training(&config, 7_424, shape, true);
     assert_eq!(e.weights, 94_528 * 4);
     assert_eq!(e.adapters, 4 * 7_424 * 4); // parameters, gradients, two AdamW moments
-    // Per layer: T = 128 tokens × (8·64 + 2·96) floats (gate and up; down's input is recomputed), plus one score buffer of 2·4·64·64.
+    // Per layer: T = 128 tokens × (6·64 + 2·2·16 + 2·96) floats (six hidden-sized buffers, k
+    // and v once per key/value head, gate and up: down's input is recomputed), plus one score
+    // buffer of 2·4·64·64.
     // Dropout masks are drawn again in backward, not kept.
     assert_eq!(
         e.activations,
-        2 * (128 * (8 * 64 + 2 * 96) + 2 * 4 * 64 * 64) * 4
+        2 * (128 * (6 * 64 + 2 * 2 * 16 + 2 * 96) + 2 * 4 * 64 * 64) * 4
     );
     // Logits only where a label follows: 100 of the 128 positions; on flex 2 vocabulary-sized
     // buffers per position (the gradient written over the logits, then scaled), 4 with a GPU's
@@ -36,9 +38,9 @@ fn the_estimate_counts_weights_adapters_activations_and_logits() {
     assert_eq!(e.logits, 2 * 100 * 256 * 4);
     let on_gpu = MemoryEstimate::training(&config, 7_424, shape, false);
     assert_eq!(on_gpu.logits, 4 * 100 * 256 * 4);
-    assert_eq!(e.total(), 1_684_736);
+    assert_eq!(e.total(), 1_619_200);
     assert!(
-        e.render(shape).starts_with("1.7 MB (weights 0.4 MB"),
+        e.render(shape).starts_with("1.6 MB (weights 0.4 MB"),
         "{}",
         e.render(shape)
     );
@@ -57,7 +59,7 @@ fn the_estimate_counts_weights_adapters_activations_and_logits() {
     );
     assert_eq!(
         long.activations,
-        2 * (256 * (8 * 64 + 2 * 96) + 2 * 4 * 128 * 128) * 4
+        2 * (256 * (6 * 64 + 2 * 2 * 16 + 2 * 96) + 2 * 4 * 128 * 128) * 4
     );
     // The head's logits are computed 256 labelled positions at a time.
     let many = MemoryEstimate::training(
@@ -80,7 +82,7 @@ fn the_estimate_counts_weights_adapters_activations_and_logits() {
     let checkpointed = MemoryEstimate::training(&config, 7_424, recomputing, true);
     assert_eq!(checkpointed.activations, 2 * 128 * 64 * 4);
     // The tape plus the softmax backward's two score-sized gradients.
-    let one_layer = (128 * (8 * 64 + 2 * 96) + 3 * 2 * 4 * 64 * 64) * 4;
+    let one_layer = (128 * (6 * 64 + 2 * 2 * 16 + 2 * 96) + 3 * 2 * 4 * 64 * 64) * 4;
     assert_eq!(checkpointed.recomputed_layer, one_layer);
     assert_eq!(checkpointed.logits, e.logits); // 100 labelled positions: one chunk
     assert_eq!(

@@ -62,11 +62,40 @@ impl Mask<'_> {
 
 #[derive(Debug, Clone)]
 pub struct AttentionCore {
-    /// [b, h, s, d] / [b, h, t, d]: q times the scale, k and v (one per query head).
+    /// [b, h, s, d] / [b, h / group, t, d]: q times the scale, k and v (one per query head, or
+    /// one per key/value head with [`AttentionCore::sharing_kv`]).
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
+    /// Query heads reading each kept key/value head: 1 unless the core shares them.
+    group: usize,
     kept: Kept,
+}
+
+impl AttentionCore {
+    /// The core keeping k and v once per key/value head, [b, kv, t, d] (after RoPE), instead of
+    /// repeated to each query head: grouped-query attention keeps h / kv times less of them,
+    /// and backward repeats them again. Query head i reads key/value head i / (h / kv).
+    pub fn sharing_kv(self, k: Tensor<4>, v: Tensor<4>) -> Self {
+        let group = self.k.dims()[1] / k.dims()[1];
+        Self {
+            k,
+            v,
+            group,
+            ..self
+        }
+    }
+}
+
+/// [b, kv, t, d] → [b, kv·group, t, d], each head repeated `group` times in place (HF's repeat_kv).
+pub fn repeat_heads(t: Tensor<4>, group: usize) -> Tensor<4> {
+    if group == 1 {
+        return t;
+    }
+    let [b, kv, n, d] = t.dims();
+    t.unsqueeze_dim::<5>(2)
+        .expand([b, kv, group, n, d])
+        .reshape([b, kv * group, n, d])
 }
 
 #[derive(Debug, Clone)]
@@ -131,7 +160,16 @@ pub fn forward_materialised(
         probs,
         softcap_slope,
     };
-    (out, AttentionCore { q, k, v, kept })
+    (
+        out,
+        AttentionCore {
+            q,
+            k,
+            v,
+            group: 1,
+            kept,
+        },
+    )
 }
 
 /// The tiled layout (no soft cap): O and each row's softmax statistics kept.
@@ -163,7 +201,14 @@ pub fn forward_tiled(
         masked,
         causal,
     };
-    (Tensor::cat(outs, 2), AttentionCore { q, k, v, kept })
+    let core = AttentionCore {
+        q,
+        k,
+        v,
+        group: 1,
+        kept,
+    };
+    (Tensor::cat(outs, 2), core)
 }
 
 /// One tile: query rows `start..start + rows`, reading keys `0..keys`.
@@ -221,7 +266,14 @@ pub fn backward(
     out: Tensor<4>,
     mask: Mask,
 ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
-    let AttentionCore { q, k, v, kept } = core;
+    let AttentionCore {
+        q,
+        k,
+        v,
+        group,
+        kept,
+    } = core;
+    let (k, v) = (repeat_heads(k, group), repeat_heads(v, group));
     let [b, h, s, _] = q.dims();
     let rows = (dout.clone() * out).sum_dim(3); // D = Σ_d dO⊙O [b, h, s, 1]
     let (probs, softcap_slope) = match kept {

@@ -6,7 +6,7 @@
 
 use burn::tensor::Tensor;
 
-use super::attention::{self, AttentionCore, Mask};
+use super::attention::{self, AttentionCore, Mask, repeat_heads};
 use super::linear::{self, FactorGradients, LinearTape};
 use super::ops::{activation_and_derivative, rms_norm_backward, rope_backward};
 use crate::data::batch::Batch;
@@ -165,18 +165,17 @@ fn attention_forward(
     let (q, q_rows) = qk_norm(attn, &attn.q_norm, q, h);
     let (k, k_rows) = qk_norm(attn, &attn.k_norm, k, kv);
     let heads = |t: Tensor<2>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2);
-    // repeat_kv: query head i reads key/value head i / (h / kv), as HF orders them.
-    let repeat = |t: Tensor<4>| {
-        t.unsqueeze_dim::<5>(2)
-            .expand([b, kv, h / kv, s, d])
-            .reshape([b, h, s, d])
-    };
     let rope = inputs.rope_of(layer);
     let q = rope.apply(heads(q, h)).mul_scalar(attn.scale);
-    let k = repeat(rope.apply(heads(k, kv)));
-    let v = repeat(heads(v, kv));
+    let (k, v) = (rope.apply(heads(k, kv)), heads(v, kv));
+    // repeat_kv: query head i reads key/value head i / (h / kv), as HF orders them.
+    let (k_all, v_all) = (
+        repeat_heads(k.clone(), h / kv),
+        repeat_heads(v.clone(), h / kv),
+    );
     let mask = Mask::Source(inputs.mask_of(layer));
-    let (out, core) = attention::forward(q, k, v, mask, masked, attn.softcap, true);
+    let (out, core) = attention::forward(q, k_all, v_all, mask, masked, attn.softcap, true);
+    let core = core.sharing_kv(k, v); // the tape keeps k and v once per key/value head
     let out = out.swap_dims(1, 2).reshape([b * s, h * d]);
     let (y, o_tape) = linear::forward(&attn.o_proj, out.clone());
     let tape = AttentionTape {
