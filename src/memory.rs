@@ -17,8 +17,8 @@
 //! chunk 2 vocabulary-sized ones on flex (the logits with the cross-entropy's gradient written
 //! over them, `kernels::nll_and_gradient`, and the scaled gradient), 4 with the generic ops a
 //! GPU runs (the logits, their exp, the probabilities, the gradient). On SmolLM2-135M on the
-//! flex backend they predict the peak RSS within −3 % … 0 % from 1x128 to 4x512
-//! (`benches/memory.sh`, BENCHMARKS.md).
+//! flex backend they predict the peak RSS within −3 % … −1.5 % at 4x256, 1x1024 and 2x512
+//! (`benches/memory.sh`, BENCHMARKS.md, 2026-12-04).
 //!
 //! With gradient checkpointing backward keeps each layer's input (one hidden-sized buffer per
 //! token and layer) and then holds either the logits of one chunk of labelled positions or one
