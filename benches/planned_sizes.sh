@@ -3,9 +3,10 @@
 # with and without gradient checkpointing, on models with their shapes and no weights
 # (benches/shaped_model.py: sparse files, so nothing is downloaded or stored). LoRA r=16 on
 # every linear layer, packed support-ticket chats in 2×256 micro-batches (the issue #35 shape);
-# QUANTIZE=q4_k plans the base quantised at load. One line per size and mode; "GPU" is plan's
+# QUANTIZE=q4_k plans the layers' linears quantised at load, QEMB=q6_k the embedding and an
+# untied head too. One line per size and mode; "GPU" is plan's
 # device estimate, "CPU" its host one.
-# Usage: [QUANTIZE=q4_k] [TARGETS='"all-linear"'] [SHAPE=2:256] benches/planned_sizes.sh [0.5b 1.5b 7b]
+# Usage: [QUANTIZE=q4_k] [QEMB=q6_k] [TARGETS='"all-linear"'] [SHAPE=2:256] benches/planned_sizes.sh [0.5b 1.5b 7b]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${BIN:-$root/target/release/lora-tune}
@@ -21,6 +22,7 @@ for size in "${sizes[@]}"; do
 [model]
 source = "$work/$size"
 $([ -n "${QUANTIZE:-}" ] && echo "quantize = \"$QUANTIZE\"")
+$([ -n "${QEMB:-}" ] && echo "quantize_embeddings = \"$QEMB\"")
 [lora]
 rank = 16
 alpha = 32

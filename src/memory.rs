@@ -340,6 +340,7 @@ pub fn frozen_base_bytes(
     if storage == BaseStorage::default() {
         return unchanged;
     }
+    let vocab_values = (config.vocab_size * config.hidden_size) as u64;
     let sites = config.linear_sites();
     let bytes = |s: &LinearSite| (s.in_features * s.out_features * 4) as u64;
     let linear: Vec<&LinearSite> = sites
@@ -368,6 +369,33 @@ pub fn frozen_base_bytes(
         },
         _ => (0, 0),
     };
+    // `model.quantize_embeddings` packs the embedding (unless the GGUF keeps it) and an untied
+    // head (unless the GGUF keeps it: then it is among `kept_f32`).
+    let head_kept = kept_f32 > 0 && !config.tie_word_embeddings && {
+        let head = |s: &&&LinearSite| s.layer.is_none();
+        let head_bytes: u64 = linear.iter().filter(head).map(|s| bytes(s)).sum();
+        match files {
+            ModelFiles::Gguf(path) => GgufFile::open(path)
+                .map(|f| blocks::kept_bytes(&f, |n| n == "lm_head.weight").0 == head_bytes)
+                .unwrap_or(false),
+            _ => false,
+        }
+    };
+    let (embedding_f32, embedding_packed, head_f32, head_packed) = match storage.quantize_embeddings
+    {
+        Some(format) => {
+            let packed = for_rows_of(format, config.hidden_size).packed_bytes(vocab_values);
+            let (e_f32, e_packed) = match embedding_f32 {
+                0 => (vocab_values * 4, packed),
+                _ => (embedding_f32, embedding_packed),
+            };
+            match config.tie_word_embeddings || head_kept {
+                true => (e_f32, e_packed, 0, 0),
+                false => (e_f32, e_packed, vocab_values * 4, packed),
+            }
+        }
+        None => (embedding_f32, embedding_packed, 0, 0),
+    };
     // `model.quantize` packs the layers' linears a GGUF does not already keep packed.
     let layer_f32: u64 = linear
         .iter()
@@ -390,26 +418,33 @@ pub fn frozen_base_bytes(
         None => (0, 0),
     };
     let (kept_f32, kept_packed) = (kept_f32 + quantized_f32, kept_packed + quantized_packed);
-    let dense_f32 = linear_f32 - kept_f32;
+    let dense_f32 = linear_f32 - kept_f32 - head_f32;
     let dense = match storage.dense {
         Dtype::F32 => dense_f32,
         Dtype::Bf16 | Dtype::F16 => dense_f32 / 2,
     };
-    if dense == dense_f32 && kept_f32 == 0 && embedding_f32 == 0 {
+    if dense == dense_f32 && kept_f32 + head_f32 + embedding_f32 == 0 {
         return unchanged; // nothing is stored differently
     }
     let one_layer: u64 = sites.iter().filter(|s| s.layer == Some(0)).map(bytes).sum();
-    // Blocks decode for a product at most `DECODED_VALUES` at a time; a kept embedding used as
-    // the head holds two such chunks' decoding on top (measured on SmolLM2's Q8_0 one).
+    // Blocks decode for a product at most `DECODED_VALUES` at a time.
     let chunk = 4 * crate::model::frozen::DECODED_VALUES as u64;
     let largest = (linear.iter().map(|s| bytes(s)).max().unwrap_or(0)).min(chunk);
-    let tied_decoding = match config.tie_word_embeddings {
-        true => 2 * embedding_f32.min(chunk),
+    let (kept_f32, kept_packed) = (kept_f32 + head_f32, kept_packed + head_packed);
+    // The head in blocks (the tied embedding, or an untied head kept or quantised) decodes
+    // chunk by chunk for the logits: two chunks' decoding on top (measured with SmolLM2's kept
+    // Q8_0 embedding).
+    let head_in_blocks = match config.tie_word_embeddings {
+        true => embedding_f32 > 0,
+        false => head_kept || head_f32 > 0,
+    };
+    let head_decoding = match head_in_blocks {
+        true => 2 * (vocab_values * 4).min(chunk),
         false => 0,
     };
     BaseBytes {
         stored: f32_bytes - linear_f32 + kept_packed + dense - embedding_f32 + embedding_packed,
-        widening: one_layer + 2 * largest + tied_decoding,
+        widening: one_layer + 2 * largest + head_decoding,
         blocks: kept_f32 + embedding_f32 > 0,
         loading: match storage.dense {
             Dtype::F32 => 0,

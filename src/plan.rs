@@ -39,6 +39,7 @@ pub struct Plan {
     pub compute_dtype: ComputeDtype,
     pub keep_quantized: bool,
     pub quantize: Option<BlockFormat>,
+    pub quantize_embeddings: Option<BlockFormat>,
     pub task: Task,
     pub pooling: Pooling,
     pub lora: LoraSection,
@@ -58,6 +59,7 @@ impl Plan {
         BaseStorage {
             keep_quantized: self.keep_quantized,
             quantize: self.quantize,
+            quantize_embeddings: self.quantize_embeddings,
             // Products in a half type take their weights in it, stored so from the load on.
             dense: self.compute_dtype.half().unwrap_or(self.dtype),
         }
@@ -374,6 +376,11 @@ impl Plan {
                 "is for causal-LM decoders; drop it for a classifier",
             )?;
             check(
+                recipe.model.quantize_embeddings.is_none(),
+                "model.quantize_embeddings",
+                "is for causal-LM decoders; drop it for a classifier",
+            )?;
+            check(
                 export.formats.iter().all(|f| *f == ExportFormat::Peft),
                 "export.formats",
                 r#"a classifier exports "peft" only (GGUF LoRA and merged models are for causal LMs)"#,
@@ -439,6 +446,7 @@ impl Plan {
             compute_dtype: compute,
             keep_quantized: recipe.model.keep_quantized,
             quantize: recipe.model.quantize.map(|q| q.format()),
+            quantize_embeddings: recipe.model.quantize_embeddings.map(|q| q.format()),
             task: recipe.model.task,
             pooling: recipe.model.pooling,
             lora,

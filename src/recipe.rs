@@ -63,6 +63,13 @@ pub struct ModelSection {
     /// they are. Default: none.
     #[serde(default)]
     pub quantize: Option<Quantize>,
+    /// Quantise the token embedding (and so a tied head) and an untied LM head at load into
+    /// these blocks too (any `model.quantize` format; llama.cpp's Q4_K_M files hold them in
+    /// q4_k / q6_k): the lookup decodes only the batch's rows, the head a chunk of rows at a
+    /// time. What a GGUF already keeps in blocks (`keep_quantized`) stays as it is. Default: none
+    /// (f32, as QLoRA keeps them).
+    #[serde(default)]
+    pub quantize_embeddings: Option<Quantize>,
     /// `causal-lm` (default: next-token loss on the labelled tokens) or `classification`
     /// (a linear head over the labels of `data.format = "classification"` rows).
     #[serde(default)]

@@ -147,6 +147,74 @@ fn real_smollm2_embedding_and_tied_head_stay_in_their_blocks() {
     assert!(worst <= 1e-6 * scale, "logits off by {worst} of {scale}");
 }
 
+/// `model.quantize_embeddings`: the tiny Llama's f32 embedding and untied head are quantised at
+/// load (64-value rows: whole Q8_0 blocks, and Q4_K's llama.cpp fallback Q5_0) and hold exactly
+/// what quantising and dequantising them on the host gives; the logits stay within the format's
+/// rounding of the f32 model's.
+#[test]
+fn quantize_embeddings_packs_the_embedding_and_the_untied_head() {
+    use lora_tune::model::BaseStorage;
+    use lora_tune::model::frozen::FrozenWeight;
+    use lora_tune::source::ModelFiles;
+    use lora_tune::weights::blocks::{BlockFormat, BlockMatrix};
+    use lora_tune::weights::quantize::{for_rows_of, quantize};
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama/tiny-llama");
+    let files = ModelFiles::Dir(dir);
+    let dense = lora_tune::model::load(&files, &cpu(), BaseStorage::default()).unwrap();
+    let ids = vec![vec![1u32, 2, 200, 255, 17, 9]];
+    let mask = vec![vec![1u8; 6]];
+    let values = |t: burn::tensor::Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
+    let f32_logits = dense
+        .forward(&ids, &mask)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    for (format, tolerance) in [(BlockFormat::Q8_0, 0.02), (BlockFormat::Q4K, 0.2)] {
+        let storage = BaseStorage {
+            quantize_embeddings: Some(format),
+            ..Default::default()
+        };
+        let model = lora_tune::model::load(&files, &cpu(), storage).unwrap();
+        let head = &model
+            .lm_head
+            .as_ref()
+            .expect("the tiny Llama's head is untied")
+            .weight;
+        for (name, got, want) in [
+            ("embedding", &model.embed_tokens, &dense.embed_tokens),
+            ("head", head, &dense.lm_head.as_ref().unwrap().weight),
+        ] {
+            assert!(matches!(got, FrozenWeight::Blocks(_)), "{format:?} {name}");
+            let [rows, cols] = want.dims();
+            let rowed = for_rows_of(format, cols);
+            let bytes = quantize(rowed, &values(want.dense())).unwrap();
+            let host = BlockMatrix::from_ggml(rowed, &bytes, rows, cols)
+                .unwrap()
+                .dequantize();
+            let got = values(got.dense());
+            assert!(
+                got.iter()
+                    .zip(&host)
+                    .all(|(g, h)| g.to_bits() == h.to_bits()),
+                "{format:?} {name}: not the host's quantised values"
+            );
+        }
+        let logits = model
+            .forward(&ids, &mask)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let scale = f32_logits.iter().fold(0f32, |m, w| m.max(w.abs()));
+        let worst = (logits.iter().zip(&f32_logits)).fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+        eprintln!("{format:?}: logits worst {worst:e} of {scale}");
+        assert!(
+            worst > 0.0 && worst <= tolerance * scale,
+            "{format:?}: {worst} of {scale}"
+        );
+    }
+}
+
 #[test]
 fn wrong_byte_count_and_unsupported_type_are_errors() {
     let err = dequantize(GgmlType(8), &[0u8; 33], 32).unwrap_err();

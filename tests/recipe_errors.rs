@@ -247,6 +247,14 @@ const CASES: &[Case] = &[
         words: &["causal-LM decoders"],
     },
     Case {
+        what: "a classifier with quantised embeddings",
+        model_and_data: "[model]\nsource = \"model.gguf\"\ntask = \"classification\"\nquantize_embeddings = \"q8_0\"\n\n[data]\ntrain = \"train.jsonl\"\nformat = \"classification\"\n",
+        rest: "",
+        line: 4,
+        key: "model.quantize_embeddings",
+        words: &["causal-LM decoders"],
+    },
+    Case {
         what: "padding to a multiple of 0",
         model_and_data: BASE,
         rest: "pad_to_multiple_of = 0\n",

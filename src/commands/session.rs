@@ -152,8 +152,12 @@ pub fn open_model(loaded: &Loaded, memory_check: MemoryCheck) -> anyhow::Result<
                     memory::gb(weights.iter().map(f32_bytes).sum()),
                 );
                 if let FrozenWeight::Blocks(_) = &lm.embed_tokens {
+                    let how = match prepared.plan.quantize_embeddings {
+                        Some(format) => format!("in {format:?} blocks (model.quantize_embeddings)"),
+                        None => "kept in its GGUF blocks".into(),
+                    };
                     println!(
-                        "embedding{}: kept in its GGUF blocks, rows decoded per lookup{}: {} instead of {} in f32",
+                        "embedding{}: {how}, rows decoded per lookup{}: {} instead of {} in f32",
                         if lm.lm_head.is_none() {
                             " and tied head"
                         } else {

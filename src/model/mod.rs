@@ -203,6 +203,9 @@ pub struct BaseStorage {
     pub quantize: Option<BlockFormat>,
     /// The other linear weights are stored as this.
     pub dense: Dtype,
+    /// The token embedding and an untied LM head are quantised into these blocks at load
+    /// (`model.quantize_embeddings`).
+    pub quantize_embeddings: Option<BlockFormat>,
 }
 
 /// A causal LM from an HF directory or a GGUF file (its tokenizer: [`tokenizer_of`]).
@@ -219,7 +222,8 @@ pub fn load(
     };
     let weights = weights
         .storing_frozen_as(storage.dense)
-        .quantizing_frozen(storage.quantize);
+        .quantizing_frozen(storage.quantize)
+        .quantizing_embeddings(storage.quantize_embeddings);
     Decoder::load(config, weights, device)
 }
 

@@ -37,6 +37,8 @@ pub struct HostTensors {
     storage: Dtype,
     /// Dense layer matrices `take_frozen` quantises into blocks (`model.quantize`).
     quantize: Option<BlockFormat>,
+    /// The token embedding and the LM head, likewise (`model.quantize_embeddings`).
+    quantize_embeddings: Option<BlockFormat>,
 }
 
 impl HostTensors {
@@ -53,6 +55,7 @@ impl HostTensors {
             blocks: BTreeMap::new(),
             storage: Dtype::F32,
             quantize: None,
+            quantize_embeddings: None,
         })
     }
 
@@ -77,6 +80,7 @@ impl HostTensors {
             blocks,
             storage: Dtype::F32,
             quantize: None,
+            quantize_embeddings: None,
         })
     }
 
@@ -96,29 +100,23 @@ impl HostTensors {
             None => {
                 let storage = self.storage;
                 let t = self.take(name, &shape)?;
-                match self.quantize {
-                    // The LM head stays dense, as QLoRA keeps it.
-                    Some(format) if name != "lm_head.weight" => {
-                        let fail = |e: String| {
-                            WeightsError::format(
-                                &self.origin,
-                                format!("tensor `{name}`: model.quantize = {format:?}: {e}"),
-                            )
-                        };
-                        let format = for_rows_of(format, shape[1]);
-                        let bytes = quantize(format, &t.values).map_err(fail)?;
-                        let blocks = BlockMatrix::from_ggml(format, &bytes, shape[0], shape[1])
-                            .map_err(fail)?;
-                        Ok(FrozenMatrix::Blocks(blocks))
-                    }
-                    _ => Ok(FrozenMatrix::Dense(t, storage)),
+                // The LM head stays dense unless `model.quantize_embeddings` asks, as QLoRA
+                // keeps it.
+                let (key, format) = match name {
+                    "lm_head.weight" => ("model.quantize_embeddings", self.quantize_embeddings),
+                    _ => ("model.quantize", self.quantize),
+                };
+                match format {
+                    Some(format) => self.quantized(name, key, format, t, shape),
+                    None => Ok(FrozenMatrix::Dense(t, storage)),
                 }
             }
         }
     }
 
     /// A token embedding: kept in its blocks when it was read so (`model.keep_quantized`), else
-    /// f32 — `model.dtype` and `model.quantize` are for the linear layers.
+    /// quantised (`model.quantize_embeddings`), else f32 — `model.dtype` and `model.quantize`
+    /// are for the linear layers.
     pub fn take_embedding(
         &mut self,
         name: &str,
@@ -127,7 +125,45 @@ impl HostTensors {
         match self.blocks.remove(name) {
             Some(b) if [b.rows, b.cols] == shape => Ok(FrozenMatrix::Blocks(b)),
             Some(b) => Err(self.wrong_shape(name, &[b.rows, b.cols], &shape)),
-            None => Ok(FrozenMatrix::Dense(self.take(name, &shape)?, Dtype::F32)),
+            None => {
+                let t = self.take(name, &shape)?;
+                match self.quantize_embeddings {
+                    Some(format) => {
+                        self.quantized(name, "model.quantize_embeddings", format, t, shape)
+                    }
+                    None => Ok(FrozenMatrix::Dense(t, Dtype::F32)),
+                }
+            }
+        }
+    }
+
+    /// `t` quantised into `format`'s blocks (llama.cpp's fallback where rows are not whole
+    /// super-blocks); `key` names the setting in errors.
+    fn quantized(
+        &self,
+        name: &str,
+        key: &str,
+        format: BlockFormat,
+        t: HostTensor,
+        shape: [usize; 2],
+    ) -> Result<FrozenMatrix, WeightsError> {
+        let fail = |e: String| {
+            WeightsError::format(
+                &self.origin,
+                format!("tensor `{name}`: {key} = {format:?}: {e}"),
+            )
+        };
+        let format = for_rows_of(format, shape[1]);
+        let bytes = quantize(format, &t.values).map_err(fail)?;
+        let blocks = BlockMatrix::from_ggml(format, &bytes, shape[0], shape[1]).map_err(fail)?;
+        Ok(FrozenMatrix::Blocks(blocks))
+    }
+
+    /// The token embedding and the LM head are quantised into `format`'s blocks.
+    pub fn quantizing_embeddings(self, quantize_embeddings: Option<BlockFormat>) -> Self {
+        Self {
+            quantize_embeddings,
+            ..self
         }
     }
 
@@ -197,6 +233,7 @@ impl HostTensors {
             blocks,
             storage: self.storage,
             quantize: self.quantize,
+            quantize_embeddings: self.quantize_embeddings,
         }
     }
 
