@@ -81,6 +81,7 @@ fn main() -> anyhow::Result<()> {
                 Dtype::F32 if bf16 => Dtype::Bf16,
                 dtype => dtype,
             },
+            quantize_embeddings: None,
         },
     )?;
     model.compute_in(compute);
