@@ -94,24 +94,12 @@ impl HostTensors {
         name: &str,
         shape: [usize; 2],
     ) -> Result<FrozenMatrix, WeightsError> {
-        match self.blocks.remove(name) {
-            Some(b) if [b.rows, b.cols] == shape => Ok(FrozenMatrix::Blocks(b)),
-            Some(b) => Err(self.wrong_shape(name, &[b.rows, b.cols], &shape)),
-            None => {
-                let storage = self.storage;
-                let t = self.take(name, &shape)?;
-                // The LM head stays dense unless `model.quantize_embeddings` asks, as QLoRA
-                // keeps it.
-                let (key, format) = match name {
-                    "lm_head.weight" => ("model.quantize_embeddings", self.quantize_embeddings),
-                    _ => ("model.quantize", self.quantize),
-                };
-                match format {
-                    Some(format) => self.quantized(name, key, format, t, shape),
-                    None => Ok(FrozenMatrix::Dense(t, storage)),
-                }
-            }
-        }
+        // The LM head stays dense unless `model.quantize_embeddings` asks, as QLoRA keeps it.
+        let (key, format) = match name {
+            "lm_head.weight" => ("model.quantize_embeddings", self.quantize_embeddings),
+            _ => ("model.quantize", self.quantize),
+        };
+        self.take_matrix(name, shape, (key, format), self.storage)
     }
 
     /// A token embedding: kept in its blocks when it was read so (`model.keep_quantized`), else
@@ -122,16 +110,27 @@ impl HostTensors {
         name: &str,
         shape: [usize; 2],
     ) -> Result<FrozenMatrix, WeightsError> {
+        let quantize = ("model.quantize_embeddings", self.quantize_embeddings);
+        self.take_matrix(name, shape, quantize, Dtype::F32)
+    }
+
+    /// Matrix `name`: its kept blocks, else its values quantised into the format `quantize`'s
+    /// key asks for, else dense values to store as `dense`.
+    fn take_matrix(
+        &mut self,
+        name: &str,
+        shape: [usize; 2],
+        (key, format): (&str, Option<BlockFormat>),
+        dense: Dtype,
+    ) -> Result<FrozenMatrix, WeightsError> {
         match self.blocks.remove(name) {
             Some(b) if [b.rows, b.cols] == shape => Ok(FrozenMatrix::Blocks(b)),
             Some(b) => Err(self.wrong_shape(name, &[b.rows, b.cols], &shape)),
             None => {
                 let t = self.take(name, &shape)?;
-                match self.quantize_embeddings {
-                    Some(format) => {
-                        self.quantized(name, "model.quantize_embeddings", format, t, shape)
-                    }
-                    None => Ok(FrozenMatrix::Dense(t, Dtype::F32)),
+                match format {
+                    Some(format) => self.quantized(name, key, format, t, shape),
+                    None => Ok(FrozenMatrix::Dense(t, dense)),
                 }
             }
         }
