@@ -4,7 +4,7 @@
 //! (tokens/s, s/step min and median, FLOP/s at 6·N_base… see below, peak RSS). Not a test.
 //! Run: cargo bench --bench train [-- w2] [chat] [ckpt [keepq|bf16]] [dora] [with-reference]
 //! [model=HF_DIR] [device=cpu|wgpu|vulkan|cuda] [compute=f32|bf16|f16|auto] [quantize=q4_0|…]
-//! [dropout=P] (the last five for the GPU benchmark, benches/gpu/run.sh); the
+//! [dropout=P] [attention=tiles] (the last six for the GPU benchmark, benches/gpu/run.sh); the
 //! PEFT side: tools/reference/bench_peft.py [w2] [dora]. `dora` trains DoRA adapters. `chat` labels only the second half of each row, as
 //! supervised chat data does; `ckpt` trains with gradient checkpointing (block recompute);
 //! `keepq` keeps the GGUF's Q4_1 linear weights in their blocks (`model.keep_quantized`), `bf16`
@@ -85,6 +85,10 @@ fn main() -> anyhow::Result<()> {
         },
     )?;
     model.compute_in(compute);
+    // attention=tiles: training attention as tiles of autotuned matmuls instead of our kernels.
+    lora_tune::train::derived::attention::use_kernels(
+        setting("attention").as_deref() != Some("tiles"),
+    );
     // dropout=0 exposes what dropout still costs (benches/gpu/run.sh).
     let dropout = match setting("dropout") {
         Some(p) => p.parse()?,

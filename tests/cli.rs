@@ -669,7 +669,10 @@ fn keep_quantized_and_bf16_bases_train_alike_on_smaller_planned_bases() {
             .collect();
         match compute {
             "auto" => assert!(
-                gpu.len() == 2 && gpu[0].contains("bf16 products (auto on CUDA, Metal)"),
+                gpu.len() == 2
+                    && gpu[0].contains(
+                        "bf16 products (auto on CUDA, Metal; f16, the same size, on Vulkan"
+                    ),
                 "{plan}"
             ),
             half => assert!(

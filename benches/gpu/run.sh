@@ -123,6 +123,9 @@ job "ours-f32-w1-$big" 120 bench "$ours" "$big" "device=$ours" compute=f32
 job "peft-w2-$big" 120 peft "$big" w2
 job "ours-f16-w2-$big" 120 bench "$ours" "$big" "device=$ours" compute=f16 w2
 job "ours-f16-w1-dropout0-$big" 90 bench "$ours" "$big" "device=$ours" compute=f16 dropout=0
+# Training attention as tiles of autotuned (tensor-core) matmuls instead of our kernels: which
+# is faster on the card decides the default.
+job "ours-f16-tiles-w1-$big" 90 bench "$ours" "$big" "device=$ours" compute=f16 attention=tiles
 if [ "$device" = gpu ]; then
     job "ours-default-wgsl-f32-w1-$big" 120 bench default "$big" device=wgpu compute=f32
     job "peft-w1-smollm2-360m" 60 peft smollm2-360m

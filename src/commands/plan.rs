@@ -40,14 +40,21 @@ pub fn run(recipe: &Path, ranks: usize) -> anyhow::Result<()> {
         };
         println!("        {} available now: {verdict}", memory::gb(available));
     }
-    // A GPU's `auto` takes bf16 where the backend has bf16 arithmetic (CUDA, Metal), f32 on
-    // wgpu/Vulkan; an explicit dtype is what it says.
+    // A GPU's `auto` takes bf16 where the backend has bf16 arithmetic (CUDA, Metal), f16 (the
+    // same size) on Vulkan with f16 cooperative matrices, f32 elsewhere (`device::compute_dtype`);
+    // an explicit dtype is what it says.
     let gpu = match prepared.plan.compute_dtype.half() {
         Some(half) => vec![(half, "")],
         None if prepared.plan.compute_dtype == ComputeDtype::F32 => vec![(Dtype::F32, "")],
         None => vec![
-            (Dtype::Bf16, " (auto on CUDA, Metal)"),
-            (Dtype::F32, " (auto on wgpu, Vulkan)"),
+            (
+                Dtype::Bf16,
+                " (auto on CUDA, Metal; f16, the same size, on Vulkan with f16 tensor cores)",
+            ),
+            (
+                Dtype::F32,
+                " (auto elsewhere: wgpu's GL, Vulkan without f16 cooperative matrices)",
+            ),
         ],
     };
     for (products, which) in gpu {

@@ -21,6 +21,10 @@
 //!   attention scores every key of every query with a scalar loop and libm `expf`; this one
 //!   multiplies blocks of 64 queries by only the keys the mask lets them reach (half the keys
 //!   of a causal row), with a vectorised exponential, and reads grouped key/value heads in place.
+//! - [`attention_forward`], [`attention_backward`]: training attention on cubecl, flash
+//!   attention's scheme as our own kernels (a unit per row, the other side's tiles in shared
+//!   memory, the mask computed from per-token codes): no [s, t] buffer, forward or backward.
+//!   Elsewhere None, and the caller's tiled or materialised layout runs (the oracle).
 //! - [`silu_gate`], [`silu_gate_backward`]: SwiGLU's silu(gate)·up and its two input gradients,
 //!   one pass each instead of four to six, with the vectorised exponential (libm's scalar `expf`
 //!   was a tenth of an evaluation's time).
@@ -81,6 +85,55 @@ pub fn attention(
     return flex::attention(q, k, v, mask, scale, softcap);
     #[cfg(not(feature = "flex"))]
     None
+}
+
+/// A decoder's attention mask as codes per token (f32), for kernels that compute it: query i (at
+/// position `start + i`) reads key j when j ≤ start + i < j + `window` and either the query's
+/// code is 0 (padding) and the key's is not, or both codes are equal (one packed example); a
+/// query coded −1 (padding with no real key in reach) reads only itself.
+#[derive(Debug, Clone, Copy)]
+pub struct MaskCodes<'a> {
+    /// [b, s]
+    pub queries: &'a Tensor<2>,
+    /// [b, t]
+    pub keys: &'a Tensor<2>,
+    pub start: usize,
+    /// At most t (no window: t).
+    pub window: usize,
+}
+
+/// Training attention's forward: q (scaled) [b, h, s, d], k, v [b, kv, t, d] (query head i
+/// reads key/value head i / (h / kv)) → (O [b, h, s, d], each row's largest score and
+/// Σ exp(score − largest), [b, h, s, 2] f32). None where our kernels do not run (not cubecl).
+pub fn attention_forward(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    mask: &MaskCodes,
+) -> Option<(Tensor<4>, Tensor<4>)> {
+    #[cfg(feature = "cube")]
+    return cube::attention_forward(q, k, v, mask);
+    #[cfg(not(feature = "cube"))]
+    None
+}
+
+/// The gradients of [`attention_forward`]: (dq for the scaled q, dk, dv at k and v's heads),
+/// given dO and O [b, h, s, d] and the statistics it returned.
+pub fn attention_backward(
+    [q, k, v]: [&Tensor<4>; 3],
+    dout: &Tensor<4>,
+    out: &Tensor<4>,
+    stats: &Tensor<4>,
+    mask: &MaskCodes,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    // flash attention's D = Σ_d dO⊙O per row, in f32
+    let rows = (dout.clone() * out.clone())
+        .sum_dim(3)
+        .cast(burn::tensor::DType::F32);
+    #[cfg(feature = "cube")]
+    return cube::attention_backward([q, k, v], dout, stats, &rows, mask);
+    #[cfg(not(feature = "cube"))]
+    unreachable!("attention_backward follows an attention_forward that ran: {rows:?}")
 }
 
 /// silu(gate)·up, elementwise over two tensors of one shape.

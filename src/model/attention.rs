@@ -12,7 +12,7 @@ use super::decoder_config::QkNorm;
 use super::linear::Linear;
 use super::norm::RmsNorm;
 use super::rope::RopeTables;
-use crate::kernels;
+use crate::kernels::{self, MaskCodes};
 use crate::transfer;
 
 /// Where q, k and v come from: three linear layers, or one fused `qkv_proj` (Phi-3) whose
@@ -231,6 +231,9 @@ pub struct MaskSource {
     start: usize,
     window: Option<usize>,
     full: std::sync::OnceLock<Tensor<4, Bool>>,
+    /// The same mask as codes per query and per key, [b, s] and [b, t] f32 (see
+    /// [`MaskCodes`]), for our kernels; on cubecl devices only.
+    codes: Option<(Tensor<2>, Tensor<2>)>,
 }
 
 impl MaskSource {
@@ -245,13 +248,33 @@ impl MaskSource {
         let examples: Vec<i32> = (attention_mask.iter())
             .flat_map(|row| (0..t).map(|j| i32::from(row.get(j).copied().unwrap_or(0))))
             .collect();
+        let codes = (!transfer::in_host_memory(device)).then(|| {
+            let (queries, keys) = mask_codes(attention_mask, s, start, window);
+            (
+                transfer::upload(TensorData::new(queries, [b, s]), device),
+                transfer::upload(TensorData::new(keys, [b, t]), device),
+            )
+        });
         Self {
             examples: transfer::upload(TensorData::new(examples, [b, t]), device),
             keys: transfer::upload(TensorData::new((0..t as i32).collect(), [t]), device),
             start,
             window,
             full: std::sync::OnceLock::new(),
+            codes,
         }
+    }
+
+    /// The mask as per-token codes for our kernels; None on the CPU.
+    pub fn codes(&self) -> Option<MaskCodes<'_>> {
+        let (queries, keys) = self.codes.as_ref()?;
+        let t = keys.dims()[1];
+        Some(MaskCodes {
+            queries,
+            keys,
+            start: self.start,
+            window: self.window.unwrap_or(t).min(t),
+        })
     }
 
     /// The whole mask [b, 1, s, t], built on first use and kept.
@@ -300,6 +323,35 @@ impl MaskSource {
             .bool_or(own_real.bool_not().bool_and(padding_sees));
         sees.bool_not().reshape([b, 1, rows, keys])
     }
+}
+
+/// (query codes [b·s], key codes [b·t]) of [`MaskCodes`]: a key's code is its example number; a
+/// query's is too, except a padding query with no real key in reach, coded −1.
+fn mask_codes(
+    attention_mask: &[Vec<u8>],
+    s: usize,
+    start: usize,
+    window: Option<usize>,
+) -> (Vec<f32>, Vec<f32>) {
+    let t = start + s;
+    let window = window.unwrap_or(usize::MAX);
+    let (mut queries, mut keys) = (Vec::new(), Vec::new());
+    for row in attention_mask {
+        let example = |j: usize| row.get(j).copied().unwrap_or(0);
+        let mut last_real = None;
+        for j in 0..t {
+            keys.push(f32::from(example(j)));
+            if example(j) != 0 {
+                last_real = Some(j);
+            }
+            if j >= start {
+                let alone = last_real.is_none_or(|r| j - r >= window);
+                let lonely = example(j) == 0 && alone;
+                queries.push(if lonely { -1.0 } else { f32::from(example(j)) });
+            }
+        }
+    }
+    (queries, keys)
 }
 
 /// [`MaskSource`]'s mask drawn up on the host, element by element: its oracle.

@@ -15,13 +15,28 @@
 //!   P = exp(q·kᵀ − m) / Σ bit for bit, so no [s, t] buffer outlives a tile and memory grows
 //!   linearly in the sequence. Under a causal mask a tile skips the keys after its last query (half the work).
 //!   Its products are tensor-op matmuls: on cubecl they are the autotuned (tensor-core) ones.
+//! - **kernel** (cubecl, a decoder's mask, no soft cap): the tiled scheme as our own kernels
+//!   ([`kernels::attention_forward`]), which never build even a tile's scores in device memory,
+//!   compute the mask from per-token codes, and read grouped k and v heads in place.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Tensor};
 
 use super::ops::softcap_derivative;
+use crate::kernels::{self, MaskCodes};
 use crate::model::attention::MaskSource;
 use crate::transfer::in_host_memory;
+
+/// Whether training attention runs our kernels where they can (the default); off, cubecl devices
+/// take the tiled layout of autotuned matmuls instead. For benchmarks comparing the two
+/// (`attention=tiles` in benches/train.rs), not a recipe setting: both give the same numbers.
+static KERNELS: AtomicBool = AtomicBool::new(true);
+
+pub fn use_kernels(on: bool) {
+    KERNELS.store(on, Ordering::Relaxed);
+}
 
 /// Query rows per tile: a tile's scores are [b, h, 256, t].
 pub const TILE_ROWS: usize = 256;
@@ -76,7 +91,7 @@ impl AttentionCore {
     /// The core keeping k and v once per key/value head, [b, kv, t, d] (after RoPE), instead of
     /// repeated to each query head: grouped-query attention keeps h / kv times less of them,
     /// and backward repeats them again. Query head i reads key/value head i / (h / kv).
-    pub fn sharing_kv(self, k: Tensor<4>, v: Tensor<4>) -> Self {
+    fn sharing_kv(self, k: Tensor<4>, v: Tensor<4>) -> Self {
         let group = self.k.dims()[1] / k.dims()[1];
         Self {
             k,
@@ -114,12 +129,25 @@ enum Kept {
         masked: f32,
         causal: bool,
     },
+    /// What our kernels keep.
+    Kernel(Box<KernelKept>),
 }
 
-/// q (scaled), k, v: [b, h, s, d] (k and v [b, h, t, d]); `mask` (true = may not attend),
-/// masked scores set to `masked` ([`masked_score`]), scores soft-capped at `softcap`
-/// → O [b, h, s, d]. `causal`: the mask hides every key after its query (a decoder's), which
-/// the tiled layout uses to skip them.
+/// Each row's softmax statistics [b, h, s, 2] f32, and the mask's codes ([`MaskCodes`]).
+#[derive(Debug, Clone)]
+struct KernelKept {
+    stats: Tensor<4>,
+    queries: Tensor<2>,
+    keys: Tensor<2>,
+    start: usize,
+    window: usize,
+}
+
+/// q (scaled) [b, h, s, d]; k, v [b, kv, t, d], query head i reading key/value head i / (h / kv);
+/// `mask` (true = may not attend), masked scores set to `masked` ([`masked_score`]), scores
+/// soft-capped at `softcap` → O [b, h, s, d]. `causal`: the mask hides every key after its query
+/// (a decoder's), which the tiled layouts use to skip them. The core keeps k and v at their own
+/// heads.
 pub fn forward(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -129,12 +157,40 @@ pub fn forward(
     softcap: Option<f64>,
     causal: bool,
 ) -> (Tensor<4>, AttentionCore) {
-    if softcap.is_none() && !in_host_memory(&q.device()) {
-        return forward_tiled(q, k, v, mask, masked, causal);
+    let group = q.dims()[1] / k.dims()[1];
+    if let (None, Mask::Source(source)) = (softcap, mask)
+        && KERNELS.load(Ordering::Relaxed)
+        && let Some(codes) = source.codes()
+        && let Some((out, stats)) = kernels::attention_forward(&q, &k, &v, &codes)
+    {
+        let kept = Kept::Kernel(Box::new(KernelKept {
+            stats,
+            queries: codes.queries.clone(),
+            keys: codes.keys.clone(),
+            start: codes.start,
+            window: codes.window,
+        }));
+        let core = AttentionCore {
+            q,
+            k,
+            v,
+            group,
+            kept,
+        };
+        return (out, core);
     }
-    let [_, h, s, _] = q.dims();
-    let t = k.dims()[2];
-    forward_materialised(q, k, v, mask.whole(h, s, t), masked, softcap)
+    let (k_all, v_all) = (
+        repeat_heads(k.clone(), group),
+        repeat_heads(v.clone(), group),
+    );
+    let (out, core) = if softcap.is_none() && !in_host_memory(&q.device()) {
+        forward_tiled(q, k_all, v_all, mask, masked, causal)
+    } else {
+        let [_, h, s, _] = q.dims();
+        let t = k.dims()[2];
+        forward_materialised(q, k_all, v_all, mask.whole(h, s, t), masked, softcap)
+    };
+    (out, core.sharing_kv(k, v))
 }
 
 /// The materialised layout: P [b, h, s, t] kept.
@@ -258,8 +314,9 @@ pub fn masked_score(every_query_sees_a_key: bool) -> f32 {
     }
 }
 
-/// dO and O [b, h, s, d] → (dq for the scaled q, dk, dv), each shaped like q, k, v; `mask` as
-/// forward had it.
+/// dO and O [b, h, s, d] → (dq for the scaled q, dk, dv), each shaped like q, k, v as the core
+/// keeps them (k and v at their own heads: each one's gradient sums the query heads reading it);
+/// `mask` as forward had it.
 pub fn backward(
     core: AttentionCore,
     dout: Tensor<4>,
@@ -273,7 +330,37 @@ pub fn backward(
         group,
         kept,
     } = core;
+    if let Kept::Kernel(kept) = &kept {
+        let codes = MaskCodes {
+            queries: &kept.queries,
+            keys: &kept.keys,
+            start: kept.start,
+            window: kept.window,
+        };
+        return kernels::attention_backward([&q, &k, &v], &dout, &out, &kept.stats, &codes);
+    }
+    let [b, kv, t, d] = k.dims();
     let (k, v) = (repeat_heads(k, group), repeat_heads(v, group));
+    let (dq, dk, dv) = repeated_backward([q, k, v], kept, dout, out, mask);
+    // Each key/value head's gradient is the sum over the query heads that read it.
+    let sum_group = |t4: Tensor<4>| match group {
+        1 => t4,
+        _ => t4
+            .reshape([b, kv, group, t, d])
+            .sum_dim(2)
+            .reshape([b, kv, t, d]),
+    };
+    (dq, sum_group(dk), sum_group(dv))
+}
+
+/// [`backward`] with k and v [b, h, t, d], one per query head.
+fn repeated_backward(
+    [q, k, v]: [Tensor<4>; 3],
+    kept: Kept,
+    dout: Tensor<4>,
+    out: Tensor<4>,
+    mask: Mask,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
     let [b, h, s, _] = q.dims();
     let rows = (dout.clone() * out).sum_dim(3); // D = Σ_d dO⊙O [b, h, s, 1]
     let (probs, softcap_slope) = match kept {
@@ -287,6 +374,7 @@ pub fn backward(
             masked,
             causal,
         } => return backward_tiled([q, k, v], [max, sum, rows], dout, mask, masked, causal),
+        Kept::Kernel(_) => unreachable!("the kernel layout's backward runs in `backward`"),
     };
     let t = probs.dims()[3];
     let dprobs = dout.clone().matmul(v.swap_dims(2, 3));

@@ -6,7 +6,7 @@
 
 use burn::tensor::Tensor;
 
-use super::attention::{self, AttentionCore, Mask, repeat_heads};
+use super::attention::{self, AttentionCore, Mask};
 use super::linear::{self, FactorGradients, LinearTape};
 use super::ops::{activation_and_derivative, rms_norm_backward, rope_backward};
 use crate::data::batch::Batch;
@@ -168,14 +168,9 @@ fn attention_forward(
     let rope = inputs.rope_of(layer);
     let q = rope.apply(heads(q, h)).mul_scalar(attn.scale);
     let (k, v) = (rope.apply(heads(k, kv)), heads(v, kv));
-    // repeat_kv: query head i reads key/value head i / (h / kv), as HF orders them.
-    let (k_all, v_all) = (
-        repeat_heads(k.clone(), h / kv),
-        repeat_heads(v.clone(), h / kv),
-    );
     let mask = Mask::Source(inputs.mask_of(layer));
-    let (out, core) = attention::forward(q, k_all, v_all, mask, masked, attn.softcap, true);
-    let core = core.sharing_kv(k, v); // the tape keeps k and v once per key/value head
+    // Query head i reads key/value head i / (h / kv), as HF's repeat_kv orders them.
+    let (out, core) = attention::forward(q, k, v, mask, masked, attn.softcap, true);
     let out = out.swap_dims(1, 2).reshape([b * s, h * d]);
     let (y, o_tape) = linear::forward(&attn.o_proj, out.clone());
     let tape = AttentionTape {
@@ -208,13 +203,6 @@ fn attention_backward(
         Mask::Source(inputs.mask_of(layer)),
     );
     let dq = dq.mul_scalar(attn.scale);
-    // Each key/value head's gradient is the sum over the query heads that read it.
-    let group = |t: Tensor<4>| {
-        t.reshape([b, kv, h / kv, s, d])
-            .sum_dim(2)
-            .reshape([b, kv, s, d])
-    };
-    let (dk, dv) = (group(dk), group(dv));
     let flat = |t: Tensor<4>, n: usize| t.swap_dims(1, 2).reshape([b * s, n * d]);
     let [q_rows, k_rows] = tape.qk_norm_inputs;
     let dq = qk_norm_backward(

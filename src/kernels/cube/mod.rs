@@ -5,6 +5,8 @@
 //! - [`dropout`]: x ⊙ the inverted-dropout mask of a splitmix64 stream, each element's draw
 //!   computed on the device from (stream, index) — the same bits flex's host draw gives — so no
 //!   mask is drawn on the host and uploaded per adapter per step.
+//! - [`attention`]: training attention as flash attention's forward and two backward kernels, no
+//!   s × t buffer anywhere, the decoder's mask computed from per-token codes.
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::tensor::FloatTensor;
@@ -16,7 +18,10 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
-use super::DropoutMask;
+use super::{DropoutMask, MaskCodes};
+
+mod attention;
+use attention::AttentionOps;
 
 /// Whether `t` lives on a cubecl device outside autodiff (where these kernels run).
 fn on_cube<const D: usize>(t: &Tensor<D>) -> bool {
@@ -38,6 +43,72 @@ pub fn dropout(x: &Tensor<2>, mask: DropoutMask) -> Option<Tensor<2>> {
         mask.kept(),
     );
     Some(Tensor::from_dispatch(y))
+}
+
+/// A tensor as an extension's argument.
+fn arg<const D: usize>(t: &Tensor<D>) -> FloatTensor<Dispatch> {
+    t.clone().into_dispatch()
+}
+
+/// q (scaled) [b, h, s, d], k, v [b, kv, t, d] → (O [b, h, s, d], each row's softmax statistics
+/// [b, h, s, 2] f32), or None where q is not on a cubecl device or the head is too wide.
+pub fn attention_forward(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    mask: &MaskCodes,
+) -> Option<(Tensor<4>, Tensor<4>)> {
+    if !on_cube(q) || !attention::supports(q.dims()[3]) {
+        return None;
+    }
+    let (out, stats) = <Dispatch as AttentionOps>::attention_forward(
+        arg(q),
+        arg(k),
+        arg(v),
+        arg(mask.queries),
+        arg(mask.keys),
+        mask.start as u32,
+        mask.window as u32,
+    );
+    Some((Tensor::from_dispatch(out), Tensor::from_dispatch(stats)))
+}
+
+/// (dq for the scaled q, dk, dv at k and v's heads) given what [`attention_forward`] gave and
+/// D = Σ_d dO⊙O [b, h, s, 1] f32.
+pub fn attention_backward(
+    [q, k, v]: [&Tensor<4>; 3],
+    dout: &Tensor<4>,
+    stats: &Tensor<4>,
+    rows: &Tensor<4>,
+    mask: &MaskCodes,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let (start, window) = (mask.start as u32, mask.window as u32);
+    let dq = <Dispatch as AttentionOps>::attention_query_gradients(
+        arg(q),
+        arg(k),
+        arg(v),
+        arg(dout),
+        arg(stats),
+        arg(rows),
+        arg(mask.queries),
+        arg(mask.keys),
+        start,
+        window,
+    );
+    let (dk, dv) = <Dispatch as AttentionOps>::attention_key_gradients(
+        arg(q),
+        arg(k),
+        arg(v),
+        arg(dout),
+        arg(stats),
+        arg(rows),
+        arg(mask.queries),
+        arg(mask.keys),
+        start,
+        window,
+    );
+    let wrap = Tensor::from_dispatch;
+    (wrap(dq), wrap(dk), wrap(dv))
 }
 
 #[backend_extension(Cube, Fusion)]
