@@ -10,12 +10,25 @@ pub fn write_atomic<F>(path: &Path, fill: F) -> io::Result<()>
 where
     F: FnOnce(&mut BufWriter<File>) -> io::Result<()>,
 {
+    write_atomic_at(path, |tmp| {
+        let mut out = BufWriter::new(File::create(tmp)?);
+        fill(&mut out)?;
+        out.into_inner().map_err(|e| e.into_error())?;
+        Ok(())
+    })
+}
+
+/// Writes `path` atomically through `fill`, which creates the file at the temp path it is
+/// given (for writers that take a path); then fsync and rename. The temp file is removed if
+/// anything fails.
+pub fn write_atomic_at<F>(path: &Path, fill: F) -> io::Result<()>
+where
+    F: FnOnce(&Path) -> io::Result<()>,
+{
     let tmp = temp_path_beside(path);
     let result = (|| {
-        let mut out = BufWriter::new(File::create(&tmp)?);
-        fill(&mut out)?;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
+        fill(&tmp)?;
+        File::open(&tmp)?.sync_all()?;
         fs::rename(&tmp, path)
     })();
     if result.is_err() {

@@ -328,6 +328,30 @@ impl BlockMatrix {
         })
     }
 
+    /// A matrix of no rows yet, with room for `rows` rows of `cols` values ([`Self::append_rows`]).
+    pub fn with_capacity(format: BlockFormat, rows: usize, cols: usize) -> Self {
+        let groups = rows * cols / format.group();
+        Self {
+            format,
+            rows: 0,
+            cols,
+            words: Vec::with_capacity(rows * cols * format.bits() / 32),
+            scales: Vec::with_capacity(groups),
+            offsets: format.has_offsets().then(|| Vec::with_capacity(groups)),
+        }
+    }
+
+    /// `part`'s rows (same format and columns) after this matrix's: every array is row-major.
+    pub fn append_rows(&mut self, part: BlockMatrix) {
+        assert!(part.format == self.format && part.cols == self.cols);
+        self.rows += part.rows;
+        self.words.extend(part.words);
+        self.scales.extend(part.scales);
+        if let (Some(offsets), Some(more)) = (&mut self.offsets, part.offsets) {
+            offsets.extend(more);
+        }
+    }
+
     /// Undoes llama.cpp's Q/K row permutation (`gguf_names::unpermute_rows`): it moves whole
     /// rows, so blocks stay intact.
     pub fn unpermute_rows(&self, heads: usize) -> Result<Self, String> {

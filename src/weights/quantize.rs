@@ -55,6 +55,18 @@ pub fn quantize(format: BlockFormat, values: &[f32]) -> Result<Vec<u8>, String> 
     Ok(out)
 }
 
+/// [`quantize`] of a matrix's rows of `cols` values, rows in parallel: the same bytes, since no
+/// block spans two rows.
+pub fn quantize_rows(format: BlockFormat, values: &[f32], cols: usize) -> Result<Vec<u8>, String> {
+    use rayon::prelude::*;
+    let per_task = cols * (1usize << 16).div_ceil(cols.max(1));
+    let parts: Vec<Vec<u8>> = values
+        .par_chunks(per_task.max(1))
+        .map(|rows| quantize(format, rows))
+        .collect::<Result<_, _>>()?;
+    Ok(parts.concat())
+}
+
 /// The format llama.cpp's quantiser uses instead of `format` for rows of `cols` values that
 /// are not whole super-blocks (its `tensor_type_fallback`: Q4_K → Q5_0, Q5_K → Q5_1,
 /// Q6_K → Q8_0); `format` otherwise.

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use safetensors::tensor::TensorView;
+use safetensors::tensor::View;
 use safetensors::{Dtype as StDtype, SafeTensors};
 
 use super::WeightsError;
@@ -181,29 +181,61 @@ pub fn write(
     dtype: Dtype,
     metadata: &[(&str, &str)],
 ) -> Result<(), WeightsError> {
-    let bytes: Vec<(String, StDtype, Vec<u8>, Vec<usize>)> = tensors
-        .iter()
-        .map(|(name, t)| {
-            let (tag, raw) = encode(&t.values, dtype);
-            (name.clone(), tag, raw, t.shape.clone())
-        })
-        .collect();
-    let mut views = Vec::with_capacity(bytes.len());
-    for (name, tag, raw, shape) in &bytes {
-        let view = TensorView::new(*tag, shape.clone(), raw)
-            .map_err(|e| WeightsError::format(path, format!("tensor `{name}`: {e}")))?;
-        views.push((name.as_str(), view));
+    let mut views = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        if t.shape.iter().product::<usize>() != t.values.len() {
+            let message = format!(
+                "tensor `{name}`: shape {:?} does not hold {} values",
+                t.shape,
+                t.values.len()
+            );
+            return Err(WeightsError::format(path, message));
+        }
+        views.push((name.as_str(), Encoded { tensor: t, dtype }));
     }
     let info = metadata
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let serialized = safetensors::serialize(views, Some(info))
-        .map_err(|e| WeightsError::format(path, e.to_string()))?;
-    crate::atomic::write_atomic(path, |f| std::io::Write::write_all(f, &serialized)).map_err(
-        |source| WeightsError::Io {
-            path: path.into(),
-            source,
-        },
-    )
+    crate::atomic::write_atomic_at(path, |tmp| {
+        safetensors::serialize_to_file(views, Some(info), tmp).map_err(std::io::Error::other)
+    })
+    .map_err(|source| WeightsError::Io {
+        path: path.into(),
+        source,
+    })
+}
+
+/// A tensor to write, encoded into `dtype`'s bytes only when the writer asks for them: a file
+/// of many tensors holds one tensor's bytes at a time (a 1.5B run's checkpoint added three
+/// copies of its adapters and optimiser state when every tensor was encoded first).
+struct Encoded<'a> {
+    tensor: &'a HostTensor,
+    dtype: Dtype,
+}
+
+impl View for Encoded<'_> {
+    fn dtype(&self) -> StDtype {
+        match self.dtype {
+            Dtype::F32 => StDtype::F32,
+            Dtype::Bf16 => StDtype::BF16,
+            Dtype::F16 => StDtype::F16,
+        }
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.tensor.shape
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Owned(encode(&self.tensor.values, self.dtype).1)
+    }
+
+    fn data_len(&self) -> usize {
+        let bytes = match self.dtype {
+            Dtype::F32 => 4,
+            Dtype::Bf16 | Dtype::F16 => 2,
+        };
+        self.tensor.values.len() * bytes
+    }
 }
