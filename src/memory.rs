@@ -8,8 +8,9 @@
 //!        tokens T = B·S (hidden- and MLP-sized) and with B·H·S² (attention scores), then the
 //!        logits over the vocabulary at one chunk of labelled positions.
 //! The buffer counts are those of the hand-derived step's tape (`train::derived::layer`), per
-//! token and layer: 6 hidden-sized f32 buffers (the layer's input and the residual after
-//! attention, the two norms' outputs, q after RoPE, the attention output), k and v after RoPE
+//! token and layer: 4 hidden-sized f32 buffers (the layer's input and the residual after
+//! attention — the norms' inputs; their outputs are recomputed for the adapters that read them —
+//! q after RoPE, the attention output), k and v after RoPE
 //! once per key/value head (not repeated to every query head) and 2 MLP-sized ones (gate and up; down's input act(gate)·up is
 //! recomputed from them in backward) — LoRA dropout masks are not kept, backward draws them
 //! again from their stream state; one
@@ -26,7 +27,7 @@
 //! weights + adapters + inputs + max(logit chunk, one layer).
 //!
 //! `model.keep_quantized` changes only the weights term, which [`frozen_base_bytes`] computes from
-//! the GGUF header (packed bytes, plus one layer decoded to f32 while it is recomputed).
+//! the GGUF header (packed bytes, plus two chunks of decoded values).
 //!
 //! On a GPU the same terms predict device memory, less the host's: no load peak, and half-precision
 //! products multiply the stored weights without widening them ([`BaseBytes::weights`]); `plan`
@@ -43,13 +44,16 @@ use crate::weights::blocks;
 use crate::weights::gguf::GgufFile;
 use crate::weights::quantize::for_rows_of;
 
-/// Scored positions per head pass (`train::derived::head`): 256 rows of SmolLM2's 49,152-word
-/// vocabulary are 50 MB per buffer, where a whole 4×256 batch's would be 200 MB. Here because
-/// the estimate counts it.
-pub const LOGIT_CHUNK: usize = 256;
+/// Scored positions per head pass (`train::derived::head`, evaluation): as many as keep one
+/// [chunk, vocab] f32 buffer near 2²⁴ values (64 MB), at most 256 and at least 16 — 256 rows of
+/// SmolLM2's 49,152-word vocabulary, 110 of Qwen2.5's 151,936 (a whole 2×256 batch's buffers
+/// would be 311 MB there). Here because the estimate counts it.
+pub fn logit_chunk(vocab: usize) -> usize {
+    ((1usize << 24) / vocab.max(1)).clamp(16, 256)
+}
 
 const F32: u64 = 4;
-const HIDDEN_BUFFERS: u64 = 6;
+const HIDDEN_BUFFERS: u64 = 4;
 const MLP_BUFFERS: u64 = 2;
 const SCORE_BUFFERS: u64 = 1;
 /// A layer's backward also holds the softmax's two gradients (dP, dS) for a moment.
@@ -72,9 +76,10 @@ pub struct MemoryEstimate {
     /// With gradient checkpointing: one layer's activations while it is recomputed, which are
     /// never alive together with the logits. 0 without.
     pub recomputed_layer: u64,
-    /// The load's own peak where it can exceed training's: a 16-bit base (`model.dtype`) is read
-    /// in f32 and narrowed matrix by matrix, and the freed f32 pages mostly stay with the
-    /// process, so loading holds about the f32 checkpoint plus the stored weights. 0 otherwise.
+    /// The load's own peak where it can exceed training's: a GGUF base stored otherwise than
+    /// as f32 without `keep_quantized` is dequantised whole before the model takes it, so
+    /// loading holds the f32 checkpoint plus the stored weights. 0 otherwise (safetensors are
+    /// read tensor by tensor as they are taken).
     pub loading: u64,
 }
 
@@ -101,16 +106,22 @@ impl MemoryEstimate {
         let (b, s) = (shape.batch as u64, shape.seq as u64);
         let tokens = b * s;
         let layers = config.num_hidden_layers as u64;
-        // Two of the hidden-sized buffers are norm inputs; Gemma's sandwich norms keep four.
+        // Of the hidden-sized buffers two are norm inputs (their outputs are recomputed); Gemma's
+        // sandwich norms keep two more.
         let sandwich = u64::from(config.deltas.norms == NormPlacement::Sandwich);
         // k and v after RoPE, once per key/value head.
         let kv = (2 * config.num_key_value_heads * config.head_dim) as u64;
         let per_token_layer = (HIDDEN_BUFFERS + 2 * sandwich) * config.hidden_size as u64
             + kv
             + MLP_BUFFERS * config.intermediate_size as u64;
-        let score = b * config.num_attention_heads as u64 * s * s;
         // A soft cap keeps its slope at every score beside the probabilities.
         let softcap = u64::from(config.deltas.attention_softcap.is_some());
+        // [s, s] attention buffers: flex materialises them; a GPU's attention kernels keep
+        // none (Gemma 2's soft cap takes the materialised layout there too).
+        let score = match on_cpu || softcap == 1 {
+            true => b * config.num_attention_heads as u64 * s * s,
+            false => 0,
+        };
         let one_layer = (tokens * per_token_layer + (SCORE_BUFFERS + softcap) * score) * F32;
         let logit_buffers = match on_cpu {
             true => FLEX_LOGIT_BUFFERS,
@@ -126,7 +137,7 @@ impl MemoryEstimate {
                 weights,
                 adapters,
                 activations: layers * tokens * config.hidden_size as u64 * F32,
-                logits: logits(shape.scored.min(LOGIT_CHUNK)),
+                logits: logits(shape.scored.min(logit_chunk(config.vocab_size))),
                 recomputed_layer: one_layer + BACKWARD_SCORE_BUFFERS * score * F32,
                 loading: 0,
             }
@@ -135,7 +146,7 @@ impl MemoryEstimate {
                 weights,
                 adapters,
                 activations: layers * one_layer,
-                logits: logits(shape.scored.min(LOGIT_CHUNK)),
+                logits: logits(shape.scored.min(logit_chunk(config.vocab_size))),
                 recomputed_layer: 0,
                 loading: 0,
             }
@@ -172,7 +183,7 @@ impl MemoryEstimate {
                 ""
             }
         ) + &if self.loading > 0 {
-            format!("; loading the 16-bit base holds {}", gb(self.loading))
+            format!("; loading the GGUF whole holds {}", gb(self.loading))
         } else {
             String::new()
         }
@@ -286,14 +297,14 @@ pub fn available_bytes() -> Option<u64> {
 pub struct BaseBytes {
     /// As stored: packed blocks, 16-bit or f32 matrices, the rest f32.
     pub stored: u64,
-    /// What widening a weight for its product holds: one layer's weights in f32 (kept for
-    /// that layer's backward while it is recomputed) and the largest one's codes and values.
+    /// What widening a weight for its product holds: for a dense base narrower than f32 one
+    /// layer's weights in f32, and the largest one's (or a chunk of blocks') codes and values.
     /// A GPU multiplying half-precision weights in their own type widens none (only blocks).
     pub widening: u64,
     /// Blocks among the stored weights: they decode for every product, whatever its type.
     pub blocks: bool,
-    /// The load's host-side peak for a 16-bit base (the f32 checkpoint as read plus the
-    /// narrowed linears; `MemoryEstimate::loading`), else 0.
+    /// The load's host-side peak for a GGUF base dequantised whole and then stored otherwise
+    /// (the f32 checkpoint plus the stored weights; `MemoryEstimate::loading`), else 0.
     pub loading: u64,
 }
 
@@ -313,7 +324,7 @@ impl BaseBytes {
 /// and back; f16 natively). ≈ 245 MB for bf16 and 82 MB for f16 on SmolLM2-135M.
 pub fn tied_head_widening(config: &DecoderConfig, products: Dtype, scored: usize) -> u64 {
     let table = (config.vocab_size * config.hidden_size) as u64;
-    let logits = (scored.min(LOGIT_CHUNK) * config.vocab_size) as u64;
+    let logits = (scored.min(logit_chunk(config.vocab_size)) * config.vocab_size) as u64;
     match products {
         _ if !config.tie_word_embeddings => 0,
         Dtype::F32 => 0,
@@ -426,7 +437,14 @@ pub fn frozen_base_bytes(
     if dense == dense_f32 && kept_f32 + head_f32 + embedding_f32 == 0 {
         return unchanged; // nothing is stored differently
     }
-    let one_layer: u64 = sites.iter().filter(|s| s.layer == Some(0)).map(bytes).sum();
+    // A dense base narrower than its products holds about one layer's weights widened to f32
+    // (freed pages the allocator keeps; measured on a 1.5B bf16 base). Blocks decode per
+    // product a chunk at a time and hold no widened layer: a 7B-shaped q4_k base peaked 0.9 GB
+    // under an estimate that counted one.
+    let one_layer: u64 = match dense < dense_f32 {
+        true => sites.iter().filter(|s| s.layer == Some(0)).map(bytes).sum(),
+        false => 0,
+    };
     // Blocks decode for a product at most `DECODED_VALUES` at a time.
     let chunk = 4 * crate::model::frozen::DECODED_VALUES as u64;
     let largest = (linear.iter().map(|s| bytes(s)).max().unwrap_or(0)).min(chunk);
@@ -442,13 +460,17 @@ pub fn frozen_base_bytes(
         true => 2 * (vocab_values * 4).min(chunk),
         false => 0,
     };
+    let stored = f32_bytes - linear_f32 + kept_packed + dense - embedding_f32 + embedding_packed;
     BaseBytes {
-        stored: f32_bytes - linear_f32 + kept_packed + dense - embedding_f32 + embedding_packed,
+        stored,
         widening: one_layer + 2 * largest + head_decoding,
         blocks: kept_f32 + embedding_f32 > 0,
-        loading: match storage.dense {
-            Dtype::F32 => 0,
-            _ => f32_bytes + dense,
+        // A GGUF read without keeping its blocks is dequantised whole before the model takes
+        // it; a safetensors checkpoint is read tensor by tensor as the model takes it (and
+        // quantised a chunk of rows at a time), which holds about one matrix on top.
+        loading: match files {
+            ModelFiles::Gguf(_) if !storage.keep_quantized => f32_bytes + stored,
+            _ => 0,
         },
     }
 }

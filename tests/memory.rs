@@ -24,13 +24,13 @@ fn the_estimate_counts_weights_adapters_activations_and_logits() {
     let e = MemoryEstimate::training(&config, 7_424, shape, true);
     assert_eq!(e.weights, 94_528 * 4);
     assert_eq!(e.adapters, 4 * 7_424 * 4); // parameters, gradients, two AdamW moments
-    // Per layer: T = 128 tokens × (6·64 + 2·2·16 + 2·96) floats (six hidden-sized buffers, k
-    // and v once per key/value head, gate and up: down's input is recomputed), plus one score
-    // buffer of 2·4·64·64.
+    // Per layer: T = 128 tokens × (4·64 + 2·2·16 + 2·96) floats (four hidden-sized buffers —
+    // the norms' outputs are recomputed — k and v once per key/value head, gate and up: down's
+    // input is recomputed), plus one score buffer of 2·4·64·64.
     // Dropout masks are drawn again in backward, not kept.
     assert_eq!(
         e.activations,
-        2 * (128 * (6 * 64 + 2 * 2 * 16 + 2 * 96) + 2 * 4 * 64 * 64) * 4
+        2 * (128 * (4 * 64 + 2 * 2 * 16 + 2 * 96) + 2 * 4 * 64 * 64) * 4
     );
     // Logits only where a label follows: 100 of the 128 positions; on flex 2 vocabulary-sized
     // buffers per position (the gradient written over the logits, then scaled), 4 with a GPU's
@@ -38,9 +38,14 @@ fn the_estimate_counts_weights_adapters_activations_and_logits() {
     assert_eq!(e.logits, 2 * 100 * 256 * 4);
     let on_gpu = MemoryEstimate::training(&config, 7_424, shape, false);
     assert_eq!(on_gpu.logits, 4 * 100 * 256 * 4);
-    assert_eq!(e.total(), 1_619_200);
+    // A GPU's attention kernels keep no score buffer.
+    assert_eq!(
+        on_gpu.activations,
+        2 * 128 * (4 * 64 + 2 * 2 * 16 + 2 * 96) * 4
+    );
+    assert_eq!(e.total(), 1_488_128);
     assert!(
-        e.render(shape).starts_with("1.6 MB (weights 0.4 MB"),
+        e.render(shape).starts_with("1.5 MB (weights 0.4 MB"),
         "{}",
         e.render(shape)
     );
@@ -59,9 +64,9 @@ fn the_estimate_counts_weights_adapters_activations_and_logits() {
     );
     assert_eq!(
         long.activations,
-        2 * (256 * (6 * 64 + 2 * 2 * 16 + 2 * 96) + 2 * 4 * 128 * 128) * 4
+        2 * (256 * (4 * 64 + 2 * 2 * 16 + 2 * 96) + 2 * 4 * 128 * 128) * 4
     );
-    // The head's logits are computed 256 labelled positions at a time.
+    // The head's logits are computed 256 labelled positions at a time (a vocabulary of 256).
     let many = MemoryEstimate::training(
         &config,
         7_424,
@@ -82,7 +87,7 @@ fn the_estimate_counts_weights_adapters_activations_and_logits() {
     let checkpointed = MemoryEstimate::training(&config, 7_424, recomputing, true);
     assert_eq!(checkpointed.activations, 2 * 128 * 64 * 4);
     // The tape plus the softmax backward's two score-sized gradients.
-    let one_layer = (128 * (6 * 64 + 2 * 2 * 16 + 2 * 96) + 3 * 2 * 4 * 64 * 64) * 4;
+    let one_layer = (128 * (4 * 64 + 2 * 2 * 16 + 2 * 96) + 3 * 2 * 4 * 64 * 64) * 4;
     assert_eq!(checkpointed.recomputed_layer, one_layer);
     assert_eq!(checkpointed.logits, e.logits); // 100 labelled positions: one chunk
     assert_eq!(

@@ -7,7 +7,7 @@ use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::data::batch::{Batch, IGNORE};
 use crate::kernels;
-use crate::memory::LOGIT_CHUNK;
+use crate::memory::logit_chunk;
 use crate::model::decoder::Decoder;
 use crate::transfer;
 
@@ -21,8 +21,9 @@ pub fn next_token_nll_sum(model: &Decoder, batch: &Batch) -> Option<Tensor<1>> {
     let hidden = model.hidden(&batch.input_ids, &batch.attention_mask);
     // A chunk of positions at a time, as the training step's head: one [chunk, vocab] buffer
     // instead of a batch-sized one (200 MB for a 4×256 batch of SmolLM2).
-    at.chunks(LOGIT_CHUNK)
-        .zip(targets.chunks(LOGIT_CHUNK))
+    let chunk = logit_chunk(model.config.vocab_size);
+    at.chunks(chunk)
+        .zip(targets.chunks(chunk))
         .map(|(at, targets)| nll_sum(model.head_at(hidden.clone(), at), targets.to_vec()))
         .reduce(|total, chunk| total + chunk)
 }

@@ -85,11 +85,28 @@ pub fn forward(
         mlp_out,
     } = &layer.norms;
     let (a, attention_in_x) = norm_forward(attention_in, x.clone());
-    let (a, attention) = attention_forward(layer, a, shape, inputs);
+    let (a, mut attention) = attention_forward(layer, a, shape, inputs);
     let (a, attention_out_x) = norm_forward(attention_out, a);
     let mid = x + scaled(a, m);
     let (f, mlp_in_x) = norm_forward(mlp_in, mid.clone());
-    let (f, mlp) = mlp_forward(&layer.mlp, f);
+    let (f, mut mlp) = mlp_forward(&layer.mlp, f);
+    // q/k/v's and gate/up's adapters read a norm's output: the tape keeps the norm's input
+    // (for its own backward) and recomputes the output for them, one hidden-sized buffer per
+    // token less for each norm.
+    if attention_in.is_some() {
+        attention.qkv = attention
+            .qkv
+            .into_iter()
+            .map(LinearTape::forget_input)
+            .collect();
+    }
+    if mlp_in.is_some() {
+        mlp.gate_up = mlp
+            .gate_up
+            .into_iter()
+            .map(LinearTape::forget_input)
+            .collect();
+    }
     let (f, mlp_out_x) = norm_forward(mlp_out, f);
     let tape = LayerTape {
         norm_inputs: [attention_in_x, attention_out_x, mlp_in_x, mlp_out_x],
@@ -116,11 +133,14 @@ pub fn backward(
         mlp_out,
     } = &layer.norms;
     let [attention_in_x, attention_out_x, mlp_in_x, mlp_out_x] = tape.norm_inputs;
+    let (mut attention_tape, mut mlp_tape) = (tape.attention, tape.mlp);
+    mlp_tape.gate_up = with_norm_output(mlp_tape.gate_up, mlp_in, &mlp_in_x);
+    attention_tape.qkv = with_norm_output(attention_tape.qkv, attention_in, &attention_in_x);
     let df = norm_backward(mlp_out, mlp_out_x, scaled(dy.clone(), m));
-    let (df, mlp) = mlp_backward(&layer.mlp, tape.mlp, df);
+    let (df, mlp) = mlp_backward(&layer.mlp, mlp_tape, df);
     let dmid = dy + norm_backward(mlp_in, mlp_in_x, df);
     let da = norm_backward(attention_out, attention_out_x, scaled(dmid.clone(), m));
-    let (da, attention) = attention_backward(layer, tape.attention, da, shape, inputs, need_dx);
+    let (da, attention) = attention_backward(layer, attention_tape, da, shape, inputs, need_dx);
     let dx = da.map(|da| dmid + norm_backward(attention_in, attention_in_x, da));
     let (qkv, o) = attention;
     let (gate_up, down) = mlp;
@@ -132,6 +152,27 @@ pub fn backward(
     grads.extend(gate_up);
     grads.push(down);
     (dx, grads)
+}
+
+/// Gives `tapes` that need their input back `norm`'s output, recomputed from its input x (the
+/// tapes forgot it in forward); `tapes` as they are without a norm.
+fn with_norm_output(
+    tapes: Vec<LinearTape>,
+    norm: &Option<RmsNorm>,
+    x: &Option<Tensor<2>>,
+) -> Vec<LinearTape> {
+    let (Some(norm), Some(x)) = (norm, x) else {
+        return tapes;
+    };
+    if !tapes.iter().any(LinearTape::needs_input) {
+        return tapes;
+    }
+    let output = norm.forward_rows(x.clone());
+    let give = |tape: LinearTape| match tape.needs_input() {
+        true => tape.with_input(output.clone()),
+        false => tape,
+    };
+    tapes.into_iter().map(give).collect()
 }
 
 /// x through `norm` if the layer has it, with the norm's input kept.

@@ -24,7 +24,7 @@ use super::TrainError;
 use super::autograd::{Gradients, Seed};
 use super::cross_entropy::scored_positions;
 use crate::data::batch::Batch;
-use crate::memory::LOGIT_CHUNK;
+use crate::memory::logit_chunk;
 use crate::model::decoder::{Decoder, DecoderLayer, LayerInputs};
 
 /// `Objective::loss_and_gradients` for a decoder: `loss / seed.denominator` and the gradient of every
@@ -34,7 +34,7 @@ pub fn loss_and_gradients(
     batch: &Batch,
     seed: Seed,
 ) -> Result<Option<Gradients>, TrainError> {
-    loss_and_gradients_chunked(model, batch, seed, LOGIT_CHUNK)
+    loss_and_gradients_chunked(model, batch, seed, logit_chunk(model.config.vocab_size))
 }
 
 /// What the forward leaves for a layer's backward.
