@@ -278,9 +278,19 @@ impl HostTensors {
     fn decode(&mut self, name: &str) -> HostTensor {
         let m = self.mapped.remove(name).expect("a mapped tensor");
         let map = &self.files[m.file].map;
-        let values = decode(m.dtype, &map[m.start..m.start + m.len])
-            .expect("dtypes are checked when the file is read");
-        release_pages(map, m.start, m.len);
+        // A chunk at a time, each chunk's pages let go once read: a vocabulary-sized matrix
+        // does not hold its file pages beside its values (0.93 GB each at 1.5B).
+        let element = m.len / m.shape.iter().product::<usize>().max(1);
+        let chunk = QUANTIZED_ROWS * element.max(1);
+        let mut values = Vec::with_capacity(m.len / element.max(1));
+        for start in (m.start..m.start + m.len).step_by(chunk) {
+            let len = chunk.min(m.start + m.len - start);
+            values.extend(
+                decode(m.dtype, &map[start..start + len])
+                    .expect("dtypes are checked when the file is read"),
+            );
+            release_pages(map, start, len);
+        }
         HostTensor {
             shape: m.shape,
             values,
@@ -358,7 +368,8 @@ impl HostTensors {
     }
 }
 
-/// Values a mapped matrix is quantised at load in, at most (whole rows; at least one).
+/// Values a mapped tensor is read in, at most (a matrix quantised at load: whole rows, at least
+/// one).
 const QUANTIZED_ROWS: usize = 1 << 20;
 
 /// Lets the mapped file's pages in `start..start + len` go from this process's memory once read
