@@ -359,6 +359,51 @@ mod kernels {
         select(first + 1 > window, first + 1 - window, 0usize)
     }
 
+    /// This unit's query row (the last one where the cube runs past s) and whether it is real.
+    #[cube]
+    fn query_row(s: usize) -> (usize, bool) {
+        let row = CUBE_POS_X as usize * ROWS + UNIT_POS_X as usize;
+        (select(row < s, row, s - 1), row < s)
+    }
+
+    /// The keys this cube's queries read: (the first, one past the last, tiles of `keys`).
+    #[cube]
+    fn key_range(
+        s: usize,
+        start: usize,
+        window: usize,
+        #[comptime] keys: usize,
+    ) -> (usize, usize, usize) {
+        let first = CUBE_POS_X as usize * ROWS;
+        let last = start + select(first + ROWS < s, first + ROWS, s);
+        let begin = first_key(start + first, window);
+        (begin, last, (last - begin + keys - 1) / keys)
+    }
+
+    /// Keys `from..from + n` (up to `last`) of one key/value head into the shared tiles: their
+    /// k and v rows and their codes; then the cube waits for all of them.
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    fn load_keys<F: Float>(
+        k: &Tensor<F>,
+        v: &Tensor<F>,
+        key_codes: &Tensor<f32>,
+        kv_base: usize,
+        codes_base: usize,
+        from: usize,
+        last: usize,
+        k_tile: &mut Shared<[f32]>,
+        v_tile: &mut Shared<[f32]>,
+        codes: &mut Shared<[f32]>,
+        #[comptime] n: usize,
+        #[comptime] d: usize,
+    ) {
+        load_tile(k, kv_base, from, last, k_tile, n, d);
+        load_tile(v, kv_base, from, last, v_tile, n, d);
+        load_entries(key_codes, codes_base, from, last, 1, 0, codes, n);
+        sync_cube();
+    }
+
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
     pub fn forward<F: Float>(
@@ -379,10 +424,7 @@ mod kernels {
         let (kv, t) = (k.shape(1), k.shape(2));
         let (head, batch) = (CUBE_POS_Y as usize, CUBE_POS_Z as usize);
         let (start, window) = (start as usize, window as usize);
-        let first = CUBE_POS_X as usize * ROWS;
-        let row = first + UNIT_POS_X as usize;
-        let live = row < s;
-        let row = select(live, row, s - 1);
+        let (row, live) = query_row(s);
         let i = start + row;
         let own = query_codes[batch * s + row];
         let qrow = (batch * h + head) * s + row;
@@ -392,18 +434,27 @@ mod kernels {
         let mut l = f32::new(0.0);
 
         let kv_base = (batch * kv + head / (h / kv)) * t * d;
-        let last = start + select(first + ROWS < s, first + ROWS, s); // past the last query
-        let begin = first_key(start + first, window);
-        let tiles = (last - begin + keys - 1) / keys;
+        let (begin, last, tiles) = key_range(s, start, window, keys);
         let mut k_tile = Shared::<[f32]>::new_slice(comptime!(keys * d));
         let mut v_tile = Shared::<[f32]>::new_slice(comptime!(keys * d));
         let mut codes = Shared::<[f32]>::new_slice(keys);
         for tile in 0..tiles {
             let from = begin + tile * keys;
-            load_tile(k, kv_base, from, last, &mut k_tile, keys, d);
-            load_tile(v, kv_base, from, last, &mut v_tile, keys, d);
-            load_entries(key_codes, batch * t, from, last, 1, 0, &mut codes, keys);
-            sync_cube();
+            let (kt, vt, ct) = (&mut k_tile, &mut v_tile, &mut codes);
+            load_keys(
+                k,
+                v,
+                key_codes,
+                kv_base,
+                batch * t,
+                from,
+                last,
+                kt,
+                vt,
+                ct,
+                keys,
+                d,
+            );
             if live {
                 for r in 0..keys {
                     let j = from + r;
@@ -456,10 +507,7 @@ mod kernels {
         let (kv, t) = (k.shape(1), k.shape(2));
         let (head, batch) = (CUBE_POS_Y as usize, CUBE_POS_Z as usize);
         let (start, window) = (start as usize, window as usize);
-        let first = CUBE_POS_X as usize * ROWS;
-        let row = first + UNIT_POS_X as usize;
-        let live = row < s;
-        let row = select(live, row, s - 1);
+        let (row, live) = query_row(s);
         let i = start + row;
         let own = query_codes[batch * s + row];
         let qrow = (batch * h + head) * s + row;
@@ -469,18 +517,27 @@ mod kernels {
         let mut acc = zeros(d);
 
         let kv_base = (batch * kv + head / (h / kv)) * t * d;
-        let last = start + select(first + ROWS < s, first + ROWS, s);
-        let begin = first_key(start + first, window);
-        let tiles = (last - begin + keys - 1) / keys;
+        let (begin, last, tiles) = key_range(s, start, window, keys);
         let mut k_tile = Shared::<[f32]>::new_slice(comptime!(keys * d));
         let mut v_tile = Shared::<[f32]>::new_slice(comptime!(keys * d));
         let mut codes = Shared::<[f32]>::new_slice(keys);
         for tile in 0..tiles {
             let from = begin + tile * keys;
-            load_tile(k, kv_base, from, last, &mut k_tile, keys, d);
-            load_tile(v, kv_base, from, last, &mut v_tile, keys, d);
-            load_entries(key_codes, batch * t, from, last, 1, 0, &mut codes, keys);
-            sync_cube();
+            let (kt, vt, ct) = (&mut k_tile, &mut v_tile, &mut codes);
+            load_keys(
+                k,
+                v,
+                key_codes,
+                kv_base,
+                batch * t,
+                from,
+                last,
+                kt,
+                vt,
+                ct,
+                keys,
+                d,
+            );
             if live {
                 for r in 0..keys {
                     let j = from + r;
