@@ -9,6 +9,8 @@
 //! autotune compiles candidates for over 6 s from S = 512 on, and wgpu's GL backend then panics
 //! on its 6-second context-lock timeout; a card's pool figures come from benches/gpu.
 
+mod common;
+
 use burn::tensor::{Device, Distribution, Tensor};
 use lora_tune::model::attention::MaskSource;
 use lora_tune::train::derived::attention::{Mask, backward, forward_materialised, forward_tiled};
@@ -65,22 +67,8 @@ fn measure(layout: &str, s: usize) {
 }
 
 fn peak(layout: &str, s: usize) -> u64 {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "attention_memory_grows_linearly_in_the_sequence"])
-        .args(["--nocapture", "--test-threads=1"])
-        .env(CHILD, format!("{layout}:{s}"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{layout} at {s}: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = stdout.lines().find_map(|l| l.strip_prefix("peak "));
-    line.and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{layout} at {s}: no figure in\n{stdout}"))
+    let test = "attention_memory_grows_linearly_in_the_sequence";
+    common::figure_from_child(test, CHILD, &format!("{layout}:{s}"), "peak")
 }
 
 #[test]

@@ -546,27 +546,9 @@ fn attention_kernels_device_memory_grows_linearly_in_the_sequence() {
         println!("\nreserved {}", usage.bytes_reserved);
         return;
     }
-    let reserved = |s: usize| -> u64 {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "attention_kernels_device_memory_grows_linearly_in_the_sequence",
-            ])
-            .args(["--nocapture", "--test-threads=1"])
-            .env(MEMORY_CHILD, s.to_string())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "S {s}: {}\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let line = stdout.lines().find_map(|l| l.strip_prefix("reserved "));
-        line.and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("S {s}: no figure in\n{stdout}"))
-    };
+    let test = "attention_kernels_device_memory_grows_linearly_in_the_sequence";
+    let reserved =
+        |s: usize| common::figure_from_child(test, MEMORY_CHILD, &s.to_string(), "reserved");
     let bytes: Vec<u64> = LENGTHS.iter().map(|&s| reserved(s)).collect();
     let shown: Vec<String> = (LENGTHS.iter().zip(&bytes))
         .map(|(s, b)| format!("S {s}: {:.2} MB", *b as f64 / 1e6))

@@ -138,3 +138,25 @@ pub fn temps(dir: &Path) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Runs test `test` of this test binary again in a child process with `env` set to `value`
+/// (a measurement that needs a fresh process), and returns the number the child printed on a
+/// line `<label> <n>`; fails with the child's output if it failed or printed none.
+pub fn figure_from_child(test: &str, env: &str, value: &str, label: &str) -> u64 {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(env, value)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{value}: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prefix = format!("{label} ");
+    let line = stdout.lines().find_map(|l| l.strip_prefix(prefix.as_str()));
+    line.and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{value}: no `{label}` figure in\n{stdout}"))
+}
