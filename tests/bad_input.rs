@@ -127,7 +127,7 @@ fn wrong_architecture() {
     });
     assert!(err.contains("model/config.json"), "{err}");
     assert!(
-        err.contains("model_type `gpt2` is not a Llama-family decoder"),
+        err.contains("model_type `gpt2` is not a supported decoder"),
         "{err}"
     );
 }

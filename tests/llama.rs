@@ -461,3 +461,91 @@ fn tiny_gguf(name: &str) -> Decoder {
     let storage = lora_tune::model::BaseStorage::default();
     lora_tune::model::load(&files, &cpu(), storage).unwrap()
 }
+
+/// Golden: tools/reference/moe_fixtures.py. Qwen3-MoE (norm_topk_prob true) and OLMoE (false),
+/// each read from the per-expert checkpoint transformers saves and from transformers 5's fused
+/// 3-D layout: logits ≤ 1e-5, the 12 greedy tokens, and every sparse layer's routes.
+#[test]
+fn tiny_mixtures_of_experts_in_both_layouts_match_transformers() {
+    for name in ["tiny-qwen3-moe", "tiny-olmoe", "tiny-qwen3-moe-sparse"] {
+        for layout in ["", "-fused"] {
+            let dir = Path::new(FIXTURES).join(format!("{name}{layout}"));
+            let config = lora_tune::model::read_decoder_config(&dir.join("config.json")).unwrap();
+            let moe = config.moe.clone().unwrap();
+            let fused = moe.layout == lora_tune::model::moe::ExpertLayout::Fused;
+            assert_eq!(fused, !layout.is_empty(), "{name}{layout}");
+            let model = Decoder::load(config, HostTensors::read(&dir).unwrap(), &cpu()).unwrap();
+            let reference = Path::new(FIXTURES).join(name);
+            let what = format!("{name}{layout}");
+            assert_reference_logits(&model, &reference, &what, 1e-5);
+            greedy_equals_transformers_with(&model, &reference, &what);
+            routes_equal_transformers(&model, &reference, &what);
+        }
+    }
+}
+
+/// Qwen3-MoE's `decoder_sparse_step` 2 and `mlp_only_layers` [3] leave one sparse layer of four.
+#[test]
+fn decoder_sparse_step_and_mlp_only_layers_pick_the_sparse_layers() {
+    let dir = Path::new(FIXTURES).join("tiny-qwen3-moe-sparse");
+    let config = lora_tune::model::read_decoder_config(&dir.join("config.json")).unwrap();
+    let moe = config.moe.as_ref().unwrap();
+    assert_eq!(moe.sparse_layers, [false, true, false, false]);
+    let sparse = lora_tune::model::moe::Routing::SoftmaxTopK { renormalize: false };
+    assert_eq!((moe.num_experts, moe.top_k, moe.routing), (8, 2, sparse));
+}
+
+/// Each sparse layer's chosen experts and routing weights for the reference tokens equal the
+/// ones transformers' router gave (`routes.L.experts` / `routes.L.weights`).
+fn routes_equal_transformers(model: &Decoder, dir: &Path, name: &str) {
+    use lora_tune::model::mlp::FeedForward;
+    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let ids: Vec<Vec<u32>> = ints(&st, "input_ids")
+        .iter()
+        .map(|r| r.iter().map(|&t| t as u32).collect())
+        .collect();
+    let mask: Vec<Vec<u8>> = ints(&st, "attention_mask")
+        .iter()
+        .map(|r| r.iter().map(|&t| t as u8).collect())
+        .collect();
+    let inputs = model.layer_inputs(&mask);
+    let mut x = model.embed(&ids);
+    let mut checked = 0;
+    for (i, layer) in model.layers.iter().enumerate() {
+        if let FeedForward::Sparse(moe) = &layer.mlp {
+            let n = &layer.norms;
+            let attn_in = n.attention_in.as_ref().unwrap().forward(x.clone());
+            let (rope, mask) = (inputs.rope_of(layer), inputs.mask_of(layer));
+            let mid = x.clone() + layer.self_attn.forward(attn_in, rope, &mask.full(), None);
+            let [b, s, h] = mid.dims();
+            let moe_in = n.mlp_in.as_ref().unwrap().forward(mid).reshape([b * s, h]);
+            let routes = moe.route(moe_in);
+            let got: Vec<i64> = routes
+                .chosen
+                .into_data()
+                .convert::<i64>()
+                .try_to_vec()
+                .unwrap();
+            let want = ints(&st, &format!("routes.{i}.experts")).concat();
+            assert_eq!(got, want, "{name}: layer {i}'s experts");
+            let got: Vec<f32> = routes.weights.into_data().try_to_vec().unwrap();
+            let want: Vec<f32> = (st.tensor(&format!("routes.{i}.weights")).unwrap().data())
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            let max = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| (g - w).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                max < 1e-6,
+                "{name}: layer {i}'s routing weights differ by {max}"
+            );
+            checked += 1;
+        }
+        x = layer.forward(x, &inputs, None);
+    }
+    assert!(checked > 0, "{name}: no sparse layer");
+}

@@ -214,7 +214,12 @@ fn derived_step_equals_autodiff_in(
         }
         for (w, key) in want.1.iter().zip(&keys) {
             let w = tiny::values(w);
-            assert!(w.iter().any(|&v| v != 0.0), "{key}: no autodiff gradient");
+            // (An expert no token of these micro-batches reached has none.)
+            let routed_around = key.contains(".mlp.experts.");
+            assert!(
+                routed_around || w.iter().any(|&v| v != 0.0),
+                "{key}: no autodiff gradient"
+            );
         }
         let mut derived = Vec::new();
         for (what, m) in [("derived", &mut plain), ("recomputed", &mut recomputing)] {
@@ -1291,4 +1296,36 @@ fn follow_autocast(
         .map(|(g, w)| rel(g.loss, w["loss"].as_f64().unwrap()))
         .fold(0.0, f64::max);
     (steps, loss_gap, distance)
+}
+
+/// Golden: tools/reference/moe_train.py (peft 0.21.2): the ten steps with adapters on attention
+/// and on every expert — Qwen3-MoE per expert (target_modules on per-expert modules) and fused
+/// (target_parameters on transformers 5's 3-D experts, mapped to per-expert keys), OLMoE per
+/// expert — through the router's weights, the grouped expert products and the scatter back,
+/// with and without gradient checkpointing.
+#[test]
+fn ten_steps_on_tiny_mixtures_of_experts_equal_peft() {
+    for (name, fixtures) in [
+        ("tiny-qwen3-moe", "lora/train-qwen3-moe"),
+        ("tiny-qwen3-moe-fused", "lora/train-qwen3-moe-fused"),
+        ("tiny-olmoe", "lora/train-olmoe"),
+    ] {
+        for checkpointing in [false, true] {
+            let what = format!("{name}, checkpointing {checkpointing}");
+            tiny::assert_ten_steps_equal_peft_on(name, fixtures, &cpu(), &what, checkpointing);
+        }
+    }
+}
+
+/// The hand-derived MoE backward (experts' adapters, the routing weights through the top-k
+/// softmax with and without renormalisation, the router's input gradient) equals autodiff's,
+/// with dropout on the experts' adapters. After five AdamW steps, checkpointing's adapters
+/// stay within 5e-5 of the kept tapes' (as DoRA's): the gradients agree to ~1e-6 and AdamW's
+/// normalised updates amplify that on the experts' small gradients.
+#[test]
+fn the_derived_step_equals_autodiff_on_mixtures_of_experts() {
+    let targets = r"model\.layers\.1\..*|lm_head";
+    derived_step_equals_autodiff_on("tiny-qwen3-moe", targets, [1e-5, 5e-5], false);
+    let targets = r"model\.layers\.0\..*";
+    derived_step_equals_autodiff_on("tiny-olmoe-fused", targets, [1e-5, 5e-5], false);
 }

@@ -237,6 +237,7 @@ mod tests {
             tie_word_embeddings: true,
             qkv_bias: false,
             deltas: Deltas::default(),
+            moe: None,
             family: Family::Llama,
         }
     }

@@ -77,10 +77,22 @@ const FUSED_PROJECTIONS: [&str; 4] = ["qkv_proj", "o_proj", "gate_up_proj", "dow
 /// The adapted layers of `sites` under `lora`, in model order.
 pub fn select(sites: &[LinearSite], lora: &LoraSection) -> Result<Vec<TargetLayer>, TargetError> {
     // The default names every attention and MLP projection; with fused ones those are Phi-3's
-    // four (the seven Llama names would match only o_proj and down_proj there).
-    if lora.targets == Targets::default() && sites.iter().any(|s| s.name() == "qkv_proj") {
+    // four (the seven Llama names would match only o_proj and down_proj there), and fused
+    // experts (`mlp.experts.{e}.gate_up_proj`) join the seven.
+    let has = |name: &str| sites.iter().any(|s| s.name() == name);
+    if lora.targets == Targets::default() && has("gate_up_proj") {
+        let names: Vec<String> = match has("qkv_proj") {
+            true => FUSED_PROJECTIONS.map(String::from).to_vec(),
+            false => match Targets::default() {
+                Targets::Modules(mut names) => {
+                    names.push("gate_up_proj".into());
+                    names
+                }
+                _ => unreachable!("the default targets are module names"),
+            },
+        };
         let fused = LoraSection {
-            targets: Targets::Modules(FUSED_PROJECTIONS.map(String::from).to_vec()),
+            targets: Targets::Modules(names),
             ..lora.clone()
         };
         return select(sites, &fused);

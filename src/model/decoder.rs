@@ -12,7 +12,8 @@ use super::attention::{
 use super::decoder_config::{DecoderConfig, NormPlacement, QkNorm};
 use super::frozen::FrozenWeight;
 use super::linear::{Linear, take1};
-use super::mlp::{GateUpProjection, Mlp};
+use super::mlp::{FeedForward, GateUpProjection, Mlp};
+use super::moe::SparseMoe;
 use super::norm::RmsNorm;
 use super::rope::{RopeFrequencies, RopeTables};
 use crate::dtype::Dtype;
@@ -84,7 +85,7 @@ pub fn maybe_norm(norm: &Option<RmsNorm>, x: Tensor<3>) -> Tensor<3> {
 pub struct DecoderLayer {
     pub norms: LayerNorms,
     pub self_attn: Attention,
-    pub mlp: Mlp,
+    pub mlp: FeedForward,
     /// Scales each block's output before the residual add (Granite; 1 elsewhere).
     pub residual_multiplier: f64,
     /// Attention limited to the model's sliding window ([`LayerInputs::mask_of`]).
@@ -132,13 +133,7 @@ impl DecoderLayer {
             QkvProjection::Fused { .. } => std::iter::once(o).chain(attn).collect(),
             QkvProjection::Separate { .. } => attn.chain(std::iter::once(o)).collect(),
         };
-        all.extend(
-            m.gate_up
-                .named()
-                .into_iter()
-                .map(|(n, l)| (format!("mlp.{n}"), l)),
-        );
-        all.push(("mlp.down_proj".to_string(), &m.down_proj));
+        all.extend(m.named());
         all
     }
 
@@ -157,13 +152,7 @@ impl DecoderLayer {
         } else {
             attn.chain(std::iter::once(o)).collect()
         };
-        all.extend(
-            m.gate_up
-                .named_mut()
-                .into_iter()
-                .map(|(n, l)| (format!("mlp.{n}"), l)),
-        );
-        all.push(("mlp.down_proj".to_string(), &mut m.down_proj));
+        all.extend(m.named_mut());
         all
     }
 }
@@ -331,20 +320,30 @@ impl Decoder {
                     n_kv_heads: c.num_key_value_heads,
                     head_dim: c.head_dim,
                 },
-                mlp: Mlp {
-                    gate_up: if c.deltas.fused_projections {
-                        let shape = [2 * c.intermediate_size, hd];
-                        GateUpProjection::Fused {
-                            gate_up_proj: mlp("gate_up_proj", shape, &mut w)?,
-                        }
-                    } else {
-                        GateUpProjection::Separate {
-                            gate_proj: mlp("gate_proj", [c.intermediate_size, hd], &mut w)?,
-                            up_proj: mlp("up_proj", [c.intermediate_size, hd], &mut w)?,
-                        }
-                    },
-                    down_proj: mlp("down_proj", [hd, c.intermediate_size], &mut w)?,
-                    activation: c.deltas.activation,
+                mlp: match &c.moe {
+                    Some(moe) if moe.sparse_layers[i] => FeedForward::Sparse(SparseMoe::load(
+                        &mut w,
+                        &format!("{at}.mlp"),
+                        moe,
+                        hd,
+                        c.deltas.activation,
+                        device,
+                    )?),
+                    _ => FeedForward::Dense(Mlp {
+                        gate_up: if c.deltas.fused_projections {
+                            let shape = [2 * c.intermediate_size, hd];
+                            GateUpProjection::Fused {
+                                gate_up_proj: mlp("gate_up_proj", shape, &mut w)?,
+                            }
+                        } else {
+                            GateUpProjection::Separate {
+                                gate_proj: mlp("gate_proj", [c.intermediate_size, hd], &mut w)?,
+                                up_proj: mlp("up_proj", [c.intermediate_size, hd], &mut w)?,
+                            }
+                        },
+                        down_proj: mlp("down_proj", [hd, c.intermediate_size], &mut w)?,
+                        activation: c.deltas.activation,
+                    }),
                 },
                 residual_multiplier: c.deltas.residual_multiplier,
                 sliding: c

@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::mlp::Activation;
+use super::moe::MoeConfig;
 use crate::lora::targets::LinearSite;
 use crate::weights::WeightsError;
 
@@ -83,6 +84,8 @@ pub enum Family {
     Gemma2,
     Gemma3,
     Phi3,
+    Qwen3Moe,
+    Olmoe,
 }
 
 impl Family {
@@ -97,6 +100,8 @@ impl Family {
             Self::Gemma2 => "gemma2",
             Self::Gemma3 => "gemma3",
             Self::Phi3 => "phi3",
+            Self::Qwen3Moe => "qwen3moe",
+            Self::Olmoe => "olmoe",
         }
     }
 }
@@ -204,6 +209,8 @@ pub struct DecoderConfig {
     pub qkv_bias: bool,
     /// What the families beyond Llama change in the computation.
     pub deltas: Deltas,
+    /// Mixture-of-experts layers (Qwen3-MoE, OLMoE); None in a dense decoder.
+    pub moe: Option<MoeConfig>,
     pub family: Family,
 }
 
@@ -224,7 +231,27 @@ impl DecoderConfig {
         let mut sites = Vec::with_capacity(self.num_hidden_layers * 7 + 1);
         for layer in 0..self.num_hidden_layers {
             // HF module order: Phi-3 defines o_proj before qkv_proj.
-            let modules: &[(&str, usize, usize)] = if self.deltas.fused_projections {
+            let modules: &[(&str, usize, usize)] = if let Some(moe) = self.sparse(layer) {
+                let attention = [
+                    ("self_attn.q_proj".to_string(), h, q),
+                    ("self_attn.k_proj".to_string(), h, kv),
+                    ("self_attn.v_proj".to_string(), h, kv),
+                    ("self_attn.o_proj".to_string(), q, h),
+                ];
+                let experts = (0..moe.num_experts).flat_map(|e| {
+                    let modules = moe.expert_modules(h).into_iter();
+                    modules.map(move |(m, i, o)| (format!("mlp.experts.{e}.{m}"), i, o))
+                });
+                for (m, in_features, out_features) in attention.into_iter().chain(experts) {
+                    sites.push(LinearSite {
+                        path: format!("model.layers.{layer}.{m}"),
+                        layer: Some(layer),
+                        in_features,
+                        out_features,
+                    });
+                }
+                continue;
+            } else if self.deltas.fused_projections {
                 &[
                     ("self_attn.o_proj", q, h),
                     ("self_attn.qkv_proj", h, q + 2 * kv),
@@ -291,12 +318,21 @@ impl DecoderConfig {
             NormPlacement::Sandwich => 4,
         };
         let norms = h * (per_layer * self.num_hidden_layers + 1) + qk_norms;
+        let routers: usize = (0..self.num_hidden_layers)
+            .filter_map(|layer| self.sparse(layer))
+            .map(|moe| moe.num_experts * h)
+            .sum();
         let head = if self.tie_word_embeddings {
             0
         } else {
             self.vocab_size * h
         };
-        (self.vocab_size * h + linear + biases + norms + head) as u64
+        (self.vocab_size * h + linear + biases + norms + routers + head) as u64
+    }
+
+    /// The layer's experts, where `layer` is a mixture-of-experts layer.
+    pub fn sparse(&self, layer: usize) -> Option<&MoeConfig> {
+        self.moe.as_ref().filter(|moe| moe.sparse_layers[layer])
     }
 
     pub fn validated(self, path: &Path) -> Result<Self, WeightsError> {

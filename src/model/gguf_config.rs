@@ -173,6 +173,7 @@ impl DecoderConfig {
             max_position_embeddings: int("context_length").unwrap_or(2048),
             tie_word_embeddings: !has("output.weight"),
             qkv_bias: has("blk.0.attn_q.bias"),
+            moe: None,
             deltas: Deltas {
                 sliding_window,
                 // q/k RMSNorms: per head (Qwen3: head_dim wide) or over the projection (OLMo2).

@@ -81,6 +81,7 @@ impl LlamaJson {
                 activation,
                 ..Deltas::default()
             },
+            moe: None,
             family: if qkv_bias {
                 Family::Qwen2
             } else {

@@ -7,6 +7,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu, silu};
 
 use super::linear::Linear;
+use super::moe::SparseMoe;
 use crate::kernels;
 
 /// The gate's activation, by its transformers name (`hidden_act`, `hidden_activation`).
@@ -120,4 +121,63 @@ impl Mlp {
         let (gate, up) = self.gate_up.forward(x);
         self.down_proj.forward(self.activation.gated(gate, up))
     }
+
+    /// The linear layers with their names in the MLP, in HF module order.
+    pub fn named(&self) -> Vec<(&'static str, &Linear)> {
+        let mut all = self.gate_up.named();
+        all.push(("down_proj", &self.down_proj));
+        all
+    }
+
+    pub fn named_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        let mut all = self.gate_up.named_mut();
+        all.push(("down_proj", &mut self.down_proj));
+        all
+    }
+}
+
+/// A decoder layer's feed-forward block: one gated MLP, or a mixture of experts.
+// One per layer: the size difference of the variants costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum FeedForward {
+    Dense(Mlp),
+    Sparse(SparseMoe),
+}
+
+impl FeedForward {
+    /// x: [b, s, hidden] → same.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        match self {
+            Self::Dense(mlp) => mlp.forward(x),
+            Self::Sparse(moe) => moe.forward(x),
+        }
+    }
+
+    /// The linear layers with their paths inside the layer (`mlp.gate_proj`,
+    /// `mlp.experts.3.down_proj`), in HF module order; a router is not a linear layer here.
+    pub fn named(&self) -> Vec<(String, &Linear)> {
+        match self {
+            Self::Dense(mlp) => prefixed("mlp", mlp.named()),
+            Self::Sparse(moe) => (moe.experts.iter().enumerate())
+                .flat_map(|(e, mlp)| prefixed(&format!("mlp.experts.{e}"), mlp.named()))
+                .collect(),
+        }
+    }
+
+    pub fn named_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        match self {
+            Self::Dense(mlp) => prefixed("mlp", mlp.named_mut()),
+            Self::Sparse(moe) => (moe.experts.iter_mut().enumerate())
+                .flat_map(|(e, mlp)| prefixed(&format!("mlp.experts.{e}"), mlp.named_mut()))
+                .collect(),
+        }
+    }
+}
+
+fn prefixed<T>(at: &str, named: Vec<(&'static str, T)>) -> Vec<(String, T)> {
+    named
+        .into_iter()
+        .map(|(n, l)| (format!("{at}.{n}"), l))
+        .collect()
 }

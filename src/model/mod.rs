@@ -22,11 +22,14 @@ pub mod linear;
 pub mod llama;
 pub mod mistral;
 pub mod mlp;
+pub mod moe;
 pub mod norm;
 pub mod olmo2;
+pub mod olmoe;
 pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
+pub mod qwen3_moe;
 pub mod rope;
 
 use std::path::Path;
@@ -58,6 +61,8 @@ pub enum LoadError {
 }
 
 /// The shape of either architecture, read from headers only.
+// One per run: the size difference of the variants costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelConfig {
     Decoder(DecoderConfig),
@@ -150,7 +155,7 @@ pub fn read_decoder_config(path: &Path) -> Result<DecoderConfig, WeightsError> {
     let model_type = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
         .and_then(|v| v["model_type"].as_str().map(String::from));
-    match model_type.as_deref().unwrap_or("llama") {
+    let mut config = match model_type.as_deref().unwrap_or("llama") {
         "llama" => llama::config(path, &text),
         "mistral" => mistral::config(path, &text),
         "qwen2" => qwen2::config(path, &text),
@@ -160,13 +165,34 @@ pub fn read_decoder_config(path: &Path) -> Result<DecoderConfig, WeightsError> {
         "gemma2" => gemma2::config(path, &text),
         "gemma3_text" => gemma3::config(path, &text),
         "phi3" => phi3::config(path, &text),
-        other => Err(WeightsError::format(
-            path,
-            format!(
-                "model_type `{other}` is not a Llama-family decoder (llama, mistral, qwen2, qwen3, granite, olmo2, gemma2, gemma3_text, phi3)"
-            ),
-        )),
+        "qwen3_moe" => qwen3_moe::config(path, &text),
+        "olmoe" => olmoe::config(path, &text),
+        other => Err(WeightsError::format(path, unsupported(other))),
+    }?;
+    if let (Some(moe), Some(dir)) = (&mut config.moe, path.parent()) {
+        moe.layout = moe::ExpertLayout::of_checkpoint(dir)?;
     }
+    Ok(config)
+}
+
+/// Why `model_type` is refused.
+fn unsupported(model_type: &str) -> String {
+    let why = match model_type {
+        "gpt_oss" => {
+            "gpt-oss is not supported: its MXFP4 experts, router bias and attention sinks are not implemented"
+        }
+        "deepseek_v2" | "deepseek_v3" => {
+            "DeepSeek-V2/V3 are not supported: multi-head latent attention (MLA) is not implemented"
+        }
+        "mixtral" | "qwen2_moe" | "granitemoe" => {
+            "this mixture-of-experts family is not implemented yet (qwen3_moe and olmoe are)"
+        }
+        _ => "",
+    };
+    format!(
+        "model_type `{model_type}` is not a supported decoder (llama, mistral, qwen2, qwen3, granite, olmo2, gemma2, gemma3_text, phi3, qwen3_moe, olmoe){}{why}",
+        if why.is_empty() { "" } else { ": " }
+    )
 }
 
 /// The config of an HF directory or GGUF file, reading headers only (no weights).

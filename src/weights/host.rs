@@ -341,6 +341,42 @@ impl HostTensors {
         }
     }
 
+    /// Splits 3-D tensor `name` ([n, rows, cols]; transformers 5's fused experts) into n
+    /// matrices named `part(i)`, without reading it: a mapped tensor becomes n mapped slices.
+    pub fn unstack(
+        &mut self,
+        name: &str,
+        shape: [usize; 3],
+        part: impl Fn(usize) -> String,
+    ) -> Result<(), WeightsError> {
+        let [n, rows, cols] = shape;
+        match self.mapped.remove(name) {
+            Some(m) if m.shape != shape => Err(self.wrong_shape(name, &m.shape, &shape)),
+            Some(m) => {
+                let len = m.len / n.max(1);
+                for i in 0..n {
+                    let slice = Mapped {
+                        start: m.start + i * len,
+                        len,
+                        shape: vec![rows, cols],
+                        ..m
+                    };
+                    self.mapped.insert(part(i), slice);
+                }
+                Ok(())
+            }
+            None => {
+                let t = self.take(name, &shape)?;
+                for (i, values) in t.values.chunks_exact(rows * cols).enumerate() {
+                    let shape = vec![rows, cols];
+                    let values = values.to_vec();
+                    self.tensors.insert(part(i), HostTensor { shape, values });
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Drops a tensor the model knowingly does not use (e.g. a tied `lm_head.weight` copy).
     pub fn ignore(&mut self, name: &str) {
         self.tensors.remove(name);

@@ -8,13 +8,14 @@ use burn::tensor::Tensor;
 
 use super::attention::{self, AttentionCore, Mask};
 use super::linear::{self, FactorGradients, LinearTape};
+use super::moe::{self, MoeTape};
 use super::ops::{activation_and_derivative, rms_norm_backward, rope_backward};
 use crate::data::batch::Batch;
 use crate::kernels;
 use crate::model::attention::{Attention, QkvProjection};
 use crate::model::decoder::{DecoderLayer, LayerInputs, LayerNorms};
 use crate::model::decoder_config::QkNorm;
-use crate::model::mlp::{Activation, GateUpProjection, Mlp};
+use crate::model::mlp::{Activation, FeedForward, GateUpProjection, Mlp};
 use crate::model::norm::RmsNorm;
 
 /// The adapters' gradients of a layer, in `DecoderLayer::linears_mut` order.
@@ -45,7 +46,15 @@ pub struct LayerTape {
     /// The inputs of the layer's norms, in [`LayerNorms`]' order (None where it has none).
     norm_inputs: [Option<Tensor<2>>; 4],
     attention: AttentionTape,
-    mlp: MlpTape,
+    mlp: FeedForwardTape,
+}
+
+/// A dense MLP's tape, or a mixture of experts'.
+#[allow(clippy::large_enum_variant)] // burn tensor handles; one per layer
+#[derive(Debug, Clone)]
+enum FeedForwardTape {
+    Dense(MlpTape),
+    Sparse(MoeTape),
 }
 
 #[derive(Debug, Clone)]
@@ -62,7 +71,7 @@ struct AttentionTape {
 }
 
 #[derive(Debug, Clone)]
-struct MlpTape {
+pub struct MlpTape {
     /// gate's and up's projections (one when fused), then down's.
     gate_up: Vec<LinearTape>,
     down: LinearTape,
@@ -89,7 +98,16 @@ pub fn forward(
     let (a, attention_out_x) = norm_forward(attention_out, a);
     let mid = x + scaled(a, m);
     let (f, mlp_in_x) = norm_forward(mlp_in, mid.clone());
-    let (f, mut mlp) = mlp_forward(&layer.mlp, f);
+    let (f, mut mlp) = match &layer.mlp {
+        FeedForward::Dense(dense) => {
+            let (f, tape) = mlp_forward(dense, f);
+            (f, FeedForwardTape::Dense(tape))
+        }
+        FeedForward::Sparse(sparse) => {
+            let (f, tape) = moe::forward(sparse, f);
+            (f, FeedForwardTape::Sparse(tape))
+        }
+    };
     // q/k/v's and gate/up's adapters read a norm's output: the tape keeps the norm's input
     // (for its own backward) and recomputes the output for them, one hidden-sized buffer per
     // token less for each norm.
@@ -100,9 +118,9 @@ pub fn forward(
             .map(LinearTape::forget_input)
             .collect();
     }
-    if mlp_in.is_some() {
-        mlp.gate_up = mlp
-            .gate_up
+    // (Experts keep their own inputs: each reads a gathered subset of the tokens.)
+    if let (Some(_), FeedForwardTape::Dense(mlp)) = (mlp_in, &mut mlp) {
+        mlp.gate_up = std::mem::take(&mut mlp.gate_up)
             .into_iter()
             .map(LinearTape::forget_input)
             .collect();
@@ -134,23 +152,32 @@ pub fn backward(
     } = &layer.norms;
     let [attention_in_x, attention_out_x, mlp_in_x, mlp_out_x] = tape.norm_inputs;
     let (mut attention_tape, mut mlp_tape) = (tape.attention, tape.mlp);
-    mlp_tape.gate_up = with_norm_output(mlp_tape.gate_up, mlp_in, &mlp_in_x);
+    if let FeedForwardTape::Dense(tape) = &mut mlp_tape {
+        tape.gate_up = with_norm_output(std::mem::take(&mut tape.gate_up), mlp_in, &mlp_in_x);
+    }
     attention_tape.qkv = with_norm_output(attention_tape.qkv, attention_in, &attention_in_x);
     let df = norm_backward(mlp_out, mlp_out_x, scaled(dy.clone(), m));
-    let (df, mlp) = mlp_backward(&layer.mlp, mlp_tape, df);
+    let (df, mlp) = match (&layer.mlp, mlp_tape) {
+        (FeedForward::Dense(dense), FeedForwardTape::Dense(tape)) => {
+            let (df, (gate_up, down)) = mlp_backward(dense, tape, df);
+            (df, gate_up.into_iter().chain([down]).collect())
+        }
+        (FeedForward::Sparse(sparse), FeedForwardTape::Sparse(tape)) => {
+            moe::backward(sparse, tape, df)
+        }
+        _ => unreachable!("a layer's tape comes from its own forward"),
+    };
     let dmid = dy + norm_backward(mlp_in, mlp_in_x, df);
     let da = norm_backward(attention_out, attention_out_x, scaled(dmid.clone(), m));
     let (da, attention) = attention_backward(layer, attention_tape, da, shape, inputs, need_dx);
     let dx = da.map(|da| dmid + norm_backward(attention_in, attention_in_x, da));
     let (qkv, o) = attention;
-    let (gate_up, down) = mlp;
     // `DecoderLayer::named_linears`' order: Phi-3's fused layers list o_proj first.
     let mut grads: LayerGradients = match layer.self_attn.qkv {
         QkvProjection::Fused { .. } => [o].into_iter().chain(qkv).collect(),
         QkvProjection::Separate { .. } => qkv.into_iter().chain([o]).collect(),
     };
-    grads.extend(gate_up);
-    grads.push(down);
+    grads.extend(mlp);
     (dx, grads)
 }
 
@@ -355,7 +382,7 @@ fn qk_norm_backward(norm: &Option<RmsNorm>, rows: Option<Tensor<2>>, dy: Tensor<
     }
 }
 
-fn mlp_forward(mlp: &Mlp, x: Tensor<2>) -> (Tensor<2>, MlpTape) {
+pub fn mlp_forward(mlp: &Mlp, x: Tensor<2>) -> (Tensor<2>, MlpTape) {
     let (gate, up, gate_up) = match &mlp.gate_up {
         GateUpProjection::Separate { gate_proj, up_proj } => {
             let (gate, gate_tape) = linear::forward(gate_proj, x.clone());
@@ -386,7 +413,7 @@ fn mlp_forward(mlp: &Mlp, x: Tensor<2>) -> (Tensor<2>, MlpTape) {
 
 /// The MLP always passes its input gradient on: below it in the layer is the attention block.
 /// → dx and the gradients of gate's and up's projections (one when fused) and of down's.
-fn mlp_backward(
+pub fn mlp_backward(
     mlp: &Mlp,
     tape: MlpTape,
     dy: Tensor<2>,

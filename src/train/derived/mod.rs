@@ -14,6 +14,7 @@ pub mod encoder;
 pub mod head;
 pub mod layer;
 pub mod linear;
+pub mod moe;
 pub mod ops;
 
 use burn::tensor::Tensor;

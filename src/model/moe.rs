@@ -1,0 +1,329 @@
+//! Mixture-of-experts feed-forward layers (Qwen3-MoE, OLMoE): a frozen router picks each token's
+//! top k experts, and the layer's output is the routing-weighted sum of those experts' gated
+//! MLPs. Tokens are grouped by expert, so each expert runs one product over just the tokens
+//! routed to it — the base product and its adapter's `x·Aᵀ·Bᵀ` — and no per-expert ΔW is ever
+//! built. Each expert is an ordinary [`Mlp`] of [`Linear`]s named as the per-expert checkpoint
+//! names them (`mlp.experts.{e}.gate_proj`), so adapters, targets and exports treat experts like
+//! any other linear layer.
+//! Source: transformers `models/qwen3_moe/modeling_qwen3_moe.py` (`Qwen3MoeTopKRouter`,
+//! `Qwen3MoeExperts`), `models/olmoe/modeling_olmoe.py`.
+
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use super::linear::{Linear, take2};
+use super::mlp::{Activation, GateUpProjection, Mlp};
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::transfer;
+use crate::weights::WeightsError;
+use crate::weights::host::HostTensors;
+use crate::weights::safetensors::{StFile, read_index};
+
+/// How router logits become each token's experts and weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// A softmax over every expert (in f32), the k largest probabilities kept, renormalised to
+    /// sum to 1 when `renormalize` (`norm_topk_prob`).
+    SoftmaxTopK { renormalize: bool },
+}
+
+/// How a checkpoint stores its experts; the model keeps one [`Mlp`] per expert either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpertLayout {
+    /// `mlp.experts.{e}.gate_proj` / `up_proj` / `down_proj` (what transformers 5 saves).
+    PerExpert,
+    /// transformers 5's in-memory form: `mlp.experts.gate_up_proj` [E, 2I, H] (gate rows first)
+    /// and `mlp.experts.down_proj` [E, H, I]. Each expert's gate and up stay one linear
+    /// (`mlp.experts.{e}.gate_up_proj`), as PEFT's `target_parameters` adapts them.
+    Fused,
+}
+
+/// The mixture-of-experts part of a decoder's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeConfig {
+    pub num_experts: usize,
+    /// Experts per token (`num_experts_per_tok`).
+    pub top_k: usize,
+    /// Each expert's intermediate size (`moe_intermediate_size`).
+    pub expert_intermediate_size: usize,
+    pub routing: Routing,
+    /// One entry per layer: true where the layer's MLP is sparse (`decoder_sparse_step`,
+    /// `mlp_only_layers`); the others are dense MLPs of `intermediate_size`.
+    pub sparse_layers: Vec<bool>,
+    pub layout: ExpertLayout,
+}
+
+impl MoeConfig {
+    /// Each expert's linear layers with their (in, out) features, in HF module order.
+    pub fn expert_modules(&self, hidden: usize) -> Vec<(&'static str, usize, usize)> {
+        let i = self.expert_intermediate_size;
+        match self.layout {
+            ExpertLayout::PerExpert => vec![
+                ("gate_proj", hidden, i),
+                ("up_proj", hidden, i),
+                ("down_proj", i, hidden),
+            ],
+            ExpertLayout::Fused => vec![("gate_up_proj", hidden, 2 * i), ("down_proj", i, hidden)],
+        }
+    }
+}
+
+/// The mixture-of-experts fields of a config.json (Qwen3-MoE, OLMoE), read or refused.
+#[derive(Debug, Deserialize)]
+struct MoeJson {
+    num_experts: Option<usize>,
+    /// What transformers 5 writes `num_experts` as for Qwen3-MoE.
+    num_local_experts: Option<usize>,
+    num_experts_per_tok: usize,
+    moe_intermediate_size: Option<usize>,
+    norm_topk_prob: Option<bool>,
+    decoder_sparse_step: Option<usize>,
+    #[serde(default)]
+    mlp_only_layers: Vec<usize>,
+    output_router_logits: Option<bool>,
+}
+
+impl MoeConfig {
+    /// The MoE part of config.json `text` (at `path`) for a model of `layers` layers; experts
+    /// are `intermediate_size` wide where the family has no `moe_intermediate_size` (OLMoE),
+    /// and `norm_topk_prob` defaults to `renormalize` (both families' class default: false).
+    pub fn from_json(
+        path: &Path,
+        text: &str,
+        layers: usize,
+        intermediate_size: usize,
+        renormalize: bool,
+    ) -> Result<Self, WeightsError> {
+        let err = |detail: String| WeightsError::format(path, detail);
+        let json: MoeJson = serde_json::from_str(text)
+            .map_err(|e| err(format!("not a mixture-of-experts config: {e}")))?;
+        let num_experts = (json.num_experts.or(json.num_local_experts))
+            .ok_or_else(|| err("num_experts is missing".into()))?;
+        let step = json.decoder_sparse_step.unwrap_or(1);
+        if num_experts == 0 || step == 0 {
+            return Err(err(format!(
+                "num_experts = {num_experts}, decoder_sparse_step = {step}: a mixture of experts needs both positive (a dense model is a dense family)"
+            )));
+        }
+        let top_k = json.num_experts_per_tok;
+        if top_k == 0 || top_k > num_experts {
+            return Err(err(format!(
+                "num_experts_per_tok = {top_k} of {num_experts} experts: choose 1 to {num_experts}"
+            )));
+        }
+        if json.output_router_logits == Some(true) {
+            return Err(err(
+                "output_router_logits = true adds the router load-balancing loss to the training loss, which is not implemented; set it to false".into(),
+            ));
+        }
+        if let Some(&bad) = json.mlp_only_layers.iter().find(|&&l| l >= layers) {
+            return Err(err(format!(
+                "mlp_only_layers names layer {bad} of a {layers}-layer model"
+            )));
+        }
+        let sparse_layers = (0..layers)
+            .map(|l| !json.mlp_only_layers.contains(&l) && (l + 1) % step == 0)
+            .collect();
+        Ok(Self {
+            num_experts,
+            top_k,
+            expert_intermediate_size: json.moe_intermediate_size.unwrap_or(intermediate_size),
+            routing: Routing::SoftmaxTopK {
+                renormalize: json.norm_topk_prob.unwrap_or(renormalize),
+            },
+            sparse_layers,
+            layout: ExpertLayout::PerExpert,
+        })
+    }
+}
+
+impl ExpertLayout {
+    /// How the safetensors checkpoint in `dir` stores its experts (read from headers; the
+    /// per-expert layout where there are no weights yet).
+    pub fn of_checkpoint(dir: &Path) -> Result<Self, WeightsError> {
+        let index = dir.join("model.safetensors.index.json");
+        let names: Vec<String> = if index.exists() {
+            read_index(&index)?.into_keys().collect()
+        } else if dir.join("model.safetensors").exists() {
+            let file = StFile::open(&dir.join("model.safetensors"))?;
+            file.tensors.into_iter().map(|t| t.name).collect()
+        } else {
+            Vec::new()
+        };
+        let fused = names
+            .iter()
+            .any(|n| n.ends_with(".mlp.experts.gate_up_proj"));
+        Ok(if fused { Self::Fused } else { Self::PerExpert })
+    }
+}
+
+/// A sparse MoE block: router and experts.
+#[derive(Debug, Clone)]
+pub struct SparseMoe {
+    /// The router, [num_experts, hidden] (`mlp.gate.weight`), f32 and never adapted.
+    pub gate: Tensor<2>,
+    pub experts: Vec<Mlp>,
+    pub top_k: usize,
+    pub routing: Routing,
+}
+
+/// One batch's routing: each token's experts and weights, and the (token, slot) pairs grouped
+/// by expert.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    /// Router probabilities over every expert, [n, E] (backward's softmax needs them).
+    pub probs: Tensor<2>,
+    /// The chosen experts, [n, k].
+    pub chosen: Tensor<2, Int>,
+    /// Their routing weights, [n, k].
+    pub weights: Tensor<2>,
+    /// How many pairs each expert got; the pairs below hold them expert after expert.
+    pub counts: Vec<usize>,
+    /// The pairs as flat indices token·k + slot, [n·k], sorted by expert (then token).
+    pub pairs: Tensor<1, Int>,
+    /// The pairs' tokens, [n·k].
+    pub tokens: Tensor<1, Int>,
+}
+
+impl SparseMoe {
+    /// x [n, hidden] → its routes. The chosen experts come to the host (n·k integers) to group
+    /// the pairs: the group sizes decide the products' shapes.
+    pub fn route(&self, x: Tensor<2>) -> Routes {
+        let n = x.dims()[0];
+        let (k, experts) = (self.top_k, self.experts.len());
+        let device = x.device();
+        let logits = x.matmul(self.gate.clone().transpose()); // [n, E]
+        let Routing::SoftmaxTopK { renormalize } = self.routing;
+        let probs = softmax(logits, 1);
+        let (top, chosen) = probs.clone().topk_with_indices(k, 1); // [n, k]
+        let weights = match renormalize {
+            true => top.clone() / top.sum_dim(1),
+            false => top,
+        };
+        let picked: Vec<i64> = transfer::download(chosen.clone())
+            .and_then(|d| (d.convert::<i64>().try_into_vec::<i64>()).map_err(|e| format!("{e:?}")))
+            .expect("the device gives back the routes it computed");
+        let mut counts = vec![0usize; experts];
+        for &e in &picked {
+            counts[e as usize] += 1;
+        }
+        let mut starts: Vec<usize> = counts
+            .iter()
+            .scan(0, |acc, &c| {
+                let start = *acc;
+                *acc += c;
+                Some(start)
+            })
+            .collect();
+        let mut pairs = vec![0i64; n * k];
+        for (pair, &e) in picked.iter().enumerate() {
+            pairs[starts[e as usize]] = pair as i64;
+            starts[e as usize] += 1;
+        }
+        let tokens: Vec<i64> = pairs.iter().map(|&p| p / k as i64).collect();
+        let upload = |v: Vec<i64>| transfer::upload::<1, Int>(TensorData::new(v, [n * k]), &device);
+        Routes {
+            probs,
+            chosen,
+            weights,
+            counts,
+            pairs: upload(pairs),
+            tokens: upload(tokens),
+        }
+    }
+
+    /// x: [b, s, hidden] → same; Σ over each token's k experts of weight · expert(x).
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, s, h] = x.dims();
+        let x = x.reshape([b * s, h]);
+        let routes = self.route(x.clone());
+        let gathered = x.clone().select(0, routes.tokens.clone()); // [n·k, h], by expert
+        let mut outputs = Vec::with_capacity(self.experts.len());
+        for (e, range) in routes.groups() {
+            let xe = gathered.clone().narrow(0, range.start, range.len());
+            let ye = self.experts[e].forward(xe.reshape([1, range.len(), h]));
+            outputs.push(ye.reshape([range.len(), h]));
+        }
+        let weighted = Tensor::cat(outputs, 0) * routes.pair_weights().unsqueeze_dim(1);
+        let y = x.zeros_like().select_assign(
+            0,
+            routes.tokens,
+            weighted,
+            burn::tensor::IndexingUpdateOp::Add,
+        );
+        y.reshape([b, s, h])
+    }
+}
+
+impl Routes {
+    /// Each expert that got pairs, with its range in the sorted pairs.
+    pub fn groups(&self) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> + '_ {
+        let mut start = 0;
+        self.counts.iter().enumerate().filter_map(move |(e, &c)| {
+            let range = start..start + c;
+            start += c;
+            (c > 0).then_some((e, range))
+        })
+    }
+
+    /// The routing weight of each sorted pair, [n·k].
+    pub fn pair_weights(&self) -> Tensor<1> {
+        let [n, k] = self.weights.dims();
+        self.weights
+            .clone()
+            .reshape([n * k])
+            .select(0, self.pairs.clone())
+    }
+}
+
+impl SparseMoe {
+    /// The router and experts under `at` (`model.layers.{i}.mlp`), in `config`'s layout; the
+    /// fused layout's 3-D tensors are split into per-expert matrices first.
+    pub fn load(
+        w: &mut HostTensors,
+        at: &str,
+        config: &MoeConfig,
+        hidden: usize,
+        activation: Activation,
+        device: &Device,
+    ) -> Result<Self, WeightsError> {
+        let (n, i) = (config.num_experts, config.expert_intermediate_size);
+        if config.layout == ExpertLayout::Fused {
+            let part = |name: &'static str| move |e| format!("{at}.experts.{e}.{name}.weight");
+            let gate_up = format!("{at}.experts.gate_up_proj");
+            w.unstack(&gate_up, [n, 2 * i, hidden], part("gate_up_proj"))?;
+            let down = format!("{at}.experts.down_proj");
+            w.unstack(&down, [n, hidden, i], part("down_proj"))?;
+        }
+        let gate = take2(w, &format!("{at}.gate.weight"), [n, hidden], device)?;
+        let mut experts = Vec::with_capacity(n);
+        for e in 0..n {
+            let linear = |w: &mut HostTensors, m: &str, shape: [usize; 2]| {
+                Linear::load(w, &format!("{at}.experts.{e}.{m}"), shape, false, device)
+            };
+            let gate_up = match config.layout {
+                ExpertLayout::PerExpert => GateUpProjection::Separate {
+                    gate_proj: linear(w, "gate_proj", [i, hidden])?,
+                    up_proj: linear(w, "up_proj", [i, hidden])?,
+                },
+                ExpertLayout::Fused => GateUpProjection::Fused {
+                    gate_up_proj: linear(w, "gate_up_proj", [2 * i, hidden])?,
+                },
+            };
+            experts.push(Mlp {
+                gate_up,
+                down_proj: linear(w, "down_proj", [hidden, i])?,
+                activation,
+            });
+        }
+        Ok(Self {
+            gate,
+            experts,
+            top_k: config.top_k,
+            routing: config.routing,
+        })
+    }
+}
