@@ -55,6 +55,9 @@ pub fn logit_chunk(vocab: usize) -> usize {
 const F32: u64 = 4;
 const HIDDEN_BUFFERS: u64 = 4;
 const MLP_BUFFERS: u64 = 2;
+/// Hidden-sized buffers a routed (token, expert) pair keeps: its gathered input and its
+/// expert's output.
+const ROUTED_HIDDEN_BUFFERS: u64 = 2;
 const SCORE_BUFFERS: u64 = 1;
 /// A layer's backward also holds the softmax's two gradients (dP, dS) for a moment.
 const BACKWARD_SCORE_BUFFERS: u64 = 2;
@@ -111,9 +114,19 @@ impl MemoryEstimate {
         let sandwich = u64::from(config.deltas.norms == NormPlacement::Sandwich);
         // k and v after RoPE, once per key/value head.
         let kv = (2 * config.num_key_value_heads * config.head_dim) as u64;
-        let per_token_layer = (HIDDEN_BUFFERS + 2 * sandwich) * config.hidden_size as u64
-            + kv
-            + MLP_BUFFERS * config.intermediate_size as u64;
+        let per_token_layer = |layer: usize| {
+            let mlp = match config.sparse(layer) {
+                // Each routed pair keeps its gathered input, its expert's gate and up, and its
+                // expert's output; each token its router probabilities.
+                Some(moe) => {
+                    let pair = MLP_BUFFERS * moe.expert_intermediate_size as u64
+                        + ROUTED_HIDDEN_BUFFERS * config.hidden_size as u64;
+                    moe.top_k as u64 * pair + moe.num_experts as u64
+                }
+                None => MLP_BUFFERS * config.intermediate_size as u64,
+            };
+            (HIDDEN_BUFFERS + 2 * sandwich) * config.hidden_size as u64 + kv + mlp
+        };
         // A soft cap keeps its slope at every score beside the probabilities.
         let softcap = u64::from(config.deltas.attention_softcap.is_some());
         // [s, s] attention buffers: flex materialises them; a GPU's attention kernels keep
@@ -122,7 +135,14 @@ impl MemoryEstimate {
             true => b * config.num_attention_heads as u64 * s * s,
             false => 0,
         };
-        let one_layer = (tokens * per_token_layer + (SCORE_BUFFERS + softcap) * score) * F32;
+        let layer_bytes = |layer: usize| {
+            (tokens * per_token_layer(layer) + (SCORE_BUFFERS + softcap) * score) * F32
+        };
+        let one_layer = (0..config.num_hidden_layers)
+            .map(layer_bytes)
+            .max()
+            .unwrap_or(0);
+        let all_layers: u64 = (0..config.num_hidden_layers).map(layer_bytes).sum();
         let logit_buffers = match on_cpu {
             true => FLEX_LOGIT_BUFFERS,
             false => GENERIC_LOGIT_BUFFERS,
@@ -145,7 +165,7 @@ impl MemoryEstimate {
             Self {
                 weights,
                 adapters,
-                activations: layers * one_layer,
+                activations: all_layers,
                 logits: logits(shape.scored.min(logit_chunk(config.vocab_size))),
                 recomputed_layer: 0,
                 loading: 0,

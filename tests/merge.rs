@@ -102,11 +102,31 @@ fn merged_phi3_gives_the_adapted_logits() {
 }
 
 fn merged_gives_the_adapted_logits(family: &str, folded: usize) {
-    let dir = Path::new(ROOT).join(format!("tests/fixtures/llama/tiny-{family}"));
+    let (base, peft) = (format!("tiny-{family}"), format!("lora/peft-{family}"));
+    merged_gives_peft_logits(&base, &peft, &peft, folded);
+}
+
+/// Golden: tools/reference/moe_train.py (peft 0.21.2). PEFT's per-expert folder of the trained
+/// Qwen3-MoE adapters merged into the base stored per expert (each expert's gate_proj, up_proj
+/// and down_proj folded) and into the same base stored fused (gate and up, with their own A,
+/// folded into their rows of the 3-D gate_up_proj; the 3-D layout kept): both reload to PEFT's
+/// adapted logits.
+#[test]
+fn merged_mixtures_of_experts_keep_their_layout_and_give_the_adapted_logits() {
+    let (adapter, logits) = ("lora/train-qwen3-moe/peft", "lora/train-qwen3-moe");
+    // 8 attention linears; 24 expert linears per expert, or 16 slices of the 3-D tensors.
+    merged_gives_peft_logits("tiny-qwen3-moe", adapter, logits, 32);
+    merged_gives_peft_logits("tiny-qwen3-moe-fused", adapter, logits, 24);
+}
+
+/// The PEFT folder `adapter` merged into tests/fixtures/llama/`base` folds `folded` tensors
+/// (or slices) and reloads to the logits of `logits`/logits.safetensors.
+fn merged_gives_peft_logits(base: &str, adapter: &str, logits: &str, folded: usize) {
+    let dir = Path::new(ROOT).join(format!("tests/fixtures/llama/{base}"));
     let config = lora_tune::model::read_decoder_config(&dir.join("config.json")).unwrap();
     let out = tempfile::tempdir().unwrap();
     let merged_dir = out.path().join("merged");
-    let adapter = Path::new(ROOT).join(format!("tests/fixtures/lora/peft-{family}"));
+    let adapter = Path::new(ROOT).join(format!("tests/fixtures/{adapter}"));
     let m = merge(
         &ModelFiles::Dir(dir),
         &config,
@@ -117,12 +137,15 @@ fn merged_gives_the_adapted_logits(family: &str, folded: usize) {
         100_000_000,
     )
     .unwrap();
-    assert_eq!(m.folded, folded);
+    assert_eq!(m.folded, folded, "{base}");
     let device = select(DeviceChoice::Cpu).unwrap().device;
-    let config = lora_tune::model::read_decoder_config(&merged_dir.join("config.json")).unwrap();
-    let model = Decoder::load(config, HostTensors::read(&merged_dir).unwrap(), &device).unwrap();
-    let what = format!("merged tiny {family}");
-    tiny::assert_peft_logits_of(&model, &format!("lora/peft-{family}"), &what);
+    let merged = lora_tune::model::read_decoder_config(&merged_dir.join("config.json")).unwrap();
+    let layout =
+        |c: &lora_tune::model::decoder_config::DecoderConfig| c.moe.as_ref().map(|m| m.layout);
+    assert_eq!(layout(&merged), layout(&config), "{base}");
+    let model = Decoder::load(merged, HostTensors::read(&merged_dir).unwrap(), &device).unwrap();
+    let what = format!("merged {base}");
+    tiny::assert_peft_logits_of(&model, logits, &what);
 }
 
 /// `qwen3`, `granite`, `olmo2` and `phi3` GGUF bases: the merged directory's config.json is its

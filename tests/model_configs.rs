@@ -85,6 +85,33 @@ fn fields_that_change_the_computation_are_refused_by_name_and_value() {
             "longrope short_factor: expected 8 numbers",
         ),
         (json!({"model_type": "phi4mm"}), "model_type `phi4mm`"),
+        (
+            json!({"model_type": "gpt_oss"}),
+            "MXFP4 experts, router bias and attention sinks",
+        ),
+        (
+            json!({"model_type": "deepseek_v3"}),
+            "multi-head latent attention",
+        ),
+        (
+            json!({"model_type": "qwen3_moe", "num_experts": 8, "num_experts_per_tok": 2,
+                   "output_router_logits": true}),
+            "output_router_logits = true",
+        ),
+        (
+            json!({"model_type": "qwen3_moe", "num_experts": 4, "num_experts_per_tok": 6}),
+            "num_experts_per_tok = 6 of 4 experts",
+        ),
+        (
+            json!({"model_type": "qwen3_moe", "num_experts": 4, "num_experts_per_tok": 2,
+                   "mlp_only_layers": [7]}),
+            "mlp_only_layers names layer 7",
+        ),
+        (
+            json!({"model_type": "olmoe", "num_experts": 4, "num_experts_per_tok": 2,
+                   "clip_qkv": 8.0}),
+            "clip_qkv = 8.0",
+        ),
     ];
     let mut failures = Vec::new();
     for (change, wanted) in refused {

@@ -93,13 +93,17 @@ fn written_folder_equals_what_peft_saves_on(base: &str, trained: &str, peft_dir:
         "{text}"
     );
 
-    let ours = std::fs::read(out.path().join("adapter_model.safetensors")).unwrap();
-    let theirs = std::fs::read(lora_fixture(&format!(
-        "{peft_dir}/adapter_model.safetensors"
-    )))
-    .unwrap();
+    assert_same_adapter_tensors(
+        &out.path().join("adapter_model.safetensors"),
+        &lora_fixture(&format!("{peft_dir}/adapter_model.safetensors")),
+    );
+}
+
+/// `ours` holds the tensors of `theirs` (names, dtypes, shapes, bytes), with `{"format": "pt"}`.
+fn assert_same_adapter_tensors(ours: &std::path::Path, theirs: &std::path::Path) {
+    let (ours_bytes, theirs) = (std::fs::read(ours).unwrap(), std::fs::read(theirs).unwrap());
     let (ours, theirs) = (
-        SafeTensors::deserialize(&ours).unwrap(),
+        SafeTensors::deserialize(&ours_bytes).unwrap(),
         SafeTensors::deserialize(&theirs).unwrap(),
     );
     let mut names: Vec<String> = ours.names().into_iter().map(String::from).collect();
@@ -112,10 +116,7 @@ fn written_folder_equals_what_peft_saves_on(base: &str, trained: &str, peft_dir:
         assert_eq!((a.dtype(), a.shape()), (b.dtype(), b.shape()), "{name}");
         assert_eq!(a.data(), b.data(), "{name}: values differ");
     }
-    let (_, meta) = SafeTensors::read_metadata(
-        &std::fs::read(out.path().join("adapter_model.safetensors")).unwrap(),
-    )
-    .unwrap();
+    let (_, meta) = SafeTensors::read_metadata(&ours_bytes).unwrap();
     assert_eq!(
         meta.metadata()
             .as_ref()
@@ -167,4 +168,92 @@ fn configs_we_cannot_represent_are_refused() {
         let err = config.lora_section().unwrap_err().to_string();
         assert!(err.contains(want), "{err}");
     }
+}
+
+/// Golden: tools/reference/moe_train.py (peft 0.21.2). The trained adapters on attention and on
+/// every expert of Qwen3-MoE and OLMoE, written, hold the tensors PEFT's `save_pretrained` wrote
+/// for them (per-expert keys `…mlp.experts.{e}.gate_proj.lora_A.weight`) with its target
+/// modules; PEFT's folder read back gives PEFT's logits. (moe_train.py loads that folder onto
+/// the stock transformers model, whose experts are fused, to the same logits.)
+#[test]
+fn mixture_of_experts_folders_equal_what_peft_saves() {
+    for (base, trained) in [
+        ("tiny-qwen3-moe", "train-qwen3-moe"),
+        ("tiny-olmoe", "train-olmoe"),
+    ] {
+        let lora = tiny::lora();
+        let mut model = tiny::named_with_adapters(base, &lora, 0);
+        let adapted = select_targets(&model.config.linear_sites(), &lora).unwrap();
+        (model.load_adapter_weights(&lora_fixture(&format!("{trained}/final.safetensors"))))
+            .unwrap();
+        let config = PeftConfig::new(&lora, &adapted, base.into(), None);
+        let out = tempfile::tempdir().unwrap();
+        let adapters = model.adapter_tensors().unwrap();
+        let f32 = lora_tune::dtype::Dtype::F32;
+        peft::write(out.path(), &adapters, f32, &config, None).unwrap();
+        let theirs = lora_fixture(&format!("{trained}/peft"));
+        assert_same_adapter_tensors(
+            &out.path().join("adapter_model.safetensors"),
+            &theirs.join("adapter_model.safetensors"),
+        );
+        let targets = |dir: &std::path::Path| {
+            let text = std::fs::read_to_string(dir.join("adapter_config.json")).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let mut names: Vec<String> = (v["target_modules"].as_array().unwrap().iter())
+                .map(|n| n.as_str().unwrap().to_string())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(targets(out.path()), targets(&theirs), "{base}");
+
+        let mut read_back = tiny::named(base);
+        let sites = read_back.config.linear_sites();
+        read_back.apply_peft_folder(&sites, &theirs).unwrap();
+        let what = format!("{base} PEFT folder read back");
+        tiny::assert_peft_logits_of(&read_back, &format!("lora/{trained}"), &what);
+    }
+}
+
+/// A fused-layout model's expert adapters (one per expert on `gate_up_proj`, as PEFT's
+/// target_parameters trains them) are written in the per-expert form, gate_proj and up_proj
+/// sharing A: read back onto the same model stored per expert, they give the same logits.
+#[test]
+fn fused_expert_adapters_are_written_per_expert() {
+    let lora = tiny::lora();
+    let mut fused = tiny::named_with_adapters("tiny-qwen3-moe-fused", &lora, 0);
+    let adapted = select_targets(&fused.config.linear_sites(), &lora).unwrap();
+    (fused.load_adapter_weights(&lora_fixture("train-qwen3-moe-fused/final.safetensors"))).unwrap();
+    let config = PeftConfig::new(&lora, &adapted, "tiny-qwen3-moe".into(), None);
+    let names = config.target_modules.as_array().unwrap().clone();
+    assert!(names.iter().any(|n| n == "gate_proj") && !names.iter().any(|n| n == "gate_up_proj"));
+    let out = tempfile::tempdir().unwrap();
+    let adapters = fused.adapter_tensors().unwrap();
+    peft::write(
+        out.path(),
+        &adapters,
+        lora_tune::dtype::Dtype::F32,
+        &config,
+        None,
+    )
+    .unwrap();
+
+    let mut per_expert = tiny::named("tiny-qwen3-moe");
+    let sites = per_expert.config.linear_sites();
+    per_expert.apply_peft_folder(&sites, out.path()).unwrap();
+    let batch = &tiny::train_batches()[0];
+    let logits = |m: &lora_tune::model::decoder::Decoder| {
+        tiny::values(
+            &m.forward(&batch.input_ids, &batch.attention_mask)
+                .reshape([-1, 1]),
+        )
+    };
+    let (want, got) = (logits(&fused), logits(&per_expert));
+    let max = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0f32, f32::max);
+    eprintln!("fused adapters written per expert, read back: max |Δlogit| {max:e}");
+    assert!(max < 1e-5, "{max}");
 }

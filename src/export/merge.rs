@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::dtype::Dtype;
 use crate::lora::targets::{self, TargetError};
 use crate::model::decoder_config::{DecoderConfig, Family, RopeScaling};
-use crate::peft::folder::{PeftError, WEIGHTS_FILE, read_lora};
+use crate::peft::folder::{PeftError, WEIGHTS_FILE, fused_expert_fold, read_lora};
 use crate::peft::{factor_key, magnitude_key};
 use crate::source::ModelFiles;
 use crate::weights::WeightsError;
@@ -97,6 +97,55 @@ fn fold(w: &mut HostTensor, f: &Fold) -> Result<(), String> {
     Ok(())
 }
 
+/// Adapter tensor `key` ([`HostTensors::take`]'s `saved` shape; `dims` as the model holds
+/// it), or a fused expert's from the folder's per-expert gate_proj and up_proj.
+fn take_factor(
+    t: &mut HostTensors,
+    key: &str,
+    dims: [usize; 2],
+    saved: Vec<usize>,
+) -> Result<HostTensor, WeightsError> {
+    if !t.contains(key)
+        && let Some(h) = crate::peft::folder::fused_expert_factor(t, key, dims)?
+    {
+        return Ok(h);
+    }
+    t.take(key, &saved)
+}
+
+/// (`…mlp`, parameter name) of a fused 3-D experts tensor (`…mlp.experts.gate_up_proj`
+/// [E, 2I, H] or `…mlp.experts.down_proj`).
+fn fused_experts<'a>(name: &'a str, t: &HostTensor) -> Option<(&'a str, &'a str)> {
+    let (stem, param) = name.rsplit_once(".experts.")?;
+    (t.shape.len() == 3 && matches!(param, "gate_up_proj" | "down_proj")).then_some((stem, param))
+}
+
+/// Folds each expert's adapter (`{stem}.experts.{e}.{param}.weight` in `folds`) into its slice
+/// of the fused tensor `t` [E, out, in]; → how many were folded.
+fn fold_experts(
+    t: &mut HostTensor,
+    folds: &BTreeMap<String, Fold>,
+    stem: &str,
+    param: &str,
+) -> Result<usize, String> {
+    let (experts, out, inp) = (t.shape[0], t.shape[1], t.shape[2]);
+    let mut folded = 0;
+    for e in 0..experts {
+        let Some(f) = folds.get(&format!("{stem}.experts.{e}.{param}.weight")) else {
+            continue;
+        };
+        let slice = e * out * inp..(e + 1) * out * inp;
+        let mut w = HostTensor {
+            shape: vec![out, inp],
+            values: t.values[slice.clone()].to_vec(),
+        };
+        fold(&mut w, f)?;
+        t.values[slice].copy_from_slice(&w.values);
+        folded += 1;
+    }
+    Ok(folded)
+}
+
 /// Tensors of the shard being filled.
 #[derive(Default)]
 struct Shard {
@@ -157,16 +206,33 @@ pub fn merge(
     for a in &adapted {
         let (r, site) = (a.rank as usize, &a.site);
         let take = |t: &mut HostTensors, f: char, shape: [usize; 2]| {
-            t.take(&factor_key(&site.path, f), &shape)
+            take_factor(t, &factor_key(&site.path, f), shape, shape.to_vec())
         };
         let magnitude = match lora.use_dora {
-            true => Some(factors.take(&magnitude_key(&site.path), &[site.out_features])?),
+            true => Some(take_factor(
+                &mut factors,
+                &magnitude_key(&site.path),
+                [1, site.out_features],
+                vec![site.out_features],
+            )?),
             false => None,
+        };
+        let (a_, b_) = match fused_expert_fold(
+            &mut factors,
+            &site.path,
+            [r, site.in_features],
+            site.out_features / 2,
+        )? {
+            Some(pair) => pair,
+            None => (
+                take(&mut factors, 'A', [r, site.in_features])?,
+                take(&mut factors, 'B', [site.out_features, r])?,
+            ),
         };
         let fold = Fold {
             scale: a.scale(lora.rslora) as f32,
-            a: take(&mut factors, 'A', [r, site.in_features])?,
-            b: take(&mut factors, 'B', [site.out_features, r])?,
+            a: a_,
+            b: b_,
             magnitude,
         };
         folds.insert(format!("{}.weight", site.path), fold);
@@ -195,10 +261,12 @@ pub fn merge(
             Ok::<(), MergeError>(())
         };
         for_each_tensor(files.path(), |name, mut t| {
+            let fail = |e: String| WeightsError::format(files.path(), format!("{name}: {e}"));
             if let Some(f) = folds.get(&name) {
-                fold(&mut t, f)
-                    .map_err(|e| WeightsError::format(files.path(), format!("{name}: {e}")))?;
+                fold(&mut t, f).map_err(fail)?;
                 folded += 1;
+            } else if let Some((stem, param)) = fused_experts(&name, &t) {
+                folded += fold_experts(&mut t, &folds, stem, param).map_err(fail)?;
             }
             let (dt, raw) = encode(&t.values, dtype);
             let size = raw.len() as u64;

@@ -198,6 +198,25 @@ pub fn check(config: &PeftConfig, base: &DecoderConfig) -> Vec<Finding> {
             );
         }
     }
+    let experts = base
+        .moe
+        .as_ref()
+        .map(|moe| moe.expert_modules(base.hidden_size));
+    let targets_experts = experts.is_some_and(|modules| {
+        let named = |m: &str| match &config.target_modules {
+            serde_json::Value::Array(names) => names.iter().any(|n| n == m),
+            serde_json::Value::String(s) => s == "all-linear" || s.contains(m),
+            _ => false,
+        };
+        modules.iter().any(|(m, _, _)| named(m))
+    });
+    if targets_experts {
+        add(
+            Level::Warning,
+            "vLLM",
+            "LoRA on the experts needs vLLM ≥ 0.11.2 (LoRA on FusedMoE layers); older versions serve adapters on attention only".into(),
+        );
+    }
     let targets_head = match &config.target_modules {
         serde_json::Value::Array(names) => names.iter().any(|n| n == "lm_head"),
         serde_json::Value::String(s) => s.contains("lm_head"),

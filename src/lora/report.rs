@@ -11,7 +11,8 @@ use super::targets::TargetLayer;
 pub struct ParameterReport {
     pub trainable: u64,
     pub frozen: u64,
-    /// Module name → (layers adapted, trainable parameters).
+    /// Module name (`experts.<name>` for a mixture's experts) → (modules adapted, trainable
+    /// parameters).
     pub by_module: BTreeMap<String, (usize, u64)>,
 }
 
@@ -21,7 +22,7 @@ impl ParameterReport {
     pub fn new(adapted: &[TargetLayer], frozen: u64) -> Self {
         let mut by_module: BTreeMap<String, (usize, u64)> = BTreeMap::new();
         for a in adapted {
-            let e = by_module.entry(a.site.name().to_string()).or_default();
+            let e = by_module.entry(group(&a.site.path)).or_default();
             e.0 += 1;
             e.1 += a.parameters();
         }
@@ -39,7 +40,7 @@ impl ParameterReport {
         for a in adapted {
             let out = a.site.out_features as u64;
             self.trainable += out;
-            if let Some(e) = self.by_module.get_mut(a.site.name()) {
+            if let Some(e) = self.by_module.get_mut(&group(&a.site.path)) {
                 e.1 += out;
             }
         }
@@ -73,10 +74,15 @@ impl ParameterReport {
     /// The PEFT line, then a table by module and the f32 bytes of each side.
     pub fn render(&self) -> String {
         let mut out = self.peft_line() + "\n";
-        for (name, (layers, params)) in &self.by_module {
+        let width = (self.by_module.keys().map(String::len).max()).map_or(10, |w| w.max(10));
+        for (name, (count, params)) in &self.by_module {
+            let unit = match name.starts_with("experts.") {
+                true => "experts",
+                false => "layers ",
+            };
             let _ = writeln!(
                 out,
-                "  {name:<10} {layers:>3} layers  {:>12} params",
+                "  {name:<width$} {count:>3} {unit} {:>12} params",
                 thousands(*params)
             );
         }
@@ -88,6 +94,16 @@ impl ParameterReport {
             mib(self.frozen)
         );
         out
+    }
+}
+
+/// The report's group for module `path`: its name, `experts.<name>` inside a mixture's
+/// experts (`model.layers.0.mlp.experts.3.down_proj` → `experts.down_proj`).
+fn group(path: &str) -> String {
+    let name = path.rsplit('.').next().unwrap_or(path);
+    match path.contains(".mlp.experts.") {
+        true => format!("experts.{name}"),
+        false => name.to_string(),
     }
 }
 

@@ -77,22 +77,10 @@ const FUSED_PROJECTIONS: [&str; 4] = ["qkv_proj", "o_proj", "gate_up_proj", "dow
 /// The adapted layers of `sites` under `lora`, in model order.
 pub fn select(sites: &[LinearSite], lora: &LoraSection) -> Result<Vec<TargetLayer>, TargetError> {
     // The default names every attention and MLP projection; with fused ones those are Phi-3's
-    // four (the seven Llama names would match only o_proj and down_proj there), and fused
-    // experts (`mlp.experts.{e}.gate_up_proj`) join the seven.
-    let has = |name: &str| sites.iter().any(|s| s.name() == name);
-    if lora.targets == Targets::default() && has("gate_up_proj") {
-        let names: Vec<String> = match has("qkv_proj") {
-            true => FUSED_PROJECTIONS.map(String::from).to_vec(),
-            false => match Targets::default() {
-                Targets::Modules(mut names) => {
-                    names.push("gate_up_proj".into());
-                    names
-                }
-                _ => unreachable!("the default targets are module names"),
-            },
-        };
+    // four (the seven Llama names would match only o_proj and down_proj there).
+    if lora.targets == Targets::default() && sites.iter().any(|s| s.name() == "qkv_proj") {
         let fused = LoraSection {
-            targets: Targets::Modules(names),
+            targets: Targets::Modules(FUSED_PROJECTIONS.map(String::from).to_vec()),
             ..lora.clone()
         };
         return select(sites, &fused);
@@ -115,9 +103,16 @@ pub fn select(sites: &[LinearSite], lora: &LoraSection) -> Result<Vec<TargetLaye
             Targets::AllLinear => site.name() != "lm_head",
             Targets::Regex(_) => whole.as_ref().is_some_and(|r| r.is_match(&site.path)),
             Targets::Modules(names) => {
+                let names_it = |n: &str| names.iter().any(|m| m == n);
                 let named = names
                     .iter()
-                    .any(|n| site.path == *n || site.path.ends_with(&format!(".{n}")));
+                    .any(|n| site.path == *n || site.path.ends_with(&format!(".{n}")))
+                    // A fused expert's gate_up_proj is PEFT's gate_proj and up_proj together
+                    // (`peft::folder::per_expert_form`).
+                    || (site.name() == "gate_up_proj"
+                        && site.path.contains(".mlp.experts.")
+                        && names_it("gate_proj")
+                        && names_it("up_proj"));
                 let in_layers = match (&lora.layers, site.layer) {
                     (None, _) => true,
                     (Some(keep), Some(layer)) => keep.iter().any(|&k| k as usize == layer),

@@ -180,7 +180,13 @@ pub trait AdaptedModel {
         let device = self.device().clone();
         for (key, t) in self.params_mut() {
             let dims = t.dims();
-            let h = tensors.take(&key, &saved_shape(&key, dims))?;
+            let h = match tensors.contains(&key) {
+                true => tensors.take(&key, &saved_shape(&key, dims))?,
+                false => match peft_folder::fused_expert_factor(&mut tensors, &key, dims)? {
+                    Some(h) => h,
+                    None => tensors.take(&key, &saved_shape(&key, dims))?,
+                },
+            };
             *t = transfer::upload(TensorData::new(h.values, dims), &device);
         }
         tensors.finish()

@@ -330,6 +330,21 @@ impl DecoderConfig {
         (self.vocab_size * h + linear + biases + norms + routers + head) as u64
     }
 
+    /// Parameters one token passes through: all but the experts a token is not routed to
+    /// (`parameter_count` in a dense model).
+    pub fn active_parameters(&self) -> u64 {
+        let idle: usize = (0..self.num_hidden_layers)
+            .filter_map(|layer| self.sparse(layer))
+            .map(|moe| {
+                let expert: usize = (moe.expert_modules(self.hidden_size).iter())
+                    .map(|(_, i, o)| i * o)
+                    .sum();
+                (moe.num_experts - moe.top_k) * expert
+            })
+            .sum();
+        self.parameter_count() - idle as u64
+    }
+
     /// The layer's experts, where `layer` is a mixture-of-experts layer.
     pub fn sparse(&self, layer: usize) -> Option<&MoeConfig> {
         self.moe.as_ref().filter(|moe| moe.sparse_layers[layer])

@@ -82,7 +82,7 @@ impl DecoderConfig {
         let present = |key: &str| int(key).ok();
         if let Some(experts) = present("expert_count").filter(|&n| n > 0) {
             return Err(err(format!(
-                "{arch}.expert_count = {experts}: mixture-of-experts layers are not implemented"
+                "{arch}.expert_count = {experts}: mixture-of-experts layers are read from HF directories (qwen3_moe, olmoe), not yet from GGUF files; use the model's safetensors"
             )));
         }
         // As llama.cpp: the head width is key_length (default hidden / heads); RoPE's

@@ -112,14 +112,32 @@ impl ModelConfig {
     /// One line for the console.
     pub fn describe(&self) -> String {
         match self {
-            Self::Decoder(c) => format!(
-                "Llama-family decoder: {} layers, hidden {}, {} heads / {} kv heads, vocab {}",
-                c.num_hidden_layers,
-                c.hidden_size,
-                c.num_attention_heads,
-                c.num_key_value_heads,
-                c.vocab_size
-            ),
+            Self::Decoder(c) => {
+                let dense = format!(
+                    "Llama-family decoder: {} layers, hidden {}, {} heads / {} kv heads, vocab {}",
+                    c.num_hidden_layers,
+                    c.hidden_size,
+                    c.num_attention_heads,
+                    c.num_key_value_heads,
+                    c.vocab_size
+                );
+                let Some(moe) = &c.moe else { return dense };
+                let thousands = crate::lora::report::thousands;
+                format!(
+                    "{dense}\n       mixture of experts in {} of {} layers: {} experts of {}, top {}, {}; {} parameters, {} active per token",
+                    moe.sparse_layers.iter().filter(|&&s| s).count(),
+                    c.num_hidden_layers,
+                    moe.num_experts,
+                    moe.expert_intermediate_size,
+                    moe.top_k,
+                    match moe.layout {
+                        moe::ExpertLayout::PerExpert => "stored per expert",
+                        moe::ExpertLayout::Fused => "stored fused (adapted as gate_up_proj)",
+                    },
+                    thousands(c.parameter_count()),
+                    thousands(c.active_parameters()),
+                )
+            }
             Self::Bert(c) => format!(
                 "BERT encoder: {} layers, hidden {}, {} heads, vocab {}",
                 c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.vocab_size

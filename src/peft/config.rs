@@ -108,8 +108,16 @@ impl PeftConfig {
         let target_modules = match &lora.targets {
             Targets::Regex(r) => Value::from(r.clone()),
             // PEFT saves the names it matched ("all-linear" expands), as a set: we sort them.
+            // Fused experts' gate_up_proj is written as gate_proj and up_proj
+            // (`folder::per_expert_form`).
             Targets::Modules(_) | Targets::AllLinear => {
-                let mut names: Vec<&str> = adapted.iter().map(|a| a.site.name()).collect();
+                let names = adapted.iter().flat_map(|a| {
+                    match (a.site.name(), a.site.path.contains(".mlp.experts.")) {
+                        ("gate_up_proj", true) => vec!["gate_proj", "up_proj"],
+                        (name, _) => vec![name],
+                    }
+                });
+                let mut names: Vec<&str> = names.collect();
                 names.sort_unstable();
                 names.dedup();
                 Value::from(names)

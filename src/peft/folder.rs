@@ -10,6 +10,7 @@ use super::config::{ConfigError, PeftConfig};
 use crate::dtype::Dtype;
 use crate::recipe::{LoraSection, Pooling};
 use crate::weights::WeightsError;
+use crate::weights::host::HostTensors;
 use crate::weights::safetensors;
 use crate::weights::tensor::HostTensor;
 
@@ -51,7 +52,7 @@ pub fn write(
     })?;
     safetensors::write(
         &dir.join(WEIGHTS_FILE),
-        adapters,
+        &per_expert_form(adapters),
         dtype,
         &[("format", "pt")],
     )?;
@@ -60,6 +61,136 @@ pub fn write(
         write_text(&dir.join("README.md"), text)?;
     }
     Ok(())
+}
+
+/// Fused experts' adapters (`…mlp.experts.{e}.gate_up_proj`: A [r, in], B [2I, r], DoRA's
+/// magnitude over the 2I rows) in PEFT's per-expert form: `gate_proj` and `up_proj` each with
+/// that A and its half of the rows — the same products, under the module names PEFT (which
+/// fuses them again on transformers 5, as a rank-2r adapter) and the servers know.
+pub fn per_expert_form(adapters: &[(String, HostTensor)]) -> Vec<(String, HostTensor)> {
+    let mut out = Vec::with_capacity(adapters.len());
+    for (key, t) in adapters {
+        let Some((module, factor)) = key
+            .split_once(".gate_up_proj.")
+            .filter(|(module, _)| module.contains(".mlp.experts."))
+        else {
+            out.push((key.clone(), t.clone()));
+            continue;
+        };
+        let name = |m: &str| format!("{module}.{m}.{factor}");
+        if factor.starts_with("lora_A") {
+            out.push((name("gate_proj"), t.clone()));
+            out.push((name("up_proj"), t.clone()));
+            continue;
+        }
+        // B's rows or the magnitude's entries: gate's half first, as the fused rows lie.
+        let mut shape = t.shape.clone();
+        let rows = if shape.len() == 2 && shape[0] == 1 {
+            1
+        } else {
+            0
+        };
+        shape[rows] /= 2;
+        let (gate, up) = t.values.split_at(t.values.len() / 2);
+        for (m, values) in [("gate_proj", gate), ("up_proj", up)] {
+            let half = HostTensor {
+                shape: shape.clone(),
+                values: values.to_vec(),
+            };
+            out.push((name(m), half));
+        }
+    }
+    out
+}
+
+/// The inverse of [`per_expert_form`] for one trained tensor `key` of a fused expert
+/// (`…mlp.experts.{e}.gate_up_proj.lora_A.weight`, dims as the model holds it): taken from the
+/// folder's gate_proj and up_proj tensors, which must share A (a folder trained per expert
+/// whose two A differ is a rank-2r adapter here, and is refused). None for any other key.
+pub fn fused_expert_factor(
+    tensors: &mut HostTensors,
+    key: &str,
+    dims: [usize; 2],
+) -> Result<Option<HostTensor>, WeightsError> {
+    let Some((module, factor)) = key
+        .split_once(".gate_up_proj.")
+        .filter(|(module, _)| module.contains(".mlp.experts."))
+    else {
+        return Ok(None);
+    };
+    let name = |m: &str| format!("{module}.{m}.{factor}");
+    let magnitude = factor.starts_with("lora_magnitude_vector");
+    let half: Vec<usize> = match (factor.starts_with("lora_A"), magnitude) {
+        (true, _) => dims.to_vec(),
+        (false, true) => vec![dims[1] / 2],
+        (false, false) => vec![dims[0] / 2, dims[1]],
+    };
+    let (gate, up) = (
+        tensors.take(&name("gate_proj"), &half)?,
+        tensors.take(&name("up_proj"), &half)?,
+    );
+    if factor.starts_with("lora_A") {
+        if gate.values != up.values {
+            return Err(WeightsError::format(
+                &tensors.origin,
+                format!(
+                    "`{}` and `{}` differ: these adapters were trained on separate gate and up projections, which this model holds fused (its experts' gate_up_proj); load them onto the checkpoint stored per expert",
+                    name("gate_proj"),
+                    name("up_proj")
+                ),
+            ));
+        }
+        return Ok(Some(gate));
+    }
+    let mut values = gate.values;
+    values.extend(up.values);
+    let shape = match magnitude {
+        true => vec![dims[1]],
+        false => dims.to_vec(),
+    };
+    Ok(Some(HostTensor { shape, values }))
+}
+
+/// A fused expert `module` (`…mlp.experts.{e}.gate_up_proj`, rank r) folded from the folder's
+/// per-expert gate_proj and up_proj adapters, which may each have their own A: (A [2r, in] =
+/// [A_gate; A_up], B [2I, 2r] block-diagonal), so s·B·A adds s·B_gate·A_gate to the gate rows
+/// and s·B_up·A_up to the up rows (what a merge needs; PEFT converts per-expert adapters to
+/// fused experts the same way). None where the folder has no such pair.
+pub fn fused_expert_fold(
+    tensors: &mut HostTensors,
+    module: &str,
+    [r, inp]: [usize; 2],
+    half_out: usize,
+) -> Result<Option<(HostTensor, HostTensor)>, WeightsError> {
+    let Some(stem) = module
+        .strip_suffix(".gate_up_proj")
+        .filter(|stem| stem.contains(".mlp.experts."))
+    else {
+        return Ok(None);
+    };
+    let key = |m: &str, f: char| super::factor_key(&format!("{stem}.{m}"), f);
+    if !tensors.contains(&key("gate_proj", 'A')) {
+        return Ok(None);
+    }
+    let mut a = Vec::with_capacity(2 * r * inp);
+    let mut b = vec![0f32; 2 * half_out * 2 * r];
+    for (i, m) in ["gate_proj", "up_proj"].into_iter().enumerate() {
+        a.extend(tensors.take(&key(m, 'A'), &[r, inp])?.values);
+        let part = tensors.take(&key(m, 'B'), &[half_out, r])?.values;
+        for (row, values) in part.chunks_exact(r).enumerate() {
+            let at = (i * half_out + row) * 2 * r + i * r;
+            b[at..at + r].copy_from_slice(values);
+        }
+    }
+    let a = HostTensor {
+        shape: vec![2 * r, inp],
+        values: a,
+    };
+    let b = HostTensor {
+        shape: vec![2 * half_out, 2 * r],
+        values: b,
+    };
+    Ok(Some((a, b)))
 }
 
 /// What `classifier.json` holds.

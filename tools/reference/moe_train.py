@@ -15,7 +15,10 @@ attention and on every expert:
 Writes tests/fixtures/lora/train-<variant>/: init.safetensors and final.safetensors in the
 per-expert PEFT keys lora-tune uses (`…mlp.experts.{e}.gate_up_proj.lora_A.weight` for the
 fused run: PEFT's [r·E, in] A split expert-major, its [out, r·E] B expert-minor), and
-trajectory.json. The fused run also checks that mapping: its final adapters, mapped and loaded
+trajectory.json; the per-expert runs also PEFT's own folder of the final adapters (peft/,
+save_pretrained) and their logits on the first micro-batch (logits.safetensors), and check that
+PeftModel.from_pretrained loads that folder onto the stock (fused) transformers model with the
+same logits. The fused run also checks that mapping: its final adapters, mapped and loaded
 into per-expert modules, give the fused PEFT model's logits.
 
 Every expert of every sparse layer is routed some token in every optimiser step (checked): PEFT
@@ -28,7 +31,7 @@ import json
 import sys
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoModelForCausalLM
@@ -138,6 +141,32 @@ def main():
     (OUT / "trajectory.json").write_text(json.dumps(trajectory, indent=1) + "\n")
     if FUSED:
         check_mapping(model, final, batches[0])
+    else:
+        save_and_reload(model, batches[0])
+
+
+def save_and_reload(model, batch):
+    """PEFT's own folder of the trained per-expert adapters (peft/) and their logits on the first
+    micro-batch (logits.safetensors); the folder loaded by PeftModel.from_pretrained onto the
+    stock transformers model (fused experts: PEFT converts the per-expert adapters into
+    target_parameters, gate and up as one rank-2r block-diagonal adapter) gives those logits."""
+    ids, mask = torch.tensor(batch["input_ids"]), torch.tensor(batch["attention_mask"])
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    model.save_pretrained(OUT / "peft")
+    (OUT / "peft" / "README.md").unlink(missing_ok=True)
+    config = OUT / "peft" / "adapter_config.json"
+    settings = json.loads(config.read_text())
+    settings["base_model_name_or_path"] = BASE.name
+    config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    save_file({"logits": logits.contiguous()}, OUT / "logits.safetensors")
+    stock = AutoModelForCausalLM.from_pretrained(BASE, attn_implementation="eager").eval()
+    reloaded = PeftModel.from_pretrained(stock, OUT / "peft").eval()
+    with torch.no_grad():
+        got = reloaded(input_ids=ids, attention_mask=mask).logits
+    diff = float((got - logits).abs().max())
+    print("PeftModel.from_pretrained on the fused transformers model: max |Δlogit|", diff)
+    assert diff < 1e-5
 
 
 def hook_every_step_hits_every_expert(model, opt, experts):
