@@ -565,3 +565,13 @@ fn attention_kernels_device_memory_grows_linearly_in_the_sequence() {
         added as f64 / 1e6
     );
 }
+
+/// Golden: tools/reference/moe_train.py. Qwen3-MoE's ten PEFT steps with adapters on every
+/// expert on wgpu: the routes come down (n·k integers per layer), the grouped expert products,
+/// the scatter back and the routing weights' backward run on the device.
+#[test]
+fn ten_mixture_of_experts_steps_equal_peft_on_wgpu() {
+    let Some(device) = wgpu() else { return };
+    let (name, fixtures) = ("tiny-qwen3-moe", "lora/train-qwen3-moe");
+    tiny::assert_ten_steps_equal_peft_on(name, fixtures, &device, "wgpu, qwen3-moe", false);
+}
