@@ -467,7 +467,13 @@ fn tiny_gguf(name: &str) -> Decoder {
 /// 3-D layout: logits ≤ 1e-5, the 12 greedy tokens, and every sparse layer's routes.
 #[test]
 fn tiny_mixtures_of_experts_in_both_layouts_match_transformers() {
-    for name in ["tiny-qwen3-moe", "tiny-olmoe", "tiny-qwen3-moe-sparse"] {
+    for name in [
+        "tiny-qwen3-moe",
+        "tiny-olmoe",
+        "tiny-qwen3-moe-sparse",
+        "tiny-qwen2-moe",
+        "tiny-qwen2-moe-sparse",
+    ] {
         for layout in ["", "-fused"] {
             let dir = Path::new(FIXTURES).join(format!("{name}{layout}"));
             let config = lora_tune::model::read_decoder_config(&dir.join("config.json")).unwrap();

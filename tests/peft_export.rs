@@ -174,7 +174,8 @@ fn configs_we_cannot_represent_are_refused() {
 /// every expert of Qwen3-MoE and OLMoE, written, hold the tensors PEFT's `save_pretrained` wrote
 /// for them (per-expert keys `…mlp.experts.{e}.gate_proj.lora_A.weight`) with its target
 /// modules; PEFT's folder read back gives PEFT's logits. (moe_train.py loads that folder onto
-/// the stock transformers model, whose experts are fused, to the same logits.)
+/// the stock transformers model, whose experts are fused, to the same logits — not Qwen2-MoE's,
+/// whose expert adapters PEFT 0.21.2 leaves out there.)
 #[test]
 fn mixture_of_experts_folders_equal_what_peft_saves() {
     for (base, trained) in [

@@ -84,6 +84,7 @@ pub enum Family {
     Gemma2,
     Gemma3,
     Phi3,
+    Qwen2Moe,
     Qwen3Moe,
     Olmoe,
 }
@@ -100,6 +101,7 @@ impl Family {
             Self::Gemma2 => "gemma2",
             Self::Gemma3 => "gemma3",
             Self::Phi3 => "phi3",
+            Self::Qwen2Moe => "qwen2moe",
             Self::Qwen3Moe => "qwen3moe",
             Self::Olmoe => "olmoe",
         }
@@ -242,7 +244,19 @@ impl DecoderConfig {
                     let modules = moe.expert_modules(h).into_iter();
                     modules.map(move |(m, i, o)| (format!("mlp.experts.{e}.{m}"), i, o))
                 });
-                for (m, in_features, out_features) in attention.into_iter().chain(experts) {
+                let shared = moe.shared_expert_intermediate_size.map(|w| {
+                    [
+                        ("mlp.shared_expert.gate_proj".to_string(), h, w),
+                        ("mlp.shared_expert.up_proj".to_string(), h, w),
+                        ("mlp.shared_expert.down_proj".to_string(), w, h),
+                        ("mlp.shared_expert_gate".to_string(), h, 1),
+                    ]
+                });
+                let all = attention
+                    .into_iter()
+                    .chain(experts)
+                    .chain(shared.into_iter().flatten());
+                for (m, in_features, out_features) in all {
                     sites.push(LinearSite {
                         path: format!("model.layers.{layer}.{m}"),
                         layer: Some(layer),

@@ -159,18 +159,32 @@ impl FeedForward {
     pub fn named(&self) -> Vec<(String, &Linear)> {
         match self {
             Self::Dense(mlp) => prefixed("mlp", mlp.named()),
-            Self::Sparse(moe) => (moe.experts.iter().enumerate())
-                .flat_map(|(e, mlp)| prefixed(&format!("mlp.experts.{e}"), mlp.named()))
-                .collect(),
+            Self::Sparse(moe) => {
+                let mut all: Vec<(String, &Linear)> = (moe.experts.iter().enumerate())
+                    .flat_map(|(e, mlp)| prefixed(&format!("mlp.experts.{e}"), mlp.named()))
+                    .collect();
+                if let Some(shared) = &moe.shared {
+                    all.extend(prefixed("mlp.shared_expert", shared.mlp.named()));
+                    all.push(("mlp.shared_expert_gate".into(), &shared.gate));
+                }
+                all
+            }
         }
     }
 
     pub fn named_mut(&mut self) -> Vec<(String, &mut Linear)> {
         match self {
             Self::Dense(mlp) => prefixed("mlp", mlp.named_mut()),
-            Self::Sparse(moe) => (moe.experts.iter_mut().enumerate())
-                .flat_map(|(e, mlp)| prefixed(&format!("mlp.experts.{e}"), mlp.named_mut()))
-                .collect(),
+            Self::Sparse(moe) => {
+                let mut all: Vec<(String, &mut Linear)> = (moe.experts.iter_mut().enumerate())
+                    .flat_map(|(e, mlp)| prefixed(&format!("mlp.experts.{e}"), mlp.named_mut()))
+                    .collect();
+                if let Some(shared) = &mut moe.shared {
+                    all.extend(prefixed("mlp.shared_expert", shared.mlp.named_mut()));
+                    all.push(("mlp.shared_expert_gate".into(), &mut shared.gate));
+                }
+                all
+            }
         }
     }
 }

@@ -28,6 +28,7 @@ pub mod olmo2;
 pub mod olmoe;
 pub mod phi3;
 pub mod qwen2;
+pub mod qwen2_moe;
 pub mod qwen3;
 pub mod qwen3_moe;
 pub mod rope;
@@ -183,6 +184,7 @@ pub fn read_decoder_config(path: &Path) -> Result<DecoderConfig, WeightsError> {
         "gemma2" => gemma2::config(path, &text),
         "gemma3_text" => gemma3::config(path, &text),
         "phi3" => phi3::config(path, &text),
+        "qwen2_moe" => qwen2_moe::config(path, &text),
         "qwen3_moe" => qwen3_moe::config(path, &text),
         "olmoe" => olmoe::config(path, &text),
         other => Err(WeightsError::format(path, unsupported(other))),
@@ -202,13 +204,13 @@ fn unsupported(model_type: &str) -> String {
         "deepseek_v2" | "deepseek_v3" => {
             "DeepSeek-V2/V3 are not supported: multi-head latent attention (MLA) is not implemented"
         }
-        "mixtral" | "qwen2_moe" | "granitemoe" => {
-            "this mixture-of-experts family is not implemented yet (qwen3_moe and olmoe are)"
+        "mixtral" | "granitemoe" => {
+            "this mixture-of-experts family is not implemented yet (qwen2_moe, qwen3_moe and olmoe are)"
         }
         _ => "",
     };
     format!(
-        "model_type `{model_type}` is not a supported decoder (llama, mistral, qwen2, qwen3, granite, olmo2, gemma2, gemma3_text, phi3, qwen3_moe, olmoe){}{why}",
+        "model_type `{model_type}` is not a supported decoder (llama, mistral, qwen2, qwen3, granite, olmo2, gemma2, gemma3_text, phi3, qwen2_moe, qwen3_moe, olmoe){}{why}",
         if why.is_empty() { "" } else { ": " }
     )
 }

@@ -8,7 +8,7 @@
 //! Source: transformers `models/qwen3_moe/modeling_qwen3_moe.py` (`Qwen3MoeTopKRouter`,
 //! `Qwen3MoeExperts`), `models/olmoe/modeling_olmoe.py`.
 
-use burn::tensor::activation::softmax;
+use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::linear::{Linear, take2};
@@ -50,6 +50,9 @@ pub struct MoeConfig {
     /// Each expert's intermediate size (`moe_intermediate_size`).
     pub expert_intermediate_size: usize,
     pub routing: Routing,
+    /// Qwen2-MoE's shared expert: a gated MLP of this width every token passes through, scaled
+    /// by sigmoid(`shared_expert_gate`(x)).
+    pub shared_expert_intermediate_size: Option<usize>,
     /// One entry per layer: true where the layer's MLP is sparse (`decoder_sparse_step`,
     /// `mlp_only_layers`); the others are dense MLPs of `intermediate_size`.
     pub sparse_layers: Vec<bool>,
@@ -84,6 +87,7 @@ struct MoeJson {
     #[serde(default)]
     mlp_only_layers: Vec<usize>,
     output_router_logits: Option<bool>,
+    shared_expert_intermediate_size: Option<usize>,
 }
 
 impl MoeConfig {
@@ -134,6 +138,7 @@ impl MoeConfig {
             routing: Routing::SoftmaxTopK {
                 renormalize: json.norm_topk_prob.unwrap_or(renormalize),
             },
+            shared_expert_intermediate_size: json.shared_expert_intermediate_size,
             sparse_layers,
             layout: ExpertLayout::PerExpert,
         })
@@ -168,6 +173,24 @@ pub struct SparseMoe {
     pub experts: Vec<Mlp>,
     pub top_k: usize,
     pub routing: Routing,
+    pub shared: Option<SharedExpert>,
+}
+
+/// Qwen2-MoE's shared expert: y += sigmoid(x·gᵀ) · mlp(x) for every token.
+#[derive(Debug, Clone)]
+pub struct SharedExpert {
+    /// `mlp.shared_expert`.
+    pub mlp: Mlp,
+    /// `mlp.shared_expert_gate`, [1, hidden]: an nn.Linear, so PEFT's `all-linear` adapts it.
+    pub gate: Linear,
+}
+
+impl SharedExpert {
+    /// x: [b, s, hidden] → its share of the block's output, same shape.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let weight = sigmoid(self.gate.forward(x.clone())); // [b, s, 1]
+        self.mlp.forward(x) * weight
+    }
 }
 
 /// One batch's routing: each token's experts and weights, and the (token, slot) pairs grouped
@@ -254,7 +277,11 @@ impl SparseMoe {
             weighted,
             burn::tensor::IndexingUpdateOp::Add,
         );
-        y.reshape([b, s, h])
+        let y = y.reshape([b, s, h]);
+        match &self.shared {
+            Some(shared) => y + shared.forward(x.reshape([b, s, h])),
+            None => y,
+        }
     }
 }
 
@@ -319,11 +346,31 @@ impl SparseMoe {
                 activation,
             });
         }
+        let shared = match config.shared_expert_intermediate_size {
+            Some(width) => {
+                let linear = |w: &mut HostTensors, m: &str, shape: [usize; 2]| {
+                    Linear::load(w, &format!("{at}.{m}"), shape, false, device)
+                };
+                Some(SharedExpert {
+                    mlp: Mlp {
+                        gate_up: GateUpProjection::Separate {
+                            gate_proj: linear(w, "shared_expert.gate_proj", [width, hidden])?,
+                            up_proj: linear(w, "shared_expert.up_proj", [width, hidden])?,
+                        },
+                        down_proj: linear(w, "shared_expert.down_proj", [hidden, width])?,
+                        activation,
+                    },
+                    gate: linear(w, "shared_expert_gate", [1, hidden])?,
+                })
+            }
+            None => None,
+        };
         Ok(Self {
             gate,
             experts,
             top_k: config.top_k,
             routing: config.routing,
+            shared,
         })
     }
 }

@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """Golden logits, routes and greedy tokens for tiny random mixture-of-experts decoders, from
 transformers (f32, CPU, eager), with llama_fixtures.py's conventions (its `tiny`: seed 16,
-weights N(0, 0.2²) but the routers' N(0, 0.05²), input_ids [2, 7] with row 1 right-padded):
+weights N(0, 0.2²), input_ids [2, 7] with row 1 right-padded):
 
-  tiny-qwen3-moe         Qwen3-MoE: 2 layers, 8 experts of 32, top 2, norm_topk_prob true,
+  tiny-qwen3-moe         Qwen3-MoE: 2 layers, 4 experts of 32, top 2, norm_topk_prob true,
                          Qwen3 attention (per-head q/k norms, head_dim 32, GQA 4/2), untied head
   tiny-qwen3-moe-sparse  Qwen3-MoE with norm_topk_prob false, 4 layers, decoder_sparse_step 2 and
                          mlp_only_layers [3]: only layer 1 is sparse, 0, 2 and 3 are dense MLPs of 96
-  tiny-olmoe             OLMoE: 2 layers, 8 experts of 32, top 2, norm_topk_prob false, q/k
+  tiny-qwen2-moe         Qwen2-MoE: 2 layers, 4 experts of 32, top 2, norm_topk_prob false (its
+                         default), a shared expert of 48 scaled by sigmoid(shared_expert_gate(x)),
+                         q/k/v biases, GQA 4/2, untied head
+  tiny-qwen2-moe-sparse  the same with 4 layers, decoder_sparse_step 2 and mlp_only_layers [3]:
+                         only layer 1 is sparse
+  tiny-olmoe             OLMoE: 2 layers, 4 experts of 32, top 2, norm_topk_prob false, q/k
                          RMSNorms over the whole projections, GQA 4/2, untied head
 
 Each tests/fixtures/llama/<name>/ holds config.json and model.safetensors as save_pretrained
@@ -23,19 +28,20 @@ Every router choice is checked free of ties (the k-th and (k+1)-th probabilities
 token differ by more than 1e-4), so any correct top-k picks the same experts.
 
 Environment: transformers==5.23.0, torch per DESIGN.md §6.
-Usage: python3 tools/reference/moe_fixtures.py
+Usage: python3 tools/reference/moe_fixtures.py [NAME ...]   (default: all)
 """
 import json
 import shutil
+import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import OlmoeConfig, OlmoeForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
+from transformers import (OlmoeConfig, OlmoeForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3MoeConfig,
+                          Qwen3MoeForCausalLM)
 
 from family_fixtures import PROMPTS, greedy
 from llama_fixtures import INPUT_IDS, MASK, OUT
 
-ROUTER_SCALE = 1.0
 
 COMMON = dict(vocab_size=256, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
               max_position_embeddings=128, rms_norm_eps=1e-5, attn_implementation="eager",
@@ -48,6 +54,12 @@ MODELS = {
     "tiny-qwen3-moe-sparse": (Qwen3MoeForCausalLM, lambda: Qwen3MoeConfig(
         **COMMON, num_hidden_layers=4, head_dim=32, intermediate_size=96, moe_intermediate_size=32,
         norm_topk_prob=False, decoder_sparse_step=2, mlp_only_layers=[3])),
+    "tiny-qwen2-moe": (Qwen2MoeForCausalLM, lambda: Qwen2MoeConfig(
+        **COMMON, num_hidden_layers=2, intermediate_size=96, moe_intermediate_size=32,
+        shared_expert_intermediate_size=48)),
+    "tiny-qwen2-moe-sparse": (Qwen2MoeForCausalLM, lambda: Qwen2MoeConfig(
+        **COMMON, num_hidden_layers=4, intermediate_size=96, moe_intermediate_size=32,
+        shared_expert_intermediate_size=48, decoder_sparse_step=2, mlp_only_layers=[3])),
     "tiny-olmoe": (OlmoeForCausalLM, lambda: OlmoeConfig(
         **COMMON, num_hidden_layers=2, intermediate_size=32, norm_topk_prob=False,
         pad_token_id=0, eos_token_id=1)),
@@ -80,16 +92,22 @@ def routes(model):
     return out
 
 
+# A seed per model where seed 16 gives a router a near-tie.
+SEEDS = {"tiny-qwen2-moe": 16}
+# A router scale per model where N(0, 0.2²) concentrates the routes on a few experts.
+ROUTER_SCALES = {"tiny-qwen2-moe": 0.25}
+
+
 def tiny_moe(name, cls, config):
-    """llama_fixtures' `tiny`, with the routers' weights N(0, 0.05²): routing spread over the
-    experts, so the ten training steps (moe_train.py) reach every expert in every step."""
-    torch.manual_seed(16)
+    """llama_fixtures' `tiny` (with SEEDS and ROUTER_SCALES), so that no router has a near-tie
+    and the ten training steps (moe_train.py) reach every expert in every step."""
+    torch.manual_seed(SEEDS.get(name, 16))
     model = cls(config).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.2)
         for _, gate in routers(model):
-            gate.weight.mul_(ROUTER_SCALE)
+            gate.weight.mul_(ROUTER_SCALES.get(name, 1.0))
     d = OUT / name
     model.save_pretrained(d, safe_serialization=True)
     with torch.no_grad():
@@ -101,6 +119,8 @@ def tiny_moe(name, cls, config):
 
 def main():
     for name, (cls, config) in MODELS.items():
+        if sys.argv[1:] and name not in sys.argv[1:]:
+            continue
         model = tiny_moe(name, cls, config())
         d = OUT / name
         cases = greedy(model)

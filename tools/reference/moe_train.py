@@ -10,6 +10,8 @@ attention and on every expert:
   qwen3-moe-fused  tiny-qwen3-moe as transformers 5 holds it: target_modules for attention and
                    PEFT's target_parameters for mlp.experts.gate_up_proj / down_proj (one
                    adapter per expert over gate and up together).
+  qwen2-moe        tiny-qwen2-moe, per-expert as qwen3-moe; the seven names also adapt the
+                   shared expert (mlp.shared_expert.*), not its gate.
   olmoe            tiny-olmoe, per-expert as qwen3-moe.
 
 Writes tests/fixtures/lora/train-<variant>/: init.safetensors and final.safetensors in the
@@ -18,14 +20,15 @@ fused run: PEFT's [r·E, in] A split expert-major, its [out, r·E] B expert-mino
 trajectory.json; the per-expert runs also PEFT's own folder of the final adapters (peft/,
 save_pretrained) and their logits on the first micro-batch (logits.safetensors), and check that
 PeftModel.from_pretrained loads that folder onto the stock (fused) transformers model with the
-same logits. The fused run also checks that mapping: its final adapters, mapped and loaded
+same logits (not for qwen2-moe: PEFT leaves its expert adapters out there). The fused run
+also checks that mapping: its final adapters, mapped and loaded
 into per-expert modules, give the fused PEFT model's logits.
 
 Every expert of every sparse layer is routed some token in every optimiser step (checked): PEFT
 skips an adapter without a gradient in AdamW, where lora-tune's zero gradient would still decay.
 
 Environment: transformers==5.23.0, peft==0.21.2, torch per DESIGN.md §6.
-Usage: python3 tools/reference/moe_train.py qwen3-moe|qwen3-moe-fused|olmoe
+Usage: python3 tools/reference/moe_train.py qwen3-moe|qwen3-moe-fused|qwen2-moe|olmoe
 """
 import json
 import sys
@@ -39,8 +42,7 @@ from transformers import AutoModelForCausalLM
 from lora_train import ROOT, lora_state, micro_batches, train_steps
 
 VARIANT = sys.argv[1]
-BASE = ROOT / "tests/fixtures/llama" / {"qwen3-moe": "tiny-qwen3-moe", "qwen3-moe-fused": "tiny-qwen3-moe",
-                                        "olmoe": "tiny-olmoe"}[VARIANT]
+BASE = ROOT / "tests/fixtures/llama" / f"tiny-{VARIANT.removesuffix('-fused')}"
 OUT = ROOT / "tests/fixtures/lora" / f"train-{VARIANT}"
 FUSED = VARIANT.endswith("-fused")
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -160,6 +162,13 @@ def save_and_reload(model, batch):
     settings["base_model_name_or_path"] = BASE.name
     config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     save_file({"logits": logits.contiguous()}, OUT / "logits.safetensors")
+    if VARIANT == "qwen2-moe":
+        # PEFT 0.21.2 on transformers 5.23 converts per-expert folders for qwen3_moe (and
+        # mixtral) into target_parameters on the fused experts, but not for qwen2_moe: there
+        # the expert adapters are left out of the stock model (only the shared expert's
+        # gate/up/down modules match), so this check cannot pass and is skipped.
+        print("qwen2_moe: PEFT does not load per-expert adapters onto stock transformers; skipped")
+        return
     stock = AutoModelForCausalLM.from_pretrained(BASE, attn_implementation="eager").eval()
     reloaded = PeftModel.from_pretrained(stock, OUT / "peft").eval()
     with torch.no_grad():

@@ -5,10 +5,11 @@
 //! (the router is frozen; which experts were chosen carries no gradient, as in transformers).
 //! Source of the forward it inverts: `model::moe::SparseMoe::forward`.
 
+use burn::tensor::activation::sigmoid;
 use burn::tensor::{IndexingUpdateOp, Tensor};
 
 use super::layer::{MlpTape, mlp_backward, mlp_forward};
-use super::linear::FactorGradients;
+use super::linear::{self, FactorGradients, LinearTape};
 use crate::model::linear::Linear;
 use crate::model::moe::{Routes, Routing, SparseMoe};
 
@@ -19,6 +20,17 @@ pub struct MoeTape {
     experts: Vec<(usize, MlpTape)>,
     /// The experts' outputs before weighting, [n·k, hidden] in the routes' pair order.
     outputs: Tensor<2>,
+    shared: Option<SharedTape>,
+}
+
+/// Qwen2-MoE's shared expert: its MLP's and gate's tapes, its output before the gate's weight
+/// [n, hidden] and that weight sigmoid(z) [n, 1].
+#[derive(Debug, Clone)]
+struct SharedTape {
+    mlp: MlpTape,
+    gate: LinearTape,
+    output: Tensor<2>,
+    weight: Tensor<2>,
 }
 
 /// x [n, hidden] → Σ over each token's experts of weight · expert(x), and the tape.
@@ -39,10 +51,27 @@ pub fn forward(moe: &SparseMoe, x: Tensor<2>) -> (Tensor<2>, MoeTape) {
     let y = x
         .zeros_like()
         .select_assign(0, routes.tokens.clone(), weighted, IndexingUpdateOp::Add);
+    let (y, shared) = match &moe.shared {
+        Some(shared) => {
+            let (output, mlp) = mlp_forward(&shared.mlp, x.clone());
+            let (z, gate) = linear::forward(&shared.gate, x);
+            let weight = sigmoid(z); // [n, 1]
+            let y = y + output.clone() * weight.clone();
+            let tape = SharedTape {
+                mlp,
+                gate,
+                output,
+                weight,
+            };
+            (y, Some(tape))
+        }
+        None => (y, None),
+    };
     let tape = MoeTape {
         routes,
         experts,
         outputs,
+        shared,
     };
     (y, tape)
 }
@@ -80,8 +109,20 @@ pub fn backward(
         .select_assign(0, routes.pairs.clone(), dpair, IndexingUpdateOp::Add)
         .reshape([n, k]);
     let dlogits = routing_backward(moe.routing, &routes, dweights); // [n, E]
-    let dx = dx + dlogits.matmul(moe.gate.clone());
-    (dx, grads.into_iter().flatten().collect())
+    let mut dx = dx + dlogits.matmul(moe.gate.clone());
+    let mut grads: Vec<Option<FactorGradients>> = grads.into_iter().flatten().collect();
+    if let (Some(shared), Some(tape)) = (&moe.shared, tape.shared) {
+        // y = σ(z)·s: ds = dy·σ(z), dz = Σ_hidden(dy·s)·σ(z)(1 − σ(z)).
+        let weight = tape.weight;
+        let dz =
+            (dy.clone() * tape.output).sum_dim(1) * weight.clone() * (weight.clone().neg() + 1.0);
+        let (dx_mlp, (gate_up, down)) = mlp_backward(&shared.mlp, tape.mlp, dy * weight);
+        let (dx_gate, gate) = linear::backward(&shared.gate, tape.gate, dz);
+        dx = dx + dx_mlp + dx_gate;
+        grads.extend(gate_up);
+        grads.extend([down, gate]);
+    }
+    (dx, grads)
 }
 
 /// The routing weights' gradient [n, k] → the router logits' [n, E].
