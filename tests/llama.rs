@@ -462,19 +462,29 @@ fn tiny_gguf(name: &str) -> Decoder {
     lora_tune::model::load(&files, &cpu(), storage).unwrap()
 }
 
-/// Golden: tools/reference/moe_fixtures.py. Qwen3-MoE (norm_topk_prob true) and OLMoE (false),
-/// each read from the per-expert checkpoint transformers saves and from transformers 5's fused
-/// 3-D layout: logits ≤ 1e-5, the 12 greedy tokens, and every sparse layer's routes.
+/// Golden: tools/reference/moe_fixtures.py. Qwen3-MoE (norm_topk_prob true; false with
+/// decoder_sparse_step and mlp_only_layers), Qwen2-MoE (a shared expert) and OLMoE, each read
+/// from the per-expert checkpoint transformers saves and from transformers 5's fused 3-D
+/// layout, and Mixtral per expert (w1/w3/w2 under block_sparse_moe): logits ≤ 1e-5, the 12
+/// greedy tokens, and every sparse layer's routes.
 #[test]
 fn tiny_mixtures_of_experts_in_both_layouts_match_transformers() {
-    for name in [
+    let names = [
         "tiny-qwen3-moe",
         "tiny-olmoe",
         "tiny-qwen3-moe-sparse",
         "tiny-qwen2-moe",
         "tiny-qwen2-moe-sparse",
-    ] {
-        for layout in ["", "-fused"] {
+        "tiny-mixtral",
+    ];
+    for name in names {
+        // Mixtral is read per expert only.
+        let layouts: &[&str] = if name == "tiny-mixtral" {
+            &[""]
+        } else {
+            &["", "-fused"]
+        };
+        for &layout in layouts {
             let dir = Path::new(FIXTURES).join(format!("{name}{layout}"));
             let config = lora_tune::model::read_decoder_config(&dir.join("config.json")).unwrap();
             let moe = config.moe.clone().unwrap();
@@ -498,7 +508,7 @@ fn decoder_sparse_step_and_mlp_only_layers_pick_the_sparse_layers() {
     let moe = config.moe.as_ref().unwrap();
     assert_eq!(moe.sparse_layers, [false, true, false, false]);
     let sparse = lora_tune::model::moe::Routing::SoftmaxTopK { renormalize: false };
-    assert_eq!((moe.num_experts, moe.top_k, moe.routing), (8, 2, sparse));
+    assert_eq!((moe.num_experts, moe.top_k, moe.routing), (4, 2, sparse));
 }
 
 /// Each sparse layer's chosen experts and routing weights for the reference tokens equal the

@@ -1301,7 +1301,7 @@ fn follow_autocast(
 /// Golden: tools/reference/moe_train.py (peft 0.21.2): the ten steps with adapters on attention
 /// and on every expert — Qwen3-MoE per expert (target_modules on per-expert modules) and fused
 /// (target_parameters on transformers 5's 3-D experts, mapped to per-expert keys), OLMoE per
-/// expert, Qwen2-MoE per expert with its shared expert adapted too — through the router's
+/// expert, Qwen2-MoE per expert with its shared expert adapted too, Mixtral's w1/w3/w2 — through the router's
 /// weights, the grouped expert products and the scatter back,
 /// with and without gradient checkpointing.
 #[test]
@@ -1310,6 +1310,7 @@ fn ten_steps_on_tiny_mixtures_of_experts_equal_peft() {
         ("tiny-qwen3-moe", "lora/train-qwen3-moe"),
         ("tiny-qwen3-moe-fused", "lora/train-qwen3-moe-fused"),
         ("tiny-qwen2-moe", "lora/train-qwen2-moe"),
+        ("tiny-mixtral", "lora/train-mixtral"),
         ("tiny-olmoe", "lora/train-olmoe"),
     ] {
         for checkpointing in [false, true] {
@@ -1320,16 +1321,19 @@ fn ten_steps_on_tiny_mixtures_of_experts_equal_peft() {
 }
 
 /// The hand-derived MoE backward (experts' adapters, the routing weights through the top-k
-/// softmax with and without renormalisation, the router's input gradient) equals autodiff's,
-/// with dropout on the experts' adapters; Qwen2-MoE's shared expert and its gate. After five AdamW steps, checkpointing's adapters
-/// stay within 5e-5 of the kept tapes' (as DoRA's): the gradients agree to ~1e-6 and AdamW's
-/// normalised updates amplify that on the experts' small gradients.
+/// softmax with and without renormalisation, the router's input gradient; Qwen2-MoE's shared
+/// expert and its gate; Mixtral's w1/w3/w2) equals autodiff's, with dropout on the experts'
+/// adapters; with checkpointing too, whose recompute reuses the forward's routes (routing again
+/// in the recompute gave Mixtral's gradients a 1.2e-5 difference and Qwen3-MoE's adapters 2.3e-5
+/// after five steps: the forward's fused attention and the recompute's differ in the last bits,
+/// enough to move a near-tied top k).
 #[test]
 fn the_derived_step_equals_autodiff_on_mixtures_of_experts() {
     let targets = r"model\.layers\.1\..*|lm_head";
-    derived_step_equals_autodiff_on("tiny-qwen3-moe", targets, [1e-5, 5e-5], false);
+    derived_step_equals_autodiff_on("tiny-qwen3-moe", targets, [1e-5; 2], false);
     let targets = r"model\.layers\.0\..*";
-    derived_step_equals_autodiff_on("tiny-olmoe-fused", targets, [1e-5, 5e-5], false);
+    derived_step_equals_autodiff_on("tiny-olmoe-fused", targets, [1e-5; 2], false);
     // Qwen2-MoE's shared expert and its sigmoid gate (an adapter on shared_expert_gate too).
-    derived_step_equals_autodiff_on("tiny-qwen2-moe", targets, [1e-5, 5e-5], false);
+    derived_step_equals_autodiff_on("tiny-qwen2-moe", targets, [1e-5; 2], false);
+    derived_step_equals_autodiff_on("tiny-mixtral", targets, [1e-5; 2], false);
 }

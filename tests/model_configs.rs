@@ -112,6 +112,12 @@ fn fields_that_change_the_computation_are_refused_by_name_and_value() {
                    "clip_qkv": 8.0}),
             "clip_qkv = 8.0",
         ),
+        (
+            json!({"model_type": "mixtral", "num_local_experts": 4, "num_experts_per_tok": 2,
+                   "router_jitter_noise": 0.01}),
+            "router_jitter_noise = 0.01",
+        ),
+        (json!({"model_type": "granitemoe"}), "not implemented yet"),
     ];
     let mut failures = Vec::new();
     for (change, wanted) in refused {

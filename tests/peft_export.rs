@@ -171,8 +171,10 @@ fn configs_we_cannot_represent_are_refused() {
 }
 
 /// Golden: tools/reference/moe_train.py (peft 0.21.2). The trained adapters on attention and on
-/// every expert of Qwen3-MoE and OLMoE, written, hold the tensors PEFT's `save_pretrained` wrote
-/// for them (per-expert keys `…mlp.experts.{e}.gate_proj.lora_A.weight`) with its target
+/// every expert of Qwen3-MoE, Qwen2-MoE (and its shared expert), Mixtral and OLMoE, written,
+/// hold the tensors PEFT's `save_pretrained` wrote for them (per-expert keys
+/// `…mlp.experts.{e}.gate_proj.lora_A.weight`, Mixtral's `…block_sparse_moe.experts.{e}.w1…`,
+/// as its checkpoints name the block) with its target
 /// modules; PEFT's folder read back gives PEFT's logits. (moe_train.py loads that folder onto
 /// the stock transformers model, whose experts are fused, to the same logits — not Qwen2-MoE's,
 /// whose expert adapters PEFT 0.21.2 leaves out there.)
@@ -180,6 +182,8 @@ fn configs_we_cannot_represent_are_refused() {
 fn mixture_of_experts_folders_equal_what_peft_saves() {
     for (base, trained) in [
         ("tiny-qwen3-moe", "train-qwen3-moe"),
+        ("tiny-qwen2-moe", "train-qwen2-moe"),
+        ("tiny-mixtral", "train-mixtral"),
         ("tiny-olmoe", "train-olmoe"),
     ] {
         let lora = tiny::lora();

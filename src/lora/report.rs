@@ -101,7 +101,7 @@ impl ParameterReport {
 /// experts (`model.layers.0.mlp.experts.3.down_proj` → `experts.down_proj`).
 fn group(path: &str) -> String {
     let name = path.rsplit('.').next().unwrap_or(path);
-    match path.contains(".mlp.experts.") {
+    match path.contains(".experts.") {
         true => format!("experts.{name}"),
         false => name.to_string(),
     }

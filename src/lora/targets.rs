@@ -85,6 +85,15 @@ pub fn select(sites: &[LinearSite], lora: &LoraSection) -> Result<Vec<TargetLaye
         };
         return select(sites, &fused);
     }
+    // Mixtral's experts are w1, w3 and w2: the default adapts them too.
+    if lora.targets == Targets::default() && sites.iter().any(|s| s.name() == "w1") {
+        let names = ["q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3"];
+        let mixtral = LoraSection {
+            targets: Targets::Modules(names.map(String::from).to_vec()),
+            ..lora.clone()
+        };
+        return select(sites, &mixtral);
+    }
     let regex = |p: &str, anchored: String| {
         Regex::new(&anchored).map_err(|e| TargetError::BadRegex {
             pattern: p.into(),

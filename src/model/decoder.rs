@@ -12,7 +12,7 @@ use super::attention::{
 use super::decoder_config::{DecoderConfig, NormPlacement, QkNorm};
 use super::frozen::FrozenWeight;
 use super::linear::{Linear, take1};
-use super::mlp::{FeedForward, GateUpProjection, Mlp};
+use super::mlp::{FeedForward, GateUpProjection, LLAMA_PROJECTIONS, Mlp};
 use super::moe::SparseMoe;
 use super::norm::RmsNorm;
 use super::rope::{RopeFrequencies, RopeTables};
@@ -323,7 +323,7 @@ impl Decoder {
                 mlp: match &c.moe {
                     Some(moe) if moe.sparse_layers[i] => FeedForward::Sparse(SparseMoe::load(
                         &mut w,
-                        &format!("{at}.mlp"),
+                        &format!("{at}.{}", moe.block),
                         moe,
                         hd,
                         c.deltas.activation,
@@ -343,6 +343,7 @@ impl Decoder {
                         },
                         down_proj: mlp("down_proj", [hd, c.intermediate_size], &mut w)?,
                         activation: c.deltas.activation,
+                        names: LLAMA_PROJECTIONS,
                     }),
                 },
                 residual_multiplier: c.deltas.residual_multiplier,

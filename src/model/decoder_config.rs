@@ -87,6 +87,7 @@ pub enum Family {
     Qwen2Moe,
     Qwen3Moe,
     Olmoe,
+    Mixtral,
 }
 
 impl Family {
@@ -104,6 +105,8 @@ impl Family {
             Self::Qwen2Moe => "qwen2moe",
             Self::Qwen3Moe => "qwen3moe",
             Self::Olmoe => "olmoe",
+            // llama.cpp writes Mixtral as `llama` with expert tensors.
+            Self::Mixtral => "llama",
         }
     }
 }
@@ -242,7 +245,8 @@ impl DecoderConfig {
                 ];
                 let experts = (0..moe.num_experts).flat_map(|e| {
                     let modules = moe.expert_modules(h).into_iter();
-                    modules.map(move |(m, i, o)| (format!("mlp.experts.{e}.{m}"), i, o))
+                    let block = moe.block;
+                    modules.map(move |(m, i, o)| (format!("{block}.experts.{e}.{m}"), i, o))
                 });
                 let shared = moe.shared_expert_intermediate_size.map(|w| {
                     [

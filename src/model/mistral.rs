@@ -13,11 +13,20 @@ const DEFAULT_WINDOW: usize = 4096;
 
 /// A Mistral config.json (`text`, read from `path`).
 pub fn config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
+    with_window_default(path, text, Some(DEFAULT_WINDOW))
+}
+
+/// A Mistral-style config.json whose absent `sliding_window` means `default` (Mixtral's: none).
+pub fn with_window_default(
+    path: &Path,
+    text: &str,
+    default: Option<usize>,
+) -> Result<DecoderConfig, WeightsError> {
     let mut config = LlamaJson::parse(path, text)?.resolve(path, false)?;
     let json: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| WeightsError::format(path, format!("not a Mistral config: {e}")))?;
     let sliding_window = match json.get("sliding_window") {
-        None => Some(DEFAULT_WINDOW),
+        None => default,
         Some(serde_json::Value::Null) => None,
         Some(w) => Some(w.as_u64().ok_or_else(|| {
             WeightsError::format(path, format!("sliding_window = {w}: expected a length"))

@@ -88,31 +88,55 @@ impl GateUpProjection {
         }
     }
 
-    /// The linear layers with their names in the MLP, in HF module order.
-    pub fn named(&self) -> Vec<(&'static str, &Linear)> {
+    /// The linear layers with their names in the MLP (`names`' gate and up), in HF module
+    /// order.
+    pub fn named(&self, names: ProjectionNames) -> Vec<(&'static str, &Linear)> {
         match self {
             Self::Separate { gate_proj, up_proj } => {
-                vec![("gate_proj", gate_proj), ("up_proj", up_proj)]
+                vec![(names.gate, gate_proj), (names.up, up_proj)]
             }
             Self::Fused { gate_up_proj } => vec![("gate_up_proj", gate_up_proj)],
         }
     }
 
-    pub fn named_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+    pub fn named_mut(&mut self, names: ProjectionNames) -> Vec<(&'static str, &mut Linear)> {
         match self {
             Self::Separate { gate_proj, up_proj } => {
-                vec![("gate_proj", gate_proj), ("up_proj", up_proj)]
+                vec![(names.gate, gate_proj), (names.up, up_proj)]
             }
             Self::Fused { gate_up_proj } => vec![("gate_up_proj", gate_up_proj)],
         }
     }
 }
 
+/// What a checkpoint calls an MLP's gate, up and down projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProjectionNames {
+    pub gate: &'static str,
+    pub up: &'static str,
+    pub down: &'static str,
+}
+
+/// Llama's names (and every family's dense MLP here).
+pub const LLAMA_PROJECTIONS: ProjectionNames = ProjectionNames {
+    gate: "gate_proj",
+    up: "up_proj",
+    down: "down_proj",
+};
+
+/// Mixtral's experts: w1 (gate), w3 (up), w2 (down).
+pub const MIXTRAL_PROJECTIONS: ProjectionNames = ProjectionNames {
+    gate: "w1",
+    up: "w3",
+    down: "w2",
+};
+
 #[derive(Debug, Clone)]
 pub struct Mlp {
     pub gate_up: GateUpProjection,
     pub down_proj: Linear,
     pub activation: Activation,
+    pub names: ProjectionNames,
 }
 
 impl Mlp {
@@ -124,14 +148,15 @@ impl Mlp {
 
     /// The linear layers with their names in the MLP, in HF module order.
     pub fn named(&self) -> Vec<(&'static str, &Linear)> {
-        let mut all = self.gate_up.named();
-        all.push(("down_proj", &self.down_proj));
+        let mut all = self.gate_up.named(self.names);
+        all.push((self.names.down, &self.down_proj));
         all
     }
 
     pub fn named_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
-        let mut all = self.gate_up.named_mut();
-        all.push(("down_proj", &mut self.down_proj));
+        let names = self.names;
+        let mut all = self.gate_up.named_mut(names);
+        all.push((names.down, &mut self.down_proj));
         all
     }
 }
@@ -160,8 +185,9 @@ impl FeedForward {
         match self {
             Self::Dense(mlp) => prefixed("mlp", mlp.named()),
             Self::Sparse(moe) => {
+                let block = moe.block;
                 let mut all: Vec<(String, &Linear)> = (moe.experts.iter().enumerate())
-                    .flat_map(|(e, mlp)| prefixed(&format!("mlp.experts.{e}"), mlp.named()))
+                    .flat_map(|(e, mlp)| prefixed(&format!("{block}.experts.{e}"), mlp.named()))
                     .collect();
                 if let Some(shared) = &moe.shared {
                     all.extend(prefixed("mlp.shared_expert", shared.mlp.named()));
@@ -176,8 +202,9 @@ impl FeedForward {
         match self {
             Self::Dense(mlp) => prefixed("mlp", mlp.named_mut()),
             Self::Sparse(moe) => {
+                let block = moe.block;
                 let mut all: Vec<(String, &mut Linear)> = (moe.experts.iter_mut().enumerate())
-                    .flat_map(|(e, mlp)| prefixed(&format!("mlp.experts.{e}"), mlp.named_mut()))
+                    .flat_map(|(e, mlp)| prefixed(&format!("{block}.experts.{e}"), mlp.named_mut()))
                     .collect();
                 if let Some(shared) = &mut moe.shared {
                     all.extend(prefixed("mlp.shared_expert", shared.mlp.named_mut()));

@@ -12,7 +12,7 @@ use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::linear::{Linear, take2};
-use super::mlp::{Activation, GateUpProjection, Mlp};
+use super::mlp::{Activation, GateUpProjection, LLAMA_PROJECTIONS, Mlp, ProjectionNames};
 use std::path::Path;
 
 use serde::Deserialize;
@@ -57,6 +57,10 @@ pub struct MoeConfig {
     /// `mlp_only_layers`); the others are dense MLPs of `intermediate_size`.
     pub sparse_layers: Vec<bool>,
     pub layout: ExpertLayout,
+    /// The block under each layer: `mlp`, or `block_sparse_moe` (Mixtral's checkpoints).
+    pub block: &'static str,
+    /// Each expert's gate, up and down projections (Mixtral's `w1`, `w3`, `w2`).
+    pub names: ProjectionNames,
 }
 
 impl MoeConfig {
@@ -65,9 +69,9 @@ impl MoeConfig {
         let i = self.expert_intermediate_size;
         match self.layout {
             ExpertLayout::PerExpert => vec![
-                ("gate_proj", hidden, i),
-                ("up_proj", hidden, i),
-                ("down_proj", i, hidden),
+                (self.names.gate, hidden, i),
+                (self.names.up, hidden, i),
+                (self.names.down, i, hidden),
             ],
             ExpertLayout::Fused => vec![("gate_up_proj", hidden, 2 * i), ("down_proj", i, hidden)],
         }
@@ -141,6 +145,8 @@ impl MoeConfig {
             shared_expert_intermediate_size: json.shared_expert_intermediate_size,
             sparse_layers,
             layout: ExpertLayout::PerExpert,
+            block: "mlp",
+            names: LLAMA_PROJECTIONS,
         })
     }
 }
@@ -174,6 +180,8 @@ pub struct SparseMoe {
     pub top_k: usize,
     pub routing: Routing,
     pub shared: Option<SharedExpert>,
+    /// Where the block sits in each layer (`MoeConfig::block`).
+    pub block: &'static str,
 }
 
 /// Qwen2-MoE's shared expert: y += sigmoid(x·gᵀ) · mlp(x) for every token.
@@ -331,10 +339,11 @@ impl SparseMoe {
             let linear = |w: &mut HostTensors, m: &str, shape: [usize; 2]| {
                 Linear::load(w, &format!("{at}.experts.{e}.{m}"), shape, false, device)
             };
+            let names = config.names;
             let gate_up = match config.layout {
                 ExpertLayout::PerExpert => GateUpProjection::Separate {
-                    gate_proj: linear(w, "gate_proj", [i, hidden])?,
-                    up_proj: linear(w, "up_proj", [i, hidden])?,
+                    gate_proj: linear(w, names.gate, [i, hidden])?,
+                    up_proj: linear(w, names.up, [i, hidden])?,
                 },
                 ExpertLayout::Fused => GateUpProjection::Fused {
                     gate_up_proj: linear(w, "gate_up_proj", [2 * i, hidden])?,
@@ -342,8 +351,9 @@ impl SparseMoe {
             };
             experts.push(Mlp {
                 gate_up,
-                down_proj: linear(w, "down_proj", [hidden, i])?,
+                down_proj: linear(w, names.down, [hidden, i])?,
                 activation,
+                names,
             });
         }
         let shared = match config.shared_expert_intermediate_size {
@@ -359,6 +369,7 @@ impl SparseMoe {
                         },
                         down_proj: linear(w, "shared_expert.down_proj", [hidden, width])?,
                         activation,
+                        names: LLAMA_PROJECTIONS,
                     },
                     gate: linear(w, "shared_expert_gate", [1, hidden])?,
                 })
@@ -371,6 +382,7 @@ impl SparseMoe {
             top_k: config.top_k,
             routing: config.routing,
             shared,
+            block: config.block,
         })
     }
 }

@@ -102,7 +102,7 @@ pub fn gradients_of<'a>(
         .into_iter()
         .map(|(key, t)| match t.grad(grads) {
             Some(g) => Ok(g),
-            None if key.contains(".mlp.experts.") => Ok(t.clone().inner().zeros_like()),
+            None if key.contains(".experts.") => Ok(t.clone().inner().zeros_like()),
             None => Err(TrainError::MissingGradient(key)),
         })
         .collect()

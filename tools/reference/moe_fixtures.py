@@ -12,6 +12,8 @@ weights N(0, 0.2²), input_ids [2, 7] with row 1 right-padded):
                          q/k/v biases, GQA 4/2, untied head
   tiny-qwen2-moe-sparse  the same with 4 layers, decoder_sparse_step 2 and mlp_only_layers [3]:
                          only layer 1 is sparse
+  tiny-mixtral           Mixtral: 2 layers, 4 experts of 32 (w1/w3/w2 under block_sparse_moe on
+                         disk), top 2 renormalised, no sliding window, GQA 4/2, untied head
   tiny-olmoe             OLMoE: 2 layers, 4 experts of 32, top 2, norm_topk_prob false, q/k
                          RMSNorms over the whole projections, GQA 4/2, untied head
 
@@ -36,7 +38,7 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import (OlmoeConfig, OlmoeForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3MoeConfig,
+from transformers import (MixtralConfig, MixtralForCausalLM, OlmoeConfig, OlmoeForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3MoeConfig,
                           Qwen3MoeForCausalLM)
 
 from family_fixtures import PROMPTS, greedy
@@ -60,6 +62,9 @@ MODELS = {
     "tiny-qwen2-moe-sparse": (Qwen2MoeForCausalLM, lambda: Qwen2MoeConfig(
         **COMMON, num_hidden_layers=4, intermediate_size=96, moe_intermediate_size=32,
         shared_expert_intermediate_size=48, decoder_sparse_step=2, mlp_only_layers=[3])),
+    "tiny-mixtral": (MixtralForCausalLM, lambda: MixtralConfig(
+        **{k: v for k, v in COMMON.items() if k != "num_experts"}, num_local_experts=4,
+        num_hidden_layers=2, intermediate_size=32)),
     "tiny-olmoe": (OlmoeForCausalLM, lambda: OlmoeConfig(
         **COMMON, num_hidden_layers=2, intermediate_size=32, norm_topk_prob=False,
         pad_token_id=0, eos_token_id=1)),
@@ -128,6 +133,10 @@ def main():
         fused = OUT / f"{name}-fused"
         fused.mkdir(exist_ok=True)
         shutil.copy(d / "config.json", fused / "config.json")
+        if name == "tiny-mixtral":  # lora-tune reads Mixtral per expert only
+            shutil.rmtree(fused)
+            print(name, cases)
+            continue
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         assert any(k.endswith("mlp.experts.gate_up_proj") for k in state)
         save_file(state, fused / "model.safetensors", metadata={"format": "pt"})

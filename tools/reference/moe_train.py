@@ -12,6 +12,8 @@ attention and on every expert:
                    adapter per expert over gate and up together).
   qwen2-moe        tiny-qwen2-moe, per-expert as qwen3-moe; the seven names also adapt the
                    shared expert (mlp.shared_expert.*), not its gate.
+  mixtral          tiny-mixtral per expert (w1/w3/w2), the keys written as its checkpoint names
+                   the block (block_sparse_moe; transformers 5 calls it mlp).
   olmoe            tiny-olmoe, per-expert as qwen3-moe.
 
 Writes tests/fixtures/lora/train-<variant>/: init.safetensors and final.safetensors in the
@@ -28,14 +30,14 @@ Every expert of every sparse layer is routed some token in every optimiser step 
 skips an adapter without a gradient in AdamW, where lora-tune's zero gradient would still decay.
 
 Environment: transformers==5.23.0, peft==0.21.2, torch per DESIGN.md §6.
-Usage: python3 tools/reference/moe_train.py qwen3-moe|qwen3-moe-fused|qwen2-moe|olmoe
+Usage: python3 tools/reference/moe_train.py qwen3-moe|qwen3-moe-fused|qwen2-moe|mixtral|olmoe
 """
 import json
 import sys
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM
 
@@ -48,23 +50,25 @@ FUSED = VARIANT.endswith("-fused")
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
+# Each expert's gate, up and down projections as the per-expert checkpoint names them.
+NAMES = ("w1", "w3", "w2") if VARIANT == "mixtral" else ("gate_proj", "up_proj", "down_proj")
+
+
 class Expert(nn.Module):
     """One expert as the per-expert checkpoint names it."""
 
     def __init__(self, gate_up, down, act):
         super().__init__()
         i, h = down.shape[1], down.shape[0]
-        self.gate_proj = nn.Linear(h, i, bias=False)
-        self.up_proj = nn.Linear(h, i, bias=False)
-        self.down_proj = nn.Linear(i, h, bias=False)
-        with torch.no_grad():
-            self.gate_proj.weight.copy_(gate_up[:i])
-            self.up_proj.weight.copy_(gate_up[i:])
-            self.down_proj.weight.copy_(down)
+        for name, rows, shape in zip(NAMES, (gate_up[:i], gate_up[i:], down), ((h, i), (h, i), (i, h))):
+            setattr(self, name, nn.Linear(*shape, bias=False))
+            with torch.no_grad():
+                getattr(self, name).weight.copy_(rows)
         self.act = act
 
     def forward(self, x):
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        gate, up, down = (getattr(self, n) for n in NAMES)
+        return down(self.act(gate(x)) * up(x))
 
 
 class PerExpert(nn.ModuleList):
@@ -100,6 +104,14 @@ def per_expert(model):
     return model
 
 
+def checkpoint_keys(state):
+    """Mixtral's block is `mlp` in transformers 5 but `block_sparse_moe` in its checkpoints (and
+    in PEFT folders written before transformers 5): keys as the checkpoint names modules."""
+    if VARIANT != "mixtral":
+        return state
+    return {k.replace(".mlp.", ".block_sparse_moe."): v for k, v in state.items()}
+
+
 def to_per_expert_keys(model, experts):
     """The adapters in per-expert keys: PEFT's target_parameters wrappers (ParamWrapper, one
     per targeted parameter, nested) hold A [r·E, in] expert-major and B [out, r·E]
@@ -127,11 +139,10 @@ def main():
                             target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])
     else:
         model = per_expert(model)
-        config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                            target_modules=ATTENTION + ["gate_proj", "up_proj", "down_proj"])
+        config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=ATTENTION + list(NAMES))
     model = get_peft_model(model, config)
     print("PEFT keys:", [k for k in lora_state(model) if ".mlp." in k][:4])
-    state = lambda: to_per_expert_keys(model, experts) if FUSED else lora_state(model)
+    state = lambda: to_per_expert_keys(model, experts) if FUSED else checkpoint_keys(lora_state(model))
     save_file(state(), OUT / "init.safetensors")
     batches = micro_batches(torch.Generator().manual_seed(11))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -157,6 +168,8 @@ def save_and_reload(model, batch):
         logits = model(input_ids=ids, attention_mask=mask).logits
     model.save_pretrained(OUT / "peft")
     (OUT / "peft" / "README.md").unlink(missing_ok=True)
+    weights = OUT / "peft" / "adapter_model.safetensors"
+    save_file(checkpoint_keys(load_file(weights)), weights, metadata={"format": "pt"})
     config = OUT / "peft" / "adapter_config.json"
     settings = json.loads(config.read_text())
     settings["base_model_name_or_path"] = BASE.name

@@ -16,6 +16,7 @@ use crate::model::attention::{Attention, QkvProjection};
 use crate::model::decoder::{DecoderLayer, LayerInputs, LayerNorms};
 use crate::model::decoder_config::QkNorm;
 use crate::model::mlp::{Activation, FeedForward, GateUpProjection, Mlp};
+use crate::model::moe::Routes;
 use crate::model::norm::RmsNorm;
 
 /// The adapters' gradients of a layer, in `DecoderLayer::linears_mut` order.
@@ -80,11 +81,14 @@ pub struct MlpTape {
 }
 
 /// `DecoderLayer::forward` on x [b·s, hidden], keeping its tape.
+/// `routes`: a mixture-of-experts layer's routes from an earlier forward of the same input (a
+/// checkpointed layer's recompute), used instead of routing again.
 pub fn forward(
     layer: &DecoderLayer,
     x: Tensor<2>,
     shape: Shape,
     inputs: &LayerInputs,
+    routes: Option<Routes>,
 ) -> (Tensor<2>, LayerTape) {
     let m = layer.residual_multiplier;
     let LayerNorms {
@@ -104,7 +108,7 @@ pub fn forward(
             (f, FeedForwardTape::Dense(tape))
         }
         FeedForward::Sparse(sparse) => {
-            let (f, tape) = moe::forward(sparse, f);
+            let (f, tape) = moe::forward(sparse, f, routes);
             (f, FeedForwardTape::Sparse(tape))
         }
     };
@@ -132,6 +136,16 @@ pub fn forward(
         mlp,
     };
     (mid + scaled(f, m), tape)
+}
+
+impl LayerTape {
+    /// The routes of a mixture-of-experts layer's forward.
+    pub fn routes(self) -> Option<Routes> {
+        match self.mlp {
+            FeedForwardTape::Sparse(tape) => Some(tape.routes()),
+            FeedForwardTape::Dense(_) => None,
+        }
+    }
 }
 
 /// dy [b·s, hidden] → the input gradient (when `need_dx`) and the adapters' gradients.

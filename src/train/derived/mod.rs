@@ -27,6 +27,8 @@ use super::cross_entropy::scored_positions;
 use crate::data::batch::Batch;
 use crate::memory::logit_chunk;
 use crate::model::decoder::{Decoder, DecoderLayer, LayerInputs};
+use crate::model::mlp::FeedForward;
+use crate::model::moe::Routes;
 
 /// `Objective::loss_and_gradients` for a decoder: `loss / seed.denominator` and the gradient of every
 /// trained tensor in `AdaptedModel::params_mut` order; None when nothing in `batch` is scored.
@@ -42,8 +44,10 @@ pub fn loss_and_gradients(
 #[allow(clippy::large_enum_variant)] // burn tensor handles; one per layer, never moved in bulk
 enum Kept {
     Tape(LayerTape),
-    /// Gradient checkpointing: the layer's input and its adapters' dropout stream states.
-    Input(Tensor<2>, Vec<u64>),
+    /// Gradient checkpointing: the layer's input, its adapters' dropout stream states and, in
+    /// a mixture-of-experts layer, its routes — the recompute reuses them, so a token whose
+    /// top k is nearly tied cannot switch experts between the forward and its recompute.
+    Input(Tensor<2>, Vec<u64>, Option<Routes>),
 }
 
 /// [`loss_and_gradients`] with `logit_chunk` scored positions per head pass.
@@ -93,10 +97,21 @@ impl DecoderPass {
             if lowest.is_none_or(|lowest| i < lowest) {
                 x = plain_forward(layer, x, shape, &inputs);
             } else if model.gradient_checkpointing {
-                kept.push(Kept::Input(x.clone(), dropout_streams(layer)));
-                x = plain_forward(layer, x, shape, &inputs);
+                let streams = dropout_streams(layer);
+                let (y, routes) = match &layer.mlp {
+                    // The tape's forward, to keep its routes (the tape itself is let go).
+                    FeedForward::Sparse(_) => {
+                        let (y, tape) = layer::forward(layer, x.clone(), shape, &inputs, None);
+                        (y, tape.routes())
+                    }
+                    FeedForward::Dense(_) => {
+                        (plain_forward(layer, x.clone(), shape, &inputs), None)
+                    }
+                };
+                kept.push(Kept::Input(x, streams, routes));
+                x = y;
             } else {
-                let (y, tape) = layer::forward(layer, x, shape, &inputs);
+                let (y, tape) = layer::forward(layer, x, shape, &inputs, None);
                 kept.push(Kept::Tape(tape));
                 x = y;
             }
@@ -123,9 +138,9 @@ impl DecoderPass {
             let layer = &model.layers[lowest + i];
             let tape = match kept {
                 Kept::Tape(tape) => tape,
-                Kept::Input(x, streams) => {
+                Kept::Input(x, streams, routes) => {
                     rewind_dropout(layer, &streams);
-                    layer::forward(layer, x, shape, inputs).1
+                    layer::forward(layer, x, shape, inputs, routes).1
                 }
             };
             let (dx, grads) = layer::backward(layer, tape, dy.clone(), shape, inputs, i > 0);

@@ -33,9 +33,10 @@ struct SharedTape {
     weight: Tensor<2>,
 }
 
-/// x [n, hidden] → Σ over each token's experts of weight · expert(x), and the tape.
-pub fn forward(moe: &SparseMoe, x: Tensor<2>) -> (Tensor<2>, MoeTape) {
-    let routes = moe.route(x.clone());
+/// x [n, hidden] → Σ over each token's experts of weight · expert(x), and the tape; `kept`:
+/// the routes an earlier forward of the same x chose (`layer::forward`), else routed now.
+pub fn forward(moe: &SparseMoe, x: Tensor<2>, kept: Option<Routes>) -> (Tensor<2>, MoeTape) {
+    let routes = kept.unwrap_or_else(|| moe.route(x.clone()));
     let gathered = x.clone().select(0, routes.tokens.clone()); // [n·k, h], by expert
     let (mut outputs, mut experts) = (Vec::new(), Vec::new());
     for (e, range) in routes.groups() {
@@ -74,6 +75,12 @@ pub fn forward(moe: &SparseMoe, x: Tensor<2>) -> (Tensor<2>, MoeTape) {
         shared,
     };
     (y, tape)
+}
+
+impl MoeTape {
+    pub fn routes(self) -> Routes {
+        self.routes
+    }
 }
 
 /// dy [n, hidden] → dx and the experts' adapter gradients, expert by expert in
