@@ -465,7 +465,9 @@ fn tiny_gguf(name: &str) -> Decoder {
 /// Golden: tools/reference/moe_fixtures.py. Qwen3-MoE (norm_topk_prob true; false with
 /// decoder_sparse_step and mlp_only_layers), Qwen2-MoE (a shared expert) and OLMoE, each read
 /// from the per-expert checkpoint transformers saves and from transformers 5's fused 3-D
-/// layout, and Mixtral per expert (w1/w3/w2 under block_sparse_moe): logits ≤ 1e-5, the 12
+/// layout, Mixtral per expert (w1/w3/w2 under block_sparse_moe) and GraniteMoE (a softmax over
+/// the top-k logits; its 3-D input_linear / output_linear, and transformers 5's names for
+/// them): logits ≤ 1e-5, the 12
 /// greedy tokens, and every sparse layer's routes.
 #[test]
 fn tiny_mixtures_of_experts_in_both_layouts_match_transformers() {
@@ -476,6 +478,7 @@ fn tiny_mixtures_of_experts_in_both_layouts_match_transformers() {
         "tiny-qwen2-moe",
         "tiny-qwen2-moe-sparse",
         "tiny-mixtral",
+        "tiny-granitemoe",
     ];
     for name in names {
         // Mixtral is read per expert only.
@@ -488,8 +491,10 @@ fn tiny_mixtures_of_experts_in_both_layouts_match_transformers() {
             let dir = Path::new(FIXTURES).join(format!("{name}{layout}"));
             let config = lora_tune::model::read_decoder_config(&dir.join("config.json")).unwrap();
             let moe = config.moe.clone().unwrap();
-            let fused = moe.layout == lora_tune::model::moe::ExpertLayout::Fused;
-            assert_eq!(fused, !layout.is_empty(), "{name}{layout}");
+            let fused = moe.layout != lora_tune::model::moe::ExpertLayout::PerExpert;
+            // GraniteMoE's own checkpoint is 3-D too.
+            let granite = name == "tiny-granitemoe";
+            assert_eq!(fused, granite || !layout.is_empty(), "{name}{layout}");
             let model = Decoder::load(config, HostTensors::read(&dir).unwrap(), &cpu()).unwrap();
             let reference = Path::new(FIXTURES).join(name);
             let what = format!("{name}{layout}");
@@ -533,7 +538,8 @@ fn routes_equal_transformers(model: &Decoder, dir: &Path, name: &str) {
             let n = &layer.norms;
             let attn_in = n.attention_in.as_ref().unwrap().forward(x.clone());
             let (rope, mask) = (inputs.rope_of(layer), inputs.mask_of(layer));
-            let mid = x.clone() + layer.self_attn.forward(attn_in, rope, &mask.full(), None);
+            let attn = layer.self_attn.forward(attn_in, rope, &mask.full(), None);
+            let mid = x.clone() + attn.mul_scalar(layer.residual_multiplier);
             let [b, s, h] = mid.dims();
             let moe_in = n.mlp_in.as_ref().unwrap().forward(mid).reshape([b * s, h]);
             let routes = moe.route(moe_in);

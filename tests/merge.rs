@@ -117,6 +117,14 @@ fn merged_mixtures_of_experts_keep_their_layout_and_give_the_adapted_logits() {
     // 8 attention linears; 24 expert linears per expert, or 16 slices of the 3-D tensors.
     merged_gives_peft_logits("tiny-qwen3-moe", adapter, logits, 32);
     merged_gives_peft_logits("tiny-qwen3-moe-fused", adapter, logits, 24);
+    // GraniteMoE's PEFT folder (target_parameters form) into its 3-D input_linear /
+    // output_linear, and into the same tensors under transformers 5's names.
+    let (adapter, logits) = (
+        "lora/train-granitemoe-fused/peft",
+        "lora/train-granitemoe-fused",
+    );
+    merged_gives_peft_logits("tiny-granitemoe", adapter, logits, 24);
+    merged_gives_peft_logits("tiny-granitemoe-fused", adapter, logits, 24);
 }
 
 /// The PEFT folder `adapter` merged into tests/fixtures/llama/`base` folds `folded` tensors

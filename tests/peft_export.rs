@@ -171,7 +171,8 @@ fn configs_we_cannot_represent_are_refused() {
 }
 
 /// Golden: tools/reference/moe_train.py (peft 0.21.2). The trained adapters on attention and on
-/// every expert of Qwen3-MoE, Qwen2-MoE (and its shared expert), Mixtral and OLMoE, written,
+/// every expert of Qwen3-MoE, Qwen2-MoE (and its shared expert), Mixtral, GraniteMoE (PEFT's
+/// target_parameters form: one A [r·E, in] and B [out, r·E] per 3-D parameter) and OLMoE, written,
 /// hold the tensors PEFT's `save_pretrained` wrote for them (per-expert keys
 /// `…mlp.experts.{e}.gate_proj.lora_A.weight`, Mixtral's `…block_sparse_moe.experts.{e}.w1…`,
 /// as its checkpoints name the block) with its target
@@ -184,6 +185,7 @@ fn mixture_of_experts_folders_equal_what_peft_saves() {
         ("tiny-qwen3-moe", "train-qwen3-moe"),
         ("tiny-qwen2-moe", "train-qwen2-moe"),
         ("tiny-mixtral", "train-mixtral"),
+        ("tiny-granitemoe", "train-granitemoe-fused"),
         ("tiny-olmoe", "train-olmoe"),
     ] {
         let lora = tiny::lora();
@@ -208,7 +210,11 @@ fn mixture_of_experts_folders_equal_what_peft_saves() {
                 .map(|n| n.as_str().unwrap().to_string())
                 .collect();
             names.sort();
-            names
+            // GraniteMoE's experts: PEFT's target_parameters, in order.
+            (
+                names,
+                v.get("target_parameters").cloned().filter(|p| !p.is_null()),
+            )
         };
         assert_eq!(targets(out.path()), targets(&theirs), "{base}");
 
@@ -261,4 +267,35 @@ fn fused_expert_adapters_are_written_per_expert() {
         .fold(0f32, f32::max);
     eprintln!("fused adapters written per expert, read back: max |Δlogit| {max:e}");
     assert!(max < 1e-5, "{max}");
+}
+
+/// GraniteMoE's experts are adapted in PEFT's target_parameters form, whose ParamWrapper takes
+/// no dropout and no DoRA: a recipe asking for either on them is refused before training.
+#[test]
+fn dropout_or_dora_on_granitemoe_experts_is_refused_by_name() {
+    let model = tiny::named("tiny-granitemoe");
+    let sites = model.config.linear_sites();
+    for (lora, what) in [
+        (
+            lora_tune::recipe::LoraSection {
+                dropout: 0.1,
+                ..tiny::lora()
+            },
+            "lora.dropout > 0",
+        ),
+        (
+            lora_tune::recipe::LoraSection {
+                use_dora: true,
+                ..tiny::lora()
+            },
+            "DoRA",
+        ),
+    ] {
+        let err = select_targets(&sites, &lora).unwrap_err().to_string();
+        assert!(
+            err.contains(what) && err.contains("target_parameters"),
+            "{err}"
+        );
+    }
+    assert!(select_targets(&sites, &tiny::lora()).is_ok());
 }

@@ -15,7 +15,9 @@ use serde_json::json;
 use crate::dtype::Dtype;
 use crate::lora::targets::{self, TargetError};
 use crate::model::decoder_config::{DecoderConfig, Family, RopeScaling};
-use crate::peft::folder::{PeftError, WEIGHTS_FILE, fused_expert_fold, read_lora};
+use crate::peft::folder::{
+    PeftError, WEIGHTS_FILE, fused_expert_fold, read_adapter_tensors, read_lora,
+};
 use crate::peft::{factor_key, magnitude_key};
 use crate::source::ModelFiles;
 use crate::weights::WeightsError;
@@ -114,10 +116,20 @@ fn take_factor(
 }
 
 /// (`…mlp`, parameter name) of a fused 3-D experts tensor (`…mlp.experts.gate_up_proj`
-/// [E, 2I, H] or `…mlp.experts.down_proj`).
+/// [E, 2I, H] or `…mlp.experts.down_proj`; GraniteMoE's `…block_sparse_moe.input_linear.weight`
+/// and `output_linear.weight`).
 fn fused_experts<'a>(name: &'a str, t: &HostTensor) -> Option<(&'a str, &'a str)> {
+    if t.shape.len() != 3 {
+        return None;
+    }
+    if let Some(stem) = name.strip_suffix(".input_linear.weight") {
+        return Some((stem, "gate_up_proj"));
+    }
+    if let Some(stem) = name.strip_suffix(".output_linear.weight") {
+        return Some((stem, "down_proj"));
+    }
     let (stem, param) = name.rsplit_once(".experts.")?;
-    (t.shape.len() == 3 && matches!(param, "gate_up_proj" | "down_proj")).then_some((stem, param))
+    matches!(param, "gate_up_proj" | "down_proj").then_some((stem, param))
 }
 
 /// Folds each expert's adapter (`{stem}.experts.{e}.{param}.weight` in `folds`) into its slice
@@ -201,7 +213,7 @@ pub fn merge(
     }
     let (_, lora) = read_lora(adapter)?;
     let adapted = targets::select(&config.linear_sites(), &lora)?;
-    let mut factors = HostTensors::read(&adapter.join(WEIGHTS_FILE))?;
+    let mut factors = read_adapter_tensors(&adapter.join(WEIGHTS_FILE))?;
     let mut folds = BTreeMap::new();
     for a in &adapted {
         let (r, site) = (a.rank as usize, &a.site);
@@ -281,6 +293,14 @@ pub fn merge(
             Ok(())
         })?;
         flush(&mut shard, &mut shards)?;
+        // Every adapter must have found its base tensor (or its expert's slice of one).
+        if folded != folds.len() {
+            return Err(MergeError::Invalid(format!(
+                "{} of {} adapted layers found no tensor of theirs in the base checkpoint; it does not belong to these adapters",
+                folds.len() - folded,
+                folds.len()
+            )));
+        }
         if folded != folds.len() {
             return Err(MergeError::Invalid(format!(
                 "folded {folded} of {} adapted layers: the base lacks some adapted weights",

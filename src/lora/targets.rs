@@ -68,6 +68,24 @@ pub enum TargetError {
         second: String,
         table: &'static str,
     },
+    #[error(
+        "`{module}` is a GraniteMoE expert, which PEFT adapts through target_parameters: {what} is not possible there (its ParamWrapper refuses it); set {fix} or leave the experts out of lora.targets"
+    )]
+    TargetParameter {
+        module: String,
+        what: &'static str,
+        fix: &'static str,
+    },
+}
+
+/// A GraniteMoE expert's parameter (`…block_sparse_moe.experts.{e}.gate_up_proj` /
+/// `down_proj`): its checkpoints have no per-expert modules, so PEFT adapts these through
+/// `target_parameters`, which allows no dropout and no DoRA.
+pub fn is_target_parameter(path: &str) -> bool {
+    let Some((_, rest)) = path.split_once(".block_sparse_moe.experts.") else {
+        return false;
+    };
+    rest.ends_with(".gate_up_proj") || rest.ends_with(".down_proj")
 }
 
 /// Phi-3's fused attention and MLP projections: what the default targets (the seven Llama
@@ -119,7 +137,7 @@ pub fn select(sites: &[LinearSite], lora: &LoraSection) -> Result<Vec<TargetLaye
                     // A fused expert's gate_up_proj is PEFT's gate_proj and up_proj together
                     // (`peft::folder::per_expert_form`).
                     || (site.name() == "gate_up_proj"
-                        && site.path.contains(".mlp.experts.")
+                        && site.path.contains(".experts.")
                         && names_it("gate_proj")
                         && names_it("up_proj"));
                 let in_layers = match (&lora.layers, site.layer) {
@@ -140,6 +158,20 @@ pub fn select(sites: &[LinearSite], lora: &LoraSection) -> Result<Vec<TargetLaye
             rank,
             alpha,
         });
+    }
+    if let Some(expert) = out.iter().find(|t| is_target_parameter(&t.site.path)) {
+        let refused = match (lora.dropout > 0.0, lora.use_dora) {
+            (true, _) => Some(("lora.dropout > 0", "lora.dropout = 0")),
+            (_, true) => Some(("DoRA", "lora.use_dora = false")),
+            _ => None,
+        };
+        if let Some((what, fix)) = refused {
+            return Err(TargetError::TargetParameter {
+                module: expert.site.path.clone(),
+                what,
+                fix,
+            });
+        }
     }
     if out.is_empty() {
         let mut names: Vec<&str> = sites.iter().map(LinearSite::name).collect();

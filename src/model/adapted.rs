@@ -20,7 +20,6 @@ use crate::peft::{MAGNITUDE, factor_key, magnitude_key};
 use crate::recipe::{LoraInit, LoraSection};
 use crate::transfer;
 use crate::weights::WeightsError;
-use crate::weights::host::HostTensors;
 use crate::weights::tensor::HostTensor;
 use burn::tensor::Float;
 
@@ -176,7 +175,7 @@ pub trait AdaptedModel {
     /// Replaces every trained tensor with the one in `file` (PEFT keys); a missing, misshapen
     /// or unused tensor is an error naming it.
     fn load_adapter_weights(&mut self, file: &Path) -> Result<(), WeightsError> {
-        let mut tensors = HostTensors::read(file)?;
+        let mut tensors = peft_folder::read_adapter_tensors(file)?;
         let device = self.device().clone();
         for (key, t) in self.params_mut() {
             let dims = t.dims();

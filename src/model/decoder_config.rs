@@ -88,6 +88,7 @@ pub enum Family {
     Qwen3Moe,
     Olmoe,
     Mixtral,
+    GraniteMoe,
 }
 
 impl Family {
@@ -107,6 +108,7 @@ impl Family {
             Self::Olmoe => "olmoe",
             // llama.cpp writes Mixtral as `llama` with expert tensors.
             Self::Mixtral => "llama",
+            Self::GraniteMoe => "granitemoe",
         }
     }
 }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::decoder_config::{DecoderConfig, Deltas, Family};
 use super::llama::LlamaJson;
+use super::moe::{MoeConfig, Routing};
 use crate::weights::WeightsError;
 
 /// Granite's own fields, with transformers' `GraniteConfig` defaults.
@@ -26,6 +27,20 @@ struct GraniteJson {
 
 fn one() -> f64 {
     1.0
+}
+
+/// A GraniteMoE config.json: Granite's four scalars over a mixture of experts in every layer
+/// (`num_local_experts` of `intermediate_size`, `num_experts_per_tok`), routed by a softmax over
+/// the top k router logits. Source: transformers `models/granitemoe/modeling_granitemoe.py`.
+pub fn moe_config(path: &Path, text: &str) -> Result<DecoderConfig, WeightsError> {
+    let mut config = config(path, text)?;
+    let (layers, width) = (config.num_hidden_layers, config.intermediate_size);
+    let mut moe = MoeConfig::from_json(path, text, layers, width, false)?;
+    moe.routing = Routing::TopKSoftmax;
+    moe.block = "block_sparse_moe";
+    config.moe = Some(moe);
+    config.family = Family::GraniteMoe;
+    Ok(config)
 }
 
 /// A Granite config.json (`text`, read from `path`).

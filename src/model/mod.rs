@@ -134,7 +134,9 @@ impl ModelConfig {
                     moe.top_k,
                     match moe.layout {
                         moe::ExpertLayout::PerExpert => "stored per expert",
-                        moe::ExpertLayout::Fused => "stored fused (adapted as gate_up_proj)",
+                        moe::ExpertLayout::Fused | moe::ExpertLayout::GraniteFused => {
+                            "stored fused (adapted as gate_up_proj)"
+                        }
                     },
                     thousands(c.parameter_count()),
                     thousands(c.active_parameters()),
@@ -186,6 +188,7 @@ pub fn read_decoder_config(path: &Path) -> Result<DecoderConfig, WeightsError> {
         "gemma3_text" => gemma3::config(path, &text),
         "phi3" => phi3::config(path, &text),
         "mixtral" => mixtral::config(path, &text),
+        "granitemoe" => granite::moe_config(path, &text),
         "qwen2_moe" => qwen2_moe::config(path, &text),
         "qwen3_moe" => qwen3_moe::config(path, &text),
         "olmoe" => olmoe::config(path, &text),
@@ -193,7 +196,7 @@ pub fn read_decoder_config(path: &Path) -> Result<DecoderConfig, WeightsError> {
     }?;
     if let (Some(moe), Some(dir)) = (&mut config.moe, path.parent()) {
         moe.layout = moe::ExpertLayout::of_checkpoint(dir)?;
-        if moe.layout == moe::ExpertLayout::Fused && moe.block != "mlp" {
+        if moe.layout == moe::ExpertLayout::Fused && moe.names != mlp::LLAMA_PROJECTIONS {
             return Err(WeightsError::format(
                 dir,
                 "this Mixtral checkpoint holds transformers 5's fused experts (mlp.experts.gate_up_proj), which are not read for Mixtral; use the per-expert checkpoint (block_sparse_moe.experts.{e}.w1/w2/w3) that save_pretrained writes".into(),
@@ -212,13 +215,13 @@ fn unsupported(model_type: &str) -> String {
         "deepseek_v2" | "deepseek_v3" => {
             "DeepSeek-V2/V3 are not supported: multi-head latent attention (MLA) is not implemented"
         }
-        "granitemoe" | "granitemoeshared" | "granitemoehybrid" => {
-            "this mixture-of-experts family is not implemented yet (mixtral, qwen2_moe, qwen3_moe and olmoe are)"
+        "granitemoeshared" | "granitemoehybrid" => {
+            "this mixture-of-experts family is not implemented yet (granitemoe, mixtral, qwen2_moe, qwen3_moe and olmoe are)"
         }
         _ => "",
     };
     format!(
-        "model_type `{model_type}` is not a supported decoder (llama, mistral, qwen2, qwen3, granite, olmo2, gemma2, gemma3_text, phi3, mixtral, qwen2_moe, qwen3_moe, olmoe){}{why}",
+        "model_type `{model_type}` is not a supported decoder (llama, mistral, qwen2, qwen3, granite, olmo2, gemma2, gemma3_text, phi3, granitemoe, mixtral, qwen2_moe, qwen3_moe, olmoe){}{why}",
         if why.is_empty() { "" } else { ": " }
     )
 }

@@ -28,6 +28,8 @@ pub enum Routing {
     /// A softmax over every expert (in f32), the k largest probabilities kept, renormalised to
     /// sum to 1 when `renormalize` (`norm_topk_prob`).
     SoftmaxTopK { renormalize: bool },
+    /// The k largest logits, then a softmax over just those (GraniteMoE).
+    TopKSoftmax,
 }
 
 /// How a checkpoint stores its experts; the model keeps one [`Mlp`] per expert either way.
@@ -39,6 +41,10 @@ pub enum ExpertLayout {
     /// and `mlp.experts.down_proj` [E, H, I]. Each expert's gate and up stay one linear
     /// (`mlp.experts.{e}.gate_up_proj`), as PEFT's `target_parameters` adapts them.
     Fused,
+    /// GraniteMoE's checkpoints: the same 3-D tensors as `block_sparse_moe.input_linear.weight`
+    /// and `block_sparse_moe.output_linear.weight`, the router `block_sparse_moe.router.layer`;
+    /// held as `Fused` is.
+    GraniteFused,
 }
 
 /// The mixture-of-experts part of a decoder's shape.
@@ -73,7 +79,9 @@ impl MoeConfig {
                 (self.names.up, hidden, i),
                 (self.names.down, i, hidden),
             ],
-            ExpertLayout::Fused => vec![("gate_up_proj", hidden, 2 * i), ("down_proj", i, hidden)],
+            ExpertLayout::Fused | ExpertLayout::GraniteFused => {
+                vec![("gate_up_proj", hidden, 2 * i), ("down_proj", i, hidden)]
+            }
         }
     }
 }
@@ -164,10 +172,14 @@ impl ExpertLayout {
         } else {
             Vec::new()
         };
-        let fused = names
-            .iter()
-            .any(|n| n.ends_with(".mlp.experts.gate_up_proj"));
-        Ok(if fused { Self::Fused } else { Self::PerExpert })
+        let has = |suffix: &str| names.iter().any(|n| n.ends_with(suffix));
+        Ok(if has(".experts.gate_up_proj") {
+            Self::Fused
+        } else if has(".block_sparse_moe.input_linear.weight") {
+            Self::GraniteFused
+        } else {
+            Self::PerExpert
+        })
     }
 }
 
@@ -205,7 +217,8 @@ impl SharedExpert {
 /// by expert.
 #[derive(Debug, Clone)]
 pub struct Routes {
-    /// Router probabilities over every expert, [n, E] (backward's softmax needs them).
+    /// Router probabilities over every expert, [n, E] (backward's softmax needs them); the
+    /// logits themselves for `Routing::TopKSoftmax`.
     pub probs: Tensor<2>,
     /// The chosen experts, [n, k].
     pub chosen: Tensor<2, Int>,
@@ -227,12 +240,20 @@ impl SparseMoe {
         let (k, experts) = (self.top_k, self.experts.len());
         let device = x.device();
         let logits = x.matmul(self.gate.clone().transpose()); // [n, E]
-        let Routing::SoftmaxTopK { renormalize } = self.routing;
-        let probs = softmax(logits, 1);
-        let (top, chosen) = probs.clone().topk_with_indices(k, 1); // [n, k]
-        let weights = match renormalize {
-            true => top.clone() / top.sum_dim(1),
-            false => top,
+        let (probs, chosen, weights) = match self.routing {
+            Routing::SoftmaxTopK { renormalize } => {
+                let probs = softmax(logits, 1);
+                let (top, chosen) = probs.clone().topk_with_indices(k, 1); // [n, k]
+                let weights = match renormalize {
+                    true => top.clone() / top.sum_dim(1),
+                    false => top,
+                };
+                (probs, chosen, weights)
+            }
+            Routing::TopKSoftmax => {
+                let (top, chosen) = logits.clone().topk_with_indices(k, 1); // [n, k]
+                (logits, chosen, softmax(top, 1))
+            }
         };
         let picked: Vec<i64> = transfer::download(chosen.clone())
             .and_then(|d| (d.convert::<i64>().try_into_vec::<i64>()).map_err(|e| format!("{e:?}")))
@@ -326,14 +347,28 @@ impl SparseMoe {
         device: &Device,
     ) -> Result<Self, WeightsError> {
         let (n, i) = (config.num_experts, config.expert_intermediate_size);
-        if config.layout == ExpertLayout::Fused {
+        let fused = match config.layout {
+            ExpertLayout::PerExpert => None,
+            ExpertLayout::Fused => Some(["experts.gate_up_proj", "experts.down_proj"]),
+            ExpertLayout::GraniteFused => Some(["input_linear.weight", "output_linear.weight"]),
+        };
+        if let Some([gate_up, down]) = fused {
             let part = |name: &'static str| move |e| format!("{at}.experts.{e}.{name}.weight");
-            let gate_up = format!("{at}.experts.gate_up_proj");
-            w.unstack(&gate_up, [n, 2 * i, hidden], part("gate_up_proj"))?;
-            let down = format!("{at}.experts.down_proj");
-            w.unstack(&down, [n, hidden, i], part("down_proj"))?;
+            w.unstack(
+                &format!("{at}.{gate_up}"),
+                [n, 2 * i, hidden],
+                part("gate_up_proj"),
+            )?;
+            w.unstack(&format!("{at}.{down}"), [n, hidden, i], part("down_proj"))?;
         }
-        let gate = take2(w, &format!("{at}.gate.weight"), [n, hidden], device)?;
+        // The router: `gate` (Qwen, OLMoE, Mixtral), GraniteMoE's `router.layer` in its
+        // checkpoints and `router` in transformers 5's.
+        let router = ["gate.weight", "router.layer.weight", "router.weight"]
+            .map(|name| format!("{at}.{name}"))
+            .into_iter()
+            .find(|name| w.contains(name))
+            .unwrap_or_else(|| format!("{at}.gate.weight"));
+        let gate = take2(w, &router, [n, hidden], device)?;
         let mut experts = Vec::with_capacity(n);
         for e in 0..n {
             let linear = |w: &mut HostTensors, m: &str, shape: [usize; 2]| {
@@ -345,7 +380,7 @@ impl SparseMoe {
                     gate_proj: linear(w, names.gate, [i, hidden])?,
                     up_proj: linear(w, names.up, [i, hidden])?,
                 },
-                ExpertLayout::Fused => GateUpProjection::Fused {
+                ExpertLayout::Fused | ExpertLayout::GraniteFused => GateUpProjection::Fused {
                     gate_up_proj: linear(w, "gate_up_proj", [2 * i, hidden])?,
                 },
             };

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
-use crate::lora::targets::TargetLayer;
+use crate::lora::targets::{TargetLayer, is_target_parameter};
 use crate::recipe::{LoraInit, LoraSection, Targets};
 
 /// Why an `adapter_config.json` cannot be used.
@@ -55,6 +55,11 @@ pub struct PeftConfig {
     pub revision: Option<String>,
     /// A list of module names or one regex string.
     pub target_modules: Value,
+    /// 3-D expert parameters adapted in PEFT's `target_parameters` form
+    /// (`block_sparse_moe.experts.gate_up_proj`; GraniteMoE, whose checkpoints have no
+    /// per-expert modules), innermost wrapper first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_parameters: Option<Vec<String>>,
     #[serde(default)]
     pub task_type: Option<String>,
     #[serde(default)]
@@ -112,6 +117,9 @@ impl PeftConfig {
             // (`folder::per_expert_form`).
             Targets::Modules(_) | Targets::AllLinear => {
                 let names = adapted.iter().flat_map(|a| {
+                    if is_target_parameter(&a.site.path) {
+                        return vec![];
+                    }
                     match (a.site.name(), a.site.path.contains(".mlp.experts.")) {
                         ("gate_up_proj", true) => vec!["gate_proj", "up_proj"],
                         (name, _) => vec![name],
@@ -123,7 +131,17 @@ impl PeftConfig {
                 Value::from(names)
             }
         };
+        let parameters: Vec<String> = ["gate_up_proj", "down_proj"]
+            .into_iter()
+            .filter(|p| {
+                adapted
+                    .iter()
+                    .any(|a| is_target_parameter(&a.site.path) && a.site.name() == *p)
+            })
+            .map(|p| format!("block_sparse_moe.experts.{p}"))
+            .collect();
         Self {
+            target_parameters: (!parameters.is_empty()).then_some(parameters),
             alpha_pattern: lora.alpha_pattern.clone(),
             base_model_name_or_path: Some(base),
             bias: none(),
@@ -229,6 +247,38 @@ impl PeftConfig {
                 return Err(invalid(&format!(
                     "target_modules: expected a list or a string, got {other}"
                 )));
+            }
+        };
+        let targets = match &self.target_parameters {
+            None => targets,
+            Some(params) if params.is_empty() => targets,
+            Some(params) => {
+                let Targets::Modules(names) = targets else {
+                    return refuse("target_parameters beside a regex or all-linear target_modules");
+                };
+                let mut experts = Vec::new();
+                for p in params {
+                    match p.rsplit_once("experts.") {
+                        Some((_, param)) if ["gate_up_proj", "down_proj"].contains(&param) => {
+                            experts.push(param.to_string())
+                        }
+                        _ => {
+                            return refuse(&format!(
+                                "target_parameters {p:?} (the experts' gate_up_proj and down_proj are)"
+                            ));
+                        }
+                    }
+                }
+                // The named modules, and the experts' parameters as lora-tune's per-expert
+                // layers (`…block_sparse_moe.experts.{e}.gate_up_proj`).
+                let escape = |n: &String| regex::escape(n);
+                let modules = names.iter().map(escape).collect::<Vec<_>>().join("|");
+                let params = experts.iter().map(escape).collect::<Vec<_>>().join("|");
+                let mut regex = format!(r"(?:.*\.)?block_sparse_moe\.experts\.\d+\.(?:{params})");
+                if !modules.is_empty() {
+                    regex = format!(r"(?:.*\.)?(?:{modules})|{regex}");
+                }
+                Targets::Regex(regex)
             }
         };
         let layers = match &self.layers_to_transform {

@@ -4,6 +4,7 @@
 //! is; and its config read back (`model::adapters` puts a folder's tensors on a model). Every
 //! file is written atomically (temp + fsync + rename): a crash leaves the old file or the new one.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::config::{ConfigError, PeftConfig};
@@ -69,7 +70,7 @@ pub fn write(
 /// fuses them again on transformers 5, as a rank-2r adapter) and the servers know.
 pub fn per_expert_form(adapters: &[(String, HostTensor)]) -> Vec<(String, HostTensor)> {
     let mut out = Vec::with_capacity(adapters.len());
-    for (key, t) in adapters {
+    for (key, t) in &target_parameters_form(adapters) {
         let Some((module, factor)) = key
             .split_once(".gate_up_proj.")
             .filter(|(module, _)| module.contains(".mlp.experts."))
@@ -101,6 +102,174 @@ pub fn per_expert_form(adapters: &[(String, HostTensor)]) -> Vec<(String, HostTe
         }
     }
     out
+}
+
+/// GraniteMoE's experts (`…block_sparse_moe.experts.{e}.gate_up_proj` / `down_proj`; its
+/// checkpoints have no per-expert modules) in PEFT's `target_parameters` form: one adapter per
+/// targeted 3-D parameter, A [r·E, in] expert-major and B [out, r·E] expert-minor
+/// (`ParamWrapper.get_delta_weight`), keyed `…experts.lora_A.weight`, the parameter targeted
+/// first innermost (`…experts.base_layer.lora_A.weight` when both are).
+fn target_parameters_form(adapters: &[(String, HostTensor)]) -> Vec<(String, HostTensor)> {
+    let mut groups: BTreeMap<ParameterFactor, Vec<(usize, &HostTensor)>> = BTreeMap::new();
+    let mut out = Vec::with_capacity(adapters.len());
+    for (key, t) in adapters {
+        match target_parameter_of(key) {
+            Some((stem, e, param, factor)) => groups
+                .entry((stem.to_string(), param, factor.to_string()))
+                .or_default()
+                .push((e, t)),
+            None => out.push((key.clone(), t.clone())),
+        }
+    }
+    let params_of = |stem: &str| {
+        TARGET_PARAMETERS
+            .into_iter()
+            .filter(|p| groups.keys().any(|(s, q, _)| s == stem && q == p))
+            .collect::<Vec<_>>()
+    };
+    for ((stem, param, factor), mut experts) in groups.clone() {
+        experts.sort_by_key(|(e, _)| *e);
+        let params = params_of(&stem);
+        let depth = params.len() - 1 - params.iter().position(|p| *p == param).unwrap_or(0);
+        let key = format!("{stem}{}.{factor}", ".base_layer".repeat(depth));
+        let n = experts.len();
+        let t = if factor.starts_with("lora_A") {
+            let [r, inp] = [experts[0].1.shape[0], experts[0].1.shape[1]];
+            let values = experts.iter().flat_map(|(_, t)| t.values.clone()).collect();
+            HostTensor {
+                shape: vec![r * n, inp],
+                values,
+            }
+        } else {
+            let [rows, r] = [experts[0].1.shape[0], experts[0].1.shape[1]];
+            let mut values = vec![0f32; rows * r * n];
+            for (e, (_, t)) in experts.iter().enumerate() {
+                for row in 0..rows {
+                    for j in 0..r {
+                        values[row * r * n + j * n + e] = t.values[row * r + j];
+                    }
+                }
+            }
+            HostTensor {
+                shape: vec![rows, r * n],
+                values,
+            }
+        };
+        out.push((key, t));
+    }
+    out
+}
+
+/// (stem `…experts`, parameter, factor): one of a target_parameters folder's tensors.
+type ParameterFactor = (String, &'static str, String);
+
+/// The 3-D expert parameters PEFT's `target_parameters` adapts here, innermost first.
+const TARGET_PARAMETERS: [&str; 2] = ["gate_up_proj", "down_proj"];
+
+/// (stem `…block_sparse_moe.experts`, expert, parameter, factor) of a GraniteMoE expert's
+/// adapter key.
+fn target_parameter_of(key: &str) -> Option<(&str, usize, &'static str, &str)> {
+    let (stem, rest) = key.split_once(".block_sparse_moe.experts.")?;
+    let (e, rest) = rest.split_once('.')?;
+    let e: usize = e.parse().ok()?;
+    let (param, factor) = rest.split_once('.')?;
+    let param = TARGET_PARAMETERS.into_iter().find(|p| *p == param)?;
+    let stem = &key[..stem.len() + ".block_sparse_moe.experts".len()];
+    Some((stem, e, param, factor))
+}
+
+/// The adapter tensors of `file` (a folder's adapter_model.safetensors), with a
+/// `target_parameters` folder's 3-D adapters split into the per-expert tensors lora-tune's
+/// experts take.
+pub fn read_adapter_tensors(file: &Path) -> Result<HostTensors, WeightsError> {
+    let mut tensors = HostTensors::read(file)?;
+    let config = file.parent().map(|d| d.join(CONFIG_FILE));
+    let Some(config) = config
+        .filter(|c| c.exists())
+        .and_then(|c| read_config(c.parent()?).ok())
+    else {
+        return Ok(tensors);
+    };
+    if let Some(params) = &config.target_parameters {
+        let params: Vec<&'static str> = params
+            .iter()
+            .filter_map(|p| TARGET_PARAMETERS.into_iter().find(|t| p.ends_with(t)))
+            .collect();
+        expand_target_parameters(&mut tensors, &params, config.r as usize)?;
+    }
+    Ok(tensors)
+}
+
+/// The inverse of [`target_parameters_form`]: each `…experts[.base_layer].lora_{A,B}.weight`
+/// of `tensors` (adapters on `params`, the folder's `target_parameters` in order, of rank `r`)
+/// split into per-expert tensors under the keys lora-tune's experts have.
+pub fn expand_target_parameters(
+    tensors: &mut HostTensors,
+    params: &[&'static str],
+    r: usize,
+) -> Result<(), WeightsError> {
+    let keys: Vec<String> = tensors
+        .names()
+        .into_iter()
+        .filter(|k| k.contains(".block_sparse_moe.experts.") && !k.contains(".experts.0."))
+        .filter(|k| {
+            let after = k.split(".block_sparse_moe.experts.").nth(1).unwrap_or("");
+            after.starts_with("lora_") || after.starts_with("base_layer.")
+        })
+        .collect();
+    for key in keys {
+        let (stem, rest) = key.split_once(".experts.").expect("filtered above");
+        let depth = rest.matches("base_layer.").count();
+        let factor = rest.trim_start_matches("base_layer.");
+        let Some(&param) = params
+            .len()
+            .checked_sub(1 + depth)
+            .and_then(|i| params.get(i))
+        else {
+            continue;
+        };
+        let t = tensors.take_any(&key)?;
+        let fail =
+            |detail: String| WeightsError::format(&tensors.origin, format!("`{key}`: {detail}"));
+        if t.shape.len() != 2 || r == 0 {
+            return Err(fail(format!(
+                "shape {:?} is not a target_parameters adapter",
+                t.shape
+            )));
+        }
+        let a = factor.starts_with("lora_A");
+        let n = if a { t.shape[0] / r } else { t.shape[1] / r };
+        if n == 0 || (if a { t.shape[0] } else { t.shape[1] }) != n * r {
+            return Err(fail(format!(
+                "shape {:?} does not hold rank {r} for each expert",
+                t.shape
+            )));
+        }
+        for e in 0..n {
+            let name = format!("{stem}.experts.{e}.{param}.{factor}");
+            let part = if a {
+                let cols = t.shape[1];
+                HostTensor {
+                    shape: vec![r, cols],
+                    values: t.values[e * r * cols..(e + 1) * r * cols].to_vec(),
+                }
+            } else {
+                let rows = t.shape[0];
+                let mut values = Vec::with_capacity(rows * r);
+                for row in 0..rows {
+                    for j in 0..r {
+                        values.push(t.values[row * r * n + j * n + e]);
+                    }
+                }
+                HostTensor {
+                    shape: vec![rows, r],
+                    values,
+                }
+            };
+            tensors.insert(name, part);
+        }
+    }
+    Ok(())
 }
 
 /// The inverse of [`per_expert_form`] for one trained tensor `key` of a fused expert

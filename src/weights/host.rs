@@ -377,6 +377,37 @@ impl HostTensors {
         }
     }
 
+    /// The names of the tensors not yet taken.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = (self.tensors.keys())
+            .chain(self.mapped.keys())
+            .chain(self.blocks.keys())
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Removes and returns `name` whatever its shape.
+    pub fn take_any(&mut self, name: &str) -> Result<HostTensor, WeightsError> {
+        let shape = match (
+            self.mapped.get(name),
+            self.tensors.get(name),
+            self.blocks.get(name),
+        ) {
+            (Some(m), _, _) => m.shape.clone(),
+            (_, Some(t), _) => t.shape.clone(),
+            (_, _, Some(b)) => vec![b.rows, b.cols],
+            _ => Vec::new(),
+        };
+        self.take(name, &shape)
+    }
+
+    /// Adds a tensor (one a caller derived from others it took).
+    pub fn insert(&mut self, name: String, t: HostTensor) {
+        self.tensors.insert(name, t);
+    }
+
     /// Drops a tensor the model knowingly does not use (e.g. a tied `lm_head.weight` copy).
     pub fn ignore(&mut self, name: &str) {
         self.tensors.remove(name);

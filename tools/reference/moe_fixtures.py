@@ -14,6 +14,11 @@ weights N(0, 0.2²), input_ids [2, 7] with row 1 right-padded):
                          only layer 1 is sparse
   tiny-mixtral           Mixtral: 2 layers, 4 experts of 32 (w1/w3/w2 under block_sparse_moe on
                          disk), top 2 renormalised, no sliding window, GQA 4/2, untied head
+  tiny-granitemoe        GraniteMoE: 2 layers, 4 experts of 32, a softmax over the top 2 router
+                         logits, Granite's four multipliers (embedding 12, attention 0.1,
+                         residual 0.22, logits_scaling 8), GQA 4/2, untied head; on disk only
+                         3-D (block_sparse_moe.input_linear / output_linear, router.layer), and
+                         -fused/ in transformers 5's names (experts.gate_up_proj, router.weight)
   tiny-olmoe             OLMoE: 2 layers, 4 experts of 32, top 2, norm_topk_prob false, q/k
                          RMSNorms over the whole projections, GQA 4/2, untied head
 
@@ -38,7 +43,7 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import (MixtralConfig, MixtralForCausalLM, OlmoeConfig, OlmoeForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3MoeConfig,
+from transformers import (GraniteMoeConfig, GraniteMoeForCausalLM, MixtralConfig, MixtralForCausalLM, OlmoeConfig, OlmoeForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3MoeConfig,
                           Qwen3MoeForCausalLM)
 
 from family_fixtures import PROMPTS, greedy
@@ -65,6 +70,10 @@ MODELS = {
     "tiny-mixtral": (MixtralForCausalLM, lambda: MixtralConfig(
         **{k: v for k, v in COMMON.items() if k != "num_experts"}, num_local_experts=4,
         num_hidden_layers=2, intermediate_size=32)),
+    "tiny-granitemoe": (GraniteMoeForCausalLM, lambda: GraniteMoeConfig(
+        **{k: v for k, v in COMMON.items() if k != "num_experts"}, num_local_experts=4,
+        num_hidden_layers=2, intermediate_size=32, embedding_multiplier=12.0,
+        attention_multiplier=0.1, residual_multiplier=0.22, logits_scaling=8.0)),
     "tiny-olmoe": (OlmoeForCausalLM, lambda: OlmoeConfig(
         **COMMON, num_hidden_layers=2, intermediate_size=32, norm_topk_prob=False,
         pad_token_id=0, eos_token_id=1)),
@@ -72,8 +81,15 @@ MODELS = {
 
 
 def routers(model):
-    """(layer, router module) of every sparse layer."""
-    return [(i, layer.mlp.gate) for i, layer in enumerate(model.model.layers) if hasattr(layer.mlp, "gate")]
+    """(layer, router module) of every sparse layer (`mlp.gate`; GraniteMoE's
+    `block_sparse_moe.router`)."""
+    out = []
+    for i, layer in enumerate(model.model.layers):
+        if hasattr(layer, "block_sparse_moe"):
+            out.append((i, layer.block_sparse_moe.router))
+        elif hasattr(layer.mlp, "gate"):
+            out.append((i, layer.mlp.gate))
+    return out
 
 
 def routes(model):
@@ -138,7 +154,7 @@ def main():
             print(name, cases)
             continue
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        assert any(k.endswith("mlp.experts.gate_up_proj") for k in state)
+        assert any(k.endswith(".experts.gate_up_proj") for k in state)
         save_file(state, fused / "model.safetensors", metadata={"format": "pt"})
         print(name, cases)
 

@@ -14,6 +14,9 @@ attention and on every expert:
                    shared expert (mlp.shared_expert.*), not its gate.
   mixtral          tiny-mixtral per expert (w1/w3/w2), the keys written as its checkpoint names
                    the block (block_sparse_moe; transformers 5 calls it mlp).
+  granitemoe-fused tiny-granitemoe (its checkpoint has no per-expert modules): target_parameters
+                   on block_sparse_moe.experts.gate_up_proj / down_proj, as qwen3-moe-fused; also
+                   PEFT's own folder (peft/, target_parameters form) and its logits.
   olmoe            tiny-olmoe, per-expert as qwen3-moe.
 
 Writes tests/fixtures/lora/train-<variant>/: init.safetensors and final.safetensors in the
@@ -30,7 +33,7 @@ Every expert of every sparse layer is routed some token in every optimiser step 
 skips an adapter without a gradient in AdamW, where lora-tune's zero gradient would still decay.
 
 Environment: transformers==5.23.0, peft==0.21.2, torch per DESIGN.md §6.
-Usage: python3 tools/reference/moe_train.py qwen3-moe|qwen3-moe-fused|qwen2-moe|mixtral|olmoe
+Usage: python3 tools/reference/moe_train.py qwen3-moe|qwen3-moe-fused|qwen2-moe|mixtral|granitemoe-fused|olmoe
 """
 import json
 import sys
@@ -116,7 +119,7 @@ def to_per_expert_keys(model, experts):
     """The adapters in per-expert keys: PEFT's target_parameters wrappers (ParamWrapper, one
     per targeted parameter, nested) hold A [r·E, in] expert-major and B [out, r·E]
     expert-minor (ParamWrapper.get_delta_weight); the rest as lora_state gives them."""
-    out = {k: v for k, v in lora_state(model).items() if ".mlp.experts." not in k}
+    out = {k: v for k, v in lora_state(model).items() if ".experts." not in k}
     for name, module in model.named_modules():
         if type(module).__name__ != "ParamWrapper":
             continue
@@ -133,10 +136,11 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(7)
     model = AutoModelForCausalLM.from_pretrained(BASE, attn_implementation="eager")
-    experts = model.config.num_experts
+    experts = getattr(model.config, "num_experts", None) or model.config.num_local_experts
     if FUSED:
+        block = "block_sparse_moe" if "granite" in VARIANT else "mlp"
         config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=ATTENTION,
-                            target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])
+                            target_parameters=[f"{block}.experts.gate_up_proj", f"{block}.experts.down_proj"])
     else:
         model = per_expert(model)
         config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=ATTENTION + list(NAMES))
@@ -152,10 +156,29 @@ def main():
     final = state()
     save_file(final, OUT / "final.safetensors")
     (OUT / "trajectory.json").write_text(json.dumps(trajectory, indent=1) + "\n")
-    if FUSED:
+    if VARIANT == "qwen3-moe-fused":
         check_mapping(model, final, batches[0])
+    elif FUSED:
+        save_target_parameters_folder(model, batches[0])
     else:
         save_and_reload(model, batches[0])
+
+
+def save_target_parameters_folder(model, batch):
+    """PEFT's folder in its target_parameters form (peft/) and the logits on the first
+    micro-batch (logits.safetensors); PeftModel.from_pretrained loads it back to them."""
+    ids, mask = torch.tensor(batch["input_ids"]), torch.tensor(batch["attention_mask"])
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    model.save_pretrained(OUT / "peft")
+    (OUT / "peft" / "README.md").unlink(missing_ok=True)
+    save_file({"logits": logits.contiguous()}, OUT / "logits.safetensors")
+    stock = AutoModelForCausalLM.from_pretrained(BASE, attn_implementation="eager").eval()
+    with torch.no_grad():
+        got = PeftModel.from_pretrained(stock, OUT / "peft").eval()(input_ids=ids, attention_mask=mask).logits
+    diff = float((got - logits).abs().max())
+    print("PeftModel.from_pretrained of the target_parameters folder: max |Δlogit|", diff)
+    assert diff < 1e-5
 
 
 def save_and_reload(model, batch):
@@ -198,8 +221,9 @@ def hook_every_step_hits_every_expert(model, opt, experts):
     def record(module, args, out, i):
         seen.setdefault(i, set()).update(out[2].flatten().tolist())
     for i, layer in enumerate(model.base_model.model.model.layers):
-        if hasattr(layer.mlp, "gate"):
-            layer.mlp.gate.register_forward_hook(lambda m, a, o, i=i: record(m, a, o, i))
+        router = layer.block_sparse_moe.router if hasattr(layer, "block_sparse_moe") else getattr(layer.mlp, "gate", None)
+        if router is not None:
+            router.register_forward_hook(lambda m, a, o, i=i: record(m, a, o, i))
 
     def check(optimizer, args, kwargs):
         for i, hit in seen.items():

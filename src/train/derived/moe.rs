@@ -135,8 +135,22 @@ pub fn backward(
 /// The routing weights' gradient [n, k] → the router logits' [n, E].
 /// Top-k of a softmax p over all experts: the kept t = p[chosen] (renormalised, w = t / Σt, so
 /// dt = (dw − Σ dw·w) / Σt), scattered back to dp, then the softmax's dz = p ⊙ (dp − Σ p·dp).
+/// Softmax over the top-k logits (GraniteMoE): dz_top = w ⊙ (dw − Σ w·dw), scattered back.
 fn routing_backward(routing: Routing, routes: &Routes, dweights: Tensor<2>) -> Tensor<2> {
-    let Routing::SoftmaxTopK { renormalize } = routing;
+    let renormalize = match routing {
+        Routing::SoftmaxTopK { renormalize } => renormalize,
+        Routing::TopKSoftmax => {
+            let w = routes.weights.clone();
+            let inner = (dweights.clone() * w.clone()).sum_dim(1);
+            let dtop = w * (dweights - inner);
+            return (routes.probs.zeros_like()).scatter(
+                1,
+                routes.chosen.clone(),
+                dtop,
+                IndexingUpdateOp::Add,
+            );
+        }
+    };
     let probs = routes.probs.clone();
     let dtop = match renormalize {
         true => {
