@@ -215,6 +215,7 @@ fn main() -> anyhow::Result<()> {
     cmd.arg(script).arg(&gguf_dir);
     cmd.args(w2.then_some("w2")).args(dora.then_some("dora"));
     cmd.args(setting("model").map(|dir| format!("model={dir}")));
+    cmd.args(setting("dropout").map(|p| format!("dropout={p}")));
     let out = cmd.output()?;
     anyhow::ensure!(
         out.status.success(),

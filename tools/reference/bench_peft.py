@@ -9,8 +9,10 @@ GGUF, `device=cuda` runs on the GPU (peak GPU memory allocated and reserved repo
 `autocast=bf16` under torch.autocast(bf16), `weights=bf16` loads the base in bf16 and `attn=sdpa`
 takes torch's fused attention — together, as PEFT users train on a GPU (PEFT keeps the adapters
 in f32: `autocast_adapter_dtype`).
+`dropout=P` sets lora_dropout (0 for a mixture of experts: on transformers 5 PEFT adapts its
+experts through target_parameters, which take no dropout).
 Usage: python3 tools/reference/bench_peft.py DIR_WITH_SMOLLM2_GGUF [w2] [dora] [model=HF_DIR]
-       [device=cuda] [autocast=bf16] [weights=bf16] [attn=sdpa]
+       [device=cuda] [autocast=bf16] [weights=bf16] [attn=sdpa] [dropout=P]
 """
 import json
 import resource
@@ -37,7 +39,8 @@ def main(gguf_dir, w2, dora, settings):
                                                      dtype=torch.float32, attn_implementation="eager")
     model.to(device)
     base = sum(p.numel() for p in model.parameters())
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, use_dora=dora, target_modules=[
+    dropout = float(settings.get("dropout", 0.05))
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, use_dora=dora, target_modules=[
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     model.train()
     ids = torch.tensor([[(r * 7919 + j * 104729) % 49000 + 100 for j in range(length)] for r in range(rows)],
@@ -70,7 +73,8 @@ def main(gguf_dir, w2, dora, settings):
         "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None,
         "peak_gpu_memory_reserved_gb": torch.cuda.max_memory_reserved() / 1e9 if device == "cuda" else None,
         "impl": f"peft {__import__('peft').__version__} transformers {__import__('transformers').__version__} torch {torch.__version__}",
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "lora_dropout": dropout,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "s_per_step_min": times[0], "s_per_step_median": median, "tokens_per_s": tokens / median,
         "gflop_per_s_4n": 4 * base * tokens / median / 1e9,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
