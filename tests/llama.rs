@@ -35,6 +35,18 @@ fn ints(st: &SafeTensors, name: &str) -> Vec<Vec<i64>> {
     flat.chunks(cols).map(<[i64]>::to_vec).collect()
 }
 
+/// The token ids and attention mask of a reference.safetensors.
+fn reference_inputs(st: &SafeTensors) -> (Vec<Vec<u32>>, Vec<Vec<u8>>) {
+    let rows = |name: &str| ints(st, name);
+    let ids = (rows("input_ids").iter())
+        .map(|r| r.iter().map(|&t| t as u32).collect())
+        .collect();
+    let mask = (rows("attention_mask").iter())
+        .map(|r| r.iter().map(|&t| t as u8).collect())
+        .collect();
+    (ids, mask)
+}
+
 fn check_tiny(name: &str) {
     let dir = Path::new(FIXTURES).join(name);
     let config = lora_tune::model::read_decoder_config(&dir.join("config.json")).unwrap();
@@ -47,14 +59,7 @@ fn check_tiny(name: &str) {
 fn assert_reference_logits(model: &Decoder, dir: &Path, name: &str, tolerance: f32) {
     let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let ids: Vec<Vec<u32>> = ints(&st, "input_ids")
-        .iter()
-        .map(|r| r.iter().map(|&t| t as u32).collect())
-        .collect();
-    let mask: Vec<Vec<u8>> = ints(&st, "attention_mask")
-        .iter()
-        .map(|r| r.iter().map(|&t| t as u8).collect())
-        .collect();
+    let (ids, mask) = reference_inputs(&st);
     let want: Vec<f32> = st
         .tensor("logits")
         .unwrap()
@@ -522,14 +527,7 @@ fn routes_equal_transformers(model: &Decoder, dir: &Path, name: &str) {
     use lora_tune::model::mlp::FeedForward;
     let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let ids: Vec<Vec<u32>> = ints(&st, "input_ids")
-        .iter()
-        .map(|r| r.iter().map(|&t| t as u32).collect())
-        .collect();
-    let mask: Vec<Vec<u8>> = ints(&st, "attention_mask")
-        .iter()
-        .map(|r| r.iter().map(|&t| t as u8).collect())
-        .collect();
+    let (ids, mask) = reference_inputs(&st);
     let inputs = model.layer_inputs(&mask);
     let mut x = model.embed(&ids);
     let mut checked = 0;

@@ -42,23 +42,7 @@ fn written_phi3_folder_equals_what_peft_saves() {
 /// The tiny model `base` with the adapters of `lora/<trained>/final.safetensors`, written, equals
 /// PEFT's folder `lora/<peft>`.
 fn written_folder_equals_what_peft_saves_on(base: &str, trained: &str, peft_dir: &str) {
-    let lora = tiny::lora();
-    let mut model = tiny::named_with_adapters(base, &lora, 0);
-    let adapted = select_targets(&model.config.linear_sites(), &lora).unwrap();
-    model
-        .load_adapter_weights(&lora_fixture(&format!("{trained}/final.safetensors")))
-        .unwrap();
-    let config = PeftConfig::new(&lora, &adapted, base.into(), None);
-    let out = tempfile::tempdir().unwrap();
-    let adapters = model.adapter_tensors().unwrap();
-    peft::write(
-        out.path(),
-        &adapters,
-        lora_tune::dtype::Dtype::F32,
-        &config,
-        None,
-    )
-    .unwrap();
+    let (out, _) = written_folder(base, trained, base);
 
     let ours: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap(),
@@ -97,6 +81,25 @@ fn written_folder_equals_what_peft_saves_on(base: &str, trained: &str, peft_dir:
         &out.path().join("adapter_model.safetensors"),
         &lora_fixture(&format!("{peft_dir}/adapter_model.safetensors")),
     );
+}
+
+/// The tiny model `base` with [`tiny::lora`] adapters holding `lora/<trained>/final.safetensors`,
+/// written as a PEFT folder whose base is `name`; the folder's dir and the model.
+fn written_folder(
+    base: &str,
+    trained: &str,
+    name: &str,
+) -> (tempfile::TempDir, lora_tune::model::decoder::Decoder) {
+    let lora = tiny::lora();
+    let mut model = tiny::named_with_adapters(base, &lora, 0);
+    let adapted = select_targets(&model.config.linear_sites(), &lora).unwrap();
+    (model.load_adapter_weights(&lora_fixture(&format!("{trained}/final.safetensors")))).unwrap();
+    let config = PeftConfig::new(&lora, &adapted, name.into(), None);
+    let out = tempfile::tempdir().unwrap();
+    let adapters = model.adapter_tensors().unwrap();
+    let f32 = lora_tune::dtype::Dtype::F32;
+    peft::write(out.path(), &adapters, f32, &config, None).unwrap();
+    (out, model)
 }
 
 /// `ours` holds the tensors of `theirs` (names, dtypes, shapes, bytes), with `{"format": "pt"}`.
@@ -188,16 +191,7 @@ fn mixture_of_experts_folders_equal_what_peft_saves() {
         ("tiny-granitemoe", "train-granitemoe-fused"),
         ("tiny-olmoe", "train-olmoe"),
     ] {
-        let lora = tiny::lora();
-        let mut model = tiny::named_with_adapters(base, &lora, 0);
-        let adapted = select_targets(&model.config.linear_sites(), &lora).unwrap();
-        (model.load_adapter_weights(&lora_fixture(&format!("{trained}/final.safetensors"))))
-            .unwrap();
-        let config = PeftConfig::new(&lora, &adapted, base.into(), None);
-        let out = tempfile::tempdir().unwrap();
-        let adapters = model.adapter_tensors().unwrap();
-        let f32 = lora_tune::dtype::Dtype::F32;
-        peft::write(out.path(), &adapters, f32, &config, None).unwrap();
+        let (out, _) = written_folder(base, trained, base);
         let theirs = lora_fixture(&format!("{trained}/peft"));
         assert_same_adapter_tensors(
             &out.path().join("adapter_model.safetensors"),
@@ -231,23 +225,11 @@ fn mixture_of_experts_folders_equal_what_peft_saves() {
 /// sharing A: read back onto the same model stored per expert, they give the same logits.
 #[test]
 fn fused_expert_adapters_are_written_per_expert() {
-    let lora = tiny::lora();
-    let mut fused = tiny::named_with_adapters("tiny-qwen3-moe-fused", &lora, 0);
-    let adapted = select_targets(&fused.config.linear_sites(), &lora).unwrap();
-    (fused.load_adapter_weights(&lora_fixture("train-qwen3-moe-fused/final.safetensors"))).unwrap();
-    let config = PeftConfig::new(&lora, &adapted, "tiny-qwen3-moe".into(), None);
+    let trained = "train-qwen3-moe-fused";
+    let (out, fused) = written_folder("tiny-qwen3-moe-fused", trained, "tiny-qwen3-moe");
+    let config = lora_tune::peft::folder::read_config(out.path()).unwrap();
     let names = config.target_modules.as_array().unwrap().clone();
     assert!(names.iter().any(|n| n == "gate_proj") && !names.iter().any(|n| n == "gate_up_proj"));
-    let out = tempfile::tempdir().unwrap();
-    let adapters = fused.adapter_tensors().unwrap();
-    peft::write(
-        out.path(),
-        &adapters,
-        lora_tune::dtype::Dtype::F32,
-        &config,
-        None,
-    )
-    .unwrap();
 
     let mut per_expert = tiny::named("tiny-qwen3-moe");
     let sites = per_expert.config.linear_sites();
