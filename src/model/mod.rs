@@ -1,8 +1,10 @@
 //! Architectures, candle-transformers' shape: shared blocks — the frozen linear with its adapter
 //! ([`linear`], [`frozen`]), norms ([`norm`]), RoPE ([`rope`]), grouped-query attention with its
-//! KV cache ([`attention`]), the gated MLP ([`mlp`]) — and one small file per family for its
-//! config and deltas: [`llama`], [`mistral`], [`qwen2`], [`qwen3`], [`granite`], [`olmo2`], [`gemma2`], [`gemma3`], [`phi3`] read into one [`decoder_config`] that
-//! the Llama-family [`decoder`] is built from; [`bert`], the encoder. Sequence classification on
+//! KV cache ([`attention`]), the gated MLP ([`mlp`]), routed experts ([`moe`]) — and one small
+//! file per family for its config and deltas: [`llama`], [`mistral`], [`qwen2`], [`qwen3`],
+//! [`granite`] (and GraniteMoE), [`olmo2`], [`gemma2`], [`gemma3`], [`phi3`], [`qwen2_moe`],
+//! [`qwen3_moe`], [`mixtral`], [`olmoe`] read into one [`decoder_config`] that the Llama-family
+//! [`decoder`] is built from; [`bert`], the encoder. Sequence classification on
 //! either ([`classifier`]), adapters on any ([`adapted`]), generation ([`generate`]).
 //! [`load`] and [`load_classifier`] build them from resolved model files.
 

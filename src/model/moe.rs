@@ -1,22 +1,22 @@
-//! Mixture-of-experts feed-forward layers (Qwen3-MoE, OLMoE): a frozen router picks each token's
-//! top k experts, and the layer's output is the routing-weighted sum of those experts' gated
-//! MLPs. Tokens are grouped by expert, so each expert runs one product over just the tokens
+//! Mixture-of-experts feed-forward layers (Qwen3-MoE, Qwen2-MoE with its shared expert, Mixtral,
+//! GraniteMoE, OLMoE): a frozen router picks each token's top k experts, and the layer's output
+//! is the routing-weighted sum of those experts' gated MLPs. Tokens are grouped by expert, so each expert runs one product over just the tokens
 //! routed to it — the base product and its adapter's `x·Aᵀ·Bᵀ` — and no per-expert ΔW is ever
 //! built. Each expert is an ordinary [`Mlp`] of [`Linear`]s named as the per-expert checkpoint
-//! names them (`mlp.experts.{e}.gate_proj`), so adapters, targets and exports treat experts like
-//! any other linear layer.
+//! names them (`mlp.experts.{e}.gate_proj`, Mixtral's `block_sparse_moe.experts.{e}.w1`), so
+//! adapters, targets and exports treat experts like any other linear layer; 3-D checkpoints are
+//! split into those experts at load. Knows nothing of training (`train::derived::moe`).
 //! Source: transformers `models/qwen3_moe/modeling_qwen3_moe.py` (`Qwen3MoeTopKRouter`,
-//! `Qwen3MoeExperts`), `models/olmoe/modeling_olmoe.py`.
+//! `Qwen3MoeExperts`), `qwen2_moe`, `mixtral`, `granitemoe`, `olmoe`.
+
+use std::path::Path;
 
 use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::Deserialize;
 
 use super::linear::{Linear, take2};
 use super::mlp::{Activation, GateUpProjection, LLAMA_PROJECTIONS, Mlp, ProjectionNames};
-use std::path::Path;
-
-use serde::Deserialize;
-
 use crate::transfer;
 use crate::weights::WeightsError;
 use crate::weights::host::HostTensors;
@@ -86,7 +86,8 @@ impl MoeConfig {
     }
 }
 
-/// The mixture-of-experts fields of a config.json (Qwen3-MoE, OLMoE), read or refused.
+/// The mixture-of-experts fields of a config.json, read or refused (each family file sets what
+/// its family fixes: Mixtral's routing and names, Qwen2-MoE's shared expert).
 #[derive(Debug, Deserialize)]
 struct MoeJson {
     num_experts: Option<usize>,
