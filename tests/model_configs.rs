@@ -117,7 +117,10 @@ fn fields_that_change_the_computation_are_refused_by_name_and_value() {
                    "router_jitter_noise": 0.01}),
             "router_jitter_noise = 0.01",
         ),
-        (json!({"model_type": "granitemoeshared"}), "not implemented yet"),
+        (
+            json!({"model_type": "granitemoeshared"}),
+            "not implemented yet",
+        ),
     ];
     let mut failures = Vec::new();
     for (change, wanted) in refused {
