@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::source::ModelRef;
 use crate::weights::blocks::BlockFormat;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
@@ -143,7 +144,7 @@ pub struct DataSection {
     /// Row format; `auto` (default) detects it from the first row's fields.
     #[serde(default)]
     pub format: DataFormat,
-    /// Chat template: the model's own (default), `chatml`, `llama3`, `alpaca`, or inline Jinja.
+    /// Chat template: the model's own (default), `chatml`, `llama3`, `alpaca`, `gemma`, or inline Jinja.
     pub template: Option<String>,
     /// Longest sequence in tokens. Default 1024.
     #[serde(default = "default_max_len")]
@@ -503,12 +504,43 @@ impl<'de> Deserialize<'de> for Targets {
     }
 }
 
-/// One model reference and the sha256 its file must have, if pinned.
+/// One model reference and the sha256 its file must have, if pinned. A file split over several
+/// references is written `{ parts = ["…", …], sha256 = "…" }` and kept as `A + B + …`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, try_from = "SourceTable")]
 pub struct SourceEntry {
     pub uri: String,
     pub sha256: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceTable {
+    uri: Option<String>,
+    parts: Option<Vec<String>>,
+    sha256: Option<String>,
+}
+
+impl TryFrom<SourceTable> for SourceEntry {
+    type Error = String;
+
+    fn try_from(t: SourceTable) -> Result<Self, String> {
+        let uri = match (t.uri, t.parts) {
+            (Some(uri), None) => uri,
+            (None, Some(parts)) if !parts.is_empty() => ModelRef::from_parts(&parts)
+                .map_err(|e| e.to_string())?
+                .to_string(),
+            (None, Some(_)) => return Err("`parts` is empty".into()),
+            (Some(_), Some(_)) => {
+                return Err("give `uri` or `parts`, not both".into());
+            }
+            (None, None) => return Err("missing `uri` (or `parts` for a split file)".into()),
+        };
+        Ok(Self {
+            uri,
+            sha256: t.sha256,
+        })
+    }
 }
 
 /// `source = "…"`, `source = { uri = "…", sha256 = "…" }`, or a list mixing both forms.
@@ -521,7 +553,9 @@ impl<'de> Deserialize<'de> for SourceList {
         impl<'de> Visitor<'de> for V {
             type Value = SourceList;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str(r#"a model reference, { uri = "…", sha256 = "…" }, or a list of them"#)
+                f.write_str(
+                    r#"a model reference, { uri = "…", sha256 = "…" }, { parts = […], sha256 = "…" }, or a list of them"#,
+                )
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<SourceList, E> {
                 Ok(SourceList(vec![SourceEntry {
@@ -719,6 +753,22 @@ mod tests {
         assert_eq!(r.recipe.model.source.0[1].sha256.as_deref(), Some("ab"));
         let r = parse("[model]\nsource = \"x\"\n[data]\ntrain = \"t\"\n").unwrap();
         assert_eq!(r.recipe.model.source.0[0].uri, "x");
+        let r = parse(
+            "[model]\nsource = { parts = [\"pip://a==1/m.gguf.part00\", \"pip://b==1/m.gguf.part01\"], sha256 = \"ab\" }\n[data]\ntrain = \"t\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            r.recipe.model.source.0[0].uri,
+            "pip://a==1/m.gguf.part00 + pip://b==1/m.gguf.part01"
+        );
+        for bad in [
+            "{ sha256 = \"ab\" }",
+            "{ uri = \"x\", parts = [\"y\"] }",
+            "{ parts = [] }",
+        ] {
+            let text = format!("[model]\nsource = {bad}\n[data]\ntrain = \"t\"\n");
+            assert!(parse(&text).is_err(), "{bad}");
+        }
     }
 
     #[test]

