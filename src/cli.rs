@@ -100,9 +100,10 @@ pub enum Command {
     },
     /// Generate text from a base model, optionally with an adapter; tokens stream to stdout.
     Generate {
-        /// Model reference: a path, hf://org/name[@revision], or pip://package==version/path.
+        /// Model reference: a path, hf://org/name[@revision], or pip://package==version/path;
+        /// with --adapter, the base the adapter names by default.
         #[arg(long)]
-        base: String,
+        base: Option<String>,
         #[arg(long)]
         adapter: Option<PathBuf>,
         #[arg(long)]
@@ -110,6 +111,10 @@ pub enum Command {
         /// Wrap the prompt as a user turn in the model's chat template.
         #[arg(long)]
         chat: bool,
+        /// Wrap the prompt as a user turn in this template instead: a built-in name (chatml,
+        /// llama3, alpaca, gemma) or inline Jinja, as the recipe's `data.template`.
+        #[arg(long)]
+        template: Option<String>,
         #[arg(long, default_value_t = 64)]
         max_new_tokens: usize,
         /// 0 = greedy decoding.

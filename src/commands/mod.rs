@@ -79,6 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             adapter,
             prompt,
             chat,
+            template,
             max_new_tokens,
             temperature,
             top_p,
@@ -90,10 +91,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 seed,
             };
             generate::run(
-                &base,
+                base.as_deref(),
                 adapter.as_deref(),
                 &prompt,
-                chat,
+                template.as_deref().map(Some).or(chat.then_some(None)),
                 max_new_tokens,
                 sampling,
                 cli.device,

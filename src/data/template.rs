@@ -51,12 +51,18 @@ const LLAMA3: &str = "{{ bos_token }}{% for message in messages %}{{ '<|start_he
 /// system message is the preamble, each answer ends with EOS.
 const ALPACA: &str = "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}{% elif message['role'] == 'user' %}{% if loop.index0 > 0 and messages[loop.index0 - 1]['role'] == 'assistant' %}{{ '\n\n' }}{% endif %}{{ '### Instruction:\n' + message['content'] + '\n\n' }}{% else %}{{ '### Response:\n' + message['content'] + eos_token }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}";
 
+/// Gemma's turns, as Gemma 2/3 tokenizers render them: BOS, `<start_of_turn>user|model`, each
+/// message trimmed and closed by `<end_of_turn>` and a newline. Gemma has no system role: a
+/// system message opens the first user turn, followed by a blank line. Roles must alternate.
+const GEMMA: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set prefix = messages[0]['content'] + '\n\n' %}{% set turns = messages[1:] %}{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}{% for message in turns %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Gemma chats alternate user and assistant turns, starting with the user (after an optional system message)') }}{% endif %}{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' + (prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
+
 /// A built-in template by the name a recipe's `data.template` uses.
 pub fn named(name: &str) -> Option<&'static str> {
     match name {
         "chatml" => Some(CHATML),
         "llama3" => Some(LLAMA3),
         "alpaca" => Some(ALPACA),
+        "gemma" => Some(GEMMA),
         _ => None,
     }
 }
@@ -93,5 +99,27 @@ mod tests {
             text,
             "Be brief.\n\n### Instruction:\nHi\n\n### Response:\nHello.</s>\n\n### Instruction:\nBye\n\n### Response:\n"
         );
+    }
+
+    #[test]
+    fn gemma_template_renders_turns_with_the_system_message_in_the_first_user_turn() {
+        let chat = [
+            msg("system", "Be brief."),
+            msg("user", " Hi \n"),
+            msg("assistant", "Hello."),
+            msg("user", "Bye"),
+        ];
+        let text = render_chat(GEMMA, &chat, true, "<bos>", "<eos>").unwrap();
+        assert_eq!(
+            text,
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+        );
+        let text = render_chat(GEMMA, &chat[1..3], false, "<bos>", "<eos>").unwrap();
+        assert_eq!(
+            text,
+            "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n"
+        );
+        let err = render_chat(GEMMA, &chat[2..], false, "<bos>", "<eos>").unwrap_err();
+        assert!(err.to_string().contains("alternate"), "{err}");
     }
 }
