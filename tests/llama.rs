@@ -510,6 +510,105 @@ fn tiny_mixtures_of_experts_in_both_layouts_match_transformers() {
     }
 }
 
+/// The mixtures of experts as GGUF files written by llama.cpp's converter
+/// (tools/reference/gguf_fixtures.py): `qwen3moe` from both on-disk layouts, `qwen2moe` with
+/// its shared expert, `olmoe`, and Mixtral as `llama` with experts (Q/K permuted, experts named
+/// w1/w3/w2 under block_sparse_moe). The stacked ffn_*_exps tensors are read one expert at a
+/// time, and the routing is renormalised as llama.cpp hard-codes it per architecture, which is
+/// what these fixtures' configs say: each gives its HF checkpoint's transformers logits,
+/// greedy tokens and routes. With `keep_quantized` an expert's blocks are split the same way.
+#[test]
+fn tiny_mixtures_of_experts_from_gguf_match_transformers() {
+    use lora_tune::model::moe::Routing;
+    for (name, reference, family, renormalize) in [
+        ("tiny-qwen3-moe", "tiny-qwen3-moe", "qwen3moe", true),
+        ("tiny-qwen3-moe-fused", "tiny-qwen3-moe", "qwen3moe", true),
+        ("tiny-qwen2-moe", "tiny-qwen2-moe", "qwen2moe", false),
+        ("tiny-olmoe", "tiny-olmoe", "olmoe", false),
+        ("tiny-mixtral", "tiny-mixtral", "llama", true),
+    ] {
+        let model = tiny_gguf(name);
+        let c = &model.config;
+        assert_eq!(c.gguf_architecture(), family, "{name}");
+        let moe = c.moe.as_ref().unwrap();
+        let hf = lora_tune::model::read_decoder_config(
+            &Path::new(FIXTURES).join(reference).join("config.json"),
+        )
+        .unwrap();
+        let hf_moe = hf.moe.as_ref().unwrap();
+        assert_eq!(c.family, hf.family, "{name}");
+        assert_eq!(moe.routing, Routing::SoftmaxTopK { renormalize }, "{name}");
+        assert_eq!(
+            (moe.num_experts, moe.top_k, moe.expert_intermediate_size),
+            (
+                hf_moe.num_experts,
+                hf_moe.top_k,
+                hf_moe.expert_intermediate_size
+            ),
+            "{name}"
+        );
+        assert_eq!(
+            (moe.shared_expert_intermediate_size, moe.block, moe.names),
+            (
+                hf_moe.shared_expert_intermediate_size,
+                hf_moe.block,
+                hf_moe.names
+            ),
+            "{name}"
+        );
+        let dir = Path::new(FIXTURES).join(reference);
+        let what = format!("{name}.gguf");
+        assert_reference_logits(&model, &dir, &what, 1e-5);
+        greedy_equals_transformers_with(&model, &dir, &what);
+        routes_equal_transformers(&model, &dir, &what);
+    }
+}
+
+/// `model.keep_quantized` on a mixture of experts: llama.cpp's Q8_0 quantisation of
+/// tiny-qwen3-moe.gguf (`llama_model_quantize`, tools/reference/gguf_fixtures.py) keeps each
+/// expert's slice of the stacked Q8_0 tensors in its blocks — every linear of the four experts
+/// and the attention, in both layers, and the head — and gives the dequantised load's logits;
+/// the router stays f32, as the file stores it.
+#[test]
+fn kept_q8_0_expert_blocks_give_the_dequantised_logits() {
+    use lora_tune::model::BaseStorage;
+    use lora_tune::model::frozen::FrozenWeight;
+    let files =
+        lora_tune::source::ModelFiles::Gguf(Path::new(FIXTURES).join("tiny-qwen3-moe-q8_0.gguf"));
+    let keep = BaseStorage {
+        keep_quantized: true,
+        ..Default::default()
+    };
+    let mut kept = lora_tune::model::load(&files, &cpu(), keep).unwrap();
+    let dense = lora_tune::model::load(&files, &cpu(), BaseStorage::default()).unwrap();
+    let blocks: Vec<String> = kept
+        .linears_mut()
+        .iter()
+        .filter(|(_, l)| matches!(l.weight, FrozenWeight::Blocks(_)))
+        .map(|(name, _)| name.clone())
+        .collect();
+    assert_eq!(blocks.len(), 2 * (4 + 4 * 3) + 1, "{blocks:?}"); // and the untied head
+    assert!(
+        blocks
+            .iter()
+            .any(|n| n.ends_with("mlp.experts.3.down_proj"))
+    );
+    let bytes = std::fs::read(Path::new(FIXTURES).join("tiny-qwen3-moe/reference.safetensors"));
+    let bytes = bytes.unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (ids, mask) = reference_inputs(&st);
+    let (got, want) = (
+        to_vec(kept.forward(&ids, &mask)),
+        to_vec(dense.forward(&ids, &mask)),
+    );
+    let scale = want.iter().fold(0f32, |m, w| m.max(w.abs()));
+    let worst = got
+        .iter()
+        .zip(&want)
+        .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+    assert!(worst <= 1e-6 * scale, "logits off by {worst} of {scale}");
+}
+
 /// Qwen3-MoE's `decoder_sparse_step` 2 and `mlp_only_layers` [3] leave one sparse layer of four.
 #[test]
 fn decoder_sparse_step_and_mlp_only_layers_pick_the_sparse_layers() {

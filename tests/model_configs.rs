@@ -348,7 +348,7 @@ fn gguf_config_with(extra: &[(&str, MetaValue)]) -> Result<DecoderConfig, String
 fn gguf_metadata_that_changes_the_computation_is_read_or_refused_by_name() {
     let config = gguf_config_with(&[]).unwrap();
     assert_eq!((config.head_dim, config.deltas.sliding_window), (16, None));
-    let refused: [(&[(&str, MetaValue)], &str); 4] = [
+    let refused: [(&[(&str, MetaValue)], &str); 5] = [
         (
             &[(
                 "llama.rope.scaling.type",
@@ -362,7 +362,14 @@ fn gguf_metadata_that_changes_the_computation_is_read_or_refused_by_name() {
         ),
         (
             &[("llama.expert_count", MetaValue::U32(8))],
-            "llama.expert_count = 8",
+            "llama.expert_used_count is missing",
+        ),
+        (
+            &[
+                ("llama.expert_count", MetaValue::U32(8)),
+                ("llama.expert_used_count", MetaValue::U32(2)),
+            ],
+            "layer 0 has no router (blk.0.ffn_gate_inp.weight)",
         ),
         (
             &[

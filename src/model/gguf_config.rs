@@ -5,7 +5,8 @@
 use super::decoder_config::{
     DecoderConfig, Deltas, Family, LongRope, NormPlacement, QkNorm, RopeScaling, SlidingWindow,
 };
-use super::mlp::Activation;
+use super::mlp::{Activation, LLAMA_PROJECTIONS, MIXTRAL_PROJECTIONS};
+use super::moe::{ExpertLayout, MoeConfig, Routing};
 use crate::weights::WeightsError;
 use crate::weights::gguf::{GgufFile, MetaValue};
 
@@ -27,9 +28,12 @@ impl DecoderConfig {
             "olmo2" => Family::Olmo2,
             "gemma2" => Family::Gemma2,
             "gemma3" => Family::Gemma3,
+            "qwen3moe" => Family::Qwen3Moe,
+            "qwen2moe" => Family::Qwen2Moe,
+            "olmoe" => Family::Olmoe,
             _ => {
                 return Err(err(format!(
-                    "GGUF architecture `{arch}` is not supported (llama, qwen2, qwen3, phi3, granite, olmo2, gemma2, gemma3 are)"
+                    "GGUF architecture `{arch}` is not supported (llama, qwen2, qwen3, phi3, granite, olmo2, gemma2, gemma3, and the mixtures of experts qwen3moe, qwen2moe, olmoe and llama with experts (Mixtral) are)"
                 )));
             }
         };
@@ -80,11 +84,25 @@ impl DecoderConfig {
             _ => rope_scaling,
         };
         let present = |key: &str| int(key).ok();
-        if let Some(experts) = present("expert_count").filter(|&n| n > 0) {
-            return Err(err(format!(
-                "{arch}.expert_count = {experts}: mixture-of-experts layers are read from HF directories (qwen3_moe, olmoe), not yet from GGUF files; use the model's safetensors"
-            )));
-        }
+        let layers = int("block_count")?;
+        let moe = match present("expert_count").filter(|&n| n > 0) {
+            Some(experts) => Some(gguf_moe(file, arch, experts, layers)?),
+            None if matches!(family, Family::Qwen3Moe | Family::Qwen2Moe | Family::Olmoe) => {
+                return Err(err(format!("{arch}.expert_count is missing")));
+            }
+            None => None,
+        };
+        let family = match (family, &moe) {
+            (Family::Llama, Some(_)) => Family::Mixtral,
+            (family, Some(_))
+                if !matches!(family, Family::Qwen3Moe | Family::Qwen2Moe | Family::Olmoe) =>
+            {
+                return Err(err(format!(
+                    "{arch}.expert_count: experts in a `{arch}` file are not read (llama with experts, qwen3moe, qwen2moe and olmoe are)"
+                )));
+            }
+            (family, _) => family,
+        };
         // As llama.cpp: the head width is key_length (default hidden / heads); RoPE's
         // dimension_count may cover only part of it.
         let head_dim = present("attention.key_length").unwrap_or(hidden_size / heads.max(1));
@@ -122,7 +140,6 @@ impl DecoderConfig {
                 ));
             }
         };
-        let layers = int("block_count")?;
         let gemma = matches!(family, Family::Gemma2 | Family::Gemma3);
         let sliding_window = if gemma {
             gemma_window(file, arch, family, layers)?
@@ -173,7 +190,7 @@ impl DecoderConfig {
             max_position_embeddings: int("context_length").unwrap_or(2048),
             tie_word_embeddings: !has("output.weight"),
             qkv_bias: has("blk.0.attn_q.bias"),
-            moe: None,
+            moe,
             deltas: Deltas {
                 sliding_window,
                 // q/k RMSNorms: per head (Qwen3: head_dim wide) or over the projection (OLMo2).
@@ -214,6 +231,66 @@ impl DecoderConfig {
         };
         config.validated(&file.path)
     }
+}
+
+/// A mixture-of-experts file's routing and experts as llama.cpp reads them: every layer sparse
+/// (`ffn_gate_inp` in each; llama.cpp has no dense layers for these architectures), the top
+/// k renormalised as llama.cpp hard-codes it per architecture (`qwen3moe` and `llama`
+/// (Mixtral) yes, `qwen2moe` and `olmoe` no), each expert `expert_feed_forward_length` wide
+/// (`feed_forward_length` where the converter writes only that: OLMoE, Mixtral), Qwen2-MoE's
+/// shared expert `expert_shared_feed_forward_length` wide.
+fn gguf_moe(
+    file: &GgufFile,
+    arch: &str,
+    num_experts: usize,
+    layers: usize,
+) -> Result<MoeConfig, WeightsError> {
+    let err = |detail: String| WeightsError::format(&file.path, detail);
+    let int = |key: &str| {
+        file.get(&format!("{arch}.{key}"))
+            .and_then(MetaValue::as_u64)
+            .map(|v| v as usize)
+    };
+    let top_k = int("expert_used_count")
+        .ok_or_else(|| err(format!("{arch}.expert_used_count is missing")))?;
+    if top_k == 0 || top_k > num_experts {
+        return Err(err(format!(
+            "{arch}.expert_used_count = {top_k} of {num_experts} experts: expected 1 to {num_experts}"
+        )));
+    }
+    let expert_intermediate_size = int("expert_feed_forward_length")
+        .or_else(|| int("feed_forward_length"))
+        .ok_or_else(|| err(format!("{arch}.expert_feed_forward_length is missing")))?;
+    let has = |name: String| file.tensors.iter().any(|t| t.name == name);
+    if let Some(dense) = (0..layers).find(|l| !has(format!("blk.{l}.ffn_gate_inp.weight"))) {
+        return Err(err(format!(
+            "layer {dense} has no router (blk.{dense}.ffn_gate_inp.weight): llama.cpp reads every layer of a `{arch}` file as a mixture of experts"
+        )));
+    }
+    let shared = int("expert_shared_feed_forward_length");
+    if shared.is_some() != has("blk.0.ffn_gate_inp_shexp.weight".into()) {
+        return Err(err(format!(
+            "{arch}.expert_shared_feed_forward_length and the shared expert's tensors (ffn_*_shexp, ffn_gate_inp_shexp) come together"
+        )));
+    }
+    let mixtral = arch == "llama";
+    Ok(MoeConfig {
+        num_experts,
+        top_k,
+        expert_intermediate_size,
+        routing: Routing::SoftmaxTopK {
+            renormalize: matches!(arch, "qwen3moe" | "llama"),
+        },
+        shared_expert_intermediate_size: shared,
+        sparse_layers: vec![true; layers],
+        layout: ExpertLayout::PerExpert,
+        block: if mixtral { "block_sparse_moe" } else { "mlp" },
+        names: if mixtral {
+            MIXTRAL_PROJECTIONS
+        } else {
+            LLAMA_PROJECTIONS
+        },
+    })
 }
 
 /// A Gemma file's window as llama.cpp reads it: `attention.sliding_window` (Gemma 2: 4096 when

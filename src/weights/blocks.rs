@@ -19,7 +19,7 @@ use super::WeightsError;
 use super::ggml_type::GgmlType;
 use super::gguf::GgufFile;
 use super::gguf::GgufTensor;
-use super::gguf_names::{hf_name_in, permuted_with, unpermute_rows};
+use super::gguf_names::{expert_slices, hf_name_in, permuted_with, unpermute_rows};
 
 /// Values per K-quant super-block.
 const QK_K: usize = 256;
@@ -399,7 +399,13 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 pub fn kept_bytes(file: &GgufFile, keep: impl Fn(&str) -> bool) -> (u64, u64) {
     file.tensors
         .iter()
-        .filter(|t| t.dims.len() == 2 && hf_name_in(file, &t.name).is_some_and(|n| keep(&n)))
+        .filter(|t| match (hf_name_in(file, &t.name), t.dims.as_slice()) {
+            (Some(name), [_, _]) => keep(&name),
+            // A stacked expert tensor: kept when each expert's slice is.
+            (Some(name), &[_, _, experts]) => expert_slices(&name, experts as usize)
+                .is_some_and(|names| names.iter().all(|n| keep(n))),
+            _ => false,
+        })
         .filter_map(|t| {
             let n = t.n_elements();
             BlockFormat::of(t.ggml_type).map(|f| (n * 4, f.packed_bytes(n)))
@@ -407,30 +413,46 @@ pub fn kept_bytes(file: &GgufFile, keep: impl Fn(&str) -> bool) -> (u64, u64) {
         .fold((0, 0), |(a, b), (x, y)| (a + x, b + y))
 }
 
-/// `tensor` kept in its blocks, in the HF basis (name, [rows, cols], Q/K rows un-permuted);
-/// None when it is not a matrix in a format [`BlockFormat`] keeps.
+/// `tensor` kept in its blocks, in the HF basis (name, [rows, cols], Q/K rows un-permuted); a
+/// stacked expert tensor [E, rows, cols] as one matrix per expert. Empty when it is not a matrix
+/// in a format [`BlockFormat`] keeps.
 pub fn hf_blocks(
     file: &GgufFile,
     tensor: &GgufTensor,
-) -> Result<Option<(String, BlockMatrix)>, WeightsError> {
-    let (Some(name), Some(format), &[cols, rows]) = (
+) -> Result<Vec<(String, BlockMatrix)>, WeightsError> {
+    let (Some(name), Some(format)) = (
         hf_name_in(file, &tensor.name),
         BlockFormat::of(tensor.ggml_type),
-        tensor.dims.as_slice(),
     ) else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
     let fail =
         |e: String| WeightsError::format(&file.path, format!("tensor `{}`: {e}", tensor.name));
-    let mut blocks = BlockMatrix::from_ggml(
-        format,
-        file.tensor_bytes(tensor),
-        rows as usize,
-        cols as usize,
-    )
-    .map_err(fail)?;
-    if let Some(h) = permuted_with(file, tensor)? {
-        blocks = blocks.unpermute_rows(h).map_err(fail)?;
+    let bytes = file.tensor_bytes(tensor);
+    match *tensor.dims.as_slice() {
+        [cols, rows] => {
+            let mut blocks = BlockMatrix::from_ggml(format, bytes, rows as usize, cols as usize)
+                .map_err(fail)?;
+            if let Some(h) = permuted_with(file, tensor)? {
+                blocks = blocks.unpermute_rows(h).map_err(fail)?;
+            }
+            Ok(vec![(name, blocks)])
+        }
+        [cols, rows, experts] => {
+            let Some(names) = expert_slices(&name, experts as usize) else {
+                return Ok(Vec::new());
+            };
+            let each = bytes.len() / (experts as usize).max(1);
+            names
+                .into_iter()
+                .zip(bytes.chunks_exact(each.max(1)))
+                .map(|(name, bytes)| {
+                    BlockMatrix::from_ggml(format, bytes, rows as usize, cols as usize)
+                        .map(|b| (name, b))
+                        .map_err(fail)
+                })
+                .collect()
+        }
+        _ => Ok(Vec::new()),
     }
-    Ok(Some((name, blocks)))
 }

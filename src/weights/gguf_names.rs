@@ -81,6 +81,14 @@ pub fn hf_name_in(file: &GgufFile, gguf: &str) -> Option<String> {
     let arch = file.get("general.architecture").and_then(|v| v.as_str());
     match arch {
         Some("phi3") => Some(name.replace(".mlp.up_proj.", ".mlp.gate_up_proj.")),
+        // Mixtral is a `llama` file with experts; its checkpoints name them w1 (gate), w3 (up),
+        // w2 (down) under `block_sparse_moe`.
+        Some("llama") if name.contains(".mlp.gate.") || name.contains(".mlp.experts.") => Some(
+            name.replace(".mlp.", ".block_sparse_moe.")
+                .replace(".experts.gate_proj.", ".experts.w1.")
+                .replace(".experts.up_proj.", ".experts.w3.")
+                .replace(".experts.down_proj.", ".experts.w2."),
+        ),
         Some("gemma2" | "gemma3") if gguf.contains(".ffn_norm.") => {
             Some(name.replace(".post_attention_layernorm.", ".pre_feedforward_layernorm."))
         }
@@ -122,9 +130,34 @@ pub fn hf_name(gguf: &str) -> Option<String> {
         "post_ffw_norm" => "post_feedforward_layernorm",
         "attn_q_norm" => "self_attn.q_norm",
         "attn_k_norm" => "self_attn.k_norm",
+        // Mixtures of experts: the router, the experts stacked [E, out, in] (split per expert
+        // by `expert_slices`), Qwen2-MoE's shared expert and its gate.
+        "ffn_gate_inp" => "mlp.gate",
+        "ffn_gate_exps" => "mlp.experts.gate_proj",
+        "ffn_up_exps" => "mlp.experts.up_proj",
+        "ffn_down_exps" => "mlp.experts.down_proj",
+        "ffn_gate_shexp" => "mlp.shared_expert.gate_proj",
+        "ffn_up_shexp" => "mlp.shared_expert.up_proj",
+        "ffn_down_shexp" => "mlp.shared_expert.down_proj",
+        "ffn_gate_inp_shexp" => "mlp.shared_expert_gate",
         _ => return None,
     };
     Some(format!("model.layers.{layer}.{hf_module}.{param}"))
+}
+
+/// A stacked expert tensor's per-expert names, as a per-expert HF checkpoint holds them
+/// (`….mlp.experts.gate_proj.weight` → `….mlp.experts.{e}.gate_proj.weight`); None for any
+/// other tensor. llama.cpp stores each expert's [out, in] matrix one after another.
+pub fn expert_slices(hf: &str, experts: usize) -> Option<Vec<String>> {
+    let (block, projection) = hf.strip_suffix(".weight")?.rsplit_once(".experts.")?;
+    if projection.contains('.') {
+        return None;
+    }
+    Some(
+        (0..experts)
+            .map(|e| format!("{block}.experts.{e}.{projection}.weight"))
+            .collect(),
+    )
 }
 
 /// The GGUF module name of an HF decoder-layer module path
@@ -144,9 +177,33 @@ pub fn gguf_module(hf_path: &str) -> Option<String> {
         "mlp.down_proj" => "ffn_down",
         "self_attn.qkv_proj" => "attn_qkv",
         "mlp.gate_up_proj" => "ffn_up",
+        "mlp.shared_expert.gate_proj" => "ffn_gate_shexp",
+        "mlp.shared_expert.up_proj" => "ffn_up_shexp",
+        "mlp.shared_expert.down_proj" => "ffn_down_shexp",
+        "mlp.shared_expert_gate" => "ffn_gate_inp_shexp",
         _ => return None,
     };
     Some(format!("blk.{layer}.{name}"))
+}
+
+/// The GGUF module that stacks an expert's projection, and the expert's index
+/// (`model.layers.3.mlp.experts.5.up_proj` → (`blk.3.ffn_up_exps`, 5); Mixtral's
+/// `block_sparse_moe.experts.5.w3` the same).
+pub fn gguf_expert_module(hf_path: &str) -> Option<(String, usize)> {
+    let rest = hf_path.strip_prefix("model.layers.")?;
+    let (layer, module) = rest.split_once('.')?;
+    let layer: u32 = layer.parse().ok()?;
+    let experts = module
+        .strip_prefix("mlp.experts.")
+        .or_else(|| module.strip_prefix("block_sparse_moe.experts."))?;
+    let (expert, projection) = experts.split_once('.')?;
+    let name = match projection {
+        "gate_proj" | "w1" => "ffn_gate_exps",
+        "up_proj" | "w3" => "ffn_up_exps",
+        "down_proj" | "w2" => "ffn_down_exps",
+        _ => return None,
+    };
+    Some((format!("blk.{layer}.{name}"), expert.parse().ok()?))
 }
 
 /// Which head count a `llama`-arch tensor was permuted with: Q by the attention heads, K by the
@@ -232,6 +289,18 @@ mod tests {
             hf_name("blk.3.ffn_norm.weight").unwrap(),
             "model.layers.3.post_attention_layernorm.weight"
         );
+        assert_eq!(
+            hf_name("blk.1.ffn_gate_exps.weight").unwrap(),
+            "model.layers.1.mlp.experts.gate_proj.weight"
+        );
+        assert_eq!(
+            expert_slices("model.layers.1.mlp.experts.gate_proj.weight", 2).unwrap(),
+            [
+                "model.layers.1.mlp.experts.0.gate_proj.weight",
+                "model.layers.1.mlp.experts.1.gate_proj.weight"
+            ]
+        );
+        assert_eq!(expert_slices("model.layers.1.mlp.gate.weight", 2), None);
         assert_eq!(hf_name("rope_freqs.weight"), None);
         assert_eq!(hf_name("blk.x.attn_q.weight"), None);
     }

@@ -16,7 +16,7 @@ use super::WeightsError;
 use super::blocks::hf_blocks;
 use super::blocks::{BlockFormat, BlockMatrix};
 use super::gguf::{GgufFile, GgufTensor};
-use super::gguf_names::hf_tensor;
+use super::gguf_names::{expert_slices, hf_tensor};
 use super::quantize::{for_rows_of, quantize_rows};
 use super::safetensors::{StFile, open_dir};
 use super::tensor::HostTensor;
@@ -112,11 +112,11 @@ impl HostTensors {
         let file = GgufFile::open(path)?;
         let (mut tensors, mut blocks) = (BTreeMap::new(), BTreeMap::new());
         for tensor in &file.tensors {
-            if let Some((name, b)) = hf_blocks(&file, tensor)? {
-                blocks.insert(name, b);
-            } else if let Some(t) = visit_gguf_tensor(&file, tensor)? {
-                tensors.insert(t.0, t.1);
+            let kept = hf_blocks(&file, tensor)?;
+            if kept.is_empty() {
+                tensors.extend(visit_gguf_tensor(&file, tensor)?);
             }
+            blocks.extend(kept);
         }
         Ok(Self {
             origin: path.into(),
@@ -527,27 +527,41 @@ fn decode(dtype: StDtype, bytes: &[u8]) -> Option<Vec<f32>> {
 
 fn read_gguf(file: &GgufFile, visit: &mut Visit) -> Result<(), WeightsError> {
     for tensor in &file.tensors {
-        if let Some((name, t)) = visit_gguf_tensor(file, tensor)? {
+        for (name, t) in visit_gguf_tensor(file, tensor)? {
             visit(name, t)?;
         }
     }
     Ok(())
 }
 
-/// One GGUF tensor dequantised in the HF basis; None for `rope_freqs` (recomputed from the
-/// config, as transformers does); an error for a tensor these architectures do not have.
+/// One GGUF tensor dequantised in the HF basis (a stacked expert tensor as one matrix per
+/// expert); nothing for `rope_freqs` (recomputed from the config, as transformers does); an
+/// error for a tensor these architectures do not have.
 fn visit_gguf_tensor(
     file: &GgufFile,
     tensor: &GgufTensor,
-) -> Result<Option<(String, HostTensor)>, WeightsError> {
+) -> Result<Vec<(String, HostTensor)>, WeightsError> {
     match hf_tensor(file, tensor)? {
-        Some(t) => Ok(Some((
-            t.name,
-            HostTensor {
-                shape: t.shape,
-                values: t.values,
-            },
-        ))),
+        Some(t) => {
+            let slices = match t.shape.as_slice() {
+                &[experts, _, _] => expert_slices(&t.name, experts),
+                _ => None,
+            };
+            let Some(names) = slices else {
+                let (shape, values) = (t.shape, t.values);
+                return Ok(vec![(t.name, HostTensor { shape, values })]);
+            };
+            let shape = t.shape[1..].to_vec();
+            let each = shape.iter().product::<usize>().max(1);
+            Ok(names
+                .into_iter()
+                .zip(t.values.chunks_exact(each))
+                .map(|(name, values)| {
+                    let (shape, values) = (shape.clone(), values.to_vec());
+                    (name, HostTensor { shape, values })
+                })
+                .collect())
+        }
         // RoPE tables HF recomputes from config (Llama 3's factors, Phi-3's LongRoPE ones): read
         // by `DecoderConfig::from_gguf`.
         None if matches!(
@@ -555,7 +569,7 @@ fn visit_gguf_tensor(
             "rope_freqs.weight" | "rope_factors_long.weight" | "rope_factors_short.weight"
         ) =>
         {
-            Ok(None)
+            Ok(Vec::new())
         }
         None => Err(WeightsError::format(
             &file.path,

@@ -16,11 +16,26 @@ gguf_lora.py), the reference for reading GGUF metadata and tensors the way llama
                                          embedding_scale, residual_scale, logit_scale
   tests/fixtures/llama/tiny-olmo2.gguf   `olmo2`: post_attention_norm / post_ffw_norm, no pre-norms,
                                          projection-wide attn_q_norm / attn_k_norm
+  tests/fixtures/llama/tiny-qwen3-moe.gguf, tiny-qwen3-moe-fused.gguf, tiny-qwen2-moe.gguf,
+  tiny-olmoe.gguf, tiny-mixtral.gguf     the mixtures of experts (`qwen3moe`, `qwen2moe`, `olmoe`,
+                                         and Mixtral as `llama` with expert_count): the router as
+                                         ffn_gate_inp, the experts stacked as 3-D ffn_{gate,up,
+                                         down}_exps from either on-disk layout, Qwen2-MoE's shared
+                                         expert as ffn_*_shexp and ffn_gate_inp_shexp. Their
+                                         routing matches what llama.cpp hard-codes per
+                                         architecture (renormalised for qwen3moe and llama, not
+                                         for qwen2moe and olmoe), so transformers' logits of the
+                                         HF fixture are the reference for the GGUF too
+  tests/fixtures/llama/tiny-qwen3-moe-q8_0.gguf  tiny-qwen3-moe.gguf quantised to Q8_0 by
+                                         llama.cpp's own `llama_model_quantize` (the experts'
+                                         stacked tensors in Q8_0 blocks; the tiny rows are too
+                                         short for the 256-value K-quants)
 
 The tiny byte-level tokenizer is not one the converter recognises by its pre-tokenizer hash;
 it is named `gpt-2` (`qwen2` for Qwen3) here, nothing else is changed.
-Environment: pip install torch transformers==5.23.0 sentencepiece numpy (DESIGN.md §6).
-Usage: python3 tools/reference/gguf_fixtures.py LLAMA_CPP_DIR
+Environment: pip install torch transformers==5.23.0 sentencepiece numpy (DESIGN.md §6), and
+llama-cpp-python==0.3.36 for the Q8_0 file.
+Usage: python3 tools/reference/gguf_fixtures.py LLAMA_CPP_DIR [FIXTURE ...]  (default: all)
 """
 import json
 import pathlib
@@ -37,8 +52,13 @@ def main():
     import convert_hf_to_gguf
     from conversion import base
     fixtures = ROOT / "tests/fixtures/llama"
+    only = sys.argv[2:]
     for name, pre in (("tiny-llama", "gpt-2"), ("tiny-qwen3", "qwen2"), ("tiny-phi3", "gpt-2"),
-                      ("tiny-granite", "gpt-2"), ("tiny-olmo2", "gpt-2")):
+                      ("tiny-granite", "gpt-2"), ("tiny-olmo2", "gpt-2"),
+                      ("tiny-qwen3-moe", "qwen2"), ("tiny-qwen3-moe-fused", "qwen2"),
+                      ("tiny-qwen2-moe", "qwen2"), ("tiny-olmoe", "gpt-2"), ("tiny-mixtral", "gpt-2")):
+        if only and name not in only:
+            continue
         base.TextModel.get_vocab_base_pre = lambda self, tokenizer, pre=pre: pre
         with tempfile.TemporaryDirectory() as tmp:
             model = pathlib.Path(tmp) / name
@@ -54,6 +74,17 @@ def main():
             sys.argv = ["convert_hf_to_gguf.py", str(model), "--outtype", "f32", "--outfile", str(out)]
             convert_hf_to_gguf.main()
             print("wrote", out)
+        if name == "tiny-qwen3-moe":
+            quantize_q8_0(out, fixtures / "tiny-qwen3-moe-q8_0.gguf")
+
+
+def quantize_q8_0(src, out):
+    import ctypes
+    import llama_cpp
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
+    assert llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params)) == 0
+    print("wrote", out)
 
 
 if __name__ == "__main__":
