@@ -154,6 +154,31 @@ fn phi3_gguf_lora_equals_llama_cpp_converter_output() {
     );
 }
 
+/// Mixtures of experts (tools/reference/gguf_lora.py qwen3-moe|qwen2-moe|olmoe|mixtral): PEFT's
+/// per-expert folders of the trained adapters become 3-D `ffn_*_exps.weight.lora_a` [E, r, in]
+/// and `lora_b` [E, out, r], Qwen2-MoE's shared expert `ffn_*_shexp`, Mixtral's w1/w3/w2 the
+/// same stacks under `llama` — byte-equal to llama.cpp's converter. (A fused base's adapters
+/// reach the writer per expert: exports read the PEFT folder, which is in the per-expert form.)
+#[test]
+fn moe_gguf_loras_equal_llama_cpp_converter_output() {
+    for (base, family) in [
+        ("tiny-qwen3-moe", "qwen3-moe"),
+        ("tiny-qwen2-moe", "qwen2-moe"),
+        ("tiny-olmoe", "olmoe"),
+        ("tiny-mixtral", "mixtral"),
+    ] {
+        let peft = format!("train-{family}/peft");
+        let fixture = format!("tiny-{family}-lora.gguf");
+        let (_, ours, _) = compare_with_converter_on(base, &peft, TensorType::F32, &fixture);
+        let stacked = ours
+            .tensors
+            .iter()
+            .find(|t| t.name == "blk.1.ffn_down_exps.weight.lora_b")
+            .unwrap_or_else(|| panic!("{base}: no stacked expert adapter"));
+        assert_eq!(stacked.dims, [4, 64, 4], "{base}"); // ggml order: r, out, experts
+    }
+}
+
 #[test]
 fn gguf_lora_equals_llama_cpp_converter_output() {
     let (mut model, _, theirs) = compare_with_converter(TensorType::F32, "tiny-lora.gguf");

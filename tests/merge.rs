@@ -183,6 +183,41 @@ fn merged_from_family_ggufs_gives_the_adapted_logits() {
     }
 }
 
+/// Mixture-of-experts GGUF bases (tools/reference/gguf_fixtures.py): PEFT's per-expert folders
+/// of the trained adapters (tools/reference/moe_train.py) folded into the experts read out of
+/// the stacked ffn_*_exps tensors; the merged directory is its family's per-expert checkpoint
+/// with the config llama.cpp's reading implies, and reloads to PEFT's adapted logits.
+#[test]
+fn merged_from_moe_ggufs_gives_the_adapted_logits() {
+    for (name, model_type, train) in [
+        ("tiny-qwen3-moe", "qwen3_moe", "train-qwen3-moe"),
+        ("tiny-qwen2-moe", "qwen2_moe", "train-qwen2-moe"),
+        ("tiny-olmoe", "olmoe", "train-olmoe"),
+        ("tiny-mixtral", "mixtral", "train-mixtral"),
+    ] {
+        let gguf = Path::new(ROOT).join(format!("tests/fixtures/llama/{name}.gguf"));
+        let out = tempfile::tempdir().unwrap();
+        let merged_dir = out.path().join("merged");
+        let m = merge_onto_gguf(&gguf, &format!("{train}/peft"), &merged_dir);
+        assert!(m.folded > 8, "{name}: {m:?}");
+        let text = std::fs::read_to_string(merged_dir.join("config.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["model_type"], model_type, "{name}");
+        let device = select(DeviceChoice::Cpu).unwrap().device;
+        let config =
+            lora_tune::model::read_decoder_config(&merged_dir.join("config.json")).unwrap();
+        let hf = lora_tune::model::read_decoder_config(
+            &Path::new(ROOT).join(format!("tests/fixtures/llama/{name}/config.json")),
+        )
+        .unwrap();
+        assert_eq!(config.moe, hf.moe, "{name}");
+        let model =
+            Decoder::load(config, HostTensors::read(&merged_dir).unwrap(), &device).unwrap();
+        let what = format!("merged from {name}.gguf");
+        tiny::assert_peft_logits_of(&model, &format!("lora/{train}"), &what);
+    }
+}
+
 /// `gemma2` and `gemma3` GGUF bases (tools/reference/gemma_gguf_fixtures.py): the merged
 /// config.json says what llama.cpp computes from the file — `query_pre_attn_scalar` = head_dim,
 /// the window per layer as `layer_types`, Gemma 3's RoPE per layer kind, Gemma 2's tied head —

@@ -4,15 +4,18 @@
 //! `blk.N.<module>.weight.lora_a` (PyTorch [r, in]) and `.lora_b` ([out, r]). For `llama` (and
 //! `granite`) bases the rows of Q/K's B are permuted as the base's Q/K rows are (llama.cpp's interleaved RoPE).
 //! llama.cpp scales by alpha / r with r read from the tensors, so rsLoRA's α/√r is written as
-//! α·√r, and a per-module `alpha_pattern` cannot be expressed.
+//! α·√r, and a per-module `alpha_pattern` cannot be expressed. A mixture of experts' adapters
+//! are stacked per layer and projection as its base stacks the experts: `ffn_{gate,up,down}_exps
+//! .weight.lora_a` [E, r, in] and `.lora_b` [E, out, r], expert after expert.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::model::decoder_config::DecoderConfig;
 use crate::peft::config::PeftConfig;
 use crate::peft::parse_factor_key;
 use crate::weights::gguf::MetaValue;
-use crate::weights::gguf_names::{gguf_module, permute_rows, permuted_heads};
+use crate::weights::gguf_names::{gguf_expert_module, gguf_module, permute_rows, permuted_heads};
 use crate::weights::gguf_writer::{self, OutTensor, TensorType};
 use crate::weights::tensor::HostTensor;
 
@@ -73,9 +76,16 @@ pub fn write(
     let arch = base.gguf_architecture();
     let (heads, kv_heads) = (base.num_attention_heads, base.num_key_value_heads);
     let mut tensors = Vec::new();
+    // (stacked tensor name) → each expert's factor, in expert order.
+    let mut stacked: BTreeMap<String, BTreeMap<usize, HostTensor>> = BTreeMap::new();
     for (key, t) in adapters {
         let (path, factor) =
             parse_factor_key(&key).ok_or_else(|| GgufLoraError::NotAFactor(key.clone()))?;
+        if let Some((module, expert)) = gguf_expert_module(path) {
+            let name = format!("{module}.weight.lora_{}", factor.to_ascii_lowercase());
+            stacked.entry(name).or_default().insert(expert, t);
+            continue;
+        }
         let module =
             gguf_module(path).ok_or_else(|| GgufLoraError::NoCounterpart(path.to_string()))?;
         let gguf_name = format!("{module}.weight.lora_{}", factor.to_ascii_lowercase());
@@ -93,6 +103,10 @@ pub fn write(
             values,
         });
     }
+    let experts = base.moe.as_ref().map_or(0, |m| m.num_experts);
+    for (name, by_expert) in stacked {
+        tensors.push(stack_experts(name, by_expert, experts)?);
+    }
     let metadata = [
         ("general.architecture", MetaValue::String(arch.into())),
         ("general.type", MetaValue::String("adapter".into())),
@@ -107,5 +121,28 @@ pub fn write(
     gguf_writer::write(path, &metadata, &tensors, ty).map_err(|source| GgufLoraError::Io {
         path: path.into(),
         source,
+    })
+}
+
+/// One layer's projection adapters of every expert as one [E, …] tensor; refused unless each of
+/// the base's `experts` has one of the same shape (llama.cpp applies a stacked tensor whole).
+fn stack_experts(
+    name: String,
+    by_expert: BTreeMap<usize, HostTensor>,
+    experts: usize,
+) -> Result<OutTensor, GgufLoraError> {
+    let shape = by_expert.values().next().map(|t| t.shape.clone());
+    let whole = by_expert.keys().copied().eq(0..experts)
+        && by_expert.values().all(|t| Some(&t.shape) == shape.as_ref());
+    let (Some(shape), true) = (shape, whole) else {
+        return Err(GgufLoraError::Unsupported(format!(
+            "{name}: llama.cpp stacks every expert's adapter into one tensor, so all {experts} experts need one of the same shape ({} have one)",
+            by_expert.len()
+        )));
+    };
+    Ok(OutTensor {
+        name,
+        shape: [vec![experts], shape].concat(),
+        values: by_expert.into_values().flat_map(|t| t.values).collect(),
     })
 }

@@ -15,6 +15,7 @@ use serde_json::json;
 use crate::dtype::Dtype;
 use crate::lora::targets::{self, TargetError};
 use crate::model::decoder_config::{DecoderConfig, Family, RopeScaling};
+use crate::model::moe::{MoeConfig, Routing};
 use crate::peft::folder::{
     PeftError, WEIGHTS_FILE, fused_expert_fold, read_adapter_tensors, read_lora,
 };
@@ -388,6 +389,44 @@ fn gemma_fields(value: &mut serde_json::Value, c: &DecoderConfig) {
     }
 }
 
+/// A GGUF mixture of experts' fields, as its family's config class names them: every layer
+/// sparse (as llama.cpp reads these files), the routing llama.cpp hard-codes, no router loss.
+fn moe_fields(value: &mut serde_json::Value, c: &DecoderConfig, moe: &MoeConfig) {
+    let renormalize = matches!(moe.routing, Routing::SoftmaxTopK { renormalize: true });
+    value["num_experts_per_tok"] = json!(moe.top_k);
+    value["output_router_logits"] = json!(false);
+    match c.family {
+        // Mixtral and OLMoE: the experts' width is `intermediate_size`.
+        Family::Mixtral => {
+            value["num_local_experts"] = json!(moe.num_experts);
+            value["intermediate_size"] = json!(moe.expert_intermediate_size);
+            value["router_jitter_noise"] = json!(0.0);
+            if c.deltas.sliding_window.is_none() {
+                value["sliding_window"] = serde_json::Value::Null;
+            }
+        }
+        Family::Olmoe => {
+            value["num_experts"] = json!(moe.num_experts);
+            value["intermediate_size"] = json!(moe.expert_intermediate_size);
+            value["norm_topk_prob"] = json!(renormalize);
+            value["clip_qkv"] = serde_json::Value::Null;
+        }
+        _ => {
+            value["num_experts"] = json!(moe.num_experts);
+            value["moe_intermediate_size"] = json!(moe.expert_intermediate_size);
+            value["norm_topk_prob"] = json!(renormalize);
+            value["decoder_sparse_step"] = json!(1);
+            value["mlp_only_layers"] = json!([]);
+            if let Some(width) = moe.shared_expert_intermediate_size {
+                value["shared_expert_intermediate_size"] = json!(width);
+            }
+            if c.family == Family::Qwen2Moe {
+                value["qkv_bias"] = json!(c.qkv_bias);
+            }
+        }
+    }
+}
+
 /// config.json and the tokenizer: copied from an HF base (dtype updated), rebuilt for a GGUF one.
 fn write_config_and_tokenizer(
     files: &ModelFiles,
@@ -430,6 +469,10 @@ fn write_config_and_tokenizer(
         Family::Phi3 => ("Phi3ForCausalLM", "phi3"),
         Family::Gemma2 => ("Gemma2ForCausalLM", "gemma2"),
         Family::Gemma3 => ("Gemma3ForCausalLM", "gemma3_text"),
+        Family::Qwen3Moe => ("Qwen3MoeForCausalLM", "qwen3_moe"),
+        Family::Qwen2Moe => ("Qwen2MoeForCausalLM", "qwen2_moe"),
+        Family::Olmoe => ("OlmoeForCausalLM", "olmoe"),
+        Family::Mixtral => ("MixtralForCausalLM", "mixtral"),
         _ if window.is_some() => ("MistralForCausalLM", "mistral"),
         _ => ("LlamaForCausalLM", "llama"),
     };
@@ -493,6 +536,9 @@ fn write_config_and_tokenizer(
                 "attention_factor": l.attention_factor,
             });
         }
+    }
+    if let Some(moe) = &c.moe {
+        moe_fields(&mut value, c, moe);
     }
     if let RopeScaling::Llama3(s) = c.rope_scaling {
         value["rope_scaling"] = json!({

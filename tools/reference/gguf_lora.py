@@ -11,8 +11,13 @@ Usage: python3 tools/reference/gguf_lora.py LLAMA_CPP_DIR            # writes te
        python3 tools/reference/gguf_lora.py LLAMA_CPP_DIR OURS.gguf  # gguf-py parses ours; compares with the fixture
        python3 tools/reference/gguf_lora.py LLAMA_CPP_DIR gemma2     # tiny-gemma2 (gemma3, phi3) with lora/peft-gemma2
                                                                      # (peft_export.py gemma2) → tiny-gemma2-lora.gguf
+       python3 tools/reference/gguf_lora.py LLAMA_CPP_DIR qwen3-moe  # tiny-qwen3-moe (qwen2-moe, olmoe, mixtral) with
+                                                                     # PEFT's per-expert lora/train-qwen3-moe/peft
+                                                                     # (moe_train.py) → tiny-qwen3-moe-lora.gguf: each
+                                                                     # layer's experts stacked as 3-D ffn_*_exps lora_a/b
 Environment: transformers==5.23.0 torch per DESIGN.md §6; gguf-py from the same llama.cpp tree.
 """
+import os
 import pathlib
 import subprocess
 import sys
@@ -21,11 +26,15 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests/fixtures/lora/gguf/tiny-lora.gguf"
+MOE = ("qwen3-moe", "qwen2-moe", "olmoe", "mixtral")
 
 
 def convert(llama_cpp, family=None):
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    if family:
+    if family in MOE:
+        runs = [("f32", OUT.with_name(f"tiny-{family}-lora.gguf"))]
+        base, peft = f"tiny-{family}", f"train-{family}/peft"
+    elif family:
         runs = [("f32", OUT.with_name(f"tiny-{family}-lora.gguf"))]
         base, peft = f"tiny-{family}", f"peft-{family}"
     else:
@@ -35,7 +44,8 @@ def convert(llama_cpp, family=None):
         subprocess.run([sys.executable, str(llama_cpp / "convert_lora_to_gguf.py"), "--outtype", outtype,
                         "--base", str(ROOT / "tests/fixtures/llama" / base), "--outfile", str(path),
                         str(ROOT / "tests/fixtures/lora" / peft)], check=True,
-                       env={"PYTHONPATH": f"{llama_cpp / 'gguf-py'}:{llama_cpp}", "PATH": "/usr/bin:/bin"})
+                       env={"PYTHONPATH": f"{llama_cpp / 'gguf-py'}:{llama_cpp}:{os.environ.get('PYTHONPATH', '')}",
+                            "PATH": "/usr/bin:/bin"})
 
 
 def compare(ours):
@@ -59,7 +69,7 @@ def compare(ours):
 if __name__ == "__main__":
     cpp = pathlib.Path(sys.argv[1])
     sys.path.insert(0, str(cpp / "gguf-py"))
-    if len(sys.argv) > 2 and sys.argv[2] in ("gemma2", "gemma3", "phi3"):
+    if len(sys.argv) > 2 and sys.argv[2] in ("gemma2", "gemma3", "phi3") + MOE:
         convert(cpp, sys.argv[2])
     else:
         compare(sys.argv[2]) if len(sys.argv) > 2 else convert(cpp)
