@@ -8,6 +8,7 @@ to set against `lora-tune eval recipes/gemma3-support.toml --adapter …`:
   merged   the merged model directory, loaded by transformers
   llama    llama.cpp (llama-cpp-python 0.3.36) running the GGUF base with the GGUF LoRA
   base     transformers' reading of the GGUF alone (the untrained model)
+  llama-base  llama.cpp running the GGUF alone
 
 The loss is lora-tune's: each chat rendered in Gemma's turn format (BOS, `<start_of_turn>user` /
 `model`, each message trimmed and closed by `<end_of_turn>\\n`, a system message opening the first
@@ -16,7 +17,9 @@ the answers (with their `<end_of_turn>\\n`) the only targets; the mean over ever
 the split. The token and target counts are printed too: they must equal `lora-tune plan`'s.
 
 Environment: pip install torch transformers==5.23.0 peft==0.21.2 gguf numpy
-             llama-cpp-python==0.3.36 (for `llama`).
+             llama-cpp-python==0.3.36 (for `llama`; on a CPU with AMX, build it with
+             CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON": the
+             native AMX build crashes on this model's first batch).
 Usage: python3 tools/reference/gemma3_real.py GGUF EVAL_JSONL OUT_DIR [peft] [merged] [llama] [base]
        (OUT_DIR: the recipe's export directory: the PEFT folder, merged/ and the .gguf LoRA)
 """
@@ -112,7 +115,7 @@ def main():
                 out_dir / "merged", dtype=torch.float32
             ).eval()
             loss = mean_loss(torch_logits(model), examples)
-        elif name == "llama":
+        elif name in ("llama", "llama-base"):
             from llama_cpp import Llama
             import numpy as np
 
@@ -120,11 +123,13 @@ def main():
             assert len(lora) == 1, f"one GGUF LoRA expected in {out_dir}, found {lora}"
             llm = Llama(
                 model_path=str(gguf),
-                lora_path=str(lora[0]),
+                lora_path=str(lora[0]) if name == "llama" else None,
                 n_ctx=512,
                 n_batch=512,
                 logits_all=True,
                 verbose=False,
+                type_k=0,  # the KV cache in f32 (llama.cpp's default f16 rounds k and v)
+                type_v=0,
             )
 
             def run(ids):
