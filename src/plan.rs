@@ -243,6 +243,11 @@ impl Plan {
             "must be at least 1",
         )?;
         check(
+            train.router_aux_loss_coef.is_finite() && train.router_aux_loss_coef >= 0.0,
+            "train.router_aux_loss_coef",
+            "must be 0 (off) or positive",
+        )?;
+        check(
             train.checkpoint_every != Some(0),
             "train.checkpoint_every",
             "must be at least 1",
@@ -358,6 +363,11 @@ impl Plan {
                 !train.gradient_checkpointing,
                 "train.gradient_checkpointing",
                 "is for causal-LM decoders; a classifier trains with it off",
+            )?;
+            check(
+                train.router_aux_loss_coef == 0.0,
+                "train.router_aux_loss_coef",
+                "is for causal-LM mixtures of experts; a classifier trains without it",
             )?;
             // A classifier's backward is autodiff's, whose graph keeps every widened weight.
             check(

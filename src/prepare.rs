@@ -67,6 +67,14 @@ impl Prepared {
                 c.max_position_embeddings
             );
         }
+        let experts = matches!(&config, ModelConfig::Decoder(d) if d.moe.is_some());
+        anyhow::ensure!(
+            plan.train.router_aux_loss_coef == 0.0 || experts,
+            "{}: train.router_aux_loss_coef = {}: the router load-balancing loss is for mixtures of experts, and {} has no routed layers; remove the key",
+            plan.recipe_path.display(),
+            plan.train.router_aux_loss_coef,
+            model.files.path().display()
+        );
         let adapted = targets::select(&config.linear_sites(plan.pooling), &plan.lora)
             .with_context(|| format!("choosing LoRA targets ({})", plan.recipe_path.display()))?;
         let labels = match plan.task {
@@ -221,6 +229,7 @@ impl Prepared {
                 None => {
                     let mut lm = crate::model::load(files, device, self.base_storage(products))?;
                     lm.gradient_checkpointing = plan.train.gradient_checkpointing;
+                    lm.router_aux_loss_coef = plan.train.router_aux_loss_coef;
                     TaskModel::Lm(lm)
                 }
                 Some(labels) => TaskModel::Classifier(crate::model::load_classifier(

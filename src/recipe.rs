@@ -250,6 +250,10 @@ pub struct TrainSection {
     /// memory (one layer's activations plus one hidden-sized tensor per layer) for one more
     /// forward pass. Causal-LM decoders only. Default false.
     pub gradient_checkpointing: bool,
+    /// A mixture of experts' router load-balancing loss, added at this weight to the training
+    /// loss (transformers' `router_aux_loss_coef` with `output_router_logits = true`). Default 0:
+    /// off, as transformers' default.
+    pub router_aux_loss_coef: f64,
 }
 
 impl Default for TrainSection {
@@ -279,6 +283,7 @@ impl Default for TrainSection {
             keep_best: false,
             report_to: Vec::new(),
             gradient_checkpointing: false,
+            router_aux_loss_coef: 0.0,
         }
     }
 }

@@ -1180,3 +1180,61 @@ fn gemma3_recipe_joins_its_model_from_four_wheels_and_evaluates_as_transformers(
         "eval loss {loss}, transformers 3.6659"
     );
 }
+
+/// `train.router_aux_loss_coef`: a short run on the tiny Qwen3-MoE (with tiny-llama's
+/// tokenizer files) adds the router load-balancing loss — its first step's loss is the plain
+/// run's plus a positive term — and on a dense model the key is refused by name.
+#[test]
+fn router_aux_loss_coef_reaches_the_run_and_is_refused_without_experts() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama");
+    let tmp = tempfile::tempdir().unwrap();
+    write_ticket_rows(tmp.path(), 16);
+    let moe = tmp.path().join("tiny-qwen3-moe");
+    std::fs::create_dir(&moe).unwrap();
+    for (dir, f) in [
+        ("tiny-qwen3-moe", "config.json"),
+        ("tiny-qwen3-moe", "model.safetensors"),
+        ("tiny-llama", "tokenizer.json"),
+        ("tiny-llama", "tokenizer_config.json"),
+    ] {
+        std::fs::copy(fixtures.join(dir).join(f), moe.join(f)).unwrap();
+    }
+    let first_loss = |name: &str, source: &Path, coef: f64| {
+        let recipe = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &recipe,
+            format!(
+                "[model]\nsource = {source:?}\n\n[lora]\nrank = 4\n\n[data]\ntrain = \"train.jsonl\"\nmax_len = 64\n\n[train]\nmax_steps = 1\nbatch_size = 4\nrouter_aux_loss_coef = {coef}\n\n[export]\nout_dir = \"{name}\"\n"
+            ),
+        )
+        .unwrap();
+        let out = lora_tune(&[recipe.to_str().unwrap(), "--device", "cpu"]);
+        let (stdout, stderr) = text(&out);
+        (out.status.code(), stdout, stderr)
+    };
+    let (code, plain, err) = first_loss("plain", &moe, 0.0);
+    assert_eq!(code, Some(0), "{plain}{err}");
+    let (code, routed, err) = first_loss("routed", &moe, 0.5);
+    assert_eq!(code, Some(0), "{routed}{err}");
+    assert!(routed.contains("router-loss=0.5"), "{routed}");
+    let loss = |stdout: &str| -> f64 {
+        let line = stdout.lines().find(|l| l.starts_with("step 1/1:")).unwrap();
+        line.split("loss ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // With 2 of 4 experts chosen, the loss is about 2 (exactly k when perfectly balanced).
+    let added = loss(&routed) - loss(&plain);
+    assert!(added > 0.5 && added < 2.0, "router loss term {added}");
+    let (code, _, err) = first_loss("dense", &fixtures.join("tiny-llama"), 0.01);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("train.router_aux_loss_coef") && err.contains("no routed layers"),
+        "{err}"
+    );
+}

@@ -148,6 +148,19 @@ fn derived_step_equals_autodiff_in(
     use_dora: bool,
     compute: Dtype,
 ) {
+    derived_step_equals_autodiff_with(name, targets, tolerance, use_dora, compute, 0.0);
+}
+
+/// [`derived_step_equals_autodiff_in`] with the router load-balancing loss at
+/// `router_aux_loss_coef`.
+fn derived_step_equals_autodiff_with(
+    name: &str,
+    targets: &str,
+    tolerance: [f32; 2],
+    use_dora: bool,
+    compute: Dtype,
+    router_aux_loss_coef: f64,
+) {
     use lora_tune::recipe::Targets;
     use lora_tune::train::autograd::{Seed, sum, whole_graph_gradients};
     use lora_tune::train::derived::loss_and_gradients_chunked;
@@ -168,6 +181,8 @@ fn derived_step_equals_autodiff_in(
     recomputing.gradient_checkpointing = true;
     plain.compute_in(compute);
     recomputing.compute_in(compute);
+    plain.router_aux_loss_coef = router_aux_loss_coef;
+    recomputing.router_aux_loss_coef = router_aux_loss_coef;
     let per_layer = plain.layers[0].linears().len();
     let per_adapter = if use_dora { 3 } else { 2 };
     let adapted = per_layer + usize::from(targets.contains("lm_head"));
@@ -790,6 +805,7 @@ fn ten_loraplus_steps_equal_peft() {
         init: "lora/train",
         loraplus_lr_ratio: Some(16.0),
         use_dora: false,
+        router_aux_loss_coef: 0.0,
     };
     tiny::assert_ten_steps_equal_peft_run("tiny-llama", &run, &cpu(), "LoRA+", false);
 }
@@ -805,6 +821,7 @@ fn ten_dora_steps_equal_peft() {
             init: "lora/train-dora",
             loraplus_lr_ratio: None,
             use_dora: true,
+            router_aux_loss_coef: 0.0,
         };
         let what = if checkpointing {
             "DoRA, gradient checkpointing"
@@ -1319,6 +1336,59 @@ fn ten_steps_on_tiny_mixtures_of_experts_equal_peft() {
             tiny::assert_ten_steps_equal_peft_on(name, fixtures, &cpu(), &what, checkpointing);
         }
     }
+}
+
+/// Golden: tools/reference/moe_train.py qwen3-moe-aux|mixtral-aux (transformers'
+/// `output_router_logits` loss, `load_balancing_loss_func` over every sparse layer and the
+/// attention mask, at router_aux_loss_coef 0.1, each micro-batch weighted by its share of the
+/// step's labelled tokens): the ten steps' losses, gradient norms and final adapters, with and
+/// without gradient checkpointing. The loss moves the adapters through the router's input
+/// only (the router is frozen), so the plain runs' adapters are checked to be far from these.
+#[test]
+fn ten_steps_with_the_router_load_balancing_loss_equal_peft() {
+    for (name, fixtures) in [
+        ("tiny-qwen3-moe", "lora/train-qwen3-moe-aux"),
+        ("tiny-mixtral", "lora/train-mixtral-aux"),
+    ] {
+        for checkpointing in [false, true] {
+            let run = tiny::PeftRun {
+                fixtures,
+                init: fixtures,
+                loraplus_lr_ratio: None,
+                use_dora: false,
+                router_aux_loss_coef: 0.1,
+            };
+            let what = format!("{name} with the router loss, checkpointing {checkpointing}");
+            tiny::assert_ten_steps_equal_peft_run(name, &run, &cpu(), &what, checkpointing);
+        }
+        let read = |f: &str| HostTensors::read(&tiny::fixture(f).join("final.safetensors"));
+        let (aux, plain) = (
+            read(fixtures).unwrap(),
+            read(fixtures.trim_end_matches("-aux")),
+        );
+        let mut plain = plain.unwrap();
+        let worst = aux
+            .into_entries()
+            .into_iter()
+            .map(|(k, t)| relative_difference(&t.values, &plain.take(&k, &t.shape).unwrap().values))
+            .fold(0f32, f32::max);
+        assert!(
+            worst > 1e-3,
+            "{name}: the router loss moved no adapter ({worst})"
+        );
+    }
+}
+
+/// The router load-balancing loss's hand-derived gradient (through each sparse layer's softmax
+/// into the router's input, the layers below the lowest adapter counted but not
+/// backpropagated) equals autodiff's, with dropout, packing and checkpointing.
+#[test]
+fn the_derived_step_with_the_router_loss_equals_autodiff() {
+    let targets = r"model\.layers\.1\..*|lm_head";
+    derived_step_equals_autodiff_with("tiny-qwen3-moe", targets, [1e-5; 2], false, Dtype::F32, 0.5);
+    let targets = r"model\.layers\.0\..*";
+    derived_step_equals_autodiff_with("tiny-mixtral", targets, [1e-5; 2], false, Dtype::F32, 0.5);
+    derived_step_equals_autodiff_with("tiny-qwen2-moe", targets, [1e-5; 2], false, Dtype::F32, 0.5);
 }
 
 /// The hand-derived MoE backward (experts' adapters, the routing weights through the top-k

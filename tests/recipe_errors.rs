@@ -343,6 +343,14 @@ const CASES: &[Case] = &[
         words: &["tensorboard"],
     },
     Case {
+        what: "negative router loss",
+        model_and_data: BASE,
+        rest: "\n[train]\nrouter_aux_loss_coef = -0.01\n",
+        line: 8,
+        key: "train.router_aux_loss_coef",
+        words: &["0 (off) or positive"],
+    },
+    Case {
         what: "PiSSA on a base kept in blocks",
         model_and_data: "[model]\nsource = \"model.gguf\"\nkeep_quantized = true\n\n[data]\ntrain = \"train.jsonl\"\n",
         rest: "\n[lora]\ninit = \"pissa\"\n",

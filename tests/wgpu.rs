@@ -114,6 +114,7 @@ fn ten_dora_steps_equal_peft_on_wgpu() {
         init: "lora/train-dora",
         loraplus_lr_ratio: None,
         use_dora: true,
+        router_aux_loss_coef: 0.0,
     };
     tiny::assert_ten_steps_equal_peft_run("tiny-llama", &run, &device, "wgpu, DoRA", false);
 }
@@ -568,10 +569,21 @@ fn attention_kernels_device_memory_grows_linearly_in_the_sequence() {
 
 /// Golden: tools/reference/moe_train.py. Qwen3-MoE's ten PEFT steps with adapters on every
 /// expert on wgpu: the routes come down (n·k integers per layer), the grouped expert products,
-/// the scatter back and the routing weights' backward run on the device.
+/// the scatter back and the routing weights' backward run on the device; and the same with the
+/// router load-balancing loss at 0.1 (moe_train.py qwen3-moe-aux), its expert counts scattered
+/// on the device too.
 #[test]
 fn ten_mixture_of_experts_steps_equal_peft_on_wgpu() {
     let Some(device) = wgpu() else { return };
     let (name, fixtures) = ("tiny-qwen3-moe", "lora/train-qwen3-moe");
     tiny::assert_ten_steps_equal_peft_on(name, fixtures, &device, "wgpu, qwen3-moe", false);
+    let run = tiny::PeftRun {
+        fixtures: "lora/train-qwen3-moe-aux",
+        init: "lora/train-qwen3-moe-aux",
+        loraplus_lr_ratio: None,
+        use_dora: false,
+        router_aux_loss_coef: 0.1,
+    };
+    let what = "wgpu, qwen3-moe with the router loss";
+    tiny::assert_ten_steps_equal_peft_run(name, &run, &device, what, false);
 }

@@ -312,8 +312,12 @@ fn print_settings(plan: &Plan) {
     let loraplus = train
         .loraplus_lr_ratio
         .map_or(String::new(), |r| format!(" (LoRA+: B at {r}× lr)"));
+    let router = match train.router_aux_loss_coef {
+        0.0 => String::new(),
+        c => format!(" router-loss={c}"),
+    };
     println!(
-        "train: adamw lr={}{loraplus} {:?} warmup={warmup} stop={stop} batch={}x{} clip={} seed={}",
+        "train: adamw lr={}{loraplus} {:?} warmup={warmup} stop={stop} batch={}x{} clip={} seed={}{router}",
         train.lr,
         train.schedule,
         train.batch_size,

@@ -13,7 +13,7 @@ use super::decoder_config::{DecoderConfig, NormPlacement, QkNorm};
 use super::frozen::FrozenWeight;
 use super::linear::{Linear, take1};
 use super::mlp::{FeedForward, GateUpProjection, LLAMA_PROJECTIONS, Mlp};
-use super::moe::SparseMoe;
+use super::moe::{RouterLoad, Routes, SparseMoe, token_mask};
 use super::norm::RmsNorm;
 use super::rope::{RopeFrequencies, RopeTables};
 use crate::dtype::Dtype;
@@ -101,6 +101,16 @@ impl DecoderLayer {
         inputs: &LayerInputs,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
+        self.forward_routed(x, inputs, cache).0
+    }
+
+    /// [`Self::forward`], and a sparse MLP's routes.
+    pub fn forward_routed(
+        &self,
+        x: Tensor<3>,
+        inputs: &LayerInputs,
+        cache: Option<&mut LayerCache>,
+    ) -> (Tensor<3>, Option<Routes>) {
         let (rope, mask) = (inputs.rope_of(self), inputs.mask_of(self));
         let scaled = |t: Tensor<3>| match self.residual_multiplier {
             1.0 => t,
@@ -110,8 +120,8 @@ impl DecoderLayer {
         let attn_in = maybe_norm(&n.attention_in, x.clone());
         let attn = self.self_attn.forward(attn_in, rope, &mask.full(), cache);
         let x = x + scaled(maybe_norm(&n.attention_out, attn));
-        let mlp = self.mlp.forward(maybe_norm(&n.mlp_in, x.clone()));
-        x + scaled(maybe_norm(&n.mlp_out, mlp))
+        let (mlp, routes) = self.mlp.forward_routed(maybe_norm(&n.mlp_in, x.clone()));
+        (x + scaled(maybe_norm(&n.mlp_out, mlp)), routes)
     }
 
     /// The layer's linear layers, in [`Self::linears_mut`]'s order.
@@ -220,6 +230,9 @@ pub struct Decoder {
     /// Training recomputes each decoder layer in backward instead of keeping its activations
     /// (transformers' `gradient_checkpointing`; `train::derived`). Off by default.
     pub gradient_checkpointing: bool,
+    /// Training adds this times the router load-balancing loss ([`RouterLoad`]) of a mixture
+    /// of experts (`train.router_aux_loss_coef`). 0 by default.
+    pub router_aux_loss_coef: f64,
     /// What the tied head's product computes in (`AdaptedModel::compute_in`); the linears carry
     /// their own.
     pub compute: Dtype,
@@ -380,6 +393,7 @@ impl Decoder {
             norm,
             lm_head,
             gradient_checkpointing: false,
+            router_aux_loss_coef: 0.0,
             compute: Dtype::F32,
             rope,
             local_rope,
@@ -437,6 +451,31 @@ impl Decoder {
     pub fn hidden(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u8>]) -> Tensor<3> {
         let inputs = self.layer_inputs(attention_mask);
         self.run(ids, &inputs, None)
+    }
+
+    /// [`Self::hidden`], and the router load of its sparse layers over the unpadded tokens
+    /// (None without any).
+    pub fn hidden_and_router_load(
+        &self,
+        ids: &[Vec<u32>],
+        attention_mask: &[Vec<u8>],
+    ) -> (Tensor<3>, Option<RouterLoad>) {
+        let inputs = self.layer_inputs(attention_mask);
+        let (mask, kept) = token_mask(attention_mask, &self.device);
+        let mut load: Option<RouterLoad> = None;
+        let mut x = self.embed(ids);
+        for layer in &self.layers {
+            let (y, routes) = layer.forward_routed(x, &inputs, None);
+            if let (Some(routes), FeedForward::Sparse(moe)) = (routes, &layer.mlp) {
+                let this = routes.load(moe.routing, &mask, kept);
+                load = Some(match load {
+                    Some(load) => load + this,
+                    None => this,
+                });
+            }
+            x = y;
+        }
+        (self.norm.forward(x), load)
     }
 
     /// The rotary tables and causal/padding/packing mask of a batch (`hidden`'s arguments).

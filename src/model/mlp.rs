@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu, silu};
 
 use super::linear::Linear;
-use super::moe::SparseMoe;
+use super::moe::{Routes, SparseMoe};
 use crate::kernels;
 
 /// The gate's activation, by its transformers name (`hidden_act`, `hidden_activation`).
@@ -173,9 +173,17 @@ pub enum FeedForward {
 impl FeedForward {
     /// x: [b, s, hidden] → same.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.forward_routed(x).0
+    }
+
+    /// [`Self::forward`], and a sparse block's routes.
+    pub fn forward_routed(&self, x: Tensor<3>) -> (Tensor<3>, Option<Routes>) {
         match self {
-            Self::Dense(mlp) => mlp.forward(x),
-            Self::Sparse(moe) => moe.forward(x),
+            Self::Dense(mlp) => (mlp.forward(x), None),
+            Self::Sparse(moe) => {
+                let (y, routes) = moe.forward_routed(x);
+                (y, Some(routes))
+            }
         }
     }
 

@@ -133,7 +133,7 @@ impl MoeConfig {
         }
         if json.output_router_logits == Some(true) {
             return Err(err(
-                "output_router_logits = true adds the router load-balancing loss to the training loss, which is not implemented; set it to false".into(),
+                "output_router_logits = true: the router load-balancing loss is the recipe's to turn on here (train.router_aux_loss_coef, as the config's router_aux_loss_coef); set output_router_logits to false".into(),
             ));
         }
         if let Some(&bad) = json.mlp_only_layers.iter().find(|&&l| l >= layers) {
@@ -290,6 +290,11 @@ impl SparseMoe {
 
     /// x: [b, s, hidden] → same; Σ over each token's k experts of weight · expert(x).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.forward_routed(x).0
+    }
+
+    /// [`Self::forward`], and the routes it took.
+    pub fn forward_routed(&self, x: Tensor<3>) -> (Tensor<3>, Routes) {
         let [b, s, h] = x.dims();
         let x = x.reshape([b * s, h]);
         let routes = self.route(x.clone());
@@ -303,19 +308,107 @@ impl SparseMoe {
         let weighted = Tensor::cat(outputs, 0) * routes.pair_weights().unsqueeze_dim(1);
         let y = x.zeros_like().select_assign(
             0,
-            routes.tokens,
+            routes.tokens.clone(),
             weighted,
             burn::tensor::IndexingUpdateOp::Add,
         );
         let y = y.reshape([b, s, h]);
-        match &self.shared {
+        let y = match &self.shared {
             Some(shared) => y + shared.forward(x.reshape([b, s, h])),
             None => y,
+        };
+        (y, routes)
+    }
+}
+
+/// The router load-balancing loss (`train.router_aux_loss_coef`) as transformers'
+/// `load_balancing_loss_func` computes it over a batch: with T_e the (token, slot) pairs routed
+/// to expert e and P_e the sum of its router probabilities, both over every sparse layer and
+/// the tokens the attention mask keeps, and R those tokens times the sparse layers,
+/// loss = E · Σ_e (T_e / R) · (P_e / R). T carries no gradient (the choice of experts does not);
+/// P does, through each layer's softmax.
+#[derive(Debug, Clone)]
+pub struct RouterLoad {
+    /// T, [E].
+    pub pairs: Tensor<1>,
+    /// P, [E].
+    pub probs: Tensor<1>,
+    /// R.
+    pub rows: f64,
+}
+
+impl RouterLoad {
+    /// The loss, [1].
+    pub fn loss(&self) -> Tensor<1> {
+        let experts = self.pairs.dims()[0] as f64;
+        (self.pairs.clone() * self.probs.clone())
+            .sum()
+            .mul_scalar(experts / (self.rows * self.rows))
+    }
+}
+
+/// Two sets of layers' statistics together.
+impl std::ops::Add for RouterLoad {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            pairs: self.pairs + other.pairs,
+            probs: self.probs + other.probs,
+            rows: self.rows + other.rows,
         }
     }
 }
 
+/// A batch's attention mask as one weight per token, [b·s] (1 kept, 0 padding), and how many
+/// it keeps: the tokens the router load-balancing loss counts.
+pub fn token_mask(attention_mask: &[Vec<u8>], device: &Device) -> (Tensor<1>, usize) {
+    // (A packed row numbers its examples 1, 2, …: each is a kept token.)
+    let flat: Vec<f32> = (attention_mask.iter().flatten())
+        .map(|&m| if m == 0 { 0.0 } else { 1.0 })
+        .collect();
+    let kept = flat.iter().filter(|&&m| m != 0.0).count();
+    let n = flat.len();
+    (transfer::upload(TensorData::new(flat, [n]), device), kept)
+}
+
 impl Routes {
+    /// The router's probabilities over every expert, [n, E] (for `Routing::TopKSoftmax`, whose
+    /// `probs` hold the logits, their softmax).
+    pub fn expert_probs(&self, routing: Routing) -> Tensor<2> {
+        match routing {
+            Routing::SoftmaxTopK { .. } => self.probs.clone(),
+            Routing::TopKSoftmax => softmax(self.probs.clone(), 1),
+        }
+    }
+
+    /// This layer's part of the [`RouterLoad`] over the tokens `mask` keeps ([n]; `kept` of
+    /// them).
+    pub fn load(&self, routing: Routing, mask: &Tensor<1>, kept: usize) -> RouterLoad {
+        let [n, k] = self.chosen.dims();
+        let probs = self.expert_probs(routing);
+        let experts = probs.dims()[1];
+        let pair_mask = mask
+            .clone()
+            .unsqueeze_dim::<2>(1)
+            .repeat_dim(1, k)
+            .reshape([n * k]);
+        let pairs = Tensor::<1>::zeros([experts], &mask.device()).scatter(
+            0,
+            self.chosen.clone().reshape([n * k]),
+            pair_mask,
+            burn::tensor::IndexingUpdateOp::Add,
+        );
+        let probs = (probs * mask.clone().unsqueeze_dim(1))
+            .sum_dim(0)
+            .reshape([experts]);
+        RouterLoad {
+            pairs,
+            probs,
+            rows: kept as f64,
+        }
+    }
+
     /// Each expert that got pairs, with its range in the sorted pairs.
     pub fn groups(&self) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> + '_ {
         let mut start = 0;

@@ -18,14 +18,30 @@ pub fn next_token_nll_sum(model: &Decoder, batch: &Batch) -> Option<Tensor<1>> {
     if at.is_empty() {
         return None;
     }
-    let hidden = model.hidden(&batch.input_ids, &batch.attention_mask);
+    let (hidden, load) = match model.router_aux_loss_coef {
+        0.0 => (model.hidden(&batch.input_ids, &batch.attention_mask), None),
+        _ => model.hidden_and_router_load(&batch.input_ids, &batch.attention_mask),
+    };
     // A chunk of positions at a time, as the training step's head: one [chunk, vocab] buffer
     // instead of a batch-sized one (200 MB for a 4×256 batch of SmolLM2).
     let chunk = logit_chunk(model.config.vocab_size);
-    at.chunks(chunk)
+    let nll = at
+        .chunks(chunk)
         .zip(targets.chunks(chunk))
         .map(|(at, targets)| nll_sum(model.head_at(hidden.clone(), at), targets.to_vec()))
-        .reduce(|total, chunk| total + chunk)
+        .reduce(|total, chunk| total + chunk)?;
+    // The router loss weighs as much as the micro-batch's labelled tokens: summed over a
+    // step and divided by its labelled tokens, coef · the token-weighted mean router loss.
+    Some(match load {
+        Some(load) => nll + load.loss().mul_scalar(router_weight(model, at.len())),
+        None => nll,
+    })
+}
+
+/// The router load-balancing loss's weight in a micro-batch's loss sum of `scored` labelled
+/// tokens (`Decoder::router_aux_loss_coef` per token).
+pub fn router_weight(model: &Decoder, scored: usize) -> f64 {
+    model.router_aux_loss_coef * scored as f64
 }
 
 /// Σ −log softmax(logits)[target] over the rows of logits [n, vocab] → [1].

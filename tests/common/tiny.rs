@@ -162,17 +162,20 @@ pub fn assert_ten_steps_equal_peft_on(
         init: fixtures,
         loraplus_lr_ratio: None,
         use_dora: false,
+        router_aux_loss_coef: 0.0,
     };
     assert_ten_steps_equal_peft_run(name, &run, device, what, gradient_checkpointing);
 }
 
 /// A PEFT training run to compare with: its fixture dir, the one holding its initial adapters,
-/// its optimiser's LoRA+ ratio and whether it trains DoRA.
+/// its optimiser's LoRA+ ratio, whether it trains DoRA and its router load-balancing loss's
+/// weight.
 pub struct PeftRun<'a> {
     pub fixtures: &'a str,
     pub init: &'a str,
     pub loraplus_lr_ratio: Option<f64>,
     pub use_dora: bool,
+    pub router_aux_loss_coef: f64,
 }
 
 /// The ten steps on the tiny model `name` against the PEFT run `run`.
@@ -195,6 +198,7 @@ pub fn assert_ten_steps_equal_peft_run(
         .load_adapter_weights(&fixture(run.init).join("init.safetensors"))
         .unwrap();
     model.gradient_checkpointing = gradient_checkpointing;
+    model.router_aux_loss_coef = run.router_aux_loss_coef;
     let base_before: Vec<Vec<f32>> = model
         .linears_mut()
         .iter()

@@ -95,10 +95,14 @@ def micro_batches(gen):
     return out
 
 
-def train_steps(model, params, opt, batches, label=""):
+def train_steps(model, params, opt, batches, label="", router_aux_loss_coef=0.0):
     """The ten steps: STEPS optimiser steps of ACCUM micro-batches each, the loss of a micro-batch
     the sum of token cross-entropies over the step's labelled tokens, clipping at MAX_NORM, a
-    linear schedule with 2 warmup steps on `opt`. Returns the trajectory (loss, grad norm, lr)."""
+    linear schedule with 2 warmup steps on `opt`. Returns the trajectory (loss, grad norm, lr).
+    With `router_aux_loss_coef`, a mixture of experts' micro-batch adds transformers' router
+    load-balancing loss (`aux_loss`: load_balancing_loss_func over its sparse layers and its
+    attention mask) times the coefficient, weighted by the micro-batch's share of the step's
+    labelled tokens (with one micro-batch a step: transformers' own `loss + coef · aux_loss`)."""
     sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=2, num_training_steps=STEPS)
     scaler = torch.amp.GradScaler("cpu", init_scale=F16_INIT_SCALE) if AUTOCAST == torch.float16 else None
     trajectory = []
@@ -108,13 +112,17 @@ def train_steps(model, params, opt, batches, label=""):
         total = 0.0
         for b in group:
             ids, mask, labels = (torch.tensor(b[k]) for k in ("input_ids", "attention_mask", "labels"))
+            routed = {"output_router_logits": True} if router_aux_loss_coef else {}
             with torch.autocast("cpu", dtype=AUTOCAST or torch.bfloat16, enabled=AUTOCAST is not None):
-                logits = model(input_ids=ids, attention_mask=mask).logits
-            logits = logits.float()  # as transformers' loss does: bf16 logits, an f32 loss
+                out = model(input_ids=ids, attention_mask=mask, **routed)
+            logits = out.logits.float()  # as transformers' loss does: bf16 logits, an f32 loss
             # next-token prediction: position t predicts label t+1
             loss = torch.nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                 ignore_index=-100, reduction="sum") / n_tokens
+            if router_aux_loss_coef:
+                share = int((labels[:, 1:] != -100).sum()) / n_tokens
+                loss = loss + router_aux_loss_coef * out.aux_loss * share
             (scaler.scale(loss) if scaler else loss).backward()
             total += float(loss)
         lr = sched.get_last_lr()[0]

@@ -18,6 +18,11 @@ attention and on every expert:
                    on block_sparse_moe.experts.gate_up_proj / down_proj, as qwen3-moe-fused; also
                    PEFT's own folder (peft/, target_parameters form) and its logits.
   olmoe            tiny-olmoe, per-expert as qwen3-moe.
+  qwen3-moe-aux, mixtral-aux
+                   qwen3-moe and mixtral with transformers' router load-balancing loss added at
+                   router_aux_loss_coef = 0.1 (train_steps: load_balancing_loss_func over every
+                   sparse layer and the attention mask, weighted by each micro-batch's share of
+                   the step's labelled tokens).
 
 Writes tests/fixtures/lora/train-<variant>/: init.safetensors and final.safetensors in the
 per-expert PEFT keys lora-tune uses (`…mlp.experts.{e}.gate_up_proj.lora_A.weight` for the
@@ -34,6 +39,7 @@ skips an adapter without a gradient in AdamW, where lora-tune's zero gradient wo
 
 Environment: transformers==5.23.0, peft==0.21.2, torch per DESIGN.md §6.
 Usage: python3 tools/reference/moe_train.py qwen3-moe|qwen3-moe-fused|qwen2-moe|mixtral|granitemoe-fused|olmoe
+       |qwen3-moe-aux|mixtral-aux
 """
 import json
 import sys
@@ -47,14 +53,15 @@ from transformers import AutoModelForCausalLM
 from lora_train import ROOT, lora_state, micro_batches, train_steps
 
 VARIANT = sys.argv[1]
-BASE = ROOT / "tests/fixtures/llama" / f"tiny-{VARIANT.removesuffix('-fused')}"
+AUX_COEF = 0.1 if VARIANT.endswith("-aux") else 0.0
+BASE = ROOT / "tests/fixtures/llama" / f"tiny-{VARIANT.removesuffix('-fused').removesuffix('-aux')}"
 OUT = ROOT / "tests/fixtures/lora" / f"train-{VARIANT}"
 FUSED = VARIANT.endswith("-fused")
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 # Each expert's gate, up and down projections as the per-expert checkpoint names them.
-NAMES = ("w1", "w3", "w2") if VARIANT == "mixtral" else ("gate_proj", "up_proj", "down_proj")
+NAMES = ("w1", "w3", "w2") if VARIANT.startswith("mixtral") else ("gate_proj", "up_proj", "down_proj")
 
 
 class Expert(nn.Module):
@@ -110,7 +117,7 @@ def per_expert(model):
 def checkpoint_keys(state):
     """Mixtral's block is `mlp` in transformers 5 but `block_sparse_moe` in its checkpoints (and
     in PEFT folders written before transformers 5): keys as the checkpoint names modules."""
-    if VARIANT != "mixtral":
+    if not VARIANT.startswith("mixtral"):
         return state
     return {k.replace(".mlp.", ".block_sparse_moe."): v for k, v in state.items()}
 
@@ -152,7 +159,7 @@ def main():
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=5e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
     hook_every_step_hits_every_expert(model, opt, experts)
-    trajectory = train_steps(model, params, opt, batches)
+    trajectory = train_steps(model, params, opt, batches, router_aux_loss_coef=AUX_COEF)
     final = state()
     save_file(final, OUT / "final.safetensors")
     (OUT / "trajectory.json").write_text(json.dumps(trajectory, indent=1) + "\n")
@@ -160,7 +167,7 @@ def main():
         check_mapping(model, final, batches[0])
     elif FUSED:
         save_target_parameters_folder(model, batches[0])
-    else:
+    elif not AUX_COEF:  # the aux runs' adapters load as the plain runs' do
         save_and_reload(model, batches[0])
 
 

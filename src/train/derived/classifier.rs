@@ -150,7 +150,7 @@ fn decoder_step(
         Pooling::Mean => mean_pool_backward(dpooled, &batch.attention_mask, [b, s, h]),
     };
     let dx = rms_norm_backward(&decoder.norm, x, dnormed);
-    let factors = pass.backward(decoder, dx);
+    let factors = pass.backward(decoder, dx, None);
     let mut grads: Vec<Tensor<2>> = factors.into_iter().flatten().flatten().collect();
     grads.extend(head_grads);
     Ok((loss, grads))

@@ -146,9 +146,19 @@ impl LayerTape {
             FeedForwardTape::Dense(_) => None,
         }
     }
+
+    /// [`Self::routes`], borrowed.
+    pub fn routes_ref(&self) -> Option<&Routes> {
+        match &self.mlp {
+            FeedForwardTape::Sparse(tape) => Some(tape.routes_ref()),
+            FeedForwardTape::Dense(_) => None,
+        }
+    }
 }
 
 /// dy [b·s, hidden] → the input gradient (when `need_dx`) and the adapters' gradients.
+/// `router_dprobs`: in a mixture-of-experts layer, the router load-balancing loss's gradient
+/// with respect to its probabilities over every expert, [b·s, E].
 pub fn backward(
     layer: &DecoderLayer,
     tape: LayerTape,
@@ -156,6 +166,7 @@ pub fn backward(
     shape: Shape,
     inputs: &LayerInputs,
     need_dx: bool,
+    router_dprobs: Option<Tensor<2>>,
 ) -> (Option<Tensor<2>>, LayerGradients) {
     let m = layer.residual_multiplier;
     let LayerNorms {
@@ -177,7 +188,7 @@ pub fn backward(
             (df, gate_up.into_iter().chain([down]).collect())
         }
         (FeedForward::Sparse(sparse), FeedForwardTape::Sparse(tape)) => {
-            moe::backward(sparse, tape, df)
+            moe::backward(sparse, tape, df, router_dprobs)
         }
         _ => unreachable!("a layer's tape comes from its own forward"),
     };

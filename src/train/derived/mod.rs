@@ -23,12 +23,13 @@ use self::layer::{LayerTape, Shape};
 use self::linear::FactorGradients;
 use super::TrainError;
 use super::autograd::{Gradients, Seed};
-use super::cross_entropy::scored_positions;
+use super::cross_entropy::{router_weight, scored_positions};
+use super::scalar;
 use crate::data::batch::Batch;
 use crate::memory::logit_chunk;
 use crate::model::decoder::{Decoder, DecoderLayer, LayerInputs};
 use crate::model::mlp::FeedForward;
-use crate::model::moe::Routes;
+use crate::model::moe::{RouterLoad, Routes, token_mask};
 
 /// `Objective::loss_and_gradients` for a decoder: `loss / seed.denominator` and the gradient of every
 /// trained tensor in `AdaptedModel::params_mut` order; None when nothing in `batch` is scored.
@@ -63,12 +64,16 @@ pub fn loss_and_gradients_chunked(
     }
     let (x, pass) = DecoderPass::forward(model, batch);
     let head = head::backward(model, &x, &at, &targets, seed, logit_chunk)?;
+    let (router_loss, router_dprobs) = match pass.router_loss(model, at.len(), seed)? {
+        Some((loss, dprobs)) => (loss, Some(dprobs)),
+        None => (0.0, None),
+    };
     let factors = pass
-        .backward(model, head.dx)
+        .backward(model, head.dx, router_dprobs)
         .into_iter()
         .chain([head.adapter]);
     let grads = factors.flatten().flatten().collect();
-    Ok(Some((head.loss, grads)))
+    Ok(Some((head.loss + router_loss, grads)))
 }
 
 /// A decoder's layers forward, keeping what their backward needs (for the LM head or a
@@ -79,6 +84,9 @@ pub struct DecoderPass {
     /// The lowest layer with adapters: below it nothing trains (plain forward, no backward).
     lowest: Option<usize>,
     kept: Vec<Kept>,
+    /// With `router_aux_loss_coef`: the sparse layers' router load over the batch's tokens,
+    /// and the tokens' mask [b·s].
+    router: Option<(RouterLoad, Tensor<1>)>,
 }
 
 impl DecoderPass {
@@ -93,8 +101,28 @@ impl DecoderPass {
             .embed(&batch.input_ids)
             .reshape([shape.b * shape.s, hidden]);
         let mut kept = Vec::new();
+        let mask = (model.router_aux_loss_coef != 0.0 && model.config.moe.is_some())
+            .then(|| token_mask(&batch.attention_mask, &x.device()));
+        let mut router: Option<(RouterLoad, Tensor<1>)> = None;
+        let mut count = |layer: &DecoderLayer, routes: Option<&Routes>| {
+            if let (Some((mask, kept)), Some(routes), FeedForward::Sparse(moe)) =
+                (&mask, routes, &layer.mlp)
+            {
+                let this = routes.load(moe.routing, mask, *kept);
+                router = Some(match router.take() {
+                    Some((load, mask)) => (load + this, mask),
+                    None => (this, mask.clone()),
+                });
+            }
+        };
         for (i, layer) in model.layers.iter().enumerate() {
-            if lowest.is_none_or(|lowest| i < lowest) {
+            let sparse = matches!(layer.mlp, FeedForward::Sparse(_));
+            if lowest.is_none_or(|lowest| i < lowest) && sparse && mask.is_some() {
+                // Nothing below trains, but the router loss counts this layer's routes.
+                let (y, tape) = layer::forward(layer, x, shape, &inputs, None);
+                count(layer, tape.routes_ref());
+                x = y;
+            } else if lowest.is_none_or(|lowest| i < lowest) {
                 x = plain_forward(layer, x, shape, &inputs);
             } else if model.gradient_checkpointing {
                 let streams = dropout_streams(layer);
@@ -108,10 +136,12 @@ impl DecoderPass {
                         (plain_forward(layer, x.clone(), shape, &inputs), None)
                     }
                 };
+                count(layer, routes.as_ref());
                 kept.push(Kept::Input(x, streams, routes));
                 x = y;
             } else {
                 let (y, tape) = layer::forward(layer, x, shape, &inputs, None);
+                count(layer, tape.routes_ref());
                 kept.push(Kept::Tape(tape));
                 x = y;
             }
@@ -121,13 +151,43 @@ impl DecoderPass {
             shape,
             lowest,
             kept,
+            router,
         };
         (x, pass)
     }
 
+    /// The router load-balancing loss's part of a micro-batch with `scored` labelled tokens
+    /// (`cross_entropy::router_weight`): its loss over the seed's denominator and, seeded as
+    /// the head's loss is, its
+    /// gradient with respect to every sparse layer's router probabilities — the same [b·s, E]
+    /// for each, coef · scored · E · mask_t · T_e / R². None without the loss.
+    fn router_loss(
+        &self,
+        model: &Decoder,
+        scored: usize,
+        seed: Seed,
+    ) -> Result<Option<(f64, Tensor<2>)>, TrainError> {
+        let Some((load, mask)) = &self.router else {
+            return Ok(None);
+        };
+        let weight = router_weight(model, scored);
+        // Divided as the head's loss is (`Seed`): the step's mean.
+        let loss = weight * scalar(load.loss())? / seed.denominator as f64;
+        let experts = load.pairs.dims()[0] as f64;
+        let dprobs = mask.clone().unsqueeze_dim::<2>(1) * load.pairs.clone().unsqueeze_dim(0);
+        let dprobs = dprobs.mul_scalar(weight * experts / (load.rows * load.rows));
+        Ok(Some((loss, seed.gradient(dprobs, 1.0))))
+    }
+
     /// The gradient of the last layer's output → every adapter's factor gradients, layer by
     /// layer in `Decoder::linears_mut` order (recomputing each tape under checkpointing).
-    pub fn backward(self, model: &Decoder, dy: Tensor<2>) -> Vec<Option<FactorGradients>> {
+    /// `router_dprobs`: [`Self::router_loss`]'s gradient, for every sparse layer.
+    pub fn backward(
+        self,
+        model: &Decoder,
+        dy: Tensor<2>,
+        router_dprobs: Option<Tensor<2>>,
+    ) -> Vec<Option<FactorGradients>> {
         let Some(lowest) = self.lowest else {
             return Vec::new();
         };
@@ -143,7 +203,9 @@ impl DecoderPass {
                     layer::forward(layer, x, shape, inputs, routes).1
                 }
             };
-            let (dx, grads) = layer::backward(layer, tape, dy.clone(), shape, inputs, i > 0);
+            let dprobs = router_dprobs.clone();
+            let (dx, grads) =
+                layer::backward(layer, tape, dy.clone(), shape, inputs, i > 0, dprobs);
             per_layer.push(grads);
             if let Some(dx) = dx {
                 dy = dx;

@@ -81,14 +81,21 @@ impl MoeTape {
     pub fn routes(self) -> Routes {
         self.routes
     }
+
+    pub fn routes_ref(&self) -> &Routes {
+        &self.routes
+    }
 }
 
 /// dy [n, hidden] → dx and the experts' adapter gradients, expert by expert in
-/// `FeedForward::named` order (zeros for an adapted expert no token reached).
+/// `FeedForward::named` order (zeros for an adapted expert no token reached). `router_dprobs`:
+/// the router load-balancing loss's gradient with respect to the probabilities over every
+/// expert [n, E], which reaches the router's logits through their softmax.
 pub fn backward(
     moe: &SparseMoe,
     tape: MoeTape,
     dy: Tensor<2>,
+    router_dprobs: Option<Tensor<2>>,
 ) -> (Tensor<2>, Vec<Option<FactorGradients>>) {
     let routes = tape.routes;
     let [n, k] = routes.weights.dims();
@@ -115,7 +122,13 @@ pub fn backward(
     let dweights = Tensor::<1>::zeros([n * k], &dy.device())
         .select_assign(0, routes.pairs.clone(), dpair, IndexingUpdateOp::Add)
         .reshape([n, k]);
-    let dlogits = routing_backward(moe.routing, &routes, dweights); // [n, E]
+    let mut dlogits = routing_backward(moe.routing, &routes, dweights); // [n, E]
+    if let Some(dprobs) = router_dprobs {
+        // The softmax over every expert: dz = p ⊙ (dp − Σ p·dp).
+        let probs = routes.expert_probs(moe.routing);
+        let inner = (probs.clone() * dprobs.clone()).sum_dim(1);
+        dlogits = dlogits + probs * (dprobs - inner);
+    }
     let mut dx = dx + dlogits.matmul(moe.gate.clone());
     let mut grads: Vec<Option<FactorGradients>> = grads.into_iter().flatten().collect();
     if let (Some(shared), Some(tape)) = (&moe.shared, tape.shared) {
