@@ -564,49 +564,50 @@ fn tiny_mixtures_of_experts_from_gguf_match_transformers() {
     }
 }
 
-/// `model.keep_quantized` on a mixture of experts: llama.cpp's Q8_0 quantisation of
-/// tiny-qwen3-moe.gguf (`llama_model_quantize`, tools/reference/gguf_fixtures.py) keeps each
-/// expert's slice of the stacked Q8_0 tensors in its blocks — every linear of the four experts
-/// and the attention, in both layers, and the head — and gives the dequantised load's logits;
-/// the router stays f32, as the file stores it.
+/// `model.keep_quantized` on a mixture of experts, on files llama.cpp quantised itself
+/// (`llama_model_quantize`, tools/reference/gguf_fixtures.py): tiny-qwen3-moe.gguf in Q8_0, and
+/// a Qwen3-MoE wide enough for the K-quants in Q4_K_M (experts in Q4_K, layer 1's down
+/// projections in Q6_K). Each expert's slice of the stacked tensors stays in its blocks —
+/// every linear of the four experts and the attention, in both layers, and the head — and the
+/// logits equal the dequantised load's; the router stays f32, as the files store it.
 #[test]
-fn kept_q8_0_expert_blocks_give_the_dequantised_logits() {
+fn kept_expert_blocks_give_the_dequantised_logits() {
     use lora_tune::model::BaseStorage;
     use lora_tune::model::frozen::FrozenWeight;
-    let files =
-        lora_tune::source::ModelFiles::Gguf(Path::new(FIXTURES).join("tiny-qwen3-moe-q8_0.gguf"));
-    let keep = BaseStorage {
-        keep_quantized: true,
-        ..Default::default()
-    };
-    let mut kept = lora_tune::model::load(&files, &cpu(), keep).unwrap();
-    let dense = lora_tune::model::load(&files, &cpu(), BaseStorage::default()).unwrap();
-    let blocks: Vec<String> = kept
-        .linears_mut()
-        .iter()
-        .filter(|(_, l)| matches!(l.weight, FrozenWeight::Blocks(_)))
-        .map(|(name, _)| name.clone())
-        .collect();
-    assert_eq!(blocks.len(), 2 * (4 + 4 * 3) + 1, "{blocks:?}"); // and the untied head
-    assert!(
-        blocks
-            .iter()
-            .any(|n| n.ends_with("mlp.experts.3.down_proj"))
-    );
     let bytes = std::fs::read(Path::new(FIXTURES).join("tiny-qwen3-moe/reference.safetensors"));
     let bytes = bytes.unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let (ids, mask) = reference_inputs(&st);
-    let (got, want) = (
-        to_vec(kept.forward(&ids, &mask)),
-        to_vec(dense.forward(&ids, &mask)),
-    );
-    let scale = want.iter().fold(0f32, |m, w| m.max(w.abs()));
-    let worst = got
-        .iter()
-        .zip(&want)
-        .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
-    assert!(worst <= 1e-6 * scale, "logits off by {worst} of {scale}");
+    for file in ["tiny-qwen3-moe-q8_0.gguf", "small-qwen3-moe-q4_k_m.gguf"] {
+        let files = lora_tune::source::ModelFiles::Gguf(Path::new(FIXTURES).join(file));
+        let keep = BaseStorage {
+            keep_quantized: true,
+            ..Default::default()
+        };
+        let mut kept = lora_tune::model::load(&files, &cpu(), keep).unwrap();
+        let dense = lora_tune::model::load(&files, &cpu(), BaseStorage::default()).unwrap();
+        let blocks: Vec<String> = kept
+            .linears_mut()
+            .iter()
+            .filter(|(_, l)| matches!(l.weight, FrozenWeight::Blocks(_)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        // Both layers' attention and experts, and the untied head.
+        assert_eq!(blocks.len(), 2 * (4 + 4 * 3) + 1, "{file}: {blocks:?}");
+        let (got, want) = (
+            to_vec(kept.forward(&ids, &mask)),
+            to_vec(dense.forward(&ids, &mask)),
+        );
+        let scale = want.iter().fold(0f32, |m, w| m.max(w.abs()));
+        let worst = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+        assert!(
+            worst <= 1e-6 * scale,
+            "{file}: logits off by {worst} of {scale}"
+        );
+    }
 }
 
 /// Qwen3-MoE's `decoder_sparse_step` 2 and `mlp_only_layers` [3] leave one sparse layer of four.

@@ -26,6 +26,10 @@ gguf_lora.py), the reference for reading GGUF metadata and tensors the way llama
                                          architecture (renormalised for qwen3moe and llama, not
                                          for qwen2moe and olmoe), so transformers' logits of the
                                          HF fixture are the reference for the GGUF too
+  tests/fixtures/llama/small-qwen3-moe-q4_k_m.gguf  a random Qwen3-MoE wide enough for the
+                                         K-quants (hidden 256, 4 experts of 256, 2 layers; seed
+                                         5) converted and quantised to Q4_K_M by llama.cpp: its
+                                         stacked experts in Q4_K and Q6_K super-blocks
   tests/fixtures/llama/tiny-qwen3-moe-q8_0.gguf  tiny-qwen3-moe.gguf quantised to Q8_0 by
                                          llama.cpp's own `llama_model_quantize` (the experts'
                                          stacked tensors in Q8_0 blocks; the tiny rows are too
@@ -76,15 +80,39 @@ def main():
             print("wrote", out)
         if name == "tiny-qwen3-moe":
             quantize_q8_0(out, fixtures / "tiny-qwen3-moe-q8_0.gguf")
+            small_kquant_moe(fixtures, convert_hf_to_gguf)
 
 
-def quantize_q8_0(src, out):
+def quantize_q8_0(src, out, ftype="LLAMA_FTYPE_MOSTLY_Q8_0"):
     import ctypes
     import llama_cpp
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
+    params.ftype = getattr(llama_cpp, ftype)
     assert llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params)) == 0
     print("wrote", out)
+
+
+def small_kquant_moe(fixtures, convert_hf_to_gguf):
+    import torch
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+    torch.manual_seed(5)
+    config = Qwen3MoeConfig(vocab_size=256, hidden_size=256, num_attention_heads=4, num_key_value_heads=2,
+                            head_dim=64, num_hidden_layers=2, intermediate_size=512, moe_intermediate_size=256,
+                            num_experts=4, num_experts_per_tok=2, norm_topk_prob=True, tie_word_embeddings=False,
+                            max_position_embeddings=128, rms_norm_eps=1e-5)
+    model = Qwen3MoeForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.1)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = pathlib.Path(tmp) / "small-qwen3-moe"
+        model.save_pretrained(src)
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(fixtures / "tiny-llama" / f, src / f)
+        f32 = pathlib.Path(tmp) / "small-qwen3-moe.gguf"
+        sys.argv = ["convert_hf_to_gguf.py", str(src), "--outtype", "f32", "--outfile", str(f32)]
+        convert_hf_to_gguf.main()
+        quantize_q8_0(f32, fixtures / "small-qwen3-moe-q4_k_m.gguf", "LLAMA_FTYPE_MOSTLY_Q4_K_M")
 
 
 if __name__ == "__main__":
