@@ -179,6 +179,85 @@ fn moe_gguf_loras_equal_llama_cpp_converter_output() {
     }
 }
 
+/// GraniteMoE (`granitemoe`): llama.cpp's converter splits each layer's input_linear into
+/// ffn_gate_exps and ffn_up_exps and cannot convert a target_parameters folder, so the fused
+/// gate_up adapter of each expert is written as the two stacks llama.cpp applies to those
+/// halves: the same A for both, B's gate rows and up rows — each expert's gate and up products
+/// are the fused product's rows. Attention Q/K B rows are permuted (its converter is Llama's).
+/// llama.cpp itself gives PEFT's adapted logits with this file on tiny-granitemoe.gguf
+/// (tools/reference/moe_llama_cpp.py).
+#[test]
+fn granitemoe_gguf_lora_splits_each_experts_gate_up_adapter() {
+    let mut model = adapted_tiny("tiny-granitemoe", "train-granitemoe-fused/peft");
+    let folder = Path::new(ROOT).join("tests/fixtures/lora/train-granitemoe-fused/peft");
+    let config = peft::read_config(&folder).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("adapter.gguf");
+    let adapters = model.adapter_tensors().unwrap();
+    gguf_lora::write(
+        &path,
+        &model.config,
+        adapters.clone(),
+        &config,
+        "t",
+        TensorType::F32,
+    )
+    .unwrap();
+    let ours = GgufFile::open(&path).unwrap();
+    let arch = ours.get("general.architecture").and_then(MetaValue::as_str);
+    assert_eq!(arch, Some("granitemoe"));
+    // 2 layers × (4 attention + 3 expert stacks) × (A, B).
+    assert_eq!(ours.tensors.len(), 2 * 7 * 2);
+    let tensor = |name: &str| {
+        let t = ours.tensors.iter().find(|t| t.name == name);
+        let t = t.unwrap_or_else(|| panic!("{name} missing"));
+        (t.dims.clone(), ours.dequantize(t).unwrap())
+    };
+    let (r, experts, hidden, width) = (4, 4, 64, 32);
+    for layer in 0..2 {
+        let fused = |f: char| {
+            let key = |e| {
+                format!(
+                    "base_model.model.model.layers.{layer}.block_sparse_moe.experts.{e}.gate_up_proj.lora_{f}.weight"
+                )
+            };
+            (0..experts)
+                .map(|e| {
+                    adapters
+                        .iter()
+                        .find(|(k, _)| *k == key(e))
+                        .unwrap()
+                        .1
+                        .clone()
+                })
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = (fused('A'), fused('B'));
+        for (half, rows) in [("gate", 0..width), ("up", width..2 * width)] {
+            let (a_dims, got_a) = tensor(&format!("blk.{layer}.ffn_{half}_exps.weight.lora_a"));
+            let (b_dims, got_b) = tensor(&format!("blk.{layer}.ffn_{half}_exps.weight.lora_b"));
+            assert_eq!(a_dims, [hidden as u64, r as u64, experts as u64]);
+            assert_eq!(b_dims, [r as u64, width as u64, experts as u64]);
+            for e in 0..experts {
+                assert_eq!(got_a[e * r * hidden..(e + 1) * r * hidden], a[e].values[..]);
+                let want = &b[e].values[rows.start * r..rows.end * r];
+                assert_eq!(
+                    got_b[e * width * r..(e + 1) * width * r],
+                    want[..],
+                    "{half} {e}"
+                );
+            }
+        }
+    }
+    // Q's B rows as llama.cpp's converter permutes them.
+    let (_, q) = tensor("blk.0.attn_q.weight.lora_b");
+    let key = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight";
+    let hf = &adapters.iter().find(|(k, _)| k == key).unwrap().1;
+    let permuted = lora_tune::weights::gguf_names::permute_rows(&hf.values, 64, r, 4).unwrap();
+    assert_eq!(q, permuted);
+    assert_ne!(q, hf.values);
+}
+
 #[test]
 fn gguf_lora_equals_llama_cpp_converter_output() {
     let (mut model, _, theirs) = compare_with_converter(TensorType::F32, "tiny-lora.gguf");

@@ -512,20 +512,44 @@ fn tiny_mixtures_of_experts_in_both_layouts_match_transformers() {
 
 /// The mixtures of experts as GGUF files written by llama.cpp's converter
 /// (tools/reference/gguf_fixtures.py): `qwen3moe` from both on-disk layouts, `qwen2moe` with
-/// its shared expert, `olmoe`, and Mixtral as `llama` with experts (Q/K permuted, experts named
-/// w1/w3/w2 under block_sparse_moe). The stacked ffn_*_exps tensors are read one expert at a
+/// its shared expert, `olmoe`, Mixtral as `llama` with experts (Q/K permuted, experts named
+/// w1/w3/w2 under block_sparse_moe), and `granitemoe` (Q/K permuted, each layer's
+/// input_linear split into ffn_gate_exps and ffn_up_exps, joined back on reading). The stacked ffn_*_exps tensors are read one expert at a
 /// time, and the routing is renormalised as llama.cpp hard-codes it per architecture, which is
 /// what these fixtures' configs say: each gives its HF checkpoint's transformers logits,
 /// greedy tokens and routes. With `keep_quantized` an expert's blocks are split the same way.
 #[test]
 fn tiny_mixtures_of_experts_from_gguf_match_transformers() {
     use lora_tune::model::moe::Routing;
-    for (name, reference, family, renormalize) in [
-        ("tiny-qwen3-moe", "tiny-qwen3-moe", "qwen3moe", true),
-        ("tiny-qwen3-moe-fused", "tiny-qwen3-moe", "qwen3moe", true),
-        ("tiny-qwen2-moe", "tiny-qwen2-moe", "qwen2moe", false),
-        ("tiny-olmoe", "tiny-olmoe", "olmoe", false),
-        ("tiny-mixtral", "tiny-mixtral", "llama", true),
+    let renormalized = |renormalize| Routing::SoftmaxTopK { renormalize };
+    for (name, reference, family, routing) in [
+        (
+            "tiny-qwen3-moe",
+            "tiny-qwen3-moe",
+            "qwen3moe",
+            renormalized(true),
+        ),
+        (
+            "tiny-qwen3-moe-fused",
+            "tiny-qwen3-moe",
+            "qwen3moe",
+            renormalized(true),
+        ),
+        (
+            "tiny-qwen2-moe",
+            "tiny-qwen2-moe",
+            "qwen2moe",
+            renormalized(false),
+        ),
+        ("tiny-olmoe", "tiny-olmoe", "olmoe", renormalized(false)),
+        ("tiny-mixtral", "tiny-mixtral", "llama", renormalized(true)),
+        // llama.cpp's softmax, top k, renormalised: GraniteMoE's softmax over the top k.
+        (
+            "tiny-granitemoe",
+            "tiny-granitemoe",
+            "granitemoe",
+            Routing::TopKSoftmax,
+        ),
     ] {
         let model = tiny_gguf(name);
         let c = &model.config;
@@ -537,7 +561,7 @@ fn tiny_mixtures_of_experts_from_gguf_match_transformers() {
         .unwrap();
         let hf_moe = hf.moe.as_ref().unwrap();
         assert_eq!(c.family, hf.family, "{name}");
-        assert_eq!(moe.routing, Routing::SoftmaxTopK { renormalize }, "{name}");
+        assert_eq!(moe.routing, routing, "{name}");
         assert_eq!(
             (moe.num_experts, moe.top_k, moe.expert_intermediate_size),
             (
@@ -565,7 +589,8 @@ fn tiny_mixtures_of_experts_from_gguf_match_transformers() {
 }
 
 /// `model.keep_quantized` on a mixture of experts, on files llama.cpp quantised itself
-/// (`llama_model_quantize`, tools/reference/gguf_fixtures.py): tiny-qwen3-moe.gguf in Q8_0, and
+/// (`llama_model_quantize`, tools/reference/gguf_fixtures.py): tiny-qwen3-moe.gguf and
+/// tiny-granitemoe.gguf (each expert's gate and up blocks joined into one matrix) in Q8_0, and
 /// a Qwen3-MoE wide enough for the K-quants in Q4_K_M (experts in Q4_K, layer 1's down
 /// projections in Q6_K). Each expert's slice of the stacked tensors stays in its blocks —
 /// every linear of the four experts and the attention, in both layers, and the head — and the
@@ -578,7 +603,13 @@ fn kept_expert_blocks_give_the_dequantised_logits() {
     let bytes = bytes.unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let (ids, mask) = reference_inputs(&st);
-    for file in ["tiny-qwen3-moe-q8_0.gguf", "small-qwen3-moe-q4_k_m.gguf"] {
+    // Each layer's attention (4) and experts (4 × gate, up, down; GraniteMoE's gate and up
+    // joined into one gate_up_proj per expert), and the untied head.
+    for (file, linears) in [
+        ("tiny-qwen3-moe-q8_0.gguf", 2 * (4 + 4 * 3) + 1),
+        ("small-qwen3-moe-q4_k_m.gguf", 2 * (4 + 4 * 3) + 1),
+        ("tiny-granitemoe-q8_0.gguf", 2 * (4 + 4 * 2) + 1),
+    ] {
         let files = lora_tune::source::ModelFiles::Gguf(Path::new(FIXTURES).join(file));
         let keep = BaseStorage {
             keep_quantized: true,
@@ -592,8 +623,7 @@ fn kept_expert_blocks_give_the_dequantised_logits() {
             .filter(|(_, l)| matches!(l.weight, FrozenWeight::Blocks(_)))
             .map(|(name, _)| name.clone())
             .collect();
-        // Both layers' attention and experts, and the untied head.
-        assert_eq!(blocks.len(), 2 * (4 + 4 * 3) + 1, "{file}: {blocks:?}");
+        assert_eq!(blocks.len(), linears, "{file}: {blocks:?}");
         let (got, want) = (
             to_vec(kept.forward(&ids, &mask)),
             to_vec(dense.forward(&ids, &mask)),

@@ -185,8 +185,9 @@ fn merged_from_family_ggufs_gives_the_adapted_logits() {
 
 /// Mixture-of-experts GGUF bases (tools/reference/gguf_fixtures.py): PEFT's per-expert folders
 /// of the trained adapters (tools/reference/moe_train.py) folded into the experts read out of
-/// the stacked ffn_*_exps tensors; the merged directory is its family's per-expert checkpoint
-/// with the config llama.cpp's reading implies, and reloads to PEFT's adapted logits.
+/// the stacked ffn_*_exps tensors; the merged directory is its family's checkpoint (per
+/// expert; GraniteMoE's 3-D input_linear / output_linear) with the config llama.cpp's reading
+/// implies, and reloads to PEFT's adapted logits.
 #[test]
 fn merged_from_moe_ggufs_gives_the_adapted_logits() {
     for (name, model_type, train) in [
@@ -194,6 +195,8 @@ fn merged_from_moe_ggufs_gives_the_adapted_logits() {
         ("tiny-qwen2-moe", "qwen2_moe", "train-qwen2-moe"),
         ("tiny-olmoe", "olmoe", "train-olmoe"),
         ("tiny-mixtral", "mixtral", "train-mixtral"),
+        // The target_parameters folder into the input_linear joined from ffn_gate/up_exps.
+        ("tiny-granitemoe", "granitemoe", "train-granitemoe-fused"),
     ] {
         let gguf = Path::new(ROOT).join(format!("tests/fixtures/llama/{name}.gguf"));
         let out = tempfile::tempdir().unwrap();

@@ -323,20 +323,28 @@ fn a_model_whose_window_is_shorter_than_the_rows_trains() {
 /// A GGUF holding only the metadata of a 2-layer `llama`, `extra` added or replacing a key;
 /// its config as read.
 fn gguf_config_with(extra: &[(&str, MetaValue)]) -> Result<DecoderConfig, String> {
+    gguf_config_of("llama", extra)
+}
+
+/// [`gguf_config_with`] for the architecture `arch`.
+fn gguf_config_of(arch: &str, extra: &[(&str, MetaValue)]) -> Result<DecoderConfig, String> {
     let base = [
-        ("general.architecture", MetaValue::String("llama".into())),
-        ("llama.vocab_size", MetaValue::U32(256)),
-        ("llama.embedding_length", MetaValue::U32(64)),
-        ("llama.feed_forward_length", MetaValue::U32(96)),
-        ("llama.block_count", MetaValue::U32(2)),
-        ("llama.attention.head_count", MetaValue::U32(4)),
-        ("llama.attention.head_count_kv", MetaValue::U32(2)),
-        ("llama.rope.dimension_count", MetaValue::U32(16)),
-    ];
-    let mut metadata: Vec<(&str, MetaValue)> = base
-        .into_iter()
-        .filter(|(key, _)| !extra.iter().any(|(k, _)| k == key))
-        .collect();
+        ("vocab_size", 256),
+        ("embedding_length", 64),
+        ("feed_forward_length", 96),
+        ("block_count", 2),
+        ("attention.head_count", 4),
+        ("attention.head_count_kv", 2),
+        ("rope.dimension_count", 16),
+    ]
+    .map(|(key, v)| (format!("{arch}.{key}"), MetaValue::U32(v)));
+    let mut metadata: Vec<(&str, MetaValue)> =
+        vec![("general.architecture", MetaValue::String(arch.into()))];
+    metadata.extend(
+        base.iter()
+            .filter(|(key, _)| !extra.iter().any(|(k, _)| k == key))
+            .map(|(k, v)| (k.as_str(), v.clone())),
+    );
     metadata.extend(extra.iter().cloned());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.gguf");
@@ -388,6 +396,20 @@ fn gguf_metadata_that_changes_the_computation_is_read_or_refused_by_name() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // GraniteMoeShared converts to `granitemoe` with a shared expert's width.
+    let shared = gguf_config_of(
+        "granitemoe",
+        &[
+            ("granitemoe.expert_count", MetaValue::U32(4)),
+            ("granitemoe.expert_used_count", MetaValue::U32(2)),
+            (
+                "granitemoe.expert_shared_feed_forward_length",
+                MetaValue::U32(64),
+            ),
+        ],
+    );
+    let shared = shared.unwrap_err();
+    assert!(shared.contains("GraniteMoeShared"), "{shared}");
     let none = gguf_config_with(&[("llama.rope.scaling.type", MetaValue::String("none".into()))]);
     assert!(none.is_ok(), "{none:?}");
     let window = gguf_config_with(&[("llama.attention.sliding_window", MetaValue::U32(32))]);

@@ -6,13 +6,15 @@
 //! llama.cpp scales by alpha / r with r read from the tensors, so rsLoRA's α/√r is written as
 //! α·√r, and a per-module `alpha_pattern` cannot be expressed. A mixture of experts' adapters
 //! are stacked per layer and projection as its base stacks the experts: `ffn_{gate,up,down}_exps
-//! .weight.lora_a` [E, r, in] and `.lora_b` [E, out, r], expert after expert.
+//! .weight.lora_a` [E, r, in] and `.lora_b` [E, out, r], expert after expert (a fused
+//! gate_up adapter, GraniteMoE's, split into gate and up as the converter splits the base).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::model::decoder_config::DecoderConfig;
 use crate::peft::config::PeftConfig;
+use crate::peft::folder::split_gate_up;
 use crate::peft::parse_factor_key;
 use crate::weights::gguf::MetaValue;
 use crate::weights::gguf_names::{gguf_expert_module, gguf_module, permute_rows, permuted_heads};
@@ -78,6 +80,13 @@ pub fn write(
     let mut tensors = Vec::new();
     // (stacked tensor name) → each expert's factor, in expert order.
     let mut stacked: BTreeMap<String, BTreeMap<usize, HostTensor>> = BTreeMap::new();
+    // A fused expert's gate_up adapter (GraniteMoE's) as llama.cpp's separate gate and up.
+    let adapters = adapters
+        .into_iter()
+        .flat_map(|(key, t)| match split_gate_up(&key, &t) {
+            Some(halves) => halves.to_vec(),
+            None => vec![(key, t)],
+        });
     for (key, t) in adapters {
         let (path, factor) =
             parse_factor_key(&key).ok_or_else(|| GgufLoraError::NotAFactor(key.clone()))?;
@@ -93,7 +102,9 @@ pub fn write(
         let permuted = permuted_heads(&format!("{module}.weight"), heads, kv_heads);
         // llama.cpp's converter permutes Q/K for `llama` and for Granite (its GraniteModel is a
         // LlamaModel); Qwen's RoPE is rotate_half already.
-        if let Some(h) = permuted.filter(|_| matches!(arch, "llama" | "granite") && factor == 'B') {
+        if let Some(h) =
+            permuted.filter(|_| matches!(arch, "llama" | "granite" | "granitemoe") && factor == 'B')
+        {
             values = permute_rows(&values, t.shape[0], t.shape[1], h)
                 .map_err(|detail| GgufLoraError::Permute { key, detail })?;
         }

@@ -396,7 +396,11 @@ fn moe_fields(value: &mut serde_json::Value, c: &DecoderConfig, moe: &MoeConfig)
     value["num_experts_per_tok"] = json!(moe.top_k);
     value["output_router_logits"] = json!(false);
     match c.family {
-        // Mixtral and OLMoE: the experts' width is `intermediate_size`.
+        // Mixtral, GraniteMoE and OLMoE: the experts' width is `intermediate_size`.
+        Family::GraniteMoe => {
+            value["num_local_experts"] = json!(moe.num_experts);
+            value["intermediate_size"] = json!(moe.expert_intermediate_size);
+        }
         Family::Mixtral => {
             value["num_local_experts"] = json!(moe.num_experts);
             value["intermediate_size"] = json!(moe.expert_intermediate_size);
@@ -473,6 +477,7 @@ fn write_config_and_tokenizer(
         Family::Qwen2Moe => ("Qwen2MoeForCausalLM", "qwen2_moe"),
         Family::Olmoe => ("OlmoeForCausalLM", "olmoe"),
         Family::Mixtral => ("MixtralForCausalLM", "mixtral"),
+        Family::GraniteMoe => ("GraniteMoeForCausalLM", "granitemoe"),
         _ if window.is_some() => ("MistralForCausalLM", "mistral"),
         _ => ("LlamaForCausalLM", "llama"),
     };
@@ -508,7 +513,7 @@ fn write_config_and_tokenizer(
             value["max_window_layers"] = json!(0);
         }
     }
-    if c.family == Family::Granite {
+    if matches!(c.family, Family::Granite | Family::GraniteMoe) {
         let d = &c.deltas;
         value["embedding_multiplier"] = json!(d.embedding_multiplier);
         value["attention_multiplier"] = json!(d.attention_scale.unwrap_or(1.0));

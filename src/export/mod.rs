@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use crate::model::decoder_config::DecoderConfig;
 use crate::peft::config::PeftConfig;
 use crate::peft::conversion;
-use crate::peft::folder::{self, CLASS_MAP_FILE, CONFIG_FILE, PeftError, WEIGHTS_FILE};
+use crate::peft::folder::{
+    self, CLASS_MAP_FILE, CONFIG_FILE, PeftError, WEIGHTS_FILE, read_adapter_tensors,
+};
 use crate::peft::full_key;
 use crate::recipe::ExportFormat;
 use crate::source::ModelFiles;
@@ -135,7 +137,9 @@ pub fn export(request: &Request) -> Result<Exported, ExportError> {
         }
         ExportFormat::Gguf => {
             let base = request.base.ok_or(ExportError::NoBase(request.format))?;
-            let adapters = HostTensors::read(&request.adapter.join(WEIGHTS_FILE))?.into_entries();
+            // A target_parameters folder's 3-D adapters as the per-expert ones.
+            let adapters =
+                read_adapter_tensors(&request.adapter.join(WEIGHTS_FILE))?.into_entries();
             gguf_lora::write(
                 request.out,
                 &base.config,

@@ -92,6 +92,14 @@ pub enum Family {
 }
 
 impl Family {
+    /// The mixture-of-experts families.
+    pub fn is_moe(self) -> bool {
+        matches!(
+            self,
+            Self::Qwen2Moe | Self::Qwen3Moe | Self::Olmoe | Self::Mixtral | Self::GraniteMoe
+        )
+    }
+
     /// llama.cpp's `general.architecture`.
     pub fn gguf_architecture(self) -> &'static str {
         match self {

@@ -31,9 +31,10 @@ impl DecoderConfig {
             "qwen3moe" => Family::Qwen3Moe,
             "qwen2moe" => Family::Qwen2Moe,
             "olmoe" => Family::Olmoe,
+            "granitemoe" => Family::GraniteMoe,
             _ => {
                 return Err(err(format!(
-                    "GGUF architecture `{arch}` is not supported (llama, qwen2, qwen3, phi3, granite, olmo2, gemma2, gemma3, and the mixtures of experts qwen3moe, qwen2moe, olmoe and llama with experts (Mixtral) are)"
+                    "GGUF architecture `{arch}` is not supported (llama, qwen2, qwen3, phi3, granite, olmo2, gemma2, gemma3, and the mixtures of experts qwen3moe, qwen2moe, olmoe, granitemoe and llama with experts (Mixtral) are)"
                 )));
             }
         };
@@ -87,18 +88,16 @@ impl DecoderConfig {
         let layers = int("block_count")?;
         let moe = match present("expert_count").filter(|&n| n > 0) {
             Some(experts) => Some(gguf_moe(file, arch, experts, layers)?),
-            None if matches!(family, Family::Qwen3Moe | Family::Qwen2Moe | Family::Olmoe) => {
+            None if family.is_moe() => {
                 return Err(err(format!("{arch}.expert_count is missing")));
             }
             None => None,
         };
         let family = match (family, &moe) {
             (Family::Llama, Some(_)) => Family::Mixtral,
-            (family, Some(_))
-                if !matches!(family, Family::Qwen3Moe | Family::Qwen2Moe | Family::Olmoe) =>
-            {
+            (family, Some(_)) if !family.is_moe() => {
                 return Err(err(format!(
-                    "{arch}.expert_count: experts in a `{arch}` file are not read (llama with experts, qwen3moe, qwen2moe and olmoe are)"
+                    "{arch}.expert_count: experts in a `{arch}` file are not read (llama with experts, qwen3moe, qwen2moe, olmoe and granitemoe are)"
                 )));
             }
             (family, _) => family,
@@ -211,7 +210,7 @@ impl DecoderConfig {
                 },
                 // Granite's scalars, as llama.cpp's converter names them.
                 embedding_multiplier: float("embedding_scale").unwrap_or(1.0),
-                attention_scale: (family == Family::Granite)
+                attention_scale: matches!(family, Family::Granite | Family::GraniteMoe)
                     .then(|| float("attention.scale").unwrap_or(1.0)),
                 residual_multiplier: float("residual_scale").unwrap_or(1.0),
                 logits_scaling: float("logit_scale").unwrap_or(1.0),
@@ -261,6 +260,12 @@ fn gguf_moe(
     let expert_intermediate_size = int("expert_feed_forward_length")
         .or_else(|| int("feed_forward_length"))
         .ok_or_else(|| err(format!("{arch}.expert_feed_forward_length is missing")))?;
+    let granite = arch == "granitemoe";
+    if let (true, Some(width)) = (granite, int("expert_shared_feed_forward_length")) {
+        return Err(err(format!(
+            "{arch}.expert_shared_feed_forward_length = {width}: this is a GraniteMoeShared model (a shared expert beside the routed ones), which is not implemented; GraniteMoE without one is"
+        )));
+    }
     let has = |name: String| file.tensors.iter().any(|t| t.name == name);
     if let Some(dense) = (0..layers).find(|l| !has(format!("blk.{l}.ffn_gate_inp.weight"))) {
         return Err(err(format!(
@@ -278,13 +283,25 @@ fn gguf_moe(
         num_experts,
         top_k,
         expert_intermediate_size,
-        routing: Routing::SoftmaxTopK {
-            renormalize: matches!(arch, "qwen3moe" | "llama"),
+        // llama.cpp: a softmax over all experts, the top k renormalised — for GraniteMoE the
+        // same weights as its softmax over the top k logits.
+        routing: match granite {
+            true => Routing::TopKSoftmax,
+            false => Routing::SoftmaxTopK {
+                renormalize: matches!(arch, "qwen3moe" | "llama"),
+            },
         },
         shared_expert_intermediate_size: shared,
         sparse_layers: vec![true; layers],
-        layout: ExpertLayout::PerExpert,
-        block: if mixtral { "block_sparse_moe" } else { "mlp" },
+        layout: match granite {
+            true => ExpertLayout::GraniteFused,
+            false => ExpertLayout::PerExpert,
+        },
+        block: if mixtral || granite {
+            "block_sparse_moe"
+        } else {
+            "mlp"
+        },
         names: if mixtral {
             MIXTRAL_PROJECTIONS
         } else {

@@ -448,12 +448,15 @@ impl SparseMoe {
         };
         if let Some([gate_up, down]) = fused {
             let part = |name: &'static str| move |e| format!("{at}.experts.{e}.{name}.weight");
-            w.unstack(
-                &format!("{at}.{gate_up}"),
-                [n, 2 * i, hidden],
-                part("gate_up_proj"),
-            )?;
-            w.unstack(&format!("{at}.{down}"), [n, hidden, i], part("down_proj"))?;
+            // A GraniteMoE GGUF's experts kept in blocks come one matrix per expert already.
+            for (stacked, name, shape) in [
+                (gate_up, "gate_up_proj", [n, 2 * i, hidden]),
+                (down, "down_proj", [n, hidden, i]),
+            ] {
+                if !w.contains(&part(name)(0)) {
+                    w.unstack(&format!("{at}.{stacked}"), shape, part(name))?;
+                }
+            }
         }
         // The router: `gate` (Qwen, OLMoE, Mixtral), GraniteMoE's `router.layer` in its
         // checkpoints and `router` in transformers 5's.

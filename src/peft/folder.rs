@@ -70,38 +70,39 @@ pub fn write(
 /// fuses them again on transformers 5, as a rank-2r adapter) and the servers know.
 pub fn per_expert_form(adapters: &[(String, HostTensor)]) -> Vec<(String, HostTensor)> {
     let mut out = Vec::with_capacity(adapters.len());
-    for (key, t) in &target_parameters_form(adapters) {
-        let Some((module, factor)) = key
-            .split_once(".gate_up_proj.")
-            .filter(|(module, _)| module.contains(".mlp.experts."))
-        else {
-            out.push((key.clone(), t.clone()));
-            continue;
-        };
-        let name = |m: &str| format!("{module}.{m}.{factor}");
-        if factor.starts_with("lora_A") {
-            out.push((name("gate_proj"), t.clone()));
-            out.push((name("up_proj"), t.clone()));
-            continue;
-        }
-        // B's rows or the magnitude's entries: gate's half first, as the fused rows lie.
-        let mut shape = t.shape.clone();
-        let rows = if shape.len() == 2 && shape[0] == 1 {
-            1
-        } else {
-            0
-        };
-        shape[rows] /= 2;
-        let (gate, up) = t.values.split_at(t.values.len() / 2);
-        for (m, values) in [("gate_proj", gate), ("up_proj", up)] {
-            let half = HostTensor {
-                shape: shape.clone(),
-                values: values.to_vec(),
-            };
-            out.push((name(m), half));
+    for (key, t) in target_parameters_form(adapters) {
+        match split_gate_up(&key, &t).filter(|_| key.contains(".mlp.experts.")) {
+            Some(halves) => out.extend(halves),
+            None => out.push((key, t)),
         }
     }
     out
+}
+
+/// A fused expert's adapter factor (`…experts.{e}.gate_up_proj.<factor>`) as the gate's and
+/// the up's: A shared, B's rows (DoRA's magnitude entries) split, the gate's half first as the
+/// fused rows lie. None for any other key.
+pub fn split_gate_up(key: &str, t: &HostTensor) -> Option<[(String, HostTensor); 2]> {
+    let (module, factor) = key
+        .split_once(".gate_up_proj.")
+        .filter(|(module, _)| module.contains(".experts."))?;
+    let name = |m: &str| format!("{module}.{m}.{factor}");
+    if factor.starts_with("lora_A") {
+        return Some([(name("gate_proj"), t.clone()), (name("up_proj"), t.clone())]);
+    }
+    let mut shape = t.shape.clone();
+    let rows = if shape.len() == 2 && shape[0] == 1 {
+        1
+    } else {
+        0
+    };
+    shape[rows] /= 2;
+    let (gate, up) = t.values.split_at(t.values.len() / 2);
+    let half = |values: &[f32]| HostTensor {
+        shape: shape.clone(),
+        values: values.to_vec(),
+    };
+    Some([(name("gate_proj"), half(gate)), (name("up_proj"), half(up))])
 }
 
 /// GraniteMoE's experts (`…block_sparse_moe.experts.{e}.gate_up_proj` / `down_proj`; its

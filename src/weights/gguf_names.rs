@@ -47,8 +47,8 @@ pub fn permuted_with(file: &GgufFile, tensor: &GgufTensor) -> Result<Option<usiz
         .get("general.architecture")
         .and_then(|v| v.as_str())
         .unwrap_or("");
-    // Granite's converter is Llama's, permutation included.
-    if !matches!(arch, "llama" | "granite") {
+    // Granite's converters (GraniteMoE's too) are Llama's, permutation included.
+    if !matches!(arch, "llama" | "granite" | "granitemoe") {
         return Ok(None);
     }
     let head_count = |key: &str| {
@@ -89,6 +89,14 @@ pub fn hf_name_in(file: &GgufFile, gguf: &str) -> Option<String> {
                 .replace(".experts.up_proj.", ".experts.w3.")
                 .replace(".experts.down_proj.", ".experts.w2."),
         ),
+        // GraniteMoE's router is `block_sparse_moe.router.layer`; its experts are stacked under
+        // `block_sparse_moe` (host.rs joins gate and up back into `input_linear`).
+        Some("granitemoe") if name.contains(".mlp.gate.") || name.contains(".mlp.experts.") => {
+            Some(
+                name.replace(".mlp.gate.", ".block_sparse_moe.router.layer.")
+                    .replace(".mlp.experts.", ".block_sparse_moe.experts."),
+            )
+        }
         Some("gemma2" | "gemma3") if gguf.contains(".ffn_norm.") => {
             Some(name.replace(".post_attention_layernorm.", ".pre_feedforward_layernorm."))
         }

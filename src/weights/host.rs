@@ -17,6 +17,7 @@ use super::blocks::hf_blocks;
 use super::blocks::{BlockFormat, BlockMatrix};
 use super::gguf::{GgufFile, GgufTensor};
 use super::gguf_names::{expert_slices, hf_tensor};
+use super::granite_moe::{self, ExpertJoin};
 use super::quantize::{for_rows_of, quantize_rows};
 use super::safetensors::{StFile, open_dir};
 use super::tensor::HostTensor;
@@ -111,12 +112,24 @@ impl HostTensors {
         }
         let file = GgufFile::open(path)?;
         let (mut tensors, mut blocks) = (BTreeMap::new(), BTreeMap::new());
+        let mut granite = granite_moe::is_granite_moe(&file).then(ExpertJoin::default);
         for tensor in &file.tensors {
-            let kept = hf_blocks(&file, tensor)?;
+            // GraniteMoE's gate and up are kept together or not at all (one matrix per expert).
+            let together = granite_moe::other_half(&file, tensor)
+                .is_none_or(|other| other.ggml_type == tensor.ggml_type);
+            let kept = match together {
+                true => hf_blocks(&file, tensor)?,
+                false => Vec::new(),
+            };
             if kept.is_empty() {
-                tensors.extend(visit_gguf_tensor(&file, tensor)?);
+                tensors.extend(gguf_tensor(&file, tensor, &mut granite)?);
             }
             blocks.extend(kept);
+        }
+        let fail = |e: String| WeightsError::format(path, e);
+        if let Some(join) = granite {
+            join.finish().map_err(fail)?;
+            granite_moe::join_blocks(&mut blocks).map_err(fail)?;
         }
         Ok(Self {
             origin: path.into(),
@@ -526,12 +539,38 @@ fn decode(dtype: StDtype, bytes: &[u8]) -> Option<Vec<f32>> {
 }
 
 fn read_gguf(file: &GgufFile, visit: &mut Visit) -> Result<(), WeightsError> {
+    let mut granite = granite_moe::is_granite_moe(file).then(ExpertJoin::default);
     for tensor in &file.tensors {
-        for (name, t) in visit_gguf_tensor(file, tensor)? {
+        for (name, t) in gguf_tensor(file, tensor, &mut granite)? {
             visit(name, t)?;
         }
     }
-    Ok(())
+    match granite {
+        Some(join) => join
+            .finish()
+            .map_err(|e| WeightsError::format(&file.path, e)),
+        None => Ok(()),
+    }
+}
+
+/// [`visit_gguf_tensor`], but a GraniteMoE file's stacked experts as its checkpoints hold them
+/// (`granite`: the file's [`ExpertJoin`]).
+fn gguf_tensor(
+    file: &GgufFile,
+    tensor: &GgufTensor,
+    granite: &mut Option<ExpertJoin>,
+) -> Result<Vec<(String, HostTensor)>, WeightsError> {
+    let Some(join) = granite.as_mut().filter(|_| tensor.dims.len() == 3) else {
+        return visit_gguf_tensor(file, tensor);
+    };
+    let fail = |e: String| WeightsError::format(&file.path, e);
+    let t = hf_tensor(file, tensor)?.ok_or_else(|| {
+        fail(format!(
+            "tensor `{}` has no GraniteMoE counterpart",
+            tensor.name
+        ))
+    })?;
+    Ok(join.join(t).map_err(fail)?.into_iter().collect())
 }
 
 /// One GGUF tensor dequantised in the HF basis (a stacked expert tensor as one matrix per

@@ -8,6 +8,7 @@ pub mod ggml_type;
 pub mod gguf;
 pub mod gguf_names;
 pub mod gguf_writer;
+pub mod granite_moe;
 pub mod host;
 pub mod pretokenizer;
 pub mod quantize;

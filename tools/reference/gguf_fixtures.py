@@ -30,6 +30,9 @@ gguf_lora.py), the reference for reading GGUF metadata and tensors the way llama
                                          K-quants (hidden 256, 4 experts of 256, 2 layers; seed
                                          5) converted and quantised to Q4_K_M by llama.cpp: its
                                          stacked experts in Q4_K and Q6_K super-blocks
+  tests/fixtures/llama/tiny-granitemoe.gguf  `granitemoe`: the converter splits each layer's
+                                         input_linear into ffn_gate_exps and ffn_up_exps (read
+                                         back joined); tiny-granitemoe-q8_0.gguf is it in Q8_0
   tests/fixtures/llama/tiny-qwen3-moe-q8_0.gguf  tiny-qwen3-moe.gguf quantised to Q8_0 by
                                          llama.cpp's own `llama_model_quantize` (the experts'
                                          stacked tensors in Q8_0 blocks; the tiny rows are too
@@ -60,7 +63,8 @@ def main():
     for name, pre in (("tiny-llama", "gpt-2"), ("tiny-qwen3", "qwen2"), ("tiny-phi3", "gpt-2"),
                       ("tiny-granite", "gpt-2"), ("tiny-olmo2", "gpt-2"),
                       ("tiny-qwen3-moe", "qwen2"), ("tiny-qwen3-moe-fused", "qwen2"),
-                      ("tiny-qwen2-moe", "qwen2"), ("tiny-olmoe", "gpt-2"), ("tiny-mixtral", "gpt-2")):
+                      ("tiny-qwen2-moe", "qwen2"), ("tiny-olmoe", "gpt-2"), ("tiny-mixtral", "gpt-2"),
+                      ("tiny-granitemoe", "gpt-2")):
         if only and name not in only:
             continue
         base.TextModel.get_vocab_base_pre = lambda self, tokenizer, pre=pre: pre
@@ -78,6 +82,8 @@ def main():
             sys.argv = ["convert_hf_to_gguf.py", str(model), "--outtype", "f32", "--outfile", str(out)]
             convert_hf_to_gguf.main()
             print("wrote", out)
+        if name == "tiny-granitemoe":
+            quantize_q8_0(out, fixtures / "tiny-granitemoe-q8_0.gguf")
         if name == "tiny-qwen3-moe":
             quantize_q8_0(out, fixtures / "tiny-qwen3-moe-q8_0.gguf")
             small_kquant_moe(fixtures, convert_hf_to_gguf)

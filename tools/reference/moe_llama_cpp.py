@@ -7,7 +7,9 @@ per-expert folders (lora-tune writes those byte for byte: tests/gguf_lora.rs):
      (reference.safetensors): llama.cpp routes as transformers does for these configs;
   2. with tests/fixtures/lora/gguf/tiny-<family>-lora.gguf it gives PEFT's adapted logits on the
      first training micro-batch (lora/train-<family>/logits.safetensors): llama.cpp applies the
-     stacked 3-D expert adapters to the experts each token is routed to.
+     stacked 3-D expert adapters to the experts each token is routed to. For GraniteMoE the GGUF
+     LoRA is the one `lora-tune export --format gguf` writes from PEFT's target_parameters folder
+     (build target/release/lora-tune first).
 
 Each row is evaluated without its padding. Prints max |Δlogit| / max |logit| per file.
 Environment: transformers==5.23.0 torch numpy safetensors, llama-cpp-python==0.3.36 (on a CPU with
@@ -16,6 +18,7 @@ Usage: python3 tools/reference/moe_llama_cpp.py LLAMA_CPP_DIR
 """
 import json
 import pathlib
+import subprocess
 import sys
 import tempfile
 
@@ -31,6 +34,9 @@ CASES = [  # (GGUF, HF fixture, adapter family)
     # tiny-olmoe.gguf is left out: llama.cpp's olmoe wants attn_k_norm n_embd wide (no grouped
     # k/v heads, as the released OLMoE has), and the fixture groups its k/v heads.
     ("tiny-mixtral", "tiny-mixtral", "mixtral"),
+    # GraniteMoE: the converter cannot convert PEFT's target_parameters folder, so the GGUF LoRA
+    # is lora-tune's own (`lora-tune export --format gguf`, gate_up split into gate and up).
+    ("tiny-granitemoe", "tiny-granitemoe", "granitemoe-fused"),
 ]
 
 
@@ -66,8 +72,15 @@ def main():
             base = worst(llm, ref["input_ids"], ref["attention_mask"], ref["logits"])
             line = f"{name}.gguf: llama.cpp vs transformers {base:.1e}"
             assert base < 1e-4, line
-            if family:
+            if family == "granitemoe-fused":
+                lora = pathlib.Path(tmp) / "tiny-granitemoe-lora.gguf"
+                subprocess.run([str(ROOT / "target/release/lora-tune"), "export", "--format", "gguf",
+                                "--adapter", str(FIXTURES / "lora/train-granitemoe-fused/peft"),
+                                "--base", str(FIXTURES / "llama/tiny-granitemoe.gguf"),
+                                "--out", str(lora)], check=True)
+            elif family:
                 lora = FIXTURES / f"lora/gguf/tiny-{family}-lora.gguf"
+            if family:
                 llm = Llama(model_path=str(plain), lora_path=str(lora), n_ctx=64, logits_all=True,
                             verbose=False, **F32_CACHE)
                 want = load_file(FIXTURES / f"lora/train-{family}/logits.safetensors")["logits"]
