@@ -78,7 +78,7 @@ fn main() -> anyhow::Result<()> {
             .collect(),
         attention_mask: vec![vec![1; 256]; 4],
         input_ids: rows,
-        classes: Vec::new(),
+        ..Batch::default()
     };
     adapted.set_training(false);
     let mut eval_times = Vec::new();

@@ -141,7 +141,7 @@ fn main() -> anyhow::Result<()> {
             .collect(),
         attention_mask: vec![vec![1; len]; rows],
         input_ids: ids,
-        classes: Vec::new(),
+        ..Batch::default()
     };
     let mut optimizer = AdamW::new(AdamWConfig {
         betas: [0.9, 0.999],

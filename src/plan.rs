@@ -8,7 +8,8 @@ use crate::dtype::{ComputeDtype, Dtype};
 use crate::model::BaseStorage;
 use crate::recipe::{
     BestMetric, DataFormat, DataSection, ExportFormat, ExportSection, LoraSection, Pooling,
-    RecipeError, RecipeFile, Targets, Task, TrainSection,
+    PreferenceReference, PreferenceSection, RecipeError, RecipeFile, Targets, Task, TrainMethod,
+    TrainSection,
 };
 use crate::source::Source;
 use crate::weights::blocks::BlockFormat;
@@ -51,9 +52,27 @@ pub struct Plan {
     pub export: ExportSection,
     /// Where exports go, absolute.
     pub out_dir: PathBuf,
+    /// `train.method = "dpo" | "simpo"`: the `[preference]` section (its defaults where
+    /// absent); None for SFT.
+    pub preference: Option<PreferenceSection>,
 }
 
 impl Plan {
+    /// The loss of a preference run (`train.method = "dpo" | "simpo"`); None for SFT.
+    pub fn preference_loss(&self) -> Option<crate::train::preference::PreferenceLoss> {
+        use crate::train::preference::{Method, PreferenceLoss};
+        let p = self.preference.as_ref()?;
+        Some(PreferenceLoss {
+            method: match self.train.method {
+                TrainMethod::Simpo => Method::Simpo,
+                _ => Method::Dpo,
+            },
+            beta: p.beta,
+            simpo_gamma: p.simpo_gamma,
+            sft_weight: p.sft_weight,
+        })
+    }
+
     /// How the run holds the frozen base's linear weights.
     pub fn base_storage(&self) -> BaseStorage {
         BaseStorage {
@@ -439,6 +458,18 @@ impl Plan {
             }
         }
 
+        let preference = match train.method {
+            TrainMethod::Sft => {
+                check(
+                    recipe.preference.is_none(),
+                    "preference",
+                    r#"is read with train.method = "dpo" or "simpo"; set the method or remove the section"#,
+                )?;
+                None
+            }
+            _ => Some(preference_plan(file, &recipe.preference, &data, train)?),
+        };
+
         let name = file
             .path
             .file_stem()
@@ -466,8 +497,84 @@ impl Plan {
             warmup,
             export: export.clone(),
             out_dir,
+            preference,
         })
     }
+}
+
+/// `[preference]` for `train.method = "dpo" | "simpo"`, checked with what it must go with.
+fn preference_plan(
+    file: &RecipeFile,
+    section: &Option<PreferenceSection>,
+    data: &DataSection,
+    train: &TrainSection,
+) -> Result<PreferenceSection, RecipeError> {
+    let recipe = &file.recipe;
+    let check = |ok: bool, key: &str, msg: &str| match ok {
+        true => Ok(()),
+        false => Err(file.error(key, msg)),
+    };
+    let p = section.clone().unwrap_or_default();
+    check(
+        matches!(data.format, DataFormat::Preference | DataFormat::Auto),
+        "data.format",
+        r#"must be "preference" (rows of prompt, chosen and rejected) for a preference method"#,
+    )?;
+    check(
+        !data.packing,
+        "data.packing",
+        "must be false for a preference method: each pair's two sequences are compared whole (TRL does not pack them either)",
+    )?;
+    check(
+        recipe.model.task == Task::CausalLm,
+        "model.task",
+        "a preference method trains a causal LM",
+    )?;
+    check(
+        train.router_aux_loss_coef == 0.0,
+        "train.router_aux_loss_coef",
+        "is not combined with a preference method yet; remove it",
+    )?;
+    check(
+        p.beta.is_finite() && p.beta > 0.0,
+        "preference.beta",
+        "must be a positive number (DPO: 0.1 to 0.5; SimPO: 2 to 10)",
+    )?;
+    check(
+        p.simpo_gamma.is_finite(),
+        "preference.simpo_gamma",
+        "must be a finite number",
+    )?;
+    check(
+        p.sft_weight.is_finite() && p.sft_weight >= 0.0,
+        "preference.sft_weight",
+        "must be 0 or more",
+    )?;
+    check(
+        p.max_length.is_none_or(|m| m >= 2),
+        "preference.max_length",
+        "must be at least 2 (a prompt token and a completion token)",
+    )?;
+    if train.method == TrainMethod::Dpo {
+        match p.reference {
+            PreferenceReference::Base => check(
+                recipe.lora.init_from.is_none(),
+                "preference.reference",
+                r#"= "base" with lora.init_from: the adapters switched off are not the model the run starts from, so the first step would already be off its reference; set reference = "initial_adapter" (the adapter from init_from, frozen) or train a fresh adapter"#,
+            )?,
+            PreferenceReference::InitialAdapter => check(
+                recipe.lora.init_from.is_some(),
+                "preference.reference",
+                r#"= "initial_adapter" needs lora.init_from (the adapter to start from); a fresh adapter starts as the base, reference = "base""#,
+            )?,
+        }
+        check(
+            !recipe.lora.init.reads_base(),
+            "lora.init",
+            "PiSSA / OLoRA move part of the base into the adapter, so the adapters switched off are not the base DPO compares with; use kaiming or gaussian",
+        )?;
+    }
+    Ok(p)
 }
 
 fn no_repeats(formats: &[ExportFormat]) -> bool {

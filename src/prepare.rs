@@ -142,7 +142,9 @@ impl Prepared {
             tokenizer,
             template: template::choose(d.template.as_deref(), tokenizer.chat_template.as_deref()),
             train_on_inputs: d.train_on_inputs,
-            max_len: d.max_len as usize,
+            max_len: (self.plan.preference.as_ref())
+                .and_then(|p| p.max_length)
+                .unwrap_or(d.max_len) as usize,
             truncation: d.truncation,
             labels: self.labels.as_deref(),
         };
@@ -151,7 +153,7 @@ impl Prepared {
             packing: false,
             ..d.clone()
         };
-        Ok(match (&d.eval, d.eval_fraction) {
+        let (train, eval) = match (&d.eval, d.eval_fraction) {
             (Some(eval), _) => (
                 Dataset::load(&d.train, d, &encoder, &|_| true)?,
                 Some(Dataset::load(eval, eval_section, &encoder, &|_| true)?),
@@ -164,7 +166,28 @@ impl Prepared {
                 )
             }
             (None, None) => (Dataset::load(&d.train, d, &encoder, &|_| true)?, None),
-        })
+        };
+        for data in std::iter::once(&train).chain(eval.as_ref()) {
+            let pairs = data
+                .examples
+                .iter()
+                .filter(|e| e.rejected.is_some())
+                .count();
+            let path = data.path.display();
+            match &self.plan.preference {
+                Some(_) => anyhow::ensure!(
+                    pairs == data.examples.len(),
+                    "{path}: train.method = \"{}\" compares pairs, and {} of its rows are not preference rows (prompt, chosen, rejected)",
+                    format!("{:?}", self.plan.train.method).to_lowercase(),
+                    data.examples.len() - pairs
+                ),
+                None => anyhow::ensure!(
+                    pairs == 0,
+                    "{path}: preference rows (chosen, rejected) train with train.method = \"dpo\" or \"simpo\"; set it, or give SFT rows"
+                ),
+            }
+        }
+        Ok((train, eval))
     }
 
     /// Predicted peak memory of training on `train` (its largest micro-batch) with the frozen
@@ -230,6 +253,7 @@ impl Prepared {
                     let mut lm = crate::model::load(files, device, self.base_storage(products))?;
                     lm.gradient_checkpointing = plan.train.gradient_checkpointing;
                     lm.router_aux_loss_coef = plan.train.router_aux_loss_coef;
+                    lm.preference = plan.preference_loss();
                     TaskModel::Lm(lm)
                 }
                 Some(labels) => TaskModel::Classifier(crate::model::load_classifier(

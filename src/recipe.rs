@@ -29,8 +29,67 @@ pub struct Recipe {
     pub data: DataSection,
     #[serde(default)]
     pub train: TrainSection,
+    /// Read with `train.method = "dpo" | "simpo"` only.
+    #[serde(default)]
+    pub preference: Option<PreferenceSection>,
     #[serde(default)]
     pub export: ExportSection,
+}
+
+/// What a run minimises: `sft` (default) the next-token loss; `dpo` and `simpo` a preference
+/// loss on `data.format = "preference"` pairs (TRL's `DPOTrainer` sigmoid loss, and
+/// `CPOTrainer(loss_type = "simpo", cpo_alpha = 0)`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainMethod {
+    #[default]
+    Sft,
+    Dpo,
+    Simpo,
+}
+
+/// Which model DPO's log-ratios are taken against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PreferenceReference {
+    /// The frozen base with the adapters switched off (TRL with a PEFT model and no
+    /// `ref_model`).
+    #[default]
+    Base,
+    /// The adapter the run starts from (`lora.init_from`), frozen.
+    InitialAdapter,
+}
+
+/// `[preference]`: the preference loss (`train.method = "dpo" | "simpo"`), TRL's names and
+/// defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreferenceSection {
+    /// β: how far from the reference the policy may move (DPO), the reward scale (SimPO).
+    /// Default 0.1 (TRL's DPO default; SimPO's paper uses 2–10).
+    pub beta: f64,
+    /// SimPO's target reward margin γ. Default 0.5 (TRL's `simpo_gamma`).
+    pub simpo_gamma: f64,
+    /// Pair sequences (prompt + completion) are cut to this many tokens, keeping the start;
+    /// a pair whose prompt alone fills it is dropped. Default: `data.max_len`.
+    pub max_length: Option<u32>,
+    /// DPO's reference: `base` (default) or `initial_adapter`.
+    pub reference: PreferenceReference,
+    /// Adds this weight × the mean NLL over the chosen completions' tokens (TRL's `"sft"` loss
+    /// beside `"sigmoid"`). Default 0.
+    pub sft_weight: f64,
+}
+
+impl Default for PreferenceSection {
+    fn default() -> Self {
+        Self {
+            beta: 0.1,
+            simpo_gamma: 0.5,
+            max_length: None,
+            reference: PreferenceReference::Base,
+            sft_weight: 0.0,
+        }
+    }
 }
 
 /// `[model]`: which frozen base to fine-tune.
@@ -254,6 +313,8 @@ pub struct TrainSection {
     /// loss (transformers' `router_aux_loss_coef` with `output_router_logits = true`). Default 0:
     /// off, as transformers' default.
     pub router_aux_loss_coef: f64,
+    /// `sft` (default), `dpo` or `simpo`: see [`TrainMethod`] and `[preference]`.
+    pub method: TrainMethod,
 }
 
 impl Default for TrainSection {
@@ -284,6 +345,7 @@ impl Default for TrainSection {
             report_to: Vec::new(),
             gradient_checkpointing: false,
             router_aux_loss_coef: 0.0,
+            method: TrainMethod::Sft,
         }
     }
 }
@@ -367,6 +429,9 @@ pub enum DataFormat {
     Alpaca,
     Chat,
     Classification,
+    /// `{prompt, chosen, rejected}` (the prompt may be left implicit: the shared prefix of
+    /// chosen and rejected, as TRL's `extract_prompt`), for `train.method = "dpo" | "simpo"`.
+    Preference,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -202,6 +202,7 @@ fn derived_step_equals_autodiff_with(
         attention_mask: vec![vec![1, 1, 1, 2, 2, 2, 2, 0]],
         labels: vec![vec![-100, 17, 33, -100, 41, 12, 88, -100]],
         classes: Vec::new(),
+        pairs: None,
     });
     let adamw = AdamWConfig {
         betas: [0.9, 0.999],
@@ -950,6 +951,7 @@ fn padding_past_the_window_changes_nothing() {
         attention_mask: vec![[vec![1; 3], vec![0; pad]].concat()],
         labels: vec![[vec![-100, 19, 3], vec![-100; pad]].concat()],
         classes: Vec::new(),
+        pairs: None,
     };
     let (want_loss, want) = loss_and_gradients(&model, &row(0), Seed::mean_over(2))
         .unwrap()

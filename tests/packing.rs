@@ -99,7 +99,7 @@ fn packed_rows_compute_what_their_examples_compute_alone() {
             input_ids: vec![e.ids.clone()],
             attention_mask: vec![vec![1; e.ids.len()]],
             labels: vec![e.labels.clone()],
-            classes: Vec::new(),
+            ..Batch::default()
         };
         alone_loss += scalar(next_token_nll_sum(&model, &alone).unwrap()).unwrap();
         alone_tokens += e.loss_tokens();

@@ -73,7 +73,7 @@ fn lora_gradients_on_wgpu_equal_flex() {
         input_ids: ids,
         attention_mask: mask,
         labels,
-        classes: Vec::new(),
+        ..Default::default()
     };
     let grads = |device: &Device| {
         let mut model = tiny::adapted_on(&tiny::fixture("lora/train/final.safetensors"), device);
@@ -401,7 +401,7 @@ fn a_training_step_on_wgpu_moves_its_batch_and_a_few_scalars() {
         input_ids: rows.iter().map(|r| r.0.clone()).collect(),
         labels: rows.iter().map(|r| r.1.clone()).collect(),
         attention_mask: rows.iter().map(|r| r.2.clone()).collect(),
-        classes: Vec::new(),
+        ..Default::default()
     };
     let (_, mut optimizer) = tiny::reference_optimiser(None);
     let micro = std::slice::from_ref(&batch);

@@ -17,8 +17,10 @@ use crate::model::adapted::AdaptedModel;
 use crate::peft::folder::{ClassMap, WEIGHTS_FILE};
 use crate::plan::Plan;
 use crate::recipe::{ExportFormat, Pooling};
+use crate::recipe::{PreferenceReference, TrainMethod};
 use crate::train::checkpoint;
 use crate::train::metrics::peak_rss_bytes;
+use crate::train::preference::compute_reference;
 use crate::train::trainer::{Settings, Summary, train};
 
 pub fn run(
@@ -30,11 +32,17 @@ pub fn run(
 ) -> anyhow::Result<()> {
     // Under mpirun rank 0 fetches the model and clears an old run first; the others follow.
     let ranks = distributed::ranks();
-    let loaded = distributed::leader_first(|| session::load(recipe, Some(device)))?;
+    let mut loaded = distributed::leader_first(|| session::load(recipe, Some(device)))?;
     let plan = &loaded.prepared.plan;
     let resume = distributed::leader_first(|| clear_or_resume(&plan.out_dir, resume, force))?;
     let mut model = session::open_model(&loaded, memory_check)?;
-    if let Some(dir) = plan.lora.init_from.as_ref().filter(|_| resume.is_none()) {
+    // DPO against the initial adapter needs it for the reference, resumed or not.
+    let initial_reference = plan.preference.as_ref().is_some_and(|p| {
+        plan.train.method == TrainMethod::Dpo && p.reference == PreferenceReference::InitialAdapter
+    });
+    if let Some(dir) =
+        (plan.lora.init_from.as_ref()).filter(|_| resume.is_none() || initial_reference)
+    {
         // PiSSA / OLoRA adapters only continue on the base their init left behind.
         let (_, from) = crate::peft::folder::read_lora(dir)?;
         anyhow::ensure!(
@@ -49,6 +57,24 @@ pub fn run(
             .with_context(|| format!("lora.init_from: {}", dir.display()))?;
         println!("init:  adapters from {}", dir.display());
     }
+    if let (Some(_), TaskModel::Lm(lm)) = (&plan.preference, &mut model)
+        && plan.train.method == TrainMethod::Dpo
+    {
+        let started = std::time::Instant::now();
+        let batch_size = plan.train.batch_size as usize;
+        for data in std::iter::once(&mut loaded.train).chain(loaded.eval.as_mut()) {
+            compute_reference(lm, data, batch_size, !initial_reference)?;
+        }
+        println!(
+            "reference: log-probabilities of every pair under {} ({:.1} s)",
+            match initial_reference {
+                true => "the initial adapter",
+                false => "the base (adapters off)",
+            },
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let plan = &loaded.prepared.plan;
     let prepared = &loaded.prepared;
     let peft_config = prepared.peft_config();
     let class_map = (prepared.labels.as_ref()).map(|l| ClassMap::new(l, plan.pooling));

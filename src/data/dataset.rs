@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
-use super::batch::{Batch, IGNORE};
+use super::batch::{Batch, IGNORE, Pairs};
 use super::encode::{Encoded, Encoder, Fit};
 use super::rows::{BadRow, DataError, read_rows};
 use crate::recipe::DataSection;
@@ -26,6 +26,10 @@ pub struct Dataset {
     /// The training sequences: indices into `examples`, one each unless packed.
     pub sequences: Vec<Vec<usize>>,
     pub layout: Layout,
+    /// Preference pairs: the reference model's log-probability sums of each example's chosen
+    /// and rejected completions ([`crate::train::preference`]); empty until computed, and for
+    /// SimPO.
+    pub reference: Vec<[f64; 2]>,
 }
 
 /// How encoded examples become the equal-length rows of a batch.
@@ -120,6 +124,7 @@ impl Dataset {
             sources: Vec::new(),
             sequences,
             layout,
+            reference: Vec::new(),
         }
     }
 
@@ -232,6 +237,9 @@ impl Dataset {
     /// numbers its examples 1, 2, … so attention never crosses them and positions restart; each
     /// example's first label is dropped so nothing is predicted across a boundary.
     fn batch(&self, sequences: &[&[usize]]) -> Batch {
+        if self.examples.first().is_some_and(|e| e.rejected.is_some()) {
+            return self.pair_batch(sequences);
+        }
         let longest = sequences
             .iter()
             .map(|s| s.iter().map(|&i| self.examples[i].ids.len()).sum::<usize>())
@@ -244,7 +252,7 @@ impl Dataset {
             input_ids: Vec::with_capacity(sequences.len()),
             attention_mask: Vec::with_capacity(sequences.len()),
             labels: Vec::with_capacity(sequences.len()),
-            classes: Vec::new(),
+            ..Batch::default()
         };
         for seq in sequences {
             let (mut ids, mut mask, mut labels) = (
@@ -267,6 +275,49 @@ impl Dataset {
             batch.attention_mask.push(mask);
             batch.labels.push(labels);
         }
+        batch
+    }
+}
+
+impl Dataset {
+    /// Preference pairs (never packed: one example per sequence): the chosen rows, then the
+    /// rejected rows in the same order, all right-padded to the longest of them (TRL's
+    /// collator), with the pairs' reference log-probabilities where computed.
+    fn pair_batch(&self, sequences: &[&[usize]]) -> Batch {
+        let pairs: Vec<usize> = sequences.iter().flat_map(|s| s.iter().copied()).collect();
+        let chosen = pairs.iter().map(|&i| &self.examples[i]);
+        let rejected = pairs
+            .iter()
+            .filter_map(|&i| self.examples[i].rejected.as_deref());
+        let rows: Vec<&Encoded> = chosen.chain(rejected).collect();
+        let longest = rows.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+        let len = longest
+            .next_multiple_of(self.layout.pad_to_multiple_of)
+            .min(self.layout.max_len.max(longest));
+        let mut batch = Batch::default();
+        for e in rows {
+            let pad = len - e.ids.len();
+            let mut ids = e.ids.clone();
+            ids.extend(std::iter::repeat_n(self.layout.pad_id, pad));
+            let mut mask = vec![1u8; e.ids.len()];
+            mask.resize(len, 0);
+            let mut labels = e.labels.clone();
+            labels.resize(len, IGNORE);
+            batch.input_ids.push(ids);
+            batch.attention_mask.push(mask);
+            batch.labels.push(labels);
+        }
+        let reference = match self.reference.is_empty() {
+            true => Vec::new(),
+            false => {
+                let half = |k: usize| pairs.iter().map(move |&i| self.reference[i][k]);
+                half(0).chain(half(1)).collect()
+            }
+        };
+        batch.pairs = Some(Pairs {
+            count: pairs.len(),
+            reference,
+        });
         batch
     }
 }

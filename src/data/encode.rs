@@ -17,6 +17,9 @@ pub struct Encoded {
     pub labels: Vec<i64>,
     /// The class of a sequence-classification example (its labels are then all IGNORE).
     pub class: Option<u32>,
+    /// A preference pair's rejected sequence (this one is the chosen): the same prompt tokens,
+    /// labels on its completion.
+    pub rejected: Option<Box<Encoded>>,
 }
 
 impl Encoded {
@@ -75,6 +78,11 @@ impl Encoder<'_> {
                     pieces.push((tok(&text, false)?, trained || self.train_on_inputs));
                 }
             }
+            Example::Preference {
+                prompt,
+                chosen,
+                rejected,
+            } => return self.pair(prompt, chosen, rejected),
             Example::Classification { text, label } => {
                 return match self.labels {
                     Some(labels) => self.classify(text, label, labels),
@@ -86,6 +94,7 @@ impl Encoder<'_> {
             ids: Vec::new(),
             labels: Vec::new(),
             class: None,
+            rejected: None,
         };
         for (ids, trained) in pieces {
             enc.labels.extend(
@@ -114,6 +123,79 @@ impl Encoder<'_> {
             ));
         }
         Ok((enc, fit))
+    }
+
+    /// A preference pair as TRL's DPOTrainer tokenises it: EOS appended to each completion's
+    /// text (unless it ends with it), prompt + completion tokenised as one text, the completion
+    /// starting where that and the prompt's own tokens part (the shorter of the two pairs'
+    /// agreement), each sequence cut to `max_len` from the end (`keep_start`). A prompt that
+    /// fills `max_len` leaves nothing to compare: refused, as TRL drops it.
+    fn pair(&self, prompt: &str, chosen: &str, rejected: &str) -> Result<(Encoded, Fit), String> {
+        let tok = |text: &str| self.tokenizer.encode(text, true);
+        let eos = self
+            .tokenizer
+            .eos_id
+            .and_then(|e| self.tokenizer.tokenizer.id_to_token(e))
+            .ok_or("the tokenizer has no EOS token to end completions with")?;
+        let ended = |c: &str| match c.ends_with(&eos) {
+            true => format!("{prompt}{c}"),
+            false => format!("{prompt}{c}{eos}"),
+        };
+        let prompt_ids = tok(prompt)?;
+        let (with_chosen, with_rejected) = (tok(&ended(chosen))?, tok(&ended(rejected))?);
+        let shared = |ids: &[u32]| {
+            prompt_ids
+                .iter()
+                .zip(ids)
+                .take_while(|(a, b)| a == b)
+                .count()
+        };
+        let prompt_len = shared(&with_chosen).min(shared(&with_rejected));
+        if prompt_len >= self.max_len {
+            return Err(format!(
+                "the prompt alone is {prompt_len} tokens, filling preference.max_length = {}: no completion token would be compared",
+                self.max_len
+            ));
+        }
+        let mut fit = Fit::Whole;
+        let mut sequence = |mut ids: Vec<u32>| {
+            if ids.len() > self.max_len {
+                ids.truncate(self.max_len);
+                fit = Fit::Truncated;
+            }
+            let labels = (ids.iter().enumerate())
+                .map(|(t, &id)| {
+                    if t < prompt_len {
+                        IGNORE
+                    } else {
+                        i64::from(id)
+                    }
+                })
+                .collect();
+            Encoded {
+                ids,
+                labels,
+                class: None,
+                rejected: None,
+            }
+        };
+        let mut pair = sequence(with_chosen);
+        pair.rejected = Some(Box::new(sequence(with_rejected)));
+        Ok((pair, fit))
+    }
+
+    /// Whether the pair's prompt tokens are not all a prefix of its tokenised sequences (TRL
+    /// warns: the completion then starts where they part). For the count `plan` prints.
+    pub fn prompt_merges(&self, example: &Example) -> bool {
+        let Example::Preference { prompt, .. } = example else {
+            return false;
+        };
+        let (Ok((pair, _)), Ok(ids)) = (self.encode(example), self.tokenizer.encode(prompt, true))
+        else {
+            return false;
+        };
+        let start = pair.labels.iter().position(|&l| l != IGNORE).unwrap_or(0);
+        start < ids.len().min(self.max_len)
     }
 
     /// A sequence-classification example: the text with the tokenizer's special tokens (BERT's
@@ -155,6 +237,7 @@ impl Encoder<'_> {
                 ids,
                 labels,
                 class: Some(class as u32),
+                rejected: None,
             },
             fit,
         ))

@@ -26,6 +26,12 @@ pub enum Example {
     Chat(Vec<Message>),
     /// A text and its class. A causal LM learns to answer the text with the label.
     Classification { text: String, label: String },
+    /// A prompt and two completions, the preferred first (`train.method = "dpo" | "simpo"`).
+    Preference {
+        prompt: String,
+        chosen: String,
+        rejected: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,13 +344,65 @@ fn parse_object(
                 _ => nonempty("label")?,
             },
         }),
+        DataFormat::Preference => preference(obj, &text),
         DataFormat::Auto => unreachable!("detected above"),
     }
 }
 
+/// A preference row: strings `chosen` and `rejected`, and `prompt` or else the prompt TRL's
+/// `extract_prompt` takes — their longest common prefix (by character), less a space it ends
+/// on. Refused when the completions are the same.
+fn preference(
+    obj: &serde_json::Map<String, Value>,
+    text: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<Example, String> {
+    if ["chosen", "rejected", "prompt"]
+        .iter()
+        .any(|k| obj.get(*k).is_some_and(Value::is_array))
+    {
+        return Err(
+            "chat-message preference rows are not implemented yet; give prompt, chosen and rejected as strings"
+                .into(),
+        );
+    }
+    let (chosen, rejected) = (text("chosen")?, text("rejected")?);
+    let (prompt, chosen, rejected) = match obj.get("prompt") {
+        Some(_) => (text("prompt")?, chosen, rejected),
+        None => {
+            let (c, r): (Vec<char>, Vec<char>) =
+                (chosen.chars().collect(), rejected.chars().collect());
+            // TRL's loop: the first differing index (the last shared one when a completion ends
+            // first), one back when the character before it is a space.
+            let shorter = c.len().min(r.len());
+            let mut at = shorter.saturating_sub(1);
+            if let Some(i) = (0..shorter).find(|&i| c[i] != r[i]) {
+                at = if i > 0 && c[i - 1] == ' ' { i - 1 } else { i };
+            }
+            let cut = |v: &[char]| -> (String, String) {
+                (v[..at].iter().collect(), v[at..].iter().collect())
+            };
+            let ((prompt, chosen), (_, rejected)) = (cut(&c), cut(&r));
+            (prompt, chosen, rejected)
+        }
+    };
+    if chosen.trim().is_empty() || rejected.trim().is_empty() {
+        return Err("an empty `chosen` or `rejected` completion".into());
+    }
+    if chosen == rejected {
+        return Err("`chosen` and `rejected` are the same: the pair teaches nothing".into());
+    }
+    Ok(Example::Preference {
+        prompt,
+        chosen,
+        rejected,
+    })
+}
+
 fn detect(obj: &serde_json::Map<String, Value>) -> Result<DataFormat, String> {
     let has = |k: &str| obj.contains_key(k);
-    Ok(if has("messages") {
+    Ok(if has("chosen") && has("rejected") {
+        DataFormat::Preference
+    } else if has("messages") {
         DataFormat::Chat
     } else if has("prompt") && has("completion") {
         DataFormat::PromptCompletion
@@ -357,7 +415,7 @@ fn detect(obj: &serde_json::Map<String, Value>) -> Result<DataFormat, String> {
     } else {
         let fields: Vec<&str> = obj.keys().map(String::as_str).collect();
         return Err(format!(
-            "cannot tell the format from fields {fields:?}; expected messages | prompt+completion | instruction+output | text (or set data.format)"
+            "cannot tell the format from fields {fields:?}; expected messages | prompt+completion | instruction+output | text | chosen+rejected (or set data.format)"
         ));
     })
 }

@@ -233,6 +233,10 @@ pub struct Decoder {
     /// Training adds this times the router load-balancing loss ([`RouterLoad`]) of a mixture
     /// of experts (`train.router_aux_loss_coef`). 0 by default.
     pub router_aux_loss_coef: f64,
+    /// Preference tuning (`train.method = "dpo" | "simpo"`): the loss of preference batches.
+    pub preference: Option<crate::train::preference::PreferenceLoss>,
+    /// The metrics of the preference micro-batches computed since the trainer last took them.
+    pub preference_metrics: std::cell::RefCell<Vec<crate::train::metrics::PreferenceMetrics>>,
     /// What the tied head's product computes in (`AdaptedModel::compute_in`); the linears carry
     /// their own.
     pub compute: Dtype,
@@ -394,6 +398,8 @@ impl Decoder {
             lm_head,
             gradient_checkpointing: false,
             router_aux_loss_coef: 0.0,
+            preference: None,
+            preference_metrics: Default::default(),
             compute: Dtype::F32,
             rope,
             local_rope,

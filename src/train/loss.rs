@@ -9,6 +9,7 @@ use burn::tensor::Tensor;
 use super::TrainError;
 use super::autograd::{Gradients, Seed, whole_graph_gradients};
 use super::cross_entropy::{next_token_nll_sum, nll_sum};
+use super::metrics::PreferenceMetrics;
 use crate::data::batch::Batch;
 use crate::model::TaskModel;
 use crate::model::adapted::AdaptedModel;
@@ -42,11 +43,23 @@ pub trait Objective: AdaptedModel {
     fn labels(&self) -> Option<&[String]> {
         None
     }
+
+    /// The metrics of the preference micro-batches computed since the last call (drained).
+    fn take_preference_metrics(&self) -> Vec<PreferenceMetrics> {
+        Vec::new()
+    }
 }
 
 impl Objective for Decoder {
     fn loss_sum(&self, batch: &Batch) -> Option<Tensor<1>> {
-        next_token_nll_sum(self, batch)
+        match &batch.pairs {
+            Some(_) => super::preference::loss_sum(self, batch),
+            None => next_token_nll_sum(self, batch),
+        }
+    }
+
+    fn take_preference_metrics(&self) -> Vec<PreferenceMetrics> {
+        self.preference_metrics.take()
     }
 
     fn loss_and_gradients(
@@ -123,6 +136,13 @@ impl Objective for TaskModel {
         match self {
             Self::Lm(m) => m.labels(),
             Self::Classifier(m) => m.labels(),
+        }
+    }
+
+    fn take_preference_metrics(&self) -> Vec<PreferenceMetrics> {
+        match self {
+            Self::Lm(m) => m.take_preference_metrics(),
+            Self::Classifier(_) => Vec::new(),
         }
     }
 }

@@ -49,6 +49,65 @@ pub struct StepRecord {
     /// Early stopping ended the run after this step.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopped_early: bool,
+    /// Preference runs: the step's rewards, log-probabilities and logits under TRL's names.
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub preference: Option<PreferenceMetrics>,
+}
+
+/// A preference micro-batch's metrics under TRL's names (each the mean over its pairs;
+/// `logits/*` over its completion tokens); a step's are the mean over its micro-batches, as
+/// TRL averages what each loss computation logged.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PreferenceMetrics {
+    #[serde(rename = "rewards/chosen")]
+    pub rewards_chosen: f64,
+    #[serde(rename = "rewards/rejected")]
+    pub rewards_rejected: f64,
+    #[serde(rename = "rewards/accuracies")]
+    pub rewards_accuracies: f64,
+    #[serde(rename = "rewards/margins")]
+    pub rewards_margins: f64,
+    #[serde(rename = "logps/chosen")]
+    pub logps_chosen: f64,
+    #[serde(rename = "logps/rejected")]
+    pub logps_rejected: f64,
+    #[serde(rename = "logits/chosen")]
+    pub logits_chosen: f64,
+    #[serde(rename = "logits/rejected")]
+    pub logits_rejected: f64,
+    /// The micro-batch's loss (its mean over pairs; the step's loss is logged as `loss`).
+    #[serde(skip)]
+    pub loss: f64,
+}
+
+impl PreferenceMetrics {
+    fn fields(&mut self) -> [&mut f64; 9] {
+        [
+            &mut self.rewards_chosen,
+            &mut self.rewards_rejected,
+            &mut self.rewards_accuracies,
+            &mut self.rewards_margins,
+            &mut self.logps_chosen,
+            &mut self.logps_rejected,
+            &mut self.logits_chosen,
+            &mut self.logits_rejected,
+            &mut self.loss,
+        ]
+    }
+
+    /// The mean of each metric over `all`; None for none.
+    pub fn mean(all: &[Self]) -> Option<Self> {
+        let mut mean = all.first()?.clone();
+        for other in &all[1..] {
+            let mut other = other.clone();
+            for (m, o) in mean.fields().into_iter().zip(other.fields()) {
+                *m += *o;
+            }
+        }
+        let n = all.len() as f64;
+        mean.fields().into_iter().for_each(|m| *m /= n);
+        Some(mean)
+    }
 }
 
 fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {

@@ -21,6 +21,7 @@ pub mod loss;
 pub mod loss_scale;
 pub mod metrics;
 pub mod optim;
+pub mod preference;
 pub mod progress;
 pub mod schedule;
 pub mod step;

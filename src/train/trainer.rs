@@ -329,6 +329,7 @@ pub fn train(
             eval_classes: None,
             best_step: None,
             stopped_early: false,
+            preference: super::metrics::PreferenceMetrics::mean(&model.take_preference_metrics()),
         };
         let due = |every: Option<u64>| every.is_some_and(|n| n > 0 && state.step.is_multiple_of(n));
         let mut new_best = false;

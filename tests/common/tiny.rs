@@ -316,6 +316,7 @@ pub fn example(k: u32, len: usize) -> Encoded {
         ids,
         labels,
         class: None,
+        rejected: None,
     }
 }
 
@@ -453,5 +454,6 @@ pub fn seq_cls_batch() -> Batch {
         input_ids: raw.input_ids,
         attention_mask: raw.attention_mask,
         classes: raw.labels,
+        pairs: None,
     }
 }

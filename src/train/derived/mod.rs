@@ -58,6 +58,9 @@ pub fn loss_and_gradients_chunked(
     seed: Seed,
     logit_chunk: usize,
 ) -> Result<Option<Gradients>, TrainError> {
+    if batch.pairs.is_some() {
+        return crate::train::preference::loss_and_gradients(model, batch, seed, logit_chunk);
+    }
     let (at, targets) = scored_positions(&batch.labels);
     if at.is_empty() {
         return Ok(None);
@@ -213,6 +216,23 @@ impl DecoderPass {
         }
         per_layer.into_iter().rev().flatten().collect()
     }
+}
+
+/// The last layer's output [b·s, hidden] for `batch` through every layer's taped forward, each
+/// tape dropped at once: the training forward's exact arithmetic (a reference pass over the
+/// same weights then gives the policy's log-probabilities bit for bit where the adapters add
+/// nothing), without keeping anything.
+pub fn taped_forward(model: &Decoder, batch: &Batch) -> Tensor<2> {
+    let inputs = model.layer_inputs(&batch.attention_mask);
+    let shape = Shape::of(batch, true);
+    let hidden = model.config.hidden_size;
+    let mut x = model
+        .embed(&batch.input_ids)
+        .reshape([shape.b * shape.s, hidden]);
+    for layer in &model.layers {
+        x = layer::forward(layer, x, shape, &inputs, None).0;
+    }
+    x
 }
 
 /// `DecoderLayer::forward` (no tape; the backend's fused attention) on x [b·s, hidden].
