@@ -73,6 +73,14 @@ impl Plan {
         })
     }
 
+    /// DPO against the adapter the run starts from (`preference.reference =
+    /// "initial_adapter"`).
+    pub fn initial_adapter_reference(&self) -> bool {
+        self.train.method == TrainMethod::Dpo
+            && (self.preference.as_ref())
+                .is_some_and(|p| p.reference == PreferenceReference::InitialAdapter)
+    }
+
     /// How the run holds the frozen base's linear weights.
     pub fn base_storage(&self) -> BaseStorage {
         BaseStorage {

@@ -17,8 +17,16 @@ use crate::train::evaluate::evaluate;
 use serde_json::json;
 
 pub fn run(recipe: &Path, adapter: Option<&Path>, device: DeviceChoice) -> anyhow::Result<()> {
-    let loaded = session::load(recipe, Some(device))?;
+    let mut loaded = session::load(recipe, Some(device))?;
     let mut model = session::open_model(&loaded, MemoryCheck::Off)?;
+    // DPO's reference comes first: the base, or the adapter the recipe starts from.
+    let plan = &loaded.prepared.plan;
+    if let Some(dir) = (plan.lora.init_from.as_ref()).filter(|_| plan.initial_adapter_reference()) {
+        model
+            .load_adapter_weights(&dir.join(WEIGHTS_FILE))
+            .with_context(|| format!("lora.init_from: {}", dir.display()))?;
+    }
+    session::compute_references(&mut loaded, &mut model)?;
     let (data, which) = match &loaded.eval {
         Some(eval) => (eval, "eval split"),
         None => (&loaded.train, "train set (no eval split in the recipe)"),

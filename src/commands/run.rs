@@ -17,10 +17,8 @@ use crate::model::adapted::AdaptedModel;
 use crate::peft::folder::{ClassMap, WEIGHTS_FILE};
 use crate::plan::Plan;
 use crate::recipe::{ExportFormat, Pooling};
-use crate::recipe::{PreferenceReference, TrainMethod};
 use crate::train::checkpoint;
 use crate::train::metrics::peak_rss_bytes;
-use crate::train::preference::compute_reference;
 use crate::train::trainer::{Settings, Summary, train};
 
 pub fn run(
@@ -37,9 +35,7 @@ pub fn run(
     let resume = distributed::leader_first(|| clear_or_resume(&plan.out_dir, resume, force))?;
     let mut model = session::open_model(&loaded, memory_check)?;
     // DPO against the initial adapter needs it for the reference, resumed or not.
-    let initial_reference = plan.preference.as_ref().is_some_and(|p| {
-        plan.train.method == TrainMethod::Dpo && p.reference == PreferenceReference::InitialAdapter
-    });
+    let initial_reference = plan.initial_adapter_reference();
     if let Some(dir) =
         (plan.lora.init_from.as_ref()).filter(|_| resume.is_none() || initial_reference)
     {
@@ -57,23 +53,7 @@ pub fn run(
             .with_context(|| format!("lora.init_from: {}", dir.display()))?;
         println!("init:  adapters from {}", dir.display());
     }
-    if let (Some(_), TaskModel::Lm(lm)) = (&plan.preference, &mut model)
-        && plan.train.method == TrainMethod::Dpo
-    {
-        let started = std::time::Instant::now();
-        let batch_size = plan.train.batch_size as usize;
-        for data in std::iter::once(&mut loaded.train).chain(loaded.eval.as_mut()) {
-            compute_reference(lm, data, batch_size, !initial_reference)?;
-        }
-        println!(
-            "reference: log-probabilities of every pair under {} ({:.1} s)",
-            match initial_reference {
-                true => "the initial adapter",
-                false => "the base (adapters off)",
-            },
-            started.elapsed().as_secs_f64()
-        );
-    }
+    session::compute_references(&mut loaded, &mut model)?;
     let plan = &loaded.prepared.plan;
     let prepared = &loaded.prepared;
     let peft_config = prepared.peft_config();

@@ -73,6 +73,34 @@ pub fn load(recipe: &Path, device: Option<DeviceChoice>) -> anyhow::Result<Loade
     })
 }
 
+/// DPO: every pair's reference log-probabilities, train and eval, from `model` as it is now —
+/// with its adapters taken off, or as loaded for `preference.reference = "initial_adapter"`
+/// (the caller loads `lora.init_from` first). Nothing for SFT and SimPO.
+pub fn compute_references(loaded: &mut Loaded, model: &mut TaskModel) -> anyhow::Result<()> {
+    let plan = &loaded.prepared.plan;
+    let TaskModel::Lm(lm) = model else {
+        return Ok(());
+    };
+    if plan.train.method != crate::recipe::TrainMethod::Dpo {
+        return Ok(());
+    }
+    let initial = plan.initial_adapter_reference();
+    let started = Instant::now();
+    let batch_size = plan.train.batch_size as usize;
+    for data in std::iter::once(&mut loaded.train).chain(loaded.eval.as_mut()) {
+        crate::train::preference::compute_reference(lm, data, batch_size, !initial)?;
+    }
+    println!(
+        "reference: every pair's log-probabilities under {} ({:.1} s)",
+        match initial {
+            true => "the initial adapter",
+            false => "the base, adapters off",
+        },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// Refuses a CPU run predicted not to fit, loads the model with fresh adapters onto the
 /// device [`load`] started (the CPU when none); prints what was loaded.
 pub fn open_model(loaded: &Loaded, memory_check: MemoryCheck) -> anyhow::Result<TaskModel> {

@@ -6,6 +6,7 @@
 
 use super::classes::ClassMetrics;
 use super::loss::Objective;
+use super::metrics::PreferenceMetrics;
 use super::{TrainError, scalar};
 use crate::data::dataset::Dataset;
 use crate::distributed::{self, Ranks};
@@ -17,11 +18,20 @@ pub struct Eval {
     pub perplexity: f64,
     /// A classifier's accuracy, F1 and confusion matrix.
     pub classes: Option<ClassMetrics>,
+    /// Preference pairs: the rewards, log-probabilities and logits, each the mean over the
+    /// pairs (the loss is the pairs' mean loss).
+    pub preference: Option<PreferenceMetrics>,
 }
 
 impl Eval {
     /// One line: loss and perplexity, or loss, accuracy and macro-F1 for a classifier.
     pub fn brief(&self) -> String {
+        if let Some(p) = &self.preference {
+            return format!(
+                "loss {:.4}, reward accuracy {:.4}, margin {:.4}",
+                self.loss, p.rewards_accuracies, p.rewards_margins
+            );
+        }
         match &self.classes {
             Some(c) => format!(
                 "loss {:.4}, accuracy {:.4}, macro-F1 {:.4}",
@@ -40,6 +50,9 @@ pub fn evaluate(
     batch_size: usize,
 ) -> Result<Eval, TrainError> {
     let ranks = distributed::ranks();
+    if data.examples.first().is_some_and(|e| e.rejected.is_some()) {
+        return evaluate_pairs(model, data, batch_size, ranks);
+    }
     let (mut sum, mut targets, predictions) = score_share(model, data, batch_size, ranks)?;
     let mut pairs: Vec<(u32, u32)> = predictions.iter().map(|p| (p.gold, p.predicted)).collect();
     if ranks.is_parallel() {
@@ -68,6 +81,54 @@ pub fn evaluate(
         loss,
         perplexity: loss.exp(),
         classes,
+        preference: None,
+    })
+}
+
+/// Preference pairs: the loss and every metric averaged over the pairs (each micro-batch's
+/// means weighted by its pairs), summed across the ranks of a job.
+fn evaluate_pairs(
+    model: &mut impl Objective,
+    data: &Dataset,
+    batch_size: usize,
+    ranks: Ranks,
+) -> Result<Eval, TrainError> {
+    model.set_training(false);
+    // [pairs, Σ pairs · metric …]
+    let mut sums = vec![0.0; 10];
+    let batches = data.in_order(batch_size).into_iter().enumerate();
+    let mut result = Ok(());
+    for (_, batch) in batches.filter(|(i, _)| ranks.owns(*i)) {
+        let Some(outcome) = model.preference_outcome(&batch) else {
+            continue;
+        };
+        let mut m = match outcome {
+            Ok(out) => out.metrics,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        let n = batch.pairs.as_ref().map_or(0, |p| p.count) as f64;
+        sums[0] += n;
+        for (sum, v) in sums[1..].iter_mut().zip(m.fields()) {
+            *sum += n * *v;
+        }
+    }
+    model.set_training(true);
+    result?;
+    if ranks.is_parallel() {
+        distributed::sum_f64(&mut sums);
+    }
+    let mut mean = PreferenceMetrics::default();
+    for (field, sum) in mean.fields().into_iter().zip(&sums[1..]) {
+        *field = sum / sums[0].max(1.0);
+    }
+    Ok(Eval {
+        loss: mean.loss,
+        perplexity: f64::NAN,
+        classes: None,
+        preference: Some(mean),
     })
 }
 

@@ -10,6 +10,7 @@ use super::TrainError;
 use super::autograd::{Gradients, Seed, whole_graph_gradients};
 use super::cross_entropy::{next_token_nll_sum, nll_sum};
 use super::metrics::PreferenceMetrics;
+use super::preference::PairOutcome;
 use crate::data::batch::Batch;
 use crate::model::TaskModel;
 use crate::model::adapted::AdaptedModel;
@@ -48,6 +49,12 @@ pub trait Objective: AdaptedModel {
     fn take_preference_metrics(&self) -> Vec<PreferenceMetrics> {
         Vec::new()
     }
+
+    /// A preference batch's loss and metrics, forward only (evaluation); None for a model
+    /// without a preference loss.
+    fn preference_outcome(&self, _batch: &Batch) -> Option<Result<PairOutcome, TrainError>> {
+        None
+    }
 }
 
 impl Objective for Decoder {
@@ -60,6 +67,10 @@ impl Objective for Decoder {
 
     fn take_preference_metrics(&self) -> Vec<PreferenceMetrics> {
         self.preference_metrics.take()
+    }
+
+    fn preference_outcome(&self, batch: &Batch) -> Option<Result<PairOutcome, TrainError>> {
+        super::preference::outcome(self, batch)
     }
 
     fn loss_and_gradients(
@@ -143,6 +154,13 @@ impl Objective for TaskModel {
         match self {
             Self::Lm(m) => m.take_preference_metrics(),
             Self::Classifier(_) => Vec::new(),
+        }
+    }
+
+    fn preference_outcome(&self, batch: &Batch) -> Option<Result<PairOutcome, TrainError>> {
+        match self {
+            Self::Lm(m) => m.preference_outcome(batch),
+            Self::Classifier(_) => None,
         }
     }
 }

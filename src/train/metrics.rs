@@ -49,9 +49,10 @@ pub struct StepRecord {
     /// Early stopping ended the run after this step.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopped_early: bool,
-    /// Preference runs: the step's rewards, log-probabilities and logits under TRL's names.
-    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
-    pub preference: Option<PreferenceMetrics>,
+    /// Preference runs: the step's rewards, log-probabilities and logits under TRL's names
+    /// (`rewards/chosen`, …), and on eval steps their `eval/` twins.
+    #[serde(default, flatten)]
+    pub metrics: std::collections::BTreeMap<String, f64>,
 }
 
 /// A preference micro-batch's metrics under TRL's names (each the mean over its pairs;
@@ -81,7 +82,8 @@ pub struct PreferenceMetrics {
 }
 
 impl PreferenceMetrics {
-    fn fields(&mut self) -> [&mut f64; 9] {
+    /// Every metric (the loss last), for sums across micro-batches and ranks.
+    pub fn fields(&mut self) -> [&mut f64; 9] {
         [
             &mut self.rewards_chosen,
             &mut self.rewards_rejected,
@@ -95,17 +97,34 @@ impl PreferenceMetrics {
         ]
     }
 
+    /// The metrics by TRL's names, each after `prefix` (`""` or `"eval/"`).
+    pub fn named(&self, prefix: &str) -> impl Iterator<Item = (String, f64)> + use<> {
+        let value = serde_json::to_value(self).expect("plain struct");
+        let map = value.as_object().cloned().unwrap_or_default();
+        let prefix = prefix.to_string();
+        map.into_iter()
+            .filter_map(move |(k, v)| Some((format!("{prefix}{k}"), v.as_f64()?)))
+    }
+
     /// The mean of each metric over `all`; None for none.
     pub fn mean(all: &[Self]) -> Option<Self> {
-        let mut mean = all.first()?.clone();
-        for other in &all[1..] {
+        let ones = vec![1.0; all.len()];
+        Self::weighted_mean(all, &ones)
+    }
+
+    /// Each metric's mean over `all` weighted by `weights`; None for none.
+    pub fn weighted_mean(all: &[Self], weights: &[f64]) -> Option<Self> {
+        let mut mean = Self::default();
+        let total: f64 = weights.iter().sum();
+        if all.is_empty() || total == 0.0 {
+            return None;
+        }
+        for (other, &w) in all.iter().zip(weights) {
             let mut other = other.clone();
             for (m, o) in mean.fields().into_iter().zip(other.fields()) {
-                *m += *o;
+                *m += *o * w / total;
             }
         }
-        let n = all.len() as f64;
-        mean.fields().into_iter().for_each(|m| *m /= n);
         Some(mean)
     }
 }

@@ -191,6 +191,20 @@ pub fn compute_reference(
     Ok(())
 }
 
+/// A preference batch's loss and metrics, forward only (`Objective::preference_outcome`);
+/// None without pairs or a preference loss.
+pub fn outcome(model: &Decoder, batch: &Batch) -> Option<Result<PairOutcome, TrainError>> {
+    let (pairs, loss) = (batch.pairs.as_ref()?, model.preference.as_ref()?);
+    let (at, targets) = scored_positions(&batch.labels);
+    let s = batch.input_ids.first().map_or(0, Vec::len);
+    let x = taped_forward(model, batch);
+    let chunk = logit_chunk(model.config.vocab_size);
+    Some(
+        head::row_logps(model, &x, &at, &targets, [2 * pairs.count, s], chunk)
+            .map(|rows| loss.pairs(pairs, &rows)),
+    )
+}
+
 /// `Objective::loss_and_gradients` for a preference batch, derived by hand: the decoder's
 /// forward, the rows' log-probabilities from the head (no tape), the pairs' losses, then the
 /// head's backward with each position weighted by −∂L/∂π of its row and the layers' backward.

@@ -43,7 +43,7 @@ impl EventFile {
 }
 
 /// The scalars of one step under transformers' tag names.
-pub fn scalars(r: &StepRecord) -> Vec<(&'static str, f64)> {
+pub fn scalars(r: &StepRecord) -> Vec<(String, f64)> {
     let mut out = vec![
         ("train/loss", r.loss),
         ("train/learning_rate", r.lr),
@@ -57,6 +57,16 @@ pub fn scalars(r: &StepRecord) -> Vec<(&'static str, f64)> {
         ("eval/macro_f1", r.eval_classes.as_ref().map(|c| c.macro_f1)),
     ];
     out.extend(eval.into_iter().filter_map(|(tag, v)| v.map(|v| (tag, v))));
+    let mut out: Vec<(String, f64)> = out.into_iter().map(|(t, v)| (t.into(), v)).collect();
+    // TRL's names: `rewards/chosen` → train/rewards/chosen; `eval/rewards/chosen` as it is.
+    out.extend(
+        r.metrics
+            .iter()
+            .map(|(name, &v)| match name.starts_with("eval/") {
+                true => (name.clone(), v),
+                false => (format!("train/{name}"), v),
+            }),
+    );
     out
 }
 

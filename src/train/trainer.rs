@@ -329,7 +329,9 @@ pub fn train(
             eval_classes: None,
             best_step: None,
             stopped_early: false,
-            preference: super::metrics::PreferenceMetrics::mean(&model.take_preference_metrics()),
+            metrics: super::metrics::PreferenceMetrics::mean(&model.take_preference_metrics())
+                .map(|m| m.named("").collect())
+                .unwrap_or_default(),
         };
         let due = |every: Option<u64>| every.is_some_and(|n| n > 0 && state.step.is_multiple_of(n));
         let mut new_best = false;
@@ -337,8 +339,11 @@ pub fn train(
             let e = evaluate(model, eval, settings.batch_size)?;
             progress.say(format!("step {}: eval {}", state.step, e.brief()));
             record.eval_loss = Some(e.loss);
-            record.eval_perplexity = Some(e.perplexity);
+            record.eval_perplexity = e.preference.is_none().then_some(e.perplexity);
             record.eval_classes = e.classes.clone();
+            if let Some(p) = &e.preference {
+                record.metrics.extend(p.named("eval/"));
+            }
             if let Some(rule) = &settings.early_stopping {
                 let verdict = rule.observe(&mut state.best, state.step, &e);
                 new_best = verdict.new_best;
@@ -357,12 +362,18 @@ pub fn train(
             }
             last_eval = Some(e);
         }
-        let line = format!(
+        let mut line = format!(
             "loss {:.4} lr {:.2e} {:.0} tok/s",
             stats.loss,
             lr,
             run_tokens as f64 / started.elapsed().as_secs_f64()
         );
+        if let (Some(margin), Some(accuracy)) = (
+            record.metrics.get("rewards/margins"),
+            record.metrics.get("rewards/accuracies"),
+        ) {
+            line += &format!(" margin {margin:.4} accuracy {accuracy:.2}");
+        }
         progress.step(state.step, line);
         if let Some(metrics) = &mut metrics {
             metrics.append(record)?;
