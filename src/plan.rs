@@ -320,10 +320,13 @@ impl Plan {
                 "train.metric_for_best_model",
                 "only applies with train.early_stopping_patience or train.keep_best; set one or drop this",
             )?;
+            let preference = train.method != TrainMethod::Sft;
             check(
-                metric == BestMetric::Loss || recipe.model.task == Task::Classification,
+                metric == BestMetric::Loss
+                    || recipe.model.task == Task::Classification
+                    || (preference && metric == BestMetric::Accuracy),
                 "train.metric_for_best_model",
-                r#"accuracy and macro_f1 are for model.task = "classification"; a causal LM compares "loss""#,
+                r#"accuracy and macro_f1 are for model.task = "classification" (a preference run compares "loss" or "accuracy", its eval/rewards/accuracies); a causal LM compares "loss""#,
             )?;
         }
         let stop = match (train.max_steps, train.epochs) {

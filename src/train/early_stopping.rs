@@ -109,7 +109,11 @@ impl BestMetric {
         let classes = eval.classes.as_ref();
         match self {
             BestMetric::Loss => eval.loss,
-            BestMetric::Accuracy => classes.map_or(f64::NAN, |c| c.accuracy),
+            // A preference run's accuracy is TRL's `eval/rewards/accuracies`.
+            BestMetric::Accuracy => match &eval.preference {
+                Some(p) => p.rewards_accuracies,
+                None => classes.map_or(f64::NAN, |c| c.accuracy),
+            },
             BestMetric::MacroF1 => classes.map_or(f64::NAN, |c| c.macro_f1),
         }
     }
@@ -144,6 +148,7 @@ mod tests {
             loss: value,
             perplexity: value.exp(),
             classes: (metric != BestMetric::Loss).then_some(classes),
+            preference: None,
         }
     }
 
