@@ -300,7 +300,18 @@ fn first_step_is_ln_2_with_zero_a_gradients_and_trls_b_gradients() {
 /// oracle agrees.
 #[test]
 fn ten_dpo_steps_equal_trls() {
+    ten_dpo_steps(false);
+}
+
+/// The same ten steps recomputing each layer in backward (`train.gradient_checkpointing`).
+#[test]
+fn ten_dpo_steps_with_gradient_checkpointing_equal_trls() {
+    ten_dpo_steps(true);
+}
+
+fn ten_dpo_steps(gradient_checkpointing: bool) {
     let mut model = model();
+    model.gradient_checkpointing = gradient_checkpointing;
     let batches = trl_batches();
     let trajectory: Vec<Value> = tiny::json(&dir().join("trajectory.json"));
     let (schedule, mut optimizer) = tiny::reference_optimiser(None);
@@ -383,4 +394,108 @@ fn ten_dpo_steps_equal_trls() {
     want.finish().unwrap();
     // TRL's reference and ours differ in the last bits (proof 2): 1.3e-5 after ten steps.
     assert!(worst < 2e-5, "final adapters off TRL's by {worst}");
+}
+
+/// SimPO against TRL's CPOTrainer (`loss_type = "simpo"`, `cpo_alpha = 0`, β 2, γ 0.5;
+/// tools/reference/dpo_train.py simpo): its micro-batches replayed (CPOTrainer tokenises the
+/// older way, so its batches are the comparison), no reference; ten steps' loss, gradient norm,
+/// rewards (β × the mean log-probability) and mean log-probabilities, and the final adapters.
+/// `logits/*` are left out: CPOTrainer averages every position's logits, DPOTrainer (and
+/// lora-tune) the completion tokens'.
+#[test]
+fn ten_simpo_steps_equal_cpo_trainers() {
+    let dir = tiny::fixture("lora/simpo");
+    let mut model = tiny::named_with_adapters("tiny-llama", &tiny::lora(), 0);
+    model
+        .load_adapter_weights(&dir.join("init.safetensors"))
+        .unwrap();
+    model.preference = Some(PreferenceLoss {
+        method: Method::Simpo,
+        beta: 2.0,
+        simpo_gamma: 0.5,
+        sft_weight: 0.0,
+    });
+    let raw: Vec<Value> = tiny::json(&dir.join("batches.json"));
+    let rows = |v: &Value| -> Vec<Vec<i64>> {
+        (v.as_array().unwrap().iter())
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_i64().unwrap())
+                    .collect()
+            })
+            .collect()
+    };
+    let batches: Vec<Batch> = raw
+        .iter()
+        .map(|b| {
+            let ids = rows(&b["input_ids"]);
+            Batch {
+                pairs: Some(Pairs {
+                    count: ids.len() / 2,
+                    reference: Vec::new(),
+                }),
+                input_ids: ids
+                    .iter()
+                    .map(|r| r.iter().map(|&t| t as u32).collect())
+                    .collect(),
+                attention_mask: (rows(&b["attention_mask"]).iter())
+                    .map(|r| r.iter().map(|&m| m as u8).collect())
+                    .collect(),
+                labels: rows(&b["labels"]),
+                classes: Vec::new(),
+            }
+        })
+        .collect();
+    let trajectory: Vec<Value> = tiny::json(&dir.join("trajectory.json"));
+    let (schedule, mut optimizer) = tiny::reference_optimiser(None);
+    for (step, want) in trajectory.iter().enumerate() {
+        let micro = &batches[step * 2..step * 2 + 2];
+        let lr = schedule.lr(step as u64);
+        let stats = train_step(&mut model, micro, &mut optimizer, lr, 0.05).unwrap();
+        let metrics =
+            lora_tune::train::metrics::PreferenceMetrics::mean(&model.take_preference_metrics())
+                .unwrap();
+        eprintln!(
+            "step {}: loss {:.7} (CPO {}), grad norm {:.6} (CPO {})",
+            step + 1,
+            stats.loss,
+            want["loss"],
+            stats.grad_norm,
+            want["grad_norm"]
+        );
+        assert!(
+            rel(stats.loss, want["loss"].as_f64().unwrap()) < 1e-5,
+            "step {}",
+            step + 1
+        );
+        assert!(
+            rel(stats.grad_norm, want["grad_norm"].as_f64().unwrap()) < 1e-4,
+            "step {}",
+            step + 1
+        );
+        for (name, value) in serde_json::to_value(&metrics).unwrap().as_object().unwrap() {
+            if name.starts_with("logits/") {
+                continue;
+            }
+            let (g, w) = (value.as_f64().unwrap(), want[name].as_f64().unwrap());
+            assert!(
+                (g - w).abs() <= 1e-4 * w.abs().max(1e-2),
+                "step {}: {name} {g} vs CPO {w}",
+                step + 1
+            );
+        }
+    }
+    let mut want = HostTensors::read(&dir.join("final.safetensors")).unwrap();
+    let mut worst = 0.0f32;
+    for (key, t) in model.adapter_tensors().unwrap() {
+        let w = want.take(&key, &t.shape).unwrap();
+        let scale = w.values.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (a, b) in t.values.iter().zip(&w.values) {
+            worst = worst.max((a - b).abs() / scale.max(1e-9));
+        }
+    }
+    want.finish().unwrap();
+    assert!(worst < 1e-5, "final adapters off CPOTrainer's by {worst}");
 }

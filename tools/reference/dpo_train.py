@@ -20,11 +20,18 @@ Writes tests/fixtures/lora/dpo/:
                    initial adapters (B = 0: dL/dA = 0)
   trajectory.json  TRL's log_history per step: loss, grad_norm, learning_rate and the
                    rewards/*, logps/*, logits/* metrics
+With `simpo`: TRL's CPOTrainer (trl.experimental.cpo) with loss_type "simpo", cpo_alpha 0,
+beta 2.0, simpo_gamma 0.5, max_length 128 (nothing cut: CPOTrainer keeps a pair whose prompt
+fills max_length, and its empty completion's mean is NaN) on the same pairs and LoRA, into
+tests/fixtures/lora/simpo/: init, final, trajectory, and batches.json holding CPOTrainer's own
+micro-batches (its concatenated input_ids / attention_mask / labels: CPOTrainer still tokenises
+the older way — prompt apart, BOS added — so the batches, not the rows, are the comparison).
 Environment: transformers==5.23.0 peft==0.21.2 trl==1.16.0 datasets, torch per DESIGN.md §6.
-Usage: python3 tools/reference/dpo_train.py
+Usage: python3 tools/reference/dpo_train.py [simpo]
 """
 import json
 import pathlib
+import sys
 
 import datasets.fingerprint
 import torch
@@ -36,7 +43,8 @@ from trl import DPOConfig, DPOTrainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests/fixtures/llama/tiny-llama"
-OUT = ROOT / "tests/fixtures/lora/dpo"
+SIMPO = sys.argv[1:] == ["simpo"]
+OUT = ROOT / "tests/fixtures/lora" / ("simpo" if SIMPO else "dpo")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 PAIRS = [
@@ -67,12 +75,15 @@ def main():
     datasets.fingerprint.Hasher.hash = classmethod(lambda cls, value: datasets.fingerprint.generate_random_fingerprint())
     OUT.mkdir(parents=True, exist_ok=True)
     rows = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in PAIRS]
-    (OUT / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if not SIMPO:
+        (OUT / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     torch.manual_seed(7)
     tok = AutoTokenizer.from_pretrained(TINY)
     model = AutoModelForCausalLM.from_pretrained(TINY, attn_implementation="eager", dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS))
     save_file(lora_state(model), OUT / "init.safetensors")
+    if SIMPO:
+        return simpo(model, tok, rows)
     args = DPOConfig(output_dir=str(OUT / "tmp"), beta=0.1, max_length=48, per_device_train_batch_size=2,
                      gradient_accumulation_steps=2, max_steps=10, learning_rate=5e-3, weight_decay=0.01,
                      lr_scheduler_type="linear", warmup_steps=2, max_grad_norm=0.05, seed=7,
@@ -102,6 +113,36 @@ def main():
     seen.clear()
     trainer._metrics = {"train": __import__("collections").defaultdict(list),
                         "eval": __import__("collections").defaultdict(list)}
+    trainer.train()
+    (OUT / "batches.json").write_text(json.dumps(seen))
+    save_file(lora_state(model), OUT / "final.safetensors")
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    (OUT / "trajectory.json").write_text(json.dumps(history, indent=1))
+    for h in history:
+        print(h)
+    import shutil
+    shutil.rmtree(OUT / "tmp", ignore_errors=True)
+
+
+def simpo(model, tok, rows):
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+    tok.pad_token = tok.eos_token  # CPOTrainer asks for one (DPOTrainer takes EOS itself)
+    args = CPOConfig(output_dir=str(OUT / "tmp"), loss_type="simpo", cpo_alpha=0.0, beta=2.0, simpo_gamma=0.5,
+                     max_length=128, per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=10,
+                     learning_rate=5e-3, weight_decay=0.01, lr_scheduler_type="linear", warmup_steps=2,
+                     max_grad_norm=0.05, seed=7, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
+                     bf16=False, dataloader_num_workers=0, remove_unused_columns=False)
+    seen = []
+
+    class Recording(CPOTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            c = self.concatenated_inputs(inputs, padding_value=self.pad_token_id)
+            seen.append({"input_ids": c["concatenated_input_ids"].tolist(),
+                         "attention_mask": c["concatenated_attention_mask"].tolist(),
+                         "labels": c["concatenated_labels"].tolist()})
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    trainer = Recording(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
     trainer.train()
     (OUT / "batches.json").write_text(json.dumps(seen))
     save_file(lora_state(model), OUT / "final.safetensors")
