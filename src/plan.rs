@@ -570,8 +570,8 @@ fn preference_plan(
         match p.reference {
             PreferenceReference::Base => check(
                 recipe.lora.init_from.is_none(),
-                "preference.reference",
-                r#"= "base" with lora.init_from: the adapters switched off are not the model the run starts from, so the first step would already be off its reference; set reference = "initial_adapter" (the adapter from init_from, frozen) or train a fresh adapter"#,
+                "lora.init_from",
+                r#"with DPO's preference.reference = "base": the adapters switched off are not the model the run starts from, so the first step would already be off its reference; set preference.reference = "initial_adapter" (the adapter from init_from, frozen) or train a fresh adapter"#,
             )?,
             PreferenceReference::InitialAdapter => check(
                 recipe.lora.init_from.is_some(),

@@ -204,7 +204,9 @@ impl Prepared {
             return None;
         };
         let t = &self.plan.train;
-        let batch = (t.batch_size as usize).min(train.sequences.len());
+        // A preference micro-batch holds each pair's chosen and rejected rows.
+        let rows_per = if train.is_pairs() { 2 } else { 1 };
+        let batch = rows_per * (t.batch_size as usize).min(train.sequences.len());
         let shape = BatchShape {
             batch,
             seq: train.longest_padded(),

@@ -50,7 +50,12 @@ fn model() -> Decoder {
 /// TRL's micro-batches in order, as our preference batches (labels on the completion mask;
 /// TRL's reference log-probabilities).
 fn trl_batches() -> Vec<Batch> {
-    let raw: Vec<Value> = tiny::json(&dir().join("batches.json"));
+    trl_batches_of("dpo")
+}
+
+/// [`trl_batches`] of the run in tests/fixtures/lora/`fixture`.
+fn trl_batches_of(fixture: &str) -> Vec<Batch> {
+    let raw: Vec<Value> = tiny::json(&dir_of(fixture).join("batches.json"));
     let rows = |v: &Value| -> Vec<Vec<i64>> {
         (v.as_array().unwrap().iter())
             .map(|r| {
@@ -300,20 +305,31 @@ fn first_step_is_ln_2_with_zero_a_gradients_and_trls_b_gradients() {
 /// oracle agrees.
 #[test]
 fn ten_dpo_steps_equal_trls() {
-    ten_dpo_steps(false);
+    ten_dpo_steps("dpo", 0.0, false);
 }
 
 /// The same ten steps recomputing each layer in backward (`train.gradient_checkpointing`).
 #[test]
 fn ten_dpo_steps_with_gradient_checkpointing_equal_trls() {
-    ten_dpo_steps(true);
+    ten_dpo_steps("dpo", 0.0, true);
 }
 
-fn ten_dpo_steps(gradient_checkpointing: bool) {
+/// `preference.sft_weight = 0.5`: TRL's loss_type ["sigmoid", "sft"] with weights [1, 0.5]
+/// (tools/reference/dpo_train.py dpo-sft).
+#[test]
+fn ten_dpo_steps_with_an_sft_term_equal_trls() {
+    ten_dpo_steps("dpo-sft", 0.5, false);
+}
+
+fn ten_dpo_steps(fixture: &str, sft_weight: f64, gradient_checkpointing: bool) {
     let mut model = model();
     model.gradient_checkpointing = gradient_checkpointing;
-    let batches = trl_batches();
-    let trajectory: Vec<Value> = tiny::json(&dir().join("trajectory.json"));
+    model.preference = Some(PreferenceLoss {
+        sft_weight,
+        ..dpo()
+    });
+    let batches = trl_batches_of(fixture);
+    let trajectory: Vec<Value> = tiny::json(&dir_of(fixture).join("trajectory.json"));
     let (schedule, mut optimizer) = tiny::reference_optimiser(None);
     for (step, want) in trajectory.iter().enumerate() {
         let micro = &batches[step * 2..step * 2 + 2];
@@ -382,7 +398,7 @@ fn ten_dpo_steps(gradient_checkpointing: bool) {
             );
         }
     }
-    let mut want = HostTensors::read(&dir().join("final.safetensors")).unwrap();
+    let mut want = HostTensors::read(&dir_of(fixture).join("final.safetensors")).unwrap();
     let mut worst = 0.0f32;
     for (key, t) in model.adapter_tensors().unwrap() {
         let w = want.take(&key, &t.shape).unwrap();
@@ -392,8 +408,11 @@ fn ten_dpo_steps(gradient_checkpointing: bool) {
         }
     }
     want.finish().unwrap();
-    // TRL's reference and ours differ in the last bits (proof 2): 1.3e-5 after ten steps.
-    assert!(worst < 2e-5, "final adapters off TRL's by {worst}");
+    eprintln!("{fixture}: final adapters within {worst:e} of TRL's");
+    // Measured: 1.3e-5 (8.8e-6 with checkpointing), 2.9e-5 with the SFT term — f32 rounding
+    // that AdamW's normalisation magnifies where a gradient is near 0 (the losses and norms
+    // agree to ≤ 1e-6 every step).
+    assert!(worst < 5e-5, "final adapters off TRL's by {worst}");
 }
 
 /// SimPO against TRL's CPOTrainer (`loss_type = "simpo"`, `cpo_alpha = 0`, β 2, γ 0.5;
@@ -497,5 +516,209 @@ fn ten_simpo_steps_equal_cpo_trainers() {
         }
     }
     want.finish().unwrap();
+    eprintln!("simpo: final adapters within {worst:e} of CPOTrainer's");
     assert!(worst < 1e-5, "final adapters off CPOTrainer's by {worst}");
+}
+
+/// Bad preference rows, in JSONL and CSV, are reported by `file:line` and counted (skipped by
+/// default, the first one stops a strict load), as SFT's are; an implicit prompt is the shared
+/// prefix of chosen and rejected, as TRL's `extract_prompt` takes it.
+#[test]
+fn bad_pairs_are_reported_by_file_and_line() {
+    let files = lora_tune::source::ModelFiles::Dir(tiny::fixture("llama/tiny-llama"));
+    let tokenizer = lora_tune::model::tokenizer_of(&files).unwrap();
+    let encoder = Encoder {
+        tokenizer: &tokenizer,
+        template: None,
+        train_on_inputs: false,
+        max_len: 32,
+        truncation: Truncation::Truncate,
+        labels: None,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let long = "a very long prompt ".repeat(3);
+    let jsonl = [
+        r#"{"prompt": "Q: hi?", "chosen": " Hello.", "rejected": " Go away."}"#.to_string(),
+        r#"{"prompt": "Q: hi?", "chosen": " Hello."}"#.into(),
+        r#"{"prompt": "Q: hi?", "chosen": " Same.", "rejected": " Same."}"#.into(),
+        r#"{"prompt": "Q: hi?", "chosen": 3, "rejected": " No."}"#.into(),
+        serde_json::json!({"prompt": long, "chosen": " A.", "rejected": " B."}).to_string(),
+        r#"{"chosen": [{"role": "user", "content": "hi"}], "rejected": [{"role": "user", "content": "yo"}]}"#.into(),
+        r#"{"chosen": "Q: why? Because.", "rejected": "Q: why? No idea."}"#.into(),
+    ]
+    .join("\n");
+    let path = tmp.path().join("pairs.jsonl");
+    std::fs::write(&path, jsonl).unwrap();
+    let section: lora_tune::recipe::DataSection =
+        toml::from_str("train = \"unused\"\nmax_len = 32\n").unwrap();
+    let data = Dataset::load(&path, &section, &encoder, &|_| true).unwrap();
+    let skipped: Vec<String> = data.skipped.iter().map(|b| b.to_string()).collect();
+    let want = [
+        "pairs.jsonl:2: missing field `rejected`",
+        "pairs.jsonl:3: `chosen` and `rejected` are the same",
+        "pairs.jsonl:4: field `chosen` must be a string",
+        "pairs.jsonl:5: the prompt alone is",
+        "pairs.jsonl:6: chat-message preference rows are not implemented yet",
+    ];
+    assert_eq!(skipped.len(), want.len(), "{skipped:?}");
+    for (got, want) in skipped.iter().zip(want) {
+        assert!(got.contains(want), "{got} should say {want}");
+    }
+    // Line 7: the implicit prompt "Q: why?" (the space before the completions goes with them).
+    assert_eq!(data.examples.len(), 2);
+    let (rows, _) = read_rows(&path, DataFormat::Auto, false).unwrap();
+    match &rows.last().unwrap().example {
+        lora_tune::data::rows::Example::Preference {
+            prompt,
+            chosen,
+            rejected,
+        } => assert_eq!(
+            (prompt.as_str(), chosen.as_str(), rejected.as_str()),
+            ("Q: why?", " Because.", " No idea.")
+        ),
+        other => panic!("{other:?}"),
+    }
+    // A strict load stops at the first.
+    let strict: lora_tune::recipe::DataSection =
+        toml::from_str("train = \"unused\"\nmax_len = 32\nstrict = true\n").unwrap();
+    let err = Dataset::load(&path, &strict, &encoder, &|_| true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("pairs.jsonl:2: missing field `rejected`"),
+        "{err}"
+    );
+    // CSV: the same fields as columns.
+    let csv = tmp.path().join("pairs.csv");
+    std::fs::write(
+        &csv,
+        "prompt,chosen,rejected\nQ: hi?, Hello., Go away.\nQ: hi?, Same., Same.\n",
+    )
+    .unwrap();
+    let data = Dataset::load(&csv, &section, &encoder, &|_| true).unwrap();
+    assert_eq!(data.examples.len(), 1);
+    assert!(
+        data.skipped[0]
+            .to_string()
+            .contains("pairs.csv:3: `chosen` and `rejected` are the same")
+    );
+}
+
+/// The whole path through the binary: a DPO recipe on the tiny Llama computes the reference,
+/// trains with an eval split, logs TRL's metric names and their `eval/` twins, exports every
+/// format, resumes from a mid-run checkpoint to the same adapters bit for bit, and `eval`
+/// reports an adapter's reward accuracy; SFT rows under DPO and pairs under SFT are refused.
+#[test]
+fn dpo_runs_through_the_binary_resumes_exactly_and_evaluates() {
+    let recipe = |out: &str, method: &str| {
+        format!(
+            "[model]\nsource = \"model\"\n\n[lora]\nrank = 4\n\n[data]\ntrain = \"pairs.jsonl\"\nmax_len = 64\neval_fraction = 0.3\n\n[train]\nmethod = \"{method}\"\nmax_steps = 6\nbatch_size = 2\nlr = 5e-3\neval_every = 3\ncheckpoint_every = 3\nseed = 3\n\n[preference]\nbeta = 0.1\n\n[export]\nout_dir = \"{out}\"\nformats = [\"peft\", \"gguf\", \"merged\"]\n"
+        )
+    };
+    let tmp = common::tiny_workdir(&recipe("whole", "dpo"));
+    let dir = tmp.path();
+    std::fs::copy(dir_of("dpo").join("pairs.jsonl"), dir.join("pairs.jsonl")).unwrap();
+    let run = |args: &[&str]| {
+        let out = common::run(dir, args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = run(&["recipe.toml", "--device", "cpu"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("reference: every pair's log-probabilities under the base"),
+        "{text}"
+    );
+    assert!(
+        text.contains("margin") && text.contains("reward accuracy"),
+        "{text}"
+    );
+    let whole = dir.join("whole");
+    for f in [
+        "adapter_model.safetensors",
+        "recipe.lora.gguf",
+        "merged/config.json",
+    ] {
+        assert!(whole.join(f).exists(), "{f}");
+    }
+    let metrics = std::fs::read_to_string(whole.join("metrics.jsonl")).unwrap();
+    let records: Vec<Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 6);
+    for name in [
+        "rewards/chosen",
+        "rewards/margins",
+        "logps/rejected",
+        "logits/chosen",
+    ] {
+        assert!(records.iter().all(|r| r[name].is_f64()), "{name}");
+    }
+    assert!(
+        records[2]["eval/rewards/accuracies"].is_f64(),
+        "{:?}",
+        records[2]
+    );
+
+    // Stopped after step 3: its checkpoint and first three records; resumed to step 6.
+    std::fs::write(dir.join("resumed.toml"), recipe("resumed", "dpo")).unwrap();
+    let to = dir.join("resumed/checkpoints/step-000003");
+    std::fs::create_dir_all(&to).unwrap();
+    for f in std::fs::read_dir(whole.join("checkpoints/step-000003")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+    }
+    let head: Vec<&str> = metrics.lines().take(3).collect();
+    std::fs::write(dir.join("resumed/metrics.jsonl"), head.join("\n") + "\n").unwrap();
+    let (code, text) = run(&["resumed.toml", "--device", "cpu", "--resume", "resumed"]);
+    assert_eq!(code, Some(0), "{text}");
+    let adapters = |d: &str| std::fs::read(dir.join(d).join("adapter_model.safetensors")).unwrap();
+    assert!(
+        adapters("whole") == adapters("resumed"),
+        "the resumed run's adapters differ"
+    );
+
+    let (code, text) = run(&[
+        "eval",
+        "recipe.toml",
+        "--adapter",
+        "whole",
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("reward accuracy"), "{text}");
+
+    // Pairs under SFT, text rows under DPO.
+    std::fs::write(
+        dir.join("sft.toml"),
+        recipe("sft", "sft").replace("[preference]\nbeta = 0.1\n", ""),
+    )
+    .unwrap();
+    let (code, text) = run(&["sft.toml", "--device", "cpu"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("train.method = \"dpo\" or \"simpo\""),
+        "{text}"
+    );
+    std::fs::write(
+        dir.join("text.toml"),
+        recipe("text", "dpo").replace("pairs.jsonl", "train.jsonl"),
+    )
+    .unwrap();
+    let (code, text) = run(&["text.toml", "--device", "cpu"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("data.format") || text.contains("not preference rows"),
+        "{text}"
+    );
+}
+
+fn dir_of(name: &str) -> std::path::PathBuf {
+    tiny::fixture(&format!("lora/{name}"))
 }

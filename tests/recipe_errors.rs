@@ -351,6 +351,54 @@ const CASES: &[Case] = &[
         words: &["0 (off) or positive"],
     },
     Case {
+        what: "a [preference] section without a preference method",
+        model_and_data: BASE,
+        rest: "\n[preference]\nbeta = 0.2\n",
+        line: 7,
+        key: "preference",
+        words: &["train.method", "dpo"],
+    },
+    Case {
+        what: "an unknown train method",
+        model_and_data: BASE,
+        rest: "\n[train]\nmethod = \"ppo\"\n",
+        line: 8,
+        key: "train.method",
+        words: &["sft", "dpo", "simpo"],
+    },
+    Case {
+        what: "DPO with packing",
+        model_and_data: "[model]\nsource = \"model.gguf\"\n\n[data]\ntrain = \"train.jsonl\"\npacking = true\n",
+        rest: "\n[train]\nmethod = \"dpo\"\n",
+        line: 6,
+        key: "data.packing",
+        words: &["pair", "false"],
+    },
+    Case {
+        what: "DPO with a non-positive beta",
+        model_and_data: BASE,
+        rest: "\n[train]\nmethod = \"dpo\"\n\n[preference]\nbeta = 0\n",
+        line: 11,
+        key: "preference.beta",
+        words: &["positive"],
+    },
+    Case {
+        what: "DPO from an existing adapter against the base",
+        model_and_data: BASE,
+        rest: "\n[lora]\ninit_from = \"adapter\"\n\n[train]\nmethod = \"dpo\"\n",
+        line: 8,
+        key: "lora.init_from",
+        words: &["preference.reference", "initial_adapter"],
+    },
+    Case {
+        what: "an unknown [preference] key",
+        model_and_data: BASE,
+        rest: "\n[train]\nmethod = \"dpo\"\n\n[preference]\nlabel_smoothing = 0.1\n",
+        line: 11,
+        key: "preference.label_smoothing",
+        words: &["beta"],
+    },
+    Case {
         what: "PiSSA on a base kept in blocks",
         model_and_data: "[model]\nsource = \"model.gguf\"\nkeep_quantized = true\n\n[data]\ntrain = \"train.jsonl\"\n",
         rest: "\n[lora]\ninit = \"pissa\"\n",
@@ -366,6 +414,8 @@ fn every_located_error_names_line_key_and_what_is_accepted() {
     let f = Fixture::new();
     std::fs::create_dir(f.dir.path().join("empty")).unwrap();
     std::fs::write(f.dir.path().join("t.parquet"), "x").unwrap();
+    std::fs::create_dir(f.dir.path().join("adapter")).unwrap();
+    std::fs::write(f.dir.path().join("adapter/adapter_model.safetensors"), "").unwrap();
     let mut failures = Vec::new();
     for case in CASES {
         let err = f.error(case.model_and_data, case.rest);

@@ -278,17 +278,22 @@ fn print_data_stats(name: &str, stats: &DataStats, classification: bool) {
         )
     };
     println!(
-        "data:  {name}: {} rows, {} tokens (longest {}), {targets}, {} truncated, {} skipped",
+        "data:  {name}: {} {}, {} tokens (longest {}), {targets}, {} truncated, {} skipped",
         thousands(stats.examples as u64),
+        if stats.pairs { "pairs" } else { "rows" },
         thousands(stats.tokens as u64),
         stats.longest,
         stats.truncated,
         stats.skipped
     );
+    let unit = match (stats.pairs, stats.packed) {
+        (true, _) => " pairs (a chosen and a rejected row each)",
+        (false, true) => " sequences (packed)",
+        (false, false) => " sequences",
+    };
     println!(
-        "       {} sequences{} → {} micro-batches of {}, {:.1}% of batch tokens are padding",
+        "       {}{unit} → {} micro-batches of {}, {:.1}% of batch tokens are padding",
         thousands(stats.sequences as u64),
-        if stats.packed { " (packed)" } else { "" },
         stats.batches,
         stats.batch_size,
         100.0 * stats.padding_fraction()
@@ -353,6 +358,29 @@ fn print_settings(plan: &Plan) {
         train.max_grad_norm,
         train.seed
     );
+    if let Some(p) = &plan.preference {
+        let method = match train.method {
+            crate::recipe::TrainMethod::Simpo => {
+                format!("SimPO (beta {}, gamma {})", p.beta, p.simpo_gamma)
+            }
+            _ => format!(
+                "DPO (sigmoid, beta {}) against {}",
+                p.beta,
+                match plan.initial_adapter_reference() {
+                    true => "the initial adapter",
+                    false => "the base (adapters off)",
+                }
+            ),
+        };
+        let sft = match p.sft_weight {
+            0.0 => String::new(),
+            w => format!(", + {w} × the chosen completions' NLL"),
+        };
+        println!(
+            "       preference: {method}{sft}; pairs cut to {} tokens",
+            p.max_length.unwrap_or(plan.data.max_len)
+        );
+    }
     if train.early_stopping_patience.is_some() || train.keep_best {
         let metric = train.metric_for_best_model.unwrap_or_default().name();
         let patience = train.early_stopping_patience.map_or(String::new(), |p| {

@@ -129,11 +129,24 @@ impl Dataset {
     }
 
     pub fn tokens(&self) -> usize {
-        self.examples.iter().map(|e| e.ids.len()).sum()
+        self.examples
+            .iter()
+            .flat_map(Encoded::rows)
+            .map(|e| e.ids.len())
+            .sum()
     }
 
     pub fn loss_tokens(&self) -> usize {
-        self.examples.iter().map(Encoded::loss_tokens).sum()
+        self.examples
+            .iter()
+            .flat_map(Encoded::rows)
+            .map(Encoded::loss_tokens)
+            .sum()
+    }
+
+    /// Preference pairs: each example is a chosen sequence with its rejected one.
+    pub fn is_pairs(&self) -> bool {
+        self.examples.first().is_some_and(|e| e.rejected.is_some())
     }
 
     pub fn stats(&self, batch_size: usize, seed: u64) -> DataStats {
@@ -148,11 +161,15 @@ impl Dataset {
             examples: self.examples.len(),
             tokens: self.tokens(),
             loss_tokens: self.loss_tokens(),
-            longest: self.examples.iter().map(|e| e.ids.len()).max().unwrap_or(0),
+            longest: (self.examples.iter().flat_map(Encoded::rows))
+                .map(|e| e.ids.len())
+                .max()
+                .unwrap_or(0),
             truncated: self.truncated,
             skipped: self.skipped.len(),
             sequences: self.sequences.len(),
             packed: self.layout.pack_to.is_some(),
+            pairs: self.is_pairs(),
             batch_size,
             batches,
             batch_tokens,
@@ -168,7 +185,16 @@ impl Dataset {
     pub fn longest_padded(&self) -> usize {
         self.sequences
             .iter()
-            .map(|s| s.iter().map(|&i| self.examples[i].ids.len()).sum::<usize>())
+            .map(|s| match self.is_pairs() {
+                // A pair's two rows are padded to the longer.
+                true => s
+                    .iter()
+                    .flat_map(|&i| self.examples[i].rows())
+                    .map(|e| e.ids.len())
+                    .max()
+                    .unwrap_or(0),
+                false => s.iter().map(|&i| self.examples[i].ids.len()).sum::<usize>(),
+            })
             .max()
             .unwrap_or(0)
             .next_multiple_of(self.layout.pad_to_multiple_of)
@@ -181,7 +207,11 @@ impl Dataset {
         let mut per_sequence: Vec<usize> = self
             .sequences
             .iter()
-            .map(|s| s.iter().map(|&i| self.examples[i].loss_tokens()).sum())
+            .map(|s| {
+                (s.iter().flat_map(|&i| self.examples[i].rows()))
+                    .map(Encoded::loss_tokens)
+                    .sum()
+            })
             .collect();
         per_sequence.sort_unstable_by(|a, b| b.cmp(a));
         per_sequence.iter().take(batch_size).sum()
@@ -237,7 +267,7 @@ impl Dataset {
     /// numbers its examples 1, 2, … so attention never crosses them and positions restart; each
     /// example's first label is dropped so nothing is predicted across a boundary.
     fn batch(&self, sequences: &[&[usize]]) -> Batch {
-        if self.examples.first().is_some_and(|e| e.rejected.is_some()) {
+        if self.is_pairs() {
             return self.pair_batch(sequences);
         }
         let longest = sequences
@@ -362,6 +392,8 @@ pub struct DataStats {
     pub skipped: usize,
     pub sequences: usize,
     pub packed: bool,
+    /// Preference pairs (each sequence a chosen and a rejected row).
+    pub pairs: bool,
     pub batch_size: usize,
     /// Micro-batches per epoch, and the tokens they hold including padding (first epoch's order).
     pub batches: usize,

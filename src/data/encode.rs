@@ -23,6 +23,11 @@ pub struct Encoded {
 }
 
 impl Encoded {
+    /// The sequences this example puts in a batch: itself, and a preference pair's rejected.
+    pub fn rows(&self) -> impl Iterator<Item = &Encoded> {
+        std::iter::once(self).chain(self.rejected.as_deref())
+    }
+
     /// Targets that carry loss: labelled next tokens, or 1 for a classification example.
     pub fn loss_tokens(&self) -> usize {
         if self.class.is_some() {
@@ -182,20 +187,6 @@ impl Encoder<'_> {
         let mut pair = sequence(with_chosen);
         pair.rejected = Some(Box::new(sequence(with_rejected)));
         Ok((pair, fit))
-    }
-
-    /// Whether the pair's prompt tokens are not all a prefix of its tokenised sequences (TRL
-    /// warns: the completion then starts where they part). For the count `plan` prints.
-    pub fn prompt_merges(&self, example: &Example) -> bool {
-        let Example::Preference { prompt, .. } = example else {
-            return false;
-        };
-        let (Ok((pair, _)), Ok(ids)) = (self.encode(example), self.tokenizer.encode(prompt, true))
-        else {
-            return false;
-        };
-        let start = pair.labels.iter().position(|&l| l != IGNORE).unwrap_or(0);
-        start < ids.len().min(self.max_len)
     }
 
     /// A sequence-classification example: the text with the tokenizer's special tokens (BERT's

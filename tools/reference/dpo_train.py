@@ -27,7 +27,10 @@ tests/fixtures/lora/simpo/: init, final, trajectory, and batches.json holding CP
 micro-batches (its concatenated input_ids / attention_mask / labels: CPOTrainer still tokenises
 the older way — prompt apart, BOS added — so the batches, not the rows, are the comparison).
 Environment: transformers==5.23.0 peft==0.21.2 trl==1.16.0 datasets, torch per DESIGN.md §6.
-Usage: python3 tools/reference/dpo_train.py [simpo]
+With `dpo-sft`: the DPO run with loss_type ["sigmoid", "sft"] and loss_weights [1, 0.5] (the
+chosen completions' mean NLL added at 0.5: lora-tune's preference.sft_weight), into
+tests/fixtures/lora/dpo-sft/ (init, final, trajectory, batches, tokenized, step0).
+Usage: python3 tools/reference/dpo_train.py [simpo | dpo-sft]
 """
 import json
 import pathlib
@@ -43,8 +46,11 @@ from trl import DPOConfig, DPOTrainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests/fixtures/llama/tiny-llama"
-SIMPO = sys.argv[1:] == ["simpo"]
-OUT = ROOT / "tests/fixtures/lora" / ("simpo" if SIMPO else "dpo")
+VARIANT = sys.argv[1] if len(sys.argv) > 1 else "dpo"
+SIMPO = VARIANT == "simpo"
+# dpo-sft: DPO's sigmoid loss plus its "sft" loss (the chosen completions' mean NLL) at 0.5.
+SFT_WEIGHT = 0.5 if VARIANT == "dpo-sft" else None
+OUT = ROOT / "tests/fixtures/lora" / VARIANT
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 PAIRS = [
@@ -75,7 +81,7 @@ def main():
     datasets.fingerprint.Hasher.hash = classmethod(lambda cls, value: datasets.fingerprint.generate_random_fingerprint())
     OUT.mkdir(parents=True, exist_ok=True)
     rows = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in PAIRS]
-    if not SIMPO:
+    if VARIANT == "dpo":
         (OUT / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     torch.manual_seed(7)
     tok = AutoTokenizer.from_pretrained(TINY)
@@ -88,7 +94,8 @@ def main():
                      gradient_accumulation_steps=2, max_steps=10, learning_rate=5e-3, weight_decay=0.01,
                      lr_scheduler_type="linear", warmup_steps=2, max_grad_norm=0.05, seed=7,
                      logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, bf16=False,
-                     dataloader_num_workers=0)
+                     dataloader_num_workers=0,
+                     **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, SFT_WEIGHT]} if SFT_WEIGHT else {}))
     seen = []
 
     class Recording(DPOTrainer):
@@ -101,16 +108,17 @@ def main():
 
     trainer = Recording(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
     tokenized = [{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for r in trainer.train_dataset]
-    (OUT / "tokenized.json").write_text(json.dumps(tokenized))
-    # Step 0: the first micro-batch's gradients at the initial adapters.
-    first = next(iter(trainer.get_train_dataloader()))
-    model.train()
-    loss = trainer._compute_loss(model, first, False)
-    loss.backward()
-    save_file(lora_state(model, grads=True), OUT / "step0.safetensors")
-    print("step 0 loss", float(loss))
-    model.zero_grad()
-    seen.clear()
+    if VARIANT == "dpo":
+        (OUT / "tokenized.json").write_text(json.dumps(tokenized))
+        # Step 0: the first micro-batch's gradients at the initial adapters.
+        first = next(iter(trainer.get_train_dataloader()))
+        model.train()
+        loss = trainer._compute_loss(model, first, False)
+        loss.backward()
+        save_file(lora_state(model, grads=True), OUT / "step0.safetensors")
+        print("step 0 loss", float(loss))
+        model.zero_grad()
+        seen.clear()
     trainer._metrics = {"train": __import__("collections").defaultdict(list),
                         "eval": __import__("collections").defaultdict(list)}
     trainer.train()
