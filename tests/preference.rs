@@ -558,7 +558,7 @@ fn bad_pairs_are_reported_by_file_and_line() {
         "pairs.jsonl:3: `chosen` and `rejected` are the same",
         "pairs.jsonl:4: field `chosen` must be a string",
         "pairs.jsonl:5: the prompt alone is",
-        "pairs.jsonl:6: chat-message preference rows are not implemented yet",
+        "pairs.jsonl:6: `chosen` after the prompt must be one or more assistant turns",
     ];
     assert_eq!(skipped.len(), want.len(), "{skipped:?}");
     for (got, want) in skipped.iter().zip(want) {
@@ -721,4 +721,49 @@ fn dpo_runs_through_the_binary_resumes_exactly_and_evaluates() {
 
 fn dir_of(name: &str) -> std::path::PathBuf {
     tiny::fixture(&format!("lora/{name}"))
+}
+
+/// Proof 1, conversational: with SmolLM2's own tokenizer and ChatML template (its default
+/// system prompt where a row has none), explicit and implicit prompts, multi-turn prompts and
+/// string rows tokenise as TRL 1.16's DPOTrainer prepares them — the prompt rendered with the
+/// generation prompt, prompt + completion rendered whole, the completion where they part
+/// (tools/reference/dpo_chat_pairs.py).
+#[test]
+fn conversational_pairs_tokenise_as_trl_does() {
+    let tokenizer = lora_tune::model::tokenizer_of(&common::artifacts::smollm2()).unwrap();
+    let encoder = Encoder {
+        tokenizer: &tokenizer,
+        template: tokenizer.chat_template.as_deref(),
+        train_on_inputs: false,
+        max_len: 4096,
+        truncation: Truncation::Truncate,
+        labels: None,
+    };
+    let data = tiny::fixture("data");
+    let (rows, bad) = read_rows(&data.join("preference.jsonl"), DataFormat::Auto, true).unwrap();
+    assert!(bad.is_empty());
+    let want: Vec<Value> = tiny::json(&data.join("preference_expected.json"));
+    assert_eq!(rows.len(), want.len());
+    let ids = |v: &Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    for (row, want) in rows.iter().zip(&want) {
+        let (mut got, _) = encoder.encode(&row.example).unwrap();
+        let rejected = *got.rejected.take().unwrap();
+        let prompt = ids(&want["prompt_ids"]);
+        for (seq, completion) in [(got, "chosen_ids"), (rejected, "rejected_ids")] {
+            assert_eq!(
+                seq.ids,
+                [prompt.clone(), ids(&want[completion])].concat(),
+                "line {}",
+                row.line
+            );
+            let start = seq.labels.iter().position(|&l| l != IGNORE).unwrap();
+            assert_eq!(start, prompt.len(), "line {}: completion start", row.line);
+        }
+    }
 }

@@ -88,6 +88,11 @@ impl Encoder<'_> {
                 chosen,
                 rejected,
             } => return self.pair(prompt, chosen, rejected),
+            Example::ChatPreference {
+                prompt,
+                chosen,
+                rejected,
+            } => return self.chat_pair(prompt, chosen, rejected),
             Example::Classification { text, label } => {
                 return match self.labels {
                     Some(labels) => self.classify(text, label, labels),
@@ -148,6 +153,45 @@ impl Encoder<'_> {
         };
         let prompt_ids = tok(prompt)?;
         let (with_chosen, with_rejected) = (tok(&ended(chosen))?, tok(&ended(rejected))?);
+        self.split_pair(prompt_ids, with_chosen, with_rejected)
+    }
+
+    /// A conversational pair as TRL tokenises it: the prompt rendered with the generation
+    /// prompt, prompt + each completion rendered whole (the template ends the turns), each
+    /// text tokenised as `apply_chat_template` does (no special tokens added), then split as
+    /// [`Self::pair`] splits.
+    fn chat_pair(
+        &self,
+        prompt: &[Message],
+        chosen: &[Message],
+        rejected: &[Message],
+    ) -> Result<(Encoded, Fit), String> {
+        let template = self
+            .template
+            .ok_or("chat rows need a chat template: the model has none; set data.template")?;
+        let name = |id: Option<u32>| {
+            id.and_then(|i| self.tokenizer.tokenizer.id_to_token(i))
+                .unwrap_or_default()
+        };
+        let (bos, eos) = (name(self.tokenizer.bos_id), name(self.tokenizer.eos_id));
+        let render = |messages: &[Message], generation_prompt: bool| -> Result<Vec<u32>, String> {
+            let text = render_chat(template, messages, generation_prompt, &bos, &eos)
+                .map_err(|e| e.to_string())?;
+            self.tokenizer.encode(&text, false)
+        };
+        let whole = |completion: &[Message]| render(&[prompt, completion].concat(), false);
+        self.split_pair(render(prompt, true)?, whole(chosen)?, whole(rejected)?)
+    }
+
+    /// A pair from its prompt's tokens and each whole sequence's: the completion starts where
+    /// the prompt's tokens and the sequence part (the shorter agreement of the two), each
+    /// sequence cut to `max_len` from the end.
+    fn split_pair(
+        &self,
+        prompt_ids: Vec<u32>,
+        with_chosen: Vec<u32>,
+        with_rejected: Vec<u32>,
+    ) -> Result<(Encoded, Fit), String> {
         let shared = |ids: &[u32]| {
             prompt_ids
                 .iter()

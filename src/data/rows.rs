@@ -32,6 +32,12 @@ pub enum Example {
         chosen: String,
         rejected: String,
     },
+    /// The same as conversations: the prompt's turns, and each completion's assistant turns.
+    ChatPreference {
+        prompt: Vec<Message>,
+        chosen: Vec<Message>,
+        rejected: Vec<Message>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -349,6 +355,54 @@ fn parse_object(
     }
 }
 
+/// A conversational preference row: `chosen` and `rejected` message lists, and a `prompt`
+/// list or else the turns they share at the start (TRL's `extract_prompt`); each completion
+/// must then be assistant turns.
+fn chat_preference(obj: &serde_json::Map<String, Value>) -> Result<Example, String> {
+    let list = |key: &str| -> Result<Vec<Message>, String> {
+        match obj.get(key) {
+            Some(Value::Array(l)) => message_list(key, l),
+            Some(_) => Err(format!(
+                "field `{key}` must be a list of messages, as `chosen` is"
+            )),
+            None => Err(format!("missing field `{key}`")),
+        }
+    };
+    let (mut chosen, mut rejected) = (list("chosen")?, list("rejected")?);
+    let prompt = match obj.get("prompt") {
+        Some(_) => list("prompt")?,
+        None => {
+            let shared = chosen
+                .iter()
+                .zip(&rejected)
+                .take_while(|(c, r)| c == r)
+                .count();
+            let prompt = chosen[..shared].to_vec();
+            chosen.drain(..shared);
+            rejected.drain(..shared);
+            prompt
+        }
+    };
+    for (key, turns) in [("chosen", &chosen), ("rejected", &rejected)] {
+        if turns.is_empty() || turns.iter().any(|m| m.role != "assistant") {
+            return Err(format!(
+                "`{key}` after the prompt must be one or more assistant turns"
+            ));
+        }
+    }
+    if prompt.is_empty() {
+        return Err("a conversational pair needs a prompt (a user turn)".into());
+    }
+    if chosen == rejected {
+        return Err("`chosen` and `rejected` are the same: the pair teaches nothing".into());
+    }
+    Ok(Example::ChatPreference {
+        prompt,
+        chosen,
+        rejected,
+    })
+}
+
 /// A preference row: strings `chosen` and `rejected`, and `prompt` or else the prompt TRL's
 /// `extract_prompt` takes — their longest common prefix (by character), less a space it ends
 /// on. Refused when the completions are the same.
@@ -356,14 +410,8 @@ fn preference(
     obj: &serde_json::Map<String, Value>,
     text: &dyn Fn(&str) -> Result<String, String>,
 ) -> Result<Example, String> {
-    if ["chosen", "rejected", "prompt"]
-        .iter()
-        .any(|k| obj.get(*k).is_some_and(Value::is_array))
-    {
-        return Err(
-            "chat-message preference rows are not implemented yet; give prompt, chosen and rejected as strings"
-                .into(),
-        );
+    if obj.get("chosen").is_some_and(Value::is_array) {
+        return chat_preference(obj);
     }
     let (chosen, rejected) = (text("chosen")?, text("rejected")?);
     let (prompt, chosen, rejected) = match obj.get("prompt") {
@@ -432,28 +480,36 @@ fn chat(obj: &serde_json::Map<String, Value>) -> Result<Vec<Message>, String> {
             content: system.into(),
         });
     }
+    messages.extend(message_list("messages", list)?);
+    if !messages.iter().any(|m| m.role == "assistant") {
+        return Err("the conversation has no assistant turn to learn from".into());
+    }
+    Ok(messages)
+}
+
+/// The messages of list field `field`: each a `{role, content}` of a known role, no empty
+/// assistant turn.
+fn message_list(field: &str, list: &[Value]) -> Result<Vec<Message>, String> {
+    let mut messages = Vec::with_capacity(list.len());
     for (i, m) in list.iter().enumerate() {
-        let field = |k: &str| m.get(k).and_then(Value::as_str);
-        let (Some(role), Some(content)) = (field("role"), field("content")) else {
+        let text = |k: &str| m.get(k).and_then(Value::as_str);
+        let (Some(role), Some(content)) = (text("role"), text("content")) else {
             return Err(format!(
-                "messages[{i}] needs string fields `role` and `content`"
+                "{field}[{i}] needs string fields `role` and `content`"
             ));
         };
         if !matches!(role, "system" | "user" | "assistant") {
             return Err(format!(
-                "messages[{i}]: unknown role `{role}` (system, user or assistant)"
+                "{field}[{i}]: unknown role `{role}` (system, user or assistant)"
             ));
         }
         if role == "assistant" && content.trim().is_empty() {
-            return Err(format!("messages[{i}]: empty assistant turn"));
+            return Err(format!("{field}[{i}]: empty assistant turn"));
         }
         messages.push(Message {
             role: role.into(),
             content: content.into(),
         });
-    }
-    if !messages.iter().any(|m| m.role == "assistant") {
-        return Err("the conversation has no assistant turn to learn from".into());
     }
     Ok(messages)
 }
