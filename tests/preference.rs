@@ -612,7 +612,7 @@ fn bad_pairs_are_reported_by_file_and_line() {
 fn dpo_runs_through_the_binary_resumes_exactly_and_evaluates() {
     let recipe = |out: &str, method: &str| {
         format!(
-            "[model]\nsource = \"model\"\n\n[lora]\nrank = 4\n\n[data]\ntrain = \"pairs.jsonl\"\nmax_len = 64\neval_fraction = 0.3\n\n[train]\nmethod = \"{method}\"\nmax_steps = 6\nbatch_size = 2\nlr = 5e-3\neval_every = 3\ncheckpoint_every = 3\nseed = 3\n\n[preference]\nbeta = 0.1\n\n[export]\nout_dir = \"{out}\"\nformats = [\"peft\", \"gguf\", \"merged\"]\n"
+            "[model]\nsource = \"model\"\n\n[lora]\nrank = 4\ndropout = 0.0\n\n[data]\ntrain = \"pairs.jsonl\"\nmax_len = 64\neval_fraction = 0.3\n\n[train]\nmethod = \"{method}\"\nmax_steps = 6\nbatch_size = 2\nlr = 5e-3\neval_every = 3\ncheckpoint_every = 3\nseed = 3\n\n[preference]\nbeta = 0.1\n\n[export]\nout_dir = \"{out}\"\nformats = [\"peft\", \"gguf\", \"merged\"]\n"
         )
     };
     let tmp = common::tiny_workdir(&recipe("whole", "dpo"));
@@ -693,6 +693,29 @@ fn dpo_runs_through_the_binary_resumes_exactly_and_evaluates() {
     ]);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("reward accuracy"), "{text}");
+
+    // DPO on from the trained adapter against itself: its first step sees the policy equal to
+    // the reference, bit for bit (ln 2, no margin).
+    let continued = recipe("continued", "dpo")
+        .replace(
+            "[lora]\nrank = 4\n",
+            "[lora]\nrank = 4\ninit_from = \"whole\"\n",
+        )
+        .replace(
+            "[preference]\nbeta = 0.1\n",
+            "[preference]\nbeta = 0.1\nreference = \"initial_adapter\"\n",
+        );
+    std::fs::write(dir.join("continued.toml"), continued).unwrap();
+    let (code, text) = run(&["continued.toml", "--device", "cpu"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("under the initial adapter"), "{text}");
+    let first = std::fs::read_to_string(dir.join("continued/metrics.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+    assert_eq!(first["rewards/margins"].as_f64(), Some(0.0), "{first}");
+    assert!(
+        (first["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-6,
+        "{first}"
+    );
 
     // Pairs under SFT, text rows under DPO.
     std::fs::write(

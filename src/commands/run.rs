@@ -60,10 +60,15 @@ pub fn run(
     let class_map = (prepared.labels.as_ref()).map(|l| ClassMap::new(l, plan.pooling));
     let settings = Settings::from_plan(plan, &loaded.train, Some(peft_config.clone()), class_map);
     println!(
-        "train: {} steps of {}x{} sequences, warmup {}, out {}",
+        "train: {} steps of {}x{} {}, warmup {}, out {}",
         settings.schedule.total_steps,
         settings.batch_size,
         settings.grad_accum,
+        if loaded.train.is_pairs() {
+            "pairs"
+        } else {
+            "sequences"
+        },
         settings.schedule.warmup_steps,
         plan.out_dir.display()
     );

@@ -19,6 +19,7 @@ use super::metrics::PreferenceMetrics;
 use crate::data::batch::{Batch, Pairs};
 use crate::data::dataset::Dataset;
 use crate::memory::logit_chunk;
+use crate::model::adapted::AdaptedModel;
 use crate::model::decoder::Decoder;
 use crate::transfer;
 
@@ -168,6 +169,8 @@ pub fn compute_reference(
     };
     let chunk = logit_chunk(model.config.vocab_size);
     let mut reference = Vec::with_capacity(data.examples.len());
+    // No dropout in a reference (the initial adapter's would draw masks).
+    model.set_training(false);
     let mut pass = || -> Result<(), TrainError> {
         for batch in data.in_order(batch_size.max(1)) {
             let Some(pairs) = &batch.pairs else { continue };
@@ -181,6 +184,7 @@ pub fn compute_reference(
         Ok(())
     };
     let result = pass();
+    model.set_training(true);
     if adapters_off {
         for ((_, linear), lora) in model.linears_mut().into_iter().zip(saved) {
             linear.lora = lora;
