@@ -10,7 +10,7 @@ use std::path::Path;
 use common::tiny;
 use lora_tune::data::batch::{Batch, IGNORE, Pairs};
 use lora_tune::data::dataset::{Dataset, Layout};
-use lora_tune::data::encode::{Encoded, Encoder};
+use lora_tune::data::encode::{Encoded, Encoder, Fit};
 use lora_tune::data::rows::read_rows;
 use lora_tune::model::adapted::AdaptedModel;
 use lora_tune::model::decoder::Decoder;
@@ -748,7 +748,8 @@ fn dir_of(name: &str) -> std::path::PathBuf {
 
 /// Proof 1, conversational: with SmolLM2's own tokenizer and ChatML template (its default
 /// system prompt where a row has none), explicit and implicit prompts, multi-turn prompts and
-/// string rows tokenise as TRL 1.16's DPOTrainer prepares them — the prompt rendered with the
+/// string rows (one whose prompt tokens merge into its completion) tokenise as TRL 1.16's
+/// DPOTrainer prepares them — the prompt rendered with the
 /// generation prompt, prompt + completion rendered whole, the completion where they part
 /// (tools/reference/dpo_chat_pairs.py).
 #[test]
@@ -774,8 +775,18 @@ fn conversational_pairs_tokenise_as_trl_does() {
             .map(|x| x.as_u64().unwrap() as u32)
             .collect()
     };
-    for (row, want) in rows.iter().zip(&want) {
-        let (mut got, _) = encoder.encode(&row.example).unwrap();
+    for (i, (row, want)) in rows.iter().zip(&want).enumerate() {
+        let (mut got, fit) = encoder.encode(&row.example).unwrap();
+        // The last row's prompt ends inside a word ("Amster|dam"): its tokens merge across the
+        // boundary, the completion starts where they part, and the pair is counted.
+        let split = i == rows.len() - 1;
+        assert_eq!(
+            fit == Fit::PromptSplit { truncated: false },
+            split,
+            "line {}",
+            row.line
+        );
+        assert_eq!(fit == Fit::Whole, !split, "line {}", row.line);
         let rejected = *got.rejected.take().unwrap();
         let prompt = ids(&want["prompt_ids"]);
         for (seq, completion) in [(got, "chosen_ids"), (rejected, "rejected_ids")] {

@@ -286,6 +286,12 @@ fn print_data_stats(name: &str, stats: &DataStats, classification: bool) {
         stats.truncated,
         stats.skipped
     );
+    if stats.prompt_splits > 0 {
+        println!(
+            "       warning: {} pairs' prompt tokens are not a prefix of prompt + completion (the tokenizer merged across the boundary, or the template renders the prompt alone differently); their completions start where the tokens part, as TRL's — the model trains on a context that differs from what it sees at inference; end prompts on a token boundary or use a template that renders the prompt the same way in both",
+            thousands(stats.prompt_splits as u64)
+        );
+    }
     let unit = match (stats.pairs, stats.packed) {
         (true, _) => " pairs (a chosen and a rejected row each)",
         (false, true) => " sequences (packed)",

@@ -26,6 +26,9 @@ pub struct Dataset {
     /// The training sequences: indices into `examples`, one each unless packed.
     pub sequences: Vec<Vec<usize>>,
     pub layout: Layout,
+    /// Preference pairs whose prompt tokens are not a prefix of their sequences
+    /// ([`Fit::PromptSplit`]).
+    pub prompt_splits: usize,
     /// Preference pairs: the reference model's log-probability sums of each example's chosen
     /// and rejected completions ([`crate::train::preference`]); empty until computed, and for
     /// SimPO.
@@ -59,13 +62,15 @@ impl Dataset {
     ) -> Result<Self, DataError> {
         let (rows, mut skipped) = read_rows(path, data.format, data.strict)?;
         let (mut examples, mut sources, mut truncated) = (Vec::new(), Vec::new(), 0);
+        let mut prompt_splits = 0;
         for (i, row) in rows.iter().enumerate() {
             if !keep(i) {
                 continue;
             }
             match encoder.encode(&row.example) {
                 Ok((enc, fit)) => {
-                    truncated += usize::from(fit == Fit::Truncated);
+                    truncated += usize::from(fit.truncated());
+                    prompt_splits += usize::from(matches!(fit, Fit::PromptSplit { .. }));
                     examples.push(enc);
                     sources.push(format!("{}:{}", row.file.display(), row.line));
                 }
@@ -102,6 +107,7 @@ impl Dataset {
         };
         let mut set = Self::new(path, examples, skipped, truncated, layout);
         set.sources = sources;
+        set.prompt_splits = prompt_splits;
         Ok(set)
     }
 
@@ -124,6 +130,7 @@ impl Dataset {
             sources: Vec::new(),
             sequences,
             layout,
+            prompt_splits: 0,
             reference: Vec::new(),
         }
     }
@@ -170,6 +177,7 @@ impl Dataset {
             sequences: self.sequences.len(),
             packed: self.layout.pack_to.is_some(),
             pairs: self.is_pairs(),
+            prompt_splits: self.prompt_splits,
             batch_size,
             batches,
             batch_tokens,
@@ -394,6 +402,8 @@ pub struct DataStats {
     pub packed: bool,
     /// Preference pairs (each sequence a chosen and a rejected row).
     pub pairs: bool,
+    /// Pairs whose prompt tokens are not a prefix of their sequences.
+    pub prompt_splits: usize,
     pub batch_size: usize,
     /// Micro-batches per epoch, and the tokens they hold including padding (first epoch's order).
     pub batches: usize,

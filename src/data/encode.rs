@@ -55,6 +55,18 @@ pub struct Encoder<'a> {
 pub enum Fit {
     Whole,
     Truncated,
+    /// A preference pair whose prompt, tokenised alone, is not a prefix of its sequences (the
+    /// tokenizer merged across the boundary, or the template renders the prompt differently
+    /// alone): its completion starts where they part, as TRL's (which warns).
+    PromptSplit {
+        truncated: bool,
+    },
+}
+
+impl Fit {
+    pub fn truncated(self) -> bool {
+        matches!(self, Fit::Truncated | Fit::PromptSplit { truncated: true })
+    }
 }
 
 impl Encoder<'_> {
@@ -206,11 +218,11 @@ impl Encoder<'_> {
                 self.max_len
             ));
         }
-        let mut fit = Fit::Whole;
+        let mut truncated = false;
         let mut sequence = |mut ids: Vec<u32>| {
             if ids.len() > self.max_len {
                 ids.truncate(self.max_len);
-                fit = Fit::Truncated;
+                truncated = true;
             }
             let labels = (ids.iter().enumerate())
                 .map(|(t, &id)| {
@@ -230,6 +242,11 @@ impl Encoder<'_> {
         };
         let mut pair = sequence(with_chosen);
         pair.rejected = Some(Box::new(sequence(with_rejected)));
+        let fit = match (prompt_len < prompt_ids.len(), truncated) {
+            (true, truncated) => Fit::PromptSplit { truncated },
+            (false, true) => Fit::Truncated,
+            (false, false) => Fit::Whole,
+        };
         Ok((pair, fit))
     }
 

@@ -187,4 +187,33 @@ mod tests {
             assert_eq!(best.map(|b| b.step), case["best"].as_u64(), "{case}");
         }
     }
+
+    /// A preference run compares its eval loss, or with `accuracy` its eval reward accuracy
+    /// (`eval/rewards/accuracies`): greater is better, the loss's direction is not taken.
+    #[test]
+    fn a_preference_runs_accuracy_is_its_reward_accuracy() {
+        let pairs = |loss: f64, accuracy: f64| Eval {
+            loss,
+            perplexity: f64::NAN,
+            classes: None,
+            preference: Some(crate::train::metrics::PreferenceMetrics {
+                rewards_accuracies: accuracy,
+                loss,
+                ..Default::default()
+            }),
+        };
+        assert_eq!(BestMetric::Accuracy.of(&pairs(0.6, 0.8)), 0.8);
+        assert_eq!(BestMetric::Loss.of(&pairs(0.6, 0.8)), 0.6);
+        let rule = EarlyStopping {
+            metric: BestMetric::Accuracy,
+            patience: Some(1),
+            threshold: 0.0,
+        };
+        let mut best = None;
+        assert!(rule.observe(&mut best, 1, &pairs(0.69, 0.5)).new_best);
+        // The loss rose but the accuracy improved: a new best.
+        assert!(rule.observe(&mut best, 2, &pairs(0.70, 0.9)).new_best);
+        assert!(rule.observe(&mut best, 3, &pairs(0.50, 0.8)).stop);
+        assert_eq!(best.map(|b| b.step), Some(2));
+    }
 }

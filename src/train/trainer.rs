@@ -329,9 +329,13 @@ pub fn train(
             eval_classes: None,
             best_step: None,
             stopped_early: false,
-            metrics: super::metrics::PreferenceMetrics::mean(&model.take_preference_metrics())
-                .map(|m| m.named("").collect())
-                .unwrap_or_default(),
+            metrics: step_preference_metrics(
+                model.take_preference_metrics(),
+                micro.first().is_some_and(|b| b.pairs.is_some()),
+                ranks,
+            )
+            .map(|m| m.named("").collect())
+            .unwrap_or_default(),
         };
         let due = |every: Option<u64>| every.is_some_and(|n| n > 0 && state.step.is_multiple_of(n));
         let mut new_best = false;
@@ -502,4 +506,35 @@ fn step_rows(train: &Dataset, settings: &Settings, step: u64) -> Vec<String> {
         })
         .map(String::from)
         .collect()
+}
+
+/// A preference step's metrics: the mean over its micro-batches of what each logged, across
+/// the ranks of a job (each computed its share; one sum of [micro-batches, Σ metrics…] per
+/// step). None for a step of other batches.
+fn step_preference_metrics(
+    mine: Vec<super::metrics::PreferenceMetrics>,
+    preference: bool,
+    ranks: distributed::Ranks,
+) -> Option<super::metrics::PreferenceMetrics> {
+    if !preference {
+        return None;
+    }
+    let mut sums = vec![0.0; 10];
+    for mut m in mine {
+        sums[0] += 1.0;
+        for (sum, v) in sums[1..].iter_mut().zip(m.fields()) {
+            *sum += *v;
+        }
+    }
+    if ranks.is_parallel() {
+        distributed::sum_f64(&mut sums);
+    }
+    if sums[0] == 0.0 {
+        return None;
+    }
+    let mut mean = super::metrics::PreferenceMetrics::default();
+    for (field, sum) in mean.fields().into_iter().zip(&sums[1..]) {
+        *field = sum / sums[0];
+    }
+    Some(mean)
 }
