@@ -55,63 +55,23 @@ fn trl_batches() -> Vec<Batch> {
 
 /// [`trl_batches`] of the run in tests/fixtures/lora/`fixture`.
 fn trl_batches_of(fixture: &str) -> Vec<Batch> {
-    let raw: Vec<Value> = tiny::json(&dir_of(fixture).join("batches.json"));
-    let rows = |v: &Value| -> Vec<Vec<i64>> {
-        (v.as_array().unwrap().iter())
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_i64().unwrap())
-                    .collect()
-            })
-            .collect()
-    };
-    let floats = |v: &Value| -> Vec<f64> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect()
-    };
-    raw.iter()
-        .map(|b| {
-            let (ids, mask, completion) = (
-                rows(&b["input_ids"]),
-                rows(&b["attention_mask"]),
-                rows(&b["completion_mask"]),
-            );
-            let labels = (ids.iter().zip(&completion))
-                .map(|(r, c)| {
-                    r.iter()
-                        .zip(c)
-                        .map(|(&id, &m)| if m == 1 { id } else { IGNORE })
-                        .collect()
-                })
-                .collect();
-            let reference = [
-                floats(&b["ref_chosen_logps"]),
-                floats(&b["ref_rejected_logps"]),
-            ]
-            .concat();
-            Batch {
-                input_ids: ids
-                    .iter()
-                    .map(|r| r.iter().map(|&t| t as u32).collect())
-                    .collect(),
-                attention_mask: mask
-                    .iter()
-                    .map(|r| r.iter().map(|&m| m as u8).collect())
-                    .collect(),
-                labels,
-                classes: Vec::new(),
-                pairs: Some(Pairs {
-                    count: ids.len() / 2,
-                    reference,
-                }),
-            }
-        })
-        .collect()
+    tiny::trl_preference_batches(fixture)
+}
+
+/// The largest difference between the model's adapters and the PEFT tensors in `file`,
+/// relative to each tensor's largest value; every tensor of `file` matched.
+fn final_gap(model: &mut Decoder, file: &Path) -> f32 {
+    let mut want = HostTensors::read(file).unwrap();
+    let mut worst = 0.0f32;
+    for (key, t) in model.adapter_tensors().unwrap() {
+        let w = want.take(&key, &t.shape).unwrap();
+        let scale = w.values.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (a, b) in t.values.iter().zip(&w.values) {
+            worst = worst.max((a - b).abs() / scale.max(1e-9));
+        }
+    }
+    want.finish().unwrap();
+    worst
 }
 
 /// A preference batch's rows as pair examples again (chosen with its rejected).
@@ -398,16 +358,7 @@ fn ten_dpo_steps(fixture: &str, sft_weight: f64, gradient_checkpointing: bool) {
             );
         }
     }
-    let mut want = HostTensors::read(&dir_of(fixture).join("final.safetensors")).unwrap();
-    let mut worst = 0.0f32;
-    for (key, t) in model.adapter_tensors().unwrap() {
-        let w = want.take(&key, &t.shape).unwrap();
-        let scale = w.values.iter().fold(0f32, |m, v| m.max(v.abs()));
-        for (a, b) in t.values.iter().zip(&w.values) {
-            worst = worst.max((a - b).abs() / scale.max(1e-9));
-        }
-    }
-    want.finish().unwrap();
+    let worst = final_gap(&mut model, &dir_of(fixture).join("final.safetensors"));
     eprintln!("{fixture}: final adapters within {worst:e} of TRL's");
     // Measured: 1.3e-5 (8.8e-6 with checkpointing), 2.9e-5 with the SFT term — f32 rounding
     // that AdamW's normalisation magnifies where a gradient is near 0 (the losses and norms
@@ -434,39 +385,7 @@ fn ten_simpo_steps_equal_cpo_trainers() {
         simpo_gamma: 0.5,
         sft_weight: 0.0,
     });
-    let raw: Vec<Value> = tiny::json(&dir.join("batches.json"));
-    let rows = |v: &Value| -> Vec<Vec<i64>> {
-        (v.as_array().unwrap().iter())
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_i64().unwrap())
-                    .collect()
-            })
-            .collect()
-    };
-    let batches: Vec<Batch> = raw
-        .iter()
-        .map(|b| {
-            let ids = rows(&b["input_ids"]);
-            Batch {
-                pairs: Some(Pairs {
-                    count: ids.len() / 2,
-                    reference: Vec::new(),
-                }),
-                input_ids: ids
-                    .iter()
-                    .map(|r| r.iter().map(|&t| t as u32).collect())
-                    .collect(),
-                attention_mask: (rows(&b["attention_mask"]).iter())
-                    .map(|r| r.iter().map(|&m| m as u8).collect())
-                    .collect(),
-                labels: rows(&b["labels"]),
-                classes: Vec::new(),
-            }
-        })
-        .collect();
+    let batches = tiny::trl_preference_batches("simpo");
     let trajectory: Vec<Value> = tiny::json(&dir.join("trajectory.json"));
     let (schedule, mut optimizer) = tiny::reference_optimiser(None);
     for (step, want) in trajectory.iter().enumerate() {
@@ -506,16 +425,7 @@ fn ten_simpo_steps_equal_cpo_trainers() {
             );
         }
     }
-    let mut want = HostTensors::read(&dir.join("final.safetensors")).unwrap();
-    let mut worst = 0.0f32;
-    for (key, t) in model.adapter_tensors().unwrap() {
-        let w = want.take(&key, &t.shape).unwrap();
-        let scale = w.values.iter().fold(0f32, |m, v| m.max(v.abs()));
-        for (a, b) in t.values.iter().zip(&w.values) {
-            worst = worst.max((a - b).abs() / scale.max(1e-9));
-        }
-    }
-    want.finish().unwrap();
+    let worst = final_gap(&mut model, &dir.join("final.safetensors"));
     eprintln!("simpo: final adapters within {worst:e} of CPOTrainer's");
     assert!(worst < 1e-5, "final adapters off CPOTrainer's by {worst}");
 }

@@ -593,44 +593,7 @@ fn ten_mixture_of_experts_steps_equal_peft_on_wgpu() {
 #[test]
 fn dpo_gradients_on_wgpu_equal_flex() {
     let Some(device) = wgpu() else { return };
-    use lora_tune::data::batch::{Batch, IGNORE, Pairs};
-    let raw: Vec<serde_json::Value> = tiny::json(&tiny::fixture("lora/dpo/batches.json"));
-    let rows = |k: &str| -> Vec<Vec<i64>> { serde_json::from_value(raw[0][k].clone()).unwrap() };
-    let (ids, mask, completion) = (
-        rows("input_ids"),
-        rows("attention_mask"),
-        rows("completion_mask"),
-    );
-    let reference: Vec<f64> = [
-        raw[0]["ref_chosen_logps"].clone(),
-        raw[0]["ref_rejected_logps"].clone(),
-    ]
-    .into_iter()
-    .flat_map(|v| serde_json::from_value::<Vec<f64>>(v).unwrap())
-    .collect();
-    let batch = Batch {
-        labels: (ids.iter().zip(&completion))
-            .map(|(r, c)| {
-                r.iter()
-                    .zip(c)
-                    .map(|(&t, &m)| if m == 1 { t } else { IGNORE })
-                    .collect()
-            })
-            .collect(),
-        input_ids: ids
-            .iter()
-            .map(|r| r.iter().map(|&t| t as u32).collect())
-            .collect(),
-        attention_mask: mask
-            .iter()
-            .map(|r| r.iter().map(|&m| m as u8).collect())
-            .collect(),
-        pairs: Some(Pairs {
-            count: ids.len() / 2,
-            reference,
-        }),
-        ..Default::default()
-    };
+    let batch = tiny::trl_preference_batches("dpo").remove(0);
     let grads = |device: &Device| {
         let mut model = tiny::adapted_on(&tiny::fixture("lora/train/final.safetensors"), device);
         model.preference = Some(lora_tune::train::preference::PreferenceLoss {

@@ -178,18 +178,9 @@ impl Encoder<'_> {
         chosen: &[Message],
         rejected: &[Message],
     ) -> Result<(Encoded, Fit), String> {
-        let template = self
-            .template
-            .ok_or("chat rows need a chat template: the model has none; set data.template")?;
-        let name = |id: Option<u32>| {
-            id.and_then(|i| self.tokenizer.tokenizer.id_to_token(i))
-                .unwrap_or_default()
-        };
-        let (bos, eos) = (name(self.tokenizer.bos_id), name(self.tokenizer.eos_id));
         let render = |messages: &[Message], generation_prompt: bool| -> Result<Vec<u32>, String> {
-            let text = render_chat(template, messages, generation_prompt, &bos, &eos)
-                .map_err(|e| e.to_string())?;
-            self.tokenizer.encode(&text, false)
+            self.tokenizer
+                .encode(&self.render(messages, generation_prompt)?, false)
         };
         let whole = |completion: &[Message]| render(&[prompt, completion].concat(), false);
         self.split_pair(render(prompt, true)?, whole(chosen)?, whole(rejected)?)
@@ -295,8 +286,8 @@ impl Encoder<'_> {
         ))
     }
 
-    /// The rendered conversation cut into (text, is-assistant-output) pieces.
-    fn chat_pieces(&self, messages: &[Message]) -> Result<Vec<(String, bool)>, String> {
+    /// `messages` rendered with the chat template (the model's BOS and EOS as its variables).
+    fn render(&self, messages: &[Message], generation_prompt: bool) -> Result<String, String> {
         let template = self
             .template
             .ok_or("chat rows need a chat template: the model has none; set data.template")?;
@@ -305,9 +296,13 @@ impl Encoder<'_> {
                 .unwrap_or_default()
         };
         let (bos, eos) = (name(self.tokenizer.bos_id), name(self.tokenizer.eos_id));
+        render_chat(template, messages, generation_prompt, &bos, &eos).map_err(|e| e.to_string())
+    }
+
+    /// The rendered conversation cut into (text, is-assistant-output) pieces.
+    fn chat_pieces(&self, messages: &[Message]) -> Result<Vec<(String, bool)>, String> {
         let render = |upto: usize, generation_prompt: bool| {
-            render_chat(template, &messages[..upto], generation_prompt, &bos, &eos)
-                .map_err(|e| e.to_string())
+            self.render(&messages[..upto], generation_prompt)
         };
         let mut pieces = Vec::new();
         let mut done = String::new(); // text already cut into pieces

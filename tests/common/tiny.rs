@@ -457,3 +457,50 @@ pub fn seq_cls_batch() -> Batch {
         pairs: None,
     }
 }
+
+/// The micro-batches a TRL preference trainer gave its loss, in order, as recorded by
+/// tools/reference/dpo_train.py in tests/fixtures/lora/`run`/batches.json, as our preference
+/// batches: DPOTrainer's completion mask as labels (CPOTrainer records its own labels), with
+/// TRL's reference log-probabilities where it has them (none for SimPO).
+pub fn trl_preference_batches(run: &str) -> Vec<Batch> {
+    #[derive(serde::Deserialize)]
+    struct Recorded {
+        input_ids: Vec<Vec<i64>>,
+        attention_mask: Vec<Vec<u8>>,
+        completion_mask: Option<Vec<Vec<i64>>>,
+        labels: Option<Vec<Vec<i64>>>,
+        #[serde(default)]
+        ref_chosen_logps: Vec<f64>,
+        #[serde(default)]
+        ref_rejected_logps: Vec<f64>,
+    }
+    let recorded: Vec<Recorded> = json(&fixture(&format!("lora/{run}/batches.json")));
+    recorded
+        .into_iter()
+        .map(|b| {
+            let labels = match (b.labels, &b.completion_mask) {
+                (Some(labels), _) => labels,
+                (None, Some(completion)) => (b.input_ids.iter().zip(completion))
+                    .map(|(r, c)| {
+                        let label = |(&id, &m): (&i64, &i64)| if m == 1 { id } else { IGNORE };
+                        r.iter().zip(c).map(label).collect()
+                    })
+                    .collect(),
+                (None, None) => panic!("{run}: a batch without labels or a completion mask"),
+            };
+            let count = b.input_ids.len() / 2;
+            Batch {
+                input_ids: (b.input_ids.iter())
+                    .map(|r| r.iter().map(|&t| t as u32).collect())
+                    .collect(),
+                attention_mask: b.attention_mask,
+                labels,
+                classes: Vec::new(),
+                pairs: Some(lora_tune::data::batch::Pairs {
+                    count,
+                    reference: [b.ref_chosen_logps, b.ref_rejected_logps].concat(),
+                }),
+            }
+        })
+        .collect()
+}
