@@ -174,10 +174,7 @@ pub fn compute_reference(
     let mut pass = || -> Result<(), TrainError> {
         for batch in data.in_order(batch_size.max(1)) {
             let Some(pairs) = &batch.pairs else { continue };
-            let (at, targets) = scored_positions(&batch.labels);
-            let s = batch.input_ids.first().map_or(0, Vec::len);
-            let x = taped_forward(model, &batch);
-            let rows = head::row_logps(model, &x, &at, &targets, [2 * pairs.count, s], chunk)?;
+            let rows = row_logps(model, &batch, &taped_forward(model, &batch), chunk)?;
             let n = pairs.count;
             reference.extend((0..n).map(|i| [rows.logps[i], rows.logps[n + i]]));
         }
@@ -199,14 +196,23 @@ pub fn compute_reference(
 /// None without pairs or a preference loss.
 pub fn outcome(model: &Decoder, batch: &Batch) -> Option<Result<PairOutcome, TrainError>> {
     let (pairs, loss) = (batch.pairs.as_ref()?, model.preference.as_ref()?);
-    let (at, targets) = scored_positions(&batch.labels);
-    let s = batch.input_ids.first().map_or(0, Vec::len);
     let x = taped_forward(model, batch);
     let chunk = logit_chunk(model.config.vocab_size);
-    Some(
-        head::row_logps(model, &x, &at, &targets, [2 * pairs.count, s], chunk)
-            .map(|rows| loss.pairs(pairs, &rows)),
-    )
+    Some(row_logps(model, batch, &x, chunk).map(|rows| loss.pairs(pairs, &rows)))
+}
+
+/// Each row's completion log-probability sum (and token count, mean-logit sum) of a preference
+/// batch from the last layer's output `x`, `chunk` scored positions per head pass.
+fn row_logps(
+    model: &Decoder,
+    batch: &Batch,
+    x: &Tensor<2>,
+    chunk: usize,
+) -> Result<RowLogps, TrainError> {
+    let (at, targets) = scored_positions(&batch.labels);
+    let s = batch.input_ids.first().map_or(0, Vec::len);
+    let rows = batch.input_ids.len();
+    head::row_logps(model, x, &at, &targets, [rows, s], chunk)
 }
 
 /// `Objective::loss_and_gradients` for a preference batch, derived by hand: the decoder's
@@ -228,8 +234,7 @@ pub fn loss_and_gradients(
     }
     let s = batch.input_ids.first().map_or(0, Vec::len);
     let (x, pass) = DecoderPass::forward(model, batch);
-    let rows = head::row_logps(model, &x, &at, &targets, [2 * pairs.count, s], chunk)?;
-    let out = loss.pairs(pairs, &rows);
+    let out = loss.pairs(pairs, &row_logps(model, batch, &x, chunk)?);
     model
         .preference_metrics
         .borrow_mut()
