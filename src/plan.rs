@@ -566,6 +566,18 @@ fn preference_plan(
         "preference.max_length",
         "must be at least 2 (a prompt token and a completion token)",
     )?;
+    // Keys the other method does not read: refused when set away from their defaults.
+    let defaults = PreferenceSection::default();
+    check(
+        train.method == TrainMethod::Simpo || p.simpo_gamma == defaults.simpo_gamma,
+        "preference.simpo_gamma",
+        r#"is SimPO's margin; train.method = "dpo" does not read it — remove it or set train.method = "simpo""#,
+    )?;
+    check(
+        train.method == TrainMethod::Dpo || p.reference == defaults.reference,
+        "preference.reference",
+        r#"is DPO's; SimPO has no reference model — remove it or set train.method = "dpo""#,
+    )?;
     if train.method == TrainMethod::Dpo {
         match p.reference {
             PreferenceReference::Base => check(

@@ -391,6 +391,22 @@ const CASES: &[Case] = &[
         words: &["preference.reference", "initial_adapter"],
     },
     Case {
+        what: "SimPO's margin under DPO",
+        model_and_data: BASE,
+        rest: "\n[train]\nmethod = \"dpo\"\n\n[preference]\nsimpo_gamma = 1.0\n",
+        line: 11,
+        key: "preference.simpo_gamma",
+        words: &["simpo"],
+    },
+    Case {
+        what: "a reference under SimPO",
+        model_and_data: BASE,
+        rest: "\n[train]\nmethod = \"simpo\"\n\n[preference]\nreference = \"initial_adapter\"\n",
+        line: 11,
+        key: "preference.reference",
+        words: &["SimPO has no reference"],
+    },
+    Case {
         what: "an unknown [preference] key",
         model_and_data: BASE,
         rest: "\n[train]\nmethod = \"dpo\"\n\n[preference]\nlabel_smoothing = 0.1\n",
